@@ -1,0 +1,57 @@
+"""Errors the store raises. Each one a user can cause carries a message that says what to do.
+
+The CLI prints `str(error)` and exits non-zero; the daemon (a later layer) maps
+`errno` to the file-system error a caller sees.
+"""
+import errno as _errno
+
+
+class StoreError(Exception):
+    """Base class: an error a user can cause or must know about."""
+
+    errno = _errno.EIO
+
+
+class NotAStoreError(StoreError):
+    errno = _errno.ENOENT
+
+
+class StoreFormatError(StoreError):
+    """The store was written by a newer ckptfs, or its settings are malformed."""
+
+    errno = _errno.EINVAL
+
+
+class InvalidNameError(StoreError, ValueError):
+    errno = _errno.EINVAL
+
+
+class VersionExistsError(StoreError):
+    errno = _errno.EEXIST
+
+
+class NotFoundError(StoreError):
+    errno = _errno.ENOENT
+
+
+class SourceError(StoreError):
+    """The directory being imported is missing, unreadable or holds something we cannot store."""
+
+    errno = _errno.EIO
+
+
+class IntegrityError(StoreError):
+    """Stored bytes failed a check. Never served: the read fails instead."""
+
+    errno = _errno.EIO
+
+    def __init__(self, message, pack_id=None, chunk_id=None):
+        super().__init__(message)
+        self.pack_id = pack_id
+        self.chunk_id = chunk_id
+
+
+class StoreFullError(StoreError):
+    """The disk under the store is full; nothing was committed."""
+
+    errno = _errno.ENOSPC

@@ -1,0 +1,189 @@
+"""The LMDB index (`STORE/index/`): derived from packs and journal, rebuildable from them.
+
+Sub-databases (docs/format.md):
+    meta       b"format", b"journal_seq", b"next_pack_id", chunk counters
+    chunks     chunk id (32 bytes) -> location: pack u32, offset u64, length u32, raw u32
+    manifests  manifest id -> location (same encoding)
+    versions   b"project/run/version" -> version record (JSON)
+    entries    b"project/run/version" NUL dir NUL name -> entry (JSON)
+
+Names never contain "/" or NUL, so these keys are unambiguous and sort by component.
+"""
+import json
+import struct
+from typing import NamedTuple
+
+import lmdb
+
+from .errors import StoreFullError
+
+INDEX_FORMAT = 1
+LOCATION = struct.Struct("<IQII")
+MAP_SIZE = 1 << 40  # address space only; the file grows as data arrives
+COUNTERS = (b"chunk_count", b"chunk_raw_bytes", b"chunk_stored_bytes")
+
+
+class Location(NamedTuple):
+    pack_id: int
+    offset: int
+    length: int
+    raw_len: int
+
+    def encode(self) -> bytes:
+        return LOCATION.pack(*self)
+
+    @classmethod
+    def decode(cls, value: bytes) -> "Location":
+        return cls(*LOCATION.unpack(value))
+
+
+def fs_bytes(name: str) -> bytes:
+    return name.encode("utf-8", "surrogateescape")
+
+
+def fs_str(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def version_key(project: str, run: str, version: str) -> bytes:
+    return fs_bytes(f"{project}/{run}/{version}")
+
+
+def entry_key(vkey: bytes, path: str) -> bytes:
+    """Key of the entry at `path` (relative, '/'-separated) inside a version."""
+    parent, _, name = path.rpartition("/")
+    return vkey + b"\0" + fs_bytes(parent) + b"\0" + fs_bytes(name)
+
+
+def _map_lmdb_error(e: lmdb.Error):
+    if isinstance(e, lmdb.MapFullError) or "No space left" in str(e):
+        return StoreFullError(f"the index could not grow: {e}")
+    return e
+
+
+class Index:
+    def __init__(self, path: str, readonly: bool = False):
+        self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=8, subdir=True,
+                             readonly=readonly, max_readers=256, lock=True)
+        self.meta = self.env.open_db(b"meta", create=not readonly)
+        self.chunks = self.env.open_db(b"chunks", create=not readonly)
+        self.manifests = self.env.open_db(b"manifests", create=not readonly)
+        self.versions = self.env.open_db(b"versions", create=not readonly)
+        self.entries = self.env.open_db(b"entries", create=not readonly)
+
+    def close(self):
+        self.env.close()
+
+    def read(self):
+        return self.env.begin(buffers=False)
+
+    def write(self):
+        return self.env.begin(write=True)
+
+    def commit(self, apply):
+        """Run `apply(txn)` in one write transaction; map disk-full errors."""
+        try:
+            with self.write() as txn:
+                return apply(txn)
+        except lmdb.Error as e:
+            raise _map_lmdb_error(e) from e
+
+    # -- meta -------------------------------------------------------------------------
+    def get_int(self, txn, key: bytes, default: int = 0) -> int:
+        value = txn.get(key, db=self.meta)
+        return int(value) if value is not None else default
+
+    def put_int(self, txn, key: bytes, value: int) -> None:
+        txn.put(key, str(value).encode(), db=self.meta)
+
+    def add_int(self, txn, key: bytes, delta: int) -> None:
+        self.put_int(txn, key, self.get_int(txn, key) + delta)
+
+    def allocate_pack_id(self) -> int:
+        def apply(txn):
+            pack_id = self.get_int(txn, b"next_pack_id", 1)
+            self.put_int(txn, b"next_pack_id", pack_id + 1)
+            return pack_id
+        return self.commit(apply)
+
+    # -- chunks -------------------------------------------------------------------------
+    def get_chunk(self, txn, chunk_id: bytes) -> Location | None:
+        value = txn.get(chunk_id, db=self.chunks)
+        return Location.decode(value) if value is not None else None
+
+    def add_chunk(self, txn, chunk_id: bytes, loc: Location) -> bool:
+        """Index a chunk unless it already is; True if it was new (counters updated)."""
+        if not txn.put(chunk_id, loc.encode(), db=self.chunks, overwrite=False):
+            return False
+        self.add_int(txn, b"chunk_count", 1)
+        self.add_int(txn, b"chunk_raw_bytes", loc.raw_len)
+        self.add_int(txn, b"chunk_stored_bytes", loc.length)
+        return True
+
+    def get_manifest(self, txn, manifest_id: bytes) -> Location | None:
+        value = txn.get(manifest_id, db=self.manifests)
+        return Location.decode(value) if value is not None else None
+
+    def add_manifest(self, txn, manifest_id: bytes, loc: Location) -> None:
+        txn.put(manifest_id, loc.encode(), db=self.manifests, overwrite=False)
+
+    # -- versions and entries ---------------------------------------------------------
+    def get_version(self, txn, project: str, run: str, version: str) -> dict | None:
+        value = txn.get(version_key(project, run, version), db=self.versions)
+        return json.loads(value) if value is not None else None
+
+    def put_version(self, txn, record: dict, entries: list[dict]) -> None:
+        vkey = version_key(record["project"], record["run"], record["version"])
+        txn.put(vkey, json.dumps(record, sort_keys=True).encode(), db=self.versions)
+        for entry in entries:
+            txn.put(entry_key(vkey, entry["path"]), json.dumps(entry).encode(), db=self.entries)
+
+    def iter_versions(self, txn, prefix: bytes = b""):
+        """Version records whose key starts with `prefix`, in key order."""
+        cursor = txn.cursor(db=self.versions)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield json.loads(value)
+
+    def distinct_components(self, txn, prefix: bytes) -> list[str]:
+        """Distinct next path components of version keys under `prefix` (skip-scan)."""
+        names = []
+        cursor = txn.cursor(db=self.versions)
+        found = cursor.set_range(prefix)
+        while found:
+            key = cursor.key()
+            if not key.startswith(prefix):
+                break
+            name = key[len(prefix):].split(b"/", 1)[0]
+            names.append(fs_str(name))
+            # "/" (0x2f) sorts just before "0" (0x30): jump past every key "name/…".
+            found = cursor.set_range(prefix + name + b"0")
+        return names
+
+    def get_entry(self, txn, vkey: bytes, path: str) -> dict | None:
+        value = txn.get(entry_key(vkey, path), db=self.entries)
+        return json.loads(value) if value is not None else None
+
+    def list_entries(self, txn, vkey: bytes, dir_path: str):
+        """Entries directly inside `dir_path` ("" for the version's top), in name order."""
+        prefix = vkey + b"\0" + fs_bytes(dir_path) + b"\0"
+        cursor = txn.cursor(db=self.entries)
+        if not cursor.set_range(prefix):
+            return
+        for key, value in cursor:
+            if not key.startswith(prefix):
+                return
+            yield json.loads(value)
+
+    def dump(self) -> dict:
+        """Every key and value of every sub-database (for tests and debugging)."""
+        out = {}
+        with self.read() as txn:
+            for name, db in ((b"meta", self.meta), (b"chunks", self.chunks),
+                             (b"manifests", self.manifests), (b"versions", self.versions),
+                             (b"entries", self.entries)):
+                out[name.decode()] = dict(txn.cursor(db=db))
+        return out

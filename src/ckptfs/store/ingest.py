@@ -1,0 +1,281 @@
+"""Ingest: a directory becomes a sealed version.
+
+    walk source -> per file: cut into chunks -> keyed BLAKE3 id -> dedup against the
+    index and this ingest -> encode (zstd / byte-group / XOR-delta) -> append to this
+    ingest's own pack files -> manifest record -> close packs (fsync) -> commit
+    (journal append, then index update) under the store's commit lock.
+
+Work overlaps on both cores: the calling thread reads and cuts, a worker pool encodes,
+and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
+release the GIL on large buffers). Nothing is visible until the commit; on any error
+this ingest's packs are deleted and no version appears.
+"""
+import errno
+import hashlib
+import os
+import stat
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import codec as codecs
+from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
+from .errors import SourceError, StoreError, StoreFullError
+from .index import Location
+from .pack import KIND_CHUNK, KIND_MANIFEST, PackWriter
+
+ENCODE_WORKERS = 2
+MAX_INFLIGHT = 8      # chunks being encoded at once (bounds memory: 8 x max chunk size)
+MAX_HASH_BACKLOG = 16 # chunks queued for the per-file SHA-256
+
+
+@dataclass
+class SourceEntry:
+    path: str          # relative, '/'-separated
+    abs_path: str
+    st: os.stat_result
+    kind: str          # "file", "dir" or "symlink"
+
+
+@dataclass
+class IngestStats:
+    logical_bytes: int = 0   # bytes of the files
+    new_raw_bytes: int = 0   # raw bytes of chunks this ingest stored (not deduped)
+    new_stored_bytes: int = 0
+    new_chunks: int = 0
+    total_chunks: int = 0
+    delta_chunks: int = 0
+
+
+@dataclass
+class IngestReport:
+    project: str
+    run: str
+    version: str
+    files: int
+    entries: int
+    digest: str
+    seconds: float
+    stats: IngestStats
+    delta_parent: str | None
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Logical bytes per byte that had to be stored before compression."""
+        return self.stats.logical_bytes / self.stats.new_raw_bytes if self.stats.new_raw_bytes else float("inf")
+
+    @property
+    def compression_ratio(self) -> float:
+        s = self.stats
+        return s.new_raw_bytes / s.new_stored_bytes if s.new_stored_bytes else 1.0
+
+
+def walk_source(src: str) -> tuple[os.stat_result, list[SourceEntry]]:
+    """Every entry below `src`, parents before children, in a stable order."""
+    try:
+        root_st = os.stat(src)
+    except FileNotFoundError:
+        raise SourceError(f"{src}: no such directory") from None
+    except PermissionError:
+        raise SourceError(f"{src}: permission denied") from None
+    if not stat.S_ISDIR(root_st.st_mode):
+        raise SourceError(f"{src} is not a directory: import takes a checkpoint directory")
+    found = []
+
+    def visit(abs_dir: str, rel_dir: str):
+        try:
+            children = sorted(os.scandir(abs_dir), key=lambda e: os.fsencode(e.name))
+        except PermissionError:
+            raise SourceError(f"{abs_dir}: cannot list directory: permission denied") from None
+        except OSError as e:
+            raise SourceError(f"{abs_dir}: cannot list directory: {e.strerror}") from None
+        for child in children:
+            rel = f"{rel_dir}/{child.name}" if rel_dir else child.name
+            st = child.stat(follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                found.append(SourceEntry(rel, child.path, st, "symlink"))
+            elif stat.S_ISDIR(st.st_mode):
+                found.append(SourceEntry(rel, child.path, st, "dir"))
+                visit(child.path, rel)
+            elif stat.S_ISREG(st.st_mode):
+                found.append(SourceEntry(rel, child.path, st, "file"))
+            else:
+                raise SourceError(
+                    f"{child.path}: is a special file (device, FIFO or socket); "
+                    "a checkpoint holds only files, directories and symlinks")
+
+    visit(src, "")
+    return root_st, found
+
+
+class Ingest:
+    """One import of a directory as PROJECT/RUN/VERSION. Use `Store.import_directory`."""
+
+    def __init__(self, store, project: str, run: str, version: str, progress=None):
+        self.store = store
+        self.project, self.run, self.version = project, run, version
+        self.progress = progress
+        cfg = store.config
+        self.chunker = Chunker(cfg.chunking.min_size, cfg.chunking.avg_size, cfg.chunking.max_size)
+        self.encoder = codecs.Encoder(cfg.compression.level, cfg.compression.min_saving)
+        self.stats = IngestStats()
+        self.writers: list[PackWriter] = []
+        self.session_chunks: dict[bytes, Location] = {}  # chunks this ingest wrote
+        self.pending_ids: set[bytes] = set()               # being encoded right now
+        self.delta_parent = None
+
+    # -- packs ------------------------------------------------------------------------
+    def _writer(self) -> PackWriter:
+        w = self.writers[-1] if self.writers else None
+        if w is None or w.size >= self.store.config.packs.target_size:
+            if w is not None:
+                w.close()
+            w = PackWriter(self.store.packs_dir, self.store.index.allocate_pack_id())
+            self.writers.append(w)
+        return w
+
+    def _store_record(self, kind, codec_id, record_id, raw_len, payload) -> Location:
+        w = self._writer()
+        offset, length = w.append(kind, codec_id, record_id, raw_len, payload)
+        return Location(w.pack_id, offset, length, raw_len)
+
+    # -- main -------------------------------------------------------------------------
+    def execute(self, src: str) -> IngestReport:
+        started = time.monotonic()
+        root_st, found = walk_source(src)
+        self.delta_parent = self.store.delta_parent_for(self.project, self.run)
+        try:
+            with ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="ckptfs-encode") as pool, \
+                 ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
+                entries = [self._entry(e, pool, hasher) for e in found]
+            root = {"mode": stat.S_IMODE(root_st.st_mode), "mtime_ns": root_st.st_mtime_ns}
+            report = self.store.commit_version(self, root, entries)
+        except BaseException as e:
+            for w in self.writers:
+                w.abort()
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFullError(
+                    f"no space left on the store's disk while importing "
+                    f"{self.project}/{self.run}/{self.version}; nothing was committed: "
+                    "free some space and import again") from None
+            raise
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _entry(self, src: SourceEntry, pool, hasher) -> dict:
+        entry = {"path": src.path, "type": src.kind, "mode": stat.S_IMODE(src.st.st_mode),
+                 "mtime_ns": src.st.st_mtime_ns}
+        if src.kind == "symlink":
+            entry["target"] = os.readlink(src.abs_path)
+        elif src.kind == "file":
+            entry.update(self._ingest_file(src, pool, hasher))
+        return entry
+
+    def _ingest_file(self, src: SourceEntry, pool, hasher) -> dict:
+        try:
+            fd = os.open(src.abs_path, os.O_RDONLY)
+        except PermissionError:
+            raise SourceError(f"{src.abs_path}: permission denied") from None
+        except OSError as e:
+            raise SourceError(f"{src.abs_path}: cannot open: {e.strerror}") from None
+        try:
+            return self._ingest_open_file(src, fd, pool, hasher)
+        finally:
+            os.close(fd)
+
+    def _ingest_open_file(self, src: SourceEntry, fd: int, pool, hasher) -> dict:
+        st = os.fstat(fd)
+        size = st.st_size
+
+        def read(offset, length):
+            try:
+                data = os.pread(fd, length, offset)
+            except OSError as e:
+                raise SourceError(f"{src.abs_path}: read error: {e.strerror}") from None
+            if len(data) != length:
+                raise SourceError(f"{src.abs_path} changed size while being imported")
+            return data
+
+        layout = None
+        header_size = safetensors_header_size(read(0, 8)) if size >= 10 else 0
+        if header_size and header_size <= size:
+            layout = parse_safetensors_header(read(0, header_size), size)
+        delta_bases = self.store.delta_bases(self.delta_parent, src.path, layout) \
+            if layout is not None and self.delta_parent else {}
+
+        sha = hashlib.sha256()
+        hash_backlog = deque()
+        inflight = deque()
+        chunks = []
+        stored_before = self.stats.new_stored_bytes
+        for segment in plan_segments(layout, size, self.store.config.chunking.tensor_block):
+            for offset, data in self.chunker.cut(segment, read):
+                hash_backlog.append(hasher.submit(sha.update, data))
+                while len(hash_backlog) > MAX_HASH_BACKLOG:
+                    hash_backlog.popleft().result()
+                chunk_id = self.store.chunk_id(data)
+                chunks.append([chunk_id.hex(), len(data)])
+                self.stats.total_chunks += 1
+                self.stats.logical_bytes += len(data)
+                if not self._is_stored(chunk_id):
+                    base = delta_bases.get(offset)
+                    future = pool.submit(self._encode, data, segment.width, base)
+                    inflight.append((chunk_id, len(data), future))
+                    self.pending_ids.add(chunk_id)
+                    while len(inflight) > MAX_INFLIGHT:
+                        self._write_encoded(*inflight.popleft())
+                if self.progress:
+                    self.progress(len(data), self.stats)
+        while inflight:
+            self._write_encoded(*inflight.popleft())
+        for f in hash_backlog:
+            f.result()
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise SourceError(f"{src.abs_path} changed while being imported")
+        return {"size": size, "sha256": sha.hexdigest(),
+                "stored": self.stats.new_stored_bytes - stored_before, "chunks": chunks}
+
+    def _is_stored(self, chunk_id: bytes) -> bool:
+        return (chunk_id in self.session_chunks or chunk_id in self.pending_ids
+                or self.store.has_chunk(chunk_id))
+
+    def _encode(self, data, width: int, base_chunk_id):
+        """Runs on a worker: the smallest of a delta against the base and a plain encode."""
+        if base_chunk_id is not None:
+            keyframe = self.store.keyframe_of(base_chunk_id)
+            if keyframe is not None:
+                base_id, base_bytes = keyframe
+                delta = self.encoder.encode_delta(data, base_bytes, base_id, width or 4)
+                if delta is not None and len(delta[1]) < 0.6 * len(data):
+                    return delta
+                plain = self.encoder.encode(data, width)
+                if delta is not None and len(delta[1]) < len(plain[1]):
+                    return delta
+                return plain
+        return self.encoder.encode(data, width)
+
+    def _write_encoded(self, chunk_id, raw_len, future):
+        codec_id, payload = future.result()
+        loc = self._store_record(KIND_CHUNK, codec_id, chunk_id, raw_len, payload)
+        self.pending_ids.discard(chunk_id)
+        self.session_chunks[chunk_id] = loc
+        self.stats.new_chunks += 1
+        self.stats.new_raw_bytes += raw_len
+        self.stats.new_stored_bytes += loc.length
+        if codec_id == codecs.XOR_DELTA:
+            self.stats.delta_chunks += 1
+
+    def write_manifest(self, manifest_id: bytes, raw_len: int, payload: bytes) -> Location:
+        """Append the manifest record and close every pack of this ingest (fsync)."""
+        loc = self._store_record(KIND_MANIFEST, codecs.ZSTD, manifest_id, raw_len, payload)
+        for w in self.writers:
+            w.close()
+        return loc
+
+
+def store_error_for_oserror(e: OSError, what: str) -> StoreError:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"no space left on the store's disk while {what}")
+    return StoreError(f"{what}: {e.strerror}")

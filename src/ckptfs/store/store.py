@@ -1,0 +1,669 @@
+"""The Store: the engine's public API. No FUSE here; the CLI and the daemon sit on top.
+
+    store = Store.init("/data/ckpts")            # or Store.open(path)
+    report = store.import_directory(src, "proj", "run-1", "step-100")
+    store.restore("proj", "run-1", "step-100", "/tmp/out")
+"""
+import fcntl
+import fnmatch
+import hashlib
+import os
+import shutil
+import stat
+import threading
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blake3
+
+from . import codec as codecs
+from .chunking import parse_safetensors_header, safetensors_header_size
+from .config import CONFIG_NAME, StoreConfig
+from .errors import (IntegrityError, NotAStoreError, NotFoundError, StoreError,
+                     StoreFormatError, VersionExistsError)
+from .index import Index, Location, entry_key, version_key
+from .ingest import Ingest, IngestReport
+from .journal import Journal
+from .manifest import SCHEMA as MANIFEST_SCHEMA
+from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
+from .names import validate_name
+from .pack import KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids, pack_path, scan_pack
+
+SUBDIRS = ("packs", "index", "journal", "spool")
+READ_AHEAD_CHUNKS = 8
+CACHE_BYTES = 64 << 20
+
+
+def version_name(project, run, version) -> str:
+    return f"{project}/{run}/{version}"
+
+
+@dataclass
+class RestoreReport:
+    files: int = 0
+    bytes: int = 0
+    damaged: list = field(default_factory=list)   # (path, message)
+
+
+@dataclass
+class VerifyReport:
+    packs: int = 0
+    chunks: int = 0
+    versions: int = 0
+    files: int = 0
+    bytes: int = 0
+    damaged_packs: dict = field(default_factory=dict)    # pack id -> [messages]
+    damaged_chunks: dict = field(default_factory=dict)   # chunk id hex -> message
+    damaged_files: list = field(default_factory=list)    # (version, path, message)
+    damaged_versions: set = field(default_factory=set)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.damaged_packs or self.damaged_chunks or self.damaged_files
+                    or self.damaged_versions)
+
+
+class _ChunkCache:
+    """A small LRU of decoded chunks, so reads that walk a chunk in pieces decode it once."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key, data):
+        with self._lock:
+            if key in self._items or len(data) > self.max_bytes // 4:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+
+class Store:
+    def __init__(self, path: str, config: StoreConfig):
+        self.path = path
+        self.config = config
+        self.packs_dir = os.path.join(path, "packs")
+        self.spool_dir = os.path.join(path, "spool")
+        self._key = config.chunk_id_key
+        self._open_lock_fd = self._take_open_lock(path)
+        self.index = Index(os.path.join(path, "index"))
+        self.journal = Journal(os.path.join(path, "journal"))
+        self.packs = PackReader(self.packs_dir)
+        self._cache = _ChunkCache(CACHE_BYTES)
+        self._catch_up_if_behind()
+
+    # -- lifecycle --------------------------------------------------------------------
+    @classmethod
+    def init(cls, path: str) -> "Store":
+        path = os.path.abspath(path)
+        if os.path.exists(os.path.join(path, CONFIG_NAME)):
+            raise StoreError(f"{path} is already a ckptfs store")
+        if os.path.isdir(path) and os.listdir(path):
+            raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise StoreError(f"{path} exists and is not a directory")
+        os.makedirs(path, exist_ok=True)
+        for sub in SUBDIRS:
+            os.makedirs(os.path.join(path, sub), exist_ok=True)
+        config = StoreConfig.new()
+        tmp = os.path.join(path, CONFIG_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret
+        with os.fdopen(fd, "w") as f:
+            f.write(config.to_toml())
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(path, CONFIG_NAME))
+        return cls(path, config)
+
+    @classmethod
+    def open(cls, path: str) -> "Store":
+        path = os.path.abspath(path)
+        config = StoreConfig.load(path)
+        for sub in ("packs", "index", "journal"):
+            if not os.path.isdir(os.path.join(path, sub)):
+                raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
+        os.makedirs(os.path.join(path, "spool"), exist_ok=True)
+        return cls(path, config)
+
+    def close(self):
+        self.packs.close()
+        self.index.close()
+        os.close(self._open_lock_fd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def _take_open_lock(path: str) -> int:
+        """Every open Store holds a shared lock; rebuild-index needs it exclusively."""
+        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
+
+    # -- chunk ids and lookups --------------------------------------------------------
+    def chunk_id(self, data) -> bytes:
+        return blake3.blake3(data, key=self._key).digest()
+
+    def has_chunk(self, chunk_id: bytes) -> bool:
+        with self.index.read() as txn:
+            return self.index.get_chunk(txn, chunk_id) is not None
+
+    # -- ingest -----------------------------------------------------------------------
+    def import_directory(self, src: str, project: str, run: str, version: str,
+                         progress=None) -> IngestReport:
+        """Archive the directory `src` as PROJECT/RUN/VERSION (atomically)."""
+        for name, what in ((project, "project"), (run, "run"), (version, "version")):
+            validate_name(name, what)
+        if self.version_record(project, run, version) is not None:
+            raise VersionExistsError(
+                f"version {version_name(project, run, version)} already exists; versions are "
+                "immutable: import under a new version name")
+        return Ingest(self, project, run, version, progress).execute(src)
+
+    def delta_parent_for(self, project: str, run: str) -> dict | None:
+        """The run's newest version: its tensors are the delta bases of the next one."""
+        if not self.config.compression.delta:
+            return None
+        versions = self.versions(project, run)
+        return max(versions, key=lambda r: r["seq"]) if versions else None
+
+    def delta_bases(self, parent: dict, path: str, layout) -> dict[int, bytes]:
+        """{offset in the new file: chunk id of the same tensor block in the parent file}."""
+        vkey = version_key(parent["project"], parent["run"], parent["version"])
+        with self.index.read() as txn:
+            old = self.index.get_entry(txn, vkey, path)
+        if not old or old["type"] != "file":
+            return {}
+        try:
+            head_size = safetensors_header_size(self.read_range(old, 0, 8))
+            old_layout = parse_safetensors_header(self.read_range(old, 0, head_size), old["size"]) \
+                if head_size else None
+        except IntegrityError:
+            return {}
+        if old_layout is None:
+            return {}
+        old_chunks, pos = {}, 0
+        for chunk_hex, length in old["chunks"]:
+            old_chunks[pos] = (bytes.fromhex(chunk_hex), length)
+            pos += length
+        block = self.config.chunking.tensor_block
+        bases = {}
+        for name, (start, end, dtype) in layout.tensors.items():
+            old_t = old_layout.tensors.get(name)
+            if old_t is None or old_t[2] != dtype or old_t[1] - old_t[0] != end - start:
+                continue
+            for k in range(0, end - start, block):
+                found = old_chunks.get(old_t[0] + k)
+                if found and found[1] == min(block, end - start - k):
+                    bases[start + k] = found[0]
+        return bases
+
+    def keyframe_of(self, chunk_id: bytes) -> tuple[bytes, bytes] | None:
+        """(id, raw bytes) of the non-delta chunk a delta against `chunk_id` should use."""
+        try:
+            record = self._read_record(chunk_id)
+            base_id = codecs.delta_base_id(record.codec, record.payload)
+            key = base_id or chunk_id
+            return key, self.read_chunk(key)
+        except IntegrityError:
+            return None
+
+    def commit_version(self, ingest: Ingest, root: dict, entries: list[dict]) -> IngestReport:
+        p, r, v = ingest.project, ingest.run, ingest.version
+        digest = version_digest(entries)
+        manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
+                    "root": root, "digest": digest, "entries": entries}
+        raw = encode_manifest(manifest)
+        manifest_id = self.chunk_id(raw)
+        manifest_loc = ingest.write_manifest(manifest_id, len(raw), compress_manifest(raw))
+        with self.journal.locked():
+            self._catch_up()
+            if self.version_record(p, r, v) is not None:
+                raise VersionExistsError(
+                    f"version {version_name(p, r, v)} was created by another import meanwhile; "
+                    "versions are immutable: import under a new version name")
+            with self.index.read() as txn:
+                fresh = {cid: loc for cid, loc in ingest.session_chunks.items()
+                         if self.index.get_chunk(txn, cid) is None}
+            s = ingest.stats
+            parent = ingest.delta_parent
+            event = self.journal.append({
+                "type": "version.sealed", "project": p, "run": r, "version": v,
+                "manifest": manifest_id.hex(), "digest": digest,
+                "packs": [w.pack_id for w in ingest.writers],
+                "files": sum(1 for e in entries if e["type"] == "file"),
+                "logical_bytes": s.logical_bytes,
+                "new_raw_bytes": sum(loc.raw_len for loc in fresh.values()),
+                "new_stored_bytes": sum(loc.length for loc in fresh.values()) + manifest_loc.length,
+                "delta_parent": version_name(parent["project"], parent["run"], parent["version"])
+                if parent else None,
+            })
+
+            def apply(txn):
+                for cid, loc in fresh.items():
+                    self.index.add_chunk(txn, cid, loc)
+                self.index.add_manifest(txn, manifest_id, manifest_loc)
+                self.index.put_version(txn, self._version_record(event, manifest), entries)
+                self.index.put_int(txn, b"journal_seq", event["seq"])
+            self.index.commit(apply)
+        return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
+                            event["delta_parent"])
+
+    @staticmethod
+    def _version_record(event: dict, manifest: dict) -> dict:
+        record = {k: event[k] for k in ("project", "run", "version", "manifest", "digest",
+                                         "files", "logical_bytes", "new_raw_bytes",
+                                         "new_stored_bytes", "delta_parent")}
+        record.update(sealed_at=event["time"], seq=event["seq"], root=manifest["root"],
+                      entries=len(manifest["entries"]))
+        return record
+
+    # -- journal replay (crash recovery and rebuild) -----------------------------------
+    def _catch_up_if_behind(self):
+        with self.index.read() as txn:
+            applied = self.index.get_int(txn, b"journal_seq")
+        if self.journal.last_seq() > applied:
+            with self.journal.locked():
+                self._catch_up()
+
+    def _catch_up(self):
+        """Apply journal entries the index has not seen (the caller holds the lock).
+
+        This finishes a commit that crashed after its journal append: the journal is
+        the truth, the index follows it."""
+        with self.index.read() as txn:
+            applied = self.index.get_int(txn, b"journal_seq")
+        for entry in self.journal.entries(after_seq=applied):
+            self.index.commit(lambda txn: self._apply_entry(txn, entry, scan_packs=True))
+
+    def _apply_entry(self, txn, entry: dict, scan_packs: bool):
+        if entry["type"] == "version.sealed":
+            if scan_packs:
+                for pack_id in entry["packs"]:
+                    self._index_pack(txn, pack_id)
+            manifest = self._load_manifest(txn, bytes.fromhex(entry["manifest"]))
+            self.index.put_version(txn, self._version_record(entry, manifest), manifest["entries"])
+        self.index.put_int(txn, b"journal_seq", entry["seq"])
+
+    def _index_pack(self, txn, pack_id: int):
+        scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+        for rec in scan.records:
+            loc = Location(pack_id, rec.offset, rec.length, rec.raw_len)
+            if rec.kind == KIND_CHUNK:
+                self.index.add_chunk(txn, rec.record_id, loc)
+            elif rec.kind == KIND_MANIFEST:
+                self.index.add_manifest(txn, rec.record_id, loc)
+        if self.index.get_int(txn, b"next_pack_id", 1) <= pack_id:
+            self.index.put_int(txn, b"next_pack_id", pack_id + 1)
+        return scan
+
+    def _load_manifest(self, txn, manifest_id: bytes) -> dict:
+        loc = self.index.get_manifest(txn, manifest_id)
+        if loc is None:
+            raise IntegrityError(f"manifest {manifest_id.hex()[:16]} is not in any pack")
+        record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        raw = codecs.decode(record.codec, record.payload, record.raw_len)
+        if self.chunk_id(raw) != manifest_id:
+            raise IntegrityError(f"manifest {manifest_id.hex()[:16]} in pack "
+                                 f"{loc.pack_id:08x} does not match its id", pack_id=loc.pack_id)
+        return decode_manifest(raw)
+
+    def rebuild_index(self) -> dict:
+        """Recreate the LMDB index from packs and journal alone."""
+        try:
+            fcntl.flock(self._open_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError("the store is in use by another ckptfs process (a mount or an "
+                             "import): stop it before rebuilding the index") from None
+        summary = {"packs": 0, "damaged_packs": [], "versions": 0}
+        with self.journal.locked():
+            new_path = os.path.join(self.path, "index.rebuild")
+            shutil.rmtree(new_path, ignore_errors=True)
+            new_index = Index(new_path)
+            try:
+                for pack_id in list_pack_ids(self.packs_dir):
+                    scan = new_index.commit(lambda txn: self._rebuild_pack(new_index, txn, pack_id))
+                    summary["packs"] += 1
+                    if scan.damage:
+                        summary["damaged_packs"].append((pack_id, scan.damage))
+                old_index, self.index = self.index, new_index
+                for entry in self.journal.entries():
+                    self.index.commit(lambda txn: self._apply_entry(txn, entry, scan_packs=False))
+                    summary["versions"] += entry["type"] == "version.sealed"
+            except BaseException:
+                self.index = locals().get("old_index", self.index)
+                new_index.close()
+                shutil.rmtree(new_path, ignore_errors=True)
+                raise
+            old_index.close()
+            live = os.path.join(self.path, "index")
+            old = os.path.join(self.path, "index.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(live, old)
+            os.rename(new_path, live)
+            shutil.rmtree(old, ignore_errors=True)
+            self.index.close()
+            self.index = Index(live)
+            self._cache = _ChunkCache(CACHE_BYTES)
+        fcntl.flock(self._open_lock_fd, fcntl.LOCK_SH)
+        return summary
+
+    def _rebuild_pack(self, index: Index, txn, pack_id: int):
+        saved, self.index = self.index, index
+        try:
+            return self._index_pack(txn, pack_id)
+        finally:
+            self.index = saved
+
+    # -- catalog ----------------------------------------------------------------------
+    def projects(self) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, b"")
+
+    def runs(self, project: str) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, version_key(project, "", "")[:-1])
+
+    def versions(self, project: str, run: str) -> list[dict]:
+        prefix = version_key(project, run, "")
+        with self.index.read() as txn:
+            return list(self.index.iter_versions(txn, prefix))
+
+    def all_versions(self) -> list[dict]:
+        with self.index.read() as txn:
+            return list(self.index.iter_versions(txn))
+
+    def version_record(self, project: str, run: str, version: str) -> dict | None:
+        with self.index.read() as txn:
+            return self.index.get_version(txn, project, run, version)
+
+    def require_version(self, project: str, run: str, version: str) -> dict:
+        record = self.version_record(project, run, version)
+        if record is None:
+            raise NotFoundError(f"no version {version_name(project, run, version)} in the store")
+        return record
+
+    def list_dir(self, project: str, run: str, version: str, dir_path: str = "") -> list[dict]:
+        self.require_version(project, run, version)
+        vkey = version_key(project, run, version)
+        if dir_path:
+            entry = self.entry(project, run, version, dir_path)
+            if entry["type"] != "dir":
+                return [entry]
+        with self.index.read() as txn:
+            return list(self.index.list_entries(txn, vkey, dir_path))
+
+    def entry(self, project: str, run: str, version: str, path: str) -> dict:
+        path = path.strip("/")
+        with self.index.read() as txn:
+            entry = self.index.get_entry(txn, version_key(project, run, version), path)
+        if entry is None:
+            raise NotFoundError(f"{version_name(project, run, version)} has no {path!r}")
+        return entry
+
+    def walk(self, project: str, run: str, version: str) -> list[dict]:
+        """Every entry of a version, parents before children, each directory's children in
+        name order."""
+        vkey = version_key(project, run, version)
+        out = []
+        with self.index.read() as txn:
+            def visit(dir_path):
+                for entry in self.index.list_entries(txn, vkey, dir_path):
+                    out.append(entry)
+                    if entry["type"] == "dir":
+                        visit(entry["path"])
+            visit("")
+        return out
+
+    # -- reading ------------------------------------------------------------------------
+    def _read_record(self, chunk_id: bytes):
+        with self.index.read() as txn:
+            loc = self.index.get_chunk(txn, chunk_id)
+        if loc is None:
+            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in the index",
+                                 chunk_id=chunk_id)
+        record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        if record.record_id != chunk_id:
+            raise IntegrityError(f"pack {loc.pack_id:08x} holds another record where chunk "
+                                 f"{chunk_id.hex()[:16]} should be", pack_id=loc.pack_id,
+                                 chunk_id=chunk_id)
+        return record
+
+    def read_chunk(self, chunk_id: bytes) -> bytes:
+        """The raw bytes of a chunk; checked (xxh3) on the way, never wrong."""
+        data = self._cache.get(chunk_id)
+        if data is not None:
+            return data
+        record = self._read_record(chunk_id)
+        try:
+            data = codecs.decode(record.codec, record.payload, record.raw_len,
+                                 load_base=self._read_delta_base)
+        except IntegrityError as e:
+            loc = self.index_location(chunk_id)
+            raise IntegrityError(f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]}: {e}",
+                                 pack_id=loc.pack_id, chunk_id=chunk_id) from None
+        self._cache.put(chunk_id, data)
+        return data
+
+    def _read_delta_base(self, base_id: bytes) -> bytes:
+        record = self._read_record(base_id)
+        if record.codec == codecs.XOR_DELTA:
+            raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
+        return self.read_chunk(base_id)
+
+    def index_location(self, chunk_id: bytes) -> Location | None:
+        with self.index.read() as txn:
+            return self.index.get_chunk(txn, chunk_id)
+
+    def read_range(self, entry: dict, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of a file entry from `offset` (for cat, and the mount)."""
+        out = []
+        pos = 0
+        end = min(entry["size"], offset + size)
+        for chunk_hex, length in entry["chunks"]:
+            if pos >= end:
+                break
+            if pos + length > offset:
+                data = self.read_chunk(bytes.fromhex(chunk_hex))
+                out.append(data[max(0, offset - pos):end - pos])
+            pos += length
+        return b"".join(out)
+
+    def iter_file(self, entry: dict, pool: ThreadPoolExecutor | None = None):
+        """Yield a file's bytes chunk by chunk, decoding a few chunks ahead on `pool`."""
+        ids = [bytes.fromhex(c) for c, _ in entry["chunks"]]
+        if pool is None:
+            for chunk_id in ids:
+                yield self.read_chunk(chunk_id)
+            return
+        ahead = []
+        for chunk_id in ids:
+            ahead.append(pool.submit(self.read_chunk, chunk_id))
+            if len(ahead) > READ_AHEAD_CHUNKS:
+                yield ahead.pop(0).result()
+        for future in ahead:
+            yield future.result()
+
+    # -- restore ------------------------------------------------------------------------
+    def select_entries(self, project, run, version, patterns=None) -> list[dict]:
+        """Entries of a version, or only files/symlinks matching any glob (and their dirs)."""
+        entries = self.walk(project, run, version)
+        if not patterns:
+            return entries
+        chosen = set()
+        for pattern in patterns:
+            hits = [e["path"] for e in entries if e["type"] != "dir"
+                    and (fnmatch.fnmatchcase(e["path"], pattern)
+                         or fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern))]
+            if not hits:
+                raise NotFoundError(f"no file of {version_name(project, run, version)} "
+                                    f"matches {pattern!r}")
+            chosen.update(hits)
+        parents = {p.rsplit("/", 1)[0] for p in chosen if "/" in p}
+        for p in list(parents):
+            while "/" in p:
+                p = p.rsplit("/", 1)[0]
+                parents.add(p)
+        return [e for e in entries if e["path"] in chosen or e["path"] in parents]
+
+    def restore(self, project, run, version, dest, patterns=None, progress=None) -> RestoreReport:
+        """Write a version (or the files matching `patterns`) into `dest`, checking every
+        file's SHA-256; a file that fails is removed and reported, the rest is restored."""
+        self.require_version(project, run, version)
+        entries = self.select_entries(project, run, version, patterns)
+        if os.path.exists(dest) and not os.path.isdir(dest):
+            raise StoreError(f"{dest} exists and is not a directory")
+        for e in entries:
+            if e["type"] != "dir" and os.path.lexists(os.path.join(dest, e["path"])):
+                raise StoreError(f"{os.path.join(dest, e['path'])} already exists; restore into "
+                                 "a new or empty directory")
+        os.makedirs(dest, exist_ok=True)
+        report = RestoreReport()
+        with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-read") as pool, \
+             ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
+            for e in entries:
+                target = os.path.join(dest, e["path"])
+                if e["type"] == "dir":
+                    os.makedirs(target, exist_ok=True)
+                elif e["type"] == "symlink":
+                    os.symlink(e["target"], target)
+                else:
+                    self._restore_file(e, target, pool, hasher, report, progress)
+        for e in reversed(entries):  # children before parents, so dir mtimes stick
+            target = os.path.join(dest, e["path"])
+            if e["type"] == "symlink" or not os.path.lexists(target):
+                continue
+            os.chmod(target, e["mode"])
+            os.utime(target, ns=(e["mtime_ns"], e["mtime_ns"]))
+        return report
+
+    def _restore_file(self, entry, target, pool, hasher, report, progress):
+        sha = hashlib.sha256()
+        pending = []
+        try:
+            with open(target, "xb") as out:
+                for data in self.iter_file(entry, pool):
+                    pending.append(hasher.submit(sha.update, data))
+                    out.write(data)
+                    if len(pending) > 16:
+                        pending.pop(0).result()
+                    if progress:
+                        progress(len(data))
+                for f in pending:
+                    f.result()
+            if sha.hexdigest() != entry["sha256"]:
+                raise IntegrityError(f"{entry['path']}: SHA-256 does not match the sidecar")
+        except IntegrityError as e:
+            os.unlink(target)
+            report.damaged.append((entry["path"], str(e)))
+            return
+        report.files += 1
+        report.bytes += entry["size"]
+
+    # -- stats and verify ---------------------------------------------------------------
+    def stats(self) -> dict:
+        versions = self.all_versions()
+        with self.index.read() as txn:
+            chunks = self.index.get_int(txn, b"chunk_count")
+            unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
+            stored = self.index.get_int(txn, b"chunk_stored_bytes")
+        pack_ids = list_pack_ids(self.packs_dir)
+        pack_bytes = sum(os.path.getsize(pack_path(self.packs_dir, p)) for p in pack_ids)
+        logical = sum(v["logical_bytes"] for v in versions)
+        return {
+            "projects": len({v["project"] for v in versions}),
+            "runs": len({(v["project"], v["run"]) for v in versions}),
+            "versions": len(versions),
+            "files": sum(v["files"] for v in versions),
+            "logical_bytes": logical,
+            "chunks": chunks,
+            "unique_bytes": unique_raw,
+            "stored_bytes": stored,
+            "packs": len(pack_ids),
+            "pack_bytes": pack_bytes,
+            "dedup_ratio": logical / unique_raw if unique_raw else 1.0,
+            "compression_ratio": unique_raw / stored if stored else 1.0,
+            "total_ratio": logical / pack_bytes if pack_bytes else 1.0,
+        }
+
+    def verify(self, progress=None) -> VerifyReport:
+        """Re-read every pack record, re-check every chunk id and every file's SHA-256."""
+        report = VerifyReport()
+        for pack_id in list_pack_ids(self.packs_dir):
+            scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+            report.packs += 1
+            if scan.damage:
+                report.damaged_packs[pack_id] = scan.damage
+        with self.index.read() as txn:
+            chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
+        self._cache = _ChunkCache(CACHE_BYTES)  # verify what is on disk, not what is cached
+        with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-verify") as pool:
+            for chunk_id, problem in zip(chunk_ids, pool.map(self._check_chunk, chunk_ids)):
+                report.chunks += 1
+                if problem:
+                    report.damaged_chunks[chunk_id.hex()] = problem
+                    loc = self.index_location(chunk_id)
+                    report.damaged_packs.setdefault(loc.pack_id, []).append(problem)
+                if progress:
+                    progress("chunks", report.chunks, len(chunk_ids))
+            self._cache = _ChunkCache(CACHE_BYTES)
+            for record in self.all_versions():
+                self._verify_version(record, report, pool, progress)
+        return report
+
+    def _check_chunk(self, chunk_id: bytes) -> str | None:
+        try:
+            data = self.read_chunk(chunk_id)
+        except IntegrityError as e:
+            return str(e)
+        if self.chunk_id(data) != chunk_id:
+            loc = self.index_location(chunk_id)
+            return f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]} does not match its id"
+        return None
+
+    def _verify_version(self, record, report, pool, progress):
+        p, r, v = record["project"], record["run"], record["version"]
+        name = version_name(p, r, v)
+        report.versions += 1
+        entries = self.walk(p, r, v)
+        if version_digest(entries) != record["digest"]:
+            report.damaged_versions.add(name)
+        for entry in entries:
+            if entry["type"] != "file":
+                continue
+            report.files += 1
+            bad = [c for c, _ in entry["chunks"] if c in report.damaged_chunks]
+            if bad:
+                report.damaged_files.append((name, entry["path"], f"{len(bad)} damaged chunk(s)"))
+                report.damaged_versions.add(name)
+                continue
+            sha = hashlib.sha256()
+            try:
+                for data in self.iter_file(entry, pool):
+                    sha.update(data)
+            except IntegrityError as e:
+                report.damaged_files.append((name, entry["path"], str(e)))
+                report.damaged_versions.add(name)
+                continue
+            report.bytes += entry["size"]
+            if sha.hexdigest() != entry["sha256"]:
+                report.damaged_files.append((name, entry["path"], "SHA-256 mismatch"))
+                report.damaged_versions.add(name)
+            if progress:
+                progress("files", report.files, None)
