@@ -1,0 +1,305 @@
+"""The `ckptfs` command: a thin layer over `ckptfs.store.Store`.
+
+Exit codes: 0 success; 1 an error (message on stderr); 2 a usage error;
+3 damage found (integrity errors in cat/get, or `verify` found damaged data).
+"""
+import errno
+import json
+import os
+import stat
+import sys
+import time
+from datetime import datetime, timezone
+
+import click
+from tqdm import tqdm
+
+from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
+from ckptfs.store.names import validate_name
+
+EXIT_ERROR = 1
+EXIT_DAMAGE = 3
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def fail(message: str, code: int = EXIT_ERROR):
+    click.echo(f"ckptfs: error: {message}", err=True)
+    sys.exit(code)
+
+
+class CkptfsGroup(click.Group):
+    """Turns errors a user can cause into one line on stderr and an exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except IntegrityError as e:
+            fail(f"integrity error: {e}", EXIT_DAMAGE)
+        except StoreError as e:
+            fail(str(e))
+        except BrokenPipeError:
+            # The reader went away (e.g. `ckptfs cat … | head`): not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
+        except KeyboardInterrupt:
+            click.echo("ckptfs: interrupted", err=True)
+            sys.exit(130)
+        except OSError as e:
+            where = f"{e.filename}: " if e.filename else ""
+            if e.errno == errno.ENOSPC:
+                fail(f"{where}no space left on device")
+            fail(f"{where}{e.strerror or e}")
+
+
+def open_store(path: str) -> Store:
+    return Store.open(path)
+
+
+@click.group(cls=CkptfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ckptfs")
+def main():
+    """ckptfs: a versioned, deduplicated archive for ML checkpoints."""
+
+
+@main.command()
+@click.argument("store")
+def init(store):
+    """Create a new, empty store in directory STORE."""
+    with Store.init(store) as s:
+        click.echo(f"created store {s.path}")
+
+
+class ImportProgress:
+    """A tqdm bar on a terminal: bytes, rate, and dedup so far."""
+
+    def __init__(self, total: int, label: str):
+        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=label,
+                        file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
+        self._last = 0.0
+
+    def __call__(self, nbytes, stats):
+        self.bar.update(nbytes)
+        now = time.monotonic()
+        if now - self._last > 0.25 and stats.logical_bytes:
+            self._last = now
+            dedup = 1 - stats.new_raw_bytes / stats.logical_bytes
+            self.bar.set_postfix_str(f"dedup {dedup:.0%}, stored {human_bytes(stats.new_stored_bytes)}")
+
+    def close(self):
+        self.bar.close()
+
+
+def source_size(src: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(src):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+@main.command("import")
+@click.argument("store")
+@click.argument("src_dir")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+def import_(store, src_dir, ref):
+    """Archive the checkpoint directory SRC_DIR as PROJECT/RUN/VERSION."""
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        progress = ImportProgress(source_size(src_dir) if os.path.isdir(src_dir) else 0, ref)
+        try:
+            report = s.import_directory(src_dir, project, run, version, progress=progress)
+        finally:
+            progress.close()
+    st = report.stats
+    rate = st.logical_bytes / report.seconds / 1e6 if report.seconds else 0
+    dedup = f"{report.dedup_ratio:.2f}x" if st.new_raw_bytes else "all deduplicated"
+    click.echo(f"imported {ref}: {report.files} files, {human_bytes(st.logical_bytes)} logical, "
+               f"{human_bytes(st.new_stored_bytes)} new stored (dedup {dedup}, compression "
+               f"{report.compression_ratio:.2f}x), {report.seconds:.1f} s, {rate:.0f} MB/s")
+
+
+def split_ref(ref: str) -> list[str]:
+    parts = [p for p in ref.strip("/").split("/") if p] if ref else []
+    for part, what in zip(parts[:3], ("project", "run", "version")):
+        validate_name(part, what)
+    return parts
+
+
+def format_time_ns(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9).strftime("%Y-%m-%d %H:%M")
+
+
+def long_entry_line(entry: dict) -> str:
+    kind = {"dir": stat.S_IFDIR, "symlink": stat.S_IFLNK}.get(entry["type"], stat.S_IFREG)
+    size = entry.get("size", 0)
+    name = entry["path"].rsplit("/", 1)[-1]
+    if entry["type"] == "symlink":
+        name += f" -> {entry['target']}"
+    return f"{stat.filemode(kind | entry['mode'])} {size:>12} {format_time_ns(entry['mtime_ns'])} {name}"
+
+
+@main.command("ls")
+@click.argument("store")
+@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN[/VERSION[/PATH]]]]")
+@click.option("-l", "long", is_flag=True, help="Long listing: sizes, times, modes.")
+def ls(store, ref, long):
+    """List projects, runs, versions, or the files of a version."""
+    parts = split_ref(ref)
+    with open_store(store) as s:
+        if len(parts) == 0:
+            for name in s.projects():
+                click.echo(name)
+        elif len(parts) == 1:
+            runs = s.runs(parts[0])
+            if not runs:
+                fail(f"no project {parts[0]!r} in the store")
+            for name in runs:
+                click.echo(name)
+        elif len(parts) == 2:
+            versions = s.versions(*parts)
+            if not versions:
+                fail(f"no run {'/'.join(parts)!r} in the store")
+            for v in versions:
+                if long:
+                    click.echo(f"{v['sealed_at'][:19].replace('T', ' ')}  {v['files']:>5} files "
+                               f"{human_bytes(v['logical_bytes']):>10}  {v['version']}")
+                else:
+                    click.echo(v["version"])
+        else:
+            entries = s.list_dir(parts[0], parts[1], parts[2], "/".join(parts[3:]))
+            for entry in entries:
+                click.echo(long_entry_line(entry) if long else entry["path"].rsplit("/", 1)[-1])
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION/PATH")
+def cat(store, ref):
+    """Write a file of a version to standard output."""
+    parts = split_ref(ref)
+    if len(parts) < 4:
+        fail(f"expected PROJECT/RUN/VERSION/PATH, got {ref!r}", 2)
+    with open_store(store) as s:
+        s.require_version(*parts[:3])
+        entry = s.entry(*parts[:3], "/".join(parts[3:]))
+        if entry["type"] != "file":
+            fail(f"{ref} is a {entry['type']}, not a file")
+        out = sys.stdout.buffer
+        for data in s.iter_file(entry):
+            out.write(data)
+        out.flush()
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("dest")
+@click.option("--files", "patterns", multiple=True, metavar="GLOB",
+              help="Restore only files whose path (or name) matches GLOB; repeatable.")
+def get(store, ref, dest, patterns):
+    """Restore a version (or some of its files) into directory DEST, checking SHA-256."""
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        entries = s.select_entries(project, run, version, patterns)
+        total = sum(e.get("size", 0) for e in entries)
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=ref,
+                   file=sys.stderr, disable=None, leave=False)
+        started = time.monotonic()
+        try:
+            report = s.restore(project, run, version, dest, patterns, progress=bar.update)
+        finally:
+            bar.close()
+        seconds = time.monotonic() - started
+    for path, message in report.damaged:
+        click.echo(f"ckptfs: damaged: {path}: {message}", err=True)
+    click.echo(f"restored {report.files} files, {human_bytes(report.bytes)} to {dest} "
+               f"in {seconds:.1f} s, SHA-256 verified")
+    if report.damaged:
+        fail(f"{len(report.damaged)} file(s) could not be restored intact (see above); "
+             "run `ckptfs verify` for details", EXIT_DAMAGE)
+
+
+@main.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def stats(store, as_json):
+    """Versions, files, logical and stored bytes, dedup and compression ratios."""
+    with open_store(store) as s:
+        st = s.stats()
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    rows = [
+        ("projects", st["projects"]), ("runs", st["runs"]), ("versions", st["versions"]),
+        ("files", st["files"]),
+        ("logical bytes", human_bytes(st["logical_bytes"])),
+        ("unique bytes", f"{human_bytes(st['unique_bytes'])} in {st['chunks']} chunks"),
+        ("stored bytes", f"{human_bytes(st['stored_bytes'])} in {st['packs']} packs "
+                         f"({human_bytes(st['pack_bytes'])} on disk)"),
+        ("dedup ratio", f"{st['dedup_ratio']:.2f}x"),
+        ("compression ratio", f"{st['compression_ratio']:.2f}x"),
+        ("overall", f"{st['total_ratio']:.2f}x (logical / on disk)"),
+    ]
+    for label, value in rows:
+        click.echo(f"{label + ':':<20}{value}")
+
+
+@main.command()
+@click.argument("store")
+def verify(store):
+    """Re-read every chunk and re-check chunk ids and every file's SHA-256."""
+    with open_store(store) as s:
+        bar = tqdm(desc="verifying", unit=" chunks", file=sys.stderr, disable=None, leave=False)
+
+        def progress(phase, done, total):
+            bar.set_description(f"verifying {phase}")
+            bar.total = total
+            bar.n = done
+            bar.refresh() if done % 64 == 0 else None
+
+        try:
+            report = s.verify(progress)
+        finally:
+            bar.close()
+    if report.ok:
+        click.echo(f"ok: {report.packs} packs, {report.chunks} chunks, {report.versions} versions, "
+                   f"{report.files} files ({human_bytes(report.bytes)}) verified")
+        return
+    for pack_id, problems in sorted(report.damaged_packs.items()):
+        click.echo(f"damaged pack {pack_id:08x}: {problems[0]}"
+                   + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+    for version in sorted(report.damaged_versions):
+        click.echo(f"damaged version {version}")
+    for version, path, problem in report.damaged_files:
+        click.echo(f"damaged file {version}/{path}: {problem}")
+    fail(f"verify found damage: {len(report.damaged_packs)} pack(s), "
+         f"{len(report.damaged_chunks)} chunk(s), {len(report.damaged_files)} file(s) in "
+         f"{len(report.damaged_versions)} version(s)", EXIT_DAMAGE)
+
+
+@main.command("rebuild-index")
+@click.argument("store")
+def rebuild_index(store):
+    """Recreate the index from the packs and the journal alone."""
+    with open_store(store) as s:
+        summary = s.rebuild_index()
+    for pack_id, problems in summary["damaged_packs"]:
+        click.echo(f"warning: pack {pack_id:08x}: {problems[0]}", err=True)
+    click.echo(f"index rebuilt from {summary['packs']} packs and the journal: "
+               f"{summary['versions']} versions")
+
+
+if __name__ == "__main__":
+    main()
