@@ -136,7 +136,8 @@ class Index:
         vkey = version_key(record["project"], record["run"], record["version"])
         txn.put(vkey, json.dumps(record, sort_keys=True).encode(), db=self.versions)
         for entry in entries:
-            txn.put(entry_key(vkey, entry["path"]), json.dumps(entry).encode(), db=self.entries)
+            txn.put(entry_key(vkey, entry["path"]), json.dumps(entry, sort_keys=True).encode(),
+                    db=self.entries)
 
     def iter_versions(self, txn, prefix: bytes = b""):
         """Version records whose key starts with `prefix`, in key order."""
@@ -161,7 +162,7 @@ class Index:
             names.append(fs_str(name))
             # "/" (0x2f) sorts just before "0" (0x30): jump past every key "name/…".
             found = cursor.set_range(prefix + name + b"0")
-        return names
+        return sorted(names, key=fs_bytes)  # key order puts "a-x/…" before "a/…"
 
     def get_entry(self, txn, vkey: bytes, path: str) -> dict | None:
         value = txn.get(entry_key(vkey, path), db=self.entries)

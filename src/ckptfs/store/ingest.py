@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from . import codec as codecs
 from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
-from .errors import SourceError, StoreError, StoreFullError
+from .errors import SourceError, StoreFullError
 from .index import Location
 from .pack import KIND_CHUNK, KIND_MANIFEST, PackWriter
 
@@ -232,8 +232,10 @@ class Ingest:
         for f in hash_backlog:
             f.result()
         after = os.fstat(fd)
-        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            raise SourceError(f"{src.abs_path} changed while being imported")
+        seen = {(s.st_size, s.st_mtime_ns) for s in (src.st, st, after)}
+        if len(seen) > 1:
+            raise SourceError(f"{src.abs_path} changed while being imported: is a writer still "
+                              "running? Import it again once the checkpoint is complete")
         return {"size": size, "sha256": sha.hexdigest(),
                 "stored": self.stats.new_stored_bytes - stored_before, "chunks": chunks}
 
@@ -274,8 +276,3 @@ class Ingest:
             w.close()
         return loc
 
-
-def store_error_for_oserror(e: OSError, what: str) -> StoreError:
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return StoreFullError(f"no space left on the store's disk while {what}")
-    return StoreError(f"{what}: {e.strerror}")
