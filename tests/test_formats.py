@@ -162,3 +162,16 @@ def test_journal_detects_an_altered_entry(tmp_path):
     open(j.path, "wb").write(b"\n".join(lines) + b"\n")
     with pytest.raises(IntegrityError, match="line 3"):
         list(j.entries())
+
+
+def test_journal_rollback_removes_only_the_last_entry(tmp_path):
+    j = Journal(str(tmp_path))
+    with j.locked():
+        j.append({"type": "x", "n": 1})
+        second = j.append({"type": "x", "n": 2})
+        j.rollback(second)
+        third = j.append({"type": "x", "n": 3})
+    assert [(e["seq"], e["n"]) for e in j.entries()] == [(1, 1), (2, 3)]
+    with pytest.raises(RuntimeError):
+        j.rollback(second)
+    assert third["seq"] == 2

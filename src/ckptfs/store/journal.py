@@ -100,7 +100,22 @@ class Journal:
                 raise
         finally:
             os.close(fd)
+        self._last_append = (entry_hash(line[:-1]), valid_len)
         return entry
+
+    def rollback(self, entry: dict) -> None:
+        """Remove `entry`, the last one this process appended, while still holding the lock:
+        used when the commit that wrote it could not finish (e.g. the index hit a full disk)."""
+        last_hash, offset = getattr(self, "_last_append", (None, None))
+        if last_hash != entry_hash(encode_entry(entry)):
+            raise RuntimeError("rollback of an entry that was not the last one appended")
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.ftruncate(fd, offset)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._last_append = (None, None)
 
     def last_seq(self) -> int:
         return self._tail()[0]

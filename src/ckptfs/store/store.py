@@ -261,7 +261,12 @@ class Store:
                 self.index.add_manifest(txn, manifest_id, manifest_loc)
                 self.index.put_version(txn, self._version_record(event, manifest), entries)
                 self.index.put_int(txn, b"journal_seq", event["seq"])
-            self.index.commit(apply)
+            try:
+                self.index.commit(apply)
+            except BaseException:
+                # The journal must not claim a version the import reports as failed.
+                self.journal.rollback(event)
+                raise
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
                             event["delta_parent"])
 
