@@ -132,6 +132,7 @@ def test_unfinished_pack_scans_up_to_its_last_whole_record(tmp_path):
     os.truncate(w.path, size - 3)
     scan = scan_pack(w.path, 2)
     assert [r.record_id for r in scan.records] == [b"a" * 32] and not scan.complete
+    assert scan.damage == [] and "truncated record" in scan.tail
 
 
 def test_journal_chain_and_torn_tail(tmp_path):

@@ -273,6 +273,9 @@ def verify(store):
             report = s.verify(progress)
         finally:
             bar.close()
+    if report.leftover_packs:
+        click.echo(f"note: {len(report.leftover_packs)} unfinished pack(s) left by interrupted "
+                   "imports hold no version's data (a later garbage collection removes them)")
     if report.ok:
         click.echo(f"ok: {report.packs} packs, {report.chunks} chunks, {report.versions} versions, "
                    f"{report.files} files ({human_bytes(report.bytes)}) verified")
@@ -297,6 +300,9 @@ def rebuild_index(store):
         summary = s.rebuild_index()
     for pack_id, problems in summary["damaged_packs"]:
         click.echo(f"warning: pack {pack_id:08x}: {problems[0]}", err=True)
+    if summary["unfinished_packs"]:
+        click.echo(f"note: {len(summary['unfinished_packs'])} unfinished pack(s) from interrupted "
+                   "imports; their whole records were indexed", err=True)
     click.echo(f"index rebuilt from {summary['packs']} packs and the journal: "
                f"{summary['versions']} versions")
 

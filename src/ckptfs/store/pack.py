@@ -193,44 +193,48 @@ class PackScan:
     pack_id: int
     records: list           # intact records (END excluded)
     complete: bool          # ended with an END record
-    damage: list            # descriptions of damaged spots, empty when sound
+    damage: list            # records whose checksum failed (the scan went on past them)
+    tail: str | None = None # why the scan stopped before an END record, if it did
 
 
 def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
     """Walk every record of a pack.
 
-    A record whose header is sane but whose checksum fails is reported and skipped, so the
-    records after it still count; a damaged header or a truncated tail ends the walk.
+    A record whose header is sane but whose checksum fails is reported in `damage` and
+    skipped, so the records after it still count; a damaged header or a truncated tail
+    ends the walk (`tail` says why). A pack with a `tail` and no reference from the index
+    is the leftover of an interrupted import, not damage: the caller decides.
     """
     scan = PackScan(pack_id, [], False, [])
     with open(path, "rb") as f:
         head = f.read(PACK_HEADER.size)
         if len(head) < PACK_HEADER.size:
-            scan.damage.append("pack header is truncated")
+            scan.tail = "pack header is truncated"
             return scan
         magic, fmt, _flags, stored_id = PACK_HEADER.unpack(head)
         if magic != PACK_MAGIC or stored_id != pack_id:
-            scan.damage.append("pack header is damaged")
+            scan.tail = "pack header is damaged"
             return scan
         if fmt > PACK_FORMAT:
-            scan.damage.append(f"pack format {fmt} is newer than supported")
+            scan.tail = f"pack format {fmt} is newer than supported"
             return scan
         offset = PACK_HEADER.size
         while True:
             header = f.read(RECORD_HEADER.size)
             if not header:
-                return scan  # no END record: an unfinished pack (crash while writing)
+                scan.tail = "no end record"  # an unfinished pack (crash while writing)
+                return scan
             if len(header) < RECORD_HEADER.size:
-                scan.damage.append(f"truncated record at offset {offset}")
+                scan.tail = f"truncated record at offset {offset}"
                 return scan
             magic, kind, codec, _fl, raw_len, payload_len, record_id, _sum = \
                 RECORD_HEADER.unpack(header)
             if magic != RECORD_MAGIC or payload_len > MAX_PAYLOAD:
-                scan.damage.append(f"damaged record header at offset {offset}")
+                scan.tail = f"damaged record header at offset {offset}"
                 return scan
             payload = f.read(payload_len)
             if len(payload) < payload_len:
-                scan.damage.append(f"truncated record at offset {offset}")
+                scan.tail = f"truncated record at offset {offset}"
                 return scan
             length = RECORD_HEADER.size + payload_len
             intact = True

@@ -57,6 +57,7 @@ class VerifyReport:
     damaged_chunks: dict = field(default_factory=dict)   # chunk id hex -> message
     damaged_files: list = field(default_factory=list)    # (version, path, message)
     damaged_versions: set = field(default_factory=set)
+    leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
 
     @property
     def ok(self) -> bool:
@@ -336,7 +337,7 @@ class Store:
         except BlockingIOError:
             raise StoreError("the store is in use by another ckptfs process (a mount or an "
                              "import): stop it before rebuilding the index") from None
-        summary = {"packs": 0, "damaged_packs": [], "versions": 0}
+        summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0}
         with self.journal.locked():
             new_path = os.path.join(self.path, "index.rebuild")
             shutil.rmtree(new_path, ignore_errors=True)
@@ -347,6 +348,8 @@ class Store:
                     summary["packs"] += 1
                     if scan.damage:
                         summary["damaged_packs"].append((pack_id, scan.damage))
+                    if not scan.complete:
+                        summary["unfinished_packs"].append((pack_id, scan.tail))
                 old_index, self.index = self.index, new_index
                 for entry in self.journal.entries():
                     self.index.commit(lambda txn: self._apply_entry(txn, entry, scan_packs=False))
@@ -610,13 +613,24 @@ class Store:
     def verify(self, progress=None) -> VerifyReport:
         """Re-read every pack record, re-check every chunk id and every file's SHA-256."""
         report = VerifyReport()
+        with self.index.read() as txn:
+            located = {bytes(k): Location.decode(v) for db in (self.index.chunks, self.index.manifests)
+                       for k, v in txn.cursor(db=db)}
+            chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
+        referenced = {loc.pack_id for loc in located.values()}
         for pack_id in list_pack_ids(self.packs_dir):
             scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
             report.packs += 1
-            if scan.damage:
-                report.damaged_packs[pack_id] = scan.damage
-        with self.index.read() as txn:
-            chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
+            problems = list(scan.damage)
+            if not scan.complete:
+                if pack_id in referenced:
+                    problems.append(f"pack {pack_id:08x} ends early: {scan.tail}")
+                else:
+                    report.leftover_packs.append(pack_id)
+            if problems:
+                report.damaged_packs[pack_id] = problems
+        for pack_id in referenced - set(list_pack_ids(self.packs_dir)):
+            report.damaged_packs[pack_id] = [f"pack {pack_id:08x} is missing"]
         self._cache = _ChunkCache(CACHE_BYTES)  # verify what is on disk, not what is cached
         with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-verify") as pool:
             for chunk_id, problem in zip(chunk_ids, pool.map(self._check_chunk, chunk_ids)):
