@@ -296,31 +296,31 @@ class Store:
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
         for entry in self.journal.entries(after_seq=applied):
-            self.index.commit(lambda txn: self._apply_entry(txn, entry, scan_packs=True))
+            self.index.commit(lambda txn: self._apply_entry(self.index, txn, entry, scan_packs=True))
 
-    def _apply_entry(self, txn, entry: dict, scan_packs: bool):
+    def _apply_entry(self, index: Index, txn, entry: dict, scan_packs: bool):
         if entry["type"] == "version.sealed":
             if scan_packs:
                 for pack_id in entry["packs"]:
-                    self._index_pack(txn, pack_id)
-            manifest = self._load_manifest(txn, bytes.fromhex(entry["manifest"]))
-            self.index.put_version(txn, self._version_record(entry, manifest), manifest["entries"])
-        self.index.put_int(txn, b"journal_seq", entry["seq"])
+                    self._index_pack(index, txn, pack_id)
+            manifest = self._load_manifest(index, txn, bytes.fromhex(entry["manifest"]))
+            index.put_version(txn, self._version_record(entry, manifest), manifest["entries"])
+        index.put_int(txn, b"journal_seq", entry["seq"])
 
-    def _index_pack(self, txn, pack_id: int):
+    def _index_pack(self, index: Index, txn, pack_id: int):
         scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
         for rec in scan.records:
             loc = Location(pack_id, rec.offset, rec.length, rec.raw_len)
             if rec.kind == KIND_CHUNK:
-                self.index.add_chunk(txn, rec.record_id, loc)
+                index.add_chunk(txn, rec.record_id, loc)
             elif rec.kind == KIND_MANIFEST:
-                self.index.add_manifest(txn, rec.record_id, loc)
-        if self.index.get_int(txn, b"next_pack_id", 1) <= pack_id:
-            self.index.put_int(txn, b"next_pack_id", pack_id + 1)
+                index.add_manifest(txn, rec.record_id, loc)
+        if index.get_int(txn, b"next_pack_id", 1) <= pack_id:
+            index.put_int(txn, b"next_pack_id", pack_id + 1)
         return scan
 
-    def _load_manifest(self, txn, manifest_id: bytes) -> dict:
-        loc = self.index.get_manifest(txn, manifest_id)
+    def _load_manifest(self, index: Index, txn, manifest_id: bytes) -> dict:
+        loc = index.get_manifest(txn, manifest_id)
         if loc is None:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} is not in any pack")
         record = self.packs.read(loc.pack_id, loc.offset, loc.length)
@@ -331,53 +331,57 @@ class Store:
         return decode_manifest(raw)
 
     def rebuild_index(self) -> dict:
-        """Recreate the LMDB index from packs and journal alone."""
+        """Recreate the LMDB index from packs and journal alone.
+
+        The new index is built beside the live one and swapped in only when complete,
+        so a failure leaves the store as it was."""
         try:
             fcntl.flock(self._open_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StoreError("the store is in use by another ckptfs process (a mount or an "
                              "import): stop it before rebuilding the index") from None
-        summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0}
-        with self.journal.locked():
-            new_path = os.path.join(self.path, "index.rebuild")
-            shutil.rmtree(new_path, ignore_errors=True)
-            new_index = Index(new_path)
-            try:
-                for pack_id in list_pack_ids(self.packs_dir):
-                    scan = new_index.commit(lambda txn: self._rebuild_pack(new_index, txn, pack_id))
-                    summary["packs"] += 1
-                    if scan.damage:
-                        summary["damaged_packs"].append((pack_id, scan.damage))
-                    if not scan.complete:
-                        summary["unfinished_packs"].append((pack_id, scan.tail))
-                old_index, self.index = self.index, new_index
-                for entry in self.journal.entries():
-                    self.index.commit(lambda txn: self._apply_entry(txn, entry, scan_packs=False))
-                    summary["versions"] += entry["type"] == "version.sealed"
-            except BaseException:
-                self.index = locals().get("old_index", self.index)
-                new_index.close()
+        try:
+            with self.journal.locked():
+                new_path = os.path.join(self.path, "index.rebuild")
                 shutil.rmtree(new_path, ignore_errors=True)
-                raise
-            old_index.close()
-            live = os.path.join(self.path, "index")
-            old = os.path.join(self.path, "index.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(live, old)
-            os.rename(new_path, live)
-            shutil.rmtree(old, ignore_errors=True)
-            self.index.close()
-            self.index = Index(live)
-            self._cache = _ChunkCache(CACHE_BYTES)
-        fcntl.flock(self._open_lock_fd, fcntl.LOCK_SH)
+                try:
+                    summary = self._build_index(new_path)
+                except BaseException:
+                    shutil.rmtree(new_path, ignore_errors=True)
+                    raise
+                self._swap_in_index(new_path)
+        finally:
+            fcntl.flock(self._open_lock_fd, fcntl.LOCK_SH)
         return summary
 
-    def _rebuild_pack(self, index: Index, txn, pack_id: int):
-        saved, self.index = self.index, index
+    def _build_index(self, path: str) -> dict:
+        summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0}
+        index = Index(path)
         try:
-            return self._index_pack(txn, pack_id)
+            for pack_id in list_pack_ids(self.packs_dir):
+                scan = index.commit(lambda txn: self._index_pack(index, txn, pack_id))
+                summary["packs"] += 1
+                if scan.damage:
+                    summary["damaged_packs"].append((pack_id, scan.damage))
+                if not scan.complete:
+                    summary["unfinished_packs"].append((pack_id, scan.tail))
+            for entry in self.journal.entries():
+                index.commit(lambda txn: self._apply_entry(index, txn, entry, scan_packs=False))
+                summary["versions"] += entry["type"] == "version.sealed"
         finally:
-            self.index = saved
+            index.close()
+        return summary
+
+    def _swap_in_index(self, new_path: str):
+        live = os.path.join(self.path, "index")
+        old = os.path.join(self.path, "index.old")
+        self.index.close()
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(live, old)
+        os.rename(new_path, live)
+        shutil.rmtree(old, ignore_errors=True)
+        self.index = Index(live)
+        self._cache = _ChunkCache(CACHE_BYTES)
 
     # -- catalog ----------------------------------------------------------------------
     def projects(self) -> list[str]:
