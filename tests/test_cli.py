@@ -362,8 +362,6 @@ def test_name_of_255_bytes_is_accepted(ck, store_path, tmp_path):
         open(os.path.join(src, "config.json"), "rb").read()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: validate_name only refuses C0 controls and DEL; "
-                   "C1 control characters (U+0080-U+009F, e.g. U+009B CSI) are accepted")
 def test_c1_control_character_in_a_name_is_refused(ck, store_path, tmp_path):
     src = make_checkpoint(tmp_path / "src")
     ck("init", store_path)

@@ -233,9 +233,6 @@ def test_disk_full_commits_nothing_and_a_retry_succeeds(tmpfs, tmp_path):
 PAGE = 4096
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when the disk fills up during the index update "
-                   "of a commit, LMDB reports EIO (mdb_txn_commit: Input/output error), which "
-                   "index.commit does not map to StoreFullError: the CLI dies with a traceback")
 def test_disk_filling_up_at_any_step_of_an_import_fails_cleanly(tmpfs, tmp_path):
     """Leave the disk room for the new pack plus 0, 1, 2, ... pages, so the disk fills up
     at each step of the commit in turn (pack, journal, index), until the import fits."""
@@ -408,8 +405,6 @@ def test_flipped_byte_in_a_pack_is_caught_everywhere(store, tmp_path):
         assert proc.stdout == file_bytes(os.path.join(src, rel)), proc.args
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: verify blames the intact pack of a delta chunk "
-                   "whose base chunk is damaged in another pack")
 def test_damaged_delta_base_is_blamed_on_its_own_pack_only(store, tmp_path):
     ck("import", store, make_checkpoint(tmp_path / "s1", step=100), "p/r/v1")
     ck("import", store, make_checkpoint(tmp_path / "s2", step=200), "p/r/v2")

@@ -10,12 +10,13 @@ Sub-databases (docs/format.md):
 Names never contain "/" or NUL, so these keys are unambiguous and sort by component.
 """
 import json
+import os
 import struct
 from typing import NamedTuple
 
 import lmdb
 
-from .errors import StoreFullError
+from .errors import StoreError, StoreFullError
 
 INDEX_FORMAT = 1
 LOCATION = struct.Struct("<IQII")
@@ -55,16 +56,27 @@ def entry_key(vkey: bytes, path: str) -> bytes:
     return vkey + b"\0" + fs_bytes(parent) + b"\0" + fs_bytes(name)
 
 
-def _map_lmdb_error(e: lmdb.Error):
-    if isinstance(e, lmdb.MapFullError) or "No space left" in str(e):
-        return StoreFullError(f"the index could not grow: {e}")
-    return e
+def _map_lmdb_error(e: lmdb.Error, path: str) -> StoreError:
+    """A user-facing error for a failed index write.
+
+    LMDB reports a write cut short by a full disk as EIO, so the free space decides."""
+    st = os.statvfs(path)
+    nearly_full = st.f_bavail * st.f_frsize < 16 << 20
+    if isinstance(e, lmdb.MapFullError) or "No space left" in str(e) or nearly_full:
+        return StoreFullError(f"no space left on the store's disk while updating the index "
+                              f"({e}); nothing was committed: free some space and retry")
+    return StoreError(f"the index update failed: {e}; nothing was committed")
 
 
 class Index:
     def __init__(self, path: str, readonly: bool = False):
-        self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=8, subdir=True,
-                             readonly=readonly, max_readers=256, lock=True)
+        self.path = path
+        try:
+            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=8, subdir=True,
+                                 readonly=readonly, max_readers=256, lock=True)
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open the index {path}: {e} (if it is damaged, "
+                             "`ckptfs rebuild-index` recreates it from packs and journal)") from None
         self.meta = self.env.open_db(b"meta", create=not readonly)
         self.chunks = self.env.open_db(b"chunks", create=not readonly)
         self.manifests = self.env.open_db(b"manifests", create=not readonly)
@@ -86,7 +98,7 @@ class Index:
             with self.write() as txn:
                 return apply(txn)
         except lmdb.Error as e:
-            raise _map_lmdb_error(e) from e
+            raise _map_lmdb_error(e, self.path) from e
 
     # -- meta -------------------------------------------------------------------------
     def get_int(self, txn, key: bytes, default: int = 0) -> int:

@@ -3,6 +3,8 @@
 A name becomes a directory name in the mount and part of index keys, so it must be a
 single, ordinary path component.
 """
+import unicodedata
+
 from .errors import InvalidNameError
 
 MAX_NAME_BYTES = 255
@@ -18,7 +20,7 @@ def validate_name(name: str, what: str = "name") -> str:
         raise InvalidNameError(f"{what} {name!r} must not contain '/'")
     if "\0" in name:
         raise InvalidNameError(f"{what} {name!r} must not contain a NUL byte")
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in name):
+    if any(unicodedata.category(ch) == "Cc" for ch in name):  # C0, DEL and C1 controls
         raise InvalidNameError(f"{what} {name!r} must not contain control characters")
     encoded = name.encode("utf-8", "surrogateescape")
     if len(encoded) > MAX_NAME_BYTES:

@@ -463,9 +463,13 @@ class Store:
         if data is not None:
             return data
         record = self._read_record(chunk_id)
+        base = None
+        if record.codec == codecs.XOR_DELTA:
+            # Outside the try below: damage in the base is the base's pack's, not ours.
+            base = self._read_delta_base(codecs.delta_base_id(record.codec, record.payload))
         try:
             data = codecs.decode(record.codec, record.payload, record.raw_len,
-                                 load_base=self._read_delta_base)
+                                 load_base=lambda _id: base)
         except IntegrityError as e:
             loc = self.index_location(chunk_id)
             raise IntegrityError(f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]}: {e}",
@@ -640,9 +644,9 @@ class Store:
             for chunk_id, problem in zip(chunk_ids, pool.map(self._check_chunk, chunk_ids)):
                 report.chunks += 1
                 if problem:
-                    report.damaged_chunks[chunk_id.hex()] = problem
-                    loc = self.index_location(chunk_id)
-                    report.damaged_packs.setdefault(loc.pack_id, []).append(problem)
+                    message, pack_id = problem
+                    report.damaged_chunks[chunk_id.hex()] = message
+                    report.damaged_packs.setdefault(pack_id, []).append(message)
                 if progress:
                     progress("chunks", report.chunks, len(chunk_ids))
             self._cache = _ChunkCache(CACHE_BYTES)
@@ -650,14 +654,16 @@ class Store:
                 self._verify_version(record, report, pool, progress)
         return report
 
-    def _check_chunk(self, chunk_id: bytes) -> str | None:
+    def _check_chunk(self, chunk_id: bytes) -> tuple[str, int] | None:
+        """None if the chunk reads back as the bytes its id names, else (problem, the pack
+        at fault: for a delta whose base is damaged, the base's pack)."""
+        own_pack = self.index_location(chunk_id).pack_id
         try:
             data = self.read_chunk(chunk_id)
         except IntegrityError as e:
-            return str(e)
+            return str(e), e.pack_id if e.pack_id is not None else own_pack
         if self.chunk_id(data) != chunk_id:
-            loc = self.index_location(chunk_id)
-            return f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]} does not match its id"
+            return f"pack {own_pack:08x}: chunk {chunk_id.hex()[:16]} does not match its id", own_pack
         return None
 
     def _verify_version(self, record, report, pool, progress):
