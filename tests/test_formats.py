@@ -64,9 +64,15 @@ def test_windowed_cdc_cuts_like_one_pass():
     chunker = Chunker(64 << 10, 256 << 10, 1 << 20)
     ref = [(c.offset + 5, c.length) for c in
            FastCDC(avg_size=256 << 10, min_size=64 << 10, max_size=1 << 20).cut_buf(data[5:])]
-    got = [(off, len(b)) for off, b in chunker.cut(Segment(5, len(data) - 5),
-                                                    lambda o, n: data[o:o + n])]
-    assert got == ref
+    got = [(off, b) for off, b in chunker.cut(Segment(5, len(data) - 5), None, readinto_from(data))]
+    assert [(off, len(b)) for off, b in got] == ref
+    assert b"".join(b for _, b in got) == data[5:]
+
+
+def readinto_from(data: bytes):
+    def readinto(offset, view):
+        view[:] = data[offset:offset + len(view)]
+    return readinto
 
 
 def safetensors_bytes(tensors: dict) -> bytes:

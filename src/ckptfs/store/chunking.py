@@ -102,17 +102,22 @@ def plan_segments(layout: SafetensorsLayout | None, file_size: int, tensor_block
 
 
 class Chunker:
-    """Cuts segments into (offset, length) chunks."""
+    """Cuts segments into (offset, bytes) chunks. Used by one thread at a time."""
 
     def __init__(self, min_size: int, avg_size: int, max_size: int):
         self._cdc = FastCDC(avg_size=avg_size, min_size=min_size, max_size=max_size)
+        # One read buffer, reused for every window: fresh memory costs page faults, and
+        # those dominate the cost of chunking on some machines.
+        self._window = max(4 * max_size, 8 << 20)
+        self._buf = bytearray(self._window + max_size)
 
-    def cut(self, segment: Segment, read) -> "iter[tuple[int, memoryview | bytes]]":
+    def cut(self, segment: Segment, read, readinto):
         """Yield (absolute offset, bytes) for each chunk of `segment`.
 
-        `read(offset, length)` returns file bytes. Content-defined segments are read in
-        windows: a chunk that would run into the end of a window is cut again once the
-        next window is there, so the cuts are the same as over the whole segment.
+        `read(offset, length)` returns file bytes; `readinto(offset, view)` fills `view`
+        with the bytes at `offset`. Content-defined segments are read in windows: a chunk
+        that would run into the end of a window is cut again once the next window is
+        there, so the cuts are the same as over the whole segment in one go.
         """
         end = segment.offset + segment.length
         if segment.fixed_block:
@@ -122,27 +127,28 @@ class Chunker:
                 yield pos, read(pos, n)
                 pos += n
             return
-        window = max(16 * self._cdc.max_size, 16 << 20)
-        pos = segment.offset
-        buf = b""
-        buf_start = pos
-        read_pos = pos
+        buf = self._buf
+        filled = 0                  # valid bytes at the start of buf
+        buf_pos = segment.offset    # file offset of buf[0]
+        read_pos = segment.offset   # next file offset to read
         while True:
-            if read_pos < end and len(buf) - (pos - buf_start) < window:
-                more = read(read_pos, min(window, end - read_pos))
-                buf = bytes(memoryview(buf)[pos - buf_start:]) + bytes(more)
-                buf_start = pos
-                read_pos += len(more)
-            view = memoryview(buf)[pos - buf_start:]
-            if not len(view):
-                return
+            n = min(len(buf) - filled, end - read_pos)
+            if n:
+                with memoryview(buf) as free:
+                    readinto(read_pos, free[filled:filled + n])
+                filled += n
+                read_pos += n
             at_end = read_pos >= end
-            for chunk in self._cdc.cut_buf(view):
-                last = chunk.offset + chunk.length == len(view)
-                if last and not at_end:
-                    break  # this cut may only be the window's end; re-cut with more data
-                yield pos, view[chunk.offset:chunk.offset + chunk.length]
-                pos_next = pos + chunk.length
-                pos = pos_next
-            if at_end and pos >= end:
+            consumed = 0
+            with memoryview(buf)[:filled] as view:
+                for chunk in self._cdc.cut_buf(view):
+                    stop = chunk.offset + chunk.length
+                    if stop == filled and not at_end:
+                        break  # may only be the window's end: cut again with more data
+                    yield buf_pos + chunk.offset, bytes(view[chunk.offset:stop])
+                    consumed = stop
+            if at_end:
                 return
+            buf[:filled - consumed] = buf[consumed:filled]
+            filled -= consumed
+            buf_pos += consumed

@@ -197,6 +197,17 @@ class Ingest:
                 raise SourceError(f"{src.abs_path} changed size while being imported")
             return data
 
+        def readinto(offset, view):
+            done = 0
+            while done < len(view):
+                try:
+                    got = os.preadv(fd, [view[done:]], offset + done)
+                except OSError as e:
+                    raise SourceError(f"{src.abs_path}: read error: {e.strerror}") from None
+                if got == 0:
+                    raise SourceError(f"{src.abs_path} changed size while being imported")
+                done += got
+
         layout = None
         header_size = safetensors_header_size(read(0, 8)) if size >= 10 else 0
         if header_size and header_size <= size:
@@ -210,7 +221,7 @@ class Ingest:
         chunks = []
         stored_before = self.stats.new_stored_bytes
         for segment in plan_segments(layout, size, self.store.config.chunking.tensor_block):
-            for offset, data in self.chunker.cut(segment, read):
+            for offset, data in self.chunker.cut(segment, read, readinto):
                 hash_backlog.append(hasher.submit(sha.update, data))
                 while len(hash_backlog) > MAX_HASH_BACKLOG:
                     hash_backlog.popleft().result()

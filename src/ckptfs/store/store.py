@@ -221,7 +221,7 @@ class Store:
             record = self._read_record(chunk_id)
             base_id = codecs.delta_base_id(record.codec, record.payload)
             key = base_id or chunk_id
-            return key, self.read_chunk(key)
+            return key, self.read_chunk(key, cache=False)  # each keyframe serves one delta
         except IntegrityError:
             return None
 
@@ -457,8 +457,11 @@ class Store:
                                  chunk_id=chunk_id)
         return record
 
-    def read_chunk(self, chunk_id: bytes) -> bytes:
-        """The raw bytes of a chunk; checked (xxh3) on the way, never wrong."""
+    def read_chunk(self, chunk_id: bytes, cache: bool = True) -> bytes:
+        """The raw bytes of a chunk; checked (xxh3) on the way, never wrong.
+
+        `cache=False` for one-off reads (ingest's delta bases, verify), which would only
+        push out chunks a reader is walking through."""
         data = self._cache.get(chunk_id)
         if data is not None:
             return data
@@ -474,7 +477,8 @@ class Store:
             loc = self.index_location(chunk_id)
             raise IntegrityError(f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]}: {e}",
                                  pack_id=loc.pack_id, chunk_id=chunk_id) from None
-        self._cache.put(chunk_id, data)
+        if cache:
+            self._cache.put(chunk_id, data)
         return data
 
     def _read_delta_base(self, base_id: bytes) -> bytes:
