@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -36,6 +37,26 @@ def run_cli(*args, check=False, input=None, env=None, **kw):
         raise AssertionError(f"ckptfs {' '.join(map(str, args))} failed ({proc.returncode}):\n"
                              f"{proc.stderr.decode(errors='replace')}")
     return proc
+
+
+def run_cli_checked(*args, rc=0, **kw):
+    """run_cli, checking the exit code (rc=None: any) and that no traceback escaped: an
+    error a user can cause must come out as one `ckptfs: error: ...` line."""
+    proc = run_cli(*args, **kw)
+    error = proc.stderr.decode(errors="replace")
+    assert "Traceback" not in error, f"ckptfs {args} crashed:\n{error}"
+    if rc is not None:
+        assert proc.returncode == rc, (
+            f"ckptfs {args}: exit {proc.returncode}, expected {rc}\nstdout: "
+            f"{proc.stdout.decode(errors='replace')}\nstderr: {error}")
+    return proc
+
+
+def run_cli_many(*calls, rc=0):
+    """Several read-only commands, two at a time (most of each run is Python starting up);
+    results in the order given."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda args: run_cli_checked(*args, rc=rc), calls))
 
 
 @pytest.fixture

@@ -12,13 +12,12 @@ import shutil
 import stat
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli_checked, run_cli_many
 from samples import make_checkpoint, tree_snapshot
 
 import ckptfs
@@ -28,32 +27,18 @@ COMMANDS = ("init", "import", "ls", "cat", "get", "stats", "verify", "rebuild-in
 
 
 class Ckptfs:
-    """Runs the real `ckptfs` command (conftest's run_cli: `python -m ckptfs` in a
-    subprocess), checks the exit code (rc=None: any) and that no traceback escaped."""
-
-    def __init__(self, run):
-        self.run = run
+    """The real `ckptfs` command, exit code and traceback checked (conftest)."""
 
     def __call__(self, *args, rc=0, **kw):
-        proc = self.run(*args, **kw)
-        error = proc.stderr.decode(errors="replace")
-        assert "Traceback" not in error, f"ckptfs {args} crashed:\n{error}"
-        if rc is not None:
-            assert proc.returncode == rc, (
-                f"ckptfs {args}: exit {proc.returncode}, expected {rc}\nstdout: "
-                f"{proc.stdout.decode(errors='replace')}\nstderr: {error}")
-        return proc
+        return run_cli_checked(*args, rc=rc, **kw)
 
     def many(self, *calls, rc=0):
-        """Several read-only commands, two at a time (most of each run is Python starting
-        up); results in the order given."""
-        with ThreadPoolExecutor(2) as pool:
-            return list(pool.map(lambda args: self(*args, rc=rc), calls))
+        return run_cli_many(*calls, rc=rc)
 
 
 @pytest.fixture
 def ck(cli):
-    return Ckptfs(cli)
+    return Ckptfs()
 
 
 def out(proc) -> str:
@@ -81,7 +66,7 @@ def source_files(src) -> dict:
 def populated(tmp_path_factory):
     """STORE with proj/run-1/step-100 and proj/run-1/step-200 imported through the CLI."""
     root = tmp_path_factory.mktemp("populated")
-    ck = Ckptfs(run_cli)
+    ck = Ckptfs()
     pop = SimpleNamespace()
     pop.store = str(root / "store")
     pop.src1 = make_checkpoint(root / "src" / "step-100", step=100)

@@ -15,11 +15,10 @@ import sys
 import tempfile
 import textwrap
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, run_cli_checked, run_cli_many
 from samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import Store
@@ -30,21 +29,8 @@ EXIT_DAMAGE = 3
 NOBODY = 65534
 
 
-def ck(*args, rc=0, **kw):
-    """Run ckptfs; check the exit code (rc=None: any) and that no traceback escaped."""
-    proc = run_cli(*args, **kw)
-    error = proc.stderr.decode(errors="replace")
-    assert "Traceback" not in error, f"ckptfs {args} crashed:\n{error}"
-    if rc is not None:
-        assert proc.returncode == rc, (
-            f"ckptfs {args}: exit {proc.returncode}, expected {rc}\nstdout: "
-            f"{proc.stdout.decode(errors='replace')}\nstderr: {error}")
-    return proc
-
-
-def many(*calls, rc=0):
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda args: ck(*args, rc=rc), calls))
+ck = run_cli_checked
+many = run_cli_many
 
 
 def out(proc) -> str:

@@ -151,14 +151,20 @@ class Index:
             txn.put(entry_key(vkey, entry["path"]), json.dumps(entry, sort_keys=True).encode(),
                     db=self.entries)
 
-    def iter_versions(self, txn, prefix: bytes = b""):
-        """Version records whose key starts with `prefix`, in key order."""
-        cursor = txn.cursor(db=self.versions)
+    @staticmethod
+    def _prefix_scan(txn, db, prefix: bytes):
+        """(key, value) of every key starting with `prefix`, in key order."""
+        cursor = txn.cursor(db=db)
         if not cursor.set_range(prefix):
             return
         for key, value in cursor:
             if not key.startswith(prefix):
                 return
+            yield key, value
+
+    def iter_versions(self, txn, prefix: bytes = b""):
+        """Version records whose key starts with `prefix`, in key order."""
+        for _key, value in self._prefix_scan(txn, self.versions, prefix):
             yield json.loads(value)
 
     def distinct_components(self, txn, prefix: bytes) -> list[str]:
@@ -183,12 +189,7 @@ class Index:
     def list_entries(self, txn, vkey: bytes, dir_path: str):
         """Entries directly inside `dir_path` ("" for the version's top), in name order."""
         prefix = vkey + b"\0" + fs_bytes(dir_path) + b"\0"
-        cursor = txn.cursor(db=self.entries)
-        if not cursor.set_range(prefix):
-            return
-        for key, value in cursor:
-            if not key.startswith(prefix):
-                return
+        for _key, value in self._prefix_scan(txn, self.entries, prefix):
             yield json.loads(value)
 
     def dump(self) -> dict:
