@@ -307,5 +307,70 @@ def rebuild_index(store):
                f"{summary['versions']} versions")
 
 
+@main.command()
+@click.argument("store")
+@click.argument("mountpoint")
+@click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground (logs also to stderr).")
+@click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
+@click.option("--seal-after", type=float, default=5.0, show_default=True, metavar="SECONDS",
+              help="Quiet period after which an inbox version is sealed.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--ready-fd", type=int, hidden=True)
+def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, ready_fd):
+    """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
+    from ckptfs.fs import daemon
+    Store.open(store).close()  # fail here, with a clear message, if it is not a store
+    daemon.check_mountpoint(mountpoint)
+    if foreground:
+        log_path = daemon.setup_logging(store, log_level, foreground=True)
+        try:
+            daemon.serve(store, mountpoint, allow_other=allow_other, seal_after=seal_after,
+                         ready_fd=ready_fd)
+        except RuntimeError as e:  # pyfuse3.init: the kernel refused the mount
+            fail(f"cannot mount {mountpoint}: {e} (see {log_path})")
+        return
+    start_background_mount(store, mountpoint, allow_other, seal_after, log_level)
+
+
+def start_background_mount(store, mountpoint, allow_other, seal_after, log_level):
+    """Start `mount -f` in a new session and wait until it says the mount is up."""
+    import subprocess
+    read_end, write_end = os.pipe()
+    args = [sys.executable, "-m", "ckptfs", "mount", "-f", store, mountpoint,
+            "--seal-after", str(seal_after), "--log-level", log_level, "--ready-fd", str(write_end)]
+    if allow_other:
+        args.append("--allow-other")
+    log_path = os.path.join(store, "logs", "mount.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log_file:
+        child = subprocess.Popen(args, stdin=devnull, stdout=log_file, stderr=subprocess.PIPE,
+                                 pass_fds=(write_end,), start_new_session=True)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as ready:
+        answer = ready.read(3)
+    if answer == b"ok\n":
+        child.stderr.close()
+        click.echo(f"mounted {store} at {mountpoint} (daemon pid {child.pid}, log {log_path})")
+        return
+    errors = child.stderr.read().decode(errors="replace").strip().splitlines()
+    child.wait()
+    fail(errors[-1].removeprefix("ckptfs: error: ") if errors else
+         f"the mount daemon exited with status {child.returncode}; see {log_path}")
+
+
+@main.command()
+@click.argument("mountpoint")
+def umount(mountpoint):
+    """Unmount a ckptfs mount (the daemon finishes in-flight work and exits)."""
+    import subprocess
+    if not os.path.ismount(mountpoint):
+        fail(f"{mountpoint} is not mounted")
+    proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if proc.returncode != 0:
+        fail(f"cannot unmount {mountpoint}: {proc.stderr.strip() or 'fusermount3 failed'}")
+    click.echo(f"unmounted {mountpoint}")
+
+
 if __name__ == "__main__":
     main()

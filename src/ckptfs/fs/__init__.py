@@ -1,0 +1,1 @@
+"""ckptfs.fs: the FUSE daemon (pyfuse3 + trio), a thin layer over ckptfs.store."""

@@ -1,0 +1,79 @@
+"""Running the mount: `serve` mounts and serves until unmounted or signalled.
+
+`ckptfs mount` (background) starts `serve` in a new session and waits on a pipe until
+the file system is mounted, like sshfs; `-f` runs `serve` in the foreground.
+"""
+import logging
+import os
+import signal
+
+import pyfuse3
+import trio
+
+from ckptfs.store import Store, StoreError
+
+from .ops import CkptfsOperations
+
+log = logging.getLogger("ckptfs.fs")
+
+
+def setup_logging(store_path: str, level: str, foreground: bool) -> str:
+    log_dir = os.path.join(store_path, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    log_path = os.path.join(log_dir, "mount.log")
+    handlers = [logging.FileHandler(log_path)]
+    if foreground:
+        handlers.append(logging.StreamHandler())
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    return log_path
+
+
+def check_mountpoint(mountpoint: str):
+    if not os.path.isdir(mountpoint):
+        raise StoreError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise StoreError(f"{mountpoint} is already a mount point (unmount it first: "
+                         f"ckptfs umount {mountpoint})")
+
+
+def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0,
+          ready_fd: int | None = None):
+    """Mount STORE at MOUNTPOINT and serve until unmounted, SIGTERM or SIGINT."""
+    store = Store.open(store_path)
+    try:
+        check_mountpoint(mountpoint)
+        ops = CkptfsOperations(store)
+        options = set(pyfuse3.default_options)
+        options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}
+        if allow_other:
+            options.add("allow_other")
+        pyfuse3.init(ops, mountpoint, options)
+    except BaseException:
+        store.close()
+        raise
+    log.info("mounted %s at %s", store_path, mountpoint)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok\n")
+        os.close(ready_fd)
+    try:
+        trio.run(_main_loop)
+    finally:
+        pyfuse3.close(unmount=True)
+        store.close()
+        log.info("unmounted %s", mountpoint)
+
+
+async def _main_loop():
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signals(scope):
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("signal %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return

@@ -1,0 +1,313 @@
+"""pyfuse3 operations: the file-system calls of the mount mapped onto the tree and inbox.
+
+Thin on purpose: names become keys (tree.py), keys become attributes, reads become
+`Store.read_range` calls on a worker thread. No storage logic lives here.
+"""
+import errno
+import functools
+import logging
+import os
+import stat
+
+import pyfuse3
+import trio
+
+from ckptfs.store import IntegrityError, StoreError
+
+from .tree import ROOT, Node, ProjectTree, file_type_bits
+
+log = logging.getLogger("ckptfs.fs")
+
+IMMUTABLE_TIMEOUT = 3600.0  # sealed content never changes: let the kernel cache it
+MUTABLE_TIMEOUT = 1.0
+XATTR_SHA256 = b"user.ckptfs.sha256"
+BLOCK_SIZE = 128 * 1024
+
+
+def guarded(handler):
+    """Turn every error into an errno: nothing a caller does may end the daemon."""
+    @functools.wraps(handler)
+    async def wrapper(self, *args, **kwargs):
+        try:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except IntegrityError as e:
+            log.error("integrity error in %s: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except StoreError as e:
+            log.warning("%s refused: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            log.warning("%s failed: %s", handler.__name__, e)
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Exception:
+            log.exception("unexpected error in %s", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class InodeTable:
+    """Stable inode numbers for keys, for the life of the daemon."""
+
+    def __init__(self):
+        self._by_key = {ROOT: pyfuse3.ROOT_INODE}
+        self._by_ino = {pyfuse3.ROOT_INODE: ROOT}
+        self._next = pyfuse3.ROOT_INODE + 1
+
+    def ino(self, key: tuple) -> int:
+        ino = self._by_key.get(key)
+        if ino is None:
+            ino = self._by_key[key] = self._next
+            self._by_ino[ino] = key
+            self._next += 1
+        return ino
+
+    def key(self, ino: int) -> tuple:
+        key = self._by_ino.get(ino)
+        if key is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return key
+
+
+class CkptfsOperations(pyfuse3.Operations):
+    def __init__(self, store, inbox=None):
+        super().__init__()
+        self.store = store
+        self.inbox = inbox
+        extra = [("inbox", ("inbox", ""))] if inbox else []
+        self.tree = ProjectTree(store, extra)
+        self.inodes = InodeTable()
+        self._handles: dict[int, object] = {}
+        self._next_fh = 1
+        self.read_errors = 0
+
+    # -- helpers ------------------------------------------------------------------------
+    def _new_handle(self, value) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = value
+        return fh
+
+    def _is_inbox(self, key: tuple) -> bool:
+        return key[0] == "inbox"
+
+    def _node(self, key: tuple) -> Node:
+        node = self.inbox.node(key) if self._is_inbox(key) else self.tree.node(key)
+        if node is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return node
+
+    def attributes(self, key: tuple, node: Node | None = None) -> pyfuse3.EntryAttributes:
+        node = node or self._node(key)
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.inodes.ino(key)
+        a.st_mode = file_type_bits(node.kind) | node.mode
+        a.st_nlink = 2 + node.subdirs if node.kind == "dir" else 1
+        a.st_size = node.size
+        a.st_blocks = (node.size + 511) // 512
+        a.st_blksize = BLOCK_SIZE
+        a.st_uid = getattr(node, "uid", None) or os.getuid()
+        a.st_gid = getattr(node, "gid", None) or os.getgid()
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
+        a.attr_timeout = a.entry_timeout = timeout
+        return a
+
+    def _child_key(self, parent: tuple, name: str) -> tuple | None:
+        if self._is_inbox(parent):
+            return self.inbox.child_key(parent, name)
+        if parent == ROOT and name == "inbox" and self.inbox:
+            return ("inbox", "")
+        return self.tree.child_key(parent, name)
+
+    # -- lookups and attributes ---------------------------------------------------------
+    @guarded
+    async def lookup(self, parent_inode, name, ctx=None):
+        parent = self.inodes.key(parent_inode)
+        name = os.fsdecode(name)
+        if name == ".":
+            return self.attributes(parent)
+        key = self._child_key(parent, name)
+        if key is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self.attributes(key)
+
+    @guarded
+    async def getattr(self, inode, ctx=None):
+        return self.attributes(self.inodes.key(inode))
+
+    @guarded
+    async def readlink(self, inode, ctx):
+        node = self._node(self.inodes.key(inode))
+        if node.kind != "symlink":
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return os.fsencode(node.target)
+
+    # -- directories --------------------------------------------------------------------
+    @guarded
+    async def opendir(self, inode, ctx):
+        key = self.inodes.key(inode)
+        if self._node(key).kind != "dir":
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        # The listing is taken once per open, so a large directory pages through one
+        # stable snapshot however many readdir calls it takes.
+        children = self.inbox.children(key) if self._is_inbox(key) else self.tree.children(key)
+        return self._new_handle(children)
+
+    @guarded
+    async def readdir(self, fh, start_id, token):
+        children = self._handles[fh]
+        for index in range(start_id, len(children)):
+            name, key = children[index]
+            try:
+                attrs = self.attributes(key)
+            except pyfuse3.FUSEError:
+                continue  # vanished since opendir (e.g. an inbox file renamed)
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
+                return
+
+    @guarded
+    async def releasedir(self, fh):
+        self._handles.pop(fh, None)
+
+    # -- files --------------------------------------------------------------------------
+    @guarded
+    async def open(self, inode, flags, ctx):
+        key = self.inodes.key(inode)
+        if self._is_inbox(key):
+            return await self.inbox.open(key, flags, ctx)
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self._node(key)
+        if node.kind != "file":
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
+        fi = pyfuse3.FileInfo(fh=self._new_handle(node))
+        fi.keep_cache = node.immutable
+        return fi
+
+    @guarded
+    async def read(self, fh, off, size):
+        handle = self._handles[fh]
+        if not isinstance(handle, Node):
+            return await self.inbox.read(handle, off, size)
+        if handle.content is not None:
+            return handle.content[off:off + size]
+        try:
+            return await trio.to_thread.run_sync(self.store.read_range, handle.entry, off, size)
+        except IntegrityError as e:
+            self.read_errors += 1
+            log.error("read of %s failed: %s", "/".join(handle.key[1:]), e)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @guarded
+    async def release(self, fh):
+        handle = self._handles.pop(fh, None)
+        if handle is not None and not isinstance(handle, Node):
+            await self.inbox.release(handle)
+
+    # -- extended attributes ------------------------------------------------------------
+    @guarded
+    async def getxattr(self, inode, name, ctx):
+        node = self._node(self.inodes.key(inode))
+        if name == XATTR_SHA256 and node.entry is not None:
+            return node.entry["sha256"].encode()
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @guarded
+    async def listxattr(self, inode, ctx):
+        node = self._node(self.inodes.key(inode))
+        return [XATTR_SHA256] if node.entry is not None else []
+
+    @guarded
+    async def statfs(self, ctx):
+        st = os.statvfs(self.store.path)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize, s.f_frsize = st.f_bsize, st.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        s.f_files, s.f_ffree, s.f_favail = st.f_files, st.f_ffree, st.f_favail
+        s.f_namemax = 255
+        return s
+
+    # -- changes: only the inbox takes them ---------------------------------------------
+    def _refuse_outside_inbox(self, *inodes):
+        keys = [self.inodes.key(i) for i in inodes]
+        if not self.inbox or not all(self._is_inbox(k) for k in keys):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return keys
+
+    @guarded
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        key = self._refuse_outside_inbox(inode)[0]
+        await self.inbox.setattr(key, attr, fields, fh, ctx)
+        return self.attributes(key)
+
+    @guarded
+    async def create(self, parent_inode, name, mode, flags, ctx):
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        key, fi = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
+        return fi, self.attributes(key)
+
+    @guarded
+    async def mkdir(self, parent_inode, name, mode, ctx):
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        key = await self.inbox.mkdir(parent, os.fsdecode(name), mode, ctx)
+        return self.attributes(key)
+
+    @guarded
+    async def symlink(self, parent_inode, name, target, ctx):
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        key = await self.inbox.symlink(parent, os.fsdecode(name), os.fsdecode(target), ctx)
+        return self.attributes(key)
+
+    @guarded
+    async def unlink(self, parent_inode, name, ctx):
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self.inbox.unlink(parent, os.fsdecode(name), ctx)
+
+    @guarded
+    async def rmdir(self, parent_inode, name, ctx):
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self.inbox.rmdir(parent, os.fsdecode(name), ctx)
+
+    @guarded
+    async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
+        old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
+        await self.inbox.rename(old_parent, os.fsdecode(name_old), new_parent,
+                                os.fsdecode(name_new), flags, ctx)
+
+    @guarded
+    async def write(self, fh, off, buf):
+        handle = self._handles.get(fh)
+        if handle is None or isinstance(handle, Node):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        return await self.inbox.write(handle, off, buf)
+
+    @guarded
+    async def flush(self, fh):
+        pass
+
+    @guarded
+    async def fsync(self, fh, datasync):
+        handle = self._handles.get(fh)
+        if handle is not None and not isinstance(handle, Node):
+            await self.inbox.fsync(handle, datasync)
+
+    @guarded
+    async def link(self, inode, new_parent_inode, new_name, ctx):
+        raise pyfuse3.FUSEError(errno.EROFS if not self.inbox else errno.EPERM)
+
+    @guarded
+    async def setxattr(self, inode, name, value, ctx):
+        self._refuse_outside_inbox(inode)
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @guarded
+    async def removexattr(self, inode, name, ctx):
+        self._refuse_outside_inbox(inode)
+        raise pyfuse3.FUSEError(errno.ENOTSUP)
+
+    @guarded
+    async def mknod(self, parent_inode, name, mode, rdev, ctx):
+        self._refuse_outside_inbox(parent_inode)
+        raise pyfuse3.FUSEError(errno.EPERM)

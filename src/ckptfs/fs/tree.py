@@ -1,0 +1,201 @@
+"""The read-only tree the mount shows, as plain Python over the Store (no FUSE here).
+
+Every node has a key, a tuple that names it for as long as the daemon runs:
+
+    ("root",)                      the mount point
+    ("projects",)                  projects/
+    ("project", p)                 projects/<p>/
+    ("run", p, r)                  projects/<p>/<r>/
+    ("version", p, r, v)           projects/<p>/<r>/<v>/
+    ("entry", p, r, v, path)       a file, directory or symlink inside a version
+    ("sidecar", p, r, v)           projects/<p>/<r>/<v>.json
+    ("latest", p, r)               projects/<p>/<r>/latest -> newest sealed version
+    ("control",)                   .ckptfs/
+    ("stats",)                     .ckptfs/stats.json
+"""
+import json
+import os
+import stat
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from ckptfs.meta import version_sidecar
+from ckptfs.store import NotFoundError, Store
+from ckptfs.store.names import validate_name, InvalidNameError
+
+READ_ONLY_DIR = 0o555
+WRITE_BITS = 0o222
+ROOT = ("root",)
+
+
+@dataclass
+class Node:
+    key: tuple
+    kind: str                  # "dir", "file" or "symlink"
+    mode: int                  # permission bits
+    size: int = 0
+    mtime_ns: int = 0
+    target: str | None = None  # symlinks
+    entry: dict | None = None  # files inside a version: the index entry (chunks, sha256…)
+    content: bytes | None = None  # generated files (sidecars, stats)
+    immutable: bool = False    # the kernel may cache it for as long as it likes
+    subdirs: int = 0           # for st_nlink of directories
+
+
+def iso_to_ns(text: str) -> int:
+    from datetime import datetime
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
+
+
+class ProjectTree:
+    """Answers lookups and listings of `projects/` and `.ckptfs/` from the store's index."""
+
+    def __init__(self, store: Store, extra_root_children=()):
+        self.store = store
+        self.mounted_ns = time.time_ns()
+        self._extra_root = list(extra_root_children)
+        self._sidecars: OrderedDict[tuple, bytes] = OrderedDict()
+        self.stats_provider = None  # set by the daemon: () -> dict for .ckptfs/stats.json
+
+    # -- names -> keys --------------------------------------------------------------
+    def child_key(self, parent: tuple, name: str) -> tuple | None:
+        kind = parent[0]
+        if kind == "root":
+            return {"projects": ("projects",), ".ckptfs": ("control",)}.get(name)
+        if kind == "control":
+            return ("stats",) if name == "stats.json" else None
+        if not self._valid(name):
+            return None
+        if kind == "projects":
+            return ("project", name) if self.store.runs(name) else None
+        if kind == "project":
+            return ("run", parent[1], name) if self.store.versions(parent[1], name) else None
+        if kind == "run":
+            p, r = parent[1:]
+            if self.store.version_record(p, r, name) is not None:
+                return ("version", p, r, name)
+            if name == "latest" and self._newest(p, r):
+                return ("latest", p, r)
+            if name.endswith(".json") and self.store.version_record(p, r, name[:-5]) is not None:
+                return ("sidecar", p, r, name[:-5])
+            return None
+        if kind in ("version", "entry"):
+            p, r, v = parent[1:4]
+            path = f"{parent[4]}/{name}" if kind == "entry" else name
+            try:
+                self.store.entry(p, r, v, path)
+            except NotFoundError:
+                return None
+            return ("entry", p, r, v, path)
+        return None
+
+    @staticmethod
+    def _valid(name: str) -> bool:
+        try:
+            validate_name(name)
+            return True
+        except InvalidNameError:
+            return False
+
+    def _newest(self, p: str, r: str) -> dict | None:
+        versions = self.store.versions(p, r)
+        return max(versions, key=lambda v: v["seq"]) if versions else None
+
+    # -- listings ---------------------------------------------------------------------
+    def children(self, key: tuple) -> list[tuple[str, tuple]]:
+        kind = key[0]
+        if kind == "root":
+            return [("projects", ("projects",)), (".ckptfs", ("control",))] + self._extra_root
+        if kind == "control":
+            return [("stats.json", ("stats",))]
+        if kind == "projects":
+            return [(p, ("project", p)) for p in self.store.projects()]
+        if kind == "project":
+            return [(r, ("run", key[1], r)) for r in self.store.runs(key[1])]
+        if kind == "run":
+            p, r = key[1:]
+            out = []
+            for record in self.store.versions(p, r):
+                v = record["version"]
+                out.append((v, ("version", p, r, v)))
+                out.append((v + ".json", ("sidecar", p, r, v)))
+            if out:
+                out.append(("latest", ("latest", p, r)))
+            return out
+        if kind in ("version", "entry"):
+            p, r, v = key[1:4]
+            dir_path = key[4] if kind == "entry" else ""
+            return [(e["path"].rsplit("/", 1)[-1], ("entry", p, r, v, e["path"]))
+                    for e in self.store.list_dir(p, r, v, dir_path)]
+        return []
+
+    # -- nodes --------------------------------------------------------------------------
+    def node(self, key: tuple) -> Node | None:
+        kind = key[0]
+        if kind in ("root", "projects", "control"):
+            return Node(key, "dir", READ_ONLY_DIR if kind != "root" else 0o755,
+                        mtime_ns=self.mounted_ns, subdirs=2)
+        if kind == "stats":
+            content = (json.dumps(self.stats_provider() if self.stats_provider else {},
+                                  indent=2, sort_keys=True) + "\n").encode()
+            return Node(key, "file", 0o444, len(content), time.time_ns(), content=content)
+        if kind == "project":
+            runs = self.store.runs(key[1])
+            return Node(key, "dir", READ_ONLY_DIR, mtime_ns=self.mounted_ns,
+                        subdirs=len(runs)) if runs else None
+        if kind == "run":
+            newest = self._newest(*key[1:])
+            if newest is None:
+                return None
+            return Node(key, "dir", READ_ONLY_DIR, mtime_ns=iso_to_ns(newest["sealed_at"]),
+                        subdirs=len(self.store.versions(*key[1:])))
+        if kind == "latest":
+            newest = self._newest(*key[1:])
+            return Node(key, "symlink", 0o777, len(newest["version"]),
+                        iso_to_ns(newest["sealed_at"]), target=newest["version"]) if newest else None
+        record = self.store.version_record(*key[1:4])
+        if record is None:
+            return None
+        if kind == "version":
+            root = record["root"]
+            return Node(key, "dir", root["mode"] & ~WRITE_BITS, mtime_ns=root["mtime_ns"],
+                        immutable=True, subdirs=self._count_subdirs(key[1:4], ""))
+        if kind == "sidecar":
+            content = self.sidecar(*key[1:4])
+            return Node(key, "file", 0o444, len(content), iso_to_ns(record["sealed_at"]),
+                        content=content, immutable=True)
+        if kind == "entry":
+            try:
+                e = self.store.entry(*key[1:4], key[4])
+            except NotFoundError:
+                return None
+            node = Node(key, e["type"], e["mode"] & ~WRITE_BITS if e["type"] != "symlink" else 0o777,
+                        mtime_ns=e["mtime_ns"], immutable=True)
+            if e["type"] == "file":
+                node.size, node.entry = e["size"], e
+            elif e["type"] == "symlink":
+                node.target = e["target"]
+                node.size = len(os.fsencode(e["target"]))
+            else:
+                node.subdirs = self._count_subdirs(key[1:4], key[4])
+            return node
+        return None
+
+    def _count_subdirs(self, version: tuple, dir_path: str) -> int:
+        return sum(1 for e in self.store.list_dir(*version, dir_path) if e["type"] == "dir")
+
+    def sidecar(self, p: str, r: str, v: str) -> bytes:
+        key = (p, r, v)
+        content = self._sidecars.get(key)
+        if content is None:
+            record = self.store.require_version(p, r, v)
+            content = version_sidecar(record, self.store.walk(p, r, v))
+            self._sidecars[key] = content
+            while len(self._sidecars) > 256:
+                self._sidecars.popitem(last=False)
+        return content
+
+
+def file_type_bits(kind: str) -> int:
+    return {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}[kind]
