@@ -62,3 +62,29 @@ def run_cli_many(*calls, rc=0):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def unmount(mountpoint: str):
+    """Unmount, lazily if a process still holds it, so no test leaves a stale mount."""
+    if os.path.ismount(mountpoint):
+        if subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True).returncode:
+            subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True)
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(store_path, *options) -> mount point, via the real `ckptfs mount`; every mount
+    is unmounted in teardown, even after a failure."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)")
+    mounted = []
+
+    def do_mount(store_path, *options):
+        mountpoint = tmp_path / f"mnt{len(mounted)}"
+        mountpoint.mkdir()
+        mounted.append(str(mountpoint))
+        run_cli_checked("mount", store_path, mountpoint, *options)
+        return str(mountpoint)
+    yield do_mount
+    for mountpoint in mounted:
+        unmount(mountpoint)
