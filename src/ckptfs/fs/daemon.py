@@ -12,6 +12,7 @@ import trio
 
 from ckptfs.store import Store, StoreError
 
+from .inbox import Inbox
 from .ops import CkptfsOperations
 
 log = logging.getLogger("ckptfs.fs")
@@ -43,7 +44,8 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
     store = Store.open(store_path)
     try:
         check_mountpoint(mountpoint)
-        ops = CkptfsOperations(store)
+        inbox = Inbox(store, seal_after)
+        ops = CkptfsOperations(store, inbox)
         options = set(pyfuse3.default_options)
         options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}
         if allow_other:
@@ -57,16 +59,18 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
     try:
-        trio.run(_main_loop)
+        trio.run(_main_loop, inbox)
     finally:
         pyfuse3.close(unmount=True)
+        inbox.close()
         store.close()
         log.info("unmounted %s", mountpoint)
 
 
-async def _main_loop():
+async def _main_loop(inbox):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+        nursery.start_soon(inbox.run_sealer)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

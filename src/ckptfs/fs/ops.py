@@ -63,6 +63,9 @@ class InodeTable:
             self._next += 1
         return ino
 
+    def known(self, key: tuple) -> int | None:
+        return self._by_key.get(key)
+
     def key(self, ino: int) -> tuple:
         key = self._by_ino.get(ino)
         if key is None:
@@ -77,10 +80,41 @@ class CkptfsOperations(pyfuse3.Operations):
         self.inbox = inbox
         extra = [("inbox", ("inbox", ""))] if inbox else []
         self.tree = ProjectTree(store, extra)
+        self.tree.stats_provider = self.live_stats
+        if inbox:
+            inbox.on_sealed = self.forget_sealed
         self.inodes = InodeTable()
         self._handles: dict[int, object] = {}
         self._next_fh = 1
         self.read_errors = 0
+
+    def forget_sealed(self, project: str, run: str, version: str):
+        """A version left the inbox: drop the kernel's cached entry for it."""
+        parent = self.inodes.known(("inbox", f"{project}/{run}"))
+        if parent is not None:
+            try:
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(version), ignore_enoent=True)
+            except Exception:  # only a cache hint; the entry times out anyway
+                log.debug("could not invalidate inbox/%s/%s/%s", project, run, version)
+
+    def live_stats(self) -> dict:
+        """What .ckptfs/stats.json shows."""
+        st = self.store.stats()
+        counters = dict(self.inbox.counters) if self.inbox else {}
+        seconds = counters.pop("ingest_seconds", 0.0)
+        pending = self.inbox.status() if self.inbox else []
+        return {
+            "versions": st["versions"], "logical_bytes": st["logical_bytes"],
+            "stored_bytes": st["stored_bytes"], "dedup_ratio": round(st["dedup_ratio"], 3),
+            "compression_ratio": round(st["compression_ratio"], 3),
+            "versions_sealed": counters.get("versions_sealed", 0),
+            "seal_failures": counters.get("seal_failures", 0),
+            "bytes_in": counters.get("bytes_in", 0),
+            "bytes_stored_since_mount": counters.get("bytes_stored", 0),
+            "ingest_seconds": round(seconds, 3),
+            "read_errors": self.read_errors,
+            "pending_inbox_versions": pending,
+        }
 
     # -- helpers ------------------------------------------------------------------------
     def _new_handle(self, value) -> int:
@@ -176,7 +210,7 @@ class CkptfsOperations(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         key = self.inodes.key(inode)
         if self._is_inbox(key):
-            return await self.inbox.open(key, flags, ctx)
+            return pyfuse3.FileInfo(fh=self._new_handle(await self.inbox.open(key, flags, ctx)))
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         node = self._node(key)
@@ -245,8 +279,8 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        key, fi = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
-        return fi, self.attributes(key)
+        key, handle = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
+        return pyfuse3.FileInfo(fh=self._new_handle(handle)), self.attributes(key)
 
     @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):

@@ -1,0 +1,364 @@
+"""The writable inbox: `inbox/<project>/<run>/<version>/…`, spooled to disk in the store.
+
+Everything written here goes straight to real files under `STORE/spool/inbox/`, so a
+copy never sits in the daemon's memory and survives the daemon dying. A version is
+sealed (archived through `Store.import_directory`, the same path as `ckptfs import`) once
+no file in it is open and nothing has changed for the quiet period, at once when a
+`.seal` marker is written into it, or on `ckptfs seal`. Sealing runs on a worker thread;
+while it runs the version refuses changes (EBUSY). Afterwards the version leaves the
+inbox and appears under `projects/`; a failure leaves it in the inbox with a
+`<version>.error` file beside it that says why.
+
+Depth rules: only directories at the project, run and version levels (EPERM for files
+there), names that follow the naming rules (EINVAL), no version name that is already
+sealed (EEXIST).
+"""
+import errno
+import logging
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from ckptfs.store import StoreError
+from ckptfs.store.names import validate_name, InvalidNameError
+
+from .tree import Node
+
+log = logging.getLogger("ckptfs.inbox")
+
+SEAL_MARKER = ".seal"
+RUNNING_MARKER = "daemon.running"
+
+
+@dataclass
+class PendingVersion:
+    """What the sealer knows of a version being written."""
+    last_change: float = field(default_factory=time.monotonic)
+    first_seen: float = field(default_factory=time.time)
+    open_files: int = 0
+    sealing: bool = False
+    held: bool = False        # recovered after a crash, or failed: wait for a change or seal
+    error: str | None = None
+
+    def touch(self):
+        self.last_change = time.monotonic()
+        self.held = False
+
+
+@dataclass
+class InboxFile:
+    fd: int
+    key: tuple
+    version: tuple
+
+
+class Inbox:
+    def __init__(self, store, seal_after: float = 5.0):
+        self.store = store
+        self.seal_after = seal_after
+        self.spool = os.path.join(store.path, "spool")
+        self.root = os.path.join(self.spool, "inbox")
+        os.makedirs(self.root, exist_ok=True)
+        self.pending: dict[tuple, PendingVersion] = {}
+        self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
+                         "bytes_stored": 0, "ingest_seconds": 0.0}
+        self.on_sealed = None  # callback(p, r, v) for cache invalidation
+        self._recover_after_restart()
+
+    # -- startup / shutdown ---------------------------------------------------------------
+    def _recover_after_restart(self):
+        """Versions left in the spool: after a clean stop they seal as usual; after a crash
+        they wait for more writes or an explicit seal (a copy may have been cut short)."""
+        marker = os.path.join(self.spool, RUNNING_MARKER)
+        crashed = os.path.exists(marker)
+        for version in self.spool_versions():
+            self.pending[version] = PendingVersion(held=crashed)
+            if crashed:
+                log.warning("inbox version %s was left by a daemon that died: it waits for "
+                            "more writes or `ckptfs seal`", "/".join(version))
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+
+    def close(self):
+        try:
+            os.unlink(os.path.join(self.spool, RUNNING_MARKER))
+        except FileNotFoundError:
+            pass
+
+    def spool_versions(self) -> list[tuple]:
+        found = []
+        for p in sorted(os.listdir(self.root)):
+            for r in sorted(self._subdirs(p)):
+                for v in sorted(self._subdirs(f"{p}/{r}")):
+                    found.append((p, r, v))
+        return found
+
+    def _subdirs(self, rel: str) -> list[str]:
+        base = os.path.join(self.root, rel)
+        try:
+            return [e.name for e in os.scandir(base) if e.is_dir(follow_symlinks=False)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    # -- keys and paths ---------------------------------------------------------------------
+    def abs_path(self, key: tuple) -> str:
+        return os.path.join(self.root, key[1]) if key[1] else self.root
+
+    @staticmethod
+    def parts(key: tuple) -> list[str]:
+        return key[1].split("/") if key[1] else []
+
+    def version_of(self, key: tuple) -> tuple | None:
+        parts = self.parts(key)
+        return tuple(parts[:3]) if len(parts) >= 3 else None
+
+    @staticmethod
+    def child(parent: tuple, name: str) -> tuple:
+        return ("inbox", f"{parent[1]}/{name}" if parent[1] else name)
+
+    def node(self, key: tuple) -> Node | None:
+        try:
+            st = os.lstat(self.abs_path(key))
+        except FileNotFoundError:
+            return None
+        kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+        node = Node(key, kind, stat.S_IMODE(st.st_mode), st.st_size if kind != "dir" else 0,
+                    st.st_mtime_ns)
+        node.uid, node.gid = st.st_uid, st.st_gid
+        if kind == "symlink":
+            node.target = os.readlink(self.abs_path(key))
+        return node
+
+    def child_key(self, parent: tuple, name: str) -> tuple | None:
+        key = self.child(parent, name)
+        return key if os.path.lexists(self.abs_path(key)) else None
+
+    def children(self, key: tuple) -> list[tuple[str, tuple]]:
+        names = sorted(os.listdir(self.abs_path(key)), key=os.fsencode)
+        return [(n, self.child(key, n)) for n in names]
+
+    # -- rules ------------------------------------------------------------------------------
+    def _check_new_name(self, parent: tuple, name: str, is_dir: bool):
+        depth = len(self.parts(parent))
+        if depth >= 3:
+            self._check_writable(parent)
+            return
+        what = ("project", "run", "version")[depth]
+        where = "inbox/" + parent[1] if parent[1] else "inbox"
+        if not is_dir:
+            log.warning("refused %s/%s: only %s directories belong here (copy a checkpoint "
+                        "directory to inbox/<project>/<run>/<version>/)", where, name, what)
+            raise pyfuse3.FUSEError(errno.EPERM)
+        try:
+            validate_name(name, what)
+        except InvalidNameError as e:
+            log.warning("refused %s/%s: %s", where, name, e)
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        if depth == 2:
+            p, r = self.parts(parent)
+            if self.store.version_record(p, r, name) is not None:
+                log.warning("refused inbox/%s/%s/%s: that version is already sealed; versions "
+                            "are immutable, use a new version name", p, r, name)
+                raise pyfuse3.FUSEError(errno.EEXIST)
+
+    def _check_writable(self, key: tuple):
+        version = self.version_of(key)
+        if version is None:
+            return
+        state = self.pending.get(version)
+        if state is not None and state.sealing:
+            log.warning("refused a change to inbox/%s: the version is being sealed",
+                        "/".join(version))
+            raise pyfuse3.FUSEError(errno.EBUSY)
+
+    def _changed(self, key: tuple):
+        version = self.version_of(key)
+        if version is not None:
+            self.pending.setdefault(version, PendingVersion()).touch()
+            self._clear_error(version)
+
+    def _clear_error(self, version: tuple):
+        state = self.pending.get(version)
+        if state and state.error:
+            state.error = None
+            try:
+                os.unlink(self._error_path(version))
+            except FileNotFoundError:
+                pass
+
+    def _error_path(self, version: tuple) -> str:
+        p, r, v = version
+        return os.path.join(self.root, p, r, v + ".error")
+
+    # -- operations -------------------------------------------------------------------------
+    async def create(self, parent, name, mode, flags, ctx):
+        self._check_new_name(parent, name, is_dir=False)
+        key = self.child(parent, name)
+        fd = os.open(self.abs_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
+        self._changed(key)
+        return key, self._opened(fd, key)
+
+    async def open(self, key, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            self._check_writable(key)
+        fd = os.open(self.abs_path(key), flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL))
+        if flags & os.O_TRUNC:
+            self._changed(key)
+        return self._opened(fd, key)
+
+    def _opened(self, fd, key) -> InboxFile:
+        version = self.version_of(key)
+        if version is not None:
+            self.pending.setdefault(version, PendingVersion()).open_files += 1
+        return InboxFile(fd, key, version)
+
+    async def read(self, handle: InboxFile, off, size):
+        return os.pread(handle.fd, size, off)
+
+    async def write(self, handle: InboxFile, off, buf):
+        self._check_writable(handle.key)
+        written = os.pwrite(handle.fd, buf, off)
+        self.counters["bytes_in"] += written
+        self._changed(handle.key)
+        return written
+
+    async def fsync(self, handle: InboxFile, datasync):
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, handle.fd)
+
+    async def release(self, handle: InboxFile):
+        os.close(handle.fd)
+        if handle.version is not None:
+            state = self.pending.get(handle.version)
+            if state:
+                state.open_files = max(0, state.open_files - 1)
+
+    async def setattr(self, key, attr, fields, fh, ctx):
+        self._check_writable(key)
+        path = self.abs_path(key)
+        if fields.update_size:
+            os.truncate(path, attr.st_size)
+        if fields.update_mode:
+            os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False) \
+                if not os.path.islink(path) else None
+        if fields.update_mtime or fields.update_atime:
+            st = os.lstat(path)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        if fields.update_uid or fields.update_gid:
+            pass  # ownership is not archived; accepted so `cp -a` and `tar -x` do not fail
+        self._changed(key)
+
+    async def mkdir(self, parent, name, mode, ctx):
+        self._check_new_name(parent, name, is_dir=True)
+        key = self.child(parent, name)
+        os.mkdir(self.abs_path(key), stat.S_IMODE(mode))
+        version = self.version_of(key)
+        if version is not None:
+            self._changed(key)
+        return key
+
+    async def symlink(self, parent, name, target, ctx):
+        self._check_new_name(parent, name, is_dir=False)
+        key = self.child(parent, name)
+        os.symlink(target, self.abs_path(key))
+        self._changed(key)
+        return key
+
+    async def unlink(self, parent, name, ctx):
+        key = self.child(parent, name)
+        self._check_writable(key)
+        os.unlink(self.abs_path(key))
+        self._changed(key)
+
+    async def rmdir(self, parent, name, ctx):
+        key = self.child(parent, name)
+        self._check_writable(key)
+        os.rmdir(self.abs_path(key))
+        version = self.version_of(key)
+        if version is not None and len(self.parts(key)) == 3:
+            self.pending.pop(version, None)  # an emptied version dir removed: nothing to seal
+        elif version is not None:
+            self._changed(key)
+
+    async def rename(self, old_parent, old_name, new_parent, new_name, flags, ctx):
+        old, new = self.child(old_parent, old_name), self.child(new_parent, new_name)
+        if self.version_of(old) is None or self.version_of(old) != self.version_of(new) \
+                or len(self.parts(old)) < 4 or len(self.parts(new)) < 4:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # mv falls back to copy and delete
+        self._check_writable(old)
+        if flags & pyfuse3.RENAME_NOREPLACE and os.path.lexists(self.abs_path(new)):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        os.rename(self.abs_path(old), self.abs_path(new))
+        self._changed(new)
+
+    # -- sealing ------------------------------------------------------------------------------
+    def due_for_seal(self, version: tuple, state: PendingVersion, now: float) -> bool:
+        if state.sealing or state.open_files:
+            return False
+        if os.path.exists(os.path.join(self.root, *version, SEAL_MARKER)):
+            return True
+        return not state.held and not state.error and now - state.last_change >= self.seal_after
+
+    async def run_sealer(self, poll: float = 0.25):
+        """Seal versions as they become due, one at a time, until cancelled."""
+        while True:
+            await trio.sleep(poll)
+            for version in self.spool_versions():
+                state = self.pending.setdefault(version, PendingVersion())
+                if self.due_for_seal(version, state, time.monotonic()):
+                    await self.seal(version)
+
+    async def seal(self, version: tuple):
+        # Shielded: an unmount or signal lets a seal that has begun finish (it is atomic
+        # in the store, but the spool copy must go once the version is sealed).
+        with trio.CancelScope(shield=True):
+            await self._seal(version)
+
+    async def _seal(self, version: tuple):
+        state = self.pending.setdefault(version, PendingVersion())
+        state.sealing = True
+        p, r, v = version
+        src = os.path.join(self.root, p, r, v)
+        try:
+            marker = os.path.join(src, SEAL_MARKER)
+            if os.path.lexists(marker):
+                os.unlink(marker)
+            started = time.monotonic()
+            report = await trio.to_thread.run_sync(self.store.import_directory, src, p, r, v)
+            self.counters["ingest_seconds"] += time.monotonic() - started
+        except (StoreError, OSError) as e:
+            state.sealing = False
+            state.error = str(e)
+            self.counters["seal_failures"] += 1
+            log.error("sealing %s/%s/%s failed: %s", p, r, v, e)
+            with open(self._error_path(version), "w") as f:
+                f.write(f"sealing {p}/{r}/{v} failed: {e}\n"
+                        "The version stays in the inbox: fix it, and it is sealed again once "
+                        "it is quiet (or write a .seal file into it).\n")
+            return
+        self.counters["versions_sealed"] += 1
+        self.counters["bytes_stored"] += report.stats.new_stored_bytes
+        log.info("sealed %s/%s/%s: %d files, %d bytes, %d new stored", p, r, v, report.files,
+                 report.stats.logical_bytes, report.stats.new_stored_bytes)
+        await trio.to_thread.run_sync(shutil.rmtree, src)
+        self.pending.pop(version, None)
+        if self.on_sealed:
+            self.on_sealed(p, r, v)
+
+    def status(self) -> list[dict]:
+        now = time.time()
+        out = []
+        for version in self.spool_versions():
+            state = self.pending.get(version, PendingVersion())
+            out.append({"version": "/".join(version), "age_seconds": round(now - state.first_seen, 1),
+                        "open_files": state.open_files,
+                        "state": "sealing" if state.sealing else "failed" if state.error
+                        else "held" if state.held else "writing" if state.open_files else "quiet",
+                        "error": state.error})
+        return out
