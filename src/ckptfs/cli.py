@@ -372,5 +372,86 @@ def umount(mountpoint):
     click.echo(f"unmounted {mountpoint}")
 
 
+def daemon_pid(store: str) -> int | None:
+    """The pid of a mount daemon serving STORE, if one is running."""
+    from ckptfs.fs.inbox import RUNNING_MARKER
+    try:
+        with open(os.path.join(store, "spool", RUNNING_MARKER)) as f:
+            pid = int(f.read().strip() or 0)
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        return None
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.option("--timeout", type=float, default=3600, show_default=True, metavar="SECONDS",
+              help="How long to wait for a running mount daemon to seal it.")
+def seal(store, ref, timeout):
+    """Seal an inbox version now (through the mount daemon when one runs)."""
+    from ckptfs.fs.inbox import SEAL_MARKER
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        spooled = os.path.join(s.path, "spool", "inbox", project, run, version)
+        if not os.path.isdir(spooled):
+            if s.version_record(project, run, version):
+                fail(f"{ref} is already sealed")
+            fail(f"{ref} is not in the inbox")
+        if daemon_pid(s.path) is None:
+            report = s.import_directory(spooled, project, run, version)
+            import shutil
+            shutil.rmtree(spooled)
+            click.echo(f"sealed {ref}: {report.files} files, {human_bytes(report.stats.logical_bytes)}")
+            return
+    # A daemon serves this store: hand it the marker and wait for the outcome.
+    with open(os.path.join(spooled, SEAL_MARKER), "w"):
+        pass
+    error_file = spooled + ".error"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open_store(store) as s:
+            if s.version_record(project, run, version):
+                click.echo(f"sealed {ref}")
+                return
+        if os.path.exists(error_file) and not os.path.exists(os.path.join(spooled, SEAL_MARKER)):
+            with open(error_file) as f:
+                fail(f.readline().strip())
+        time.sleep(0.2)
+    fail(f"{ref} was not sealed within {timeout:.0f} s (files still open in it?)")
+
+
+@main.command()
+@click.argument("target", metavar="MOUNTPOINT|STORE")
+def status(target):
+    """Pending inbox versions, ingest progress and counters."""
+    stats_path = os.path.join(target, ".ckptfs", "stats.json")
+    if os.path.isfile(stats_path):
+        with open(stats_path) as f:
+            st = json.load(f)
+        click.echo(f"mounted: {st['versions']} versions, {st['versions_sealed']} sealed since "
+                   f"mount, {st['seal_failures']} seal failures, {st['read_errors']} read errors")
+        pending = st["pending_inbox_versions"]
+    else:
+        with open_store(target) as s:
+            spool = os.path.join(s.path, "spool", "inbox")
+        pid = daemon_pid(target)
+        click.echo(f"store {target}: " + (f"mounted by daemon pid {pid}" if pid else "not mounted"))
+        pending = []
+        for p in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
+            for r in sorted(os.listdir(os.path.join(spool, p))):
+                for v in sorted(os.listdir(os.path.join(spool, p, r))):
+                    if os.path.isdir(os.path.join(spool, p, r, v)):
+                        age = time.time() - os.stat(os.path.join(spool, p, r, v)).st_mtime
+                        pending.append({"version": f"{p}/{r}/{v}", "state": "spooled",
+                                        "age_seconds": round(age, 1), "error": None})
+    if not pending:
+        click.echo("no pending inbox versions")
+    for item in pending:
+        line = f"  {item['version']}: {item['state']}, {item['age_seconds']:.0f} s"
+        click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
+
+
 if __name__ == "__main__":
     main()
