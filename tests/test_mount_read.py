@@ -41,7 +41,7 @@ def mounted(archive, mount):
 
 def test_layout_lists_projects_runs_versions_sidecars_and_latest(mounted):
     mnt, run, _, _ = mounted
-    assert sorted(os.listdir(mnt)) == [".ckptfs", "projects"]
+    assert sorted(os.listdir(mnt)) == [".ckptfs", "inbox", "projects"]
     assert os.listdir(os.path.join(mnt, "projects")) == ["bert", "gpt"]
     assert sorted(os.listdir(run)) == ["latest", "step-100", "step-100.json", "step-200", "step-200.json"]
     assert os.readlink(os.path.join(run, "latest")) == "step-200"

@@ -329,7 +329,10 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise pyfuse3.FUSEError(errno.EROFS if not self.inbox else errno.EPERM)
+        self._refuse_outside_inbox(inode, new_parent_inode)
+        log.warning("refused a hard link in the inbox: a checkpoint holds files, "
+                    "directories and symlinks only")
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     @guarded
     async def setxattr(self, inode, name, value, ctx):
