@@ -323,7 +323,9 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
     Store.open(store).close()  # fail here, with a clear message, if it is not a store
     daemon.check_mountpoint(mountpoint)
     if foreground:
-        log_path = daemon.setup_logging(store, log_level, foreground=True)
+        # Started by a background `mount` (ready_fd): the log file only, since the
+        # parent stops reading our stderr once the mount is up.
+        log_path = daemon.setup_logging(store, log_level, foreground=ready_fd is None)
         try:
             daemon.serve(store, mountpoint, allow_other=allow_other, seal_after=seal_after,
                          ready_fd=ready_fd)
