@@ -66,7 +66,7 @@ class Inbox:
         os.makedirs(self.root, exist_ok=True)
         self.pending: dict[tuple, PendingVersion] = {}
         self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
-                         "bytes_stored": 0, "ingest_seconds": 0.0}
+                         "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0}
         self.on_sealed = None  # callback(p, r, v) for cache invalidation
         self._recover_after_restart()
 
@@ -344,6 +344,7 @@ class Inbox:
             return
         self.counters["versions_sealed"] += 1
         self.counters["bytes_stored"] += report.stats.new_stored_bytes
+        self.counters["bytes_sealed"] += report.stats.logical_bytes
         log.info("sealed %s/%s/%s: %d files, %d bytes, %d new stored", p, r, v, report.files,
                  report.stats.logical_bytes, report.stats.new_stored_bytes)
         await trio.to_thread.run_sync(shutil.rmtree, src)

@@ -112,7 +112,8 @@ class CkptfsOperations(pyfuse3.Operations):
             "bytes_in": counters.get("bytes_in", 0),
             "bytes_stored_since_mount": counters.get("bytes_stored", 0),
             "ingest_seconds": round(seconds, 3),
-            "ingest_mb_per_s": round(counters.get("bytes_in", 0) / seconds / 1e6, 1) if seconds else None,
+            "bytes_sealed": counters.get("bytes_sealed", 0),
+            "ingest_mb_per_s": round(counters.get("bytes_sealed", 0) / seconds / 1e6, 1) if seconds else None,
             "read_errors": self.read_errors,
             "pending_inbox_versions": pending,
         }
