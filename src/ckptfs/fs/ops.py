@@ -245,6 +245,8 @@ class CkptfsOperations(pyfuse3.Operations):
     # -- extended attributes ------------------------------------------------------------
     @guarded
     async def getxattr(self, inode, name, ctx):
+        if name != XATTR_SHA256:  # `ls -l` asks for ACLs and SELinux labels on every file
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = self._node(self.inodes.key(inode))
         if name == XATTR_SHA256 and node.entry is not None:
             return node.entry["sha256"].encode()

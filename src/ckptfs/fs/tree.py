@@ -57,6 +57,37 @@ class ProjectTree:
         self._extra_root = list(extra_root_children)
         self._sidecars: OrderedDict[tuple, bytes] = OrderedDict()
         self.stats_provider = None  # set by the daemon: () -> dict for .ckptfs/stats.json
+        # Nodes of sealed content never change: cached until evicted. Nodes whose answer
+        # depends on which versions exist (projects, runs, latest) are cached until the
+        # next commit, which the index's journal sequence number tells.
+        self._sealed_nodes: OrderedDict[tuple, Node | None] = OrderedDict()
+        self._catalog_nodes: dict[tuple, Node | None] = {}
+        self._catalog_seq = -1
+
+    SEALED_KINDS = ("version", "entry", "sidecar")
+    MAX_CACHED_NODES = 200_000
+
+    def node(self, key: tuple) -> Node | None:
+        """The node for `key`, or None if nothing has that key now."""
+        if key[0] in self.SEALED_KINDS:
+            if key in self._sealed_nodes:
+                self._sealed_nodes.move_to_end(key)
+                return self._sealed_nodes[key]
+            node = self._make_node(key)
+            if node is not None:  # a version not sealed yet may appear later
+                self._sealed_nodes[key] = node
+                if len(self._sealed_nodes) > self.MAX_CACHED_NODES:
+                    self._sealed_nodes.popitem(last=False)
+            return node
+        if key[0] in ("project", "run", "latest"):
+            seq = self.store.applied_seq()
+            if seq != self._catalog_seq:
+                self._catalog_nodes.clear()
+                self._catalog_seq = seq
+            if key not in self._catalog_nodes:
+                self._catalog_nodes[key] = self._make_node(key)
+            return self._catalog_nodes[key]
+        return self._make_node(key)
 
     # -- names -> keys --------------------------------------------------------------
     def child_key(self, parent: tuple, name: str) -> tuple | None:
@@ -65,30 +96,28 @@ class ProjectTree:
             return {"projects": ("projects",), ".ckptfs": ("control",)}.get(name)
         if kind == "control":
             return ("stats",) if name == "stats.json" else None
-        if not self._valid(name):
+        if kind in ("projects", "project", "run") and not self._valid(name):
             return None
         if kind == "projects":
-            return ("project", name) if self.store.runs(name) else None
+            return self._existing(("project", name))
         if kind == "project":
-            return ("run", parent[1], name) if self.store.versions(parent[1], name) else None
+            return self._existing(("run", parent[1], name))
         if kind == "run":
             p, r = parent[1:]
-            if self.store.version_record(p, r, name) is not None:
-                return ("version", p, r, name)
-            if name == "latest" and self._newest(p, r):
-                return ("latest", p, r)
-            if name.endswith(".json") and self.store.version_record(p, r, name[:-5]) is not None:
-                return ("sidecar", p, r, name[:-5])
-            return None
+            found = self._existing(("version", p, r, name))
+            if found is None and name == "latest":
+                found = self._existing(("latest", p, r))
+            if found is None and name.endswith(".json"):
+                found = self._existing(("sidecar", p, r, name[:-5]))
+            return found
         if kind in ("version", "entry"):
             p, r, v = parent[1:4]
             path = f"{parent[4]}/{name}" if kind == "entry" else name
-            try:
-                self.store.entry(p, r, v, path)
-            except NotFoundError:
-                return None
-            return ("entry", p, r, v, path)
+            return self._existing(("entry", p, r, v, path))
         return None
+
+    def _existing(self, key: tuple) -> tuple | None:
+        return key if self.node(key) is not None else None
 
     @staticmethod
     def _valid(name: str) -> bool:
@@ -131,7 +160,7 @@ class ProjectTree:
         return []
 
     # -- nodes --------------------------------------------------------------------------
-    def node(self, key: tuple) -> Node | None:
+    def _make_node(self, key: tuple) -> Node | None:
         kind = key[0]
         if kind in ("root", "projects", "control"):
             return Node(key, "dir", READ_ONLY_DIR if kind != "root" else 0o755,

@@ -384,6 +384,12 @@ class Store:
         self._cache = _ChunkCache(CACHE_BYTES)
 
     # -- catalog ----------------------------------------------------------------------
+    def applied_seq(self) -> int:
+        """The last journal entry the index reflects: changes whenever a version is sealed
+        (by this process or another), so callers can cache catalog answers against it."""
+        with self.index.read() as txn:
+            return self.index.get_int(txn, b"journal_seq")
+
     def projects(self) -> list[str]:
         with self.index.read() as txn:
             return self.index.distinct_components(txn, b"")
