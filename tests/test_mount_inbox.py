@@ -393,9 +393,6 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
     verify_ok(store)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `ckptfs seal` only waits for a version record "
-                   "named p/r/v1, so it prints `sealed p/r/v1` and exits 0 when that name was "
-                   "taken by another import and the daemon's seal of the inbox copy failed")
 def test_ckptfs_seal_reports_a_seal_that_failed(source, tmp_path, mount):
     store = new_store(tmp_path)
     mnt = mount(store, "--seal-after", "60")
@@ -741,9 +738,6 @@ def test_writing_past_a_full_disk_gives_enospc_and_the_daemon_carries_on(
     verify_ok(store)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when sealing fails on a full disk, writing "
-                   "<version>.error fails with ENOSPC inside Inbox._seal's except block; the "
-                   "OSError escapes run_sealer and the daemon exits (unmounts)")
 def test_a_seal_that_fails_on_a_full_disk_leaves_the_daemon_running(
         small_disk, tmp_path, mount):
     store = os.path.join(small_disk, "store")
@@ -768,9 +762,6 @@ def test_a_seal_that_fails_on_a_full_disk_leaves_the_daemon_running(
 
 # -- bugs found along the way ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="BUG: Inbox.rename ignores RENAME_EXCHANGE and does a "
-                   "plain os.rename, so renameat2(a, b, RENAME_EXCHANGE) succeeds and b's data is "
-                   "gone")
 def test_rename_exchange_swaps_two_files_or_is_refused(tmp_path, mount):
     store = new_store(tmp_path)
     mnt = mount(store, "--seal-after", "60")
@@ -792,10 +783,6 @@ def test_rename_exchange_swaps_two_files_or_is_refused(tmp_path, mount):
         assert held == {"a": b"AAA", "b": b"BBB"}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the inbox accepts the version names `latest` "
-                   "and `<sealed version>.json`, which projects/<p>/<r>/ already uses for the "
-                   "latest symlink and the sidecars: once sealed, the listing shows a name twice "
-                   "and the new version (or the sidecar) cannot be reached")
 @pytest.mark.parametrize("name", ["latest", "v1.json"])
 def test_a_version_name_that_shadows_latest_or_a_sidecar_is_refused_or_reachable(
         name, tmp_path, mount):
@@ -822,10 +809,6 @@ def test_a_version_name_that_shadows_latest_or_a_sidecar_is_refused_or_reachable
     assert json.loads(read(f"{mnt}/projects/p/r/v1.json"))["version"] == "v1"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a renamed inbox file or directory keeps its "
-                   "old path in the InodeTable (keyed by path; rename does not re-key the "
-                   "inode the kernel moved), so for the entry timeout its new name gives "
-                   "ENOENT: `mv a b && cat b` fails")
 def test_a_renamed_file_or_directory_is_usable_at_once_under_its_new_name(tmp_path, mount):
     store = new_store(tmp_path)
     mnt = mount(store, "--seal-after", "60")
@@ -842,9 +825,6 @@ def test_a_renamed_file_or_directory_is_usable_at_once_under_its_new_name(tmp_pa
     assert got["d3/z"][3] == b"y" and sorted(got) == ["b", "d3", "d3/z"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Inbox.create and Inbox.mkdir pass the mode to "
-                   "os.open/os.mkdir, so the daemon's own umask is applied on top of the "
-                   "writer's (the kernel already applied the writer's umask)")
 def test_new_files_get_the_writers_mode_whatever_the_daemons_umask(tmp_path, mount):
     store = new_store(tmp_path)
     old = os.umask(0o077)  # the user who runs `ckptfs mount` has a strict umask

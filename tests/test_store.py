@@ -221,3 +221,10 @@ def test_many_small_files_and_odd_names(store, tmp_path):
     store.import_directory(str(src), "p", "r", "v")
     store.restore("p", "r", "v", str(tmp_path / "out"))
     assert tree_snapshot(tmp_path / "out") == tree_snapshot(src)
+
+
+@pytest.mark.parametrize("name", ["latest", "run.json", "v1.json"])
+def test_version_names_that_the_run_directory_shows_itself_are_reserved(store, checkpoint, name):
+    with pytest.raises(InvalidNameError, match="reserved|must not end in '.json'"):
+        store.import_directory(checkpoint, "p", "r", name)
+    assert store.projects() == []

@@ -407,17 +407,23 @@ def seal(store, ref, timeout):
             shutil.rmtree(spooled)
             click.echo(f"sealed {ref}: {report.files} files, {human_bytes(report.stats.logical_bytes)}")
             return
-    # A daemon serves this store: hand it the marker and wait for the outcome.
-    with open(os.path.join(spooled, SEAL_MARKER), "w"):
-        pass
+    # A daemon serves this store: hand it the marker and wait for the outcome. It has
+    # sealed the version when the spooled copy is gone and the version exists; it failed
+    # when it took the marker and wrote an error file.
     error_file = spooled + ".error"
+    marker = os.path.join(spooled, SEAL_MARKER)
+    if os.path.exists(error_file):
+        os.unlink(error_file)  # an old failure: this attempt writes its own
+    with open(marker, "w"):
+        pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with open_store(store) as s:
-            if s.version_record(project, run, version):
-                click.echo(f"sealed {ref}")
-                return
-        if os.path.exists(error_file) and not os.path.exists(os.path.join(spooled, SEAL_MARKER)):
+        if not os.path.exists(spooled):
+            with open_store(store) as s:
+                if s.version_record(project, run, version):
+                    click.echo(f"sealed {ref}")
+                    return
+        if os.path.exists(error_file) and not os.path.exists(marker):
             with open(error_file) as f:
                 fail(f.readline().strip())
         time.sleep(0.2)

@@ -25,7 +25,7 @@ import pyfuse3
 import trio
 
 from ckptfs.store import StoreError
-from ckptfs.store.names import validate_name, InvalidNameError
+from ckptfs.store.names import InvalidNameError, validate_name, validate_version_name
 
 from .tree import Node
 
@@ -33,6 +33,11 @@ log = logging.getLogger("ckptfs.inbox")
 
 SEAL_MARKER = ".seal"
 RUNNING_MARKER = "daemon.running"
+
+
+def printable(name: str) -> str:
+    """A name as it can stand in one log line: quoted only if it holds control characters."""
+    return name if name.isprintable() else repr(name)
 
 
 @dataclass
@@ -152,12 +157,12 @@ class Inbox:
         where = "inbox/" + parent[1] if parent[1] else "inbox"
         if not is_dir:
             log.warning("refused %s/%s: only %s directories belong here (copy a checkpoint "
-                        "directory to inbox/<project>/<run>/<version>/)", where, name, what)
+                        "directory to inbox/<project>/<run>/<version>/)", where, printable(name), what)
             raise pyfuse3.FUSEError(errno.EPERM)
         try:
-            validate_name(name, what)
+            validate_version_name(name) if depth == 2 else validate_name(name, what)
         except InvalidNameError as e:
-            log.warning("refused %s/%s: %s", where, name, e)
+            log.warning("refused %s/%s: %s", where, printable(name), e)
             raise pyfuse3.FUSEError(errno.EINVAL) from None
         if depth == 2:
             p, r = self.parts(parent)
@@ -200,6 +205,7 @@ class Inbox:
         self._check_new_name(parent, name, is_dir=False)
         key = self.child(parent, name)
         fd = os.open(self.abs_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
+        os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
         self._changed(key)
         return key, self._opened(fd, key)
 
@@ -257,7 +263,8 @@ class Inbox:
     async def mkdir(self, parent, name, mode, ctx):
         self._check_new_name(parent, name, is_dir=True)
         key = self.child(parent, name)
-        os.mkdir(self.abs_path(key), stat.S_IMODE(mode))
+        os.mkdir(self.abs_path(key))
+        os.chmod(self.abs_path(key), stat.S_IMODE(mode))  # the writer's mode, not our umask
         version = self.version_of(key)
         if version is not None:
             self._changed(key)
@@ -292,6 +299,8 @@ class Inbox:
                 or len(self.parts(old)) < 4 or len(self.parts(new)) < 4:
             raise pyfuse3.FUSEError(errno.EXDEV)  # mv falls back to copy and delete
         self._check_writable(old)
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)  # not supported: never half-done
         if flags & pyfuse3.RENAME_NOREPLACE and os.path.lexists(self.abs_path(new)):
             raise pyfuse3.FUSEError(errno.EEXIST)
         os.rename(self.abs_path(old), self.abs_path(new))
@@ -311,8 +320,13 @@ class Inbox:
             await trio.sleep(poll)
             for version in self.spool_versions():
                 state = self.pending.setdefault(version, PendingVersion())
-                if self.due_for_seal(version, state, time.monotonic()):
+                if not self.due_for_seal(version, state, time.monotonic()):
+                    continue
+                try:
                     await self.seal(version)
+                except Exception:  # whatever happens, the daemon keeps serving
+                    log.exception("sealing %s failed unexpectedly", "/".join(version))
+                    state.sealing, state.error = False, "unexpected error: see the log"
 
     async def seal(self, version: tuple):
         # Shielded: an unmount or signal lets a seal that has begun finish (it is atomic
@@ -337,10 +351,7 @@ class Inbox:
             state.error = str(e)
             self.counters["seal_failures"] += 1
             log.error("sealing %s/%s/%s failed: %s", p, r, v, e)
-            with open(self._error_path(version), "w") as f:
-                f.write(f"sealing {p}/{r}/{v} failed: {e}\n"
-                        "The version stays in the inbox: fix it, and it is sealed again once "
-                        "it is quiet (or write a .seal file into it).\n")
+            self._write_error_file(version, e)
             return
         self.counters["versions_sealed"] += 1
         self.counters["bytes_stored"] += report.stats.new_stored_bytes
@@ -351,6 +362,16 @@ class Inbox:
         self.pending.pop(version, None)
         if self.on_sealed:
             self.on_sealed(p, r, v)
+
+    def _write_error_file(self, version: tuple, error: Exception):
+        p, r, v = version
+        try:
+            with open(self._error_path(version), "w") as f:
+                f.write(f"sealing {p}/{r}/{v} failed: {error}\n"
+                        "The version stays in the inbox: fix it, and it is sealed again once "
+                        "it is quiet (or write a .seal file into it).\n")
+        except OSError as e:  # e.g. the same full disk: the log and status still say why
+            log.error("could not write %s: %s", self._error_path(version), e)
 
     def status(self) -> list[dict]:
         now = time.time()

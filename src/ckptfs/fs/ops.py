@@ -63,6 +63,21 @@ class InodeTable:
             self._next += 1
         return ino
 
+    def rename(self, old: tuple, new: tuple):
+        """`old` (and, for a directory, everything below it) is now called `new`: the
+        kernel keeps using the same inode numbers, so they must follow."""
+        replaced = self._by_key.pop(new, None)
+        if replaced is not None:
+            self._by_ino.pop(replaced, None)  # the overwritten target is gone
+        prefix = old[1] + "/"
+        moving = [(k, i) for k, i in self._by_key.items()
+                  if k[0] == old[0] and (k == old or k[1].startswith(prefix))]
+        for k, ino in moving:
+            moved = (new[0], new[1] + k[1][len(old[1]):])
+            del self._by_key[k]
+            self._by_key[moved] = ino
+            self._by_ino[ino] = moved
+
     def known(self, key: tuple) -> int | None:
         return self._by_key.get(key)
 
@@ -311,8 +326,10 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
-        await self.inbox.rename(old_parent, os.fsdecode(name_old), new_parent,
-                                os.fsdecode(name_new), flags, ctx)
+        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        await self.inbox.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
+        self.inodes.rename(self.inbox.child(old_parent, old_name),
+                           self.inbox.child(new_parent, new_name))
 
     @guarded
     async def write(self, fh, off, buf):

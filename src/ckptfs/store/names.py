@@ -37,4 +37,22 @@ def parse_version_ref(ref: str, parts: int = 3) -> tuple[str, ...]:
         raise InvalidNameError(f"expected {shape}, got {ref!r}")
     for piece, what in zip(pieces, ("project", "run", "version")):
         validate_name(piece, what)
+    if len(pieces) == 3:
+        validate_version_name(pieces[2])
     return tuple(pieces)
+
+
+RESERVED_VERSION_NAMES = ("latest", "run.json")
+
+
+def validate_version_name(name: str) -> str:
+    """A version name must also not clash with what the run directory shows beside the
+    versions: the `latest` symlink and the `<version>.json` sidecars."""
+    validate_name(name, "version")
+    if name in RESERVED_VERSION_NAMES:
+        raise InvalidNameError(f"version name {name!r} is reserved (the run directory "
+                               f"shows {name!r} itself)")
+    if name.endswith(".json"):
+        raise InvalidNameError(f"version name {name!r} must not end in '.json' (the run "
+                               "directory shows each version's sidecar as <version>.json)")
+    return name

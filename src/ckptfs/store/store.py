@@ -27,7 +27,7 @@ from .ingest import Ingest, IngestReport
 from .journal import Journal
 from .manifest import SCHEMA as MANIFEST_SCHEMA
 from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
-from .names import validate_name
+from .names import validate_name, validate_version_name
 from .pack import KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids, pack_path, scan_pack
 
 SUBDIRS = ("packs", "index", "journal", "spool")
@@ -169,8 +169,9 @@ class Store:
     def import_directory(self, src: str, project: str, run: str, version: str,
                          progress=None) -> IngestReport:
         """Archive the directory `src` as PROJECT/RUN/VERSION (atomically)."""
-        for name, what in ((project, "project"), (run, "run"), (version, "version")):
-            validate_name(name, what)
+        validate_name(project, "project")
+        validate_name(run, "run")
+        validate_version_name(version)
         if self.version_record(project, run, version) is not None:
             raise VersionExistsError(
                 f"version {version_name(project, run, version)} already exists; versions are "
