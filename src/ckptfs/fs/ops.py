@@ -245,7 +245,9 @@ class CkptfsOperations(pyfuse3.Operations):
         if handle.content is not None:
             return handle.content[off:off + size]
         try:
-            return await trio.to_thread.run_sync(self.store.read_range, handle.entry, off, size)
+            data = await trio.to_thread.run_sync(self.store.read_range, handle.entry, off, size)
+            self.store.prefetch(handle.entry, off + size)
+            return data
         except IntegrityError as e:
             self.read_errors += 1
             log.error("read of %s failed: %s", "/".join(handle.key[1:]), e)

@@ -4,6 +4,7 @@
     report = store.import_directory(src, "proj", "run-1", "step-100")
     store.restore("proj", "run-1", "step-100", "/tmp/out")
 """
+import bisect
 import fcntl
 import fnmatch
 import hashlib
@@ -104,6 +105,9 @@ class Store:
         self.journal = Journal(os.path.join(path, "journal"))
         self.packs = PackReader(self.packs_dir)
         self._cache = _ChunkCache(CACHE_BYTES)
+        self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
+        self._inflight_lock = threading.Lock()
+        self._prefetcher = None
         self._catch_up_if_behind()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -140,6 +144,8 @@ class Store:
         return cls(path, config)
 
     def close(self):
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
         self.packs.close()
         self.index.close()
         os.close(self._open_lock_fd)
@@ -472,6 +478,51 @@ class Store:
         data = self._cache.get(chunk_id)
         if data is not None:
             return data
+        pending = self._inflight.get(chunk_id)
+        if pending is not None:
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decode it here, so the error is raised in this reader's context
+        return self._load_chunk(chunk_id, cache)
+
+    def prefetch(self, entry: dict, offset: int, window: int = 4 << 20):
+        """Start decoding the chunks of `entry` in [offset, offset + window) on background
+        threads, so a sequential reader finds them decoded (the mount's read-ahead)."""
+        offsets = self._chunk_offsets(entry)
+        first = max(0, bisect.bisect_right(offsets, offset) - 1)
+        for index in range(first, len(entry["chunks"])):
+            if offsets[index] >= offset + window:
+                break
+            chunk_id = bytes.fromhex(entry["chunks"][index][0])
+            with self._inflight_lock:
+                if chunk_id in self._inflight or self._cache.get(chunk_id) is not None:
+                    continue
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
+                self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
+
+    def _prefetch_one(self, chunk_id: bytes) -> bytes:
+        try:
+            return self._load_chunk(chunk_id, cache=True)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(chunk_id, None)
+
+    @staticmethod
+    def _chunk_offsets(entry: dict) -> list[int]:
+        """File offset of each chunk of a file entry (kept on the entry: entries are
+        immutable, and a big file has thousands of chunks)."""
+        offsets = entry.get("_offsets")
+        if offsets is None:
+            offsets, pos = [], 0
+            for _chunk, length in entry["chunks"]:
+                offsets.append(pos)
+                pos += length
+            entry["_offsets"] = offsets
+        return offsets
+
+    def _load_chunk(self, chunk_id: bytes, cache: bool) -> bytes:
         record = self._read_record(chunk_id)
         base = None
         if record.codec == codecs.XOR_DELTA:
@@ -501,15 +552,14 @@ class Store:
     def read_range(self, entry: dict, offset: int, size: int) -> bytes:
         """Up to `size` bytes of a file entry from `offset` (for cat, and the mount)."""
         out = []
-        pos = 0
         end = min(entry["size"], offset + size)
-        for chunk_hex, length in entry["chunks"]:
-            if pos >= end:
-                break
-            if pos + length > offset:
-                data = self.read_chunk(bytes.fromhex(chunk_hex))
-                out.append(data[max(0, offset - pos):end - pos])
-            pos += length
+        offsets = self._chunk_offsets(entry)
+        index = max(0, bisect.bisect_right(offsets, offset) - 1)
+        while index < len(offsets) and offsets[index] < end:
+            pos = offsets[index]
+            data = self.read_chunk(bytes.fromhex(entry["chunks"][index][0]))
+            out.append(data[max(0, offset - pos):end - pos])
+            index += 1
         return b"".join(out)
 
     def iter_file(self, entry: dict, pool: ThreadPoolExecutor | None = None):
