@@ -353,15 +353,7 @@ def archive_borg(R, ctx):
     rm(repo)
     rm(os.path.join(ctx.work, "archive", "borg-home"))
     env = borg_env(ctx)
-    log(f"borg: init -e none + create --compression {BORG_COMPRESSION} per checkpoint")
-    R.run(["borg", "init", "-e", "none", repo], "borg init", env=env)
-    drop_caches()
-    total, per = 0.0, []
-    for src, ref in ctx.checkpoints:
-        s, _ = R.run(["borg", "create", "--compression", BORG_COMPRESSION,
-                      f"{repo}::{bs.archive_name(ref)}", src], f"borg create {ref}", env=env)
-        total += s
-        per.append({"ref": ref, "wall_s": s})
+    total, per = bs.borg_create_all(R, repo, env, ctx.checkpoints)
     sync_s = timed_sync()
     return {"tool": f"borg create {BORG_COMPRESSION}", "archive_s": total, "sync_s": sync_s,
             "stored_bytes": bs.du_bytes(repo), "per_checkpoint": per}

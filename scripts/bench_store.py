@@ -412,6 +412,21 @@ def archive_name(ref):
     return ref.replace("/", "_")
 
 
+def borg_create_all(R, repo, env, checkpoints) -> tuple[float, list[dict]]:
+    """`borg init` a new repo, then one `borg create` per checkpoint, from cold caches;
+    (total wall seconds, per-checkpoint figures)."""
+    log(f"borg: init -e none + create --compression {BORG_COMPRESSION} per checkpoint")
+    R.run(["borg", "init", "-e", "none", repo], "borg init", env=env)
+    drop_caches()
+    total, per = 0.0, []
+    for src, ref in checkpoints:
+        seconds, _ = R.run(["borg", "create", "--compression", BORG_COMPRESSION,
+                            f"{repo}::{archive_name(ref)}", src], f"borg create {ref}", env=env)
+        total += seconds
+        per.append({"ref": ref, "wall_s": seconds})
+    return total, per
+
+
 def bench_borg(R, ctx):
     repo = os.path.join(ctx.work, "borg-repo")
     home = os.path.join(ctx.work, "borg-home")   # borg's caches and security dir, fresh each time
@@ -420,15 +435,7 @@ def bench_borg(R, ctx):
     env = dict(os.environ, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK="yes",
                BORG_RELOCATED_REPO_ACCESS_IS_OK="yes", BORG_BASE_DIR=home)
     env.pop("BORG_PASSPHRASE", None)
-    log(f"borg: init -e none + create --compression {BORG_COMPRESSION} per checkpoint")
-    R.run(["borg", "init", "-e", "none", repo], "borg init", env=env)
-    drop_caches()
-    total, per = 0.0, []
-    for src, ref in ctx.checkpoints:
-        seconds, _ = R.run(["borg", "create", "--compression", BORG_COMPRESSION,
-                            f"{repo}::{archive_name(ref)}", src], f"borg create {ref}", env=env)
-        total += seconds
-        per.append({"ref": ref, "wall_s": seconds})
+    total, per = borg_create_all(R, repo, env, ctx.checkpoints)
     sync_s = timed_sync()
     res = {"tool": f"borg create {BORG_COMPRESSION}", "import_s": total,
            "import_sync_s": sync_s, "stored_bytes": du_bytes(repo), "per_checkpoint": per}
