@@ -133,8 +133,7 @@ class Inbox:
             return None
         kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
         node = Node(key, kind, stat.S_IMODE(st.st_mode), st.st_size if kind != "dir" else 0,
-                    st.st_mtime_ns)
-        node.uid, node.gid = st.st_uid, st.st_gid
+                    st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid)
         if kind == "symlink":
             node.target = os.readlink(self.abs_path(key))
         return node
@@ -248,9 +247,8 @@ class Inbox:
         path = self.abs_path(key)
         if fields.update_size:
             os.truncate(path, attr.st_size)
-        if fields.update_mode:
-            os.chmod(path, stat.S_IMODE(attr.st_mode), follow_symlinks=False) \
-                if not os.path.islink(path) else None
+        if fields.update_mode and not os.path.islink(path):  # a symlink's mode means nothing
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
         if fields.update_mtime or fields.update_atime:
             st = os.lstat(path)
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns

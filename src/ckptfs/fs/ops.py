@@ -158,8 +158,8 @@ class CkptfsOperations(pyfuse3.Operations):
         a.st_size = node.size
         a.st_blocks = (node.size + 511) // 512
         a.st_blksize = BLOCK_SIZE
-        a.st_uid = getattr(node, "uid", None) or os.getuid()
-        a.st_gid = getattr(node, "gid", None) or os.getgid()
+        a.st_uid = os.getuid() if node.uid is None else node.uid
+        a.st_gid = os.getgid() if node.gid is None else node.gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
         a.attr_timeout = a.entry_timeout = timeout
@@ -235,6 +235,9 @@ class CkptfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
         fi = pyfuse3.FileInfo(fh=self._new_handle(node))
         fi.keep_cache = node.immutable
+        # A generated file that changes (stats.json) may differ in size from what an
+        # earlier getattr said: direct_io makes the kernel read it to its real end.
+        fi.direct_io = node.content is not None and not node.immutable
         return fi
 
     @guarded

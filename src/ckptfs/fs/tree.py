@@ -19,6 +19,7 @@ import stat
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from ckptfs.meta import version_sidecar
 from ckptfs.store import NotFoundError, Store
@@ -41,10 +42,11 @@ class Node:
     content: bytes | None = None  # generated files (sidecars, stats)
     immutable: bool = False    # the kernel may cache it for as long as it likes
     subdirs: int = 0           # for st_nlink of directories
+    uid: int | None = None     # owner (inbox files); None: the daemon's user
+    gid: int | None = None
 
 
 def iso_to_ns(text: str) -> int:
-    from datetime import datetime
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1e9)
 
 
