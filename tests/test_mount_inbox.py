@@ -139,8 +139,15 @@ def verify_ok(store: str):
 
 @pytest.fixture
 def source(tmp_path):
-    """A small sample checkpoint (see samples.make_checkpoint), in a directory named v1."""
-    return make_checkpoint(tmp_path / "src" / "v1", step=100, scale=2)
+    """A small sample checkpoint (see samples.make_checkpoint), in a directory named v1.
+
+    Its directories are dated in the past: rsync compares a directory's mtime to the
+    second before restoring it, so a source made in the same second as the copy would
+    keep the copy's own mtime (on any file system) and the mtime checks would flake."""
+    path = make_checkpoint(tmp_path / "src" / "v1", step=100, scale=2)
+    for dirpath, _, _ in sorted(os.walk(path), reverse=True):  # children before parents
+        os.utime(dirpath, ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    return path
 
 
 # -- 1. real tools copy a checkpoint in; it is sealed exactly ------------------------------

@@ -73,7 +73,7 @@ READ_AHEAD_KB = 1024
 async def _main_loop(inbox, mountpoint):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-        nursery.start_soon(inbox.run_sealer)
+        nursery.start_soon(inbox.run)
         nursery.start_soon(_raise_read_ahead, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

@@ -9,11 +9,20 @@ while it runs the version refuses changes (EBUSY). Afterwards the version leaves
 inbox and appears under `projects/`; a failure leaves it in the inbox with a
 `<version>.error` file beside it that says why.
 
+Ingest starts before the seal: each file is prepared (chunked, deduplicated, compressed,
+packed) on a worker thread once its last writer closes it, so by the end of the quiet
+period most of the version is already in the store and the seal only reads what changed
+since. A prepared result is keyed by the spool file's inode and its write generation (a
+counter bumped by every write, truncate and create through the mount): a file changed
+after it was prepared is read again at the seal. Prepare and seal take turns on one lane,
+so ingest never uses more than the cores one seal would.
+
 Depth rules: only directories at the project, run and version levels (EPERM for files
 there), names that follow the naming rules (EINVAL), no version name that is already
 sealed (EEXIST).
 """
 import errno
+import functools
 import logging
 import os
 import shutil
@@ -33,6 +42,7 @@ log = logging.getLogger("ckptfs.inbox")
 
 SEAL_MARKER = ".seal"
 RUNNING_MARKER = "daemon.running"
+STAGED_PACKS = "staged-packs"   # ids of packs opened ahead of a seal, one per line (hex)
 
 
 def printable(name: str) -> str:
@@ -60,6 +70,14 @@ class InboxFile:
     fd: int
     key: tuple
     version: tuple
+    ino: int
+    writable: bool
+
+
+@dataclass
+class PrepareJob:
+    version: tuple
+    ino: int
 
 
 class Inbox:
@@ -71,8 +89,20 @@ class Inbox:
         os.makedirs(self.root, exist_ok=True)
         self.pending: dict[tuple, PendingVersion] = {}
         self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
-                         "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0}
+                         "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0,
+                         "files_prepared": 0, "files_reused_at_seal": 0}
         self.on_sealed = None  # callback(p, r, v) for cache invalidation
+        # Ingest ahead of the seal (see the module docstring).
+        self.staged: dict[tuple, object] = {}      # version -> store Ingest begun early
+        self.generation = 0                        # bumped by every content change
+        self.generations: dict[int, int] = {}      # spool inode -> generation of its content
+        self.paths: dict[int, tuple] = {}          # spool inode -> key, for prepare jobs
+        self.open_writers: dict[int, int] = {}     # spool inode -> handles open for writing
+        self.unprepared: set[int] = set()          # spool inodes changed since queued to prepare
+        self.deferred: list[PrepareJob] = []       # waiting for an earlier version's seal
+        self.lane = trio.Lock()                    # one prepare or seal at a time
+        self._jobs_in, self._jobs_out = trio.open_memory_channel(float("inf"))
+        self._nursery = None
         self._recover_after_restart()
 
     # -- startup / shutdown ---------------------------------------------------------------
@@ -81,6 +111,8 @@ class Inbox:
         they wait for more writes or an explicit seal (a copy may have been cut short)."""
         marker = os.path.join(self.spool, RUNNING_MARKER)
         crashed = os.path.exists(marker)
+        if crashed:
+            self._discard_packs_of_dead_daemon()
         for version in self.spool_versions():
             self.pending[version] = PendingVersion(held=crashed)
             if crashed:
@@ -89,11 +121,43 @@ class Inbox:
         with open(marker, "w") as f:
             f.write(str(os.getpid()))
 
+    def _discard_packs_of_dead_daemon(self):
+        """Packs the previous daemon was filling ahead of seals it never made: unfinished
+        ones hold nothing committed, so they go (finished ones may now be referenced)."""
+        listing = os.path.join(self.spool, STAGED_PACKS)
+        try:
+            with open(listing) as f:
+                pack_ids = [int(line, 16) for line in f if line.strip()]
+        except FileNotFoundError:
+            return
+        dropped = [i for i in pack_ids if self.store.discard_unfinished_pack(i)]
+        if dropped:
+            log.info("removed %d unfinished pack(s) left by the daemon that died", len(dropped))
+        os.unlink(listing)
+
+    def _note_staged_pack(self, pack_id: int):
+        with open(os.path.join(self.spool, STAGED_PACKS), "a") as f:
+            f.write(f"{pack_id:08x}\n")
+
     def close(self):
+        for ingest in self.staged.values():   # unsealed versions seal on the next mount
+            ingest.abort()
+        self.staged.clear()
+        try:
+            os.unlink(os.path.join(self.spool, STAGED_PACKS))
+        except FileNotFoundError:
+            pass
         try:
             os.unlink(os.path.join(self.spool, RUNNING_MARKER))
         except FileNotFoundError:
             pass
+
+    async def run(self):
+        """The inbox's background work until cancelled: sealing and preparing."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.run_sealer)
+            nursery.start_soon(self.run_preparer)
 
     def spool_versions(self) -> list[tuple]:
         found = []
@@ -180,6 +244,18 @@ class Inbox:
                         "/".join(version))
             raise pyfuse3.FUSEError(errno.EBUSY)
 
+    def _bump(self, ino: int):
+        """The content of spool inode `ino` changed: any prepared result of it is stale."""
+        self.generation += 1
+        self.generations[ino] = self.generation
+        self.unprepared.add(ino)
+
+    def _queue_prepare(self, version: tuple | None, ino: int):
+        """Prepare the file once nothing has it open for writing any more."""
+        if version is not None and ino in self.unprepared and ino not in self.open_writers:
+            self.unprepared.discard(ino)
+            self._jobs_in.send_nowait(PrepareJob(version, ino))
+
     def _changed(self, key: tuple):
         version = self.version_of(key)
         if version is not None:
@@ -206,21 +282,30 @@ class Inbox:
         fd = os.open(self.abs_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
         os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
         self._changed(key)
-        return key, self._opened(fd, key)
+        handle = self._opened(fd, key, writable=True)
+        self._bump(handle.ino)
+        return key, handle
 
     async def open(self, key, flags, ctx):
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        if writable:
             self._check_writable(key)
         fd = os.open(self.abs_path(key), flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL))
+        handle = self._opened(fd, key, writable)
         if flags & os.O_TRUNC:
             self._changed(key)
-        return self._opened(fd, key)
+            self._bump(handle.ino)
+        return handle
 
-    def _opened(self, fd, key) -> InboxFile:
+    def _opened(self, fd, key, writable: bool) -> InboxFile:
         version = self.version_of(key)
         if version is not None:
             self.pending.setdefault(version, PendingVersion()).open_files += 1
-        return InboxFile(fd, key, version)
+        ino = os.fstat(fd).st_ino
+        if writable:
+            self.open_writers[ino] = self.open_writers.get(ino, 0) + 1
+            self.paths[ino] = key
+        return InboxFile(fd, key, version, ino, writable)
 
     async def read(self, handle: InboxFile, off, size):
         return os.pread(handle.fd, size, off)
@@ -230,6 +315,7 @@ class Inbox:
         written = os.pwrite(handle.fd, buf, off)
         self.counters["bytes_in"] += written
         self._changed(handle.key)
+        self._bump(handle.ino)
         return written
 
     async def fsync(self, handle: InboxFile, datasync):
@@ -241,12 +327,22 @@ class Inbox:
             state = self.pending.get(handle.version)
             if state:
                 state.open_files = max(0, state.open_files - 1)
+        if handle.writable:
+            left = self.open_writers.get(handle.ino, 1) - 1
+            if left > 0:
+                self.open_writers[handle.ino] = left
+            else:
+                self.open_writers.pop(handle.ino, None)
+        self._queue_prepare(handle.version, handle.ino)
 
     async def setattr(self, key, attr, fields, fh, ctx):
         self._check_writable(key)
         path = self.abs_path(key)
         if fields.update_size:
             os.truncate(path, attr.st_size)
+            ino = os.lstat(path).st_ino
+            self._bump(ino)
+            self._queue_prepare(self.version_of(key), ino)  # `truncate FILE`: no write follows
         if fields.update_mode and not os.path.islink(path):  # a symlink's mode means nothing
             os.chmod(path, stat.S_IMODE(attr.st_mode))
         if fields.update_mtime or fields.update_atime:
@@ -288,6 +384,7 @@ class Inbox:
         version = self.version_of(key)
         if version is not None and len(self.parts(key)) == 3:
             self.pending.pop(version, None)  # an emptied version dir removed: nothing to seal
+            self._discard_staged(version)
         elif version is not None:
             self._changed(key)
 
@@ -301,8 +398,85 @@ class Inbox:
             raise pyfuse3.FUSEError(errno.EINVAL)  # not supported: never half-done
         if flags & pyfuse3.RENAME_NOREPLACE and os.path.lexists(self.abs_path(new)):
             raise pyfuse3.FUSEError(errno.EEXIST)
+        moved = os.lstat(self.abs_path(old))
         os.rename(self.abs_path(old), self.abs_path(new))
+        if stat.S_ISREG(moved.st_mode):
+            self.paths[moved.st_ino] = new   # `rsync -a`: temp file, then its real name
         self._changed(new)
+
+    # -- preparing ahead of the seal ----------------------------------------------------------
+    async def run_preparer(self):
+        """Prepare files as their last writer closes them, until cancelled."""
+        async for job in self._jobs_out:
+            try:
+                await self._prepare(job)
+            except Exception:  # whatever happens, the daemon keeps serving; the seal reads it
+                log.exception("preparing a file of %s failed unexpectedly", "/".join(job.version))
+                self._discard_staged(job.version)
+
+    def _earlier_pending(self, version: tuple) -> bool:
+        """Is an earlier version of the same run still unsealed? Then its seal decides
+        which version this one's tensors are delta-coded against: wait for it."""
+        state = self.pending.get(version)
+        return any(other[:2] == version[:2] and other != version
+                   and other_state.first_seen < state.first_seen
+                   and not other_state.held and not other_state.error
+                   for other, other_state in self.pending.items())
+
+    async def _prepare(self, job: PrepareJob):
+        state = self.pending.get(job.version)
+        if state is None or state.sealing or job.ino in self.open_writers:
+            return  # sealed, being sealed, removed, or written again (its close re-queues)
+        if self._earlier_pending(job.version):
+            self.deferred.append(job)
+            return
+        async with self.lane:
+            key, generation = self.paths.get(job.ino), self.generations.get(job.ino)
+            if (key is None or generation is None or self.version_of(key) != job.version
+                    or state.sealing or job.version not in self.pending
+                    or self.parts(key)[3:] == [SEAL_MARKER]):
+                return
+            ingest = self.staged.get(job.version)
+            if ingest is None:
+                try:
+                    ingest = self.store.begin_ingest(*job.version)
+                except StoreError:
+                    return  # e.g. the name is taken: the seal reports it
+                ingest.on_new_pack = self._note_staged_pack
+                self.staged[job.version] = ingest
+            rel_path = "/".join(self.parts(key)[3:])
+            started = time.monotonic()
+            done = await trio.to_thread.run_sync(ingest.prepare_file, rel_path, self.abs_path(key),
+                                                 (job.ino, generation), job.ino)
+            self.counters["ingest_seconds"] += time.monotonic() - started
+            self.counters["files_prepared"] += done
+        if not done and self.paths.get(job.ino) != key:
+            self._jobs_in.send_nowait(job)  # renamed meanwhile (`rsync -a`): at its new name
+
+    def _discard_staged(self, version: tuple):
+        """Drop what was prepared for `version` (removed, or its preparing failed)."""
+        ingest = self.staged.pop(version, None)
+        if ingest is not None and self._nursery is not None:
+            async def abort_when_idle():
+                async with self.lane:
+                    await trio.to_thread.run_sync(ingest.abort)
+            self._nursery.start_soon(abort_when_idle)
+
+    def _token_of(self, entry):
+        """The prepared-result token of a spool file about to be sealed."""
+        generation = self.generations.get(entry.st.st_ino)
+        return (entry.st.st_ino, generation) if generation is not None else None
+
+    def _forget_files_of(self, version: tuple):
+        for ino in [ino for ino, key in self.paths.items() if self.version_of(key) == version]:
+            self.paths.pop(ino, None)
+            self.generations.pop(ino, None)
+            self.unprepared.discard(ino)
+
+    def _requeue_deferred(self):
+        jobs, self.deferred = self.deferred, []
+        for job in jobs:
+            self._jobs_in.send_nowait(job)
 
     # -- sealing ------------------------------------------------------------------------------
     def due_for_seal(self, version: tuple, state: PendingVersion, now: float) -> bool:
@@ -341,23 +515,32 @@ class Inbox:
             marker = os.path.join(src, SEAL_MARKER)
             if os.path.lexists(marker):
                 os.unlink(marker)
-            started = time.monotonic()
-            report = await trio.to_thread.run_sync(self.store.import_directory, src, p, r, v)
-            self.counters["ingest_seconds"] += time.monotonic() - started
+            async with self.lane:
+                ingest = self.staged.pop(version, None)
+                started = time.monotonic()
+                report = await trio.to_thread.run_sync(functools.partial(
+                    self.store.import_directory, src, p, r, v, ingest=ingest,
+                    token_of=self._token_of))
+                self.counters["ingest_seconds"] += time.monotonic() - started
         except (StoreError, OSError) as e:
             state.sealing = False
+            self._requeue_deferred()
             state.error = str(e)
             self.counters["seal_failures"] += 1
             log.error("sealing %s/%s/%s failed: %s", p, r, v, e)
             self._write_error_file(version, e)
             return
         self.counters["versions_sealed"] += 1
+        self.counters["files_reused_at_seal"] += report.stats.prepared_files
         self.counters["bytes_stored"] += report.stats.new_stored_bytes
         self.counters["bytes_sealed"] += report.stats.logical_bytes
-        log.info("sealed %s/%s/%s: %d files, %d bytes, %d new stored", p, r, v, report.files,
-                 report.stats.logical_bytes, report.stats.new_stored_bytes)
+        log.info("sealed %s/%s/%s: %d files (%d prepared ahead), %d bytes, %d new stored",
+                 p, r, v, report.files, report.stats.prepared_files, report.stats.logical_bytes,
+                 report.stats.new_stored_bytes)
         await trio.to_thread.run_sync(shutil.rmtree, src)
         self.pending.pop(version, None)
+        self._forget_files_of(version)
+        self._requeue_deferred()
         if self.on_sealed:
             self.on_sealed(p, r, v)
 

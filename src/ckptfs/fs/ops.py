@@ -21,7 +21,7 @@ log = logging.getLogger("ckptfs.fs")
 IMMUTABLE_TIMEOUT = 3600.0  # sealed content never changes: let the kernel cache it
 MUTABLE_TIMEOUT = 1.0
 XATTR_SHA256 = b"user.ckptfs.sha256"
-BLOCK_SIZE = 128 * 1024
+BLOCK_SIZE = 1024 * 1024
 
 
 def guarded(handler):
@@ -129,6 +129,8 @@ class CkptfsOperations(pyfuse3.Operations):
             "ingest_seconds": round(seconds, 3),
             "bytes_sealed": counters.get("bytes_sealed", 0),
             "ingest_mb_per_s": round(counters.get("bytes_sealed", 0) / seconds / 1e6, 1) if seconds else None,
+            "files_prepared": counters.get("files_prepared", 0),
+            "files_reused_at_seal": counters.get("files_reused_at_seal", 0),
             "read_errors": self.read_errors,
             "pending_inbox_versions": pending,
         }

@@ -9,6 +9,13 @@ Work overlaps on both cores: the calling thread reads and cuts, a worker pool en
 and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
 release the GIL on large buffers). Nothing is visible until the commit; on any error
 this ingest's packs are deleted and no version appears.
+
+The mount starts an ingest before the seal: as each file of an inbox version is closed
+it calls `prepare_file`, which stores the file's chunks under a token the caller
+chooses (the daemon uses the spool inode and a write generation). At the seal,
+`execute` reuses a prepared file whose token still matches and reads the rest, so a
+version is mostly ingested by the time its quiet period ends. Chunks of a prepared file
+that was changed or removed afterwards stay in the packs unreferenced (space, not harm).
 """
 import errno
 import hashlib
@@ -17,7 +24,9 @@ import stat
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable, Hashable
 
 from . import codec as codecs
 from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
@@ -46,6 +55,7 @@ class IngestStats:
     new_chunks: int = 0
     total_chunks: int = 0
     delta_chunks: int = 0
+    prepared_files: int = 0  # files the seal took as prepared ahead (the mount)
 
 
 @dataclass
@@ -124,6 +134,9 @@ class Ingest:
         self.session_chunks: dict[bytes, Location] = {}  # chunks this ingest wrote
         self.pending_ids: set[bytes] = set()               # being encoded right now
         self.delta_parent = None
+        self._delta_parent_known = False
+        self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
+        self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
 
     # -- packs ------------------------------------------------------------------------
     def _writer(self) -> PackWriter:
@@ -133,6 +146,8 @@ class Ingest:
                 w.close()
             w = PackWriter(self.store.packs_dir, self.store.index.allocate_pack_id())
             self.writers.append(w)
+            if self.on_new_pack:
+                self.on_new_pack(w.pack_id)
         return w
 
     def _store_record(self, kind, codec_id, record_id, raw_len, payload) -> Location:
@@ -140,20 +155,68 @@ class Ingest:
         offset, length = w.append(kind, codec_id, record_id, raw_len, payload)
         return Location(w.pack_id, offset, length, raw_len)
 
+    @contextmanager
+    def _workers(self):
+        with ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="ckptfs-encode") as pool, \
+             ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
+            yield pool, hasher
+
+    def _choose_delta_parent(self):
+        # Once per ingest: prepared files and the rest of the version share one parent.
+        if not self._delta_parent_known:
+            self.delta_parent = self.store.delta_parent_for(self.project, self.run)
+            self._delta_parent_known = True
+
+    # -- ahead of the seal (the mount) ------------------------------------------------
+    def prepare_file(self, rel_path: str, abs_path: str, token: Hashable,
+                     expect_ino: int | None = None) -> bool:
+        """Store one finished file's chunks now and remember the result under `token`.
+
+        False if the file is gone, not a regular file, not inode `expect_ino`, or changed
+        while being read (the seal reads it again). Any other error leaves this ingest
+        unusable: call `abort`.
+        """
+        try:
+            st = os.lstat(abs_path)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or expect_ino not in (None, st.st_ino):
+            return False
+        self._choose_delta_parent()
+        try:
+            with self._workers() as (pool, hasher):
+                fields = self._ingest_file(SourceEntry(rel_path, abs_path, st, "file"), pool, hasher)
+        except SourceError:
+            return False
+        self.prepared[token] = (fields["size"], fields)
+        return True
+
+    def abort(self):
+        """Delete this ingest's packs: nothing refers to them."""
+        for w in self.writers:
+            w.abort()
+        self.writers.clear()
+        self.session_chunks.clear()
+        self.prepared.clear()
+
     # -- main -------------------------------------------------------------------------
-    def execute(self, src: str) -> IngestReport:
+    def execute(self, src: str,
+                token_of: Callable[[SourceEntry], Hashable | None] | None = None) -> IngestReport:
+        """Ingest `src` and commit it. `token_of(entry)` names a file's prepared result
+        (None: read the file now)."""
         started = time.monotonic()
         root_st, found = walk_source(src)
-        self.delta_parent = self.store.delta_parent_for(self.project, self.run)
+        self._choose_delta_parent()
         try:
-            with ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="ckptfs-encode") as pool, \
-                 ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
-                entries = [self._entry(e, pool, hasher) for e in found]
+            with self._workers() as (pool, hasher):
+                entries = [self._entry(e, pool, hasher, token_of) for e in found]
+            files = [e for e in entries if e["type"] == "file"]
+            self.stats.logical_bytes = sum(e["size"] for e in files)
+            self.stats.total_chunks = sum(len(e["chunks"]) for e in files)
             root = {"mode": stat.S_IMODE(root_st.st_mode), "mtime_ns": root_st.st_mtime_ns}
             report = self.store.commit_version(self, root, entries)
         except BaseException as e:
-            for w in self.writers:
-                w.abort()
+            self.abort()
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreFullError(
                     f"no space left on the store's disk while importing "
@@ -163,14 +226,24 @@ class Ingest:
         report.seconds = time.monotonic() - started
         return report
 
-    def _entry(self, src: SourceEntry, pool, hasher) -> dict:
+    def _entry(self, src: SourceEntry, pool, hasher, token_of=None) -> dict:
         entry = {"path": src.path, "type": src.kind, "mode": stat.S_IMODE(src.st.st_mode),
                  "mtime_ns": src.st.st_mtime_ns}
         if src.kind == "symlink":
             entry["target"] = os.readlink(src.abs_path)
         elif src.kind == "file":
-            entry.update(self._ingest_file(src, pool, hasher))
+            entry.update(self._prepared_fields(src, token_of) or self._ingest_file(src, pool, hasher))
         return entry
+
+    def _prepared_fields(self, src: SourceEntry, token_of) -> dict | None:
+        token = token_of(src) if token_of else None
+        hit = self.prepared.get(token) if token is not None else None
+        if hit is None or hit[0] != src.st.st_size:
+            return None
+        self.stats.prepared_files += 1
+        if self.progress:
+            self.progress(hit[0], self.stats)
+        return hit[1]
 
     def _ingest_file(self, src: SourceEntry, pool, hasher) -> dict:
         try:
@@ -220,30 +293,37 @@ class Ingest:
         inflight = deque()
         chunks = []
         stored_before = self.stats.new_stored_bytes
-        for segment in plan_segments(layout, size, self.store.config.chunking.tensor_block):
-            for offset, data in self.chunker.cut(segment, read, readinto):
-                hash_backlog.append(hasher.submit(sha.update, data))
-                while len(hash_backlog) > MAX_HASH_BACKLOG:
-                    hash_backlog.popleft().result()
-                chunk_id = self.store.chunk_id(data)
-                chunks.append([chunk_id.hex(), len(data)])
-                self.stats.total_chunks += 1
-                self.stats.logical_bytes += len(data)
-                if not self._is_stored(chunk_id):
-                    base = delta_bases.get(offset)
-                    future = pool.submit(self._encode, data, segment.width, base)
-                    inflight.append((chunk_id, len(data), future))
-                    self.pending_ids.add(chunk_id)
-                    while len(inflight) > MAX_INFLIGHT:
-                        self._write_encoded(*inflight.popleft())
-                if self.progress:
-                    self.progress(len(data), self.stats)
-        while inflight:
-            self._write_encoded(*inflight.popleft())
+        try:
+            for segment in plan_segments(layout, size, self.store.config.chunking.tensor_block):
+                for offset, data in self.chunker.cut(segment, read, readinto):
+                    hash_backlog.append(hasher.submit(sha.update, data))
+                    while len(hash_backlog) > MAX_HASH_BACKLOG:
+                        hash_backlog.popleft().result()
+                    chunk_id = self.store.chunk_id(data)
+                    chunks.append([chunk_id.hex(), len(data)])
+                    self.stats.total_chunks += 1      # live figures for progress; the
+                    self.stats.logical_bytes += len(data)  # totals are redone at the end
+                    if not self._is_stored(chunk_id):
+                        base = delta_bases.get(offset)
+                        future = pool.submit(self._encode, data, segment.width, base)
+                        inflight.append((chunk_id, len(data), future))
+                        self.pending_ids.add(chunk_id)
+                        while len(inflight) > MAX_INFLIGHT:
+                            self._write_encoded(*inflight.popleft())
+                    if self.progress:
+                        self.progress(len(data), self.stats)
+            while inflight:
+                self._write_encoded(*inflight.popleft())
+        finally:
+            # A file given up half-way (it changed under us): chunks still being encoded
+            # were never written, so they must not count as stored for the next file.
+            for chunk_id, _, future in inflight:
+                future.cancel()
+                self.pending_ids.discard(chunk_id)
         for f in hash_backlog:
             f.result()
         after = os.fstat(fd)
-        seen = {(s.st_size, s.st_mtime_ns) for s in (src.st, st, after)}
+        seen = {(s.st_ino, s.st_size, s.st_mtime_ns) for s in (src.st, st, after)}
         if len(seen) > 1:
             raise SourceError(f"{src.abs_path} changed while being imported: is a writer still "
                               "running? Import it again once the checkpoint is complete")

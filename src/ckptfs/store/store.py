@@ -173,8 +173,32 @@ class Store:
 
     # -- ingest -----------------------------------------------------------------------
     def import_directory(self, src: str, project: str, run: str, version: str,
-                         progress=None) -> IngestReport:
-        """Archive the directory `src` as PROJECT/RUN/VERSION (atomically)."""
+                         progress=None, ingest: Ingest | None = None,
+                         token_of=None) -> IngestReport:
+        """Archive the directory `src` as PROJECT/RUN/VERSION (atomically).
+
+        `ingest` is one begun earlier with `begin_ingest` whose files were prepared as
+        they were written; `token_of` then names each file's prepared result. On any
+        error the ingest is aborted: its packs are deleted.
+        """
+        if ingest is None:
+            ingest = self.begin_ingest(project, run, version)
+        else:
+            try:
+                self._check_new_version(project, run, version)
+            except BaseException:
+                ingest.abort()
+                raise
+        ingest.progress = progress
+        return ingest.execute(src, token_of)
+
+    def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
+        """An ingest of PROJECT/RUN/VERSION to feed file by file (`Ingest.prepare_file`)
+        and finish with `import_directory(..., ingest=...)`, or `abort`."""
+        self._check_new_version(project, run, version)
+        return Ingest(self, project, run, version)
+
+    def _check_new_version(self, project: str, run: str, version: str):
         validate_name(project, "project")
         validate_name(run, "run")
         validate_version_name(version)
@@ -182,7 +206,19 @@ class Store:
             raise VersionExistsError(
                 f"version {version_name(project, run, version)} already exists; versions are "
                 "immutable: import under a new version name")
-        return Ingest(self, project, run, version, progress).execute(src)
+
+    def discard_unfinished_pack(self, pack_id: int) -> bool:
+        """Delete pack `pack_id` if it is unfinished (no end record): the leftover of an
+        ingest whose process died. Only for a pack the caller knows that process wrote:
+        another process may be writing an unfinished pack right now."""
+        path = pack_path(self.packs_dir, pack_id)
+        try:
+            if scan_pack(path, pack_id, verify=False).complete:
+                return False
+            os.unlink(path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def delta_parent_for(self, project: str, run: str) -> dict | None:
         """The run's newest version: its tensors are the delta bases of the next one."""
