@@ -19,15 +19,16 @@ The corpus is the one scripts/bench_store.py uses (PROJECT/RUN/VERSION checkpoin
 archived in the same order). Phases, each measured --repeat times (tools in a rotated
 order each repetition), every baseline in the same run:
 
-  archive  `ckptfs mount STORE MNT --seal-after S` (default 1 s), then per checkpoint
-           `cp -r DIR MNT/inbox/PROJECT/RUN/VERSION` and poll until
-           MNT/projects/PROJECT/RUN/VERSION exists; total wall time from the first cp to
-           the last seal (quiet periods included; their sum, S x checkpoints, is reported
-           beside it). Also measured: the same with a `.seal` marker written after each
-           cp (no quiet period), `ckptfs import` per checkpoint (no mount), `borg create
-           --compression zstd,3` per checkpoint, `restic backup` per checkpoint, and
-           plain `cp -r` per checkpoint to a scratch dir. Target: ckptfs through the
-           mount <= 1.5 x borg's wall time.
+  archive  `ckptfs mount STORE MNT --seal-after S` (default 1 s), then
+           `cp -r DIR MNT/inbox/PROJECT/RUN/VERSION` for every checkpoint, back to back,
+           and poll until every MNT/projects/PROJECT/RUN/VERSION exists; total wall time
+           from the first cp to the last seal (the last quiet period included). Also
+           measured: one checkpoint at a time (cp -r, wait for its seal, then the next:
+           S x checkpoints of quiet periods in series), the same with a `.seal` marker
+           written after each cp (no quiet period), `ckptfs import` per checkpoint (no
+           mount), `borg create --compression zstd,3` per checkpoint, `restic backup` per
+           checkpoint, and plain `cp -r` per checkpoint to a scratch dir. Target: ckptfs
+           through the mount (back to back) <= 1.5 x borg's wall time.
   read     cold sequential read (1 MiB blocks, page cache dropped, file system freshly
            mounted) of the first checkpoint's model.safetensors through the ckptfs mount
            (projects/...), `borg mount` and `restic mount` of the repos from `archive`,
@@ -260,32 +261,48 @@ def read_json(path):
 
 
 # -- phase 1: archive --------------------------------------------------------------------
-def archive_ckptfs_mount(R, ctx, marker):
-    """Archive every checkpoint by cp -r into the inbox; wait for each seal."""
-    label = "ckptfs mount, .seal" if marker else "ckptfs mount"
-    store = os.path.join(ctx.work, "archive", "ckptfs-marker" if marker else "ckptfs")
+MOUNT_MODES = {
+    # mode: (label, store dir, how)
+    "batch": ("ckptfs mount", "ckptfs",
+              "cp -r every checkpoint back to back, then wait for all the seals"),
+    "each": ("ckptfs mount, 1 by 1", "ckptfs-each",
+             "cp -r one checkpoint, wait for its seal, then the next"),
+    "marker": ("ckptfs mount, .seal", "ckptfs-marker",
+               "cp -r one checkpoint, touch .seal, wait for its seal, then the next"),
+}
+
+
+def archive_ckptfs_mount(R, ctx, mode):
+    """Archive every checkpoint by cp -r into the inbox (see MOUNT_MODES)."""
+    label, store_dir, how = MOUNT_MODES[mode]
+    store = os.path.join(ctx.work, "archive", store_dir)
     mnt = os.path.join(ctx.work, "mnt", "archive")
     rm(store)
     R.run([ctx.ckptfs, "init", store], f"{label} init")
     ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after)
-    log(f"{label}: cp -r into {mnt}/inbox" + (", then touch .seal" if marker else
-                                               f", quiet period {ctx.seal_after:g} s"))
+    log(f"{label}: {how}" + ("" if mode == "marker" else f"; quiet period {ctx.seal_after:g} s"))
     try:
         drop_caches()
         per = []
         t_first = time.perf_counter()
         for src, ref in ctx.checkpoints:
-            p, r, v = ref.split("/")
-            dest = os.path.join(mnt, "inbox", p, r, v)
+            dest = os.path.join(mnt, "inbox", ref)
             t0 = time.perf_counter()
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             R.run(["cp", "-r", src, dest], f"{label} cp {ref}")
-            if marker:
+            if mode == "marker":
                 open(os.path.join(dest, ".seal"), "w").close()
             t1 = time.perf_counter()
-            t2 = wait_for(os.path.join(mnt, "projects", p, r, v), timeout=600)
+            t2 = t1 if mode == "batch" else wait_for(os.path.join(mnt, "projects", ref), timeout=600)
             per.append({"ref": ref, "cp_s": t1 - t0, "wait_s": t2 - t1})
-            log(f"  {ref:<32} cp {t1 - t0:5.2f} s  until sealed {t2 - t1:5.2f} s")
+            log(f"  {ref:<32} cp {t1 - t0:5.2f} s" + ("" if mode == "batch" else
+                                                       f"  until sealed {t2 - t1:5.2f} s"))
+        if mode == "batch":
+            t1 = time.perf_counter()
+            for _, ref in ctx.checkpoints:
+                wait_for(os.path.join(mnt, "projects", ref), timeout=600)
+            per[-1]["wait_s"] = time.perf_counter() - t1
+            log(f"  then until all sealed {per[-1]['wait_s']:5.2f} s")
         total = time.perf_counter() - t_first
         stats = read_json(os.path.join(mnt, ".ckptfs", "stats.json"))
         sync_s = timed_sync()
@@ -299,10 +316,13 @@ def archive_ckptfs_mount(R, ctx, marker):
     finally:
         ctx.mounts.umount(mnt)
     spool_left = sum(len(files) for _, _, files in os.walk(os.path.join(store, "spool", "inbox")))
-    return {"tool": label, "archive_s": total, "sync_s": sync_s,
-            "quiet_s": 0.0 if marker else ctx.seal_after * len(ctx.checkpoints),
+    quiet = {"each": ctx.seal_after * len(ctx.checkpoints), "batch": ctx.seal_after, "marker": 0.0}
+    return {"tool": label, "mode": mode, "archive_s": total, "sync_s": sync_s,
+            "quiet_s": quiet[mode],
             "cp_s": sum(x["cp_s"] for x in per), "wait_s": sum(x["wait_s"] for x in per),
             "ingest_s": stats.get("ingest_seconds"), "versions_sealed": stats.get("versions_sealed"),
+            "files_prepared": stats.get("files_prepared"),
+            "files_reused_at_seal": stats.get("files_reused_at_seal"),
             "stored_bytes": bs.du_bytes(store), "store_stats": stats, "per_checkpoint": per,
             "verified": ctx.verify, "content_ok": not problems, "problems": problems,
             "spool_files_left": spool_left}
@@ -391,8 +411,9 @@ def archive_restic(R, ctx):
 
 def phase_archive(R, ctx, rep):
     benches = [("cp", lambda: archive_cp(R, ctx)),
-               ("mount", lambda: archive_ckptfs_mount(R, ctx, marker=False)),
-               ("marker", lambda: archive_ckptfs_mount(R, ctx, marker=True)),
+               ("mount", lambda: archive_ckptfs_mount(R, ctx, "batch")),
+               ("each", lambda: archive_ckptfs_mount(R, ctx, "each")),
+               ("marker", lambda: archive_ckptfs_mount(R, ctx, "marker")),
                ("import", lambda: archive_ckptfs_import(R, ctx))]
     if not ctx.skip_borg:
         benches.append(("borg", lambda: archive_borg(R, ctx)))

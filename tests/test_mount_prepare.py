@@ -139,3 +139,26 @@ def test_the_next_version_of_a_run_is_prepared_after_the_earlier_one_is_sealed(
         expected = s.version_record("p", "r", "v2")["new_stored_bytes"]
     assert record["new_stored_bytes"] <= expected * 1.02  # as small as an import in turn
     verify_ok(store)
+
+
+def test_a_copy_of_an_unsealed_version_in_another_run_is_not_stored_twice(
+        source, tmp_path, mount):
+    """Both copied before either is sealed: the second waits for the first's seal, then
+    finds every chunk in the index."""
+    store = new_store(tmp_path)
+    mnt = mount(store, "--seal-after", "600")
+    os.makedirs(f"{mnt}/inbox/p/a")
+    os.makedirs(f"{mnt}/inbox/p/b")
+    assert sh(f"cp -r {source} {mnt}/inbox/p/a/v1 && cp -r {source} {mnt}/inbox/p/b/v1").returncode == 0
+    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "the first version to be prepared", 20)
+    seal_now(mnt, "p/a/v1")
+    wait_for(lambda: prepared(mnt) == 2 * FILES_IN_SOURCE, "then the second", 20)
+    seal_now(mnt, "p/b/v1")
+    with Store.open(store) as s:
+        first, second = s.version_record("p", "a", "v1"), s.version_record("p", "b", "v1")
+    packs = sum(os.path.getsize(os.path.join(d, name))
+                for d, _, names in os.walk(os.path.join(store, "packs")) for name in names)
+    assert first["new_stored_bytes"] > 500_000
+    assert second["new_stored_bytes"] < 5_000  # its manifest, nothing else
+    assert packs < first["new_stored_bytes"] + 50_000  # no duplicate chunks in the packs
+    verify_ok(store)

@@ -415,11 +415,11 @@ class Inbox:
                 self._discard_staged(job.version)
 
     def _earlier_pending(self, version: tuple) -> bool:
-        """Is an earlier version of the same run still unsealed? Then its seal decides
-        which version this one's tensors are delta-coded against: wait for it."""
+        """Is a version that arrived earlier still unsealed? Wait for its seal: until
+        then its chunks are not in the index, so this one would store them again, and
+        in the same run it decides what this one's tensors are delta-coded against."""
         state = self.pending.get(version)
-        return any(other[:2] == version[:2] and other != version
-                   and other_state.first_seen < state.first_seen
+        return any(other != version and other_state.first_seen < state.first_seen
                    and not other_state.held and not other_state.error
                    for other, other_state in self.pending.items())
 
@@ -490,7 +490,7 @@ class Inbox:
         """Seal versions as they become due, one at a time, until cancelled."""
         while True:
             await trio.sleep(poll)
-            for version in self.spool_versions():
+            for version in self._in_arrival_order(self.spool_versions()):
                 state = self.pending.setdefault(version, PendingVersion())
                 if not self.due_for_seal(version, state, time.monotonic()):
                     continue
@@ -499,6 +499,13 @@ class Inbox:
                 except Exception:  # whatever happens, the daemon keeps serving
                     log.exception("sealing %s failed unexpectedly", "/".join(version))
                     state.sealing, state.error = False, "unexpected error: see the log"
+
+    def _in_arrival_order(self, versions: list[tuple]) -> list[tuple]:
+        """Versions due together are sealed in the order they arrived (so a run's
+        versions are delta-coded in order)."""
+        for version in versions:
+            self.pending.setdefault(version, PendingVersion())
+        return sorted(versions, key=lambda v: self.pending[v].first_seen)
 
     async def seal(self, version: tuple):
         # Shielded: an unmount or signal lets a seal that has begun finish (it is atomic
