@@ -1,7 +1,7 @@
 """pyfuse3 operations: the file-system calls of the mount mapped onto the tree and inbox.
 
 Thin on purpose: names become keys (tree.py), keys become attributes, reads become
-`Store.read_range` calls on a worker thread. No storage logic lives here.
+`Store.read_view` calls on a worker thread. No storage logic lives here.
 """
 import errno
 import functools
@@ -250,8 +250,12 @@ class CkptfsOperations(pyfuse3.Operations):
         if handle.content is not None:
             return handle.content[off:off + size]
         try:
-            data = await trio.to_thread.run_sync(self.store.read_range, handle.entry, off, size)
+            # Decoding ahead starts first, so it overlaps this read; a read the
+            # read-ahead has already decoded is answered here, without a thread hop.
             self.store.prefetch(handle.entry, off + size)
+            data = self.store.read_view_cached(handle.entry, off, size)
+            if data is None:
+                data = await trio.to_thread.run_sync(self.store.read_view, handle.entry, off, size)
             return data
         except IntegrityError as e:
             self.read_errors += 1

@@ -118,7 +118,10 @@ class Encoder:
         return XOR_DELTA, payload
 
 
-def _decode_bytegroup(payload, raw_len: int) -> bytes:
+def _decode_bytegroup(payload, raw_len: int) -> memoryview:
+    """The raw bytes, as a read-only view of a fresh array (no copy to bytes: a chunk is
+    decoded on every cold read, and that copy cost as much as the decompression)."""
+    payload = memoryview(payload)
     width, mask = payload[0], payload[1]
     if width == 0 or raw_len % width:
         raise ValueError("bad byte-group header")
@@ -134,12 +137,19 @@ def _decode_bytegroup(payload, raw_len: int) -> bytes:
         if len(body) != n:
             raise ValueError("byte plane has the wrong length")
         out[:, i] = np.frombuffer(body, dtype=np.uint8)
-    return out.tobytes()
+    return _read_only_view(out)
 
 
-def decode(codec: int, payload: bytes, raw_len: int, load_base=None) -> bytes:
-    """Raw bytes of a record. `load_base(id)` returns the raw bytes of a delta's base.
-    Raises IntegrityError if the payload does not decode to `raw_len` bytes."""
+def _read_only_view(array: np.ndarray) -> memoryview:
+    flat = array.reshape(-1)
+    flat.flags.writeable = False  # cached and shared between readers: nobody may change it
+    return flat.data
+
+
+def decode(codec: int, payload: bytes, raw_len: int, load_base=None) -> bytes | memoryview:
+    """Raw bytes of a record (bytes, or a read-only memoryview for the numpy-decoded
+    codecs). `load_base(id)` returns the raw bytes of a delta's base. Raises
+    IntegrityError if the payload does not decode to `raw_len` bytes."""
     try:
         if codec == RAW:
             data = payload
@@ -150,8 +160,8 @@ def decode(codec: int, payload: bytes, raw_len: int, load_base=None) -> bytes:
         elif codec == XOR_DELTA:
             base = load_base(payload[:32])
             xored = _decode_bytegroup(memoryview(payload)[32:], raw_len)
-            data = np.bitwise_xor(np.frombuffer(xored, dtype=np.uint8),
-                                  np.frombuffer(base, dtype=np.uint8)).tobytes()
+            data = _read_only_view(np.bitwise_xor(np.frombuffer(xored, dtype=np.uint8),
+                                                  np.frombuffer(base, dtype=np.uint8)))
         else:
             raise ValueError(f"unknown codec {codec}")
     except (zstandard.ZstdError, ValueError, struct.error) as e:

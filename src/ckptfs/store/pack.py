@@ -55,7 +55,7 @@ class Record:
     codec: int
     raw_len: int
     record_id: bytes
-    payload: bytes
+    payload: memoryview  # a view into the record as read
 
 
 def _checksum(header_without_sum: bytes, payload) -> int:
@@ -131,11 +131,12 @@ def parse_record(buf: bytes, pack_id: int, offset: int) -> Record:
                              pack_id=pack_id)
     magic, kind, codec, _flags, raw_len, payload_len, record_id, checksum = \
         RECORD_HEADER.unpack_from(buf)
-    payload = buf[RECORD_HEADER.size:RECORD_HEADER.size + payload_len]
+    # A view, not a copy: a megabyte copied here holds the GIL the decoders need.
+    payload = memoryview(buf)[RECORD_HEADER.size:RECORD_HEADER.size + payload_len]
     if magic != RECORD_MAGIC or len(payload) != payload_len:
         raise IntegrityError(f"pack {pack_id:08x}: record at offset {offset} is damaged",
                              pack_id=pack_id, chunk_id=record_id)
-    if _checksum(buf[:CHECKED_HEADER_BYTES], payload) != checksum:
+    if _checksum(bytes(buf[:CHECKED_HEADER_BYTES]), payload) != checksum:
         raise IntegrityError(
             f"pack {pack_id:08x}: checksum mismatch in record {record_id.hex()[:16]} "
             f"at offset {offset}", pack_id=pack_id, chunk_id=record_id)
@@ -166,6 +167,14 @@ class PackReader:
                 _, old = self._fds.popitem(last=False)
                 os.close(old)
             return fd
+
+    def will_need(self, pack_id: int, offset: int, length: int) -> None:
+        """Ask the kernel to start reading a range now (a hint: errors are ignored), so
+        the `read` that follows finds it in the page cache."""
+        try:
+            os.posix_fadvise(self._fd(pack_id), offset, length, os.POSIX_FADV_WILLNEED)
+        except (OSError, IntegrityError):
+            pass
 
     def read(self, pack_id: int, offset: int, length: int) -> Record:
         buf = os.pread(self._fd(pack_id), length, offset)

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import blake3
+import numpy as np
 
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
@@ -536,6 +537,10 @@ class Store:
                     continue
                 if self._prefetcher is None:
                     self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
+                # The disk reads start now, all of them, however many decoders there are.
+                loc = self.index_location(chunk_id)
+                if loc is not None:
+                    self.packs.will_need(loc.pack_id, loc.offset, loc.length)
                 self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
 
     def _prefetch_one(self, chunk_id: bytes) -> bytes:
@@ -586,17 +591,48 @@ class Store:
             return self.index.get_chunk(txn, chunk_id)
 
     def read_range(self, entry: dict, offset: int, size: int) -> bytes:
-        """Up to `size` bytes of a file entry from `offset` (for cat, and the mount)."""
+        """Up to `size` bytes of a file entry from `offset`."""
+        return bytes(self.read_view(entry, offset, size))
+
+    def read_view(self, entry: dict, offset: int, size: int) -> memoryview:
+        """`read_range` as a read-only buffer (the mount's reads): a slice of the cached
+        chunk when the range lies in one, else a new buffer copied without the GIL."""
+        return self._assemble(entry, offset, size, self.read_chunk)
+
+    def read_view_cached(self, entry: dict, offset: int, size: int) -> memoryview | None:
+        """Like `read_view` if every chunk it needs is decoded in the cache already (no
+        I/O, no decoding: cheap enough for the mount's event loop), else None."""
+        try:
+            return self._assemble(entry, offset, size, self._cached_or_raise)
+        except KeyError:
+            return None
+
+    def _cached_or_raise(self, chunk_id: bytes) -> bytes:
+        data = self._cache.get(chunk_id)
+        if data is None:
+            raise KeyError(chunk_id)
+        return data
+
+    def _assemble(self, entry: dict, offset: int, size: int, load) -> bytes:
         out = []
         end = min(entry["size"], offset + size)
         offsets = self._chunk_offsets(entry)
         index = max(0, bisect.bisect_right(offsets, offset) - 1)
         while index < len(offsets) and offsets[index] < end:
             pos = offsets[index]
-            data = self.read_chunk(bytes.fromhex(entry["chunks"][index][0]))
+            data = memoryview(load(bytes.fromhex(entry["chunks"][index][0])))
             out.append(data[max(0, offset - pos):end - pos])
             index += 1
-        return b"".join(out)
+        if len(out) == 1:
+            return out[0]
+        # numpy copies large buffers with the GIL released; bytes.join of memoryviews
+        # would hold it, and the decoders on the other threads need it.
+        joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)
+        pos = 0
+        for part in out:
+            joined[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            pos += len(part)
+        return joined.data
 
     def iter_file(self, entry: dict, pool: ThreadPoolExecutor | None = None):
         """Yield a file's bytes chunk by chunk, decoding a few chunks ahead on `pool`."""
