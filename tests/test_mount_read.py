@@ -1,4 +1,5 @@
 """The read-only tree of a real mount, driven by real tools."""
+import errno
 import hashlib
 import json
 import os
@@ -77,6 +78,23 @@ def test_sha256sum_diff_and_getfattr_agree_with_the_source(mounted):
     with open(os.path.join(src2, "model.safetensors"), "rb") as f:
         assert attr.stdout == hashlib.sha256(f.read()).hexdigest()
     assert "user.ckptfs.sha256" in sh(f"getfattr -d {version}/config.json").stdout
+
+
+def test_labels_and_acls_are_not_supported_and_other_user_attributes_are_absent(mounted):
+    """ENOTSUP for security.* and system.* lets `ls -l` stop asking (it caches that per
+    file system); a user.* name we do not have is simply absent (ENODATA)."""
+    _, run, _, _ = mounted
+    path = os.path.join(run, "step-200", "config.json")
+    for name in ("security.selinux", "system.posix_acl_access", "trusted.x"):
+        with pytest.raises(OSError) as refused:
+            os.getxattr(path, name)
+        assert refused.value.errno == errno.ENOTSUP, name
+    with pytest.raises(OSError) as absent:
+        os.getxattr(path, "user.other")
+    assert absent.value.errno == errno.ENODATA
+    assert len(os.getxattr(path, "user.ckptfs.sha256")) == 64
+    listing = sh(f"ls -l {run}/step-200")
+    assert listing.returncode == 0 and "config.json" in listing.stdout, listing.stderr
 
 
 def test_find_grep_du_ls_lR_work_over_the_tree(mounted):
