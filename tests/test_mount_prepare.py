@@ -25,16 +25,24 @@ def pack_count(store: str) -> int:
     return len(list_pack_ids(os.path.join(store, "packs")))
 
 
+def copied_and_prepared(tmp_path, mount, copy: str) -> tuple[str, str]:
+    """A new store mounted with a long quiet period, `copy` (a shell command, {mnt} in
+    it) run, and every file of the sample checkpoint prepared: (store, mount point)."""
+    store = new_store(tmp_path)
+    mnt = mount(store, "--seal-after", "600")
+    assert sh(copy.format(mnt=mnt)).returncode == 0
+    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
+    return store, mnt
+
+
 def seal_now(mnt: str, ref: str = REF) -> str:
     open(os.path.join(mnt, "inbox", ref, ".seal"), "w").close()
     return wait_sealed(mnt, ref)
 
 
 def test_files_are_prepared_as_they_close_and_the_seal_reuses_them(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -a {source} {mnt}/inbox/p/r/v1").returncode == 0
-    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
+    store, mnt = copied_and_prepared(
+        tmp_path, mount, f"mkdir -p {{mnt}}/inbox/p/r && cp -a {source} {{mnt}}/inbox/p/r/v1")
     assert pack_count(store) >= 1  # the chunks are in a pack already...
     with Store.open(store) as s:
         assert s.version_record("p", "r", "v1") is None  # ...but nothing is committed
@@ -75,10 +83,8 @@ def test_a_file_changed_after_it_was_prepared_is_sealed_with_its_new_bytes(tmp_p
 
 
 def test_rsync_temp_files_renamed_into_place_are_reused(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r/v1 && rsync -a {source}/ {mnt}/inbox/p/r/v1/").returncode == 0
-    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
+    store, mnt = copied_and_prepared(
+        tmp_path, mount, f"mkdir -p {{mnt}}/inbox/p/r/v1 && rsync -a {source}/ {{mnt}}/inbox/p/r/v1/")
     sealed = seal_now(mnt)
     assert stats(mnt)["files_reused_at_seal"] == FILES_IN_SOURCE
     assert_same_files(sealed, source)
@@ -86,10 +92,8 @@ def test_rsync_temp_files_renamed_into_place_are_reused(source, tmp_path, mount)
 
 
 def test_a_version_removed_after_it_was_prepared_leaves_no_pack(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -r {source} {mnt}/inbox/p/r/v1").returncode == 0
-    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
+    store, mnt = copied_and_prepared(
+        tmp_path, mount, f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     assert pack_count(store) >= 1
     assert sh(f"rm -r {mnt}/inbox/p/r/v1").returncode == 0
     wait_for(lambda: pack_count(store) == 0, "the prepared pack to be deleted", 10)
@@ -98,10 +102,8 @@ def test_a_version_removed_after_it_was_prepared_leaves_no_pack(source, tmp_path
 
 def test_an_unmount_deletes_what_was_prepared_and_the_next_mount_seals_it(
         source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -a {source} {mnt}/inbox/p/r/v1").returncode == 0
-    wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
+    store, mnt = copied_and_prepared(
+        tmp_path, mount, f"mkdir -p {{mnt}}/inbox/p/r && cp -a {source} {{mnt}}/inbox/p/r/v1")
     assert sh(f"fusermount3 -u {mnt}").returncode == 0
     marker = os.path.join(store, "spool", "daemon.running")
     wait_for(lambda: not os.path.exists(marker), "the daemon to finish", 15)
