@@ -491,7 +491,7 @@ class Inbox:
         while True:
             await trio.sleep(poll)
             for version in self._in_arrival_order(self.spool_versions()):
-                state = self.pending.setdefault(version, PendingVersion())
+                state = self.pending[version]
                 if not self.due_for_seal(version, state, time.monotonic()):
                     continue
                 try:

@@ -10,7 +10,6 @@ import fnmatch
 import hashlib
 import os
 import shutil
-import stat
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +21,9 @@ import numpy as np
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .config import CONFIG_NAME, StoreConfig
-from .errors import (IntegrityError, NotAStoreError, NotFoundError, StoreError,
-                     StoreFormatError, VersionExistsError)
-from .index import Index, Location, entry_key, version_key
+from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
+                     VersionExistsError)
+from .index import Index, Location, version_key
 from .ingest import Ingest, IngestReport
 from .journal import Journal
 from .manifest import SCHEMA as MANIFEST_SCHEMA
@@ -528,20 +527,31 @@ class Store:
         threads, so a sequential reader finds them decoded (the mount's read-ahead)."""
         offsets = self._chunk_offsets(entry)
         first = max(0, bisect.bisect_right(offsets, offset) - 1)
+        wanted = []
         for index in range(first, len(entry["chunks"])):
             if offsets[index] >= offset + window:
                 break
             chunk_id = bytes.fromhex(entry["chunks"][index][0])
-            with self._inflight_lock:
-                if chunk_id in self._inflight or self._cache.get(chunk_id) is not None:
-                    continue
-                if self._prefetcher is None:
-                    self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
-                # The disk reads start now, all of them, however many decoders there are.
-                loc = self.index_location(chunk_id)
-                if loc is not None:
-                    self.packs.will_need(loc.pack_id, loc.offset, loc.length)
-                self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
+            if chunk_id not in self._inflight and self._cache.get(chunk_id) is None:
+                wanted.append(chunk_id)
+        if not wanted:
+            return
+        with self._inflight_lock:
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
+            # First in the queue: start the disk reads of the whole window at once,
+            # however many decoders there are (and off the caller's thread).
+            self._prefetcher.submit(self._will_need, wanted)
+            for chunk_id in wanted:
+                if chunk_id not in self._inflight:
+                    self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
+
+    def _will_need(self, chunk_ids: list[bytes]):
+        with self.index.read() as txn:
+            locations = [self.index.get_chunk(txn, chunk_id) for chunk_id in chunk_ids]
+        for loc in locations:
+            if loc is not None:
+                self.packs.will_need(loc.pack_id, loc.offset, loc.length)
 
     def _prefetch_one(self, chunk_id: bytes) -> bytes:
         try:
