@@ -936,7 +936,7 @@ def evaluate_targets(result):
             f"archive through the mount {ck:.1f} s <= {TARGET_ARCHIVE_VS_BORG} x borg create "
             f"{bg:.1f} s = {TARGET_ARCHIVE_VS_BORG * bg:.1f} s (ratio {ck / bg:.2f})")
     if "read" in s:
-        for key, label in ((f"ra_default", "default read_ahead"),
+        for key, label in (("ra_default", "default read_ahead"),
                            (f"ra_{RA_RAISED_KB}", f"read_ahead {RA_RAISED_KB} KiB")):
             rd = s["read"][key]
             raised = key != "ra_default"
@@ -1041,11 +1041,7 @@ def print_tables(result):
             log(f"{tool:<24}{spread(row['copy_mbps'], '.0f', n):>20}"
                 f"{spread(row['until_sealed_s'], '.1f', n):>20}{mb('peak_rss_kb'):>20}"
                 f"{mb('vmhwm_kb'):>12}{mb('idle_rss_kb'):>12}")
-    if result["targets"]:
-        log()
-        log("targets (on the medians):")
-        for t in result["targets"]:
-            log(f"  {'MET    ' if t['met'] else 'NOT MET'}  {t['text']}")
+    bs.print_targets(result["targets"])
     log()
     log(f"results: {result['json_path']}")
 
@@ -1107,20 +1103,7 @@ def main():
             "raised; the figures would not be cold. Run as root.")
         raise BenchError("run as root")
 
-    if a.corpus:
-        corpus = os.path.abspath(a.corpus)
-        if not os.path.isdir(corpus):
-            raise BenchError(f"--corpus {a.corpus}: no such directory")
-    else:
-        corpus = bs.DEFAULT_CORPUS
-        if not os.path.isdir(corpus) or not os.listdir(corpus):
-            bs.build_corpus(corpus)
-    work = os.path.abspath(a.work)
-    if os.path.commonpath([work, corpus]) == corpus:
-        raise BenchError(f"--work {work} lies inside the corpus {corpus}: choose another")
-    for tool, skip in (("borg", a.skip_borg), ("restic", a.skip_restic)):
-        if not skip and not shutil.which(tool):
-            raise BenchError(f"`{tool}` is not installed: install it or pass --skip-{tool}")
+    corpus, work = bs.corpus_and_work(a)
     if ("read" in phases or "memory" in phases) and not os.path.isfile(a.noopfs):
         raise BenchError(f"no noopfs.py at {a.noopfs}: pass --noopfs PATH")
     ckptfs = bs.find_ckptfs()
@@ -1229,11 +1212,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"bench_mount: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("bench_mount: interrupted", file=sys.stderr)
-        sys.exit(130)
+    bs.run_main(main, "bench_mount")

@@ -584,11 +584,7 @@ def print_tables(result):
         f"{st['stored_bytes'] / 1e6:.1f} MB in {st['packs']} packs "
         f"({st['pack_bytes'] / 1e6:.1f} MB "
         f"pack files; du -sb of the store {ck_reps[-1]['stored_bytes'] / 1e6:.1f} MB)")
-    if result["targets"]:
-        log()
-        log("targets (on the medians):")
-        for t in result["targets"]:
-            log(f"  {'MET    ' if t['met'] else 'NOT MET'}  {t['text']}")
+    print_targets(result["targets"])
     if result.get("sweep_summary"):
         log()
         log("chunk sweep (ckptfs only, same corpus, same run"
@@ -692,20 +688,7 @@ def main():
     if a.repeat < 1:
         ap.error("--repeat must be at least 1")
 
-    if a.corpus:
-        corpus = os.path.abspath(a.corpus)
-        if not os.path.isdir(corpus):
-            raise BenchError(f"--corpus {a.corpus}: no such directory")
-    else:
-        corpus = DEFAULT_CORPUS
-        if not os.path.isdir(corpus) or not os.listdir(corpus):
-            build_corpus(corpus)
-    work = os.path.abspath(a.work)
-    if os.path.commonpath([work, corpus]) == corpus:
-        raise BenchError(f"--work {work} lies inside the corpus {corpus}: choose another")
-    for tool, skip in (("borg", a.skip_borg), ("restic", a.skip_restic)):
-        if not skip and not shutil.which(tool):
-            raise BenchError(f"`{tool}` is not installed: install it or pass --skip-{tool}")
+    corpus, work = corpus_and_work(a)
     ckptfs = find_ckptfs()
 
     os.makedirs(work, exist_ok=True)
@@ -798,12 +781,46 @@ def main():
     return 0 if result["summary"]["ckptfs"]["restore_ok"] else 1
 
 
-if __name__ == "__main__":
+def corpus_and_work(a) -> tuple[str, str]:
+    """The corpus (built if the default one is missing) and work dirs of the parsed
+    arguments, checked, and borg/restic present unless skipped."""
+    if a.corpus:
+        corpus = os.path.abspath(a.corpus)
+        if not os.path.isdir(corpus):
+            raise BenchError(f"--corpus {a.corpus}: no such directory")
+    else:
+        corpus = DEFAULT_CORPUS
+        if not os.path.isdir(corpus) or not os.listdir(corpus):
+            build_corpus(corpus)
+    work = os.path.abspath(a.work)
+    if os.path.commonpath([work, corpus]) == corpus:
+        raise BenchError(f"--work {work} lies inside the corpus {corpus}: choose another")
+    for tool, skip in (("borg", a.skip_borg), ("restic", a.skip_restic)):
+        if not skip and not shutil.which(tool):
+            raise BenchError(f"`{tool}` is not installed: install it or pass --skip-{tool}")
+    return corpus, work
+
+
+def print_targets(targets: list[dict]):
+    """The MET / NOT MET lines under a benchmark's tables."""
+    if targets:
+        log()
+        log("targets (on the medians):")
+        for t in targets:
+            log(f"  {'MET    ' if t['met'] else 'NOT MET'}  {t['text']}")
+
+
+def run_main(main_fn, name: str):
+    """Exit with main_fn()'s status; a BenchError or ^C as one line, not a traceback."""
     try:
-        sys.exit(main())
+        sys.exit(main_fn())
     except BenchError as e:
-        print(f"bench_store: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        print("bench_store: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main, "bench_store")

@@ -34,6 +34,25 @@ def new_store(tmp_path, name="store") -> str:
     return path
 
 
+def empty_version(tmp_path, mount, seal_after: str) -> tuple[str, str, str]:
+    """A new store mounted with this quiet period and an empty inbox version p/r/v1:
+    (store, mount point, version directory)."""
+    store = new_store(tmp_path)
+    mnt = mount(store, "--seal-after", seal_after)
+    version = f"{mnt}/inbox/p/r/v1"
+    os.makedirs(version)
+    return store, mnt, version
+
+
+def copied_in(tmp_path, mount, seal_after: str, copy: str) -> tuple[str, str]:
+    """A new store mounted with this quiet period, and the shell command `copy` run
+    ({mnt} in it stands for the mount point): (store, mount point)."""
+    store = new_store(tmp_path)
+    mnt = mount(store, "--seal-after", seal_after)
+    assert sh(copy.format(mnt=mnt)).returncode == 0
+    return store, mnt
+
+
 def wait_for(predicate, what: str, timeout: float = SEAL_TIMEOUT):
     deadline = time.monotonic() + timeout
     while True:
@@ -247,10 +266,7 @@ def test_save_file_and_json_written_straight_into_the_inbox_are_sealed(tmp_path,
 # -- 2. when a version is sealed -----------------------------------------------------------
 
 def test_a_file_held_open_keeps_its_version_in_the_inbox(tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "1")
-    version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    store, mnt, version = empty_version(tmp_path, mount, "1")
     write(f"{version}/done.bin", b"complete\n")
     first, second = os.urandom(300_000), os.urandom(200_000)
     f = open(f"{version}/weights.bin", "wb")
@@ -271,9 +287,8 @@ def test_a_file_held_open_keeps_its_version_in_the_inbox(tmp_path, mount):
 
 
 def test_a_seal_marker_seals_at_once_and_is_not_archived(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -r {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "60",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     status = run_cli_checked("status", mnt).stdout.decode()
     assert "p/r/v1: quiet" in status, status
     pending = stats(mnt)["pending_inbox_versions"]
@@ -294,9 +309,8 @@ def test_a_seal_marker_seals_at_once_and_is_not_archived(source, tmp_path, mount
 
 
 def test_ckptfs_seal_seals_a_version_while_mounted(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -a {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "60",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -a {source} {{mnt}}/inbox/p/r/v1")
     out = run_cli_checked("seal", store, REF, "--timeout", "20").stdout.decode()
     assert "sealed p/r/v1" in out
     sealed = wait_sealed(mnt, timeout=10)
@@ -378,9 +392,8 @@ def test_edits_within_a_version_are_sealed_as_their_final_state(tmp_path, mount)
 
 def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
         source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -r {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "60",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     other = make_checkpoint(tmp_path / "other" / "v1", step=200, seed=1)
     run_cli_checked("import", store, other, REF)  # the same name, taken outside the mount
     open(f"{mnt}/inbox/p/r/v1/.seal", "w").close()
@@ -401,9 +414,8 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
 
 
 def test_ckptfs_seal_reports_a_seal_that_failed(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -r {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "60",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     other = make_checkpoint(tmp_path / "other" / "v1", step=200, seed=1)
     run_cli_checked("import", store, other, REF)
     sealing = run_cli_checked("seal", store, REF, "--timeout", "10", rc=None)
@@ -494,9 +506,8 @@ def test_a_directory_with_a_bad_name_is_refused_with_einval(level, tmp_path, mou
 
 
 def test_mkdir_of_a_sealed_version_is_refused_with_eexist(source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "1")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -r {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "1",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     sealed = wait_sealed(mnt)
     sidecar = read(f"{sealed}.json")
     mkdir = sh(f"mkdir {mnt}/inbox/p/r/v1")
@@ -550,10 +561,7 @@ def test_mv_between_versions_falls_back_to_copy_and_loses_nothing(tmp_path, moun
 
 
 def test_hard_links_and_special_files_in_a_version_are_refused(tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    store, mnt, version = empty_version(tmp_path, mount, "60")
     write(f"{version}/a", b"a")
     ln = sh(f"ln {version}/a {version}/hard")
     assert ln.returncode != 0 and "Operation not permitted" in ln.stderr, ln.stderr
@@ -659,9 +667,8 @@ def test_after_the_daemon_is_killed_the_inbox_keeps_complete_files_and_holds_the
 
 def test_a_quiet_version_left_by_a_clean_unmount_is_sealed_after_remounting(
         source, tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    assert sh(f"mkdir -p {mnt}/inbox/p/r && cp -a {source} {mnt}/inbox/p/r/v1").returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "60",
+                           f"mkdir -p {{mnt}}/inbox/p/r && cp -a {source} {{mnt}}/inbox/p/r/v1")
     assert "unmounted" in run_cli_checked("umount", mnt).stdout.decode()
     assert not os.path.ismount(mnt)
     marker = os.path.join(store, "spool", "daemon.running")
@@ -770,10 +777,7 @@ def test_a_seal_that_fails_on_a_full_disk_leaves_the_daemon_running(
 # -- bugs found along the way ------------------------------------------------------------------
 
 def test_rename_exchange_swaps_two_files_or_is_refused(tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    store, mnt, version = empty_version(tmp_path, mount, "60")
     write(f"{version}/a", b"AAA")
     write(f"{version}/b", b"BBB")
     libc = ctypes.CDLL(None, use_errno=True)
@@ -817,10 +821,7 @@ def test_a_version_name_that_shadows_latest_or_a_sidecar_is_refused_or_reachable
 
 
 def test_a_renamed_file_or_directory_is_usable_at_once_under_its_new_name(tmp_path, mount):
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "60")
-    version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    store, mnt, version = empty_version(tmp_path, mount, "60")
     done = sh("set -e; printf x > a; mv a b; cat b; chmod 600 b; printf more >> b; "
               "mkdir d1; mv d1 d2; printf y > d2/z; mv d2 d3; ls d3", cwd=version)
     assert done.returncode == 0, done.stderr

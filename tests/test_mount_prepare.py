@@ -8,8 +8,9 @@ import os
 
 from conftest import run_cli_checked
 from samples import make_checkpoint
-from test_mount_inbox import (REF, assert_same_files, new_store, read, sh, source, stats,  # noqa: F401
-                              verify_ok, wait_for, wait_sealed)
+from test_mount_inbox import (REF, assert_same_files, copied_in, empty_version,  # noqa: F401
+                              new_store, read, sh, source, stats, verify_ok, wait_for,
+                              wait_sealed)
 
 from ckptfs.store import Store
 from ckptfs.store.pack import list_pack_ids
@@ -28,9 +29,7 @@ def pack_count(store: str) -> int:
 def copied_and_prepared(tmp_path, mount, copy: str) -> tuple[str, str]:
     """A new store mounted with a long quiet period, `copy` (a shell command, {mnt} in
     it) run, and every file of the sample checkpoint prepared: (store, mount point)."""
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    assert sh(copy.format(mnt=mnt)).returncode == 0
+    store, mnt = copied_in(tmp_path, mount, "600", copy)
     wait_for(lambda: prepared(mnt) == FILES_IN_SOURCE, "every file to be prepared", 20)
     return store, mnt
 
@@ -57,10 +56,7 @@ def test_files_are_prepared_as_they_close_and_the_seal_reuses_them(source, tmp_p
 def test_a_file_changed_after_it_was_prepared_is_sealed_with_its_new_bytes(tmp_path, mount):
     """Same size and the old mtime put back (as `cp -a` or `rsync` would): only the
     daemon's write counter can tell. A changed file is prepared again once closed."""
-    store = new_store(tmp_path)
-    mnt = mount(store, "--seal-after", "600")
-    version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    store, mnt, version = empty_version(tmp_path, mount, "600")
     old, new = os.urandom(3 << 20), os.urandom(3 << 20)
     for name in ("rewritten.bin", "truncated.bin", "kept.bin"):
         with open(f"{version}/{name}", "wb") as f:

@@ -9,7 +9,7 @@ import os
 import stat
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 from tqdm import tqdm

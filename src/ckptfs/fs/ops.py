@@ -7,7 +7,6 @@ import errno
 import functools
 import logging
 import os
-import stat
 
 import pyfuse3
 import trio
