@@ -2,13 +2,13 @@
 
 Usable on its own, without FUSE: `Store.init(path)` / `Store.open(path)`.
 """
-from .errors import (IntegrityError, InvalidNameError, NotAStoreError, NotFoundError,
+from .errors import (AliasError, IntegrityError, InvalidNameError, NotAStoreError, NotFoundError,
                      SourceError, StoreError, StoreFormatError, StoreFullError,
-                     VersionExistsError)
+                     ReservedAliasError, SettingError, VersionExistsError)
 from .names import parse_version_ref, validate_name
 from .store import RestoreReport, Store, VerifyReport
 
 __all__ = ["Store", "RestoreReport", "VerifyReport", "StoreError", "NotAStoreError",
            "StoreFormatError", "InvalidNameError", "VersionExistsError", "NotFoundError",
            "SourceError", "IntegrityError", "StoreFullError", "validate_name",
-           "parse_version_ref"]
+           "parse_version_ref", "AliasError", "ReservedAliasError", "SettingError"]

@@ -55,3 +55,21 @@ class StoreFullError(StoreError):
     """The disk under the store is full; nothing was committed."""
 
     errno = _errno.ENOSPC
+
+
+class AliasError(StoreError, ValueError):
+    """An alias that cannot be set: a bad name, or a target that is not a version."""
+
+    errno = _errno.EINVAL
+
+
+class ReservedAliasError(AliasError):
+    """`latest` and `best` are maintained by ckptfs itself."""
+
+    errno = _errno.EPERM
+
+
+class SettingError(StoreError, ValueError):
+    """An unknown project setting or a value of the wrong kind."""
+
+    errno = _errno.EINVAL

@@ -6,6 +6,17 @@ Sub-databases (docs/format.md):
     manifests  manifest id -> location (same encoding)
     versions   b"project/run/version" -> version record (JSON)
     entries    b"project/run/version" NUL dir NUL name -> entry (JSON)
+    search     b"project/run/version" -> the version's catalog document (JSON): identity,
+               storage figures and its sidecar's metadata, all but the file list
+    columns    field NUL bucket (u32 big-endian) -> {"project/run/version": value of that
+               field} for the versions whose journal seq is in the bucket (BUCKET_SEQS
+               seqs each). The same documents stored by field, so `find` parses only the
+               fields its expression names, in a few large JSON objects: over 100,000
+               versions, parsing whole documents one by one takes seconds. The objects
+               in SPLIT_FIELDS are stored one member per field ("lineage.data", …)
+    aliases    b"project/run" NUL alias -> version name
+    settings   b"project" NUL kind -> JSON (kind "settings": primary metric and other
+               project settings; kind "schema": the project's JSON Schema)
 
 Names never contain "/" or NUL, so these keys are unambiguous and sort by component.
 """
@@ -15,13 +26,17 @@ import struct
 from typing import NamedTuple
 
 import lmdb
+import orjson
 
 from .errors import StoreError, StoreFullError
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2   # 2: search, columns, aliases and settings sub-databases
 LOCATION = struct.Struct("<IQII")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data arrives
 COUNTERS = (b"chunk_count", b"chunk_raw_bytes", b"chunk_stored_bytes")
+SPLIT_FIELDS = ("lineage", "storage", "sealed_by", "extracted")
+BUCKET_SEQS = 256
+BUCKET = struct.Struct(">I")
 
 
 class Location(NamedTuple):
@@ -72,7 +87,7 @@ class Index:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         try:
-            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=8, subdir=True,
+            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=16, subdir=True,
                                  readonly=readonly, max_readers=256, lock=True)
         except lmdb.Error as e:
             raise StoreError(f"cannot open the index {path}: {e} (if it is damaged, "
@@ -82,6 +97,10 @@ class Index:
         self.manifests = self.env.open_db(b"manifests", create=not readonly)
         self.versions = self.env.open_db(b"versions", create=not readonly)
         self.entries = self.env.open_db(b"entries", create=not readonly)
+        self.search = self.env.open_db(b"search", create=not readonly)
+        self.columns = self.env.open_db(b"columns", create=not readonly)
+        self.aliases = self.env.open_db(b"aliases", create=not readonly)
+        self.settings = self.env.open_db(b"settings", create=not readonly)
 
     def close(self):
         self.env.close()
@@ -192,12 +211,127 @@ class Index:
         for _key, value in self._prefix_scan(txn, self.entries, prefix):
             yield json.loads(value)
 
+    # -- catalog documents, aliases, project settings ------------------------------------
+    @staticmethod
+    def document_columns(doc: dict) -> dict:
+        """Column name -> value of a catalog document (see SPLIT_FIELDS)."""
+        columns = {}
+        for name, value in doc.items():
+            if name in SPLIT_FIELDS and isinstance(value, dict) and value and \
+                    all("." not in member and "\0" not in member for member in value):
+                for member, member_value in value.items():
+                    columns[f"{name}.{member}"] = member_value
+            else:
+                columns[name] = value
+        return columns
+
+    def put_search_doc(self, txn, vkey: bytes, doc: dict) -> None:
+        self.put_search_docs(txn, [(vkey, doc)])
+
+    def put_search_docs(self, txn, docs: list[tuple[bytes, dict]]) -> None:
+        """Store catalog documents: whole, and field by field into their buckets (one
+        read-modify-write per bucket and field however many documents it gets)."""
+        updates: dict[bytes, dict] = {}
+        for vkey, doc in docs:
+            txn.put(vkey, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), db=self.search)
+            bucket = BUCKET.pack(doc["seq"] // BUCKET_SEQS)
+            for name, value in self.document_columns(doc).items():
+                updates.setdefault(name.encode() + b"\0" + bucket, {})[fs_str(vkey)] = value
+        for key, values in updates.items():
+            column = orjson.loads(txn.get(key, b"{}", db=self.columns))
+            column.update(values)
+            # Sorted: a replay (rebuild-index) must write exactly the same bytes.
+            txn.put(key, orjson.dumps(column, option=orjson.OPT_SORT_KEYS), db=self.columns)
+
+    def get_search_doc(self, txn, vkey: bytes) -> dict | None:
+        value = txn.get(vkey, db=self.search)
+        return orjson.loads(value) if value is not None else None
+
+    def iter_search_docs(self, txn, prefix: bytes = b""):
+        """Whole catalog documents of the versions under `prefix`, in key order."""
+        for _key, value in self._prefix_scan(txn, self.search, prefix):
+            yield orjson.loads(value)
+
+    def column_values(self, txn, name: str, prefix: bytes = b"") -> dict[str, object]:
+        """{"project/run/version": value of column `name`} for the versions under
+        `prefix` that have it."""
+        head = name.encode() + b"\0"
+        found: dict[str, object] = {}
+        cursor = txn.cursor(db=self.columns)
+        if cursor.set_range(head):
+            for key, value in cursor:
+                if not key.startswith(head):
+                    break
+                found.update(orjson.loads(value))
+        if prefix:
+            text = fs_str(prefix)
+            found = {k: v for k, v in found.items() if k.startswith(text)}
+        return found
+
+    def column_names(self, txn) -> set[str]:
+        """Every column name in use (a skip-scan: one seek per name)."""
+        names = set()
+        cursor = txn.cursor(db=self.columns)
+        found = cursor.first()
+        while found:
+            name = cursor.key().split(b"\0", 1)[0]
+            names.add(name.decode())
+            found = cursor.set_range(name + b"\1")
+        return names
+
+    @staticmethod
+    def alias_key(project: str, run: str, alias: str) -> bytes:
+        return fs_bytes(f"{project}/{run}") + b"\0" + fs_bytes(alias)
+
+    def set_alias(self, txn, project: str, run: str, alias: str, version: str) -> None:
+        txn.put(self.alias_key(project, run, alias), fs_bytes(version), db=self.aliases)
+
+    def delete_alias(self, txn, project: str, run: str, alias: str) -> None:
+        txn.delete(self.alias_key(project, run, alias), db=self.aliases)
+
+    def get_alias(self, txn, project: str, run: str, alias: str) -> str | None:
+        value = txn.get(self.alias_key(project, run, alias), db=self.aliases)
+        return fs_str(value) if value is not None else None
+
+    def iter_aliases(self, txn, prefix: bytes = b""):
+        """(project, run, alias, version) of every alias whose key starts with `prefix`."""
+        for key, value in self._prefix_scan(txn, self.aliases, prefix):
+            run_key, _, alias = key.partition(b"\0")
+            project, _, run = fs_str(run_key).partition("/")
+            yield project, run, fs_str(alias), fs_str(value)
+
+    def put_setting(self, txn, project: str, kind: str, value) -> None:
+        key = fs_bytes(project) + b"\0" + kind.encode()
+        if value is None:
+            txn.delete(key, db=self.settings)
+        else:
+            txn.put(key, orjson.dumps(value, option=orjson.OPT_SORT_KEYS), db=self.settings)
+
+    def get_setting(self, txn, project: str, kind: str):
+        value = txn.get(fs_bytes(project) + b"\0" + kind.encode(), db=self.settings)
+        return orjson.loads(value) if value is not None else None
+
+    def iter_settings(self, txn, kind: str):
+        """(project, value) of every project with a setting of `kind`."""
+        for key, value in txn.cursor(db=self.settings):
+            project, _, key_kind = key.partition(b"\0")
+            if key_kind == kind.encode():
+                yield fs_str(project), orjson.loads(value)
+
+    def clear_catalog(self, txn) -> None:
+        """Empty the sub-databases derived from journal events other than chunks (an
+        upgrade replays the journal into them)."""
+        for db in (self.search, self.columns, self.aliases, self.settings):
+            txn.drop(db, delete=False)
+
     def dump(self) -> dict:
         """Every key and value of every sub-database (for tests and debugging)."""
         out = {}
         with self.read() as txn:
             for name, db in ((b"meta", self.meta), (b"chunks", self.chunks),
                              (b"manifests", self.manifests), (b"versions", self.versions),
-                             (b"entries", self.entries)):
+                             (b"entries", self.entries), (b"search", self.search),
+                             (b"columns", self.columns),
+                             (b"aliases", self.aliases), (b"settings", self.settings)):
                 out[name.decode()] = dict(txn.cursor(db=db))
         return out

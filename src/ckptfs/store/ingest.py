@@ -137,6 +137,7 @@ class Ingest:
         self._delta_parent_known = False
         self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
         self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
+        self.metadata: dict = {}  # sealed with the version (the meta layer's sidecar fields)
 
     # -- packs ------------------------------------------------------------------------
     def _writer(self) -> PackWriter:

@@ -20,10 +20,11 @@ import numpy as np
 
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
+from .catalog import CatalogMixin, apply_catalog_event, search_document
 from .config import CONFIG_NAME, StoreConfig
 from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
                      VersionExistsError)
-from .index import Index, Location, version_key
+from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
 from .journal import Journal
 from .manifest import SCHEMA as MANIFEST_SCHEMA
@@ -93,7 +94,7 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store:
+class Store(CatalogMixin):
     def __init__(self, path: str, config: StoreConfig):
         self.path = path
         self.config = config
@@ -108,6 +109,7 @@ class Store:
         self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
+        self._upgrade_index_if_old()
         self._catch_up_if_behind()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -174,12 +176,13 @@ class Store:
     # -- ingest -----------------------------------------------------------------------
     def import_directory(self, src: str, project: str, run: str, version: str,
                          progress=None, ingest: Ingest | None = None,
-                         token_of=None) -> IngestReport:
+                         token_of=None, metadata: dict | None = None) -> IngestReport:
         """Archive the directory `src` as PROJECT/RUN/VERSION (atomically).
 
         `ingest` is one begun earlier with `begin_ingest` whose files were prepared as
         they were written; `token_of` then names each file's prepared result. On any
-        error the ingest is aborted: its packs are deleted.
+        error the ingest is aborted: its packs are deleted. `metadata` (JSON-able, made
+        by the meta layer) is sealed with the version and becomes its catalog document.
         """
         if ingest is None:
             ingest = self.begin_ingest(project, run, version)
@@ -190,6 +193,7 @@ class Store:
                 ingest.abort()
                 raise
         ingest.progress = progress
+        ingest.metadata = metadata or {}
         return ingest.execute(src, token_of)
 
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
@@ -206,6 +210,10 @@ class Store:
             raise VersionExistsError(
                 f"version {version_name(project, run, version)} already exists; versions are "
                 "immutable: import under a new version name")
+        if self.name_in_run(project, run, version) == "alias":
+            raise VersionExistsError(
+                f"{project}/{run} has an alias named {version!r}: choose another version "
+                "name (or remove the alias with `ckptfs untag`)")
 
     def discard_unfinished_pack(self, pack_id: int) -> bool:
         """Delete pack `pack_id` if it is unfinished (no end record): the leftover of an
@@ -271,17 +279,20 @@ class Store:
     def commit_version(self, ingest: Ingest, root: dict, entries: list[dict]) -> IngestReport:
         p, r, v = ingest.project, ingest.run, ingest.version
         digest = version_digest(entries)
-        manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
-                    "root": root, "digest": digest, "entries": entries}
-        raw = encode_manifest(manifest)
-        manifest_id = self.chunk_id(raw)
-        manifest_loc = ingest.write_manifest(manifest_id, len(raw), compress_manifest(raw))
         with self.journal.locked():
             self._catch_up()
             if self.version_record(p, r, v) is not None:
                 raise VersionExistsError(
                     f"version {version_name(p, r, v)} was created by another import meanwhile; "
                     "versions are immutable: import under a new version name")
+            # Written under the lock: the parent it names must be the newest version
+            # of the run at the moment of the commit.
+            manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
+                        "root": root, "digest": digest, "entries": entries,
+                        "meta": self._with_parent(p, r, ingest.metadata)}
+            raw = encode_manifest(manifest)
+            manifest_id = self.chunk_id(raw)
+            manifest_loc = ingest.write_manifest(manifest_id, len(raw), compress_manifest(raw))
             with self.index.read() as txn:
                 fresh = {cid: loc for cid, loc in ingest.session_chunks.items()
                          if self.index.get_chunk(txn, cid) is None}
@@ -303,7 +314,7 @@ class Store:
                 for cid, loc in fresh.items():
                     self.index.add_chunk(txn, cid, loc)
                 self.index.add_manifest(txn, manifest_id, manifest_loc)
-                self.index.put_version(txn, self._version_record(event, manifest), entries)
+                self._put_version(self.index, txn, event, manifest)
                 self.index.put_int(txn, b"journal_seq", event["seq"])
             try:
                 self.index.commit(apply)
@@ -313,6 +324,26 @@ class Store:
                 raise
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
                             event["delta_parent"])
+
+    def _with_parent(self, project: str, run: str, metadata: dict | None) -> dict:
+        """The metadata with `lineage.parent`: the one it names, else the run's newest
+        version (a run's versions descend from each other)."""
+        meta = dict(metadata or {})
+        lineage = dict(meta.get("lineage") or {})
+        if not lineage.get("parent"):
+            newest = max(self.versions(project, run), key=lambda r: r["seq"], default=None)
+            if newest is None:
+                return meta
+            lineage["parent"] = {"project": project, "run": run, "version": newest["version"],
+                                 "source": "previous"}
+        meta["lineage"] = lineage
+        return meta
+
+    def _put_version(self, index: Index, txn, event: dict, manifest: dict):
+        record = self._version_record(event, manifest)
+        index.put_version(txn, record, manifest["entries"])
+        index.put_search_doc(txn, version_key(record["project"], record["run"], record["version"]),
+                             search_document(record, manifest.get("meta") or {}))
 
     @staticmethod
     def _version_record(event: dict, manifest: dict) -> dict:
@@ -324,6 +355,22 @@ class Store:
         return record
 
     # -- journal replay (crash recovery and rebuild) -----------------------------------
+    def _upgrade_index_if_old(self):
+        """An index made by an older ckptfs lacks the catalog sub-databases: replay the
+        journal into them (versions, aliases and settings are idempotent to re-apply)."""
+        with self.index.read() as txn:
+            stored = txn.get(b"format", db=self.index.meta)
+            empty = txn.stat(self.index.versions)["entries"] == 0
+        if stored is not None and int(stored) >= INDEX_FORMAT:
+            return
+        if stored is None and not empty:  # format 1 did not record its number
+            with self.journal.locked():
+                self.index.commit(self.index.clear_catalog)
+                for entry in self.journal.entries():
+                    self.index.commit(lambda txn: self._apply_entry(self.index, txn, entry,
+                                                                    scan_packs=False))
+        self.index.commit(lambda txn: self.index.put_int(txn, b"format", INDEX_FORMAT))
+
     def _catch_up_if_behind(self):
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
@@ -347,7 +394,9 @@ class Store:
                 for pack_id in entry["packs"]:
                     self._index_pack(index, txn, pack_id)
             manifest = self._load_manifest(index, txn, bytes.fromhex(entry["manifest"]))
-            index.put_version(txn, self._version_record(entry, manifest), manifest["entries"])
+            self._put_version(index, txn, entry, manifest)
+        else:
+            apply_catalog_event(index, txn, entry)
         index.put_int(txn, b"journal_seq", entry["seq"])
 
     def _index_pack(self, index: Index, txn, pack_id: int):
@@ -401,6 +450,7 @@ class Store:
         summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0}
         index = Index(path)
         try:
+            index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
             for pack_id in list_pack_ids(self.packs_dir):
                 scan = index.commit(lambda txn: self._index_pack(index, txn, pack_id))
                 summary["packs"] += 1
