@@ -226,7 +226,7 @@ def test_a_copied_checkpoint_is_sealed_exactly(tool, source, tmp_path, mount):
     assert_sha256sum_checks(sealed, source)
     assert_sidecar_lists(mnt, REF, source)
     assert_left_the_inbox(mnt, store)
-    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "v1", "v1.json"]
+    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v1", "v1.json"]
     verify_ok(store)
 
 
@@ -748,7 +748,7 @@ def test_writing_past_a_full_disk_gives_enospc_and_the_daemon_carries_on(
     assert rm.returncode == 0, rm.stderr
     assert os.listdir(f"{mnt}/inbox/p/r") == []
     seal_a_small_version(mnt, tmp_path, "v2")
-    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "v2", "v2.json"]
+    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v2", "v2.json"]
     verify_ok(store)
 
 

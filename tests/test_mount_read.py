@@ -44,7 +44,8 @@ def test_layout_lists_projects_runs_versions_sidecars_and_latest(mounted):
     mnt, run, _, _ = mounted
     assert sorted(os.listdir(mnt)) == [".ckptfs", "inbox", "projects"]
     assert os.listdir(os.path.join(mnt, "projects")) == ["bert", "gpt"]
-    assert sorted(os.listdir(run)) == ["latest", "step-100", "step-100.json", "step-200", "step-200.json"]
+    assert sorted(os.listdir(run)) == ["latest", "run.json", "step-100", "step-100.json",
+                                       "step-200", "step-200.json"]
     assert os.readlink(os.path.join(run, "latest")) == "step-200"
     assert os.path.realpath(os.path.join(run, "latest")) == os.path.join(run, "step-200")
 
@@ -225,8 +226,8 @@ def test_a_large_run_lists_completely_in_a_stable_order(tmp_path, mount):
     first = os.listdir(run)
     assert first == os.listdir(run)
     assert sorted(n for n in first if not n.endswith(".json") and n != "latest") == names
-    assert len(first) == 2 * len(names) + 1
-    assert sh(f"ls {run} | wc -l").stdout.strip() == str(2 * len(names) + 1)
+    assert len(first) == 2 * len(names) + 2  # and run.json, latest
+    assert sh(f"ls {run} | wc -l").stdout.strip() == str(2 * len(names) + 2)
 
 
 def test_umount_command_and_errors(archive, mount, tmp_path, cli):

@@ -12,7 +12,6 @@ import time
 from datetime import datetime
 
 import click
-from tqdm import tqdm
 
 from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
 from ckptfs.store.names import validate_name
@@ -27,6 +26,13 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def progress_bar(**options):
+    """A tqdm bar on stderr (tqdm is imported here: most commands never draw one, and
+    `find` must start fast)."""
+    from tqdm import tqdm
+    return tqdm(file=sys.stderr, **options)
 
 
 def fail(message: str, code: int = EXIT_ERROR):
@@ -80,8 +86,8 @@ class ImportProgress:
     """A tqdm bar on a terminal: bytes, rate, and dedup so far."""
 
     def __init__(self, total: int, label: str):
-        self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=label,
-                        file=sys.stderr, disable=None, dynamic_ncols=True, leave=False)
+        self.bar = progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=label,
+                        disable=None, dynamic_ncols=True, leave=False)
         self._last = 0.0
 
     def __call__(self, nbytes, stats):
@@ -115,11 +121,12 @@ def source_size(src: str) -> int:
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 def import_(store, src_dir, ref):
     """Archive the checkpoint directory SRC_DIR as PROJECT/RUN/VERSION."""
+    from ckptfs.meta.seal import archive_directory  # extractors, jsonschema: only here
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
         progress = ImportProgress(source_size(src_dir) if os.path.isdir(src_dir) else 0, ref)
         try:
-            report = s.import_directory(src_dir, project, run, version, progress=progress)
+            report = archive_directory(s, src_dir, project, run, version, progress=progress)
         finally:
             progress.close()
     st = report.stats
@@ -214,8 +221,8 @@ def get(store, ref, dest, patterns):
     with open_store(store) as s:
         entries = s.select_entries(project, run, version, patterns)
         total = sum(e.get("size", 0) for e in entries)
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=ref,
-                   file=sys.stderr, disable=None, leave=False)
+        bar = progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=ref,
+                   disable=None, leave=False)
         started = time.monotonic()
         try:
             report = s.restore(project, run, version, dest, patterns, progress=bar.update)
@@ -261,7 +268,7 @@ def stats(store, as_json):
 def verify(store):
     """Re-read every chunk and re-check chunk ids and every file's SHA-256."""
     with open_store(store) as s:
-        bar = tqdm(desc="verifying", unit=" chunks", file=sys.stderr, disable=None, leave=False)
+        bar = progress_bar(desc="verifying", unit=" chunks", disable=None, leave=False)
 
         def progress(phase, done, total):
             bar.set_description(f"verifying {phase}")
@@ -461,5 +468,8 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
+from ckptfs import cli_meta  # noqa: E402,F401  (registers find, log, lineage, tag, config, schema…)
+
 if __name__ == "__main__":
     main()
+

@@ -45,6 +45,7 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
     try:
         check_mountpoint(mountpoint)
         inbox = Inbox(store, seal_after)
+        inbox.mountpoint = os.path.realpath(mountpoint)
         ops = CkptfsOperations(store, inbox)
         options = set(pyfuse3.default_options)
         options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}

@@ -23,6 +23,7 @@ sealed (EEXIST).
 """
 import errno
 import functools
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,9 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from ckptfs.meta.provenance import describe_process
+from ckptfs.meta.schema import SchemaViolation
+from ckptfs.meta.seal import archive_directory, env_allow_list
 from ckptfs.store import StoreError
 from ckptfs.store.names import InvalidNameError, validate_name, validate_version_name
 
@@ -43,6 +47,8 @@ log = logging.getLogger("ckptfs.inbox")
 SEAL_MARKER = ".seal"
 RUNNING_MARKER = "daemon.running"
 STAGED_PACKS = "staged-packs"   # ids of packs opened ahead of a seal, one per line (hex)
+PROVENANCE_DIR = "provenance"   # spool/provenance/<p>/<r>/<v>.json: who wrote the version
+MAX_OTHER_WRITERS = 8
 
 
 def printable(name: str) -> str:
@@ -101,6 +107,8 @@ class Inbox:
         self.unprepared: set[int] = set()          # spool inodes changed since queued to prepare
         self.deferred: list[PrepareJob] = []       # waiting for an earlier version's seal
         self.lane = trio.Lock()                    # one prepare or seal at a time
+        self.writers: dict[tuple, dict] = {}       # version -> its provenance record
+        self.mountpoint: str | None = None         # set by the daemon: never read inside it
         self._jobs_in, self._jobs_out = trio.open_memory_channel(float("inf"))
         self._nursery = None
         self._recover_after_restart()
@@ -275,10 +283,66 @@ class Inbox:
         p, r, v = version
         return os.path.join(self.root, p, r, v + ".error")
 
+    # -- provenance: who writes each version ---------------------------------------------------
+    def _provenance_path(self, version: tuple) -> str:
+        p, r, v = version
+        return os.path.join(self.spool, PROVENANCE_DIR, p, r, v + ".json")
+
+    def _provenance_record(self, version: tuple) -> dict:
+        record = self.writers.get(version)
+        if record is None:  # e.g. written before a restart
+            try:
+                with open(self._provenance_path(version), "rb") as f:
+                    record = json.loads(f.read())
+            except (OSError, ValueError):
+                record = {"writer": None, "others": [], "seen": []}
+            self.writers[version] = record
+        return record
+
+    async def _note_writer(self, version: tuple | None, ctx):
+        """Record the process creating a file in `version` while it waits for our reply
+        (so it cannot be gone yet): the first becomes the version's provenance, a few
+        more are listed. Kept in the spool, so a restart does not lose it."""
+        if version is None or ctx is None:
+            return
+        record = self._provenance_record(version)
+        if ctx.pid in record["seen"] or len(record["seen"]) > 4 * MAX_OTHER_WRITERS:
+            return
+        env_allow = env_allow_list(self.store, version[0])
+        described = await trio.to_thread.run_sync(describe_process, ctx.pid, env_allow,
+                                                  self.mountpoint)
+        described["via"] = "mount"
+        record["seen"] = sorted(set(record["seen"]) | {ctx.pid, described.get("pid")} - {None})
+        if record["writer"] is None:
+            record["writer"] = described
+        elif described.get("pid") != record["writer"].get("pid") and \
+                all(o.get("pid") != described.get("pid") for o in record["others"]) and \
+                len(record["others"]) < MAX_OTHER_WRITERS:
+            record["others"].append({k: described.get(k) for k in ("pid", "executable", "command_line")})
+        path = self._provenance_path(version)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(record, f)
+
+    def _provenance_of(self, version: tuple) -> dict:
+        record = self._provenance_record(version)
+        provenance = dict(record["writer"] or {"via": "mount", "unknown": True})
+        if record["others"]:
+            provenance["other_writers"] = record["others"]
+        return provenance
+
+    def _forget_provenance(self, version: tuple):
+        self.writers.pop(version, None)
+        try:
+            os.unlink(self._provenance_path(version))
+        except FileNotFoundError:
+            pass
+
     # -- operations -------------------------------------------------------------------------
     async def create(self, parent, name, mode, flags, ctx):
         self._check_new_name(parent, name, is_dir=False)
         key = self.child(parent, name)
+        await self._note_writer(self.version_of(key), ctx)
         fd = os.open(self.abs_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
         os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
         self._changed(key)
@@ -367,6 +431,7 @@ class Inbox:
     async def symlink(self, parent, name, target, ctx):
         self._check_new_name(parent, name, is_dir=False)
         key = self.child(parent, name)
+        await self._note_writer(self.version_of(key), ctx)
         os.symlink(target, self.abs_path(key))
         self._changed(key)
         return key
@@ -385,6 +450,7 @@ class Inbox:
         if version is not None and len(self.parts(key)) == 3:
             self.pending.pop(version, None)  # an emptied version dir removed: nothing to seal
             self._discard_staged(version)
+            self._forget_provenance(version)
         elif version is not None:
             self._changed(key)
 
@@ -525,9 +591,15 @@ class Inbox:
             async with self.lane:
                 ingest = self.staged.pop(version, None)
                 started = time.monotonic()
-                report = await trio.to_thread.run_sync(functools.partial(
-                    self.store.import_directory, src, p, r, v, ingest=ingest,
-                    token_of=self._token_of))
+                try:
+                    report = await trio.to_thread.run_sync(functools.partial(
+                        archive_directory, self.store, src, p, r, v,
+                        provenance=self._provenance_of(version), ingest=ingest,
+                        token_of=self._token_of))
+                except SchemaViolation:
+                    if ingest is not None:  # refused before any use: keep it for the retry
+                        self.staged[version] = ingest
+                    raise
                 self.counters["ingest_seconds"] += time.monotonic() - started
         except (StoreError, OSError) as e:
             state.sealing = False
@@ -547,6 +619,7 @@ class Inbox:
         await trio.to_thread.run_sync(shutil.rmtree, src)
         self.pending.pop(version, None)
         self._forget_files_of(version)
+        self._forget_provenance(version)
         self._requeue_deferred()
         if self.on_sealed:
             self.on_sealed(p, r, v)

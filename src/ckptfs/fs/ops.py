@@ -78,6 +78,16 @@ class InodeTable:
             self._by_key[moved] = ino
             self._by_ino[ino] = moved
 
+    def move(self, old: tuple, new: tuple):
+        """A renamed leaf (an alias symlink): its inode number now names `new`."""
+        ino = self._by_key.pop(old, None)
+        replaced = self._by_key.pop(new, None)
+        if replaced is not None:
+            self._by_ino.pop(replaced, None)
+        if ino is not None:
+            self._by_key[new] = ino
+            self._by_ino[ino] = new
+
     def known(self, key: tuple) -> int | None:
         return self._by_key.get(key)
 
@@ -324,14 +334,50 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def symlink(self, parent_inode, name, target, ctx):
+        parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
+        if parent[0] == "run":
+            return await self._set_alias(parent, name, os.fsdecode(target))
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        key = await self.inbox.symlink(parent, os.fsdecode(name), os.fsdecode(target), ctx)
+        key = await self.inbox.symlink(parent, name, os.fsdecode(target), ctx)
         return self.attributes(key)
 
     @guarded
     async def unlink(self, parent_inode, name, ctx):
+        parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
+        if parent[0] == "run" and self._child_key(parent, name) == ("alias", *parent[1:], name):
+            p, r = parent[1:]
+            await trio.to_thread.run_sync(self.store.remove_alias, p, r, name)
+            log.info("alias %s/%s/%s removed", p, r, name)
+            return
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        await self.inbox.unlink(parent, os.fsdecode(name), ctx)
+        await self.inbox.unlink(parent, name, ctx)
+
+    # -- aliases: the only change allowed under projects/ ------------------------------
+    async def _set_alias(self, run: tuple, name: str, target: str):
+        """`ln -s VERSION projects/p/r/NAME`: a new alias (EEXIST if the name is taken:
+        `ln -sfn` then makes it under a temporary name and renames it over)."""
+        p, r = run[1:]
+        if self._child_key(run, name) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        version = target[2:] if target.startswith("./") else target
+        if "/" in version.rstrip("/"):
+            log.warning("refused alias %s/%s/%s -> %s: an alias points at a version of its "
+                        "own run, by its name", p, r, name, target)
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        await trio.to_thread.run_sync(self.store.set_alias, p, r, name, version)
+        log.info("alias %s/%s/%s -> %s", p, r, name, version)
+        return self.attributes(("alias", p, r, name))
+
+    async def _rename_alias(self, run: tuple, old: str, new: str):
+        p, r = run[1:]
+        if self._child_key(run, old) != ("alias", p, r, old):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if new in ("latest", "best") or self._child_key(run, new) not in (None, ("alias", p, r, new)):
+            log.warning("refused renaming alias %s/%s/%s to %r: that name is taken", p, r, old, new)
+            raise pyfuse3.FUSEError(errno.EPERM if new in ("latest", "best") else errno.EEXIST)
+        await trio.to_thread.run_sync(self.store.rename_alias, p, r, old, new)
+        self.inodes.move(("alias", p, r, old), ("alias", p, r, new))
+        log.info("alias %s/%s/%s renamed to %s", p, r, old, new)
 
     @guarded
     async def rmdir(self, parent_inode, name, ctx):
@@ -340,8 +386,15 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
         old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        run = self.inodes.key(parent_inode_old)
+        if run[0] == "run" and parent_inode_new == parent_inode_old:
+            if flags & pyfuse3.RENAME_EXCHANGE:
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            if flags & pyfuse3.RENAME_NOREPLACE and self._child_key(run, new_name) is not None:
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            return await self._rename_alias(run, old_name, new_name)
+        old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
         await self.inbox.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
         self.inodes.rename(self.inbox.child(old_parent, old_name),
                            self.inbox.child(new_parent, new_name))

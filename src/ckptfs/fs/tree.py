@@ -9,7 +9,8 @@ Every node has a key, a tuple that names it for as long as the daemon runs:
     ("version", p, r, v)           projects/<p>/<r>/<v>/
     ("entry", p, r, v, path)       a file, directory or symlink inside a version
     ("sidecar", p, r, v)           projects/<p>/<r>/<v>.json
-    ("latest", p, r)               projects/<p>/<r>/latest -> newest sealed version
+    ("runjson", p, r)              projects/<p>/<r>/run.json
+    ("alias", p, r, name)          projects/<p>/<r>/<name> -> a version (latest, best, tags)
     ("control",)                   .ckptfs/
     ("stats",)                     .ckptfs/stats.json
 """
@@ -21,7 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from ckptfs.meta import version_sidecar
+from ckptfs.meta import render, run_sidecar, version_sidecar
 from ckptfs.store import NotFoundError, Store
 from ckptfs.store.names import validate_name, InvalidNameError
 
@@ -57,16 +58,18 @@ class ProjectTree:
         self.store = store
         self.mounted_ns = time.time_ns()
         self._extra_root = list(extra_root_children)
-        self._sidecars: OrderedDict[tuple, bytes] = OrderedDict()
+        self._entries: OrderedDict[tuple, list] = OrderedDict()  # version -> its entries
         self.stats_provider = None  # set by the daemon: () -> dict for .ckptfs/stats.json
         # Nodes of sealed content never change: cached until evicted. Nodes whose answer
-        # depends on which versions exist (projects, runs, latest) are cached until the
-        # next commit, which the index's journal sequence number tells.
+        # depends on the catalog (projects, runs, aliases, sidecars with their tags) are
+        # cached until the next journal event, which the index's sequence number tells.
         self._sealed_nodes: OrderedDict[tuple, Node | None] = OrderedDict()
         self._catalog_nodes: dict[tuple, Node | None] = {}
+        self._run_views: dict[tuple, tuple[dict, dict]] = {}
         self._catalog_seq = -1
 
-    SEALED_KINDS = ("version", "entry", "sidecar")
+    SEALED_KINDS = ("version", "entry")
+    CATALOG_KINDS = ("project", "run", "alias", "sidecar", "runjson")
     MAX_CACHED_NODES = 200_000
 
     def node(self, key: tuple) -> Node | None:
@@ -81,15 +84,29 @@ class ProjectTree:
                 if len(self._sealed_nodes) > self.MAX_CACHED_NODES:
                     self._sealed_nodes.popitem(last=False)
             return node
-        if key[0] in ("project", "run", "latest"):
-            seq = self.store.applied_seq()
-            if seq != self._catalog_seq:
-                self._catalog_nodes.clear()
-                self._catalog_seq = seq
+        if key[0] in self.CATALOG_KINDS:
+            self._check_catalog_seq()
             if key not in self._catalog_nodes:
                 self._catalog_nodes[key] = self._make_node(key)
             return self._catalog_nodes[key]
         return self._make_node(key)
+
+    def _check_catalog_seq(self):
+        seq = self.store.applied_seq()
+        if seq != self._catalog_seq:
+            self._catalog_nodes.clear()
+            self._run_views.clear()
+            self._catalog_seq = seq
+
+    def run_view(self, p: str, r: str) -> tuple[dict, dict]:
+        """({version: catalog document with current tags}, {alias: version}) of a run."""
+        self._check_catalog_seq()
+        view = self._run_views.get((p, r))
+        if view is None:
+            docs = {d["version"]: d for d in self.store.catalog_documents(p, r)}
+            aliases = {alias: v for v, d in docs.items() for alias in d["aliases"]}
+            view = self._run_views[(p, r)] = (docs, aliases)
+        return view
 
     # -- names -> keys --------------------------------------------------------------
     def child_key(self, parent: tuple, name: str) -> tuple | None:
@@ -107,10 +124,12 @@ class ProjectTree:
         if kind == "run":
             p, r = parent[1:]
             found = self._existing(("version", p, r, name))
-            if found is None and name == "latest":
-                found = self._existing(("latest", p, r))
+            if found is None and name == "run.json":
+                found = self._existing(("runjson", p, r))
             if found is None and name.endswith(".json"):
                 found = self._existing(("sidecar", p, r, name[:-5]))
+            if found is None:
+                found = self._existing(("alias", p, r, name))
             return found
         if kind in ("version", "entry"):
             p, r, v = parent[1:4]
@@ -130,8 +149,8 @@ class ProjectTree:
             return False
 
     def _newest(self, p: str, r: str) -> dict | None:
-        versions = self.store.versions(p, r)
-        return max(versions, key=lambda v: v["seq"]) if versions else None
+        docs = self.run_view(p, r)[0]
+        return max(docs.values(), key=lambda v: v["seq"]) if docs else None
 
     # -- listings ---------------------------------------------------------------------
     def children(self, key: tuple) -> list[tuple[str, tuple]]:
@@ -146,13 +165,15 @@ class ProjectTree:
             return [(r, ("run", key[1], r)) for r in self.store.runs(key[1])]
         if kind == "run":
             p, r = key[1:]
+            docs, aliases = self.run_view(p, r)
             out = []
-            for record in self.store.versions(p, r):
-                v = record["version"]
+            for v in docs:
                 out.append((v, ("version", p, r, v)))
                 out.append((v + ".json", ("sidecar", p, r, v)))
             if out:
-                out.append(("latest", ("latest", p, r)))
+                out.append(("run.json", ("runjson", p, r)))
+                out.extend((name, ("alias", p, r, name)) for name in sorted(aliases)
+                           if name not in docs)  # a version hides an alias of its name
             return out
         if kind in ("version", "entry"):
             p, r, v = key[1:4]
@@ -180,11 +201,28 @@ class ProjectTree:
             if newest is None:
                 return None
             return Node(key, "dir", READ_ONLY_DIR, mtime_ns=iso_to_ns(newest["sealed_at"]),
-                        subdirs=len(self.store.versions(*key[1:])))
-        if kind == "latest":
-            newest = self._newest(*key[1:])
-            return Node(key, "symlink", 0o777, len(newest["version"]),
-                        iso_to_ns(newest["sealed_at"]), target=newest["version"]) if newest else None
+                        subdirs=len(self.run_view(*key[1:])[0]))
+        if kind == "alias":
+            docs, aliases = self.run_view(*key[1:3])
+            target = aliases.get(key[3])
+            if target is None or key[3] in docs:
+                return None
+            return Node(key, "symlink", 0o777, len(os.fsencode(target)),
+                        iso_to_ns(docs[target]["sealed_at"]), target=target)
+        if kind == "runjson":
+            docs, aliases = self.run_view(*key[1:3])
+            if not docs:
+                return None
+            content = render(run_sidecar(key[1], key[2], list(docs.values()), aliases))
+            return Node(key, "file", 0o444, len(content),
+                        iso_to_ns(self._newest(*key[1:3])["sealed_at"]), content=content)
+        if kind == "sidecar":
+            doc = self.run_view(*key[1:3])[0].get(key[3])
+            if doc is None:
+                return None
+            content = render(version_sidecar(doc, self._version_entries(key[1:4])))
+            return Node(key, "file", 0o444, len(content), iso_to_ns(doc["sealed_at"]),
+                        content=content)
         record = self.store.version_record(*key[1:4])
         if record is None:
             return None
@@ -192,10 +230,6 @@ class ProjectTree:
             root = record["root"]
             return Node(key, "dir", root["mode"] & ~WRITE_BITS, mtime_ns=root["mtime_ns"],
                         immutable=True, subdirs=self._count_subdirs(key[1:4], ""))
-        if kind == "sidecar":
-            content = self.sidecar(*key[1:4])
-            return Node(key, "file", 0o444, len(content), iso_to_ns(record["sealed_at"]),
-                        content=content, immutable=True)
         if kind == "entry":
             try:
                 e = self.store.entry(*key[1:4], key[4])
@@ -216,16 +250,13 @@ class ProjectTree:
     def _count_subdirs(self, version: tuple, dir_path: str) -> int:
         return sum(1 for e in self.store.list_dir(*version, dir_path) if e["type"] == "dir")
 
-    def sidecar(self, p: str, r: str, v: str) -> bytes:
-        key = (p, r, v)
-        content = self._sidecars.get(key)
-        if content is None:
-            record = self.store.require_version(p, r, v)
-            content = version_sidecar(record, self.store.walk(p, r, v))
-            self._sidecars[key] = content
-            while len(self._sidecars) > 256:
-                self._sidecars.popitem(last=False)
-        return content
+    def _version_entries(self, version: tuple) -> list[dict]:
+        entries = self._entries.get(version)
+        if entries is None:
+            entries = self._entries[version] = self.store.walk(*version)
+            while len(self._entries) > 256:
+                self._entries.popitem(last=False)
+        return entries
 
 
 def file_type_bits(kind: str) -> int:

@@ -1,4 +1,10 @@
-"""ckptfs.meta: sidecars (the JSON beside each version) built from the store's records."""
-from .sidecar import version_sidecar
+"""ckptfs.meta: sidecars and what fills them.
 
-__all__ = ["version_sidecar"]
+Extractors for known checkpoint files (extract.py), the user's ckptfs.json (user.py),
+provenance of the writing process (provenance.py), project schemas (schema.py), the
+query language of `ckptfs find` (query.py), run history and lineage (lineage.py), and
+the seal that ties them to the store (seal.py).
+"""
+from .sidecar import render, run_sidecar, version_sidecar
+
+__all__ = ["render", "run_sidecar", "version_sidecar"]

@@ -1,36 +1,77 @@
-"""The version sidecar `projects/<p>/<r>/<v>.json` (schema `ckptfs.version/1`).
+"""The version sidecar `projects/<p>/<r>/<v>.json` (schema `ckptfs.version/1`) and the
+run sidecar `projects/<p>/<r>/run.json` (schema `ckptfs.run/1`).
 
-Pretty-printed JSON with a stable key order. This holds identity, storage figures, the
-files with their SHA-256 and the version digest; lineage, metrics and provenance join it
-as the metadata layer grows (docs/sidecar.md).
+Both are views: built from the store's catalog documents (what the seal recorded) and,
+for a version, its file entries; tags follow the aliases as they move. Pretty-printed
+JSON (two-space indent, `"key": value`, so `grep '"version": "v3"'` works) with a fixed
+key order: identity first, the file list last. docs/sidecar.md describes every field.
 """
 import json
 
+import orjson
+
 SCHEMA = "ckptfs.version/1"
+RUN_SCHEMA = "ckptfs.run/1"
+
+# Top-level keys in the order a reader wants them; keys not listed follow, sorted.
+KEY_ORDER = ("schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
+             "tags", "aliases", "notes", "step", "epoch", "metrics", "lineage", "storage",
+             "provenance", "extracted", "warnings", "files", "symlinks")
+CATALOG_ONLY = ("seq", "file_count")  # kept for the catalog, not shown in the sidecar
 
 
-def version_sidecar(record: dict, entries: list[dict]) -> bytes:
-    files = [{"path": e["path"], "size": e["size"], "mode": e["mode"], "sha256": e["sha256"],
+def ordered(doc: dict) -> dict:
+    known = {k: doc[k] for k in KEY_ORDER if k in doc}
+    rest = {k: doc[k] for k in sorted(doc) if k not in known and k not in CATALOG_ONLY}
+    return {**known, **rest}
+
+
+def file_list(entries: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(files, symlinks) of a version's entries, as the sidecar shows them."""
+    files = [{"path": e["path"], "size": e["size"], "mode": e["mode"], "sha256": e.get("sha256"),
               "stored_bytes": e.get("stored", 0)}
              for e in entries if e["type"] == "file"]
     symlinks = [{"path": e["path"], "target": e["target"]} for e in entries if e["type"] == "symlink"]
-    logical = record["logical_bytes"]
-    doc = {
-        "schema": SCHEMA,
-        "project": record["project"],
-        "run": record["run"],
-        "version": record["version"],
-        "sealed_at": record["sealed_at"],
-        "digest": record["digest"],
-        "storage": {
-            "logical_bytes": logical,
-            "new_stored_bytes": record["new_stored_bytes"],
-            "new_unique_bytes": record["new_raw_bytes"],
-            "dedup_ratio": round(logical / record["new_raw_bytes"], 3) if record["new_raw_bytes"] else None,
-            "delta_parent": record.get("delta_parent"),
-        },
-        "files": files,
-        "symlinks": symlinks,
-    }
-    return (json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode(
-        "utf-8", "surrogateescape")
+    return files, symlinks
+
+
+def version_sidecar(doc: dict, entries: list[dict]) -> dict:
+    """The sidecar of a version: its catalog document (with current tags) and files."""
+    files, symlinks = file_list(entries)
+    return ordered({**doc, "schema": SCHEMA, "files": files, "symlinks": symlinks})
+
+
+def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str]) -> dict:
+    """run.json: every version of a run in sealing order, with what it scored."""
+    versions = []
+    for doc in sorted(docs, key=lambda d: d["seq"]):
+        storage = doc.get("storage") or {}
+        versions.append({
+            "version": doc["version"], "sealed_at": doc["sealed_at"],
+            "step": doc.get("step"), "epoch": doc.get("epoch"),
+            "metrics": doc.get("metrics") or {},
+            "logical_bytes": storage.get("logical_bytes"),
+            "stored_bytes": storage.get("new_stored_bytes"),
+            "parent": (doc.get("lineage") or {}).get("parent"),
+            "tags": doc.get("tags") or [],
+        })
+    return {"schema": RUN_SCHEMA, "project": project, "run": run,
+            "aliases": dict(sorted(aliases.items())), "versions": versions}
+
+
+def render(doc: dict) -> bytes:
+    """Pretty JSON bytes. Names that are not UTF-8 (kept with surrogateescape) are written
+    as their original bytes, as a shell would show them."""
+    try:
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # orjson refuses lone surrogates
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        return text.encode("utf-8", "surrogateescape")
+
+
+def sidecar_of(store, project: str, run: str, version: str) -> dict:
+    """The sidecar of a sealed version as the mount shows it (NotFoundError if none)."""
+    docs = {d["version"]: d for d in store.catalog_documents(project, run)}
+    if version not in docs:
+        store.require_version(project, run, version)  # raises the usual NotFoundError
+    return version_sidecar(docs[version], store.walk(project, run, version))

@@ -1,0 +1,337 @@
+"""`ckptfs` commands over the catalog: show, find, log, lineage, tag/untag/tags, config,
+schema. Registered on the main command group by `ckptfs.cli`."""
+import json
+import sys
+
+import click
+
+from ckptfs.cli import human_bytes, main, open_store
+from ckptfs.meta import render
+from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
+from ckptfs.meta.query import (MISSING, QueryError, compile_query, field_value, sort_documents,
+                               split_field)
+from ckptfs.meta.sidecar import file_list, sidecar_of
+from ckptfs.store import SettingError, parse_version_ref
+from ckptfs.store.catalog import ALL_PROJECTS
+from ckptfs.store.names import validate_name
+
+
+def split_project_run(ref: str) -> tuple[str | None, str | None]:
+    parts = [p for p in ref.strip("/").split("/") if p] if ref else []
+    if len(parts) > 2:
+        raise click.BadParameter(f"expected PROJECT or PROJECT/RUN, got {ref!r}")
+    for part, what in zip(parts, ("project", "run")):
+        validate_name(part, what)
+    return (parts + [None, None])[0], (parts + [None, None])[1]
+
+
+def version_path(doc: dict) -> str:
+    return f"projects/{doc['project']}/{doc['run']}/{doc['version']}"
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+def show(store, ref):
+    """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows)."""
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        sys.stdout.buffer.write(render(sidecar_of(s, project, run, version)))
+
+
+# -- find --------------------------------------------------------------------------------
+@main.command()
+@click.argument("store")
+@click.argument("expr", required=False, default="")
+@click.option("--sort", "sort_field", metavar="FIELD", help="Order by this field (missing values last).")
+@click.option("--desc", is_flag=True, help="Descending order.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "paths"]), default="table",
+              show_default=True)
+def find(store, expr, sort_field, desc, limit, fmt):
+    """Versions whose sidecar matches EXPR (all versions without one); docs/query.md.
+
+    \b
+    ckptfs find STORE 'metrics.eval_loss < 0.3 and lineage.data.version ~ "v3*"'
+    ckptfs find STORE 'tags == production' --format paths | xargs ls
+    """
+    try:
+        query = compile_query(expr) if expr.strip() else None
+    except QueryError as e:
+        raise click.UsageError(f"in the expression: {e}") from None
+    wanted = set(query.fields if query else ()) | ({sort_field} if sort_field else set())
+    shown = ["sealed_at", "step"] + sorted(wanted - {"project", "run", "version", "sealed_at", "step"})
+    with open_store(store) as s:
+        paths = query_paths(wanted) + ([("tags",)] if fmt == "json" else [])
+        docs = s.catalog_documents(fields=paths)
+        if any(split_field(f)[0] == "files" for f in wanted):
+            for doc in docs:  # file lists are not in the catalog: only when asked for
+                doc["files"] = file_list(s.walk(doc["project"], doc["run"], doc["version"]))[0]
+        found = [d for d in docs if query is None or query.matches(d)]
+        found.sort(key=lambda d: (d["project"], d["run"], d["version"]))
+        if sort_field:
+            found = sort_documents(found, sort_field, descending=desc)
+        elif desc:
+            found.reverse()
+        if limit:
+            found = found[:limit]
+        if fmt == "json":  # whole documents, with the tags computed above
+            found = [{**s.catalog_document(d["project"], d["run"], d["version"]),
+                      "tags": d["tags"], "aliases": d["aliases"]} for d in found]
+        elif fmt == "table":
+            s.add_catalog_fields(found, query_paths(shown))
+    print_found(found, fmt, shown)
+
+
+def query_paths(fields) -> list[tuple]:
+    """The catalog paths a query reads. A bare name may be a metric (docs/query.md)."""
+    paths = []
+    for field in fields:
+        path = split_field(field)
+        paths.append(path)
+        if len(path) == 1:
+            paths.append(("metrics", path[0]))
+    return paths
+
+
+def print_found(docs: list[dict], fmt: str, fields: list[str]):
+    if fmt == "paths":
+        for doc in docs:
+            click.echo(version_path(doc))
+    elif fmt == "json":
+        out = [{"path": version_path(d), **{k: v for k, v in d.items() if k != "seq"}} for d in docs]
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+    else:
+        columns = ["path"] + fields
+        rows = [[version_path(d)] + [cell(field_value(d, f)) for f in columns[1:]] for d in docs]
+        print_table([c.upper() if c in ("path", "step") else c for c in columns], rows)
+        click.echo(f"{len(docs)} version{'s' if len(docs) != 1 else ''}", err=True)
+
+
+def cell(value) -> str:
+    if value is MISSING or value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    text = str(value)
+    return text[:19] + "Z" if len(text) > 20 and text[4:5] == "-" and text.endswith("Z") else text
+
+
+def print_table(header: list[str], rows: list[list[str]]):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header] + rows:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+# -- log -----------------------------------------------------------------------------------
+@main.command()
+@click.argument("store")
+@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]")
+@click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
+@click.option("--oneline", is_flag=True, help="One line per version.")
+def log(store, ref, limit, oneline):
+    """Sealed versions, newest first (like `git log`)."""
+    project, run = split_project_run(ref)
+    with open_store(store) as s:
+        docs = s.catalog_documents(project, run)
+    docs.sort(key=lambda d: d["seq"], reverse=True)
+    for doc in docs[:limit] if limit else docs:
+        click.echo(log_oneline(doc) if oneline else log_entry(doc))
+
+
+def log_oneline(doc: dict) -> str:
+    tags = f" ({', '.join(doc['tags'])})" if doc.get("tags") else ""
+    return f"{doc['sealed_at'][:19]}Z {doc['project']}/{doc['run']}/{doc['version']}{tags}"
+
+
+def log_entry(doc: dict) -> str:
+    tags = f"  ({', '.join(doc['tags'])})" if doc.get("tags") else ""
+    by = doc.get("sealed_by") or {}
+    lines = [click.style(f"version {doc['project']}/{doc['run']}/{doc['version']}", fg="yellow") + tags,
+             f"Sealed:   {doc['sealed_at']}" + (f" by {by.get('user') or by.get('uid')}" if by else ""),
+             f"Digest:   {doc['digest']}"]
+    if doc.get("step") is not None or doc.get("epoch") is not None:
+        lines.append(f"Step:     {doc.get('step', '-')}  epoch {doc.get('epoch', '-')}")
+    if doc.get("metrics"):
+        lines.append("Metrics:  " + "  ".join(f"{k}={cell(v)}" for k, v in doc["metrics"].items()))
+    link = parent_of(doc)
+    if link:
+        lines.append(f"Parent:   {link[0]}" + ("" if link[1] == "previous" else "  (explicit)"))
+    lineage = doc.get("lineage") or {}
+    code, data = lineage.get("code") or {}, lineage.get("data") or {}
+    if code.get("git_commit"):
+        lines.append(f"Code:     {code['git_commit'][:12]}" + (f"  {code['repository']}" if code.get("repository") else ""))
+    if data:
+        lines.append("Data:     " + " ".join(str(data[k]) for k in ("name", "version", "split") if data.get(k)))
+    storage = doc.get("storage") or {}
+    lines.append(f"Size:     {human_bytes(storage.get('logical_bytes', 0))} logical, "
+                 f"{human_bytes(storage.get('new_stored_bytes', 0))} new stored")
+    if doc.get("notes"):
+        lines.append("")
+        lines.extend("    " + line for line in str(doc["notes"]).splitlines())
+    return "\n".join(lines) + "\n"
+
+
+# -- lineage -------------------------------------------------------------------------------
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
+def lineage(store, ref, fmt):
+    """Ancestors and descendants of a version, across runs and projects."""
+    parse_version_ref(ref)
+    with open_store(store) as s:
+        graph = lineage_of(s, ref.strip("/"))
+    click.echo(RENDERERS[fmt](graph))
+
+
+# -- tags and aliases ------------------------------------------------------------------------
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("name")
+def tag(store, ref, name):
+    """Point alias NAME (production, staging, …) of the run at VERSION."""
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        event = s.set_alias(project, run, name, version)
+    if event is None:
+        click.echo(f"{project}/{run}/{name} already names {version}")
+    elif event["previous"]:
+        click.echo(f"{project}/{run}/{name}: {event['previous']} -> {version}")
+    else:
+        click.echo(f"{project}/{run}/{name} -> {version}")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN")
+@click.argument("name")
+def untag(store, ref, name):
+    """Remove alias NAME of a run."""
+    project, run = parse_version_ref(ref, parts=2)
+    with open_store(store) as s:
+        event = s.remove_alias(project, run, name)
+    click.echo(f"removed {project}/{run}/{name} (was {event['version']})")
+
+
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN")
+def tags(store, ref):
+    """The aliases of a run (latest and best included)."""
+    project, run = parse_version_ref(ref, parts=2)
+    with open_store(store) as s:
+        found = s.aliases(project, run)
+    for name, version in sorted(found.items()):
+        click.echo(f"{name} -> {version}")
+
+
+# -- project settings ----------------------------------------------------------------------
+@main.group()
+def config():
+    """Project settings: primary_metric, mode (min|max), env_allow (a,b,…). PROJECT `*`
+    sets defaults for every project."""
+
+
+def parse_setting(assignment: str) -> tuple[str, object]:
+    name, sep, value = assignment.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"expected NAME=VALUE, got {assignment!r}")
+    if name == "env_allow":
+        return name, [v.strip() for v in value.split(",") if v.strip()]
+    return name, value
+
+
+def check_settings_project(project: str):
+    if project != ALL_PROJECTS:
+        validate_name(project, "project")
+
+
+@config.command("set")
+@click.argument("store")
+@click.argument("project")
+@click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
+def config_set(store, project, assignments):
+    """Set settings of PROJECT, e.g. `primary_metric=eval_loss mode=min`."""
+    check_settings_project(project)
+    changes = dict(parse_setting(a) for a in assignments)
+    with open_store(store) as s:
+        settings = s.update_project_settings(project, changes)
+    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+
+
+@config.command("unset")
+@click.argument("store")
+@click.argument("project")
+@click.argument("names", nargs=-1, required=True)
+def config_unset(store, project, names):
+    """Remove settings of PROJECT."""
+    check_settings_project(project)
+    with open_store(store) as s:
+        settings = s.update_project_settings(project, {}, unset=names)
+    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+
+
+@config.command("show")
+@click.argument("store")
+@click.argument("project")
+def config_show(store, project):
+    """Settings in force for PROJECT (its own over those of `*`)."""
+    check_settings_project(project)
+    with open_store(store) as s:
+        click.echo(json.dumps(s.project_settings(project), indent=2, sort_keys=True))
+
+
+# -- project schema ------------------------------------------------------------------------
+@main.group()
+def schema():
+    """The JSON Schema every new version of a project must satisfy."""
+
+
+@schema.command("set")
+@click.argument("store")
+@click.argument("project")
+@click.argument("schema_file", type=click.File("rb"), metavar="SCHEMA.json")
+def schema_set(store, project, schema_file):
+    """Attach SCHEMA.json (`-`: stdin) to PROJECT; checked at every seal from now on."""
+    check_settings_project(project)
+    try:
+        doc = json.loads(schema_file.read())
+    except ValueError as e:
+        raise SettingError(f"{schema_file.name} is not valid JSON: {e}") from None
+    from ckptfs.meta.schema import check_schema  # jsonschema: only when needed (start-up time)
+    check_schema(doc)
+    with open_store(store) as s:
+        s.set_project_schema(project, doc)
+    click.echo(f"schema of {project} set: new versions are validated against it at seal")
+
+
+@schema.command("show")
+@click.argument("store")
+@click.argument("project")
+def schema_show(store, project):
+    """Print the schema in force for PROJECT."""
+    check_settings_project(project)
+    with open_store(store) as s:
+        own, found = s.project_schema(project, inherited=False), s.project_schema(project)
+    if found is None:
+        raise SettingError(f"project {project} has no schema")
+    if own is None:
+        click.echo(f"# inherited from project {ALL_PROJECTS}", err=True)
+    click.echo(json.dumps(found, indent=2))
+
+
+@schema.command("clear")
+@click.argument("store")
+@click.argument("project")
+def schema_clear(store, project):
+    """Remove PROJECT's own schema."""
+    check_settings_project(project)
+    with open_store(store) as s:
+        if s.project_schema(project, inherited=False) is None:
+            raise SettingError(f"project {project} has no schema of its own")
+        s.set_project_schema(project, None)
+    click.echo(f"schema of {project} cleared")

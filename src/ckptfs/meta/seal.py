@@ -1,0 +1,146 @@
+"""Sealing a checkpoint directory with its metadata: the one ingest path.
+
+`archive_directory` is what `ckptfs import` and the mount's seal both call:
+
+    read what the files say (extract.py)  \
+    who wrote them (provenance.py)          > merged metadata -> project schema check
+    the user's own ckptfs.json (user.py)  /                  -> Store.import_directory
+
+Sources merge in this order, later wins: extracted facts < provenance < ckptfs.json.
+Nothing in the directory can make metadata fail the seal: a malformed input is skipped
+and named in the sidecar's `warnings`. Only a project schema can refuse a version, and
+that is checked before any byte is stored.
+"""
+import copy
+import os
+import pwd
+from datetime import datetime, timezone
+
+from .extract import extract_facts
+from .provenance import DEFAULT_ENV_ALLOW, describe_this_process, lineage_from_provenance
+from .schema import validate_version
+from .sidecar import file_list, version_sidecar
+from .user import read_user_metadata
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: objects merge key by key, anything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def user_name(uid) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, TypeError):
+        return None
+
+
+def env_allow_list(store, project: str) -> list[str]:
+    return store.project_settings(project).get("env_allow", list(DEFAULT_ENV_ALLOW))
+
+
+def implied_lineage(provenance: dict) -> dict:
+    """What the writing process says about lineage. `ckptfs import` is not the training
+    process: its code commit (the directory it runs in) and host count, its Python and
+    packages (ckptfs's own) do not."""
+    lineage = lineage_from_provenance(provenance)
+    if provenance.get("via") == "import":
+        environment = {k: v for k, v in (lineage.get("environment") or {}).items() if k == "host"}
+        lineage = {**lineage, "environment": environment} if environment else \
+            {k: v for k, v in lineage.items() if k != "environment"}
+    return lineage
+
+
+def build_metadata(store, src: str, project: str, run: str, provenance: dict | None) -> dict:
+    """The metadata sealed with a version (its sidecar minus identity, storage and files)."""
+    facts, warnings = extract_facts(src)
+    user, user_warnings = read_user_metadata(src)
+    warnings = warnings + user_warnings
+    provenance = deep_merge(provenance or {}, user.pop("provenance", None) or {})
+    extracted = facts.pop("extracted", {})
+    merged = deep_merge(deep_merge(facts, {"lineage": implied_lineage(provenance)}), user)
+    lineage = merged.get("lineage") or {}
+    if lineage.get("parent"):
+        lineage["parent"] = dict(lineage["parent"], source="explicit")
+        parent = lineage["parent"]
+        if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
+            warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
+                            f"{parent['version']} is not in this store (kept as given)")
+    uid = provenance.get("uid", os.getuid())
+    meta = {
+        "sealed_by": {"uid": uid, "user": user_name(uid)},
+        "tags": sorted(set(merged.get("tags") or [])),
+        "notes": merged.get("notes"),
+        "step": merged.get("step"),
+        "epoch": merged.get("epoch"),
+        "metrics": dict(sorted((merged.get("metrics") or {}).items())),
+        "lineage": lineage,
+        "provenance": provenance,
+        "extracted": extracted,
+        "warnings": warnings,
+    }
+    return meta
+
+
+def preview_sidecar(store, src: str, project: str, run: str, version: str, meta: dict) -> dict:
+    """The sidecar as it will be, for schema validation before anything is stored: what
+    only the ingest knows (the digest, SHA-256 and stored bytes, storage figures) is
+    absent; the parent is the one the seal will record."""
+    lineage = dict(meta.get("lineage") or {})
+    if not lineage.get("parent"):
+        newest = max(store.versions(project, run), key=lambda r: r["seq"], default=None)
+        if newest is not None:
+            lineage["parent"] = {"project": project, "run": run, "version": newest["version"],
+                                 "source": "previous"}
+    doc = {**meta, "lineage": lineage, "project": project, "run": run, "version": version,
+           "sealed_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+           "aliases": [], "tags": meta.get("tags") or []}
+    sidecar = version_sidecar(doc, _source_entries(src))
+    for f in sidecar["files"]:
+        del f["sha256"], f["stored_bytes"]
+    return sidecar
+
+
+def _source_entries(src: str) -> list[dict]:
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames.sort()
+        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, src).replace(os.sep, "/")
+            st = os.lstat(full)
+            if os.path.islink(full):
+                entries.append({"path": rel, "type": "symlink", "target": os.readlink(full)})
+            else:
+                entries.append({"path": rel, "type": "file", "size": st.st_size,
+                                "mode": st.st_mode & 0o7777})
+    return entries
+
+
+def archive_directory(store, src: str, project: str, run: str, version: str, *,
+                      provenance: dict | None = None, progress=None, ingest=None,
+                      token_of=None):
+    """Seal `src` as PROJECT/RUN/VERSION with its metadata (the import and the mount).
+
+    `provenance` describes the process that wrote the files (the mount captures it at
+    create time); without it, this process is the one recorded. Raises SchemaViolation
+    before storing anything if the project's schema refuses the version; an `ingest`
+    begun earlier is then left as it is, for the next try."""
+    if provenance is None:
+        provenance = dict(describe_this_process(env_allow_list(store, project)), via="import")
+    meta = build_metadata(store, src, project, run, provenance)
+    schema = store.project_schema(project)
+    if schema is not None:
+        validate_version(schema, preview_sidecar(store, src, project, run, version, meta),
+                         project, f"{project}/{run}/{version}")
+    return store.import_directory(src, project, run, version, progress=progress,
+                                  ingest=ingest, token_of=token_of, metadata=meta)
+
+
+__all__ = ["archive_directory", "build_metadata", "deep_merge", "file_list"]
