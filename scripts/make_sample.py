@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Write a small sample checkpoint directory in Hugging Face Trainer layout.
 
-    make_sample.py OUT_DIR [--step N] [--seed S]
+    make_sample.py OUT_DIR [--step N] [--seed S] [--data-version V]
 
 model.safetensors (a real safetensors file written with numpy: a few fp32 tensors,
-perturbed slightly per step as training would), config.json, trainer_state.json.
+perturbed slightly per step as training would), config.json, trainer_state.json,
+training_args.json, and with --data-version a ckptfs.json naming the dataset.
 """
 import argparse
 import json
@@ -19,6 +20,7 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--step", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-version", help="write a ckptfs.json: trained on dataset 'wiki' at this version")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rng = np.random.default_rng(a.seed)
@@ -40,9 +42,16 @@ def main():
                    "num_hidden_layers": 2, "vocab_size": 4096}, f, indent=2)
     loss = round(2.0 / (1 + a.step / 100), 4)
     with open(os.path.join(a.out, "trainer_state.json"), "w") as f:
-        json.dump({"global_step": a.step, "epoch": a.step / 1000, "best_metric": loss,
-                   "log_history": [{"step": a.step, "loss": loss, "eval_loss": round(loss * 1.05, 4)}]},
+        json.dump({"global_step": a.step, "epoch": a.step / 1000, "best_metric": round(loss * 1.05, 4),
+                   "log_history": [{"step": a.step, "loss": loss, "learning_rate": 2e-5},
+                                   {"step": a.step, "eval_loss": round(loss * 1.05, 4)}]},
                   f, indent=2)
+    with open(os.path.join(a.out, "training_args.json"), "w") as f:
+        json.dump({"learning_rate": 2e-5, "per_device_train_batch_size": 16, "seed": a.seed}, f, indent=2)
+    if a.data_version:
+        with open(os.path.join(a.out, "ckptfs.json"), "w") as f:
+            json.dump({"lineage": {"data": {"name": "wiki", "version": a.data_version}},
+                       "notes": "sample checkpoint made by scripts/make_sample.py"}, f, indent=2)
 
 
 if __name__ == "__main__":
