@@ -104,7 +104,7 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
     else:
         columns = ["path"] + fields
         rows = [[version_path(d)] + [cell(field_value(d, f)) for f in columns[1:]] for d in docs]
-        print_table([c.upper() if c in ("path", "step") else c for c in columns], rows)
+        print_table(columns, rows)
         click.echo(f"{len(docs)} version{'s' if len(docs) != 1 else ''}", err=True)
 
 
