@@ -400,7 +400,9 @@ def daemon_pid(store: str) -> int | None:
               help="How long to wait for a running mount daemon to seal it.")
 def seal(store, ref, timeout):
     """Seal an inbox version now (through the mount daemon when one runs)."""
-    from ckptfs.fs.inbox import SEAL_MARKER
+    from ckptfs.fs.inbox import (SEAL_MARKER, load_provenance_record, provenance_of_record,
+                                 provenance_path)
+    from ckptfs.meta.seal import archive_directory
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
         spooled = os.path.join(s.path, "spool", "inbox", project, run, version)
@@ -408,10 +410,15 @@ def seal(store, ref, timeout):
             if s.version_record(project, run, version):
                 fail(f"{ref} is already sealed")
             fail(f"{ref} is not in the inbox")
-        if daemon_pid(s.path) is None:
-            report = s.import_directory(spooled, project, run, version)
+        if daemon_pid(s.path) is None:  # the same seal the daemon makes, here
+            spool = os.path.join(s.path, "spool")
+            provenance = provenance_of_record(load_provenance_record(spool, (project, run, version)))
+            report = archive_directory(s, spooled, project, run, version, provenance=provenance)
             import shutil
             shutil.rmtree(spooled)
+            for leftover in (provenance_path(spool, (project, run, version)), spooled + ".error"):
+                if os.path.exists(leftover):
+                    os.unlink(leftover)
             click.echo(f"sealed {ref}: {report.files} files, {human_bytes(report.stats.logical_bytes)}")
             return
     # A daemon serves this store: hand it the marker and wait for the outcome. It has

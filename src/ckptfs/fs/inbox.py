@@ -51,6 +51,28 @@ PROVENANCE_DIR = "provenance"   # spool/provenance/<p>/<r>/<v>.json: who wrote t
 MAX_OTHER_WRITERS = 8
 
 
+def provenance_path(spool: str, version: tuple) -> str:
+    p, r, v = version
+    return os.path.join(spool, PROVENANCE_DIR, p, r, v + ".json")
+
+
+def load_provenance_record(spool: str, version: tuple) -> dict:
+    """Who wrote an inbox version, as kept in the spool (empty if nobody was seen)."""
+    try:
+        with open(provenance_path(spool, version), "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return {"writer": None, "others": [], "seen": []}
+
+
+def provenance_of_record(record: dict) -> dict:
+    """The `provenance` a version's sidecar gets from its spooled record."""
+    provenance = dict(record["writer"] or {"via": "mount", "unknown": True})
+    if record["others"]:
+        provenance["other_writers"] = record["others"]
+    return provenance
+
+
 def printable(name: str) -> str:
     """A name as it can stand in one log line: quoted only if it holds control characters."""
     return name if name.isprintable() else repr(name)
@@ -285,18 +307,12 @@ class Inbox:
 
     # -- provenance: who writes each version ---------------------------------------------------
     def _provenance_path(self, version: tuple) -> str:
-        p, r, v = version
-        return os.path.join(self.spool, PROVENANCE_DIR, p, r, v + ".json")
+        return provenance_path(self.spool, version)
 
     def _provenance_record(self, version: tuple) -> dict:
         record = self.writers.get(version)
         if record is None:  # e.g. written before a restart
-            try:
-                with open(self._provenance_path(version), "rb") as f:
-                    record = json.loads(f.read())
-            except (OSError, ValueError):
-                record = {"writer": None, "others": [], "seen": []}
-            self.writers[version] = record
+            record = self.writers[version] = load_provenance_record(self.spool, version)
         return record
 
     async def _note_writer(self, version: tuple | None, ctx):
@@ -325,11 +341,7 @@ class Inbox:
             json.dump(record, f)
 
     def _provenance_of(self, version: tuple) -> dict:
-        record = self._provenance_record(version)
-        provenance = dict(record["writer"] or {"via": "mount", "unknown": True})
-        if record["others"]:
-            provenance["other_writers"] = record["others"]
-        return provenance
+        return provenance_of_record(self._provenance_record(version))
 
     def _forget_provenance(self, version: tuple):
         self.writers.pop(version, None)

@@ -139,9 +139,11 @@ class Store(CatalogMixin):
     def open(cls, path: str) -> "Store":
         path = os.path.abspath(path)
         config = StoreConfig.load(path)
-        for sub in ("packs", "index", "journal"):
+        for sub in ("packs", "journal"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
+        # The index is derived: a missing one is recreated from the journal on open.
+        os.makedirs(os.path.join(path, "index"), exist_ok=True)
         os.makedirs(os.path.join(path, "spool"), exist_ok=True)
         return cls(path, config)
 
