@@ -221,14 +221,19 @@ def describe_zip(f, rel: str, warnings: list[str]) -> dict:
 
 # -- JSON files at the top level -------------------------------------------------------------
 
-def read_top_level_json(src_dir: str, name: str) -> dict:
+def read_json_file(src_dir: str, name: str):
+    """The parsed JSON of top-level file `name` (SkipField if too large or invalid)."""
     f, size = open_regular_file(src_dir, name)
     with f:
         if size > MAX_JSON_BYTES:
             raise SkipField(f"file is {size} bytes; JSON files over {MAX_JSON_BYTES >> 20} MiB "
                             "are not read")
         data = f.read(MAX_JSON_BYTES + 1)
-    doc = parse_json_bytes(data, "not valid JSON")
+    return parse_json_bytes(data, "not valid JSON")
+
+
+def read_top_level_json(src_dir: str, name: str) -> dict:
+    doc = read_json_file(src_dir, name)
     if not isinstance(doc, dict):
         raise SkipField("top level is not a JSON object")
     return doc

@@ -85,7 +85,7 @@ def render_text(graph: dict) -> str:
             below = kids.get(node, [])
             if len(below) == 1:  # a straight line: same indent
                 node = below[0]["ref"]
-                how = "" if below[0]["source"] == "previous" else "  (fine-tuned from the line above)"
+                how = "" if below[0]["source"] == "previous" else "  (explicit parent: the line above)"
                 lines.append(f"{indent}  {_label(graph, node)}{how}")
                 continue
             for i, child in enumerate(below):

@@ -72,10 +72,14 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
         if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
             warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
                             f"{parent['version']} is not in this store (kept as given)")
+    tags = set(merged.get("tags") or [])
+    for name in sorted(tags & {"latest", "best"}):
+        tags.discard(name)
+        warnings.append(f"ckptfs.json: tag {name!r} is an alias ckptfs maintains: ignored")
     uid = provenance.get("uid", os.getuid())
     meta = {
         "sealed_by": {"uid": uid, "user": user_name(uid)},
-        "tags": sorted(set(merged.get("tags") or [])),
+        "tags": sorted(tags),
         "notes": merged.get("notes"),
         "step": merged.get("step"),
         "epoch": merged.get("epoch"),

@@ -11,7 +11,7 @@ import os
 
 from jsonschema import Draft202012Validator
 
-from .extract import MAX_JSON_BYTES, SkipField, json_safe, open_regular_file, parse_json_bytes
+from .extract import SkipField, json_safe, read_json_file
 
 USER_FILE = "ckptfs.json"
 MAX_CLEANING_ROUNDS = 1000
@@ -97,7 +97,7 @@ def load_user_file(src_dir: str, warnings: list[str]) -> dict | None:
         warnings.append(f"{USER_FILE}: is a symlink; not followed: ignored")
         return None
     try:
-        doc = read_json_document(src_dir)
+        doc = read_json_file(src_dir, USER_FILE)
     except SkipField as exc:
         warnings.append(f"{USER_FILE}: {exc}: ignored")
         return None
@@ -108,16 +108,6 @@ def load_user_file(src_dir: str, warnings: list[str]) -> dict | None:
         warnings.append(f"{USER_FILE}: top level is not a JSON object: ignored")
         return None
     return doc
-
-
-def read_json_document(src_dir: str):
-    f, size = open_regular_file(src_dir, USER_FILE)
-    with f:
-        if size > MAX_JSON_BYTES:
-            raise SkipField(f"file is {size} bytes; JSON files over {MAX_JSON_BYTES >> 20} MiB "
-                            "are not read")
-        data = f.read(MAX_JSON_BYTES + 1)
-    return parse_json_bytes(data, "not valid JSON")
 
 
 def clean_document(doc: dict, warnings: list[str]) -> dict:
