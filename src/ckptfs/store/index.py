@@ -23,6 +23,7 @@ Names never contain "/" or NUL, so these keys are unambiguous and sort by compon
 import json
 import os
 import struct
+from contextlib import contextmanager
 from typing import NamedTuple
 
 import lmdb
@@ -101,6 +102,7 @@ class Index:
         self.columns = self.env.open_db(b"columns", create=not readonly)
         self.aliases = self.env.open_db(b"aliases", create=not readonly)
         self.settings = self.env.open_db(b"settings", create=not readonly)
+        self._column_batch: dict | None = None  # see batched_columns
 
     def close(self):
         self.env.close()
@@ -231,12 +233,27 @@ class Index:
     def put_search_docs(self, txn, docs: list[tuple[bytes, dict]]) -> None:
         """Store catalog documents: whole, and field by field into their buckets (one
         read-modify-write per bucket and field however many documents it gets)."""
-        updates: dict[bytes, dict] = {}
+        updates: dict[bytes, dict] = {} if self._column_batch is None else self._column_batch
         for vkey, doc in docs:
             txn.put(vkey, orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), db=self.search)
             bucket = BUCKET.pack(doc["seq"] // BUCKET_SEQS)
             for name, value in self.document_columns(doc).items():
                 updates.setdefault(name.encode() + b"\0" + bucket, {})[fs_str(vkey)] = value
+        if self._column_batch is None:
+            self._write_columns(txn, updates)
+
+    @contextmanager
+    def batched_columns(self, txn):
+        """Within this, catalog columns are gathered and written once at the end (a
+        journal replay: one write per bucket and field, not one per version)."""
+        self._column_batch = {}
+        try:
+            yield
+            self._write_columns(txn, self._column_batch)
+        finally:
+            self._column_batch = None
+
+    def _write_columns(self, txn, updates: dict[bytes, dict]) -> None:
         for key, values in updates.items():
             column = orjson.loads(txn.get(key, b"{}", db=self.columns))
             column.update(values)

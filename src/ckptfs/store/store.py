@@ -368,10 +368,29 @@ class Store(CatalogMixin):
         if stored is None and not empty:  # format 1 did not record its number
             with self.journal.locked():
                 self.index.commit(self.index.clear_catalog)
-                for entry in self.journal.entries():
-                    self.index.commit(lambda txn: self._apply_entry(self.index, txn, entry,
-                                                                    scan_packs=False))
+                self._replay(self.index, self.journal.entries())
         self.index.commit(lambda txn: self.index.put_int(txn, b"format", INDEX_FORMAT))
+
+    REPLAY_BATCH = 1000
+
+    def _replay(self, index: Index, entries) -> int:
+        """Apply journal entries (packs already indexed) in transactions of REPLAY_BATCH,
+        each writing the catalog columns once; returns how many versions were sealed."""
+        sealed, batch = 0, []
+
+        def apply(txn):
+            with index.batched_columns(txn):
+                for entry in batch:
+                    self._apply_entry(index, txn, entry, scan_packs=False)
+        for entry in entries:
+            batch.append(entry)
+            sealed += entry["type"] == "version.sealed"
+            if len(batch) == self.REPLAY_BATCH:
+                index.commit(apply)
+                batch = []
+        if batch:
+            index.commit(apply)
+        return sealed
 
     def _catch_up_if_behind(self):
         with self.index.read() as txn:
@@ -460,9 +479,7 @@ class Store(CatalogMixin):
                     summary["damaged_packs"].append((pack_id, scan.damage))
                 if not scan.complete:
                     summary["unfinished_packs"].append((pack_id, scan.tail))
-            for entry in self.journal.entries():
-                index.commit(lambda txn: self._apply_entry(index, txn, entry, scan_packs=False))
-                summary["versions"] += entry["type"] == "version.sealed"
+            summary["versions"] = self._replay(index, self.journal.entries())
         finally:
             index.close()
         return summary
