@@ -475,7 +475,7 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_meta  # noqa: E402,F401  (registers find, log, lineage, tag, config, schema…)
+from ckptfs import cli_audit, cli_meta  # noqa: E402,F401  (register find, log, lineage, tag, audit…)
 
 if __name__ == "__main__":
     main()

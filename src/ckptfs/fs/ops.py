@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import os
+from dataclasses import dataclass
 
 import pyfuse3
 import trio
@@ -22,6 +23,17 @@ MUTABLE_TIMEOUT = 1.0
 UNSUPPORTED_XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.")  # no labels, no ACLs
 XATTR_SHA256 = b"user.ckptfs.sha256"
 BLOCK_SIZE = 1024 * 1024
+
+
+@dataclass
+class SourceFile:
+    """An open file shown through the mount as it is on disk (the journal)."""
+    fd: int
+
+
+def actor_of(ctx) -> dict:
+    """Who a request comes from, for the journal: the caller, not the daemon."""
+    return {"uid": ctx.uid, "pid": ctx.pid}
 
 
 def guarded(handler):
@@ -245,6 +257,10 @@ class CkptfsOperations(pyfuse3.Operations):
         node = self._node(key)
         if node.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
+        if node.source_path is not None:  # the audit log: grows, so read to its real end
+            fi = pyfuse3.FileInfo(fh=self._new_handle(SourceFile(os.open(node.source_path, os.O_RDONLY))))
+            fi.direct_io = True
+            return fi
         fi = pyfuse3.FileInfo(fh=self._new_handle(node))
         fi.keep_cache = node.immutable
         # A generated file that changes (stats.json) may differ in size from what an
@@ -255,6 +271,8 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def read(self, fh, off, size):
         handle = self._handles[fh]
+        if isinstance(handle, SourceFile):
+            return os.pread(handle.fd, size, off)
         if not isinstance(handle, Node):
             return await self.inbox.read(handle, off, size)
         if handle.content is not None:
@@ -275,7 +293,9 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def release(self, fh):
         handle = self._handles.pop(fh, None)
-        if handle is not None and not isinstance(handle, Node):
+        if isinstance(handle, SourceFile):
+            os.close(handle.fd)
+        elif handle is not None and not isinstance(handle, Node):
             await self.inbox.release(handle)
 
     # -- extended attributes ------------------------------------------------------------
@@ -336,7 +356,7 @@ class CkptfsOperations(pyfuse3.Operations):
     async def symlink(self, parent_inode, name, target, ctx):
         parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
         if parent[0] == "run":
-            return await self._set_alias(parent, name, os.fsdecode(target))
+            return await self._set_alias(parent, name, os.fsdecode(target), ctx)
         parent = self._refuse_outside_inbox(parent_inode)[0]
         key = await self.inbox.symlink(parent, name, os.fsdecode(target), ctx)
         return self.attributes(key)
@@ -346,14 +366,14 @@ class CkptfsOperations(pyfuse3.Operations):
         parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
         if parent[0] == "run" and self._child_key(parent, name) == ("alias", *parent[1:], name):
             p, r = parent[1:]
-            await trio.to_thread.run_sync(self.store.remove_alias, p, r, name)
+            await trio.to_thread.run_sync(self.store.remove_alias, p, r, name, actor_of(ctx))
             log.info("alias %s/%s/%s removed", p, r, name)
             return
         parent = self._refuse_outside_inbox(parent_inode)[0]
         await self.inbox.unlink(parent, name, ctx)
 
     # -- aliases: the only change allowed under projects/ ------------------------------
-    async def _set_alias(self, run: tuple, name: str, target: str):
+    async def _set_alias(self, run: tuple, name: str, target: str, ctx):
         """`ln -s VERSION projects/p/r/NAME`: a new alias (EEXIST if the name is taken:
         `ln -sfn` then makes it under a temporary name and renames it over)."""
         p, r = run[1:]
@@ -364,18 +384,18 @@ class CkptfsOperations(pyfuse3.Operations):
             log.warning("refused alias %s/%s/%s -> %s: an alias points at a version of its "
                         "own run, by its name", p, r, name, target)
             raise pyfuse3.FUSEError(errno.EINVAL)
-        await trio.to_thread.run_sync(self.store.set_alias, p, r, name, version)
+        await trio.to_thread.run_sync(self.store.set_alias, p, r, name, version, actor_of(ctx))
         log.info("alias %s/%s/%s -> %s", p, r, name, version)
         return self.attributes(("alias", p, r, name))
 
-    async def _rename_alias(self, run: tuple, old: str, new: str):
+    async def _rename_alias(self, run: tuple, old: str, new: str, ctx):
         p, r = run[1:]
         if self._child_key(run, old) != ("alias", p, r, old):
             raise pyfuse3.FUSEError(errno.EROFS)
         if new in ("latest", "best") or self._child_key(run, new) not in (None, ("alias", p, r, new)):
             log.warning("refused renaming alias %s/%s/%s to %r: that name is taken", p, r, old, new)
             raise pyfuse3.FUSEError(errno.EPERM if new in ("latest", "best") else errno.EEXIST)
-        await trio.to_thread.run_sync(self.store.rename_alias, p, r, old, new)
+        await trio.to_thread.run_sync(self.store.rename_alias, p, r, old, new, actor_of(ctx))
         self.inodes.move(("alias", p, r, old), ("alias", p, r, new))
         log.info("alias %s/%s/%s renamed to %s", p, r, old, new)
 
@@ -393,7 +413,7 @@ class CkptfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EINVAL)
             if flags & pyfuse3.RENAME_NOREPLACE and self._child_key(run, new_name) is not None:
                 raise pyfuse3.FUSEError(errno.EEXIST)
-            return await self._rename_alias(run, old_name, new_name)
+            return await self._rename_alias(run, old_name, new_name, ctx)
         old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
         await self.inbox.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
         self.inodes.rename(self.inbox.child(old_parent, old_name),
@@ -402,7 +422,7 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def write(self, fh, off, buf):
         handle = self._handles.get(fh)
-        if handle is None or isinstance(handle, Node):
+        if handle is None or isinstance(handle, (Node, SourceFile)):
             raise pyfuse3.FUSEError(errno.EROFS)
         return await self.inbox.write(handle, off, buf)
 
@@ -415,7 +435,7 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def fsync(self, fh, datasync):
         handle = self._handles.get(fh)
-        if handle is not None and not isinstance(handle, Node):
+        if handle is not None and not isinstance(handle, (Node, SourceFile)):
             await self.inbox.fsync(handle, datasync)
 
     @guarded

@@ -13,6 +13,7 @@ Every node has a key, a tuple that names it for as long as the daemon runs:
     ("alias", p, r, name)          projects/<p>/<r>/<name> -> a version (latest, best, tags)
     ("control",)                   .ckptfs/
     ("stats",)                     .ckptfs/stats.json
+    ("audit",)                     .ckptfs/audit.jsonl (the journal, read-only)
 """
 import json
 import os
@@ -41,6 +42,7 @@ class Node:
     target: str | None = None  # symlinks
     entry: dict | None = None  # files inside a version: the index entry (chunks, sha256…)
     content: bytes | None = None  # generated files (sidecars, stats)
+    source_path: str | None = None  # files shown as they are on disk (the audit log)
     immutable: bool = False    # the kernel may cache it for as long as it likes
     subdirs: int = 0           # for st_nlink of directories
     uid: int | None = None     # owner (inbox files); None: the daemon's user
@@ -114,7 +116,7 @@ class ProjectTree:
         if kind == "root":
             return {"projects": ("projects",), ".ckptfs": ("control",)}.get(name)
         if kind == "control":
-            return ("stats",) if name == "stats.json" else None
+            return {"stats.json": ("stats",), "audit.jsonl": ("audit",)}.get(name)
         if kind in ("projects", "project", "run") and not self._valid(name):
             return None
         if kind == "projects":
@@ -158,7 +160,7 @@ class ProjectTree:
         if kind == "root":
             return [("projects", ("projects",)), (".ckptfs", ("control",))] + self._extra_root
         if kind == "control":
-            return [("stats.json", ("stats",))]
+            return [("audit.jsonl", ("audit",)), ("stats.json", ("stats",))]
         if kind == "projects":
             return [(p, ("project", p)) for p in self.store.projects()]
         if kind == "project":
@@ -188,6 +190,13 @@ class ProjectTree:
         if kind in ("root", "projects", "control"):
             return Node(key, "dir", READ_ONLY_DIR if kind != "root" else 0o755,
                         mtime_ns=self.mounted_ns, subdirs=2)
+        if kind == "audit":  # read from the journal file itself, as it is now
+            path = self.store.journal.path
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return Node(key, "file", 0o444, 0, self.mounted_ns, content=b"")
+            return Node(key, "file", 0o444, st.st_size, st.st_mtime_ns, source_path=path)
         if kind == "stats":
             content = (json.dumps(self.stats_provider() if self.stats_provider else {},
                                   indent=2, sort_keys=True) + "\n").encode()

@@ -143,8 +143,11 @@ def archive_directory(store, src: str, project: str, run: str, version: str, *,
     if schema is not None:
         validate_version(schema, preview_sidecar(store, src, project, run, version, meta),
                          project, f"{project}/{run}/{version}")
+    # The journal names the user who wrote the version (the mount's writer), not the daemon.
+    actor = {"uid": provenance["uid"], "pid": provenance.get("pid")} \
+        if isinstance(provenance.get("uid"), int) else None
     return store.import_directory(src, project, run, version, progress=progress,
-                                  ingest=ingest, token_of=token_of, metadata=meta)
+                                  ingest=ingest, token_of=token_of, metadata=meta, actor=actor)
 
 
 __all__ = ["archive_directory", "build_metadata", "deep_merge", "file_list"]

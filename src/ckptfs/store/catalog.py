@@ -18,6 +18,7 @@ import math
 from contextlib import contextmanager
 
 from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
+from .journal import encode_entry, entry_hash
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
 from .names import validate_name
 
@@ -239,7 +240,8 @@ class CatalogMixin:
                 project: self._setting(project, "settings") or {}}))
         return found
 
-    def set_alias(self, project: str, run: str, alias: str, target: str) -> dict:
+    def set_alias(self, project: str, run: str, alias: str, target: str,
+                  actor: dict | None = None) -> dict:
         """Point `alias` at version `target` of the run (or at what alias `target` names).
         Journaled with the version it pointed at before."""
         def event():
@@ -250,9 +252,9 @@ class CatalogMixin:
                 return None
             return {"type": "alias.set", "project": project, "run": run, "alias": alias,
                     "version": version, "previous": previous}
-        return self._commit_catalog_event(event)
+        return self._commit_catalog_event(event, actor)
 
-    def remove_alias(self, project: str, run: str, alias: str) -> dict:
+    def remove_alias(self, project: str, run: str, alias: str, actor: dict | None = None) -> dict:
         def event():
             if alias in DERIVED_ALIASES:
                 raise ReservedAliasError(f"{alias!r} is maintained by ckptfs and cannot be "
@@ -262,16 +264,17 @@ class CatalogMixin:
                 raise NotFoundError(f"{project}/{run} has no alias {alias!r}")
             return {"type": "alias.removed", "project": project, "run": run, "alias": alias,
                     "version": version}
-        return self._commit_catalog_event(event)
+        return self._commit_catalog_event(event, actor)
 
-    def rename_alias(self, project: str, run: str, old: str, new: str) -> None:
+    def rename_alias(self, project: str, run: str, old: str, new: str,
+                     actor: dict | None = None) -> None:
         """`mv old new` on aliases (how `ln -sfn` replaces a symlink): `new` takes the
         version `old` names, then `old` goes. Two journal events."""
         version = self._explicit_alias(project, run, old)
         if version is None:
             raise NotFoundError(f"{project}/{run} has no alias {old!r}")
-        self.set_alias(project, run, new, version)
-        self.remove_alias(project, run, old)
+        self.set_alias(project, run, new, version, actor)
+        self.remove_alias(project, run, old, actor)
 
     def name_in_run(self, project: str, run: str, name: str) -> str | None:
         """What `name` already is in a run directory: 'version', 'alias' or None."""
@@ -367,7 +370,7 @@ class CatalogMixin:
             validate_name(project, "project")
 
     # -- journaled changes ------------------------------------------------------------
-    def _commit_catalog_event(self, make_event) -> dict | None:
+    def _commit_catalog_event(self, make_event, actor: dict | None = None) -> dict | None:
         """Journal the event `make_event()` returns (None: nothing to change) and apply it,
         both under the journal lock, so checks and change see the same state."""
         with self.journal.locked():
@@ -375,11 +378,11 @@ class CatalogMixin:
             event = make_event()
             if event is None:
                 return None
-            entry = self.journal.append(event)
+            entry = self.journal.append(event, actor)
 
             def apply(txn):
                 apply_catalog_event(self.index, txn, entry)
-                self.index.put_int(txn, b"journal_seq", entry["seq"])
+                self.index.set_applied(txn, entry["seq"], entry_hash(encode_entry(entry)))
             try:
                 self.index.commit(apply)
             except BaseException:

@@ -1,7 +1,8 @@
 """The LMDB index (`STORE/index/`): derived from packs and journal, rebuildable from them.
 
 Sub-databases (docs/format.md):
-    meta       b"format", b"journal_seq", b"next_pack_id", chunk counters
+    meta       b"format", b"journal_seq", b"journal_head" (hash of that entry),
+               b"next_pack_id", chunk counters
     chunks     chunk id (32 bytes) -> location: pack u32, offset u64, length u32, raw u32
     manifests  manifest id -> location (same encoding)
     versions   b"project/run/version" -> version record (JSON)
@@ -131,6 +132,16 @@ class Index:
 
     def add_int(self, txn, key: bytes, delta: int) -> None:
         self.put_int(txn, key, self.get_int(txn, key) + delta)
+
+    def set_applied(self, txn, seq: int, entry_hash: str) -> None:
+        """The index reflects the journal up to entry `seq`, whose line hashes to
+        `entry_hash` (kept so `audit verify` can tell an altered last entry)."""
+        self.put_int(txn, b"journal_seq", seq)
+        txn.put(b"journal_head", entry_hash.encode(), db=self.meta)
+
+    def applied(self, txn) -> tuple[int, str | None]:
+        head = txn.get(b"journal_head", db=self.meta)
+        return self.get_int(txn, b"journal_seq"), head.decode() if head else None
 
     def allocate_pack_id(self) -> int:
         def apply(txn):

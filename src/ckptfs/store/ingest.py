@@ -138,6 +138,7 @@ class Ingest:
         self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
         self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
         self.metadata: dict = {}  # sealed with the version (the meta layer's sidecar fields)
+        self.actor: dict | None = None  # who the journal names for the seal (default: us)
 
     # -- packs ------------------------------------------------------------------------
     def _writer(self) -> PackWriter:

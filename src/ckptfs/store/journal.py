@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -31,6 +32,62 @@ def encode_entry(entry: dict) -> bytes:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, TypeError):
+        return None
+
+
+def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> dict:
+    """Walk the journal and report the first entry that breaks the hash chain.
+
+    Returns {"entries": n, "ok": bool, "problem": text or None, "line": n or None}.
+    `committed` is (seq, entry hash) of the last entry the index applied: it catches
+    what the chain alone cannot, an altered or removed last entry."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        lines = [b""]
+    torn = lines.pop()  # b"" after the final newline; else a torn append (never committed)
+    del torn
+    parsed = []
+    for number, line in enumerate(lines, 1):
+        try:
+            parsed.append(json.loads(line))
+        except ValueError:
+            return _broken(len(lines), number, f"line {number} is not a JSON entry: it was altered")
+    seqs = [entry.get("seq") for entry in parsed]
+    prev = GENESIS
+    for number, (line, entry) in enumerate(zip(lines, parsed), 1):
+        if entry.get("seq") != number:
+            if number in seqs[number:]:
+                return _broken(len(lines), number, f"line {number} holds entry {entry.get('seq')}, "
+                               f"and entry {number} comes later: entries were reordered")
+            return _broken(len(lines), number, f"entry {number} is missing (line {number} holds "
+                           f"entry {entry.get('seq')}): entries were removed")
+        if entry.get("prev") != prev:
+            what = (f"entry {number - 1} was altered (its hash is not the one entry {number} "
+                    "names)") if number > 1 else "entry 1 was altered"
+            return _broken(len(lines), number - 1 or 1, what)
+        prev = entry_hash(line)
+    if committed is not None and committed[0]:
+        seq, head = committed
+        if len(lines) < seq:
+            return _broken(len(lines), len(lines) + 1,
+                           f"the journal ends at entry {len(lines)}, but entries up to {seq} were "
+                           "committed: entries were removed from its end")
+        if head is not None and entry_hash(lines[seq - 1]) != head:
+            return _broken(len(lines), seq, f"entry {seq} was altered (it is not the entry "
+                           "that was committed)")
+    return {"entries": len(lines), "ok": True, "problem": None, "line": None}
+
+
+def _broken(count: int, line: int, problem: str) -> dict:
+    return {"entries": count, "ok": False, "problem": problem, "line": line}
 
 
 class Journal:
@@ -82,11 +139,16 @@ class Journal:
                 entry = json.loads(line)
                 return entry["seq"], entry_hash(line), start + end + 1
 
-    def append(self, event: dict) -> dict:
-        """Append one event; the caller holds `locked()`. Durable when this returns."""
+    def append(self, event: dict, actor: dict | None = None) -> dict:
+        """Append one event; the caller holds `locked()`. Durable when this returns.
+
+        `actor` ({"uid", "pid"}) is who asked for it when that is not this process (a
+        user of the mount); it defaults to this process."""
         seq, prev, valid_len = self._tail()
         entry = dict(event)
-        entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=os.getuid(), pid=os.getpid())
+        uid = (actor or {}).get("uid", os.getuid())
+        entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,
+                     pid=(actor or {}).get("pid", os.getpid()), user=user_name(uid))
         line = encode_entry(entry) + b"\n"
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
         try:

@@ -26,7 +26,7 @@ from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError
                      VersionExistsError)
 from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
-from .journal import Journal
+from .journal import Journal, check_chain, encode_entry, entry_hash
 from .manifest import SCHEMA as MANIFEST_SCHEMA
 from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
 from .names import validate_name, validate_version_name
@@ -178,7 +178,8 @@ class Store(CatalogMixin):
     # -- ingest -----------------------------------------------------------------------
     def import_directory(self, src: str, project: str, run: str, version: str,
                          progress=None, ingest: Ingest | None = None,
-                         token_of=None, metadata: dict | None = None) -> IngestReport:
+                         token_of=None, metadata: dict | None = None,
+                         actor: dict | None = None) -> IngestReport:
         """Archive the directory `src` as PROJECT/RUN/VERSION (atomically).
 
         `ingest` is one begun earlier with `begin_ingest` whose files were prepared as
@@ -196,6 +197,7 @@ class Store(CatalogMixin):
                 raise
         ingest.progress = progress
         ingest.metadata = metadata or {}
+        ingest.actor = actor
         return ingest.execute(src, token_of)
 
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
@@ -310,14 +312,14 @@ class Store(CatalogMixin):
                 "new_stored_bytes": sum(loc.length for loc in fresh.values()) + manifest_loc.length,
                 "delta_parent": version_name(parent["project"], parent["run"], parent["version"])
                 if parent else None,
-            })
+            }, ingest.actor)
 
             def apply(txn):
                 for cid, loc in fresh.items():
                     self.index.add_chunk(txn, cid, loc)
                 self.index.add_manifest(txn, manifest_id, manifest_loc)
                 self._put_version(self.index, txn, event, manifest)
-                self.index.put_int(txn, b"journal_seq", event["seq"])
+                self.index.set_applied(txn, event["seq"], entry_hash(encode_entry(event)))
             try:
                 self.index.commit(apply)
             except BaseException:
@@ -418,7 +420,7 @@ class Store(CatalogMixin):
             self._put_version(index, txn, entry, manifest)
         else:
             apply_catalog_event(index, txn, entry)
-        index.put_int(txn, b"journal_seq", entry["seq"])
+        index.set_applied(txn, entry["seq"], entry_hash(encode_entry(entry)))
 
     def _index_pack(self, index: Index, txn, pack_id: int):
         scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
@@ -496,6 +498,18 @@ class Store(CatalogMixin):
         self._cache = _ChunkCache(CACHE_BYTES)
 
     # -- catalog ----------------------------------------------------------------------
+    def check_journal(self) -> dict:
+        """Recompute the journal's hash chain (`ckptfs audit verify`): the first entry
+        altered, removed or reordered, against the chain and the index's last entry."""
+        with self.index.read() as txn:
+            committed = self.index.applied(txn)
+        return check_chain(self.journal.path, committed)
+
+    def journal_entries(self):
+        """Every journal entry, oldest first, without stopping at a broken chain
+        (`ckptfs audit` shows what is there; `check_journal` says whether to trust it)."""
+        return self.journal.entries(verify_chain=False)
+
     def applied_seq(self) -> int:
         """The last journal entry the index reflects: changes whenever a version is sealed
         (by this process or another), so callers can cache catalog answers against it."""

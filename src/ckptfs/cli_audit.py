@@ -1,0 +1,75 @@
+"""`ckptfs audit`: the journal as an audit log, and the check of its hash chain.
+Registered on the main command group by `ckptfs.cli`."""
+import json
+from datetime import datetime, timezone
+
+import click
+
+from ckptfs.cli import EXIT_DAMAGE, fail, main, open_store
+
+DETAIL_KEYS = ("alias", "version", "previous", "digest", "settings")
+
+
+def parse_since(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def entry_time(entry: dict) -> datetime:
+    return datetime.fromisoformat(entry["time"].replace("Z", "+00:00"))
+
+
+def describe(entry: dict) -> str:
+    where = "/".join(entry[k] for k in ("project", "run") if entry.get(k))
+    if entry["type"] == "version.sealed":
+        where += f"/{entry['version']}"
+        details = f"digest {entry['digest'][:16]}…, {entry.get('files', 0)} files"
+    elif entry["type"].startswith("alias."):
+        details = f"{entry['alias']} -> {entry['version']}"
+        if entry.get("previous"):
+            details += f" (was {entry['previous']})"
+    elif entry["type"] == "project.settings":
+        details = json.dumps(entry.get("settings"), sort_keys=True)
+    elif entry["type"] == "project.schema":
+        details = "set" if entry.get("schema") is not None else "cleared"
+    else:
+        details = json.dumps({k: entry[k] for k in DETAIL_KEYS if k in entry})
+    who = entry.get("user") or f"uid {entry.get('uid')}"
+    return f"{entry['seq']:>6}  {entry['time'][:19]}Z  {who:<10} {entry['type']:<16} {where}  {details}"
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("words", nargs=-1, required=True, metavar="[verify] STORE")
+@click.option("--since", metavar="DATE", help="Only events at or after DATE (UTC).")
+@click.option("--project", metavar="P", help="Only events of project P.")
+@click.option("--json", "as_json", is_flag=True, help="The entries as JSON lines.")
+def audit(words, since, project, as_json):
+    """The store's audit log (every seal, alias move, setting and schema change), or
+    with `verify`, check its hash chain and name the first altered, removed or
+    reordered entry (exit 3 if there is one)."""
+    if words[0] == "verify":
+        if len(words) != 2:
+            raise click.UsageError("usage: ckptfs audit verify STORE")
+        return verify_journal(words[1])
+    if len(words) != 1:
+        raise click.UsageError("usage: ckptfs audit STORE [--since DATE] [--project P]")
+    start = parse_since(since) if since else None
+    with open_store(words[0]) as s:
+        for entry in s.journal_entries():
+            if start and entry_time(entry) < start:
+                continue
+            if project and entry.get("project") != project:
+                continue
+            click.echo(json.dumps(entry, sort_keys=True) if as_json else describe(entry))
+
+
+def verify_journal(store: str):
+    with open_store(store) as s:
+        report = s.check_journal()
+    if report["ok"]:
+        click.echo(f"journal ok: {report['entries']} entries, hash chain intact")
+        return
+    fail(f"journal damaged at line {report['line']}: {report['problem']}", EXIT_DAMAGE)
