@@ -13,6 +13,7 @@ import pyfuse3
 import trio
 
 from ckptfs.store import IntegrityError, StoreError
+from ckptfs.store.catalog import DERIVED_ALIASES
 
 from .tree import ROOT, Node, ProjectTree, file_type_bits
 
@@ -392,9 +393,9 @@ class CkptfsOperations(pyfuse3.Operations):
         p, r = run[1:]
         if self._child_key(run, old) != ("alias", p, r, old):
             raise pyfuse3.FUSEError(errno.EROFS)
-        if new in ("latest", "best") or self._child_key(run, new) not in (None, ("alias", p, r, new)):
+        if new in DERIVED_ALIASES or self._child_key(run, new) not in (None, ("alias", p, r, new)):
             log.warning("refused renaming alias %s/%s/%s to %r: that name is taken", p, r, old, new)
-            raise pyfuse3.FUSEError(errno.EPERM if new in ("latest", "best") else errno.EEXIST)
+            raise pyfuse3.FUSEError(errno.EPERM if new in DERIVED_ALIASES else errno.EEXIST)
         await trio.to_thread.run_sync(self.store.rename_alias, p, r, old, new, actor_of(ctx))
         self.inodes.move(("alias", p, r, old), ("alias", p, r, new))
         log.info("alias %s/%s/%s renamed to %s", p, r, old, new)

@@ -25,6 +25,7 @@ from datetime import datetime
 
 from ckptfs.meta import render, run_sidecar, version_sidecar
 from ckptfs.store import NotFoundError, Store
+from ckptfs.store.catalog import aliases_of
 from ckptfs.store.names import validate_name, InvalidNameError
 
 READ_ONLY_DIR = 0o555
@@ -106,8 +107,7 @@ class ProjectTree:
         view = self._run_views.get((p, r))
         if view is None:
             docs = {d["version"]: d for d in self.store.catalog_documents(p, r)}
-            aliases = {alias: v for v, d in docs.items() for alias in d["aliases"]}
-            view = self._run_views[(p, r)] = (docs, aliases)
+            view = self._run_views[(p, r)] = (docs, aliases_of(docs.values()))
         return view
 
     # -- names -> keys --------------------------------------------------------------

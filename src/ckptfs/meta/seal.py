@@ -16,6 +16,8 @@ import os
 import pwd
 from datetime import datetime, timezone
 
+from ckptfs.store.ingest import walk_source
+
 from .extract import extract_facts
 from .provenance import DEFAULT_ENV_ALLOW, describe_this_process, lineage_from_provenance
 from .schema import validate_version
@@ -112,18 +114,15 @@ def preview_sidecar(store, src: str, project: str, run: str, version: str, meta:
 
 
 def _source_entries(src: str) -> list[dict]:
+    """The files and symlinks of `src` as the sidecar will list them (no SHA-256 yet)."""
     entries = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames.sort()
-        for name in sorted(filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, src).replace(os.sep, "/")
-            st = os.lstat(full)
-            if os.path.islink(full):
-                entries.append({"path": rel, "type": "symlink", "target": os.readlink(full)})
-            else:
-                entries.append({"path": rel, "type": "file", "size": st.st_size,
-                                "mode": st.st_mode & 0o7777})
+    for found in walk_source(src)[1]:
+        if found.kind == "symlink":
+            entries.append({"path": found.path, "type": "symlink",
+                            "target": os.readlink(found.abs_path)})
+        elif found.kind == "file":
+            entries.append({"path": found.path, "type": "file", "size": found.st.st_size,
+                            "mode": found.st.st_mode & 0o7777})
     return entries
 
 

@@ -18,7 +18,6 @@ import math
 from contextlib import contextmanager
 
 from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
-from .journal import encode_entry, entry_hash
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
 from .names import validate_name
 
@@ -96,12 +95,18 @@ def gc_paused():
             gc.enable()
 
 
+def aliases_of(docs: list[dict]) -> dict[str, str]:
+    """{alias: version} from catalog documents with their `aliases` attached."""
+    return {alias: doc["version"] for doc in docs for alias in doc["aliases"]}
+
+
 def run_prefix(project: str, run: str) -> bytes:
     return fs_bytes(f"{project}/{run}") + b"\0"
 
 
 class CatalogMixin:
-    """Catalog operations of `Store` (it provides `index`, `journal`, `_catch_up`)."""
+    """Catalog operations of `Store` (it provides `index`, `journal`, `_catch_up` and
+    `_journal_and_index`)."""
 
     # -- documents ------------------------------------------------------------------
     def catalog_document(self, project: str, run: str, version: str) -> dict | None:
@@ -230,15 +235,7 @@ class CatalogMixin:
     # -- aliases --------------------------------------------------------------------
     def aliases(self, project: str, run: str) -> dict[str, str]:
         """Every alias of a run, derived ones (`latest`, `best`) included: name -> version."""
-        with self.index.read() as txn:
-            docs = self._load_columns(txn, version_key(project, run, ""), {"metrics"})
-            found = {alias: version for _p, _r, alias, version
-                     in self.index.iter_aliases(txn, run_prefix(project, run))}
-        if docs:
-            found.update(self._derived_aliases(project, docs, {
-                ALL_PROJECTS: self._setting(ALL_PROJECTS, "settings") or {},
-                project: self._setting(project, "settings") or {}}))
-        return found
+        return aliases_of(self.catalog_documents(project, run, fields=[("aliases",)]))
 
     def set_alias(self, project: str, run: str, alias: str, target: str,
                   actor: dict | None = None) -> dict:
@@ -378,14 +375,5 @@ class CatalogMixin:
             event = make_event()
             if event is None:
                 return None
-            entry = self.journal.append(event, actor)
-
-            def apply(txn):
-                apply_catalog_event(self.index, txn, entry)
-                self.index.set_applied(txn, entry["seq"], entry_hash(encode_entry(entry)))
-            try:
-                self.index.commit(apply)
-            except BaseException:
-                self.journal.rollback(entry)
-                raise
-        return entry
+            return self._journal_and_index(
+                event, actor, lambda txn, entry: apply_catalog_event(self.index, txn, entry))

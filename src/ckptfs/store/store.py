@@ -302,7 +302,7 @@ class Store(CatalogMixin):
                          if self.index.get_chunk(txn, cid) is None}
             s = ingest.stats
             parent = ingest.delta_parent
-            event = self.journal.append({
+            event = self._journal_and_index({
                 "type": "version.sealed", "project": p, "run": r, "version": v,
                 "manifest": manifest_id.hex(), "digest": digest,
                 "packs": [w.pack_id for w in ingest.writers],
@@ -312,22 +312,33 @@ class Store(CatalogMixin):
                 "new_stored_bytes": sum(loc.length for loc in fresh.values()) + manifest_loc.length,
                 "delta_parent": version_name(parent["project"], parent["run"], parent["version"])
                 if parent else None,
-            }, ingest.actor)
-
-            def apply(txn):
-                for cid, loc in fresh.items():
-                    self.index.add_chunk(txn, cid, loc)
-                self.index.add_manifest(txn, manifest_id, manifest_loc)
-                self._put_version(self.index, txn, event, manifest)
-                self.index.set_applied(txn, event["seq"], entry_hash(encode_entry(event)))
-            try:
-                self.index.commit(apply)
-            except BaseException:
-                # The journal must not claim a version the import reports as failed.
-                self.journal.rollback(event)
-                raise
+            }, ingest.actor, lambda txn, entry: self._index_new_version(
+                txn, entry, manifest, fresh, manifest_id, manifest_loc))
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
                             event["delta_parent"])
+
+    def _index_new_version(self, txn, event, manifest, fresh, manifest_id, manifest_loc):
+        for cid, loc in fresh.items():
+            self.index.add_chunk(txn, cid, loc)
+        self.index.add_manifest(txn, manifest_id, manifest_loc)
+        self._put_version(self.index, txn, event, manifest)
+
+    def _journal_and_index(self, event: dict, actor: dict | None, apply_changes) -> dict:
+        """Append `event` to the journal (the caller holds its lock), then apply it to the
+        index with `apply_changes(txn, entry)` in one transaction that also records it
+        as applied. If the index update fails the entry is taken back: the journal
+        never claims a change the caller reports as failed."""
+        entry = self.journal.append(event, actor)
+
+        def apply(txn):
+            apply_changes(txn, entry)
+            self.index.set_applied(txn, entry["seq"], entry_hash(encode_entry(entry)))
+        try:
+            self.index.commit(apply)
+        except BaseException:
+            self.journal.rollback(entry)
+            raise
+        return entry
 
     def _with_parent(self, project: str, run: str, metadata: dict | None) -> dict:
         """The metadata with `lineage.parent`: the one it names, else the run's newest
