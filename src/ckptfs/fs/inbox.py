@@ -127,6 +127,7 @@ class Inbox:
         self.paths: dict[int, tuple] = {}          # spool inode -> key, for prepare jobs
         self.open_writers: dict[int, int] = {}     # spool inode -> handles open for writing
         self.unprepared: set[int] = set()          # spool inodes changed since queued to prepare
+        self.retried: dict[int, int] = {}          # spool inode -> generation retried once
         self.deferred: list[PrepareJob] = []       # waiting for an earlier version's seal
         self.lane = trio.Lock()                    # one prepare or seal at a time
         self.writers: dict[tuple, dict] = {}       # version -> its provenance record
@@ -528,8 +529,21 @@ class Inbox:
                                                  (job.ino, generation), job.ino)
             self.counters["ingest_seconds"] += time.monotonic() - started
             self.counters["files_prepared"] += done
-        if not done and self.paths.get(job.ino) != key:
-            self._jobs_in.send_nowait(job)  # renamed meanwhile (`rsync -a`): at its new name
+        if not done and self._worth_retrying(job.ino, key, generation):
+            self._jobs_in.send_nowait(job)
+
+    def _worth_retrying(self, ino: int, key: tuple, generation: int) -> bool:
+        """A prepare that gave up: try again if the file was renamed meanwhile (`rsync -a`
+        renames its temp file), or, once per content generation, if it is still there.
+        The ingest gives up on any change to size or mtime while it reads, and `rsync
+        -a` and `cp -a` set the mtime right after closing the file: that is not new
+        content (the write counter says so), so the second try succeeds."""
+        if self.paths.get(ino) != key:
+            return True
+        if ino in self.paths and self.retried.get(ino) != generation:
+            self.retried[ino] = generation
+            return True
+        return False
 
     def _discard_staged(self, version: tuple):
         """Drop what was prepared for `version` (removed, or its preparing failed)."""
@@ -549,6 +563,7 @@ class Inbox:
         for ino in [ino for ino, key in self.paths.items() if self.version_of(key) == version]:
             self.paths.pop(ino, None)
             self.generations.pop(ino, None)
+            self.retried.pop(ino, None)
             self.unprepared.discard(ino)
 
     def _requeue_deferred(self):
