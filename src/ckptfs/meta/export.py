@@ -34,7 +34,7 @@ from .sidecar import render, sidecar_of
 SUMS_NAME = "SHA256SUMS"
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")  # longest first: ".tar.gz" before ".tar"
 TAR_COPY_BUFFER = 1 << 20
-GZIP_LEVEL = 6  # gzip's own default; 9 is several times slower for almost nothing on weights
+GZIP_LEVEL = 1  # weights hardly compress at any level, and gzip -1 is the least slow
 
 
 class ExportError(StoreError):

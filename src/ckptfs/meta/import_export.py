@@ -57,6 +57,10 @@ class Export:
     """An export found on disk (not yet verified)."""
     root: str       # the directory holding SHA256SUMS
     name: str       # the version's name: <name>.json and <name>/
+    label: str = "" # how messages name it: the tar, or the directory
+
+    def __post_init__(self):
+        self.label = self.label or self.root
 
     @property
     def sidecar_path(self) -> str:
@@ -104,10 +108,10 @@ def open_import_source(store, src: str, unpack_progress=None):
     for the duration of the `with` block."""
     if os.path.isfile(src):
         if not tarfile.is_tarfile(src):
-            raise NotAnExportError(f"{src} is a file, not a checkpoint directory or a tar "
-                                   "made by `ckptfs export`")
+            raise NotAnExportError(f"{src} is not a directory, nor a tar made by `ckptfs "
+                                   "export`: import takes a checkpoint directory or an export")
         with unpacked_tar(store, src, unpack_progress) as (top, hashes):
-            export = find_export(top)
+            export = find_export(top, label=src)
             if export is None:
                 raise NotAnExportError(
                     f"{src} is not a ckptfs export: expected SHA256SUMS, <version>.json and "
@@ -119,7 +123,7 @@ def open_import_source(store, src: str, unpack_progress=None):
 
 
 # -- finding an export --------------------------------------------------------------------
-def find_export(root: str) -> Export | None:
+def find_export(root: str, label: str = "") -> Export | None:
     """The export in directory `root`, or None if it is a plain checkpoint directory.
 
     An export has SHA256SUMS and exactly one <name>.json whose schema is
@@ -134,10 +138,10 @@ def find_export(root: str) -> Export | None:
              and _looks_like_sidecar(os.path.join(root, n))]
     if len(pairs) != 1:
         return None
-    export = Export(root, pairs[0])
+    export = Export(root, pairs[0], label)
     if not _is_regular_file(os.path.join(root, SUMS_NAME)):
         if "export" in (_load_json_or_none(export.sidecar_path) or {}):
-            raise NotAnExportError(f"{root} is an export that did not finish (it has no "
+            raise NotAnExportError(f"{export.label} is an export that did not finish (it has no "
                                    f"{SUMS_NAME}): export the version again")
         return None
     return export
@@ -162,10 +166,19 @@ def _looks_like_sidecar(path: str) -> bool:
 
 def _load_json_or_none(path: str):
     try:
-        with open(path, "rb") as f:
-            return json.load(f)
+        return read_json(path)
     except (OSError, ValueError):
         return None
+
+
+def read_json(path: str):
+    """A JSON file as the sidecar renderer writes it: names that are not UTF-8 are their
+    raw bytes (read back with surrogateescape, as the store keeps them)."""
+    def no_constants(name):
+        raise ValueError(f"{name} is not a JSON number")
+    with open(path, "rb") as f:
+        return json.loads(f.read().decode("utf-8", "surrogateescape"),
+                          parse_constant=no_constants)
 
 
 # -- verifying it -----------------------------------------------------------------------
@@ -180,7 +193,7 @@ def verified_source(store, export: Export, known_hashes: dict) -> ImportSource:
     partial = {e["path"] for e in files + symlinks} != everything
     original = f"{sidecar['project']}/{sidecar['run']}/{sidecar['version']}"
     if not partial and version_digest(files + symlinks) != sidecar["digest"]:
-        raise ExportDamagedError(f"export {export.root}: its files do not give the digest its "
+        raise ExportDamagedError(f"export {export.label}: its files do not give the digest its "
                                  "sidecar records; nothing was imported")
     recorded = recorded_metadata(sidecar, partial, len(files))
     return ImportSource(export.version_dir, recorded, original, sidecar["digest"], partial,
@@ -191,7 +204,7 @@ def _check_sums(export: Export, known_hashes: dict) -> dict[str, str]:
     """{path: SHA-256} of SHA256SUMS, every line checked; ExportDamagedError names the
     first problem and how many more there are."""
     with open(os.path.join(export.root, SUMS_NAME), "rb") as f:
-        listed = parse_sums(f.read(), export.root)
+        listed = parse_sums(f.read(), export.label)
     problems = []
     if f"{export.name}.json" not in listed:
         problems.append(f"{SUMS_NAME} does not list the sidecar {export.name}.json")
@@ -211,7 +224,7 @@ def _check_sums(export: Export, known_hashes: dict) -> dict[str, str]:
 def _raise_if(problems: list[str], export: Export):
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise ExportDamagedError(f"export {export.root} is damaged: {problems[0]}{more}; "
+        raise ExportDamagedError(f"export {export.label} is damaged: {problems[0]}{more}; "
                                  "nothing was imported")
 
 
@@ -224,16 +237,16 @@ def parse_sums(data: bytes, where: str) -> dict[str, str]:
         digest, sep, name = body[:64], body[64:66], body[66:]
         if len(digest) != 64 or sep not in (b"  ", b" *") or not name \
                 or any(c not in b"0123456789abcdefABCDEF" for c in digest):
-            raise ExportDamagedError(f"{where}/{SUMS_NAME}: line {number} is not "
+            raise ExportDamagedError(f"{SUMS_NAME} of {where}: line {number} is not "
                                      "'<sha256>  <path>'; nothing was imported")
         if escaped:
             name = _unescape(name)
         path = os.fsdecode(name)
         if path in listed:
-            raise ExportDamagedError(f"{where}/{SUMS_NAME} lists {path!r} twice; nothing was "
+            raise ExportDamagedError(f"{SUMS_NAME} of {where} lists {path!r} twice; nothing was "
                                      "imported")
         if path.startswith("/") or ".." in path.split("/"):
-            raise ExportDamagedError(f"{where}/{SUMS_NAME} names {path!r}, outside the export; "
+            raise ExportDamagedError(f"{SUMS_NAME} of {where} names {path!r}, outside the export; "
                                      "nothing was imported")
         listed[path] = digest.decode().lower()
     return listed
@@ -260,18 +273,15 @@ def sha256_of(path: str) -> str:
 
 
 def _load_sidecar(export: Export) -> dict:
-    def no_constants(name):
-        raise ValueError(f"{name} is not a JSON number")
     try:
-        with open(export.sidecar_path, "rb") as f:
-            sidecar = json.loads(f.read(), parse_constant=no_constants)
+        sidecar = read_json(export.sidecar_path)
         jsonschema.validate(sidecar, SIDECAR_SHAPE)
     except (ValueError, jsonschema.ValidationError) as e:
         reason = e.message if isinstance(e, jsonschema.ValidationError) else str(e)
-        raise ExportDamagedError(f"export {export.root}: {export.name}.json is not a version "
+        raise ExportDamagedError(f"export {export.label}: {export.name}.json is not a version "
                                  f"sidecar ({reason}); nothing was imported") from None
     if sidecar["version"] != export.name:
-        raise ExportDamagedError(f"export {export.root}: {export.name}.json describes version "
+        raise ExportDamagedError(f"export {export.label}: {export.name}.json describes version "
                                  f"{sidecar['version']!r}, not {export.name!r}")
     return sidecar
 
