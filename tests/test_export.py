@@ -269,10 +269,11 @@ def test_a_tar_that_reaches_outside_is_refused(tmp_path, target):
         evil_tar(tmp_path / "link.tar", ("x/v/out", "->", str(outside)),
                  ("x/v/out/planted", b"owned")),
         evil_tar(tmp_path / "uplink.tar", ("x/v/up", "->", "../../outside")),
+        evil_tar(tmp_path / "through.tar", ("x/v/here", "->", "."), ("x/v/here/f", b"x")),
     ]
     procs = run_cli_many(*[("import", target, t, f"p/r/v{i}") for i, t in enumerate(tars)], rc=1)
     for proc, why in zip(procs, ("'..' component", "absolute path", "outside the export",
-                                 "outside the export")):
+                                 "outside the export", "inside a symlink")):
         assert "refused" in err(proc) and why in err(proc), err(proc)
     assert os.listdir(outside) == []
     assert os.listdir(os.path.join(target, "spool")) == []
