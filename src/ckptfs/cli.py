@@ -496,7 +496,7 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register find, log, lineage, tag, audit, export…)
+from ckptfs import cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register find, tag, audit, export…)
 
 if __name__ == "__main__":
     main()

@@ -142,7 +142,7 @@ def export_version(store, project: str, run: str, version: str, dest: str,
     parts = ExportParts(version, root, entries, sidecar_bytes, sums)
     try:
         if is_tar_name(dest):
-            _export_to_tar(store, project, run, parts, dest, progress)
+            _export_to_tar(store, parts, dest, progress)
         else:
             _export_to_directory(store, project, run, parts, dest, patterns, progress)
     except IntegrityError as e:
@@ -230,7 +230,7 @@ def remove_path(path: str):
 
 
 # -- into a tar -------------------------------------------------------------------------
-def _export_to_tar(store, project, run, parts: ExportParts, dest, progress):
+def _export_to_tar(store, parts: ExportParts, dest, progress):
     if os.path.lexists(dest):
         raise DestinationExistsError(f"{dest} exists: choose a new name (export never "
                                      "overwrites)")
@@ -245,7 +245,7 @@ def _export_to_tar(store, project, run, parts: ExportParts, dest, progress):
             with tarfile.open(os.path.basename(dest), "w:gz" if compressed else "w", out,
                               format=tarfile.PAX_FORMAT, copybufsize=TAR_COPY_BUFFER,
                               **options) as tar:
-                _write_tar_members(store, project, run, parts, tar, tar_stem(dest), progress)
+                _write_tar_members(store, parts, tar, tar_stem(dest), progress)
             out.flush()
             os.fsync(out.fileno())
         _publish(partial_path, dest)
@@ -265,7 +265,7 @@ def _create_partial_file(parent: str, name: str) -> tuple[int, str]:
             continue
 
 
-def _write_tar_members(store, project, run, parts: ExportParts, tar, top: str, progress):
+def _write_tar_members(store, parts: ExportParts, tar, top: str, progress):
     now_ns = time.time_ns()
     tar.addfile(_tar_info(top, "dir", 0o755, now_ns))
     for name, data in ((SUMS_NAME, parts.sums), (f"{parts.version}.json", parts.sidecar)):

@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 import zlib
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 
 import jsonschema
@@ -57,7 +57,7 @@ class Export:
     """An export found on disk (not yet verified)."""
     root: str       # the directory holding SHA256SUMS
     name: str       # the version's name: <name>.json and <name>/
-    label: str = "" # how messages name it: the tar, or the directory
+    label: str = ""  # how messages name it: the tar, or the directory
 
     def __post_init__(self):
         self.label = self.label or self.root
@@ -81,7 +81,6 @@ class ImportSource:
     digest: str | None = None      # the original version's digest
     partial: bool = False
     counts: tuple = ()             # (files exported, files of the original)
-    warnings: list = field(default_factory=list)
 
     def check_sealed(self, report):
         """After the seal: a full export must give the original's digest back."""
@@ -116,10 +115,10 @@ def open_import_source(store, src: str, unpack_progress=None):
                 raise NotAnExportError(
                     f"{src} is not a ckptfs export: expected SHA256SUMS, <version>.json and "
                     f"<version>/ under its top directory {os.path.basename(top)}/")
-            yield verified_source(store, export, hashes)
+            yield verified_source(export, hashes)
         return
     export = find_export(src) if os.path.isdir(src) else None
-    yield ImportSource(src) if export is None else verified_source(store, export, {})
+    yield ImportSource(src) if export is None else verified_source(export, {})
 
 
 # -- finding an export --------------------------------------------------------------------
@@ -182,7 +181,7 @@ def read_json(path: str):
 
 
 # -- verifying it -----------------------------------------------------------------------
-def verified_source(store, export: Export, known_hashes: dict) -> ImportSource:
+def verified_source(export: Export, known_hashes: dict) -> ImportSource:
     """Check SHA256SUMS, then the files against the sidecar; the ImportSource to seal.
     `known_hashes`: {path relative to the export: SHA-256} already computed (a tar's
     files, hashed as they were unpacked)."""
@@ -316,7 +315,8 @@ def _check_against_sidecar(export: Export, sidecar: dict, listed: dict) -> tuple
     recorded_files = {f["path"]: f for f in sidecar["files"]}
     recorded_links = {s["path"]: s["target"] for s in sidecar["symlinks"]}
     exported = sidecar.get("export") or {}
-    expected = set(exported.get("files", recorded_files)) | set(exported.get("symlinks", recorded_links))
+    expected = set(exported.get("files", recorded_files))
+    expected |= set(exported.get("symlinks", recorded_links))
     files, symlinks, problems = [], [], []
     for found in walk_source(export.version_dir)[1]:
         if found.kind == "dir":
@@ -371,7 +371,8 @@ def recorded_metadata(sidecar: dict, partial: bool, exported_files: int) -> dict
             continue
         recorded[key] = value
     # Tags without the aliases of the other store: the user's own ones.
-    recorded["tags"] = sorted(set(_strings(sidecar.get("tags"))) - set(_strings(sidecar.get("aliases"))))
+    aliases = set(_strings(sidecar.get("aliases")))
+    recorded["tags"] = sorted(set(_strings(sidecar.get("tags"))) - aliases)
     recorded["imported_from"] = imported_from(sidecar, partial)
     if partial:
         warnings.append(f"imported from a partial export of {sidecar['project']}/{sidecar['run']}/"
