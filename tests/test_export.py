@@ -157,11 +157,15 @@ def small_disk(tmp_path):
     subprocess.run(["umount", path], check=True)
 
 
-def test_a_full_disk_leaves_no_partial_export(source, small_disk):
+def test_a_full_or_read_only_disk_leaves_no_partial_export(source, small_disk):
     for dest in (small_disk / "v1.tar", small_disk / "v1"):
         proc = ck("export", source.store, "p/r/v1", dest, rc=1)
         assert "no space left" in err(proc) and "removed" in err(proc)
         assert os.listdir(small_disk) == []
+    subprocess.run(["mount", "-o", "remount,ro", small_disk], check=True)
+    for dest in (small_disk / "v1.tar", small_disk / "v1"):
+        proc = ck("export", source.store, "p/r/v1", dest, rc=1)
+        assert f"cannot write {dest}: read-only file system" in err(proc)
 
 
 # -- import ---------------------------------------------------------------------------------
