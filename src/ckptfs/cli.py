@@ -117,24 +117,45 @@ def source_size(src: str) -> int:
 
 @main.command("import")
 @click.argument("store")
-@click.argument("src_dir")
+@click.argument("src_dir", metavar="SRC")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 def import_(store, src_dir, ref):
-    """Archive the checkpoint directory SRC_DIR as PROJECT/RUN/VERSION."""
-    from ckptfs.meta.seal import archive_directory  # extractors, jsonschema: only here
+    """Archive the checkpoint directory SRC as PROJECT/RUN/VERSION. SRC may also be what
+    `ckptfs export` wrote (a directory or a tar): it is verified first, and the version
+    keeps its metrics, lineage and provenance (docs/export.md)."""
+    from ckptfs.meta.import_export import open_import_source
     project, run, version = parse_version_ref(ref)
+    is_tar = os.path.isfile(src_dir)
     with open_store(store) as s:
-        progress = ImportProgress(source_size(src_dir) if os.path.isdir(src_dir) else 0, ref)
+        s.check_new_version(project, run, version)  # before unpacking a tar for nothing
+        unpacking = progress_bar(total=os.path.getsize(src_dir) if is_tar else 0, unit="B",
+                                 unit_scale=True, unit_divisor=1000, desc="unpacking",
+                                 disable=None if is_tar else True, leave=False)
         try:
-            report = archive_directory(s, src_dir, project, run, version, progress=progress)
+            with open_import_source(s, src_dir, unpacking.update) as source:
+                unpacking.close()
+                report = archive_with_progress(s, source, project, run, version, ref)
+                source.check_sealed(report)
         finally:
-            progress.close()
+            unpacking.close()
     st = report.stats
     rate = st.logical_bytes / report.seconds / 1e6 if report.seconds else 0
     dedup = f"{report.dedup_ratio:.2f}x" if st.new_raw_bytes else "all deduplicated"
-    click.echo(f"imported {ref}: {report.files} files, {human_bytes(st.logical_bytes)} logical, "
+    click.echo(f"imported {ref}{source.describe()}: {report.files} files, "
+               f"{human_bytes(st.logical_bytes)} logical, "
                f"{human_bytes(st.new_stored_bytes)} new stored (dedup {dedup}, compression "
                f"{report.compression_ratio:.2f}x), {report.seconds:.1f} s, {rate:.0f} MB/s")
+
+
+def archive_with_progress(s: Store, source, project: str, run: str, version: str, ref: str):
+    from ckptfs.meta.seal import archive_directory  # extractors, jsonschema: only here
+    progress = ImportProgress(source_size(source.directory)
+                              if os.path.isdir(source.directory) else 0, ref)
+    try:
+        return archive_directory(s, source.directory, project, run, version,
+                                 progress=progress, recorded=source.recorded)
+    finally:
+        progress.close()
 
 
 def split_ref(ref: str) -> list[str]:
@@ -475,7 +496,7 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_audit, cli_meta  # noqa: E402,F401  (register find, log, lineage, tag, audit…)
+from ckptfs import cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register find, tag, audit, export…)
 
 if __name__ == "__main__":
     main()

@@ -59,8 +59,14 @@ def implied_lineage(provenance: dict) -> dict:
     return lineage
 
 
-def build_metadata(store, src: str, project: str, run: str, provenance: dict | None) -> dict:
-    """The metadata sealed with a version (its sidecar minus identity, storage and files)."""
+def build_metadata(store, src: str, project: str, run: str, provenance: dict | None,
+                   recorded: dict | None = None) -> dict:
+    """The metadata sealed with a version (its sidecar minus identity, storage and files).
+
+    `recorded` is metadata recorded elsewhere that outranks what the files and the
+    writing process say: an exported version's own sidecar, when `ckptfs import` brings
+    it into this store (its metrics, lineage, provenance…, and `imported_from`). Its
+    top-level keys replace this seal's whole; its `warnings` are added to this seal's."""
     facts, warnings = extract_facts(src)
     user, user_warnings = read_user_metadata(src)
     warnings = warnings + user_warnings
@@ -70,10 +76,6 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
     lineage = merged.get("lineage") or {}
     if lineage.get("parent"):
         lineage["parent"] = dict(lineage["parent"], source="explicit")
-        parent = lineage["parent"]
-        if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
-            warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
-                            f"{parent['version']} is not in this store (kept as given)")
     tags = set(merged.get("tags") or [])
     for name in sorted(tags & {"latest", "best"}):
         tags.discard(name)
@@ -91,7 +93,22 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
         "extracted": extracted,
         "warnings": warnings,
     }
+    if recorded:
+        meta.update({k: copy.deepcopy(v) for k, v in recorded.items() if k != "warnings"})
+        meta["warnings"] = warnings + list(recorded.get("warnings") or [])
+    warn_if_parent_missing(store, meta["lineage"], meta["warnings"])
     return meta
+
+
+def warn_if_parent_missing(store, lineage: dict | None, warnings: list[str]):
+    """A parent named explicitly (or kept from another store) may not be here: the
+    lineage keeps it as given, and a warning says so."""
+    parent = (lineage or {}).get("parent")
+    if not parent:
+        return
+    if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
+        warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
+                        f"{parent['version']} is not in this store (kept as given)")
 
 
 def preview_sidecar(store, src: str, project: str, run: str, version: str, meta: dict) -> dict:
@@ -128,16 +145,18 @@ def _source_entries(src: str) -> list[dict]:
 
 def archive_directory(store, src: str, project: str, run: str, version: str, *,
                       provenance: dict | None = None, progress=None, ingest=None,
-                      token_of=None):
+                      token_of=None, recorded: dict | None = None):
     """Seal `src` as PROJECT/RUN/VERSION with its metadata (the import and the mount).
 
     `provenance` describes the process that wrote the files (the mount captures it at
-    create time); without it, this process is the one recorded. Raises SchemaViolation
+    create time); without it, this process is the one recorded (and named in the journal
+    and `sealed_by`). `recorded`: metadata that outranks what is read here (see
+    `build_metadata`; an export's sidecar on import). Raises SchemaViolation
     before storing anything if the project's schema refuses the version; an `ingest`
     begun earlier is then left as it is, for the next try."""
     if provenance is None:
         provenance = dict(describe_this_process(env_allow_list(store, project)), via="import")
-    meta = build_metadata(store, src, project, run, provenance)
+    meta = build_metadata(store, src, project, run, provenance, recorded)
     schema = store.project_schema(project)
     if schema is not None:
         validate_version(schema, preview_sidecar(store, src, project, run, version, meta),

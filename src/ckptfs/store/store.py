@@ -11,7 +11,7 @@ import hashlib
 import os
 import shutil
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -191,7 +191,7 @@ class Store(CatalogMixin):
             ingest = self.begin_ingest(project, run, version)
         else:
             try:
-                self._check_new_version(project, run, version)
+                self.check_new_version(project, run, version)
             except BaseException:
                 ingest.abort()
                 raise
@@ -203,10 +203,12 @@ class Store(CatalogMixin):
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
         """An ingest of PROJECT/RUN/VERSION to feed file by file (`Ingest.prepare_file`)
         and finish with `import_directory(..., ingest=...)`, or `abort`."""
-        self._check_new_version(project, run, version)
+        self.check_new_version(project, run, version)
         return Ingest(self, project, run, version)
 
-    def _check_new_version(self, project: str, run: str, version: str):
+    def check_new_version(self, project: str, run: str, version: str):
+        """Raise unless PROJECT/RUN/VERSION is a valid name that is free (the commit checks
+        again; this is for failing early, before unpacking or reading anything)."""
         validate_name(project, "project")
         validate_name(run, "run")
         validate_version_name(version)
@@ -753,6 +755,27 @@ class Store(CatalogMixin):
         for future in ahead:
             yield future.result()
 
+    def iter_file_checked(self, entry: dict, pool: ThreadPoolExecutor | None = None,
+                          hasher: ThreadPoolExecutor | None = None):
+        """`iter_file`, hashing the bytes as they go by: after the last chunk, raises
+        IntegrityError if the file's SHA-256 is not the one its entry (and sidecar)
+        records. A reader that stops early has checked nothing. With `hasher` (one
+        thread), the hashing overlaps the caller's use of the bytes."""
+        sha = hashlib.sha256()
+        pending = deque()
+        for data in self.iter_file(entry, pool):
+            if hasher is None:
+                sha.update(data)
+            else:
+                pending.append(hasher.submit(sha.update, data))
+                while len(pending) > 16:
+                    pending.popleft().result()
+            yield data
+        for future in pending:
+            future.result()
+        if sha.hexdigest() != entry["sha256"]:
+            raise IntegrityError(f"{entry['path']}: SHA-256 does not match the sidecar")
+
     # -- restore ------------------------------------------------------------------------
     def select_entries(self, project, run, version, patterns=None) -> list[dict]:
         """Entries of a version, or only files/symlinks matching any glob (and their dirs)."""
@@ -807,21 +830,12 @@ class Store(CatalogMixin):
         return report
 
     def _restore_file(self, entry, target, pool, hasher, report, progress):
-        sha = hashlib.sha256()
-        pending = []
         try:
             with open(target, "xb") as out:
-                for data in self.iter_file(entry, pool):
-                    pending.append(hasher.submit(sha.update, data))
+                for data in self.iter_file_checked(entry, pool, hasher):
                     out.write(data)
-                    if len(pending) > 16:
-                        pending.pop(0).result()
                     if progress:
                         progress(len(data))
-                for f in pending:
-                    f.result()
-            if sha.hexdigest() != entry["sha256"]:
-                raise IntegrityError(f"{entry['path']}: SHA-256 does not match the sidecar")
         except IntegrityError as e:
             os.unlink(target)
             report.damaged.append((entry["path"], str(e)))
