@@ -156,6 +156,10 @@ class Stream:
         kept = self.f.readline(MAX_KEPT + 1)
         if kept.endswith(b"\n"):
             return kept[:-1], True
+        if len(kept) <= MAX_KEPT:  # the bytes end inside the line: the C unpickler fails
+            if not kept:           # here, the pure-Python one takes the line less its last
+                raise Malformed(f"the bytes end before a line argument (offset {self.offset})")
+            return kept[:-1], True  # byte (and fails on the next read): do as it does
         rest = kept
         while not rest.endswith(b"\n"):  # too long to keep: read on to its end
             rest = self.f.readline(READ_CHUNK)
