@@ -213,6 +213,9 @@ def test_torch_zip_members_are_walked(tmp_path, fake_torch):
                                 "global": "posix.system"}]
     without = torch_zip(tmp_path / "none.pt", {})
     assert scan_file(without, "none.pt").status == "unscanned: zip archive with no .pkl member"
+    cut = torch_zip(tmp_path / "cut.pt", {"archive/data.pkl": pickle.dumps({"a": 1}, 2)[:-3]})
+    assert scan_file(cut, "cut.pt").status.startswith(
+        "unscanned: archive/data.pkl: truncated or damaged pickle (the bytes end ")
 
 
 def test_a_pickle_with_a_zip_appended_is_walked_as_the_pickle(tmp_path):

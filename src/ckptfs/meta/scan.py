@@ -38,12 +38,13 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 
+from ckptfs.store.ingest import walk_source
+
 from .errors import SealRefused
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
-POLICIES = ("warn", "refuse")
-DEFAULT_POLICY = "warn"
+DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | refuse
 
 MAX_OPCODES = 2_000_000          # per file: a torch data.pkl has thousands
 MAX_MEMBER_BYTES = 1 << 30       # a pickle inside a zip or tar larger than this is not read
@@ -440,10 +441,10 @@ def scan_file(path: str, rel: str, allowed: frozenset = frozenset()) -> FileScan
         return FileScan(f"unscanned: cannot be read ({e.strerror or e})")
     try:
         with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 return FileScan("unscanned: not a regular file")
-            return scan_open_file(f, size, rel, allowed)
+            return scan_open_file(f, info.st_size, rel, allowed)
     except OSError as e:
         return FileScan(f"unscanned: cannot be read ({e.strerror or e})")
     except Exception as e:  # the scan must never fail the seal: say so instead
@@ -526,10 +527,7 @@ def scan_members(rel: str, members, walker: Walker, allowed: frozenset, kind: st
             elif isinstance(stream, str):
                 walks.append((member, PickleWalk(error=stream)))
             else:
-                walk = walker.walk_stream(stream)
-                if walk.pickles == 0 and walk.error:
-                    walk.error = f"not a pickle ({walk.error})"
-                walks.append((member, walk))
+                walks.append((member, walker.walk_stream(stream)))
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, EOFError) as e:
         walks.append((None, PickleWalk(error=f"{kind} archive that cannot be read ({e})")))
     return judge(rel, walks, allowed)
@@ -590,7 +588,6 @@ def pickle_findings(rel: str, member: str | None, walk: PickleWalk, allowed: fro
 def scan_directory(src: str, allowed=()) -> dict:
     """The sidecar's `scan` section for the version directory `src` (docs/sidecar.md).
     `allowed`: the project's `pickle_allow` globals (`module.name` or `module.*`)."""
-    from ckptfs.store.ingest import walk_source  # the files the seal stores, as it lists them
     allowed = frozenset(allowed)
     files, findings = {}, []
     for entry in walk_source(src)[1]:
