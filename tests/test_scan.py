@@ -9,15 +9,13 @@ Nothing here ever loads a pickle it made: creating one whose __reduce__ names os
 does not run it. The only unpickling is the recording one in
 test_walk_sees_every_global_the_unpickler_would_import, whose find_class hands back a
 harmless stand-in instead of importing anything."""
+import argparse
 import collections
 import datetime
-import argparse
 import io
 import json
 import os
 import pickle
-import shutil
-import subprocess
 import sys
 import tarfile
 import time
@@ -90,7 +88,8 @@ def fake_torch(monkeypatch):
 
     def rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks):
         raise AssertionError("never called: nothing is unpickled")
-    rebuild_tensor_v2.__module__, rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    rebuild_tensor_v2.__module__ = "torch._utils"
+    rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
     utils._rebuild_tensor_v2 = rebuild_tensor_v2
     float_storage = type("FloatStorage", (), {"__module__": "torch"})
     torch.FloatStorage, torch._utils = float_storage, utils
