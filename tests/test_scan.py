@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from conftest import run_cli_checked, unmount
 from samples import make_checkpoint, make_hf_checkpoint
-from test_mount_inbox import new_store, sh, wait_for, wait_sealed
+from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
 from ckptfs.meta import scan
 from ckptfs.meta.scan import (Stream, UnsafePickleError, Walker, compat_name, scan_directory,
@@ -503,11 +503,14 @@ def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
     status = run_cli_checked("status", mounted.mnt).stdout.decode()
     assert "guarded/r/v1: failed" in status and "posix.system" in status
 
-    # the fix: a clean optimizer.pt copied over the unsafe one, through the mount
+    # the fix: a clean optimizer.pt copied over the unsafe one, through the mount; the
+    # other files, prepared before the refusal, are not read again
+    reused_before = stats(mounted.mnt)["files_reused_at_seal"]
     clean = make_hf_checkpoint(mounted.root / "refuse" / "clean", 10)
     copy = sh(f"cp {clean}/optimizer.pt {inbox}/v1/optimizer.pt")
     assert copy.returncode == 0, copy.stderr
     wait_sealed(mounted.mnt, "guarded/r/v1")
+    assert stats(mounted.mnt)["files_reused_at_seal"] - reused_before >= 8  # of 9
     assert sorted(os.listdir(inbox)) == []
     doc = sidecar_of(mounted.mnt, "guarded/r/v1")
     assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
