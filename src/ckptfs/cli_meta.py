@@ -232,15 +232,16 @@ def tags(store, ref):
 # -- project settings ----------------------------------------------------------------------
 @main.group()
 def config():
-    """Project settings: primary_metric, mode (min|max), env_allow (a,b,…). PROJECT `*`
-    sets defaults for every project."""
+    """Project settings: primary_metric, mode (min|max), env_allow (a,b,…),
+    unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…). PROJECT `*` sets
+    defaults for every project."""
 
 
 def parse_setting(assignment: str) -> tuple[str, object]:
     name, sep, value = assignment.partition("=")
     if not sep or not name:
         raise click.BadParameter(f"expected NAME=VALUE, got {assignment!r}")
-    if name == "env_allow":
+    if name in ("env_allow", "pickle_allow"):
         return name, [v.strip() for v in value.split(",") if v.strip()]
     return name, value
 

@@ -35,7 +35,7 @@ import pyfuse3
 import trio
 
 from ckptfs.meta.provenance import describe_process
-from ckptfs.meta.schema import SchemaViolation
+from ckptfs.meta.errors import SealRefused
 from ckptfs.meta.seal import archive_directory, env_allow_list
 from ckptfs.store import StoreError
 from ckptfs.store.names import InvalidNameError, validate_name, validate_version_name
@@ -623,7 +623,7 @@ class Inbox:
                         archive_directory, self.store, src, p, r, v,
                         provenance=self._provenance_of(version), ingest=ingest,
                         token_of=self._token_of))
-                except SchemaViolation:
+                except SealRefused:
                     if ingest is not None:  # refused before any use: keep it for the retry
                         self.staged[version] = ingest
                     raise

@@ -14,6 +14,8 @@ from jsonschema.validators import validator_for
 
 from ckptfs.store import StoreError
 
+from .errors import SealRefused
+
 
 class SchemaInvalidError(StoreError, ValueError):
     """What was given as a project schema is not a JSON Schema."""
@@ -21,7 +23,7 @@ class SchemaInvalidError(StoreError, ValueError):
     errno = errno.EINVAL
 
 
-class SchemaViolation(StoreError):
+class SchemaViolation(SealRefused):
     """A version's metadata does not satisfy its project's schema."""
 
     errno = errno.EINVAL

@@ -3,13 +3,15 @@
 `archive_directory` is what `ckptfs import` and the mount's seal both call:
 
     read what the files say (extract.py)  \
-    who wrote them (provenance.py)          > merged metadata -> project schema check
-    the user's own ckptfs.json (user.py)  /                  -> Store.import_directory
+    who wrote them (provenance.py)          > merged metadata -> project policies
+    the user's own ckptfs.json (user.py)  /   + pickle scan    -> Store.import_directory
+                                                (scan.py)
 
 Sources merge in this order, later wins: extracted facts < provenance < ckptfs.json.
 Nothing in the directory can make metadata fail the seal: a malformed input is skipped
-and named in the sidecar's `warnings`. Only a project schema can refuse a version, and
-that is checked before any byte is stored.
+and named in the sidecar's `warnings`. Only a project policy can refuse a version (its
+schema, or `unsafe_pickles=refuse` when a pickle imports a global off the safe list),
+and that is checked before any byte is stored (SealRefused).
 """
 import copy
 import os
@@ -20,6 +22,7 @@ from ckptfs.store.ingest import walk_source
 
 from .extract import extract_facts
 from .provenance import DEFAULT_ENV_ALLOW, describe_this_process, lineage_from_provenance
+from .scan import DEFAULT_POLICY, refuse_if_unsafe, scan_directory, scan_warnings
 from .schema import validate_version
 from .sidecar import file_list, version_sidecar
 from .user import read_user_metadata
@@ -80,6 +83,8 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
     for name in sorted(tags & {"latest", "best"}):
         tags.discard(name)
         warnings.append(f"ckptfs.json: tag {name!r} is an alias ckptfs maintains: ignored")
+    scan = scan_directory(src, store.project_settings(project).get("pickle_allow", ()))
+    warnings += scan_warnings(scan)
     uid = provenance.get("uid", os.getuid())
     meta = {
         "sealed_by": {"uid": uid, "user": user_name(uid)},
@@ -91,6 +96,7 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
         "lineage": lineage,
         "provenance": provenance,
         "extracted": extracted,
+        "scan": scan,
         "warnings": warnings,
     }
     if recorded:
@@ -151,12 +157,15 @@ def archive_directory(store, src: str, project: str, run: str, version: str, *,
     `provenance` describes the process that wrote the files (the mount captures it at
     create time); without it, this process is the one recorded (and named in the journal
     and `sealed_by`). `recorded`: metadata that outranks what is read here (see
-    `build_metadata`; an export's sidecar on import). Raises SchemaViolation
-    before storing anything if the project's schema refuses the version; an `ingest`
-    begun earlier is then left as it is, for the next try."""
+    `build_metadata`; an export's sidecar on import). Raises SealRefused
+    (UnsafePickleError, SchemaViolation) before storing anything if a project policy
+    refuses the version; an `ingest` begun earlier is then left as it is, for the next
+    try."""
     if provenance is None:
         provenance = dict(describe_this_process(env_allow_list(store, project)), via="import")
     meta = build_metadata(store, src, project, run, provenance, recorded)
+    policy = store.project_settings(project).get("unsafe_pickles", DEFAULT_POLICY)
+    refuse_if_unsafe(meta["scan"], policy, project, f"{project}/{run}/{version}")
     schema = store.project_schema(project)
     if schema is not None:
         validate_version(schema, preview_sidecar(store, src, project, run, version, meta),

@@ -8,7 +8,8 @@
   change is a journal event, so moves are never lost and the index can be rebuilt.
   `latest` (the newest version) and `best` (by the project's primary metric) are
   derived, never stored.
-- Project settings (primary metric and direction, the environment allow-list) and the
+- Project settings (primary metric and direction, the environment allow-list, the
+  unsafe-pickles policy and the globals a project trusts in pickles) and the
   project's JSON Schema, also journaled. Project `*` holds defaults for every project.
 
 The metadata itself is opaque here: the meta layer decides what goes into it.
@@ -29,6 +30,13 @@ PROJECT_SETTINGS = {
     "mode": (lambda v: v in ("min", "max"), "'min' or 'max'"),
     "env_allow": (lambda v: isinstance(v, list) and all(isinstance(x, str) and x for x in v),
                   "a list of environment variable names or globs"),
+    # What the seal does with a version whose pickles import globals off the safe list
+    # (meta/scan.py): seal it with a warning, or refuse it.
+    "unsafe_pickles": (lambda v: v in ("warn", "refuse"), "'warn' or 'refuse'"),
+    # Globals trusted on top of the safe list: `module.name` or `module.*`.
+    "pickle_allow": (lambda v: isinstance(v, list) and all(
+        isinstance(x, str) and "." in x and x.strip() == x and x for x in v),
+        "a list of MODULE.NAME or MODULE.* globals"),
 }
 
 

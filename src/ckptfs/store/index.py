@@ -36,7 +36,7 @@ INDEX_FORMAT = 2   # 2: search, columns, aliases and settings sub-databases
 LOCATION = struct.Struct("<IQII")
 MAP_SIZE = 1 << 40  # address space only; the file grows as data arrives
 COUNTERS = (b"chunk_count", b"chunk_raw_bytes", b"chunk_stored_bytes")
-SPLIT_FIELDS = ("lineage", "storage", "sealed_by", "extracted")
+SPLIT_FIELDS = ("lineage", "storage", "sealed_by", "extracted", "scan")
 BUCKET_SEQS = 256
 BUCKET = struct.Struct(">I")
 

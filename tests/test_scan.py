@@ -1,0 +1,518 @@
+"""Pickle scanning at seal (meta/scan.py): real pickles made with the stdlib `pickle` in
+every protocol, torch's zip, legacy and tar layouts built by hand (torch is not
+installed), files that are not pickles, damaged and huge ones; then through a real
+mount and the real CLI: a checkpoint whose optimizer.pt calls os.system is sealed with
+`scan.status` unsafe under `unsafe_pickles=warn`, and kept in the inbox with the finding
+in its `.error` file under `refuse` until the file is replaced.
+
+Nothing here ever loads a pickle it made: creating one whose __reduce__ names os.system
+does not run it. The only unpickling is the recording one in
+test_walk_sees_every_global_the_unpickler_would_import, whose find_class hands back a
+harmless stand-in instead of importing anything."""
+import argparse
+import collections
+import datetime
+import io
+import json
+import os
+import pickle
+import sys
+import tarfile
+import time
+import types
+import zipfile
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from conftest import run_cli_checked, unmount
+from samples import make_checkpoint, make_hf_checkpoint
+from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
+
+from ckptfs.meta import scan
+from ckptfs.meta.scan import (Stream, UnsafePickleError, Walker, compat_name, scan_directory,
+                              scan_file)
+from ckptfs.meta.seal import archive_directory
+from ckptfs.meta.sidecar import sidecar_of as sidecar_of_version
+from ckptfs.store import Store
+
+PROTOCOLS = range(0, pickle.HIGHEST_PROTOCOL + 1)
+
+
+class CallsOsSystem:
+    """Pickled as `os.system("echo pwned")`: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return os.system, ("echo pwned",)
+
+
+def evil_state(protocol: int = 2) -> bytes:
+    """An optimizer state_dict with the payload tucked inside."""
+    return pickle.dumps({"state": {0: {"step": 10}}, "param_groups": [{"lr": 0.1}],
+                         "hook": CallsOsSystem()}, protocol=protocol)
+
+
+def write(path, data: bytes) -> str:
+    with open(path, "wb") as f:
+        f.write(data)
+    return str(path)
+
+
+def scanned(tmp_path, data: bytes, name: str = "x.pkl"):
+    return scan_file(write(tmp_path / name, data), name)
+
+
+def globals_of(finding_list) -> list:
+    return [f["global"] for f in finding_list]
+
+
+def torch_zip(path, pickles: dict[str, bytes], data: bytes = b"\0" * 64) -> str:
+    """A file laid out as torch.save's zip: `<name>/data.pkl`, the tensor bytes apart."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, payload in pickles.items():
+            archive.writestr(member, payload)
+        archive.writestr("archive/data/0", data)
+        archive.writestr("archive/version", "3\n")
+    return str(path)
+
+
+# -- stand-ins for torch, so the real pickler writes torch's globals -----------------------
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """Modules named torch and torch._utils with the globals torch.save's pickles name
+    (the pickler imports the module of each global to check it): pickles made with them
+    are what a real state_dict's data.pkl holds."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+
+    def rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks):
+        raise AssertionError("never called: nothing is unpickled")
+    rebuild_tensor_v2.__module__ = "torch._utils"
+    rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = rebuild_tensor_v2
+    float_storage = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage, torch._utils = float_storage, utils
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+
+    class Tensor:
+        def __init__(self, key, n):
+            self.key, self.n = key, n
+
+        def __reduce_ex__(self, protocol):
+            return rebuild_tensor_v2, (StorageRef(self.key, self.n), 0, (self.n,), (1,), False,
+                                       collections.OrderedDict())
+
+    class StorageRef:
+        def __init__(self, key, n):
+            self.key, self.n = key, n
+
+    class TorchPickler(pickle.Pickler):
+        def persistent_id(self, obj):  # storages go out of band, as torch.save does
+            if isinstance(obj, StorageRef):
+                return ("storage", float_storage, obj.key, "cpu", obj.n)
+            return None
+
+    def dumps(obj, protocol=2) -> bytes:
+        out = io.BytesIO()
+        TorchPickler(out, protocol=protocol).dump(obj)
+        return out.getvalue()
+
+    def state_dict(n_tensors=3):
+        return collections.OrderedDict((f"layer.{i}.weight", Tensor(str(i), 4))
+                                       for i in range(n_tensors))
+    return SimpleNamespace(dumps=dumps, state_dict=state_dict)
+
+
+# -- the walk on real pickles ----------------------------------------------------------------
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_os_system_is_found_in_every_protocol(tmp_path, protocol):
+    data = pickle.dumps(CallsOsSystem(), protocol=protocol)
+    result = scanned(tmp_path, data)
+    # os.system is posix.system: the pickle names the module that defines it
+    assert result.status == "unsafe"
+    assert result.findings == [{"file": "x.pkl", "pickle": None, "global": "posix.system"}]
+    nested = scanned(tmp_path, evil_state(protocol))
+    assert (nested.status, globals_of(nested.findings)) == ("unsafe", ["posix.system"])
+
+
+def test_hand_written_protocol_0_globals_and_python_2_names(tmp_path):
+    hand = b"cos\nsystem\n(S'echo pwned'\ntR."
+    assert globals_of(scanned(tmp_path, hand).findings) == ["os.system"]
+    # Python 2 names are mapped as the unpickler maps them (__builtin__ -> builtins)
+    py2 = b"c__builtin__\neval\n(S'1+1'\ntR."
+    assert globals_of(scanned(tmp_path, py2).findings) == ["builtins.eval"]
+    assert scanned(tmp_path, b"c__builtin__\nset\n((lp0\nI1\natp1\nRp2\n.").status == "clean"
+    inst = b"(S'echo'\nisubprocess\ncall\np0\n."  # INST: import and call in one opcode
+    assert globals_of(scanned(tmp_path, inst).findings) == ["subprocess.call"]
+
+
+DATA_ONLY = {
+    "ndarray": np.arange(12, dtype=np.float32).reshape(3, 4),
+    "dtype": np.dtype([("a", "<f4"), ("b", "<i8")]),
+    "scalar": np.float64(2.5),
+    "rng": np.random.default_rng(0),
+    "legacy_rng_state": np.random.RandomState(0).get_state(),
+    "ordered": collections.OrderedDict(b=1, a=2),
+    "defaultdict": collections.defaultdict(list, {"k": [1]}),
+    "counter": collections.Counter("hello"),
+    "containers": [{1, 2}, frozenset({3}), slice(1, 9, 2), range(5), 1 + 2j, bytearray(b"x"),
+                   b"bytes", (1, "two", 3.0), None, True],
+    "time": datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc),
+    "delta": datetime.timedelta(days=1),
+    "namespace": argparse.Namespace(lr=0.1, epochs=3),
+}
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_data_only_pickles_are_clean(tmp_path, protocol):
+    result = scanned(tmp_path, pickle.dumps(DATA_ONLY, protocol=protocol))
+    assert (result.status, result.findings) == ("clean", [])
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_torch_state_dict_pickle_is_clean_and_names_torch_globals(tmp_path, fake_torch, protocol):
+    data = fake_torch.dumps(fake_torch.state_dict(), protocol)
+    walk = Walker().walk_stream(Stream(io.BytesIO(data), len(data)))
+    assert set(walk.imported) == {("collections", "OrderedDict"), ("torch", "FloatStorage"),
+                                  ("torch._utils", "_rebuild_tensor_v2")}
+    assert scanned(tmp_path, data, "model.pt").status == "clean"
+    mixed = fake_torch.dumps({"model": fake_torch.state_dict(), "x": CallsOsSystem()}, protocol)
+    assert globals_of(scanned(tmp_path, mixed, "model.pt").findings) == ["posix.system"]
+
+
+def test_stack_global_names_come_from_the_memo(tmp_path):
+    # protocol 4 writes the module name "posix" once, then fetches it from the memo for
+    # the second global: the walk must follow the memo to name it
+    data = pickle.dumps([os.system, os.getcwd, os.system], protocol=4)
+    assert b"getcwd" in data and data.count(b"posix") == 1
+    assert globals_of(scanned(tmp_path, data).findings) == ["posix.system", "posix.getcwd"]
+
+
+def test_a_name_computed_on_the_stack_is_a_finding(tmp_path):
+    # builtins.str("posix") makes the module name at load time: no constant names it
+    computed = (b"\x80\x04\x8c\x08builtins\x8c\x03str\x93\x8c\x05posix\x85R"
+                b"\x8c\x06system\x93\x8c\x02ls\x85R.")
+    result = scanned(tmp_path, computed)
+    assert result.status == "unsafe"
+    assert globals_of(result.findings) == ["<computed>.system"]
+
+
+def test_torch_zip_members_are_walked(tmp_path, fake_torch):
+    clean = torch_zip(tmp_path / "clean.pt", {"archive/data.pkl": fake_torch.dumps(
+        fake_torch.state_dict())})
+    assert scan_file(clean, "clean.pt").status == "clean"
+    evil = torch_zip(tmp_path / "evil.pt", {"archive/data.pkl": fake_torch.dumps({}),
+                                            "archive/constants.pkl": evil_state()})
+    result = scan_file(evil, "evil.pt")
+    assert result.status == "unsafe"
+    assert result.findings == [{"file": "evil.pt", "pickle": "archive/constants.pkl",
+                                "global": "posix.system"}]
+    without = torch_zip(tmp_path / "none.pt", {})
+    assert scan_file(without, "none.pt").status == "unscanned: zip archive with no .pkl member"
+    cut = torch_zip(tmp_path / "cut.pt", {"archive/data.pkl": pickle.dumps({"a": 1}, 2)[:-3]})
+    assert scan_file(cut, "cut.pt").status.startswith(
+        "unscanned: archive/data.pkl: truncated or damaged pickle (the bytes end ")
+
+
+def test_a_pickle_with_a_zip_appended_is_walked_as_the_pickle(tmp_path):
+    # torch.load decides by the first bytes: this loads the pickle, not the zip
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("archive/data.pkl", pickle.dumps({}, protocol=2))
+    result = scanned(tmp_path, evil_state() + buffer.getvalue(), "polyglot.pt")
+    assert globals_of(result.findings) == ["posix.system"]
+
+
+def test_legacy_torch_format_every_pickle_before_the_raw_data(tmp_path):
+    # torch.save before 1.6: magic number, protocol, sys info, the object, storage keys,
+    # then raw tensor bytes; the payload sits in the fourth pickle
+    pickles = [pickle.dumps(0x1950A86A20F9469CFC6C, 2), pickle.dumps(1001, 2),
+               pickle.dumps({"little_endian": True}, 2), evil_state(), pickle.dumps(["0"], 2)]
+    raw = np.random.default_rng(1).standard_normal(256, dtype=np.float32).tobytes()
+    result = scanned(tmp_path, b"".join(pickles) + raw, "legacy.pt")
+    assert globals_of(result.findings) == ["posix.system"]
+    pickles[3] = pickle.dumps({"w": [1.0, 2.0]}, 2)
+    assert scanned(tmp_path, b"".join(pickles) + raw, "legacy.pt").status == "clean"
+
+
+def test_legacy_tar_format_members_are_walked(tmp_path):
+    path = tmp_path / "old.pt"
+    with tarfile.open(path, "w") as archive:
+        for name, payload in (("sys_info", pickle.dumps({}, 2)), ("pickle", evil_state())):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            archive.addfile(info, io.BytesIO(payload))
+    result = scan_file(str(path), "old.pt")
+    assert result.findings == [{"file": "old.pt", "pickle": "pickle", "global": "posix.system"}]
+
+
+def test_files_that_are_not_pickles_are_unscanned_with_the_reason(tmp_path):
+    raw = make_checkpoint(tmp_path / "ck")  # its optimizer.pt is raw float32 bytes
+    status = scan_file(os.path.join(raw, "optimizer.pt"), "optimizer.pt").status
+    assert status.startswith("unscanned: not a pickle (byte 0x")
+    assert status.endswith(" is not a pickle opcode)")
+    assert scanned(tmp_path, b"").status == "unscanned: empty file"
+    assert scanned(tmp_path, b"NNNN.and then text").status == \
+        "unscanned: not a pickle (only its first 5 bytes parse as one)"
+    for seed in range(200):  # random numbers never pass for a pickle, nor for an unsafe one
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(300, dtype=np.float32).tobytes() if seed % 2 else \
+            rng.integers(0, 256, 1200, dtype=np.uint8).tobytes()
+        status = scanned(tmp_path, noise, "noise.bin").status
+        assert status.startswith("unscanned: not a pickle"), (seed, status)
+
+
+def test_truncated_pickles(tmp_path):
+    clean = pickle.dumps({"w": list(range(100))}, protocol=4)
+    status = scanned(tmp_path, clean[:-20]).status
+    assert status.startswith("unscanned: truncated or damaged pickle (the bytes end ")
+    # what an unpickler would import before the cut still counts
+    evil = pickle.dumps(CallsOsSystem(), protocol=4)
+    cut = evil[:evil.index(b"R") + 1]
+    assert globals_of(scanned(tmp_path, cut).findings) == ["posix.system"]
+    damaged = pickle.dumps([1, 2, 3], protocol=2)[:-1] + b"\xff"
+    assert scanned(tmp_path, damaged).status == \
+        "unscanned: truncated or damaged pickle (byte 0xff at offset 13 is not a pickle opcode)"
+
+
+def test_huge_files_are_not_read_whole(tmp_path):
+    # sparse files: 8 GiB of bytes inside one argument, and 8 GiB of zeros
+    big = tmp_path / "big.pkl"
+    with open(big, "wb") as f:
+        size = 8 << 30
+        f.write(b"\x80\x04\x8e" + size.to_bytes(8, "little"))
+        f.seek(size, os.SEEK_CUR)
+        f.write(b".")
+    zeros = tmp_path / "zeros.bin"
+    with open(zeros, "wb") as f:
+        f.truncate(8 << 30)
+    started = time.monotonic()
+    assert scan_file(str(big), "big.pkl").status == "clean"
+    assert scan_file(str(zeros), "zeros.bin").status == \
+        "unscanned: not a pickle (byte 0x00 at offset 0 is not a pickle opcode)"
+    assert time.monotonic() - started < 2
+
+
+def test_a_pickle_over_the_opcode_limit_is_a_finding(tmp_path, monkeypatch):
+    monkeypatch.setattr(scan, "MAX_OPCODES", 1000)
+    result = scanned(tmp_path, pickle.dumps(list(range(5000)), protocol=2))
+    assert result.status == "unsafe"
+    assert result.findings == [{"file": "x.pkl", "pickle": None, "global": None,
+                                "problem": "over 1,000 opcodes: not walked to the end"}]
+
+
+class RecordingUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler, with every import recorded and replaced by a stand-in
+    that accepts any call: what a real load would import, with nothing run."""
+
+    class StandIn:
+        def __new__(cls, *args, **kwargs):
+            return object.__new__(cls)
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __setstate__(self, state):
+            pass
+
+    def __init__(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        self.imported = set()
+
+    def find_class(self, module, name):
+        module, name = compat_name(module, name, self.proto)
+        if not (scan.importable(module) and scan.importable(name)):
+            raise pickle.UnpicklingError("no such module")  # as the import would
+        self.imported.add((module, name))
+        return self.StandIn
+
+    def persistent_load(self, pid):
+        return pid
+
+
+def test_walk_sees_every_global_the_unpickler_would_import(fake_torch):
+    """Damaged pickles (bytes flipped, cut short) must not hide from the walk a global the
+    unpickler would still reach: the walk stops only where the unpickler stops."""
+    bases = [evil_state(p) for p in (0, 2, 4, 5)] + \
+            [pickle.dumps(DATA_ONLY, protocol=p) for p in (1, 3, 5)] + \
+            [fake_torch.dumps({"m": fake_torch.state_dict(2), "x": CallsOsSystem()}, 4),
+             b"cos\nsystem\n(S'echo pwned'\ntR."]
+    rng = np.random.default_rng(6)
+    checked = 0
+    for base in bases:
+        variants = [base[:cut] for cut in range(1, len(base), max(1, len(base) // 15))]
+        for _ in range(40):
+            mutated = bytearray(base)
+            for position in rng.integers(0, len(base), 2):
+                mutated[position] = rng.integers(0, 256)
+            variants.append(bytes(mutated))
+        for data in variants:
+            unpickler = RecordingUnpickler(data)
+            try:
+                unpickler.load()
+            except Exception:
+                pass
+            walk = Walker().walk_stream(Stream(io.BytesIO(data), len(data)))
+            missed = unpickler.imported - set(walk.imported)
+            assert not missed or walk.unreadable, (data, missed)
+            checked += 1
+    assert checked > 500
+
+
+def test_scan_of_a_directory(tmp_path, fake_torch):
+    ck = make_hf_checkpoint(tmp_path / "ck", 10)
+    torch_zip(os.path.join(ck, "optimizer.pt"), {"optimizer/data.pkl": evil_state()})
+    write(os.path.join(ck, "extra.pickle"), pickle.dumps(DATA_ONLY, 4))
+    os.makedirs(os.path.join(ck, "sub"))
+    write(os.path.join(ck, "sub", "raw.bin"), b"\x00" * 100)
+    os.symlink("optimizer.pt", os.path.join(ck, "link.pt"))  # the target is scanned, once
+    result = scan_directory(ck)
+    assert result == {
+        "status": "unsafe",
+        "findings": [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
+                      "global": "posix.system"}],
+        "files": {"extra.pickle": "clean", "model.safetensors": "safe format",
+                  "optimizer.pt": "unsafe", "rng_state.pth": "clean", "scheduler.pt": "clean",
+                  "sub/raw.bin": "unscanned: not a pickle (byte 0x00 at offset 0 is not a "
+                                 "pickle opcode)"}}
+    assert scan_directory(ck, ["posix.system"])["status"] == "unscanned"  # allowed by the project
+    os.unlink(os.path.join(ck, "sub", "raw.bin"))
+    assert scan_directory(ck, ["posix.*"])["status"] == "clean"
+
+
+# -- through the CLI and a real mount ----------------------------------------------------------
+
+def evil_checkpoint(path, step: int = 10) -> str:
+    """A Hugging Face Trainer checkpoint whose optimizer.pt (a torch zip) calls os.system."""
+    make_hf_checkpoint(path, step)
+    torch_zip(os.path.join(path, "optimizer.pt"), {"optimizer/data.pkl": evil_state()})
+    return str(path)
+
+
+def journal_bytes(store: str) -> bytes:
+    with open(os.path.join(store, "journal", "journal.jsonl"), "rb") as f:
+        return f.read()
+
+
+def test_import_refuses_an_unsafe_version_in_one_line(tmp_path):
+    store = new_store(tmp_path)
+    src = evil_checkpoint(tmp_path / "src")
+    proc = run_cli_checked("config", "set", store, "p", "unsafe_pickles=maybe", rc=1)
+    assert proc.stderr.decode() == \
+        "ckptfs: error: setting 'unsafe_pickles' must be 'warn' or 'refuse', not 'maybe'\n"
+    run_cli_checked("config", "set", store, "p", "unsafe_pickles=refuse")
+    before = journal_bytes(store)
+    proc = run_cli_checked("import", store, src, "p/r/v1", rc=1)
+    error = proc.stderr.decode()
+    assert error.count("\n") == 1 and error.startswith(
+        "ckptfs: error: version p/r/v1 refused: unsafe pickles: optimizer.pt "
+        "[optimizer/data.pkl] imports posix.system (project p has unsafe_pickles=refuse). ")
+    assert journal_bytes(store) == before, "a refused version was journaled"
+    with Store.open(store) as s:
+        assert s.version_record("p", "r", "v1") is None
+    # a global the project trusts is no finding
+    run_cli_checked("config", "set", store, "p", "pickle_allow=posix.system")
+    run_cli_checked("import", store, src, "p/r/v1")
+    with Store.open(store) as s:  # the same ingest path, from Python
+        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "clean"
+        s.update_project_settings("p", {}, unset=["pickle_allow"])
+        with pytest.raises(UnsafePickleError) as refused:
+            archive_directory(s, src, "p", "r", "v2")
+        assert refused.value.findings == [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
+                                           "global": "posix.system"}]
+        archive_directory(s, make_checkpoint(tmp_path / "raw"), "p", "r", "v3")
+        doc = sidecar_of_version(s, "p", "r", "v3")
+    assert doc["scan"]["status"] == "unscanned"
+    assert doc["scan"]["files"]["optimizer.pt"].startswith("unscanned: not a pickle")
+
+
+@pytest.fixture(scope="module")
+def mounted(tmp_path_factory):
+    """One store and mount for the mount tests of this module (seal after 0.5 s quiet)."""
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)")
+    root = tmp_path_factory.mktemp("scan")
+    store = new_store(root)
+    mnt = str(root / "mnt")
+    os.mkdir(mnt)
+    run_cli_checked("mount", store, mnt, "--seal-after", "0.5")
+    yield SimpleNamespace(store=store, mnt=mnt, root=root)
+    unmount(mnt)
+
+
+def sidecar_of(mnt: str, ref: str) -> dict:
+    with open(os.path.join(mnt, "projects", ref + ".json")) as f:
+        return json.load(f)
+
+
+def test_mount_warns_and_seals_a_checkpoint_whose_optimizer_calls_os_system(mounted):
+    src = mounted.root / "warn"
+    evil_checkpoint(src / "v1")
+    make_hf_checkpoint(src / "v2", 20)
+    make_checkpoint(src / "v3")
+    inbox = f"{mounted.mnt}/inbox/warned/r"
+    copy = sh(f"mkdir -p {inbox} && cp -r {src}/v1 {src}/v2 {src}/v3 {inbox}/")
+    assert copy.returncode == 0, copy.stderr
+    for version in ("v1", "v2", "v3"):
+        wait_sealed(mounted.mnt, f"warned/r/{version}")
+    doc = sidecar_of(mounted.mnt, "warned/r/v1")
+    assert doc["scan"]["status"] == "unsafe"
+    assert doc["scan"]["findings"] == [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
+                                        "global": "posix.system"}]
+    assert doc["scan"]["files"] == {"model.safetensors": "safe format", "optimizer.pt": "unsafe",
+                                    "rng_state.pth": "clean", "scheduler.pt": "clean"}
+    assert doc["warnings"] == ["unsafe pickle: optimizer.pt [optimizer/data.pkl] imports "
+                               "posix.system (not on the safe list: loading it may run code)"]
+    assert list(doc).index("scan") == list(doc).index("warnings") - 1
+    # greppable: which sealed versions hold unsafe pickles, and what they import
+    found = sh(f"grep -l '\"status\": \"unsafe\"' {mounted.mnt}/projects/warned/r/*.json")
+    assert found.stdout.split() == [f"{mounted.mnt}/projects/warned/r/v1.json"]
+    found = sh(f"grep -rh '\"global\":' {mounted.mnt}/projects/warned/r/")
+    assert found.stdout.strip() == '"global": "posix.system",'
+    assert sidecar_of(mounted.mnt, "warned/r/v2")["scan"]["status"] == "clean"
+    assert sidecar_of(mounted.mnt, "warned/r/v2")["warnings"] == []
+    raw = sidecar_of(mounted.mnt, "warned/r/v3")["scan"]
+    assert raw["status"] == "unscanned" and raw["findings"] == []
+    assert raw["files"]["optimizer.pt"].startswith("unscanned: not a pickle")
+    # the bytes sealed are those copied: the scan only reads
+    same = sh(f"cmp {src}/v1/optimizer.pt {mounted.mnt}/projects/warned/r/v1/optimizer.pt")
+    assert same.returncode == 0, same.stdout
+    found = run_cli_checked("find", mounted.store, 'scan.status = "unsafe"').stdout.decode()
+    assert "projects/warned/r/v1 " in found and "warned/r/v2" not in found
+
+
+def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
+    run_cli_checked("config", "set", mounted.store, "guarded", "unsafe_pickles=refuse")
+    src = evil_checkpoint(mounted.root / "refuse" / "v1")
+    inbox = f"{mounted.mnt}/inbox/guarded/r"
+    copy = sh(f"mkdir -p {inbox} && cp -r {src} {inbox}/")
+    assert copy.returncode == 0, copy.stderr
+    error_file = wait_for(lambda: os.path.exists(f"{inbox}/v1.error") and f"{inbox}/v1.error",
+                          "guarded/r/v1.error")
+    with open(error_file) as f:
+        error = f.read()
+    assert error.startswith("sealing guarded/r/v1 failed: version guarded/r/v1 refused: unsafe "
+                            "pickles: optimizer.pt [optimizer/data.pkl] imports posix.system "
+                            "(project guarded has unsafe_pickles=refuse). ")
+    assert sh(f"grep -c 'imports posix.system' {error_file}").stdout == "1\n"
+    assert sorted(os.listdir(inbox)) == ["v1", "v1.error"]
+    assert not os.path.exists(f"{mounted.mnt}/projects/guarded/r/v1")
+    status = run_cli_checked("status", mounted.mnt).stdout.decode()
+    assert "guarded/r/v1: failed" in status and "posix.system" in status
+
+    # the fix: a clean optimizer.pt copied over the unsafe one, through the mount; the
+    # other files, prepared before the refusal, are not read again
+    reused_before = stats(mounted.mnt)["files_reused_at_seal"]
+    clean = make_hf_checkpoint(mounted.root / "refuse" / "clean", 10)
+    copy = sh(f"cp {clean}/optimizer.pt {inbox}/v1/optimizer.pt")
+    assert copy.returncode == 0, copy.stderr
+    wait_sealed(mounted.mnt, "guarded/r/v1")
+    assert stats(mounted.mnt)["files_reused_at_seal"] - reused_before >= 8  # of 9
+    assert sorted(os.listdir(inbox)) == []
+    doc = sidecar_of(mounted.mnt, "guarded/r/v1")
+    assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
+    same = sh(f"cmp {clean}/optimizer.pt {mounted.mnt}/projects/guarded/r/v1/optimizer.pt")
+    assert same.returncode == 0, same.stdout
