@@ -4,7 +4,8 @@ import click
 
 from ckptfs.cli import main, open_store
 from ckptfs.cli_meta import check_settings_project, print_table
-from ckptfs.store.access import ALL, ROLES, describe_actor, process_actor, role_rank
+from ckptfs.store.access import (ALL, ROLES, describe_actor, parse_principal, process_actor,
+                                 role_rank)
 
 
 @main.group()
@@ -25,7 +26,7 @@ def grant(store, project, role, principal):
     with open_store(store) as s:
         event = s.grant(project, principal, role)
     if event is None:
-        click.echo(f"{principal} already has role {role} on {project}")
+        click.echo(f"{parse_principal(principal)} already has role {role} on {project}")
     else:
         was = f" (was {event['previous']})" if event["previous"] else ""
         click.echo(f"granted {event['principal']} {role} on {project}{was}")
