@@ -409,6 +409,26 @@ def test_a_revoke_takes_effect_on_the_running_mount_at_once(mounted):
     assert as_user("ls", "-A", os.path.join(mnt, "projects"), check=True).stdout == ""
 
 
+def test_a_revoke_reaches_a_process_already_inside_the_project(mounted):
+    """Its working directory is inside: relative paths never pass projects/<p> again, and
+    the kernel has the names below cached for an hour. open() is always asked."""
+    store, mnt, _ = mounted
+    grant(store, "vision", "reader")
+    inside = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "sh", "-c",
+         "cd \"$1\" && cat config.json >/dev/null && echo in && read go && cat config.json",
+         "sh", os.path.join(mnt, "projects", "vision", "r", "v1")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert inside.stdout.readline() == "in\n"
+        with Store.open(store) as s:
+            s.revoke("vision", "user:nobody")
+        _, err = inside.communicate("go\n", timeout=20)
+    finally:
+        inside.kill()
+    assert inside.returncode != 0 and "Permission denied" in err
+
+
 def test_audit_jsonl_shows_a_user_only_the_projects_they_read(mounted):
     store, mnt, _ = mounted
     grant(store, "nlp", "reader")
