@@ -289,8 +289,9 @@ def shared():
     run_cli_checked("init", "--shared", store)
     src = readable_checkpoint(os.path.join(base, "src", "v2"), step=2)
     with Store.open(store) as s:
-        s.import_directory(make_checkpoint(os.path.join(base, "x", "v1"), step=1), "vision", "r", "v1")
-        s.import_directory(make_checkpoint(os.path.join(base, "y", "v1"), step=1), "nlp", "r", "v1")
+        for project in ("vision", "nlp"):
+            s.import_directory(make_checkpoint(os.path.join(base, project, "v1"), step=1),
+                               project, "r", "v1")
     run_cli_checked("mount", store, mnt, "--allow-other", "--seal-after", "0.3")
     try:
         yield store, mnt, src
@@ -365,7 +366,8 @@ def test_a_writer_archives_and_the_seal_names_them(mounted):
     wait_for(lambda: os.path.exists(sealed), what="the seal of vision/r/v2")
     entry = [e for e in journal(store) if e["type"] == "version.sealed" and e["version"] == "v2"]
     assert [(e["project"], e["uid"], e["user"]) for e in entry] == [("vision", NOBODY, "nobody")]
-    assert as_user("cat", sealed, check=True).stdout == open(os.path.join(src, "config.json")).read()
+    with open(os.path.join(src, "config.json")) as f:
+        assert as_user("cat", sealed, check=True).stdout == f.read()
 
 
 def test_moving_an_alias_needs_maintainer(mounted):

@@ -28,12 +28,12 @@ import threading
 import time
 
 from .errors import AccessDeniedError, AccessError, NotFoundError
-from .journal import user_name
 
 log = logging.getLogger("ckptfs.access")
 log.addHandler(logging.NullHandler())  # the CLI prints the error itself: no stray stderr line
 
 ROLES = ("reader", "writer", "maintainer", "admin")
+RANKS = {role: rank for rank, role in enumerate(ROLES, 1)}
 ALL = "*"
 REFUSAL_JOURNAL_INTERVAL = 60.0   # seconds between journal entries of the same refusal
 GROUPS_TTL = 1.0                  # how long the groups of a requesting pid are trusted
@@ -42,7 +42,7 @@ NAMES_TTL = 60.0                  # how long a uid/gid -> name lookup is trusted
 
 def role_rank(role: str | None) -> int:
     """0 for no role, then 1 (reader) to 4 (admin)."""
-    return ROLES.index(role) + 1 if role in ROLES else 0
+    return RANKS.get(role, 0)
 
 
 def check_role(role: str) -> str:
@@ -173,12 +173,28 @@ def _groups_from_user_db(uid: int, gid: int) -> list[int]:
         return [gid]
 
 
+_principals: dict[tuple, tuple[float, frozenset[str]]] = {}
+
+
 def principals_of(actor: dict) -> frozenset[str]:
-    """Every principal a grant may name to reach this actor."""
+    """Every principal a grant may name to reach this actor (cached with the names)."""
     uid = actor["uid"]
     gids = actor.get("gids")
     if gids is None:  # an actor recorded for the journal only: its user's groups
         gids = _groups_from_user_db(uid, pwd_gid(uid))
+    key = (uid, tuple(gids))
+    now = time.monotonic()
+    hit = _principals.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    found = _principals_uncached(uid, gids)
+    if len(_principals) > 4096:
+        _principals.clear()
+    _principals[key] = (now + NAMES_TTL, found)
+    return found
+
+
+def _principals_uncached(uid: int, gids) -> frozenset[str]:
     found = {f"user:{uid}"}
     if (name := user_of(uid)) is not None:
         found.add(f"user:{name}")
@@ -214,10 +230,13 @@ class AccessRules:
         """The highest role granted to any of `principals` on `project` or on `*` (for
         project `*`: on `*` only)."""
         best = 0
-        for scope in {project, ALL}:
-            for principal, role in self.grants.get(scope, {}).items():
-                if principal in principals:
-                    best = max(best, role_rank(role))
+        for scope in (project, ALL) if project != ALL else (ALL,):
+            grants = self.grants.get(scope)
+            if grants:
+                for principal in principals:  # a handful: the user and its groups
+                    role = grants.get(principal)
+                    if role is not None:
+                        best = max(best, RANKS.get(role, 0))
         return ROLES[best - 1] if best else None
 
 
@@ -292,9 +311,10 @@ class AccessMixin:
         actor = actor or process_actor()
         return self.access_rules().role_of(principals_of(actor), project)
 
-    def allowed(self, actor: dict | None, project: str, role: str) -> bool:
+    def allowed(self, actor: dict | None, project: str, role: str,
+                rules: AccessRules | None = None) -> bool:
         """May the actor do what needs `role` in `project`? Always, when not enforced."""
-        rules = self.access_rules()
+        rules = rules or self.access_rules()
         if not rules.enforced:
             return True
         return role_rank(rules.role_of(principals_of(actor or process_actor()), project)) \
@@ -318,10 +338,13 @@ class AccessMixin:
         """None if allowed, else the error to raise (not yet logged nor journaled: see
         `record_refusal`). No I/O beyond an index read: cheap enough for every request."""
         check_role(role)
-        actor = actor or process_actor()
-        if self.allowed(actor, project, role):
+        rules = self.access_rules()
+        if not rules.enforced:
             return None
-        has = self.role_of(actor, project)
+        actor = actor or process_actor()
+        if self.allowed(actor, project, role, rules):
+            return None
+        has = rules.role_of(principals_of(actor), project)
         where = f"in project {project}" if project != ALL else "in every project (*)"
         principal = user_principal(actor["uid"])
         scope = project if project != ALL else "'*'"
