@@ -14,7 +14,8 @@ from samples import make_checkpoint
 
 @pytest.fixture
 def audited(tmp_path):
-    """A store with five journal entries: two seals, two alias moves, one setting."""
+    """A store with six journal entries: its creator's admin grant, two seals, two alias
+    moves, one setting."""
     store = str(tmp_path / "store")
     with Store.init(store) as s:
         s.import_directory(make_checkpoint(tmp_path / "a", step=1), "nlp", "run", "v1")
@@ -26,7 +27,7 @@ def audited(tmp_path):
     shutil.copy(journal, tmp_path / "journal.orig")
     with open(journal, "rb") as f:
         lines = f.read().splitlines(keepends=True)
-    assert len(lines) == 5
+    assert len(lines) == 6
     return store, journal, lines
 
 
@@ -43,7 +44,7 @@ def verify_error(store) -> str:
 def test_an_intact_journal_verifies(audited):
     store, _, _ = audited
     proc = run_cli_checked("audit", "verify", store)
-    assert proc.stdout.decode().strip() == "journal ok: 5 entries, hash chain intact"
+    assert proc.stdout.decode().strip() == "journal ok: 6 entries, hash chain intact"
 
 
 def test_an_edited_entry_is_named(audited):
@@ -71,15 +72,15 @@ def test_reordered_entries_are_named(audited):
 def test_entries_cut_off_the_end_are_named(audited):
     store, journal, lines = audited
     write_lines(journal, lines[:3])
-    assert "the journal ends at entry 3, but entries up to 5 were committed" in verify_error(store)
+    assert "the journal ends at entry 3, but entries up to 6 were committed" in verify_error(store)
 
 
 def test_an_edited_last_entry_is_named(audited):
     """No later entry names its hash: the index's record of the last commit does."""
     store, journal, lines = audited
-    lines[4] = lines[4].replace(b'"loss"', b'"lass"')
+    lines[5] = lines[5].replace(b'"loss"', b'"lass"')
     write_lines(journal, lines)
-    assert "at line 5: entry 5 was altered (it is not the entry that was committed)" \
+    assert "at line 6: entry 6 was altered (it is not the entry that was committed)" \
         in verify_error(store)
 
 
@@ -89,15 +90,15 @@ def test_audit_lists_events_with_who_and_filters(audited, tmp_path):
         s.import_directory(make_checkpoint(tmp_path / "c", step=3), "other", "run", "v1")
     listing = run_cli_checked("audit", store).stdout.decode().splitlines()
     assert [line.split()[3] for line in listing] == [
-        "version.sealed", "version.sealed", "alias.set", "alias.set", "project.settings",
+        "access.granted", "version.sealed", "version.sealed", "alias.set", "alias.set", "project.settings",
         "version.sealed"]
     assert all(line.split()[2] == "root" for line in listing)
-    assert "prod -> v2 (was v1)" in listing[3]
+    assert "prod -> v2 (was v1)" in listing[4]
     only_nlp = run_cli_checked("audit", store, "--project", "nlp").stdout.decode().splitlines()
     assert len(only_nlp) == 5
     entries = [json.loads(line) for line in
                run_cli_checked("audit", store, "--json").stdout.decode().splitlines()]
-    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert [e["seq"] for e in entries] == [1, 2, 3, 4, 5, 6, 7]
     assert {e["user"] for e in entries} == {"root"} and all(e["uid"] == 0 for e in entries)
     later = run_cli_checked("audit", store, "--since", "2999-01-01").stdout.decode()
     assert later == ""

@@ -425,7 +425,7 @@ def test_torn_journal_tail_is_ignored_and_cut_by_the_next_import(store, tmp_path
     journal = os.path.join(store, "journal", "journal.jsonl")
     whole = file_bytes(journal)
     line = whole.splitlines()[-1]
-    torn = line[:len(line) // 2].replace(b'"seq":1', b'"seq":2')
+    torn = line[:len(line) // 2].replace(b'"seq":2', b'"seq":3')  # 1: the creator's grant
     with open(journal, "ab") as f:
         f.write(torn)           # a crash in the middle of appending the next entry
 
@@ -442,7 +442,7 @@ def test_torn_journal_tail_is_ignored_and_cut_by_the_next_import(store, tmp_path
     appended = data[len(whole):]
     assert appended.endswith(b"\n") and appended.count(b"\n") == 1, "the torn tail survived"
     assert json.loads(appended)["version"] == "v2"
-    assert [e["seq"] for e in journal_entries(store)] == [1, 2]
+    assert [e["seq"] for e in journal_entries(store)] == [1, 2, 3]
 
 
 def test_index_that_missed_the_last_commit_is_caught_up_from_the_journal(store, tmp_path):

@@ -76,10 +76,14 @@ def main():
 
 @main.command()
 @click.argument("store")
-def init(store):
-    """Create a new, empty store in directory STORE."""
-    with Store.init(store) as s:
-        click.echo(f"created store {s.path}")
+@click.option("--shared", is_flag=True,
+              help="For several users: enforce roles (docs/access.md) and keep the directory "
+                   "private to you (others come in through `mount --allow-other`).")
+def init(store, shared):
+    """Create a new, empty store in directory STORE; you are its admin."""
+    with Store.init(store, shared=shared) as s:
+        click.echo(f"created store {s.path}" + (" (shared: roles enforced; grant them with "
+                                                 "`ckptfs access grant`)" if shared else ""))
 
 
 class ImportProgress:
@@ -127,6 +131,7 @@ def import_(store, src_dir, ref):
     project, run, version = parse_version_ref(ref)
     is_tar = os.path.isfile(src_dir)
     with open_store(store) as s:
+        s.authorize(None, project, "writer", "archive versions", ref)
         s.check_new_version(project, run, version)  # before unpacking a tar for nothing
         unpacking = progress_bar(total=os.path.getsize(src_dir) if is_tar else 0, unit="B",
                                  unit_scale=True, unit_divisor=1000, desc="unpacking",
@@ -186,8 +191,10 @@ def ls(store, ref, long):
     """List projects, runs, versions, or the files of a version."""
     parts = split_ref(ref)
     with open_store(store) as s:
+        if parts:
+            s.authorize(None, parts[0], "reader", "read", ref)
         if len(parts) == 0:
-            for name in s.projects():
+            for name in s.readable_projects(None, s.projects()):
                 click.echo(name)
         elif len(parts) == 1:
             runs = s.runs(parts[0])
@@ -220,6 +227,7 @@ def cat(store, ref):
     if len(parts) < 4:
         fail(f"expected PROJECT/RUN/VERSION/PATH, got {ref!r}", 2)
     with open_store(store) as s:
+        s.authorize(None, parts[0], "reader", "read", ref)
         s.require_version(*parts[:3])
         entry = s.entry(*parts[:3], "/".join(parts[3:]))
         if entry["type"] != "file":
@@ -240,6 +248,7 @@ def get(store, ref, dest, patterns):
     """Restore a version (or some of its files) into directory DEST, checking SHA-256."""
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "read", ref)
         entries = s.select_entries(project, run, version, patterns)
         total = sum(e.get("size", 0) for e in entries)
         bar = progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=ref,
@@ -426,6 +435,7 @@ def seal(store, ref, timeout):
     from ckptfs.meta.seal import archive_directory
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
+        s.authorize(None, project, "writer", "seal versions", ref)
         spooled = os.path.join(s.path, "spool", "inbox", project, run, version)
         if not os.path.isdir(spooled):
             if s.version_record(project, run, version):
@@ -496,7 +506,7 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register find, tag, audit, export…)
+from ckptfs import cli_access, cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register their commands)
 
 if __name__ == "__main__":
     main()

@@ -35,10 +35,27 @@ def describe(entry: dict) -> str:
         details = json.dumps(entry.get("settings"), sort_keys=True)
     elif entry["type"] == "project.schema":
         details = "set" if entry.get("schema") is not None else "cleared"
+    elif entry["type"].startswith("access."):
+        details = describe_access(entry)
     else:
         details = json.dumps({k: entry[k] for k in DETAIL_KEYS if k in entry})
     who = entry.get("user") or f"uid {entry.get('uid')}"
     return f"{entry['seq']:>6}  {entry['time'][:19]}Z  {who:<10} {entry['type']:<16} {where}  {details}"
+
+
+def describe_access(entry: dict) -> str:
+    kind = entry["type"]
+    was = f" (was {entry['previous']})" if entry.get("previous") else ""
+    if kind == "access.granted":
+        return f"{entry.get('principal')} {entry.get('role')}{was}"
+    if kind == "access.revoked":
+        return f"{entry.get('principal')}{was}"
+    if kind == "access.enforcement":
+        return "enforcement " + ("on" if entry.get("enabled") else "off")
+    if kind == "access.refused":
+        path = f" {entry['path']}" if entry.get("path") else ""
+        return f"{entry.get('operation')}{path} (needs {entry.get('role')})"
+    return ""
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -47,9 +64,10 @@ def describe(entry: dict) -> str:
 @click.option("--project", metavar="P", help="Only events of project P.")
 @click.option("--json", "as_json", is_flag=True, help="The entries as JSON lines.")
 def audit(words, since, project, as_json):
-    """The store's audit log (every seal, alias move, setting and schema change), or
-    with `verify`, check its hash chain and name the first altered, removed or
-    reordered entry (exit 3 if there is one)."""
+    """The store's audit log (every seal, alias move, setting, schema and access change,
+    and refusal; when roles are enforced, of the projects you can read), or with
+    `verify`, check its hash chain and name the first altered, removed or reordered
+    entry (exit 3 if there is one)."""
     if words[0] == "verify":
         if len(words) != 2:
             raise click.UsageError("usage: ckptfs audit verify STORE")
@@ -62,6 +80,8 @@ def audit(words, since, project, as_json):
             if start and entry_time(entry) < start:
                 continue
             if project and entry.get("project") != project:
+                continue
+            if not s.entry_visible(None, entry):  # enforced: only projects you can read
                 continue
             click.echo(json.dumps(entry, sort_keys=True) if as_json else describe(entry))
 

@@ -20,6 +20,7 @@ def export(store, ref, dest, patterns):
     from ckptfs.meta.export import export_version
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "export versions", ref)
         entries = s.select_entries(project, run, version, patterns)
         bar = progress_bar(total=sum(e.get("size", 0) for e in entries), unit="B",
                            unit_scale=True, unit_divisor=1000, desc=ref, disable=None, leave=False)

@@ -36,6 +36,7 @@ def show(store, ref):
     """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows)."""
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "read", ref)
         sys.stdout.buffer.write(render(sidecar_of(s, project, run, version)))
 
 
@@ -63,7 +64,7 @@ def find(store, expr, sort_field, desc, limit, fmt):
     shown = ["sealed_at", "step"] + sorted(wanted - {"project", "run", "version", "sealed_at", "step"})
     with open_store(store) as s:
         paths = query_paths(wanted) + ([("tags",)] if fmt == "json" else [])
-        docs = s.catalog_documents(fields=paths)
+        docs = readable(s, s.catalog_documents(fields=paths))
         if any(split_field(f)[0] == "files" for f in wanted):
             for doc in docs:  # file lists are not in the catalog: only when asked for
                 doc["files"] = file_list(s.walk(doc["project"], doc["run"], doc["version"]))[0]
@@ -81,6 +82,15 @@ def find(store, expr, sort_field, desc, limit, fmt):
         elif fmt == "table":
             s.add_catalog_fields(found, query_paths(shown))
     print_found(found, fmt, shown)
+
+
+def readable(store, docs: list[dict]) -> list[dict]:
+    """The documents of projects the caller may read (all of them unless enforced): a
+    search over every project leaves the others out instead of failing."""
+    if not store.enforcing():
+        return docs
+    allowed = set(store.readable_projects(None, {d["project"] for d in docs}))
+    return [d for d in docs if d["project"] in allowed]
 
 
 def query_paths(fields) -> list[tuple]:
@@ -135,7 +145,9 @@ def log(store, ref, limit, oneline):
     """Sealed versions, newest first (like `git log`)."""
     project, run = split_project_run(ref)
     with open_store(store) as s:
-        docs = s.catalog_documents(project, run)
+        if project is not None:
+            s.authorize(None, project, "reader", "read", ref)
+        docs = readable(s, s.catalog_documents(project, run))
     docs.sort(key=lambda d: d["seq"], reverse=True)
     for doc in docs[:limit] if limit else docs:
         click.echo(log_oneline(doc) if oneline else log_entry(doc))
@@ -181,9 +193,10 @@ def log_entry(doc: dict) -> str:
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
 def lineage(store, ref, fmt):
     """Ancestors and descendants of a version, across runs and projects."""
-    parse_version_ref(ref)
+    project = parse_version_ref(ref)[0]
     with open_store(store) as s:
-        graph = lineage_of(s, ref.strip("/"))
+        s.authorize(None, project, "reader", "read", ref)
+        graph = lineage_of(s, ref.strip("/"), can_read=lambda p: s.allowed(None, p, "reader"))
     click.echo(RENDERERS[fmt](graph))
 
 
@@ -224,6 +237,7 @@ def tags(store, ref):
     """The aliases of a run (latest and best included)."""
     project, run = parse_version_ref(ref, parts=2)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "read", ref)
         found = s.aliases(project, run)
     for name, version in sorted(found.items()):
         click.echo(f"{name} -> {version}")
@@ -283,6 +297,7 @@ def config_show(store, project):
     """Settings in force for PROJECT (its own over those of `*`)."""
     check_settings_project(project)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "read settings")
         click.echo(json.dumps(s.project_settings(project), indent=2, sort_keys=True))
 
 
@@ -317,6 +332,7 @@ def schema_show(store, project):
     """Print the schema in force for PROJECT."""
     check_settings_project(project)
     with open_store(store) as s:
+        s.authorize(None, project, "reader", "read settings")
         own, found = s.project_schema(project, inherited=False), s.project_schema(project)
     if found is None:
         raise SettingError(f"project {project} has no schema")

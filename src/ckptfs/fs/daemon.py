@@ -51,6 +51,11 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}
         if allow_other:
             options.add("allow_other")
+        if store.enforcing():
+            # Roles decide (docs/access.md), not the modes the mount shows: the kernel
+            # must not refuse a writer's mkdir in a root-owned inbox directory first.
+            options.discard("default_permissions")
+            log.info("roles are enforced: the daemon checks every request")
         pyfuse3.init(ops, mountpoint, options)
     except BaseException:
         store.close()

@@ -73,6 +73,17 @@ def provenance_of_record(record: dict) -> dict:
     return provenance
 
 
+def give_to_caller(path: str, ctx):
+    """A daemon running as root makes what a user writes into the inbox that user's, so
+    `ls -l inbox/…` shows who wrote it (ownership is not archived)."""
+    if ctx is None or os.geteuid() != 0 or ctx.uid == 0:
+        return
+    try:
+        os.lchown(path, ctx.uid, ctx.gid)
+    except OSError as e:
+        log.debug("could not give %s to uid %d: %s", path, ctx.uid, e)
+
+
 def printable(name: str) -> str:
     """A name as it can stand in one log line: quoted only if it holds control characters."""
     return name if name.isprintable() else repr(name)
@@ -358,6 +369,7 @@ class Inbox:
         await self._note_writer(self.version_of(key), ctx)
         fd = os.open(self.abs_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
         os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
+        give_to_caller(self.abs_path(key), ctx)
         self._changed(key)
         handle = self._opened(fd, key, writable=True)
         self._bump(handle.ino)
@@ -436,6 +448,7 @@ class Inbox:
         key = self.child(parent, name)
         os.mkdir(self.abs_path(key))
         os.chmod(self.abs_path(key), stat.S_IMODE(mode))  # the writer's mode, not our umask
+        give_to_caller(self.abs_path(key), ctx)
         version = self.version_of(key)
         if version is not None:
             self._changed(key)
@@ -446,6 +459,7 @@ class Inbox:
         key = self.child(parent, name)
         await self._note_writer(self.version_of(key), ctx)
         os.symlink(target, self.abs_path(key))
+        give_to_caller(self.abs_path(key), ctx)
         self._changed(key)
         return key
 

@@ -5,6 +5,7 @@ Thin on purpose: names become keys (tree.py), keys become attributes, reads beco
 """
 import errno
 import functools
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -12,10 +13,11 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ckptfs.store import IntegrityError, StoreError
+from ckptfs.store import AccessDeniedError, IntegrityError, StoreError
+from ckptfs.store.access import ALL, request_actor
 from ckptfs.store.catalog import DERIVED_ALIASES
 
-from .tree import ROOT, Node, ProjectTree, file_type_bits
+from .tree import ROOT, JournalView, Node, ProjectTree, file_type_bits
 
 log = logging.getLogger("ckptfs.fs")
 
@@ -33,8 +35,41 @@ class SourceFile:
 
 
 def actor_of(ctx) -> dict:
-    """Who a request comes from, for the journal: the caller, not the daemon."""
-    return {"uid": ctx.uid, "pid": ctx.pid}
+    """Who a request comes from, for the journal and the access checks: the caller (with
+    all its groups), not the daemon."""
+    return request_actor(ctx.uid, ctx.gid, ctx.pid)
+
+
+PROJECT_KINDS = ("project", "run", "version", "entry", "sidecar", "runjson", "alias")
+
+
+def project_of(key: tuple) -> str | None:
+    """The project a node belongs to (None: store-wide, like projects/ and .ckptfs/)."""
+    if key[0] == "inbox":
+        return key[1].split("/", 1)[0] or None
+    return key[1] if key[0] in PROJECT_KINDS else None
+
+
+def is_gate(key: tuple) -> bool:
+    """projects/<p> and inbox/<p>: every path into a project passes through one."""
+    return key[0] == "project" or (key[0] == "inbox" and key[1] != "" and "/" not in key[1])
+
+
+def path_of(key: tuple) -> str:
+    """A node's path in the mount, for logs and the journal."""
+    kind = key[0]
+    if kind == "inbox":
+        return f"inbox/{key[1]}".rstrip("/")
+    if kind == "entry":
+        return "projects/" + "/".join(key[1:4]) + "/" + key[4]
+    if kind == "sidecar":
+        return "projects/" + "/".join(key[1:4]) + ".json"
+    if kind == "runjson":
+        return "projects/" + "/".join(key[1:3]) + "/run.json"
+    if kind in PROJECT_KINDS:
+        return "projects/" + "/".join(key[1:])
+    return {"projects": "projects", "control": ".ckptfs", "stats": ".ckptfs/stats.json",
+            "audit": ".ckptfs/audit.jsonl"}.get(kind, "")
 
 
 def guarded(handler):
@@ -48,6 +83,8 @@ def guarded(handler):
         except IntegrityError as e:
             log.error("integrity error in %s: %s", handler.__name__, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
+        except AccessDeniedError as e:  # logged (and journaled) where it was raised
+            raise pyfuse3.FUSEError(e.errno) from None
         except StoreError as e:
             log.warning("%s refused: %s", handler.__name__, e)
             raise pyfuse3.FUSEError(e.errno) from None
@@ -58,6 +95,13 @@ def guarded(handler):
             log.exception("unexpected error in %s", handler.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
+
+
+@dataclass
+class Listing:
+    """An open directory: its children as of opendir, and who opened it."""
+    children: list
+    ctx: object = None
 
 
 class InodeTable:
@@ -122,6 +166,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if inbox:
             inbox.on_sealed = self.forget_sealed
         self.inodes = InodeTable()
+        self.journal_view = JournalView(store.journal.path)
         self._handles: dict[int, object] = {}
         self._next_fh = 1
         self.read_errors = 0
@@ -135,12 +180,16 @@ class CkptfsOperations(pyfuse3.Operations):
             except Exception:  # only a cache hint; the entry times out anyway
                 log.debug("could not invalidate inbox/%s/%s/%s", project, run, version)
 
-    def live_stats(self) -> dict:
-        """What .ckptfs/stats.json shows."""
+    def live_stats(self, actor: dict | None = None) -> dict:
+        """What .ckptfs/stats.json shows (to `actor`: the pending versions of the projects
+        it can read)."""
         st = self.store.stats()
         counters = dict(self.inbox.counters) if self.inbox else {}
         seconds = counters.pop("ingest_seconds", 0.0)
         pending = self.inbox.status() if self.inbox else []
+        if actor is not None:
+            pending = [item for item in pending if self.store.allowed(
+                actor, item["version"].split("/", 1)[0], "reader")]
         return {
             "versions": st["versions"], "logical_bytes": st["logical_bytes"],
             "stored_bytes": st["stored_bytes"], "dedup_ratio": round(st["dedup_ratio"], 3),
@@ -188,7 +237,46 @@ class CkptfsOperations(pyfuse3.Operations):
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
         a.attr_timeout = a.entry_timeout = timeout
+        if (is_gate(key) or key == ("audit",)) and self.store.enforcing():
+            # With --allow-other the kernel's caches serve every user alike: a cached
+            # entry of projects/<p> would let the next user in without asking us. Not
+            # cached, every path walk through it comes here and is checked; below it the
+            # long timeouts stay (and open/opendir, always sent, are checked too).
+            # audit.jsonl differs in size from one user to another.
+            a.entry_timeout = 0
+            if key == ("audit",):
+                a.attr_timeout = 0
         return a
+
+    # -- access control (docs/access.md) -------------------------------------------------
+    async def _require(self, ctx, key: tuple, role: str, operation: str):
+        """EACCES unless the caller has `role` on the project of `key` (when roles are
+        enforced). A refusal is logged and journaled, on a worker thread (the journal
+        fsyncs)."""
+        project = project_of(key)
+        if project is None or ctx is None or not self.store.enforcing():
+            return  # not enforced: one index read, a few µs
+        error = self.store.check_access(actor_of(ctx), project, role, operation, path_of(key))
+        if error is not None:
+            await trio.to_thread.run_sync(self.store.record_refusal, error)
+            raise pyfuse3.FUSEError(errno.EACCES)
+
+    def _node_for(self, key: tuple, ctx) -> Node:
+        """The node as this caller sees it: when roles are enforced, audit.jsonl and
+        stats.json show only what concerns the projects it can read (an admin, or anyone
+        with a role on `*`, reads them whole)."""
+        if key not in (("audit",), ("stats",)) or ctx is None or not self.store.enforcing():
+            return self._node(key)
+        actor = actor_of(ctx)
+        if self.store.allowed(actor, ALL, "reader"):
+            return self._node(key)
+        if key == ("stats",):
+            content = (json.dumps(self.live_stats(actor), indent=2, sort_keys=True) + "\n").encode()
+        else:
+            content = self.journal_view.content(
+                lambda project: self.store.allowed(actor, project, "reader"))
+        node = self._node(key)
+        return Node(key, "file", 0o444, len(content), node.mtime_ns, content=content)
 
     def _child_key(self, parent: tuple, name: str) -> tuple | None:
         if self._is_inbox(parent):
@@ -207,37 +295,59 @@ class CkptfsOperations(pyfuse3.Operations):
         key = self._child_key(parent, name)
         if key is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self.attributes(key)
+        await self._require(ctx, key, "reader", "read")
+        return self.attributes(key, self._node_for(key, ctx))
 
     @guarded
     async def getattr(self, inode, ctx=None):
-        return self.attributes(self.inodes.key(inode))
+        key = self.inodes.key(inode)
+        await self._require(ctx, key, "reader", "read")
+        return self.attributes(key, self._node_for(key, ctx))
 
     @guarded
     async def readlink(self, inode, ctx):
-        node = self._node(self.inodes.key(inode))
+        key = self.inodes.key(inode)
+        await self._require(ctx, key, "reader", "read")
+        node = self._node(key)
         if node.kind != "symlink":
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.target)
+
+    @guarded
+    async def access(self, inode, mode, ctx):
+        """access(2), `test -r`: asked only when roles are enforced (the mount then has no
+        default_permissions). Read needs reader; write is for the inbox, and needs writer."""
+        key = self.inodes.key(inode)
+        if mode & os.W_OK and not self._is_inbox(key):
+            return False
+        role = "writer" if mode & os.W_OK else "reader"
+        project = project_of(key)
+        return project is None or self.store.allowed(actor_of(ctx), project, role)
 
     # -- directories --------------------------------------------------------------------
     @guarded
     async def opendir(self, inode, ctx):
         key = self.inodes.key(inode)
+        await self._require(ctx, key, "reader", "read")
         if self._node(key).kind != "dir":
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         # The listing is taken once per open, so a large directory pages through one
         # stable snapshot however many readdir calls it takes.
         children = self.inbox.children(key) if self._is_inbox(key) else self.tree.children(key)
-        return self._new_handle(children)
+        if key in (("projects",), ("inbox", "")) and self.store.enforcing():
+            actor = actor_of(ctx)  # the projects this caller may not read are not there
+            children = [(name, child) for name, child in children
+                        if self.store.allowed(actor, project_of(child) or name, "reader")]
+        return self._new_handle(Listing(children, ctx))
 
     @guarded
     async def readdir(self, fh, start_id, token):
-        children = self._handles[fh]
+        listing = self._handles[fh]
+        children = listing.children
         for index in range(start_id, len(children)):
             name, key = children[index]
             try:
-                attrs = self.attributes(key)
+                attrs = self.attributes(key, self._node_for(key, listing.ctx))
             except pyfuse3.FUSEError:
                 continue  # vanished since opendir (e.g. an inbox file renamed)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), attrs, index + 1):
@@ -251,11 +361,15 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def open(self, inode, flags, ctx):
         key = self.inodes.key(inode)
+        writing = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         if self._is_inbox(key):
+            await self._require(ctx, key, *(("writer", "archive versions") if writing
+                                            else ("reader", "read")))
             return pyfuse3.FileInfo(fh=self._new_handle(await self.inbox.open(key, flags, ctx)))
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+        if writing:
             raise pyfuse3.FUSEError(errno.EROFS)
-        node = self._node(key)
+        await self._require(ctx, key, "reader", "read")
+        node = self._node_for(key, ctx)
         if node.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
         if node.source_path is not None:  # the audit log: grows, so read to its real end
@@ -308,14 +422,18 @@ class CkptfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name != XATTR_SHA256:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        node = self._node(self.inodes.key(inode))
+        key = self.inodes.key(inode)
+        await self._require(ctx, key, "reader", "read")
+        node = self._node(key)
         if name == XATTR_SHA256 and node.entry is not None:
             return node.entry["sha256"].encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
     @guarded
     async def listxattr(self, inode, ctx):
-        node = self._node(self.inodes.key(inode))
+        key = self.inodes.key(inode)
+        await self._require(ctx, key, "reader", "read")
+        node = self._node(key)
         return [XATTR_SHA256] if node.entry is not None else []
 
     @guarded
@@ -338,18 +456,23 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
         key = self._refuse_outside_inbox(inode)[0]
+        await self._require(ctx, key, "writer", "archive versions")
         await self.inbox.setattr(key, attr, fields, fh, ctx)
         return self.attributes(key)
 
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
+                            "archive versions")
         key, handle = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
         return pyfuse3.FileInfo(fh=self._new_handle(handle)), self.attributes(key)
 
     @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
+                            "archive versions")
         key = await self.inbox.mkdir(parent, os.fsdecode(name), mode, ctx)
         return self.attributes(key)
 
@@ -359,6 +482,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if parent[0] == "run":
             return await self._set_alias(parent, name, os.fsdecode(target), ctx)
         parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         key = await self.inbox.symlink(parent, name, os.fsdecode(target), ctx)
         return self.attributes(key)
 
@@ -371,6 +495,7 @@ class CkptfsOperations(pyfuse3.Operations):
             log.info("alias %s/%s/%s removed", p, r, name)
             return
         parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         await self.inbox.unlink(parent, name, ctx)
 
     # -- aliases: the only change allowed under projects/ ------------------------------
@@ -403,6 +528,8 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
+        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
+                            "archive versions")
         await self.inbox.rmdir(parent, os.fsdecode(name), ctx)
 
     @guarded
@@ -416,6 +543,8 @@ class CkptfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EEXIST)
             return await self._rename_alias(run, old_name, new_name, ctx)
         old_parent, new_parent = self._refuse_outside_inbox(parent_inode_old, parent_inode_new)
+        for parent, name in ((old_parent, old_name), (new_parent, new_name)):
+            await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         await self.inbox.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
         self.inodes.rename(self.inbox.child(old_parent, old_name),
                            self.inbox.child(new_parent, new_name))

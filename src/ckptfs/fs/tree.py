@@ -268,5 +268,49 @@ class ProjectTree:
         return entries
 
 
+class JournalView:
+    """`.ckptfs/audit.jsonl` as one caller may see it when roles are enforced: the lines
+    of the projects it can read (store-wide ones with a role on `*`), each byte for byte
+    as in the journal. The journal only grows: its lines are indexed once, as it grows,
+    by (start, end, project)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lines: list[tuple[int, int, str]] = []
+        self._indexed = 0   # bytes of the journal indexed so far (whole lines only)
+
+    def content(self, visible) -> bytes:
+        """The lines whose project `visible(project)` accepts ("*" for store-wide ones)."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return b""
+        if len(data) < self._indexed:  # replaced (a restored backup): index it again
+            self._lines, self._indexed = [], 0
+        self._index(data)
+        answers: dict[str, bool] = {}
+        parts = []
+        for start, end, project in self._lines:
+            shown = answers.get(project)
+            if shown is None:
+                shown = answers[project] = visible(project)
+            if shown:
+                parts.append(data[start:end])
+        return b"".join(parts)
+
+    def _index(self, data: bytes):
+        pos = self._indexed
+        while (end := data.find(b"\n", pos)) >= 0:  # a torn last line waits for its newline
+            try:
+                project = json.loads(data[pos:end]).get("project")
+            except ValueError:
+                project = None
+            self._lines.append((pos, end + 1, project if isinstance(project, str) and project
+                                else "*"))
+            pos = end + 1
+        self._indexed = pos
+
+
 def file_type_bits(kind: str) -> int:
     return {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}[kind]

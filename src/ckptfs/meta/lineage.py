@@ -23,10 +23,15 @@ def parent_of(doc: dict) -> tuple[str, str] | None:
     return f"{parent['project']}/{parent['run']}/{parent['version']}", parent.get("source", "explicit")
 
 
-def lineage_of(store, ref: str) -> dict:
+def lineage_of(store, ref: str, can_read=None) -> dict:
     """{"version", "ancestors": [nearest first], "descendants": [breadth first],
-    "edges": [[parent, child, source]], "docs": {ref: doc}} for `ref` = P/R/V."""
-    docs = {ref_of(d): d for d in store.catalog_documents()}
+    "edges": [[parent, child, source]], "docs": {ref: doc}} for `ref` = P/R/V.
+
+    `can_read(project)` (access control) leaves out the versions of projects it says
+    no to: an ancestor there shows as hidden (its child names it anyway), and the chain
+    stops at it; descendants there are not shown at all."""
+    docs = {ref_of(d): d for d in store.catalog_documents()
+            if can_read is None or can_read(d["project"])}
     if ref not in docs:
         raise NotFoundError(f"no version {ref} in the store")
     children: dict[str, list[tuple[str, str]]] = {}
@@ -39,7 +44,10 @@ def lineage_of(store, ref: str) -> dict:
         parent, source = link
         if parent in seen:
             break  # a cycle through explicit parents: stop rather than loop
-        ancestors.append({"ref": parent, "source": source, "missing": parent not in docs})
+        hidden = can_read is not None and not can_read(parent.split("/", 1)[0])
+        ancestors.append({"ref": parent, "source": source,
+                          "missing": parent not in docs and not hidden,
+                          **({"hidden": True} if hidden else {})})
         seen.add(parent)
         current = parent
     edges = []
@@ -63,7 +71,8 @@ def lineage_of(store, ref: str) -> dict:
 def _label(graph: dict, ref: str) -> str:
     doc = graph["docs"].get(ref)
     if doc is None:
-        return f"{ref} (not in this store)"
+        hidden = any(a["ref"] == ref and a.get("hidden") for a in graph["ancestors"])
+        return f"{ref} ({'in a project you cannot read' if hidden else 'not in this store'})"
     tags = f" [{', '.join(doc['tags'])}]" if doc.get("tags") else ""
     return ref + tags
 

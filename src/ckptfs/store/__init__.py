@@ -12,3 +12,7 @@ __all__ = ["Store", "RestoreReport", "VerifyReport", "StoreError", "NotAStoreErr
            "StoreFormatError", "InvalidNameError", "VersionExistsError", "NotFoundError",
            "SourceError", "IntegrityError", "StoreFullError", "validate_name",
            "parse_version_ref", "AliasError", "ReservedAliasError", "SettingError"]
+
+from .errors import AccessDeniedError, AccessError  # noqa: E402  (access control)
+
+__all__ += ["AccessDeniedError", "AccessError"]

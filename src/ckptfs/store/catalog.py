@@ -18,6 +18,7 @@ import gc
 import math
 from contextlib import contextmanager
 
+from .access import apply_access_event
 from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
 from .names import validate_name
@@ -73,6 +74,8 @@ def apply_catalog_event(index: Index, txn, entry: dict) -> None:
         index.put_setting(txn, entry["project"], "settings", entry["settings"] or None)
     elif kind == "project.schema":
         index.put_setting(txn, entry["project"], "schema", entry["schema"])
+    else:
+        apply_access_event(index, txn, entry)  # access.*; other types are skipped
 
 
 def metric_value(doc: dict, metric: str) -> float | None:
@@ -113,8 +116,8 @@ def run_prefix(project: str, run: str) -> bytes:
 
 
 class CatalogMixin:
-    """Catalog operations of `Store` (it provides `index`, `journal`, `_catch_up` and
-    `_journal_and_index`)."""
+    """Catalog operations of `Store` (it provides `index`, `journal`, `_catch_up`,
+    `_journal_and_index` and, from AccessMixin, `authorize`)."""
 
     # -- documents ------------------------------------------------------------------
     def catalog_document(self, project: str, run: str, version: str) -> dict | None:
@@ -248,7 +251,10 @@ class CatalogMixin:
     def set_alias(self, project: str, run: str, alias: str, target: str,
                   actor: dict | None = None) -> dict:
         """Point `alias` at version `target` of the run (or at what alias `target` names).
-        Journaled with the version it pointed at before."""
+        Journaled with the version it pointed at before. Needs maintainer (enforced)."""
+        self.authorize(actor, project, "maintainer", "set or move aliases",
+                       f"{project}/{run}/{alias}")
+
         def event():
             self._check_alias_name(project, run, alias)
             version = self._resolve_target(project, run, target)
@@ -260,6 +266,8 @@ class CatalogMixin:
         return self._commit_catalog_event(event, actor)
 
     def remove_alias(self, project: str, run: str, alias: str, actor: dict | None = None) -> dict:
+        self.authorize(actor, project, "maintainer", "remove aliases", f"{project}/{run}/{alias}")
+
         def event():
             if alias in DERIVED_ALIASES:
                 raise ReservedAliasError(f"{alias!r} is maintained by ckptfs and cannot be "
@@ -329,9 +337,12 @@ class CatalogMixin:
             return own
         return {**(self._setting(ALL_PROJECTS, "settings") or {}), **own}
 
-    def update_project_settings(self, project: str, changes: dict, unset=()) -> dict:
-        """Set (and unset) settings of a project (`*`: every project); returns them."""
+    def update_project_settings(self, project: str, changes: dict, unset=(),
+                                actor: dict | None = None) -> dict:
+        """Set (and unset) settings of a project (`*`: every project); returns them.
+        Needs maintainer on it (enforced)."""
         self._check_project(project)
+        self.authorize(actor, project, "maintainer", "change project settings")
         for name, value in changes.items():
             if name not in PROJECT_SETTINGS:
                 raise SettingError(f"unknown setting {name!r}; known: "
@@ -348,7 +359,7 @@ class CatalogMixin:
             for name in unset:
                 settings.pop(name, None)
             return {"type": "project.settings", "project": project, "settings": settings}
-        self._commit_catalog_event(event)
+        self._commit_catalog_event(event, actor)
         return self.project_settings(project, inherited=False)
 
     def project_schema(self, project: str, inherited: bool = True) -> dict | None:
@@ -358,12 +369,14 @@ class CatalogMixin:
             return self._setting(ALL_PROJECTS, "schema")
         return own
 
-    def set_project_schema(self, project: str, schema: dict | None) -> None:
+    def set_project_schema(self, project: str, schema: dict | None,
+                           actor: dict | None = None) -> None:
         """Attach (or with None, remove) a project's schema. The caller checks that it is
-        a valid JSON Schema: the engine stores it as it is."""
+        a valid JSON Schema: the engine stores it as it is. Needs maintainer (enforced)."""
         self._check_project(project)
+        self.authorize(actor, project, "maintainer", "change the project schema")
         self._commit_catalog_event(lambda: {"type": "project.schema", "project": project,
-                                            "schema": schema})
+                                            "schema": schema}, actor)
 
     def _setting(self, project: str, kind: str):
         with self.index.read() as txn:

@@ -73,3 +73,25 @@ class SettingError(StoreError, ValueError):
     """An unknown project setting or a value of the wrong kind."""
 
     errno = _errno.EINVAL
+
+
+class AccessError(StoreError, ValueError):
+    """A grant that cannot be made: an unknown role, user or group, or one that would
+    leave the store without an admin."""
+
+    errno = _errno.EINVAL
+
+
+class AccessDeniedError(StoreError):
+    """The caller's role on the project is too low for what it asked (docs/access.md)."""
+
+    errno = _errno.EACCES
+
+    def __init__(self, message, actor=None, project=None, needed=None, operation=None,
+                 path=None):
+        super().__init__(message)
+        self.actor = actor or {}
+        self.project = project
+        self.needed = needed
+        self.operation = operation
+        self.path = path

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
+from .access import AccessMixin
 from .catalog import CatalogMixin, apply_catalog_event, search_document
 from .config import CONFIG_NAME, StoreConfig
 from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
@@ -94,7 +95,7 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store(CatalogMixin):
+class Store(CatalogMixin, AccessMixin):
     def __init__(self, path: str, config: StoreConfig):
         self.path = path
         self.config = config
@@ -114,7 +115,9 @@ class Store(CatalogMixin):
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str) -> "Store":
+    def init(cls, path: str, shared: bool = False) -> "Store":
+        """A new store; its creator is its admin. `shared`: roles are enforced, and the
+        directory is private to its owner (others come in through the mount)."""
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG_NAME)):
             raise StoreError(f"{path} is already a ckptfs store")
@@ -123,6 +126,8 @@ class Store(CatalogMixin):
         if os.path.exists(path) and not os.path.isdir(path):
             raise StoreError(f"{path} exists and is not a directory")
         os.makedirs(path, exist_ok=True)
+        if shared:  # the packs and index must not be readable around the daemon's checks
+            os.chmod(path, 0o700)
         for sub in SUBDIRS:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         config = StoreConfig.new()
@@ -133,7 +138,13 @@ class Store(CatalogMixin):
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, os.path.join(path, CONFIG_NAME))
-        return cls(path, config)
+        store = cls(path, config)
+        try:
+            store._start_access(shared)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     @classmethod
     def open(cls, path: str) -> "Store":
