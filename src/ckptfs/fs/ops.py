@@ -135,6 +135,29 @@ class CkptfsOperations(pyfuse3.Operations):
             except Exception:  # only a cache hint; the entry times out anyway
                 log.debug("could not invalidate inbox/%s/%s/%s", project, run, version)
 
+    async def watch_deletions(self, interval: float = 1.0):
+        """Until cancelled: when versions are deleted (a `ckptfs gc` or `ckptfs delete`,
+        usually in another process), tell the kernel to forget their entries, which it
+        would otherwise cache for an hour (IMMUTABLE_TIMEOUT)."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                gone = self.tree.take_deleted()
+            except StoreError as e:
+                log.warning("checking for deleted versions failed: %s", e)
+                continue
+            for p, r, v in gone:
+                log.info("version %s/%s/%s was deleted: it leaves projects/", p, r, v)
+                run_ino = self.inodes.known(("run", p, r))
+                if run_ino is None:
+                    continue  # the kernel never saw it
+                for name in (v, v + ".json"):
+                    try:
+                        pyfuse3.invalidate_entry_async(run_ino, os.fsencode(name),
+                                                       ignore_enoent=True)
+                    except Exception:  # only a cache hint; lookups already fail
+                        log.debug("could not invalidate projects/%s/%s/%s", p, r, name)
+
     def live_stats(self) -> dict:
         """What .ckptfs/stats.json shows."""
         st = self.store.stats()

@@ -71,9 +71,12 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
     if lineage.get("parent"):
         lineage["parent"] = dict(lineage["parent"], source="explicit")
         parent = lineage["parent"]
+        ref = f"{parent['project']}/{parent['run']}/{parent['version']}"
         if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
-            warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
-                            f"{parent['version']} is not in this store (kept as given)")
+            deleted = store.tombstone(parent["project"], parent["run"], parent["version"])
+            warnings.append(f"lineage.parent {ref} was deleted on {deleted['deleted_at'][:10]} "
+                            "(kept as given)" if deleted else
+                            f"lineage.parent {ref} is not in this store (kept as given)")
     tags = set(merged.get("tags") or [])
     for name in sorted(tags & {"latest", "best"}):
         tags.discard(name)

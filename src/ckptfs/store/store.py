@@ -25,7 +25,7 @@ from .config import CONFIG_NAME, StoreConfig
 from .deletion import RetentionMixin
 from .errors import (ChunksReclaimedError, IntegrityError, NotFoundError, PackMissingError,
                      StoreError, StoreFormatError, VersionExistsError)
-from .gc import GcMixin, intent_pack_ids
+from .gc import GcMixin, intent_pack_ids, load_intent
 from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
 from .journal import Journal, check_chain, encode_entry, entry_hash
@@ -62,6 +62,8 @@ class VerifyReport:
     damaged_files: list = field(default_factory=list)    # (version, path, message)
     damaged_versions: set = field(default_factory=set)
     leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
+    deleted_versions: int = 0       # tombstones whose manifest (file list) was checked
+    gc_interrupted: bool = False    # a gc died midway: the next one finishes it (not damage)
 
     @property
     def ok(self) -> bool:
@@ -972,7 +974,22 @@ class Store(CatalogMixin, RetentionMixin, GcMixin):
             self._cache = _ChunkCache(CACHE_BYTES)
             for record in self.all_versions():
                 self._verify_version(record, report, pool, progress)
+        self._verify_tombstones(report)
+        report.gc_interrupted = load_intent(self.path) is not None
         return report
+
+    def _verify_tombstones(self, report: VerifyReport):
+        """A deleted version's data may be gone, but its manifest (its file list and
+        SHA-256s, what its tombstone shows) must stay readable."""
+        for tomb in self.tombstones():
+            report.deleted_versions += 1
+            record = tomb["record"]
+            try:
+                self.read_manifest(bytes.fromhex(record["manifest"]))
+            except (IntegrityError, ValueError) as e:
+                name = version_name(record["project"], record["run"], record["version"])
+                report.damaged_versions.add(f"{name} (deleted)")
+                report.damaged_files.append((name, "(manifest)", str(e)))
 
     def _check_chunk(self, chunk_id: bytes) -> tuple[str, int] | None:
         """None if the chunk reads back as the bytes its id names, else (problem, the pack
