@@ -113,6 +113,7 @@ def _fsync_dir(path: str) -> None:
 def save_intent(store_path: str, intent: dict) -> None:
     """Write the intent durably (temporary file, fsync, rename, fsync of gc/)."""
     path = intent_path(store_path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
