@@ -165,7 +165,8 @@ class CkptfsOperations(pyfuse3.Operations):
         seconds = counters.pop("ingest_seconds", 0.0)
         pending = self.inbox.status() if self.inbox else []
         return {
-            "versions": st["versions"], "logical_bytes": st["logical_bytes"],
+            "versions": st["versions"], "deleted_versions": st["deleted_versions"],
+            "logical_bytes": st["logical_bytes"],
             "stored_bytes": st["stored_bytes"], "dedup_ratio": round(st["dedup_ratio"], 3),
             "compression_ratio": round(st["compression_ratio"], 3),
             "versions_sealed": counters.get("versions_sealed", 0),
