@@ -169,7 +169,8 @@ def print_gc_report(r):
     click.echo(f"{len(r.deletions)} version(s) {would or ''}deleted by retention policy"
                + ("" if r.deletions else " (none)"))
     click.echo(f"chunks: {r.freed_chunks} {would}reclaimed ({human_bytes(r.freed_bytes)} stored; "
-               f"{human_bytes(r.freed_by_deletions)} of it used only by the deleted versions)")
+               f"{human_bytes(r.freed_by_deletions)} of it used only by the versions "
+               f"{'that would be ' if r.dry_run else ''}deleted now)")
     kept = f", {len(r.old_packs_kept)} kept for a concurrent import" if r.old_packs_kept else ""
     into = f" into {len(r.new_packs)} new" if r.new_packs else ""
     click.echo(f"packs: {len(r.packs_rewritten)} {would}rewritten{into} "
