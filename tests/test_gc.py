@@ -37,6 +37,9 @@ DELETED = ["p/r/v0", "p/r/v3"]
 
 def make_version(path, step: int, own_kb: int = 384, parent: str | None = None) -> str:
     make_checkpoint(path, step=step)
+    os.makedirs(os.path.join(path, "chunks"), exist_ok=True)   # a name the index's JSON
+    with open(os.path.join(path, "chunks", "chunks"), "w") as f:  # also uses for a key
+        f.write(f'"chunks" of step {step}')
     with open(os.path.join(path, "own.bin"), "wb") as f:
         f.write(np.random.default_rng(step).bytes(own_kb << 10))
     if parent:

@@ -53,8 +53,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-import orjson
-
 from . import codec as codecs
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
@@ -302,12 +300,9 @@ class GcMixin:
             chunks = dict(self.index.iter_locations(txn, self.index.chunks))
             manifests = dict(self.index.iter_locations(txn, self.index.manifests))
             referenced, excluded = set(), set()
-            for key, value in txn.cursor(db=self.index.entries):
-                if b'"chunks"' not in value:
-                    continue  # directories and symlinks
-                vkey = bytes(key).split(b"\0", 1)[0]
+            for vkey, chunk_list in self.index.iter_chunk_lists(txn):
                 target = excluded if vkey in exclude else referenced
-                target.update(bytes.fromhex(c) for c, _ in orjson.loads(value)["chunks"])
+                target.update(bytes.fromhex(c) for c, _ in chunk_list)
             live_manifests = {bytes.fromhex(r["manifest"]) for r in self.index.iter_versions(txn)}
             live_manifests.update(bytes.fromhex(t["record"]["manifest"])
                                   for t in self.index.iter_tombstones(txn))
@@ -470,9 +465,8 @@ class GcMixin:
                 if record["seq"] <= liveness.seq:
                     continue
                 vkey = version_key(record["project"], record["run"], record["version"])
-                for _key, value in self.index._prefix_scan(txn, self.index.entries, vkey + b"\0"):
-                    if b'"chunks"' in value:
-                        refs.update(bytes.fromhex(c) for c, _ in orjson.loads(value)["chunks"])
+                for _vkey, chunk_list in self.index.iter_chunk_lists(txn, vkey):
+                    refs.update(bytes.fromhex(c) for c, _ in chunk_list)
         new = refs - liveness.live_chunks
         return new | self._delta_bases(new)
 

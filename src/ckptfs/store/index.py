@@ -287,6 +287,17 @@ class Index:
     def deleted_count(self, txn) -> int:
         return txn.stat(self.deleted)["entries"]
 
+    def iter_chunk_lists(self, txn, vkey: bytes | None = None):
+        """(version key, [[chunk id hex, length], …]) of every file entry, of one version
+        (`vkey`) or of all: what garbage collection counts as referenced."""
+        rows = self._prefix_scan(txn, self.entries, vkey + b"\0") if vkey is not None \
+            else txn.cursor(db=self.entries)
+        for key, value in rows:
+            if b'"chunks"' in value:   # cheap test first: dirs and symlinks have none
+                chunks = orjson.loads(value).get("chunks")
+                if chunks is not None:
+                    yield bytes(key).split(b"\0", 1)[0], chunks
+
     def get_entry(self, txn, vkey: bytes, path: str) -> dict | None:
         value = txn.get(entry_key(vkey, path), db=self.entries)
         return json.loads(value) if value is not None else None
