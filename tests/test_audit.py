@@ -110,7 +110,7 @@ def test_audit_jsonl_in_the_mount_is_the_journal_and_read_only(audited, mount):
     store, journal, _ = audited
     mnt = mount(store)
     view = os.path.join(mnt, ".ckptfs", "audit.jsonl")
-    assert sorted(os.listdir(os.path.join(mnt, ".ckptfs"))) == ["audit.jsonl", "stats.json"]
+    assert sorted(os.listdir(os.path.join(mnt, ".ckptfs"))) == ["audit.jsonl", "deleted", "stats.json"]
     run_dir = os.path.join(mnt, "projects", "nlp", "run")
     subprocess.run(["ln", "-sfn", "v1", os.path.join(run_dir, "prod")], check=True)
     with open(view, "rb") as f, open(journal, "rb") as g:

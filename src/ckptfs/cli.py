@@ -280,7 +280,7 @@ def stats(store, as_json):
         return
     rows = [
         ("projects", st["projects"]), ("runs", st["runs"]), ("versions", st["versions"]),
-        ("files", st["files"]),
+        ("deleted versions", st["deleted_versions"]), ("files", st["files"]),
         ("logical bytes", human_bytes(st["logical_bytes"])),
         ("unique bytes", f"{human_bytes(st['unique_bytes'])} in {st['chunks']} chunks"),
         ("stored bytes", f"{human_bytes(st['stored_bytes'])} in {st['packs']} packs "
@@ -313,9 +313,14 @@ def verify(store):
     if report.leftover_packs:
         click.echo(f"note: {len(report.leftover_packs)} unfinished pack(s) left by interrupted "
                    "imports hold no version's data (a later garbage collection removes them)")
+    if report.gc_interrupted:
+        click.echo("note: a garbage collection was interrupted; the store is consistent and "
+                   "the next `ckptfs gc` finishes its work")
     if report.ok:
-        click.echo(f"ok: {report.packs} packs, {report.chunks} chunks, {report.versions} versions, "
-                   f"{report.files} files ({human_bytes(report.bytes)}) verified")
+        deleted = f" ({report.deleted_versions} deleted: file lists checked)" \
+            if report.deleted_versions else ""
+        click.echo(f"ok: {report.packs} packs, {report.chunks} chunks, {report.versions} versions"
+                   f"{deleted}, {report.files} files ({human_bytes(report.bytes)}) verified")
         return
     for pack_id, problems in sorted(report.damaged_packs.items()):
         click.echo(f"damaged pack {pack_id:08x}: {problems[0]}"
@@ -506,7 +511,7 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_access, cli_audit, cli_export, cli_meta  # noqa: E402,F401  (register their commands)
+from ckptfs import cli_access, cli_audit, cli_export, cli_meta, cli_retention  # noqa: E402,F401,E501  (register their commands)
 
 if __name__ == "__main__":
     main()

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 import click
 
 from ckptfs.cli import EXIT_DAMAGE, fail, main, open_store
+from ckptfs.store.retention import describe_policy, describe_scope
 
 DETAIL_KEYS = ("alias", "version", "previous", "digest", "settings")
 
@@ -37,6 +38,14 @@ def describe(entry: dict) -> str:
         details = "set" if entry.get("schema") is not None else "cleared"
     elif entry["type"].startswith("access."):
         details = describe_access(entry)
+    elif entry["type"] == "version.deleted":
+        where += f"/{entry['version']}"
+        policy = entry.get("policy")
+        how = "by hand" if entry.get("manual") or not policy else \
+            f"by retention ({describe_policy(policy['rules'])}, from {describe_scope(policy['scope'])})"
+        details = f"{how}: {entry.get('reason')}"
+    elif entry["type"] == "retention.set":
+        details = describe_policy(entry["policy"]) if entry.get("policy") else "cleared"
     else:
         details = json.dumps({k: entry[k] for k in DETAIL_KEYS if k in entry})
     who = entry.get("user") or f"uid {entry.get('uid')}"

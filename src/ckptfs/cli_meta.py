@@ -33,11 +33,12 @@ def version_path(doc: dict) -> str:
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 def show(store, ref):
-    """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows)."""
+    """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows); of a deleted
+    one, its tombstone (what MOUNT/.ckptfs/deleted/P/R/V.json shows)."""
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
         s.authorize(None, project, "reader", "read", ref)
-        sys.stdout.buffer.write(render(sidecar_of(s, project, run, version)))
+        sys.stdout.buffer.write(render(sidecar_of(s, project, run, version, deleted=True)))
 
 
 # -- find --------------------------------------------------------------------------------
@@ -141,13 +142,17 @@ def print_table(header: list[str], rows: list[list[str]]):
 @click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]")
 @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--oneline", is_flag=True, help="One line per version.")
-def log(store, ref, limit, oneline):
+@click.option("--deleted", is_flag=True, help="Deleted versions too, marked as such.")
+def log(store, ref, limit, oneline, deleted):
     """Sealed versions, newest first (like `git log`)."""
     project, run = split_project_run(ref)
     with open_store(store) as s:
         if project is not None:
             s.authorize(None, project, "reader", "read", ref)
-        docs = readable(s, s.catalog_documents(project, run))
+        docs = s.catalog_documents(project, run)
+        if deleted:
+            docs += [s.tombstone_document(t) for t in s.tombstones(project, run)]
+        docs = readable(s, docs)
     docs.sort(key=lambda d: d["seq"], reverse=True)
     for doc in docs[:limit] if limit else docs:
         click.echo(log_oneline(doc) if oneline else log_entry(doc))
@@ -155,7 +160,8 @@ def log(store, ref, limit, oneline):
 
 def log_oneline(doc: dict) -> str:
     tags = f" ({', '.join(doc['tags'])})" if doc.get("tags") else ""
-    return f"{doc['sealed_at'][:19]}Z {doc['project']}/{doc['run']}/{doc['version']}{tags}"
+    gone = f" [deleted {doc['deleted_at'][:10]}]" if doc.get("deleted_at") else ""
+    return f"{doc['sealed_at'][:19]}Z {doc['project']}/{doc['run']}/{doc['version']}{tags}{gone}"
 
 
 def log_entry(doc: dict) -> str:
@@ -164,6 +170,12 @@ def log_entry(doc: dict) -> str:
     lines = [click.style(f"version {doc['project']}/{doc['run']}/{doc['version']}", fg="yellow") + tags,
              f"Sealed:   {doc['sealed_at']}" + (f" by {by.get('user') or by.get('uid')}" if by else ""),
              f"Digest:   {doc['digest']}"]
+    if doc.get("deleted_at"):
+        lines[0] += click.style("  [deleted]", fg="red")
+        deletion = doc.get("deletion") or {}
+        who = deletion.get("user") or deletion.get("uid")
+        how = "by hand" if deletion.get("manual") else "by retention policy"
+        lines.append(f"Deleted:  {doc['deleted_at']} by {who}, {how}: {deletion.get('reason')}")
     if doc.get("step") is not None or doc.get("epoch") is not None:
         lines.append(f"Step:     {doc.get('step', '-')}  epoch {doc.get('epoch', '-')}")
     if doc.get("metrics"):

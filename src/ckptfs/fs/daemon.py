@@ -65,7 +65,7 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
     try:
-        trio.run(_main_loop, inbox, mountpoint)
+        trio.run(_main_loop, inbox, ops, mountpoint)
     finally:
         pyfuse3.close(unmount=True)
         inbox.close()
@@ -76,10 +76,11 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
 READ_AHEAD_KB = 1024
 
 
-async def _main_loop(inbox, mountpoint):
+async def _main_loop(inbox, ops, mountpoint):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(inbox.run)
+        nursery.start_soon(ops.watch_deletions)
         nursery.start_soon(_raise_read_ahead, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

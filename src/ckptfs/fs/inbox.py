@@ -275,6 +275,10 @@ class Inbox:
                 log.warning("refused inbox/%s/%s/%s: that version is already sealed; versions "
                             "are immutable, use a new version name", p, r, name)
                 raise pyfuse3.FUSEError(errno.EEXIST)
+            if self.store.tombstone(p, r, name) is not None:
+                log.warning("refused inbox/%s/%s/%s: a version of that name was deleted; "
+                            "version names are never reused, use a new one", p, r, name)
+                raise pyfuse3.FUSEError(errno.EEXIST)
 
     def _check_writable(self, key: tuple):
         version = self.version_of(key)

@@ -41,18 +41,21 @@ def actor_of(ctx) -> dict:
 
 
 PROJECT_KINDS = ("project", "run", "version", "entry", "sidecar", "runjson", "alias")
+TOMBSTONE_KINDS = ("deleted-project", "deleted-run", "tombstone")  # under .ckptfs/deleted/
 
 
 def project_of(key: tuple) -> str | None:
     """The project a node belongs to (None: store-wide, like projects/ and .ckptfs/)."""
     if key[0] == "inbox":
         return key[1].split("/", 1)[0] or None
-    return key[1] if key[0] in PROJECT_KINDS else None
+    return key[1] if key[0] in PROJECT_KINDS + TOMBSTONE_KINDS else None
 
 
 def is_gate(key: tuple) -> bool:
-    """projects/<p> and inbox/<p>: every path into a project passes through one."""
-    return key[0] == "project" or (key[0] == "inbox" and key[1] != "" and "/" not in key[1])
+    """projects/<p>, inbox/<p> and .ckptfs/deleted/<p>: every path into a project's
+    content passes through one."""
+    return key[0] in ("project", "deleted-project") or \
+        (key[0] == "inbox" and key[1] != "" and "/" not in key[1])
 
 
 def path_of(key: tuple) -> str:
@@ -68,6 +71,8 @@ def path_of(key: tuple) -> str:
         return "projects/" + "/".join(key[1:3]) + "/run.json"
     if kind in PROJECT_KINDS:
         return "projects/" + "/".join(key[1:])
+    if kind in TOMBSTONE_KINDS:
+        return ".ckptfs/deleted/" + "/".join(key[1:]) + (".json" if kind == "tombstone" else "")
     return {"projects": "projects", "control": ".ckptfs", "stats": ".ckptfs/stats.json",
             "audit": ".ckptfs/audit.jsonl"}.get(kind, "")
 
@@ -180,6 +185,29 @@ class CkptfsOperations(pyfuse3.Operations):
             except Exception:  # only a cache hint; the entry times out anyway
                 log.debug("could not invalidate inbox/%s/%s/%s", project, run, version)
 
+    async def watch_deletions(self, interval: float = 1.0):
+        """Until cancelled: when versions are deleted (a `ckptfs gc` or `ckptfs delete`,
+        usually in another process), tell the kernel to forget their entries, which it
+        would otherwise cache for an hour (IMMUTABLE_TIMEOUT)."""
+        while True:
+            await trio.sleep(interval)
+            try:
+                gone = self.tree.take_deleted()
+            except StoreError as e:
+                log.warning("checking for deleted versions failed: %s", e)
+                continue
+            for p, r, v in gone:
+                log.info("version %s/%s/%s was deleted: it leaves projects/", p, r, v)
+                run_ino = self.inodes.known(("run", p, r))
+                if run_ino is None:
+                    continue  # the kernel never saw it
+                for name in (v, v + ".json"):
+                    try:
+                        pyfuse3.invalidate_entry_async(run_ino, os.fsencode(name),
+                                                       ignore_enoent=True)
+                    except Exception:  # only a cache hint; lookups already fail
+                        log.debug("could not invalidate projects/%s/%s/%s", p, r, name)
+
     def live_stats(self, actor: dict | None = None) -> dict:
         """What .ckptfs/stats.json shows (to `actor`: the pending versions of the projects
         it can read)."""
@@ -191,7 +219,8 @@ class CkptfsOperations(pyfuse3.Operations):
             pending = [item for item in pending if self.store.allowed(
                 actor, item["version"].split("/", 1)[0], "reader")]
         return {
-            "versions": st["versions"], "logical_bytes": st["logical_bytes"],
+            "versions": st["versions"], "deleted_versions": st["deleted_versions"],
+            "logical_bytes": st["logical_bytes"],
             "stored_bytes": st["stored_bytes"], "dedup_ratio": round(st["dedup_ratio"], 3),
             "compression_ratio": round(st["compression_ratio"], 3),
             "versions_sealed": counters.get("versions_sealed", 0),
@@ -334,7 +363,7 @@ class CkptfsOperations(pyfuse3.Operations):
         # The listing is taken once per open, so a large directory pages through one
         # stable snapshot however many readdir calls it takes.
         children = self.inbox.children(key) if self._is_inbox(key) else self.tree.children(key)
-        if key in (("projects",), ("inbox", "")) and self.store.enforcing():
+        if key in (("projects",), ("inbox", ""), ("deleted",)) and self.store.enforcing():
             actor = actor_of(ctx)  # the projects this caller may not read are not there
             children = [(name, child) for name, child in children
                         if self.store.allowed(actor, project_of(child) or name, "reader")]

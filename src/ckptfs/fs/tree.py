@@ -14,6 +14,15 @@ Every node has a key, a tuple that names it for as long as the daemon runs:
     ("control",)                   .ckptfs/
     ("stats",)                     .ckptfs/stats.json
     ("audit",)                     .ckptfs/audit.jsonl (the journal, read-only)
+    ("deleted",)                   .ckptfs/deleted/: tombstones of deleted versions
+    ("deleted-project", p)         .ckptfs/deleted/<p>/
+    ("deleted-run", p, r)          .ckptfs/deleted/<p>/<r>/
+    ("tombstone", p, r, v)         .ckptfs/deleted/<p>/<r>/<v>.json: the sidecar as it was,
+                                   with deleted_at and deletion (reason, policy, who)
+
+A deleted version leaves projects/: the nodes of its files, cached for as long as the
+daemon runs otherwise, are dropped when a deletion is seen (`take_deleted` tells the
+daemon which, so it can tell the kernel too).
 """
 import json
 import os
@@ -23,7 +32,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from ckptfs.meta import render, run_sidecar, version_sidecar
+from ckptfs.meta import render, run_sidecar, tombstone_sidecar, version_sidecar
 from ckptfs.store import NotFoundError, Store
 from ckptfs.store.catalog import aliases_of
 from ckptfs.store.names import validate_name, InvalidNameError
@@ -70,9 +79,12 @@ class ProjectTree:
         self._catalog_nodes: dict[tuple, Node | None] = {}
         self._run_views: dict[tuple, tuple[dict, dict]] = {}
         self._catalog_seq = -1
+        self._deleted_count = store.deleted_count()
+        self._newly_deleted: list[tuple] = []  # (p, r, v) the daemon has not told the kernel
 
     SEALED_KINDS = ("version", "entry")
-    CATALOG_KINDS = ("project", "run", "alias", "sidecar", "runjson")
+    CATALOG_KINDS = ("project", "run", "alias", "sidecar", "runjson", "deleted-project",
+                     "deleted-run", "tombstone")
     MAX_CACHED_NODES = 200_000
 
     def node(self, key: tuple) -> Node | None:
@@ -99,7 +111,30 @@ class ProjectTree:
         if seq != self._catalog_seq:
             self._catalog_nodes.clear()
             self._run_views.clear()
+            self._forget_deleted(self._catalog_seq)
             self._catalog_seq = seq
+
+    def _forget_deleted(self, since_seq: int):
+        """Versions deleted since journal entry `since_seq` (by a gc or `ckptfs delete`,
+        usually in another process): drop their cached nodes, which otherwise live as
+        long as the daemon (sealed content never changes, but it can go)."""
+        count = self.store.deleted_count()
+        if count == self._deleted_count:
+            return
+        self._deleted_count = count
+        gone = {(t["record"]["project"], t["record"]["run"], t["record"]["version"])
+                for t in self.store.tombstones() if t["seq"] > since_seq}
+        for key in [k for k in self._sealed_nodes if tuple(k[1:4]) in gone]:
+            del self._sealed_nodes[key]
+        for version in gone:
+            self._entries.pop(version, None)
+        self._newly_deleted.extend(sorted(gone))
+
+    def take_deleted(self) -> list[tuple]:
+        """(p, r, v) of the versions deleted since the last call (checking now)."""
+        self._check_catalog_seq()
+        gone, self._newly_deleted = self._newly_deleted, []
+        return gone
 
     def run_view(self, p: str, r: str) -> tuple[dict, dict]:
         """({version: catalog document with current tags}, {alias: version}) of a run."""
@@ -116,15 +151,26 @@ class ProjectTree:
         if kind == "root":
             return {"projects": ("projects",), ".ckptfs": ("control",)}.get(name)
         if kind == "control":
-            return {"stats.json": ("stats",), "audit.jsonl": ("audit",)}.get(name)
-        if kind in ("projects", "project", "run") and not self._valid(name):
+            return {"stats.json": ("stats",), "audit.jsonl": ("audit",),
+                    "deleted": ("deleted",)}.get(name)
+        if kind in ("projects", "project", "run", "deleted", "deleted-project") \
+                and not self._valid(name):
             return None
+        if kind == "deleted":
+            return self._existing(("deleted-project", name))
+        if kind == "deleted-project":
+            return self._existing(("deleted-run", parent[1], name))
+        if kind == "deleted-run":
+            stem = name[:-5] if name.endswith(".json") else None
+            return self._existing(("tombstone", *parent[1:], stem)) \
+                if stem and self._valid(stem) else None
         if kind == "projects":
             return self._existing(("project", name))
         if kind == "project":
             return self._existing(("run", parent[1], name))
         if kind == "run":
             p, r = parent[1:]
+            self._check_catalog_seq()  # a version deleted meanwhile must not be found
             found = self._existing(("version", p, r, name))
             if found is None and name == "run.json":
                 found = self._existing(("runjson", p, r))
@@ -160,7 +206,15 @@ class ProjectTree:
         if kind == "root":
             return [("projects", ("projects",)), (".ckptfs", ("control",))] + self._extra_root
         if kind == "control":
-            return [("audit.jsonl", ("audit",)), ("stats.json", ("stats",))]
+            return [("audit.jsonl", ("audit",)), ("deleted", ("deleted",)),
+                    ("stats.json", ("stats",))]
+        if kind == "deleted":
+            return [(p, ("deleted-project", p)) for p in self.store.deleted_projects()]
+        if kind == "deleted-project":
+            return [(r, ("deleted-run", key[1], r)) for r in self.store.deleted_runs(key[1])]
+        if kind == "deleted-run":
+            return [(t["record"]["version"] + ".json", ("tombstone", *key[1:], t["record"]["version"]))
+                    for t in self.store.tombstones(*key[1:])]
         if kind == "projects":
             return [(p, ("project", p)) for p in self.store.projects()]
         if kind == "project":
@@ -187,9 +241,11 @@ class ProjectTree:
     # -- nodes --------------------------------------------------------------------------
     def _make_node(self, key: tuple) -> Node | None:
         kind = key[0]
-        if kind in ("root", "projects", "control"):
+        if kind in ("root", "projects", "control", "deleted"):
             return Node(key, "dir", READ_ONLY_DIR if kind != "root" else 0o755,
                         mtime_ns=self.mounted_ns, subdirs=2)
+        if kind in ("deleted-project", "deleted-run", "tombstone"):
+            return self._deleted_node(key)
         if kind == "audit":  # read from the journal file itself, as it is now
             path = self.store.journal.path
             try:
@@ -222,7 +278,8 @@ class ProjectTree:
             docs, aliases = self.run_view(*key[1:3])
             if not docs:
                 return None
-            content = render(run_sidecar(key[1], key[2], list(docs.values()), aliases))
+            deleted = [self.store.tombstone_document(t) for t in self.store.tombstones(*key[1:3])]
+            content = render(run_sidecar(key[1], key[2], list(docs.values()), aliases, deleted))
             return Node(key, "file", 0o444, len(content),
                         iso_to_ns(self._newest(*key[1:3])["sealed_at"]), content=content)
         if kind == "sidecar":
@@ -255,6 +312,24 @@ class ProjectTree:
                 node.subdirs = self._count_subdirs(key[1:4], key[4])
             return node
         return None
+
+    def _deleted_node(self, key: tuple) -> Node | None:
+        kind = key[0]
+        if kind == "deleted-project":
+            runs = self.store.deleted_runs(key[1])
+            return Node(key, "dir", READ_ONLY_DIR, mtime_ns=self.mounted_ns,
+                        subdirs=len(runs)) if runs else None
+        if kind == "deleted-run":
+            found = self.store.tombstones(*key[1:3])
+            return Node(key, "dir", READ_ONLY_DIR, mtime_ns=iso_to_ns(max(
+                t["deleted_at"] for t in found))) if found else None
+        tomb = self.store.tombstone(*key[1:4])
+        if tomb is None:
+            return None
+        content = render(tombstone_sidecar(self.store.tombstone_document(tomb),
+                                           self.store.tombstone_entries(tomb)))
+        return Node(key, "file", 0o444, len(content), iso_to_ns(tomb["deleted_at"]),
+                    content=content)
 
     def _count_subdirs(self, version: tuple, dir_path: str) -> int:
         return sum(1 for e in self.store.list_dir(*version, dir_path) if e["type"] == "dir")

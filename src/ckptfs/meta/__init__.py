@@ -5,6 +5,6 @@ provenance of the writing process (provenance.py), project schemas (schema.py), 
 query language of `ckptfs find` (query.py), run history and lineage (lineage.py), and
 the seal that ties them to the store (seal.py).
 """
-from .sidecar import render, run_sidecar, version_sidecar
+from .sidecar import render, run_sidecar, tombstone_sidecar, version_sidecar
 
-__all__ = ["render", "run_sidecar", "version_sidecar"]
+__all__ = ["render", "run_sidecar", "tombstone_sidecar", "version_sidecar"]

@@ -3,7 +3,8 @@
 Every sealed version may name a parent (`lineage.parent` in its sidecar): the one its
 ckptfs.json names (a fine-tune's base, in any run or project), else the run's previous
 version. `lineage_of` follows those links up (ancestors) and down (descendants) over the
-catalog; `render_*` print the result as text, JSON, Graphviz dot or Mermaid.
+catalog, deleted versions included (their tombstones keep their lineage, so retention
+never breaks a chain); `render_*` print the result as text, JSON, Graphviz dot or Mermaid.
 """
 import json
 
@@ -25,13 +26,18 @@ def parent_of(doc: dict) -> tuple[str, str] | None:
 
 def lineage_of(store, ref: str, can_read=None) -> dict:
     """{"version", "ancestors": [nearest first], "descendants": [breadth first],
-    "edges": [[parent, child, source]], "docs": {ref: doc}} for `ref` = P/R/V.
+    "edges": [[parent, child, source]], "docs": {ref: doc}} for `ref` = P/R/V. Deleted
+    versions are in it too, marked (their tombstones keep the lineage whole).
 
     `can_read(project)` (access control) leaves out the versions of projects it says
     no to: an ancestor there shows as hidden (its child names it anyway), and the chain
     stops at it; descendants there are not shown at all."""
-    docs = {ref_of(d): d for d in store.catalog_documents()
-            if can_read is None or can_read(d["project"])}
+    docs = {ref_of(d): d for d in store.catalog_documents()}
+    for tomb in store.tombstones():
+        doc = store.tombstone_document(tomb)
+        docs.setdefault(ref_of(doc), doc)
+    if can_read is not None:
+        docs = {r: d for r, d in docs.items() if can_read(d["project"])}
     if ref not in docs:
         raise NotFoundError(f"no version {ref} in the store")
     children: dict[str, list[tuple[str, str]]] = {}
@@ -47,7 +53,8 @@ def lineage_of(store, ref: str, can_read=None) -> dict:
         hidden = can_read is not None and not can_read(parent.split("/", 1)[0])
         ancestors.append({"ref": parent, "source": source,
                           "missing": parent not in docs and not hidden,
-                          **({"hidden": True} if hidden else {})})
+                          **({"hidden": True} if hidden else {}),
+                          **_deleted_mark(docs.get(parent))})
         seen.add(parent)
         current = parent
     edges = []
@@ -61,11 +68,19 @@ def lineage_of(store, ref: str, can_read=None) -> dict:
             if child in seen:
                 continue
             seen.add(child)
-            descendants.append({"ref": child, "parent": node, "source": source})
+            descendants.append({"ref": child, "parent": node, "source": source,
+                                **_deleted_mark(docs[child])})
             edges.append([node, child, source])
             queue.append(child)
-    return {"version": ref, "ancestors": ancestors, "descendants": descendants,
-            "edges": edges, "docs": docs}
+    return {"version": ref, **_deleted_mark(docs[ref]), "ancestors": ancestors,
+            "descendants": descendants, "edges": edges, "docs": docs}
+
+
+def _deleted_mark(doc: dict | None) -> dict:
+    """{"deleted": true, "deleted_at": …} for a deleted version, else nothing."""
+    if doc is None or "deleted_at" not in doc:
+        return {}
+    return {"deleted": True, "deleted_at": doc["deleted_at"]}
 
 
 def _label(graph: dict, ref: str) -> str:
@@ -73,6 +88,8 @@ def _label(graph: dict, ref: str) -> str:
     if doc is None:
         hidden = any(a["ref"] == ref and a.get("hidden") for a in graph["ancestors"])
         return f"{ref} ({'in a project you cannot read' if hidden else 'not in this store'})"
+    if "deleted_at" in doc:
+        return f"{ref} (deleted {doc['deleted_at'][:10]})"
     tags = f" [{', '.join(doc['tags'])}]" if doc.get("tags") else ""
     return ref + tags
 
@@ -108,7 +125,8 @@ def render_text(graph: dict) -> str:
 
 
 def render_json(graph: dict) -> str:
-    out = {k: graph[k] for k in ("version", "ancestors", "descendants", "edges")}
+    out = {k: graph[k] for k in ("version", "deleted", "deleted_at", "ancestors", "descendants",
+                                 "edges") if k in graph}
     return json.dumps(out, indent=2)
 
 

@@ -113,8 +113,11 @@ def warn_if_parent_missing(store, lineage: dict | None, warnings: list[str]):
     if not parent:
         return
     if store.version_record(parent["project"], parent["run"], parent["version"]) is None:
-        warnings.append(f"lineage.parent {parent['project']}/{parent['run']}/"
-                        f"{parent['version']} is not in this store (kept as given)")
+        ref = f"{parent['project']}/{parent['run']}/{parent['version']}"
+        deleted = store.tombstone(parent["project"], parent["run"], parent["version"])
+        warnings.append(f"lineage.parent {ref} was deleted on {deleted['deleted_at'][:10]} "
+                        "(kept as given)" if deleted else
+                        f"lineage.parent {ref} is not in this store (kept as given)")
 
 
 def preview_sidecar(store, src: str, project: str, run: str, version: str, meta: dict) -> dict:

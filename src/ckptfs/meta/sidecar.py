@@ -15,9 +15,9 @@ RUN_SCHEMA = "ckptfs.run/1"
 
 # Top-level keys in the order a reader wants them; keys not listed follow, sorted.
 KEY_ORDER = ("schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
-             "tags", "aliases", "notes", "step", "epoch", "metrics", "lineage", "storage",
-             "provenance", "imported_from", "extracted", "scan", "warnings", "files",
-             "symlinks")
+             "deleted_at", "deletion", "tags", "aliases", "notes", "step", "epoch", "metrics",
+             "lineage", "storage", "provenance", "imported_from", "extracted", "scan",
+             "warnings", "files", "symlinks")
 CATALOG_ONLY = ("seq", "file_count")  # kept for the catalog, not shown in the sidecar
 
 
@@ -42,11 +42,21 @@ def version_sidecar(doc: dict, entries: list[dict]) -> dict:
     return ordered({**doc, "schema": SCHEMA, "files": files, "symlinks": symlinks})
 
 
-def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str]) -> dict:
-    """run.json: every version of a run in sealing order, with what it scored."""
+def tombstone_sidecar(doc: dict, entries: list[dict]) -> dict:
+    """The sidecar of a deleted version as it was (files and SHA-256 included), with
+    `deleted_at` and `deletion` (reason, policy, manual, uid, user): `doc` is
+    `Store.tombstone_document`, `entries` its manifest's."""
+    return version_sidecar(doc, entries)
+
+
+def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str],
+                deleted: list[dict] = ()) -> dict:
+    """run.json: every version of a run in sealing order, with what it scored; deleted
+    ones (`deleted` documents, from `Store.tombstone_document`) stay, marked as such."""
     versions = []
-    for doc in sorted(docs, key=lambda d: d["seq"]):
+    for doc in sorted([*docs, *deleted], key=lambda d: d["seq"]):
         storage = doc.get("storage") or {}
+        gone = {"deleted": True, "deleted_at": doc["deleted_at"]} if "deleted_at" in doc else {}
         versions.append({
             "version": doc["version"], "sealed_at": doc["sealed_at"],
             "step": doc.get("step"), "epoch": doc.get("epoch"),
@@ -55,6 +65,7 @@ def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str
             "stored_bytes": storage.get("new_stored_bytes"),
             "parent": (doc.get("lineage") or {}).get("parent"),
             "tags": doc.get("tags") or [],
+            **gone,
         })
     return {"schema": RUN_SCHEMA, "project": project, "run": run,
             "aliases": dict(sorted(aliases.items())), "versions": versions}
@@ -70,9 +81,13 @@ def render(doc: dict) -> bytes:
         return text.encode("utf-8", "surrogateescape")
 
 
-def sidecar_of(store, project: str, run: str, version: str) -> dict:
-    """The sidecar of a sealed version as the mount shows it (NotFoundError if none)."""
+def sidecar_of(store, project: str, run: str, version: str, deleted: bool = False) -> dict:
+    """The sidecar of a sealed version as the mount shows it (NotFoundError if none);
+    with `deleted`, a deleted version's tombstone sidecar too."""
     docs = {d["version"]: d for d in store.catalog_documents(project, run)}
     if version not in docs:
+        tomb = store.tombstone(project, run, version) if deleted else None
+        if tomb is not None:
+            return tombstone_sidecar(store.tombstone_document(tomb), store.tombstone_entries(tomb))
         store.require_version(project, run, version)  # raises the usual NotFoundError
     return version_sidecar(docs[version], store.walk(project, run, version))

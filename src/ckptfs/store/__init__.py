@@ -2,16 +2,20 @@
 
 Usable on its own, without FUSE: `Store.init(path)` / `Store.open(path)`.
 """
-from .errors import (AliasError, IntegrityError, InvalidNameError, NotAStoreError, NotFoundError,
-                     SourceError, StoreError, StoreFormatError, StoreFullError,
-                     ReservedAliasError, SettingError, VersionExistsError)
+from .errors import (AliasError, ChunksReclaimedError, DeletionRefusedError, GcBusyError,
+                     IntegrityError, InvalidNameError, NotAStoreError, NotFoundError,
+                     PackMissingError, RetentionError, SourceError, StoreError,
+                     StoreFormatError, StoreFullError, ReservedAliasError, SettingError,
+                     VersionDeletedError, VersionExistsError)
 from .names import parse_version_ref, validate_name
 from .store import RestoreReport, Store, VerifyReport
 
 __all__ = ["Store", "RestoreReport", "VerifyReport", "StoreError", "NotAStoreError",
            "StoreFormatError", "InvalidNameError", "VersionExistsError", "NotFoundError",
            "SourceError", "IntegrityError", "StoreFullError", "validate_name",
-           "parse_version_ref", "AliasError", "ReservedAliasError", "SettingError"]
+           "parse_version_ref", "AliasError", "ReservedAliasError", "SettingError",
+           "ChunksReclaimedError", "DeletionRefusedError", "GcBusyError", "PackMissingError",
+           "RetentionError", "VersionDeletedError"]
 
 from .errors import AccessDeniedError, AccessError  # noqa: E402  (access control)
 

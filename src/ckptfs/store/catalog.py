@@ -74,8 +74,30 @@ def apply_catalog_event(index: Index, txn, entry: dict) -> None:
         index.put_setting(txn, entry["project"], "settings", entry["settings"] or None)
     elif kind == "project.schema":
         index.put_setting(txn, entry["project"], "schema", entry["schema"])
+    elif kind == "retention.set":
+        scope = entry["project"] if entry.get("run") is None else f"{entry['project']}/{entry['run']}"
+        index.put_setting(txn, scope, "retention", entry["policy"])
+    elif kind == "version.deleted":
+        apply_deletion(index, txn, entry)
     else:
         apply_access_event(index, txn, entry)  # access.*; other types are skipped
+
+
+def apply_deletion(index: Index, txn, entry: dict) -> None:
+    """A `version.deleted` event: the version leaves `versions`, `entries`, `search` and
+    `columns` (so find, log, ls, latest and best no longer see it) and its record and
+    catalog document become its tombstone in `deleted`. Its manifest stays in its pack
+    (garbage collection keeps it), so the tombstone's file list can always be shown."""
+    vkey = version_key(entry["project"], entry["run"], entry["version"])
+    removed = index.delete_version(txn, vkey)
+    if removed is None:
+        return  # not in the index (a journal naming an unknown version): nothing to move
+    record, doc = removed
+    index.put_tombstone(txn, vkey, {
+        "record": record, "document": doc, "deleted_at": entry["time"], "seq": entry["seq"],
+        "deletion": {"reason": entry.get("reason"), "policy": entry.get("policy"),
+                     "manual": bool(entry.get("manual")), "uid": entry.get("uid"),
+                     "user": entry.get("user")}})
 
 
 def metric_value(doc: dict, metric: str) -> float | None:
@@ -290,9 +312,12 @@ class CatalogMixin:
         self.remove_alias(project, run, old, actor)
 
     def name_in_run(self, project: str, run: str, name: str) -> str | None:
-        """What `name` already is in a run directory: 'version', 'alias' or None."""
+        """What `name` already is in a run directory: 'version', 'alias', 'deleted' (the
+        name of a deleted version, never reused) or None."""
         if self.version_record(project, run, name) is not None:
             return "version"
+        if self.tombstone(project, run, name) is not None:
+            return "deleted"
         if name in DERIVED_ALIASES or self._explicit_alias(project, run, name) is not None:
             return "alias"
         return None
@@ -311,6 +336,9 @@ class CatalogMixin:
         if self.version_record(project, run, alias) is not None:
             raise AliasError(f"{project}/{run} has a version named {alias!r}: an alias needs "
                              "a name of its own")
+        if self.tombstone(project, run, alias) is not None:
+            raise AliasError(f"{project}/{run} had a version named {alias!r} (deleted; names "
+                             "are never reused): an alias needs a name of its own")
 
     @staticmethod
     def _derived_hint(alias: str) -> str:

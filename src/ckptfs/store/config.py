@@ -41,6 +41,15 @@ class PackSettings:
 
 
 @dataclass
+class GcSettings:
+    # `ckptfs gc` rewrites a pack whose live records fill less than this fraction of it
+    # (copying them into a new pack, then deleting the old one); a pack above it keeps
+    # its dead records on disk until more of it dies. 0 never rewrites (only packs with
+    # nothing live are dropped); 1 rewrites every pack with any dead record.
+    rewrite_below: float = 0.5
+
+
+@dataclass
 class StoreConfig:
     chunk_id_key: bytes
     format: int = FORMAT_VERSION
@@ -48,6 +57,7 @@ class StoreConfig:
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     packs: PackSettings = field(default_factory=PackSettings)
+    gc: GcSettings = field(default_factory=GcSettings)
 
     @classmethod
     def new(cls) -> "StoreConfig":
@@ -61,6 +71,7 @@ class StoreConfig:
             "chunking": vars(self.chunking),
             "compression": vars(self.compression),
             "packs": vars(self.packs),
+            "gc": vars(self.gc),
             "secret": {"chunk_id_key": self.chunk_id_key.hex()},
         }
         header = ("# ckptfs store settings. `secret.chunk_id_key` keys the chunk ids:\n"
@@ -89,13 +100,20 @@ class StoreConfig:
                 f"{store_path} has store format {fmt}, newer than this ckptfs supports "
                 f"({FORMAT_VERSION}): upgrade ckptfs to use it")
         try:
-            return cls(
+            config = cls(
                 chunk_id_key=bytes.fromhex(doc["secret"]["chunk_id_key"]),
                 format=fmt,
                 created=doc.get("created", ""),
                 chunking=ChunkingSettings(**doc.get("chunking", {})),
                 compression=CompressionSettings(**doc.get("compression", {})),
                 packs=PackSettings(**doc.get("packs", {})),
+                gc=GcSettings(**doc.get("gc", {})),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StoreFormatError(f"{path} is malformed: {e}") from None
+        rewrite_below = config.gc.rewrite_below
+        if isinstance(rewrite_below, bool) or not isinstance(rewrite_below, (int, float)) \
+                or not 0 <= rewrite_below <= 1:
+            raise StoreFormatError(f"{path}: gc.rewrite_below must be a number from 0 to 1, "
+                                   f"not {rewrite_below!r}")
+        return config

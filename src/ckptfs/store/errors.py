@@ -95,3 +95,35 @@ class AccessDeniedError(StoreError):
         self.needed = needed
         self.operation = operation
         self.path = path
+
+
+class PackMissingError(IntegrityError):
+    """A pack file the index pointed at is gone: damage, or a garbage collection in
+    another process moved its records meanwhile (readers look the location up again)."""
+
+
+class VersionDeletedError(VersionExistsError):
+    """The name belongs to a deleted version: names are never reused."""
+
+
+class ChunksReclaimedError(StoreError):
+    """An import deduplicated against chunks that a concurrent garbage collection
+    reclaimed before the import committed. The import path retries once from scratch."""
+
+    errno = _errno.EAGAIN
+
+
+class RetentionError(SettingError):
+    """A retention policy that cannot be set: an unknown rule or a bad value."""
+
+
+class DeletionRefusedError(StoreError):
+    """A version that must be kept: it has an alias, or a kept version descends from it."""
+
+    errno = _errno.EPERM
+
+
+class GcBusyError(StoreError):
+    """Another garbage collection is running on the store."""
+
+    errno = _errno.EBUSY

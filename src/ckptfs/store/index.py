@@ -17,7 +17,10 @@ Sub-databases (docs/format.md):
                in SPLIT_FIELDS are stored one member per field ("lineage.data", …)
     aliases    b"project/run" NUL alias -> version name
     settings   b"project" NUL kind -> JSON (kind "settings": primary metric and other
-               project settings; kind "schema": the project's JSON Schema)
+               project settings; kind "schema": the project's JSON Schema; kind
+               "retention": the retention policy, also under b"project/run" NUL kind)
+    deleted    b"project/run/version" -> tombstone of a deleted version (JSON): its
+               version record and catalog document as they were, when, why, by whom
 
 Names never contain "/" or NUL, so these keys are unambiguous and sort by component.
 """
@@ -103,6 +106,7 @@ class Index:
         self.columns = self.env.open_db(b"columns", create=not readonly)
         self.aliases = self.env.open_db(b"aliases", create=not readonly)
         self.settings = self.env.open_db(b"settings", create=not readonly)
+        self.deleted = self.env.open_db(b"deleted", create=not readonly)
         self._column_batch: dict | None = None  # see batched_columns
 
     def close(self):
@@ -171,6 +175,35 @@ class Index:
     def add_manifest(self, txn, manifest_id: bytes, loc: Location) -> None:
         txn.put(manifest_id, loc.encode(), db=self.manifests, overwrite=False)
 
+    def remove_chunk(self, txn, chunk_id: bytes, loc: Location) -> bool:
+        """Forget a chunk if the index still has it at `loc` (counters updated)."""
+        if self.get_chunk(txn, chunk_id) != loc:
+            return False
+        txn.delete(chunk_id, db=self.chunks)
+        self.add_int(txn, b"chunk_count", -1)
+        self.add_int(txn, b"chunk_raw_bytes", -loc.raw_len)
+        self.add_int(txn, b"chunk_stored_bytes", -loc.length)
+        return True
+
+    def move_record(self, txn, db, record_id: bytes, old: Location, new: Location) -> bool:
+        """Point a chunk or manifest (`db`) at a copy of its record, if it is still at
+        `old`. The copy has the same length, so the counters stay."""
+        value = txn.get(record_id, db=db)
+        if value is None or Location.decode(value) != old:
+            return False
+        txn.put(record_id, new.encode(), db=db)
+        return True
+
+    def iter_locations(self, txn, db):
+        """(id, location) of every chunk or manifest (`db`)."""
+        for key, value in txn.cursor(db=db):
+            yield bytes(key), Location.decode(value)
+
+    def referenced_pack_ids(self, txn) -> set[int]:
+        """Every pack some chunk or manifest of the index lies in."""
+        return {loc.pack_id for db in (self.chunks, self.manifests)
+                for _id, loc in self.iter_locations(txn, db)}
+
     # -- versions and entries ---------------------------------------------------------
     def get_version(self, txn, project: str, run: str, version: str) -> dict | None:
         value = txn.get(version_key(project, run, version), db=self.versions)
@@ -199,10 +232,11 @@ class Index:
         for _key, value in self._prefix_scan(txn, self.versions, prefix):
             yield json.loads(value)
 
-    def distinct_components(self, txn, prefix: bytes) -> list[str]:
-        """Distinct next path components of version keys under `prefix` (skip-scan)."""
+    def distinct_components(self, txn, prefix: bytes, db=None) -> list[str]:
+        """Distinct next path components of version keys under `prefix` (skip-scan) in
+        `versions` (or `db`: `deleted`)."""
         names = []
-        cursor = txn.cursor(db=self.versions)
+        cursor = txn.cursor(db=self.versions if db is None else db)
         found = cursor.set_range(prefix)
         while found:
             key = cursor.key()
@@ -213,6 +247,56 @@ class Index:
             # "/" (0x2f) sorts just before "0" (0x30): jump past every key "name/…".
             found = cursor.set_range(prefix + name + b"0")
         return sorted(names, key=fs_bytes)  # key order puts "a-x/…" before "a/…"
+
+    def delete_version(self, txn, vkey: bytes) -> tuple[dict, dict | None] | None:
+        """Remove a version from `versions`, `entries`, `search` and `columns`; returns
+        its (record, catalog document), or None if it is not there."""
+        value = txn.get(vkey, db=self.versions)
+        if value is None:
+            return None
+        record = json.loads(value)
+        doc = self.get_search_doc(txn, vkey)
+        txn.delete(vkey, db=self.versions)
+        self._delete_prefix(txn, self.entries, vkey + b"\0")
+        if doc is not None:
+            txn.delete(vkey, db=self.search)
+            self._remove_columns(txn, vkey, doc)
+        return record, doc
+
+    @staticmethod
+    def _delete_prefix(txn, db, prefix: bytes) -> None:
+        cursor = txn.cursor(db=db)
+        if not cursor.set_range(prefix):
+            return
+        while cursor.key().startswith(prefix):
+            if not cursor.delete():  # deletes and moves to the next key
+                return
+
+    def put_tombstone(self, txn, vkey: bytes, tombstone: dict) -> None:
+        txn.put(vkey, orjson.dumps(tombstone, option=orjson.OPT_SORT_KEYS), db=self.deleted)
+
+    def get_tombstone(self, txn, vkey: bytes) -> dict | None:
+        value = txn.get(vkey, db=self.deleted)
+        return orjson.loads(value) if value is not None else None
+
+    def iter_tombstones(self, txn, prefix: bytes = b""):
+        """Tombstones of the deleted versions under `prefix`, in key order."""
+        for _key, value in self._prefix_scan(txn, self.deleted, prefix):
+            yield orjson.loads(value)
+
+    def deleted_count(self, txn) -> int:
+        return txn.stat(self.deleted)["entries"]
+
+    def iter_chunk_lists(self, txn, vkey: bytes | None = None):
+        """(version key, [[chunk id hex, length], …]) of every file entry, of one version
+        (`vkey`) or of all: what garbage collection counts as referenced."""
+        rows = self._prefix_scan(txn, self.entries, vkey + b"\0") if vkey is not None \
+            else txn.cursor(db=self.entries)
+        for key, value in rows:
+            if b'"chunks"' in value:   # cheap test first: dirs and symlinks have none
+                chunks = orjson.loads(value).get("chunks")
+                if chunks is not None:
+                    yield bytes(key).split(b"\0", 1)[0], chunks
 
     def get_entry(self, txn, vkey: bytes, path: str) -> dict | None:
         value = txn.get(entry_key(vkey, path), db=self.entries)
@@ -268,8 +352,30 @@ class Index:
         for key, values in updates.items():
             column = orjson.loads(txn.get(key, b"{}", db=self.columns))
             column.update(values)
-            # Sorted: a replay (rebuild-index) must write exactly the same bytes.
-            txn.put(key, orjson.dumps(column, option=orjson.OPT_SORT_KEYS), db=self.columns)
+            self._put_column(txn, key, column)
+
+    def _put_column(self, txn, key: bytes, column: dict) -> None:
+        if not column:  # its last version was deleted
+            txn.delete(key, db=self.columns)
+            return
+        # Sorted: a replay (rebuild-index) must write exactly the same bytes.
+        txn.put(key, orjson.dumps(column, option=orjson.OPT_SORT_KEYS), db=self.columns)
+
+    def _remove_columns(self, txn, vkey: bytes, doc: dict) -> None:
+        """Take a deleted version's values out of its column buckets (and out of a replay's
+        pending batch, where the version may have been sealed a moment ago)."""
+        name = fs_str(vkey)
+        bucket = BUCKET.pack(doc["seq"] // BUCKET_SEQS)
+        for column_name in self.document_columns(doc):
+            key = column_name.encode() + b"\0" + bucket
+            if self._column_batch is not None and key in self._column_batch:
+                self._column_batch[key].pop(name, None)
+            value = txn.get(key, db=self.columns)
+            if value is not None:
+                column = orjson.loads(value)
+                if name in column:
+                    del column[name]
+                    self._put_column(txn, key, column)
 
     def get_search_doc(self, txn, vkey: bytes) -> dict | None:
         value = txn.get(vkey, db=self.search)
@@ -349,7 +455,7 @@ class Index:
     def clear_catalog(self, txn) -> None:
         """Empty the sub-databases derived from journal events other than chunks (an
         upgrade replays the journal into them)."""
-        for db in (self.search, self.columns, self.aliases, self.settings):
+        for db in (self.search, self.columns, self.aliases, self.settings, self.deleted):
             txn.drop(db, delete=False)
 
     def dump(self) -> dict:
@@ -360,6 +466,7 @@ class Index:
                              (b"manifests", self.manifests), (b"versions", self.versions),
                              (b"entries", self.entries), (b"search", self.search),
                              (b"columns", self.columns),
-                             (b"aliases", self.aliases), (b"settings", self.settings)):
+                             (b"aliases", self.aliases), (b"settings", self.settings),
+                             (b"deleted", self.deleted)):
                 out[name.decode()] = dict(txn.cursor(db=db))
         return out

@@ -10,6 +10,10 @@ and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd
 release the GIL on large buffers). Nothing is visible until the commit; on any error
 this ingest's packs are deleted and no version appears.
 
+While an ingest is under way (from its start to its commit or abort) it holds a shared
+flock on `STORE/ingest.lock`: its packs are not referenced by the index yet, and garbage
+collection removes unreferenced packs only when it can take that lock exclusively.
+
 The mount starts an ingest before the seal: as each file of an inbox version is closed
 it calls `prepare_file`, which stores the file's chunks under a token the caller
 chooses (the daemon uses the spool inode and a write generation). At the seal,
@@ -18,6 +22,7 @@ version is mostly ingested by the time its quiet period ends. Chunks of a prepar
 that was changed or removed afterwards stay in the packs unreferenced (space, not harm).
 """
 import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -34,6 +39,7 @@ from .errors import SourceError, StoreFullError
 from .index import Location
 from .pack import KIND_CHUNK, KIND_MANIFEST, PackWriter
 
+INGEST_LOCK = "ingest.lock"
 ENCODE_WORKERS = 2
 MAX_INFLIGHT = 8      # chunks being encoded at once (bounds memory: 8 x max chunk size)
 MAX_HASH_BACKLOG = 16 # chunks queued for the per-file SHA-256
@@ -69,6 +75,7 @@ class IngestReport:
     seconds: float
     stats: IngestStats
     delta_parent: str | None
+    retried: bool = False  # a concurrent garbage collection made it start over once
 
     @property
     def dedup_ratio(self) -> float:
@@ -119,6 +126,18 @@ def walk_source(src: str) -> tuple[os.stat_result, list[SourceEntry]]:
     return root_st, found
 
 
+def take_ingest_lock(store_path: str) -> int:
+    """A shared flock on STORE/ingest.lock, held by every ingest under way (a gc that is
+    removing leftover packs holds it exclusively for a moment: then we wait)."""
+    fd = os.open(os.path.join(store_path, INGEST_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class Ingest:
     """One import of a directory as PROJECT/RUN/VERSION. Use `Store.import_directory`."""
 
@@ -132,6 +151,7 @@ class Ingest:
         self.stats = IngestStats()
         self.writers: list[PackWriter] = []
         self.session_chunks: dict[bytes, Location] = {}  # chunks this ingest wrote
+        self.delta_base_of: dict[bytes, bytes] = {}       # its XOR-delta chunks -> their base
         self.pending_ids: set[bytes] = set()               # being encoded right now
         self.delta_parent = None
         self._delta_parent_known = False
@@ -139,6 +159,16 @@ class Ingest:
         self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
         self.metadata: dict = {}  # sealed with the version (the meta layer's sidecar fields)
         self.actor: dict | None = None  # who the journal names for the seal (default: us)
+        self._lock_fd = take_ingest_lock(store.path)
+
+    def release(self):
+        """Let garbage collection know this ingest no longer owns unreferenced packs."""
+        fd, self._lock_fd = getattr(self, "_lock_fd", None), None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self):
+        self.release()
 
     # -- packs ------------------------------------------------------------------------
     def _writer(self) -> PackWriter:
@@ -199,7 +229,9 @@ class Ingest:
             w.abort()
         self.writers.clear()
         self.session_chunks.clear()
+        self.delta_base_of.clear()
         self.prepared.clear()
+        self.release()
 
     # -- main -------------------------------------------------------------------------
     def execute(self, src: str,
@@ -217,6 +249,7 @@ class Ingest:
             self.stats.total_chunks = sum(len(e["chunks"]) for e in files)
             root = {"mode": stat.S_IMODE(root_st.st_mode), "mtime_ns": root_st.st_mtime_ns}
             report = self.store.commit_version(self, root, entries)
+            self.release()
         except BaseException as e:
             self.abort()
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -361,6 +394,7 @@ class Ingest:
         self.stats.new_stored_bytes += loc.length
         if codec_id == codecs.XOR_DELTA:
             self.stats.delta_chunks += 1
+            self.delta_base_of[chunk_id] = codecs.delta_base_id(codec_id, payload)
 
     def write_manifest(self, manifest_id: bytes, raw_len: int, payload: bytes) -> Location:
         """Append the manifest record and close every pack of this ingest (fsync)."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .errors import IntegrityError
+from .errors import IntegrityError, PackMissingError
 
 PACK_MAGIC = b"CKPTPACK"
 PACK_FORMAT = 1
@@ -93,6 +93,15 @@ class PackWriter:
         self.records += 1
         return offset, length
 
+    def append_raw(self, record: bytes) -> tuple[int, int]:
+        """Append a whole record as read from another pack (header, checksum and payload:
+        nothing in a record depends on where it sits); return (offset, length)."""
+        offset = self.size
+        self._file.write(record)
+        self.size += len(record)
+        self.records += 1
+        return offset, len(record)
+
     def close(self) -> None:
         """Write the end record and make the pack durable (file and directory entry)."""
         if self.closed:
@@ -151,6 +160,7 @@ class PackReader:
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._max_open = max_open
         self._lock = threading.Lock()
+        self._retired: list[int] = []  # fds of deleted packs, closed one round later
 
     def _fd(self, pack_id: int) -> int:
         with self._lock:
@@ -161,7 +171,7 @@ class PackReader:
             try:
                 fd = os.open(pack_path(self.packs_dir, pack_id), os.O_RDONLY)
             except FileNotFoundError:
-                raise IntegrityError(f"pack {pack_id:08x} is missing", pack_id=pack_id) from None
+                raise PackMissingError(f"pack {pack_id:08x} is missing", pack_id=pack_id) from None
             self._fds[pack_id] = fd
             while len(self._fds) > self._max_open:
                 _, old = self._fds.popitem(last=False)
@@ -180,11 +190,31 @@ class PackReader:
         buf = os.pread(self._fd(pack_id), length, offset)
         return parse_record(buf, pack_id, offset)
 
+    def read_raw(self, pack_id: int, offset: int, length: int) -> bytes:
+        """A whole record's bytes, checked (magic, xxh3) but not decoded: what garbage
+        collection copies into a new pack."""
+        buf = os.pread(self._fd(pack_id), length, offset)
+        parse_record(buf, pack_id, offset)
+        return buf
+
+    def forget_deleted(self) -> None:
+        """Stop holding packs that were deleted (a garbage collection removed them): an
+        open descriptor keeps a deleted file's disk space. A reader may still be using
+        one, so they are closed at the next call, not now."""
+        with self._lock:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired = []
+            for pack_id in list(self._fds):
+                if not os.path.exists(pack_path(self.packs_dir, pack_id)):
+                    self._retired.append(self._fds.pop(pack_id))
+
     def close(self) -> None:
         with self._lock:
-            for fd in self._fds.values():
+            for fd in list(self._fds.values()) + self._retired:
                 os.close(fd)
             self._fds.clear()
+            self._retired = []
 
 
 @dataclass

@@ -23,8 +23,10 @@ from .chunking import parse_safetensors_header, safetensors_header_size
 from .access import AccessMixin
 from .catalog import CatalogMixin, apply_catalog_event, search_document
 from .config import CONFIG_NAME, StoreConfig
-from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
-                     VersionExistsError)
+from .deletion import RetentionMixin
+from .errors import (ChunksReclaimedError, IntegrityError, NotFoundError, PackMissingError,
+                     StoreError, StoreFormatError, VersionExistsError)
+from .gc import GcMixin, intent_pack_ids, load_intent
 from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
 from .journal import Journal, check_chain, encode_entry, entry_hash
@@ -61,6 +63,8 @@ class VerifyReport:
     damaged_files: list = field(default_factory=list)    # (version, path, message)
     damaged_versions: set = field(default_factory=set)
     leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
+    deleted_versions: int = 0       # tombstones whose manifest (file list) was checked
+    gc_interrupted: bool = False    # a gc died midway: the next one finishes it (not damage)
 
     @property
     def ok(self) -> bool:
@@ -95,7 +99,7 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store(CatalogMixin, AccessMixin):
+class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
     def __init__(self, path: str, config: StoreConfig):
         self.path = path
         self.config = config
@@ -110,6 +114,7 @@ class Store(CatalogMixin, AccessMixin):
         self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
+        self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
         self._upgrade_index_if_old()
         self._catch_up_if_behind()
 
@@ -209,7 +214,18 @@ class Store(CatalogMixin, AccessMixin):
         ingest.progress = progress
         ingest.metadata = metadata or {}
         ingest.actor = actor
-        return ingest.execute(src, token_of)
+        try:
+            return ingest.execute(src, token_of)
+        except ChunksReclaimedError:
+            # A garbage collection in another process reclaimed chunks this ingest had
+            # deduplicated against (execute aborted it). Once more from scratch: reading
+            # the files again, deduplicating against the index as it is now.
+            retry = self.begin_ingest(project, run, version)
+            retry.on_new_pack = ingest.on_new_pack
+            retry.progress, retry.metadata, retry.actor = progress, metadata or {}, actor
+            report = retry.execute(src, None)
+            report.retried = True
+            return report
 
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
         """An ingest of PROJECT/RUN/VERSION to feed file by file (`Ingest.prepare_file`)
@@ -227,6 +243,7 @@ class Store(CatalogMixin, AccessMixin):
             raise VersionExistsError(
                 f"version {version_name(project, run, version)} already exists; versions are "
                 "immutable: import under a new version name")
+        self.check_name_not_deleted(project, run, version)
         if self.name_in_run(project, run, version) == "alias":
             raise VersionExistsError(
                 f"{project}/{run} has an alias named {version!r}: choose another version "
@@ -302,6 +319,8 @@ class Store(CatalogMixin, AccessMixin):
                 raise VersionExistsError(
                     f"version {version_name(p, r, v)} was created by another import meanwhile; "
                     "versions are immutable: import under a new version name")
+            self.check_name_not_deleted(p, r, v)
+            self._check_chunks_still_stored(ingest, entries)
             # Written under the lock: the parent it names must be the newest version
             # of the run at the moment of the commit.
             manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
@@ -329,6 +348,24 @@ class Store(CatalogMixin, AccessMixin):
                 txn, entry, manifest, fresh, manifest_id, manifest_loc))
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
                             event["delta_parent"])
+
+    def _check_chunks_still_stored(self, ingest: Ingest, entries: list[dict]):
+        """Every chunk the version uses, and the base of every delta this ingest wrote,
+        must be in the index or among the ingest's own new chunks (checked under the
+        journal lock, which a garbage collection's index switch also takes). A gc in
+        another process may have reclaimed a chunk since the ingest deduplicated
+        against it, or chose it as a delta base."""
+        needed = {bytes.fromhex(chunk) for e in entries if e["type"] == "file"
+                  for chunk, _length in e["chunks"]}
+        needed.update(ingest.delta_base_of.values())
+        needed.difference_update(ingest.session_chunks)
+        with self.index.read() as txn:
+            missing = sum(1 for chunk_id in needed if self.index.get_chunk(txn, chunk_id) is None)
+        if missing:
+            raise ChunksReclaimedError(
+                f"{missing} chunk(s) that {version_name(ingest.project, ingest.run, ingest.version)} "
+                "shares with other versions were reclaimed by a garbage collection while it "
+                "was being imported; nothing was committed: import it again")
 
     def _index_new_version(self, txn, event, manifest, fresh, manifest_id, manifest_loc):
         for cid, loc in fresh.items():
@@ -463,11 +500,33 @@ class Store(CatalogMixin, AccessMixin):
         if loc is None:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} is not in any pack")
         record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        return self._decode_manifest(manifest_id, loc, record)
+
+    def read_manifest(self, manifest_id: bytes) -> dict:
+        """A manifest by id, from the live index (e.g. a deleted version's file list)."""
+        def locate(txn):
+            return self.index.get_manifest(txn, manifest_id)
+        loc, record = self._read_located(locate, f"manifest {manifest_id.hex()[:16]}")
+        return self._decode_manifest(manifest_id, loc, record)
+
+    def _decode_manifest(self, manifest_id: bytes, loc: Location, record) -> dict:
         raw = codecs.decode(record.codec, record.payload, record.raw_len)
         if self.chunk_id(raw) != manifest_id:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} in pack "
                                  f"{loc.pack_id:08x} does not match its id", pack_id=loc.pack_id)
         return decode_manifest(raw)
+
+    def _rebuilt_pack_counter(self, index: Index, txn) -> None:
+        """Pack ids are never handed out twice: the rebuilt counter does not fall below the
+        old index's (packs may have been deleted since) nor below a gc intent's ids."""
+        try:
+            with self.index.read() as old_txn:
+                old = self.index.get_int(old_txn, b"next_pack_id", 1)
+        except Exception:  # a damaged old index: the packs and the intent decide
+            old = 1
+        floor = max([old] + [pack_id + 1 for pack_id in intent_pack_ids(self.path)])
+        if index.get_int(txn, b"next_pack_id", 1) < floor:
+            index.put_int(txn, b"next_pack_id", floor)
 
     def rebuild_index(self) -> dict:
         """Recreate the LMDB index from packs and journal alone.
@@ -505,6 +564,7 @@ class Store(CatalogMixin, AccessMixin):
                     summary["damaged_packs"].append((pack_id, scan.damage))
                 if not scan.complete:
                     summary["unfinished_packs"].append((pack_id, scan.tail))
+            index.commit(lambda txn: self._rebuilt_pack_counter(index, txn))
             summary["versions"] = self._replay(index, self.journal.entries())
         finally:
             index.close()
@@ -564,7 +624,8 @@ class Store(CatalogMixin, AccessMixin):
     def require_version(self, project: str, run: str, version: str) -> dict:
         record = self.version_record(project, run, version)
         if record is None:
-            raise NotFoundError(f"no version {version_name(project, run, version)} in the store")
+            raise self.deleted_error(project, run, version) or NotFoundError(
+                f"no version {version_name(project, run, version)} in the store")
         return record
 
     def list_dir(self, project: str, run: str, version: str, dir_path: str = "") -> list[dict]:
@@ -601,17 +662,40 @@ class Store(CatalogMixin, AccessMixin):
 
     # -- reading ------------------------------------------------------------------------
     def _read_record(self, chunk_id: bytes):
-        with self.index.read() as txn:
-            loc = self.index.get_chunk(txn, chunk_id)
-        if loc is None:
-            raise IntegrityError(f"chunk {chunk_id.hex()[:16]} is not in the index",
-                                 chunk_id=chunk_id)
-        record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        def locate(txn):
+            return self.index.get_chunk(txn, chunk_id)
+        loc, record = self._read_located(locate, f"chunk {chunk_id.hex()[:16]}", chunk_id)
         if record.record_id != chunk_id:
             raise IntegrityError(f"pack {loc.pack_id:08x} holds another record where chunk "
                                  f"{chunk_id.hex()[:16]} should be", pack_id=loc.pack_id,
                                  chunk_id=chunk_id)
         return record
+
+    def _read_located(self, locate, what: str, chunk_id: bytes | None = None):
+        """(location, record) of what `locate(txn)` finds in the index.
+
+        A garbage collection in another process may move the record to a new pack and
+        delete the old one between our lookup and our read: on a missing pack, look
+        the location up again and read once more."""
+        loc = self._locate(locate, what, chunk_id)
+        try:
+            return loc, self.packs.read(loc.pack_id, loc.offset, loc.length)
+        except PackMissingError:
+            again = self._locate(locate, what, chunk_id)
+            if again == loc:
+                raise
+            return again, self.packs.read(again.pack_id, again.offset, again.length)
+
+    def _locate(self, locate, what: str, chunk_id: bytes | None) -> Location:
+        with self.index.read() as txn:
+            loc = locate(txn)
+            generation = self.index.get_int(txn, b"gc_generation")
+        if generation != self._gc_generation:
+            self._gc_generation = generation
+            self.packs.forget_deleted()  # their open descriptors would keep the space
+        if loc is None:
+            raise IntegrityError(f"{what} is not in the index", chunk_id=chunk_id)
+        return loc
 
     def read_chunk(self, chunk_id: bytes, cache: bool = True) -> bytes:
         """The raw bytes of a chunk; checked (xxh3) on the way, never wrong.
@@ -868,6 +952,7 @@ class Store(CatalogMixin, AccessMixin):
             "projects": len({v["project"] for v in versions}),
             "runs": len({(v["project"], v["run"]) for v in versions}),
             "versions": len(versions),
+            "deleted_versions": self.deleted_count(),
             "files": sum(v["files"] for v in versions),
             "logical_bytes": logical,
             "chunks": chunks,
@@ -914,7 +999,22 @@ class Store(CatalogMixin, AccessMixin):
             self._cache = _ChunkCache(CACHE_BYTES)
             for record in self.all_versions():
                 self._verify_version(record, report, pool, progress)
+        self._verify_tombstones(report)
+        report.gc_interrupted = load_intent(self.path) is not None
         return report
+
+    def _verify_tombstones(self, report: VerifyReport):
+        """A deleted version's data may be gone, but its manifest (its file list and
+        SHA-256s, what its tombstone shows) must stay readable."""
+        for tomb in self.tombstones():
+            report.deleted_versions += 1
+            record = tomb["record"]
+            try:
+                self.read_manifest(bytes.fromhex(record["manifest"]))
+            except (IntegrityError, ValueError) as e:
+                name = version_name(record["project"], record["run"], record["version"])
+                report.damaged_versions.add(f"{name} (deleted)")
+                report.damaged_files.append((name, "(manifest)", str(e)))
 
     def _check_chunk(self, chunk_id: bytes) -> tuple[str, int] | None:
         """None if the chunk reads back as the bytes its id names, else (problem, the pack

@@ -1,0 +1,208 @@
+"""`ckptfs retention set|show|clear`, `ckptfs gc` and `ckptfs delete`: retention
+policies, garbage collection and manual deletion (docs/retention.md). Registered on the
+main command group by `ckptfs.cli`."""
+import json
+from datetime import datetime, timezone
+
+import click
+
+from ckptfs.cli import human_bytes, main, open_store, progress_bar
+from ckptfs.store import parse_version_ref
+from ckptfs.store.catalog import ALL_PROJECTS
+from ckptfs.store.names import validate_name
+from ckptfs.store.retention import describe_policy, describe_scope, parse_rules, policy_scope
+
+
+def parse_scope(ref: str) -> tuple[str, str | None]:
+    """PROJECT, PROJECT/RUN or * -> (project, run or None)."""
+    parts = [p for p in ref.strip("/").split("/") if p] if ref else []
+    if ref.strip() == ALL_PROJECTS:
+        return ALL_PROJECTS, None
+    if not 1 <= len(parts) <= 2:
+        raise click.BadParameter(f"expected PROJECT, PROJECT/RUN or *, got {ref!r}")
+    for part, what in zip(parts, ("project", "run")):
+        validate_name(part, what)
+    return parts[0], parts[1] if len(parts) == 2 else None
+
+
+# -- retention ------------------------------------------------------------------------------
+@main.group()
+def retention():
+    """Retention policies: which versions `ckptfs gc` deletes. Set on a run (P/R), a
+    project (P), or `*` (the default of every project); the most specific one applies,
+    whole. Versions with an alias, and explicit parents of kept versions, are always
+    kept."""
+
+
+@retention.command("set")
+@click.argument("store")
+@click.argument("scope", metavar="PROJECT[/RUN]|*")
+@click.argument("rules", nargs=-1, required=True, metavar="RULE=VALUE...")
+def retention_set(store, scope, rules):
+    """Set the policy of a project or run (replacing the one set there before).
+
+    \b
+    Rules (any subset; a version is kept if any rule keeps it):
+      keep_last=N        the N newest versions of each run
+      keep_best=K        the K best by metric and mode
+      metric=NAME        default: the project's primary_metric
+      mode=min|max       default: the project's mode
+      max_age_days=D     versions sealed within the last D days
+    """
+    project, run = parse_scope(scope)
+    with open_store(store) as s:
+        old = s.retention_policy(project, run)
+        policy = s.set_retention_policy(project, run, parse_rules(rules))
+    where = describe_scope(policy_scope(project, run))
+    replaced = f" (replaces {describe_policy(old)})" if old and old != policy else ""
+    click.echo(f"retention of {where}: {describe_policy(policy)}{replaced}")
+    click.echo("nothing is deleted until `ckptfs gc STORE` runs; `ckptfs gc STORE --dry-run` "
+               "shows what it would delete")
+
+
+@retention.command("clear")
+@click.argument("store")
+@click.argument("scope", metavar="PROJECT[/RUN]|*")
+def retention_clear(store, scope):
+    """Remove the policy set on exactly this project or run."""
+    project, run = parse_scope(scope)
+    with open_store(store) as s:
+        old = s.clear_retention_policy(project, run)
+    click.echo(f"retention of {describe_scope(policy_scope(project, run))} cleared "
+               f"(was {describe_policy(old)})")
+
+
+@retention.command("show")
+@click.argument("store")
+@click.argument("scope", required=False, default="", metavar="[PROJECT[/RUN]]")
+@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+def retention_show(store, scope, as_json):
+    """The policies set, and the policy in force for each run with where it comes from."""
+    project, run = parse_scope(scope) if scope else (None, None)
+    with open_store(store) as s:
+        policies = s.retention_policies()
+        runs = [(p, r) for p in ([project] if project and project != ALL_PROJECTS else s.projects())
+                for r in ([run] if run else s.runs(p))]
+        in_force = [(p, r, s.effective_retention(p, r)) for p, r in runs]
+    if project not in (None, ALL_PROJECTS):
+        policies = {k: v for k, v in policies.items()
+                    if k in (ALL_PROJECTS, project, policy_scope(project, run))
+                    or (run is None and k.startswith(project + "/"))}
+    if as_json:
+        click.echo(json.dumps({
+            "policies": policies,
+            "runs": [{"project": p, "run": r, "policy": found[0] if found else None,
+                      "from": found[1] if found else None} for p, r, found in in_force]},
+            indent=2, sort_keys=True))
+        return
+    click.echo("policies set:" if policies else "no retention policy is set: gc deletes nothing")
+    for key in sorted(policies, key=lambda k: (k != ALL_PROJECTS, "/" in k, k)):
+        click.echo(f"  {describe_scope(key)}: {describe_policy(policies[key])}")
+    if in_force:
+        click.echo("in force:")
+    width = max((len(f"{p}/{r}") for p, r, _ in in_force), default=0)
+    for p, r, found in in_force:
+        text = (f"{describe_policy(found[0])}  (from {describe_scope(found[1])})" if found
+                else "no policy: every version is kept")
+        click.echo(f"  {p + '/' + r:<{width}}  {text}")
+
+
+# -- gc ------------------------------------------------------------------------------------
+def parse_as_of(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def deletion_line(decision, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    policy = decision.policy or {}
+    source = (f"  [{describe_policy(policy['rules'])}, from {describe_scope(policy['scope'])}]"
+              if policy else "")
+    return f"{verb} {decision.ref}: {decision.reason}{source}"
+
+
+@main.command()
+@click.argument("store")
+@click.option("--dry-run", is_flag=True, help="Change nothing: say what would be deleted and reclaimed.")
+@click.option("--as-of", "as_of", metavar="DATE",
+              help="With --dry-run: plan as if it were DATE (max_age_days counts from it).")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+def gc(store, dry_run, as_of, as_json):
+    """Delete the versions retention policies do not keep, and reclaim the space of
+    every chunk no version uses any more (crash-safe; docs/retention.md)."""
+    if as_of and not dry_run:
+        raise click.UsageError("--as-of plans for another date: it only goes with --dry-run")
+    now = parse_as_of(as_of)
+    with open_store(store) as s:
+        bar = progress_bar(desc="gc", disable=None, leave=False)
+
+        def progress(phase, done, total):
+            bar.set_description(f"gc: {phase}")
+            bar.total, bar.n = total, done
+            bar.refresh() if done % 256 == 0 or done == total else None
+        try:
+            report = s.collect_garbage(dry_run=dry_run, now=now, progress=progress)
+        finally:
+            bar.close()
+    if as_json:
+        out = dict(vars(report))
+        out["deletions"] = [{"ref": d.ref, "digest": d.digest, "reason": d.reason,
+                             "policy": d.policy} for d in report.deletions]
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    print_gc_report(report)
+
+
+def print_gc_report(r):
+    would = "would be " if r.dry_run else ""
+    if r.pending_recovery:
+        click.echo("an interrupted gc left work behind: the next gc finishes it first")
+    if r.recovered:
+        click.echo(r.recovered)
+    for decision in r.deletions:
+        click.echo(deletion_line(decision, r.dry_run))
+    click.echo(f"{len(r.deletions)} version(s) {would or ''}deleted by retention policy"
+               + ("" if r.deletions else " (none)"))
+    click.echo(f"chunks: {r.freed_chunks} {would}reclaimed ({human_bytes(r.freed_bytes)} stored; "
+               f"{human_bytes(r.freed_by_deletions)} of it used only by the versions "
+               f"{'that would be ' if r.dry_run else ''}deleted now)")
+    kept = f", {len(r.old_packs_kept)} kept for a concurrent import" if r.old_packs_kept else ""
+    into = f" into {len(r.new_packs)} new" if r.new_packs else ""
+    click.echo(f"packs: {len(r.packs_rewritten)} {would}rewritten{into} "
+               f"({human_bytes(r.bytes_copied)} of live records copied), "
+               f"{len(r.packs_dropped)} {would}dropped{kept} (rewrite_below={r.threshold})")
+    if r.dead_bytes_left > 0:
+        click.echo(f"  {human_bytes(r.dead_bytes_left)} of dead records stay in packs above the "
+                   "threshold (the index no longer names them)")
+    if r.leftovers_removed:
+        click.echo(f"removed {len(r.leftovers_removed)} pack(s) left by interrupted imports")
+    if r.leftovers_kept:
+        verb = "would remove" if r.dry_run and not r.leftovers_reason else "kept"
+        why = f": {r.leftovers_reason}, and they may be its packs" if r.leftovers_reason else ""
+        click.echo(f"{verb} {len(r.leftovers_kept)} pack(s) no version uses{why}")
+    if r.revived:
+        click.echo(f"{r.revived} chunk(s) stayed: an import sealed meanwhile uses them")
+    click.echo(f"on disk: {human_bytes(r.pack_bytes_before)} of packs -> "
+               f"{human_bytes(r.pack_bytes_after)}" + (" (estimated)" if r.dry_run else ""))
+
+
+# -- delete --------------------------------------------------------------------------------
+@main.command()
+@click.argument("store")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.option("--reason", required=True, metavar="TEXT", help="Why (kept in the journal and the tombstone).")
+def delete(store, ref, reason):
+    """Delete one version by hand, under the rules retention keeps (refused if it has an
+    alias or is the explicit parent of a live version). Its sidecar stays as a
+    tombstone; its space is reclaimed by the next `ckptfs gc`."""
+    project, run, version = parse_version_ref(ref)
+    with open_store(store) as s:
+        entry = s.delete_version(project, run, version, reason)
+    click.echo(f"deleted {ref} ({entry['reason']}); its sidecar stays under "
+               f".ckptfs/deleted/{ref}.json; its space is reclaimed by the next "
+               f"`ckptfs gc {store}`")
