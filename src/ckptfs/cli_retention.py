@@ -81,8 +81,11 @@ def retention_show(store, scope, as_json):
     project, run = parse_scope(scope) if scope else (None, None)
     with open_store(store) as s:
         policies = s.retention_policies()
-        runs = [(p, r) for p in ([project] if project and project != ALL_PROJECTS else s.projects())
-                for r in ([run] if run else s.runs(p))]
+        if project not in (None, ALL_PROJECTS):
+            s.authorize(None, project, "reader", "read retention policies", scope)
+        projects = [project] if project and project != ALL_PROJECTS else \
+            s.readable_projects(None, s.projects())
+        runs = [(p, r) for p in projects for r in ([run] if run else s.runs(p))]
         in_force = [(p, r, s.effective_retention(p, r)) for p, r in runs]
     if project not in (None, ALL_PROJECTS):
         policies = {k: v for k, v in policies.items()

@@ -50,8 +50,11 @@ class RetentionMixin:
     def set_retention_policy(self, project: str, run: str | None, rules: dict,
                              actor: dict | None = None) -> dict:
         """Set the policy of a run, a project or (project `*`) every project, replacing the
-        one set there before; returns the policy as stored (metric and mode resolved)."""
+        one set there before; returns the policy as stored (metric and mode resolved).
+        Needs maintainer on the project (enforced; `*`: on every project)."""
         self._check_policy_scope(project, run)
+        self.authorize(actor, project, "maintainer", "set retention policies",
+                       policy_scope(project, run))
         settings = self.project_settings(project)
         policy = make_policy(rules, settings.get("primary_metric"), settings.get("mode"))
         self._commit_catalog_event(lambda: {"type": "retention.set", "project": project,
@@ -60,8 +63,11 @@ class RetentionMixin:
 
     def clear_retention_policy(self, project: str, run: str | None,
                                actor: dict | None = None) -> dict:
-        """Remove the policy set on exactly this project or run; returns it."""
+        """Remove the policy set on exactly this project or run; returns it. Needs
+        maintainer (enforced)."""
         self._check_policy_scope(project, run)
+        self.authorize(actor, project, "maintainer", "set retention policies",
+                       policy_scope(project, run))
         scope = policy_scope(project, run)
 
         def event():
@@ -151,23 +157,41 @@ class RetentionMixin:
     def apply_retention(self, now: datetime | None = None, actor: dict | None = None) -> list:
         """Delete what the policies say, planned again under the journal lock so the plan
         is exact (no seal or alias change slips in between): one `version.deleted` event
-        per version. Returns the decisions carried out."""
+        per version. Returns the decisions carried out. Needs maintainer on every project
+        it deletes from (enforced): otherwise nothing is deleted."""
         with self.journal.locked():
             self._catch_up()
             deletions = self.plan_retention(now).deletions
-            for decision in deletions:
+            refused = self._retention_refusal(deletions, actor)
+            for decision in deletions if refused is None else ():
                 self._journal_and_index(
                     {"type": "version.deleted", "project": decision.project, "run": decision.run,
                      "version": decision.version, "digest": decision.digest,
                      "reason": decision.reason, "policy": decision.policy, "manual": False},
                     actor, lambda txn, entry: apply_catalog_event(self.index, txn, entry))
+        if refused is not None:  # journaled outside the lock: the refusal is a commit too
+            self.record_refusal(refused)
+            raise refused
         return deletions
+
+    def _retention_refusal(self, deletions: list, actor: dict | None):
+        """The access error for the first project of `deletions` where `actor` is not a
+        maintainer, or None (no I/O: called under the journal lock)."""
+        for project in sorted({d.project for d in deletions}):
+            error = self.check_access(actor, project, "maintainer",
+                                      "delete versions by retention")
+            if error is not None:
+                return error
+        return None
 
     def delete_version(self, project: str, run: str, version: str, reason: str,
                        actor: dict | None = None) -> dict:
         """Delete one version by hand (`ckptfs delete`), under the rules retention keeps:
         refused if it has an alias (latest and best included) or a live version names it
-        as its explicit parent. Its space is reclaimed by the next `gc`."""
+        as its explicit parent. Its space is reclaimed by the next `gc`. Needs
+        maintainer (enforced)."""
+        self.authorize(actor, project, "maintainer", "delete versions",
+                       f"{project}/{run}/{version}")
         if not isinstance(reason, str) or not reason.strip():
             raise DeletionRefusedError("a deletion needs a reason (--reason TEXT): it is kept "
                                        "in the journal and the tombstone")

@@ -234,7 +234,7 @@ class GcMixin:
         now = now or datetime.now(timezone.utc)
         report = GcReport(dry_run, now.isoformat(), self.config.gc.rewrite_below)
         if dry_run:
-            return self._dry_run(report, now, progress)
+            return self._dry_run(report, now, actor, progress)
         with self._gc_locked():
             report.recovered = self._finish_interrupted_gc()
             report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
@@ -247,8 +247,12 @@ class GcMixin:
             report.pack_bytes_after = pack_bytes_on_disk(self.packs_dir)
         return report
 
-    def _dry_run(self, report: GcReport, now: datetime, progress) -> GcReport:
+    def _dry_run(self, report: GcReport, now: datetime, actor, progress) -> GcReport:
         plan = self.plan_retention(now)
+        refused = self._retention_refusal(plan.deletions, actor)  # a plan is for maintainers
+        if refused is not None:
+            self.record_refusal(refused)
+            raise refused
         report.deletions = plan.deletions
         report.pending_recovery = load_intent(self.path) is not None
         going = {version_key(d.project, d.run, d.version) for d in report.deletions}
