@@ -15,7 +15,7 @@ RUN_SCHEMA = "ckptfs.run/1"
 
 # Top-level keys in the order a reader wants them; keys not listed follow, sorted.
 KEY_ORDER = ("schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
-             "tags", "aliases", "notes", "step", "epoch", "metrics", "lineage", "storage",
+             "signature", "tags", "aliases", "notes", "step", "epoch", "metrics", "lineage", "storage",
              "provenance", "extracted", "warnings", "files", "symlinks")
 CATALOG_ONLY = ("seq", "file_count")  # kept for the catalog, not shown in the sidecar
 
@@ -38,7 +38,9 @@ def file_list(entries: list[dict]) -> tuple[list[dict], list[dict]]:
 def version_sidecar(doc: dict, entries: list[dict]) -> dict:
     """The sidecar of a version: its catalog document (with current tags) and files."""
     files, symlinks = file_list(entries)
-    return ordered({**doc, "schema": SCHEMA, "files": files, "symlinks": symlinks})
+    # `signature`: null for a version sealed without a signing key.
+    return ordered({"signature": None, **doc, "schema": SCHEMA, "files": files,
+                    "symlinks": symlinks})
 
 
 def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str]) -> dict:

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
 from .names import validate_name
+from .signing import apply_key_event
 
 DERIVED_ALIASES = ("latest", "best")
 ALL_PROJECTS = "*"
@@ -51,6 +52,8 @@ def search_document(record: dict, meta: dict) -> dict:
             "compression_ratio": round(unique / stored, 3) if stored and unique else None,
             "delta_parent": record.get("delta_parent"),
         })
+    if record.get("signature"):
+        doc["signature"] = record["signature"]
     return doc
 
 
@@ -65,6 +68,8 @@ def apply_catalog_event(index: Index, txn, entry: dict) -> None:
         index.put_setting(txn, entry["project"], "settings", entry["settings"] or None)
     elif kind == "project.schema":
         index.put_setting(txn, entry["project"], "schema", entry["schema"])
+    elif kind in ("key.set", "key.unset"):
+        apply_key_event(index, txn, entry)
 
 
 def metric_value(doc: dict, metric: str) -> float | None:

@@ -73,3 +73,15 @@ class SettingError(StoreError, ValueError):
     """An unknown project setting or a value of the wrong kind."""
 
     errno = _errno.EINVAL
+
+
+class EncryptionKeyError(StoreError):
+    """The key of an encrypted store is missing, unreadable, malformed or another store's."""
+
+    errno = _errno.EACCES
+
+
+class SigningKeyError(StoreError):
+    """The configured signing key cannot be used: nothing is sealed unsigned instead."""
+
+    errno = _errno.EACCES

@@ -21,7 +21,8 @@ import numpy as np
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .catalog import CatalogMixin, apply_catalog_event, search_document
-from .config import CONFIG_NAME, StoreConfig
+from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
+from .encryption import key_check, obtain_key_file, open_store_key
 from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
                      VersionExistsError)
 from .index import INDEX_FORMAT, Index, Location, version_key
@@ -30,7 +31,9 @@ from .journal import Journal, check_chain, encode_entry, entry_hash
 from .manifest import SCHEMA as MANIFEST_SCHEMA
 from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
 from .names import validate_name, validate_version_name
-from .pack import KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids, pack_path, scan_pack
+from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
+                   pack_path, scan_pack)
+from .signing import SignatureReport, SigningMixin
 
 SUBDIRS = ("packs", "index", "journal", "spool")
 READ_AHEAD_CHUNKS = 8
@@ -60,6 +63,7 @@ class VerifyReport:
     damaged_files: list = field(default_factory=list)    # (version, path, message)
     damaged_versions: set = field(default_factory=set)
     leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
+    signatures: SignatureReport | None = None  # with verify(signatures=True)
 
     @property
     def ok(self) -> bool:
@@ -94,10 +98,13 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store(CatalogMixin):
+class Store(CatalogMixin, SigningMixin):
     def __init__(self, path: str, config: StoreConfig):
         self.path = path
         self.config = config
+        # First: without its key an encrypted store is refused before anything is opened.
+        self.cipher = open_store_key(path, config.encryption.key_file,
+                                     config.encryption.key_check) if config.encryption else None
         self.packs_dir = os.path.join(path, "packs")
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
@@ -114,7 +121,9 @@ class Store(CatalogMixin):
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str) -> "Store":
+    def init(cls, path: str, key_file: str | None = None) -> "Store":
+        """A new store in `path`; with `key_file`, an encrypted one whose key is in that
+        file (read if it exists, else created with a new random key)."""
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG_NAME)):
             raise StoreError(f"{path} is already a ckptfs store")
@@ -122,17 +131,15 @@ class Store(CatalogMixin):
             raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
             raise StoreError(f"{path} exists and is not a directory")
+        encryption = None
+        if key_file is not None:
+            key_path, key = obtain_key_file(key_file)
+            encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
         os.makedirs(path, exist_ok=True)
         for sub in SUBDIRS:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        config = StoreConfig.new()
-        tmp = os.path.join(path, CONFIG_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret
-        with os.fdopen(fd, "w") as f:
-            f.write(config.to_toml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(path, CONFIG_NAME))
+        config = StoreConfig.new(encryption)
+        config.save(path)
         return cls(path, config)
 
     @classmethod
@@ -188,10 +195,12 @@ class Store(CatalogMixin):
         by the meta layer) is sealed with the version and becomes its catalog document.
         """
         if ingest is None:
+            self.current_signing_key()  # a signing key that cannot be used: fail before the work
             ingest = self.begin_ingest(project, run, version)
         else:
             try:
                 self._check_new_version(project, run, version)
+                self.current_signing_key()
             except BaseException:
                 ingest.abort()
                 raise
@@ -289,6 +298,8 @@ class Store(CatalogMixin):
                 raise VersionExistsError(
                     f"version {version_name(p, r, v)} was created by another import meanwhile; "
                     "versions are immutable: import under a new version name")
+            # Under the lock: the key is the one configured at the moment of the seal.
+            signature = self.seal_signature(p, r, v, digest)
             # Written under the lock: the parent it names must be the newest version
             # of the run at the moment of the commit.
             manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
@@ -312,6 +323,7 @@ class Store(CatalogMixin):
                 "new_stored_bytes": sum(loc.length for loc in fresh.values()) + manifest_loc.length,
                 "delta_parent": version_name(parent["project"], parent["run"], parent["version"])
                 if parent else None,
+                **({"signature": signature} if signature else {}),
             }, ingest.actor, lambda txn, entry: self._index_new_version(
                 txn, entry, manifest, fresh, manifest_id, manifest_loc))
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
@@ -367,6 +379,8 @@ class Store(CatalogMixin):
                                          "new_stored_bytes", "delta_parent")}
         record.update(sealed_at=event["time"], seq=event["seq"], root=manifest["root"],
                       entries=len(manifest["entries"]))
+        if event.get("signature"):
+            record["signature"] = event["signature"]
         return record
 
     # -- journal replay (crash recovery and rebuild) -----------------------------------
@@ -449,7 +463,7 @@ class Store(CatalogMixin):
         loc = index.get_manifest(txn, manifest_id)
         if loc is None:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} is not in any pack")
-        record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        record = self._decrypted(self.packs.read(loc.pack_id, loc.offset, loc.length), loc.pack_id)
         raw = codecs.decode(record.codec, record.payload, record.raw_len)
         if self.chunk_id(raw) != manifest_id:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} in pack "
@@ -588,6 +602,8 @@ class Store(CatalogMixin):
 
     # -- reading ------------------------------------------------------------------------
     def _read_record(self, chunk_id: bytes):
+        """The record of a chunk, checked (xxh3) and decrypted: every read of a chunk
+        record goes through here (manifests: `_load_manifest`)."""
         with self.index.read() as txn:
             loc = self.index.get_chunk(txn, chunk_id)
         if loc is None:
@@ -598,7 +614,24 @@ class Store(CatalogMixin):
             raise IntegrityError(f"pack {loc.pack_id:08x} holds another record where chunk "
                                  f"{chunk_id.hex()[:16]} should be", pack_id=loc.pack_id,
                                  chunk_id=chunk_id)
-        return record
+        return self._decrypted(record, loc.pack_id)
+
+    def _decrypted(self, record, pack_id: int):
+        """`record` with a plaintext payload. In an encrypted store every record must be
+        encrypted (a plaintext one was not written by it: it would bypass the
+        authentication), and in a plain store none can be."""
+        encrypted = record.flags & FLAG_ENCRYPTED
+        name = f"pack {pack_id:08x}: record {record.record_id.hex()[:16]}"
+        if self.cipher is None:
+            if encrypted:
+                raise IntegrityError(f"{name} is encrypted, but store {self.path} is not: it was "
+                                     "not written by this store", pack_id=pack_id,
+                                     chunk_id=record.record_id)
+            return record
+        if not encrypted:
+            raise IntegrityError(f"{name} is not encrypted, but store {self.path} is: it was not "
+                                 "written by this store", pack_id=pack_id, chunk_id=record.record_id)
+        return self.cipher.decrypt(record, pack_id)
 
     def read_chunk(self, chunk_id: bytes, cache: bool = True) -> bytes:
         """The raw bytes of a chunk; checked (xxh3) on the way, never wrong.
@@ -855,9 +888,17 @@ class Store(CatalogMixin):
             "total_ratio": logical / pack_bytes if pack_bytes else 1.0,
         }
 
-    def verify(self, progress=None) -> VerifyReport:
-        """Re-read every pack record, re-check every chunk id and every file's SHA-256."""
+    def verify(self, progress=None, signatures: bool = False,
+               trusted_keys: list | None = None) -> VerifyReport:
+        """Re-read every pack record, re-check every chunk id and every file's SHA-256.
+
+        With `signatures`, also check each version's signature against the digest of its
+        files as recomputed here, with the journaled public key its key id names, or
+        with `trusted_keys` (Ed25519 public keys from outside the store) when given."""
         report = VerifyReport()
+        if signatures:
+            report.signatures = SignatureReport()
+            known_keys = self.signing_state()["keys"]
         with self.index.read() as txn:
             located = {bytes(k): Location.decode(v) for db in (self.index.chunks, self.index.manifests)
                        for k, v in txn.cursor(db=db)}
@@ -888,7 +929,10 @@ class Store(CatalogMixin):
                     progress("chunks", report.chunks, len(chunk_ids))
             self._cache = _ChunkCache(CACHE_BYTES)
             for record in self.all_versions():
-                self._verify_version(record, report, pool, progress)
+                digest = self._verify_version(record, report, pool, progress)
+                if signatures:
+                    self.check_version_signature(record, digest, known_keys, trusted_keys,
+                                                 report.signatures)
         return report
 
     def _check_chunk(self, chunk_id: bytes) -> tuple[str, int] | None:
@@ -903,12 +947,14 @@ class Store(CatalogMixin):
             return f"pack {own_pack:08x}: chunk {chunk_id.hex()[:16]} does not match its id", own_pack
         return None
 
-    def _verify_version(self, record, report, pool, progress):
+    def _verify_version(self, record, report, pool, progress) -> str:
+        """Check a version's entries and files; returns the digest of its entries."""
         p, r, v = record["project"], record["run"], record["version"]
         name = version_name(p, r, v)
         report.versions += 1
         entries = self.walk(p, r, v)
-        if version_digest(entries) != record["digest"]:
+        digest = version_digest(entries)
+        if digest != record["digest"]:
             report.damaged_versions.add(name)
         for entry in entries:
             if entry["type"] != "file":
@@ -933,3 +979,4 @@ class Store(CatalogMixin):
                 report.damaged_versions.add(name)
             if progress:
                 progress("files", report.files, None)
+        return digest
