@@ -113,8 +113,8 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
     except Exception as e:  # e.g. UnsupportedAlgorithm
         raise SigningKeyError(f"signing key file {path} cannot be loaded: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"signing key file {path} holds a {type(key).__name__}, not an "
-                              "Ed25519 key (make one with `ckptfs key generate`)")
+        raise SigningKeyError(f"signing key file {path} does not hold an Ed25519 key (it holds "
+                              f"{type(key).__name__}): make one with `ckptfs key generate`")
     return key
 
 
@@ -135,7 +135,8 @@ def load_public_key(path: str) -> Ed25519PublicKey:
     except Exception as e:
         raise StoreError(f"public key file {path} cannot be loaded: {e}") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise StoreError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
+        raise StoreError(f"{path} does not hold an Ed25519 public key (it holds "
+                         f"{type(key).__name__})")
     return key
 
 

@@ -701,7 +701,9 @@ class Store(CatalogMixin, SigningMixin):
         return offsets
 
     def _load_chunk(self, chunk_id: bytes, cache: bool) -> bytes:
-        record = self._read_record(chunk_id)
+        return self._decode_record(chunk_id, self._read_record(chunk_id), cache)
+
+    def _decode_record(self, chunk_id: bytes, record, cache: bool) -> bytes:
         base = None
         if record.codec == codecs.XOR_DELTA:
             # Outside the try below: damage in the base is the base's pack's, not ours.
@@ -718,10 +720,21 @@ class Store(CatalogMixin, SigningMixin):
         return data
 
     def _read_delta_base(self, base_id: bytes) -> bytes:
+        data = self._cache.get(base_id)
+        if data is not None:
+            return data
+        pending = self._inflight.get(base_id)
+        if pending is not None:
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decode it here, so the error is raised in this reader's context
+        # Decoded from the record read here (not by read_chunk: it would read and decrypt
+        # the record a second time).
         record = self._read_record(base_id)
         if record.codec == codecs.XOR_DELTA:
             raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
-        return self.read_chunk(base_id)
+        return self._decode_record(base_id, record, cache=True)
 
     def index_location(self, chunk_id: bytes) -> Location | None:
         with self.index.read() as txn:
