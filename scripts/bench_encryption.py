@@ -108,6 +108,7 @@ def decode_mb_s(store_path: str, env: dict, threads: int) -> float:
     """Decode every chunk of p/r/step-2 in-process (warm page cache, chunk cache off)."""
     code = f"""
 import time
+from concurrent.futures import ThreadPoolExecutor
 from ckptfs.store import Store
 s = Store.open({store_path!r})
 ids = [bytes.fromhex(c) for e in s.walk("p", "r", "step-2") if e["type"] == "file"
