@@ -114,6 +114,11 @@ def test_init_options_and_key_file_rules(enc, tmp_path):
     checks = [tomllib.load(open(os.path.join(s, "ckptfs.toml"), "rb"))["encryption"]["key_check"]
               for s in (enc.store, store)]
     assert checks[0] == checks[1]
+    # init uses the key it was given, whatever CKPTFS_KEY_FILE names (another store's key).
+    third = str(tmp_path / "third")
+    run_cli_checked("init", "--encrypt", "--key-file", tmp_path / "third.key", third,
+                    env=env_with(CKPTFS_KEY_FILE=enc.key))
+    assert run_cli_checked("ls", third, env=env_with()).stdout == b""
     plain = str(tmp_path / "plain")
     assert run_cli_checked("init", plain).stdout.decode() == f"created store {plain}\n"
     assert "encryption" not in tomllib.load(open(os.path.join(plain, "ckptfs.toml"), "rb"))

@@ -22,7 +22,7 @@ from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .catalog import CatalogMixin, apply_catalog_event, search_document
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
-from .encryption import key_check, obtain_key_file, open_store_key
+from .encryption import RecordCipher, key_check, obtain_key_file, open_store_key
 from .errors import (IntegrityError, NotFoundError, StoreError, StoreFormatError,
                      VersionExistsError)
 from .index import INDEX_FORMAT, Index, Location, version_key
@@ -99,12 +99,13 @@ class _ChunkCache:
 
 
 class Store(CatalogMixin, SigningMixin):
-    def __init__(self, path: str, config: StoreConfig):
+    def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None):
         self.path = path
         self.config = config
         # First: without its key an encrypted store is refused before anything is opened.
-        self.cipher = open_store_key(path, config.encryption.key_file,
-                                     config.encryption.key_check) if config.encryption else None
+        if cipher is None and config.encryption is not None:
+            cipher = open_store_key(path, config.encryption.key_file, config.encryption.key_check)
+        self.cipher = cipher
         self.packs_dir = os.path.join(path, "packs")
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
@@ -131,16 +132,17 @@ class Store(CatalogMixin, SigningMixin):
             raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
             raise StoreError(f"{path} exists and is not a directory")
-        encryption = None
+        encryption = cipher = None
         if key_file is not None:
             key_path, key = obtain_key_file(key_file)
             encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
+            cipher = RecordCipher(key)  # this key, whatever CKPTFS_KEY_FILE names
         os.makedirs(path, exist_ok=True)
         for sub in SUBDIRS:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
         config = StoreConfig.new(encryption)
         config.save(path)
-        return cls(path, config)
+        return cls(path, config, cipher)
 
     @classmethod
     def open(cls, path: str) -> "Store":
