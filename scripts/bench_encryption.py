@@ -15,15 +15,23 @@ its blocks are XOR-delta coded against step-1's. Built once in WORK/sample.
 For each store kind (plain, encrypted), --repeat times (default 3; the kinds in turn
 order each time), every phase with a cold page cache:
 
-  import   `ckptfs import` of step-1, then of step-2 (wall seconds, the two together)
-  get      `ckptfs get` of step-2 into an empty directory (SHA-256 checked by ckptfs)
+  import   `ckptfs import` of step-1, then of step-2: wall seconds of the two together
+           (and the sync after), and the CPU seconds the commands used
+  get      `ckptfs get` of step-2 into an empty directory (SHA-256 checked by ckptfs):
+           wall and CPU seconds
   mount    `ckptfs mount`, then step-2's model.safetensors read through the mount in
-           1 MiB reads (MB/s); then, on a fresh mount, the same file read by two threads
-           at once, each its own half (MB/s of the two together): the mount decodes
-           chunks on worker threads, so this shows whether decryption serializes them
-  decode   in-process, page cache warm: every chunk of step-2 read and decoded
-           (`Store.read_chunk`, chunk cache off) by 1 thread and by 2 threads (MB/s of
-           decoded bytes): the CPU cost of decryption and whether it runs in parallel
+           1 MiB reads (MB/s, and the CPU seconds the daemon used); then, on a fresh
+           mount, the same file read by two threads at once, each its own half (MB/s of
+           the two together): the mount decodes chunks on worker threads, so this shows
+           whether decryption serializes them
+  decode   in one process holding both stores, page cache warm: every chunk of step-2
+           read and decoded (`Store.read_chunk`, chunk cache emptied first) by 1 thread
+           and by 2 threads, the kinds alternating 5 times (medians of MB/s of decoded
+           bytes, and CPU seconds per GB): the CPU cost of decryption, and whether it runs
+           in parallel
+
+The machine this runs on is usually shared: wall times move by tens of percent from one
+minute to the next, CPU seconds much less; judge the cost of encryption on those.
 
 Prints medians (with the range) and the ratio encrypted / plain; writes every figure as
 JSON to WORK/bench_encryption.json. MB are 10^6 bytes.
@@ -31,6 +39,7 @@ JSON to WORK/bench_encryption.json. MB are 10^6 bytes.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -104,28 +113,62 @@ def cold_read_mb_s(path: str, readers: int) -> float:
     return sum(sizes) / (time.perf_counter() - started) / 1e6
 
 
-def decode_mb_s(store_path: str, env: dict, threads: int) -> float:
-    """Decode every chunk of p/r/step-2 in-process (warm page cache, chunk cache off)."""
+DECODE_ROUNDS = 5
+
+
+def decode_figures(stores: dict[str, str], env: dict) -> dict:
+    """In one process, both stores: every chunk of p/r/step-2 decoded (`read_chunk`, the
+    chunk cache emptied before each round, page cache warm) by 1 thread, then by 2,
+    alternating the kinds DECODE_ROUNDS times; medians of MB/s (wall) and of the CPU
+    seconds the process used per GB decoded."""
     code = f"""
-import time
+import json, statistics, time
 from concurrent.futures import ThreadPoolExecutor
 from ckptfs.store import Store
-s = Store.open({store_path!r})
-ids = [bytes.fromhex(c) for e in s.walk("p", "r", "step-2") if e["type"] == "file"
-       for c, _ in e["chunks"]]
-for i in ids: s.read_chunk(i, cache=False)   # warm the page cache
-with ThreadPoolExecutor({threads}) as pool:
-    t = time.perf_counter()
-    n = sum(len(d) for d in pool.map(lambda i: s.read_chunk(i, cache=False), ids))
-    print(n / (time.perf_counter() - t) / 1e6)
-s.close()
+from ckptfs.store.store import CACHE_BYTES, _ChunkCache
+stores = {{k: Store.open(p) for k, p in {stores!r}.items()}}
+ids = {{k: [bytes.fromhex(c) for e in s.walk("p", "r", "step-2") if e["type"] == "file"
+            for c, _ in e["chunks"]] for k, s in stores.items()}}
+out = {{k: {{"1": [], "2": [], "cpu": []}} for k in stores}}
+for k, s in stores.items():
+    for i in ids[k]: s.read_chunk(i, cache=False)   # warm the page cache
+for _ in range({DECODE_ROUNDS}):
+    for k, s in stores.items():
+        for threads in (1, 2):
+            s._cache = _ChunkCache(CACHE_BYTES)
+            with ThreadPoolExecutor(threads) as pool:
+                wall, cpu = time.perf_counter(), time.process_time()
+                n = sum(len(d) for d in pool.map(lambda i: s.read_chunk(i, cache=False), ids[k]))
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            out[k][str(threads)].append(n / wall / 1e6)
+            if threads == 1:
+                out[k]["cpu"].append(cpu / n * 1e9)
+print(json.dumps({{k: {{"decode_1_thread_mb_s": statistics.median(v["1"]),
+                       "decode_2_threads_mb_s": statistics.median(v["2"]),
+                       "decode_cpu_s_per_gb": statistics.median(v["cpu"])}}
+                   for k, v in out.items()}}))
 """
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
                          stdout=subprocess.PIPE, text=True).stdout
-    return float(out.strip())
+    return json.loads(out)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def daemon_cpu(store: str) -> float:
+    """CPU seconds the mount daemon of `store` has used so far."""
+    with open(os.path.join(store, "spool", "daemon.running")) as f:
+        pid = int(f.read().strip())
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def one_kind(R, work: str, kind: str, dirs: list[str], env: dict) -> dict:
+    """Import, get and mount reads of one store kind, made afresh."""
     store = os.path.join(work, f"store-{kind}")
     keys = os.path.join(work, "keys")
     for path in (store, os.path.join(work, "restore")):
@@ -139,44 +182,47 @@ def one_kind(R, work: str, kind: str, dirs: list[str], env: dict) -> dict:
     R.run(init, f"init {kind}", env=env)
     figures = {}
     bs.drop_caches()
-    seconds = 0.0
+    seconds, cpu = 0.0, children_cpu()
     for d in dirs:
         took, _ = R.run(CKPTFS + ["import", store, d, f"p/r/{os.path.basename(d)}"],
                         f"import {kind}", env=env)
         seconds += took
-    t = time.perf_counter()
-    os.sync()
-    seconds += time.perf_counter() - t
+    figures["import_cpu_s"] = children_cpu() - cpu
+    seconds += bs.timed_sync()
     figures["import_s"] = seconds
     figures["store_bytes"] = bs.du_bytes(os.path.join(store, "packs"))
     bs.drop_caches()
+    cpu = children_cpu()
     figures["get_s"], _ = R.run(CKPTFS + ["get", store, "p/r/step-2",
                                           os.path.join(work, "restore")], f"get {kind}", env=env)
+    figures["get_cpu_s"] = children_cpu() - cpu
     shutil.rmtree(os.path.join(work, "restore"))
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt, exist_ok=True)
-    R.run(CKPTFS + ["mount", store, mnt], f"mount {kind}", env=env)
-    try:
-        model = os.path.join(mnt, "projects", "p", "r", "step-2", "model.safetensors")
-        figures["mount_read_mb_s"] = cold_read_mb_s(model, 1)
-        # A fresh mount: the kernel's page cache of the mount was dropped, but the
-        # daemon's chunk cache was not.
-        R.run(CKPTFS + ["umount", mnt], f"umount {kind}", env=env)
+    model = os.path.join(mnt, "projects", "p", "r", "step-2", "model.safetensors")
+    for readers, key in ((1, "mount_read_mb_s"), (2, "mount_two_readers_mb_s")):
+        # A fresh mount each time: nothing in the daemon's chunk cache.
         R.run(CKPTFS + ["mount", store, mnt], f"mount {kind}", env=env)
-        figures["mount_two_readers_mb_s"] = cold_read_mb_s(model, 2)
-    finally:
-        R.run(CKPTFS + ["umount", mnt], f"umount {kind}", env=env)
-    figures["decode_1_thread_mb_s"] = decode_mb_s(store, env, 1)
-    figures["decode_2_threads_mb_s"] = decode_mb_s(store, env, 2)
+        try:
+            cpu = daemon_cpu(store)
+            figures[key] = cold_read_mb_s(model, readers)
+            if readers == 1:
+                figures["mount_read_daemon_cpu_s"] = daemon_cpu(store) - cpu
+        finally:
+            R.run(CKPTFS + ["umount", mnt], f"umount {kind}", env=env)
     return figures
 
 
 FIGURES = [("import_s", "import (2 versions), s", ".2f"),
+           ("import_cpu_s", "import CPU, s", ".2f"),
            ("get_s", "get step-2 cold, s", ".2f"),
+           ("get_cpu_s", "get CPU, s", ".2f"),
            ("mount_read_mb_s", "mount read cold, MB/s", ".0f"),
+           ("mount_read_daemon_cpu_s", "mount read, daemon CPU s", ".2f"),
            ("mount_two_readers_mb_s", "mount 2 readers cold, MB/s", ".0f"),
            ("decode_1_thread_mb_s", "decode 1 thread warm, MB/s", ".0f"),
            ("decode_2_threads_mb_s", "decode 2 threads warm, MB/s", ".0f"),
+           ("decode_cpu_s_per_gb", "decode CPU s per GB", ".2f"),
            ("store_bytes", "packs on disk, MB", ".1f")]
 
 
@@ -213,9 +259,12 @@ def main():
     for rep in range(a.repeat):
         order = KINDS if rep % 2 == 0 else KINDS[::-1]
         for kind in order:
-            figures = one_kind(R, work, kind, dirs, env)
-            runs[kind].append(figures)
-            bs.log(f"rep {rep + 1} {kind}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+            runs[kind].append(one_kind(R, work, kind, dirs, env))
+        decoded = decode_figures({k: os.path.join(work, f"store-{k}") for k in order}, env)
+        for kind in order:
+            runs[kind][-1].update(decoded[kind])
+            bs.log(f"rep {rep + 1} {kind}: " + ", ".join(f"{k} {v:.2f}"
+                                                         for k, v in runs[kind][-1].items()))
     summary = {kind: {key: [r[key] for r in runs[kind]] for key, _, _ in FIGURES}
                for kind in KINDS}
     print_table(summary)
