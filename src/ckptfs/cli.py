@@ -297,7 +297,7 @@ def verify(store, signatures, public_keys):
     if public_keys:
         if not signatures:
             raise click.UsageError("--public-key goes with --signatures")
-        from ckptfs.store.signing import load_public_key
+        from ckptfs.store.ed25519 import load_public_key
         trusted = [load_public_key(path) for path in public_keys]
     with open_store(store) as s:
         bar = progress_bar(desc="verifying", unit=" chunks", disable=None, leave=False)

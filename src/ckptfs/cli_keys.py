@@ -3,7 +3,6 @@
 import click
 
 from ckptfs.cli import fail, main, open_store
-from ckptfs.store.signing import key_id_of, public_key_pem
 
 UNSIGNED_SHOWN = 10
 
@@ -48,7 +47,6 @@ def key_set(store, path):
 @click.option("--pem", is_flag=True, help="Print the current public key as PEM.")
 def key_show(store, pem):
     """The signing key in use, and every public key ever set (from the journal)."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     with open_store(store) as s:
         state = s.signing_state()
         key_file = s.signing_key_file()
@@ -56,8 +54,9 @@ def key_show(store, pem):
     if pem:
         if current is None:
             fail("no signing key is configured")
-        raw = bytes.fromhex(state["keys"][current]["public_key"])
-        click.echo(public_key_pem(Ed25519PublicKey.from_public_bytes(raw)).decode(), nl=False)
+        from ckptfs.store.ed25519 import public_key_from_hex, public_key_pem
+        public = public_key_from_hex(state["keys"][current]["public_key"])
+        click.echo(public_key_pem(public).decode(), nl=False)
         return
     if current is None:
         click.echo("signing: off (new versions are sealed unsigned)")
@@ -85,6 +84,7 @@ def key_unset(store):
 
 def print_signature_report(report, trusted_keys=None):
     """The figures of `verify --signatures`, then each problem by version."""
+    from ckptfs.store.ed25519 import key_id_of
     against = ""
     if trusted_keys:
         against = " against the given public key(s) " + ", ".join(

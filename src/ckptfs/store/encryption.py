@@ -23,9 +23,6 @@ import struct
 from datetime import datetime, timezone
 
 import blake3
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from .errors import EncryptionKeyError, IntegrityError
 from .pack import FLAG_ENCRYPTED, KIND_MANIFEST, Record
 
@@ -142,6 +139,8 @@ class RecordCipher:
     calls, and releases the GIL while it works)."""
 
     def __init__(self, key: bytes):
+        # Imported here: only an encrypted store needs it, and it takes a while to load.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(blake3.blake3(key, derive_key_context=CIPHER_CONTEXT).digest())
 
     def encrypt(self, kind: int, codec: int, raw_len: int, record_id: bytes, payload) -> bytes:
@@ -161,6 +160,7 @@ class RecordCipher:
             raise IntegrityError(f"{name}: encrypted payload is truncated", pack_id=pack_id,
                                  chunk_id=record.record_id)
         ad = associated_data(record.kind, record.codec, record.raw_len, record.record_id)
+        from cryptography.exceptions import InvalidTag
         try:
             plain = self._aead.decrypt(payload[:NONCE_BYTES], payload[NONCE_BYTES:], ad)
         except InvalidTag:

@@ -16,151 +16,19 @@ Where things are kept:
   `key.unset` {key_id} when signing stops; the index keeps their sum as the store-wide
   setting `signing` (`apply_key_event`), so `rebuild-index` restores it.
 A configured key that cannot be used fails the seal: ckptfs never seals unsigned instead.
+The keys and signatures themselves are in ed25519.py, imported only where needed (the
+`cryptography` package takes a while to import, and most commands never sign).
 """
-import base64
-import binascii
-import hashlib
 import os
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
-                                                               Ed25519PublicKey)
-
 from .config import SigningSettings, StoreConfig
-from .errors import NotFoundError, SigningKeyError, StoreError
+from .errors import NotFoundError, SigningKeyError
 
 ALGORITHM = "ed25519"
-MESSAGE_LABEL = b"ckptfs.version-signature/1\n"
 SETTING_PROJECT = "*"   # the index keeps store-wide settings under project `*`
 SETTING_KIND = "signing"
 DEFAULT_KEY_FILE = os.path.join("keys", "signing.pem")
-
-
-# -- keys ---------------------------------------------------------------------------------
-def raw_public_key(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def key_id_of(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    """First 16 hex digits of the SHA-256 of the raw 32-byte public key."""
-    return hashlib.sha256(raw_public_key(key)).hexdigest()[:16]
-
-
-def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def generate_key_file(path: str) -> Ed25519PrivateKey:
-    """A new private key in `path` (PEM, PKCS#8, mode 0600; refused if `path` exists),
-    and its public key in `path`.pub (to keep off the store, for verify --public-key)."""
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise StoreError(f"cannot create signing key {path}: directory {directory} does "
-                         "not exist (create it first)")
-    if os.path.lexists(path):
-        raise StoreError(f"{path} already exists: use it with `ckptfs key set STORE {path}`, "
-                         "or choose another --key-file")
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
-    _write_new_file(path, pem, 0o600)
-    public_path = path + ".pub"
-    if os.path.lexists(public_path):
-        os.unlink(public_path)  # a stale public key beside a new private key would mislead
-    _write_new_file(public_path, public_key_pem(key), 0o644)
-    return key
-
-
-def _write_new_file(path: str, data: bytes, mode: int):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _read_pem(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise SigningKeyError(f"{what} {path} is a directory, not a PEM file") from None
-    except PermissionError:
-        raise SigningKeyError(f"{what} {path} cannot be read: permission denied") from None
-    except OSError as e:
-        raise SigningKeyError(f"{what} {path} cannot be read: {e.strerror}") from None
-
-
-def load_private_key(path: str) -> Ed25519PrivateKey:
-    """The Ed25519 private key in PEM file `path` (FileNotFoundError if it is missing)."""
-    pem = _read_pem(path, "signing key file")
-    try:
-        key = serialization.load_pem_private_key(pem, password=None)
-    except TypeError:  # encrypted with a passphrase
-        raise SigningKeyError(f"signing key file {path} is protected by a passphrase: ckptfs "
-                              "signs unattended (at every seal) and needs a key without one; "
-                              "protect the file by its permissions instead") from None
-    except (ValueError, binascii.Error):
-        raise SigningKeyError(f"signing key file {path} is not a PEM private key (make one "
-                              "with `ckptfs key generate`)") from None
-    except Exception as e:  # e.g. UnsupportedAlgorithm
-        raise SigningKeyError(f"signing key file {path} cannot be loaded: {e}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise SigningKeyError(f"signing key file {path} does not hold an Ed25519 key (it holds "
-                              f"{type(key).__name__}): make one with `ckptfs key generate`")
-    return key
-
-
-def load_public_key(path: str) -> Ed25519PublicKey:
-    """An Ed25519 public key from a PEM file holding it (or its private key)."""
-    try:
-        pem = _read_pem(path, "public key file")
-    except FileNotFoundError:
-        raise StoreError(f"public key file {path} does not exist") from None
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, binascii.Error):
-        try:
-            key = serialization.load_pem_private_key(pem, password=None).public_key()
-        except (TypeError, ValueError, binascii.Error):
-            raise StoreError(f"{path} is not a PEM public key (the `.pub` file `ckptfs key "
-                             "generate` wrote, or `openssl pkey -pubout` of the key)") from None
-    except Exception as e:
-        raise StoreError(f"public key file {path} cannot be loaded: {e}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise StoreError(f"{path} does not hold an Ed25519 public key (it holds "
-                         f"{type(key).__name__})")
-    return key
-
-
-# -- signatures -----------------------------------------------------------------------------
-def signed_message(project: str, run: str, version: str, digest: str) -> bytes:
-    name = f"{project}/{run}/{version}".encode("utf-8", "surrogateescape")
-    return MESSAGE_LABEL + name + b"\n" + digest.encode("ascii") + b"\n"
-
-
-def sign_version(key: Ed25519PrivateKey, project: str, run: str, version: str,
-                 digest: str) -> dict:
-    value = key.sign(signed_message(project, run, version, digest))
-    return {"algorithm": ALGORITHM, "key_id": key_id_of(key),
-            "value": base64.b64encode(value).decode("ascii")}
-
-
-def signature_matches(signature: dict, public_key: Ed25519PublicKey, project: str, run: str,
-                      version: str, digest: str) -> bool:
-    try:
-        value = base64.b64decode(signature["value"], validate=True)
-        public_key.verify(value, signed_message(project, run, version, digest))
-        return True
-    except (InvalidSignature, KeyError, TypeError, ValueError, binascii.Error):
-        return False
 
 
 # -- the journaled key history, in the index --------------------------------------------------
@@ -185,7 +53,6 @@ class SignatureReport:
     unsigned: list = field(default_factory=list)
     invalid: list = field(default_factory=list)       # (version, why)
     unknown_key: list = field(default_factory=list)   # (version, key id)
-    trusted_key_ids: list = field(default_factory=list)  # of the --public-key(s) given
 
     @property
     def ok(self) -> bool:
@@ -213,20 +80,22 @@ class SigningMixin:
         if path is None:
             path = os.path.join(self.path, DEFAULT_KEY_FILE)
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        generate_key_file(os.path.abspath(path))
+        from . import ed25519
+        ed25519.generate_key_file(os.path.abspath(path))
         return self.set_signing_key(path, actor)
 
     def set_signing_key(self, path: str, actor: dict | None = None) -> dict:
         """Sign every version sealed from now on with the private key in `path`: record
         the path in ckptfs.toml and journal its public key (`key.set`). Returns
         {"key_id", "key_file", "changed"} (not changed: that key was already set)."""
+        from . import ed25519
         path = os.path.abspath(path)
         try:
-            key = load_private_key(path)
+            key = ed25519.load_private_key(path)
         except FileNotFoundError:
             raise SigningKeyError(f"signing key file {path} does not exist (make a new key "
                                   "with `ckptfs key generate`)") from None
-        key_id = key_id_of(key)
+        key_id = ed25519.key_id_of(key)
 
         def event():
             config = StoreConfig.load(self.path)
@@ -236,7 +105,7 @@ class SigningMixin:
             if self.signing_state()["current"] == key_id:
                 return None  # the same key, perhaps moved: nothing to journal
             return {"type": "key.set", "algorithm": ALGORITHM, "key_id": key_id,
-                    "public_key": raw_public_key(key).hex()}
+                    "public_key": ed25519.raw_public_key(key).hex()}
         entry = self._commit_catalog_event(event, actor)
         return {"key_id": key_id, "key_file": path, "changed": entry is not None}
 
@@ -253,7 +122,7 @@ class SigningMixin:
             return {"type": "key.unset", "key_id": current}
         return self._commit_catalog_event(event, actor)["key_id"]
 
-    def current_signing_key(self) -> Ed25519PrivateKey | None:
+    def current_signing_key(self):
         """The key seals are signed with now, or None when signing is off. SigningKeyError
         if a key is configured but cannot be used: the seal must fail, not go unsigned."""
         current = self.signing_state()["current"]
@@ -265,13 +134,14 @@ class SigningMixin:
         if path is None:
             raise SigningKeyError(f"store {self.path} signs its versions (key {current}), but "
                                   f"its ckptfs.toml names no [signing] key_file: {hint}")
+        from . import ed25519
         try:
-            key = load_private_key(path)
+            key = ed25519.load_private_key(path)
         except FileNotFoundError:
             raise SigningKeyError(f"signing key file {path} is missing, and store {self.path} "
                                   f"signs every version it seals (key {current}): {hint}") from None
-        if key_id_of(key) != current:
-            raise SigningKeyError(f"signing key file {path} holds key {key_id_of(key)}, but "
+        if ed25519.key_id_of(key) != current:
+            raise SigningKeyError(f"signing key file {path} holds key {ed25519.key_id_of(key)}, but "
                                   f"store {self.path} signs with key {current}: run `ckptfs key "
                                   "set STORE PATH` to switch keys")
         return key
@@ -279,17 +149,21 @@ class SigningMixin:
     def seal_signature(self, project: str, run: str, version: str, digest: str) -> dict | None:
         """The `signature` of a version being sealed (None when signing is off)."""
         key = self.current_signing_key()
-        return sign_version(key, project, run, version, digest) if key is not None else None
+        if key is None:
+            return None
+        from . import ed25519
+        return ed25519.sign_version(key, project, run, version, digest)
 
     @staticmethod
     def check_version_signature(record: dict, digest: str, keys: dict,
-                                trusted: list[Ed25519PublicKey] | None,
+                                trusted: list | None,
                                 report: SignatureReport) -> None:
         """File `record` (a version, whose files hash to `digest` now) under valid,
         unsigned, invalid or unknown key. With `trusted` public keys (verify
         --public-key), the signature must be one of theirs, whatever key id it names:
         an id is only a label, and whoever can rewrite the store can rewrite it and the
         journaled public keys too. Without, the journaled key of its id checks it."""
+        from . import ed25519
         name = f"{record['project']}/{record['run']}/{record['version']}"
         signature = record.get("signature")
         if not signature:
@@ -304,9 +178,9 @@ class SigningMixin:
             if known is None:
                 report.unknown_key.append((name, str(signature.get("key_id"))))
                 return
-            candidates = [Ed25519PublicKey.from_public_bytes(bytes.fromhex(known["public_key"]))]
+            candidates = [ed25519.public_key_from_hex(known["public_key"])]
         p, r, v = record["project"], record["run"], record["version"]
-        if not any(signature_matches(signature, key, p, r, v, record["digest"])
+        if not any(ed25519.signature_matches(signature, key, p, r, v, record["digest"])
                    for key in candidates):
             whose = "the given public key(s)" if trusted is not None else \
                 f"key {signature.get('key_id')}"
