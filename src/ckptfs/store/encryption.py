@@ -140,8 +140,10 @@ class RecordCipher:
 
     def __init__(self, key: bytes):
         # Imported here: only an encrypted store needs it, and it takes a while to load.
+        from cryptography.exceptions import InvalidTag
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
         self._aead = AESGCM(blake3.blake3(key, derive_key_context=CIPHER_CONTEXT).digest())
+        self._invalid_tag = InvalidTag
 
     def encrypt(self, kind: int, codec: int, raw_len: int, record_id: bytes, payload) -> bytes:
         # Random 96-bit nonces: safe for far more records than a store will hold (the
@@ -160,10 +162,9 @@ class RecordCipher:
             raise IntegrityError(f"{name}: encrypted payload is truncated", pack_id=pack_id,
                                  chunk_id=record.record_id)
         ad = associated_data(record.kind, record.codec, record.raw_len, record.record_id)
-        from cryptography.exceptions import InvalidTag
         try:
             plain = self._aead.decrypt(payload[:NONCE_BYTES], payload[NONCE_BYTES:], ad)
-        except InvalidTag:
+        except self._invalid_tag:
             raise IntegrityError(f"{name} failed authentication (AES-GCM): it was altered "
                                  "or encrypted under another key", pack_id=pack_id,
                                  chunk_id=record.record_id) from None
