@@ -204,8 +204,9 @@ def test_sidecar_is_pretty_json_with_identity_first(hf):
     assert text.endswith("}\n")
     doc = json.loads(text)
     assert list(doc) == ["schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
-                         "tags", "aliases", "notes", "step", "epoch", "metrics", "lineage",
-                         "storage", "provenance", "extracted", "scan", "warnings", "files", "symlinks"]
+                         "signature", "tags", "aliases", "notes", "step", "epoch", "metrics",
+                         "lineage", "storage", "provenance", "extracted", "scan", "warnings",
+                         "files", "symlinks"]
     assert '\n      "version": "v2"\n' in text  # lineage.data.version, greppable as written
     assert os.path.getsize(f"{hf.mnt}/projects/nlp/run-a/checkpoint-200.json") == len(text.encode())
 

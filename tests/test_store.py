@@ -8,7 +8,7 @@ from samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import (InvalidNameError, NotAStoreError, NotFoundError, Store,
                           StoreFormatError, VersionExistsError)
-from ckptfs.store.config import CONFIG_NAME
+from ckptfs.store.config import CONFIG_NAME, FORMAT_VERSION
 
 
 def test_restore_gives_back_the_exact_tree(store, checkpoint, tmp_path):
@@ -177,7 +177,7 @@ def test_open_refuses_what_is_not_a_store(tmp_path):
 def test_open_refuses_a_newer_format(store_path):
     Store.init(store_path).close()
     cfg = os.path.join(store_path, CONFIG_NAME)
-    text = open(cfg).read().replace("format = 1", "format = 2")
+    text = open(cfg).read().replace("format = 1", f"format = {FORMAT_VERSION + 1}")
     open(cfg, "w").write(text)
     with pytest.raises(StoreFormatError, match="newer than this ckptfs supports"):
         Store.open(store_path)

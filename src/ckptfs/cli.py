@@ -79,11 +79,33 @@ def main():
 @click.option("--shared", is_flag=True,
               help="For several users: enforce roles (docs/access.md) and keep the directory "
                    "private to you (others come in through `mount --allow-other`).")
-def init(store, shared):
+@click.option("--encrypt", is_flag=True,
+              help="Encrypt the data in packs (AES-256-GCM) with the key in --key-file.")
+@click.option("--key-file", metavar="PATH",
+              help="With --encrypt: the key file; created with a new random key (mode 0600) "
+                   "if it does not exist. Keep it off the store's disk, and keep a copy.")
+def init(store, shared, encrypt, key_file):
     """Create a new, empty store in directory STORE; you are its admin."""
-    with Store.init(store, shared=shared) as s:
-        click.echo(f"created store {s.path}" + (" (shared: roles enforced; grant them with "
+    if key_file is not None and not encrypt:
+        raise click.UsageError("--key-file goes with --encrypt")
+    if encrypt and key_file is None:
+        raise click.UsageError("--encrypt needs --key-file PATH (where the key is kept)")
+    key_existed = key_file is not None and os.path.exists(key_file)
+    with Store.init(store, shared=shared, key_file=key_file) as s:
+        kind = "encrypted store" if encrypt else "store"
+        click.echo(f"created {kind} {s.path}" + (" (shared: roles enforced; grant them with "
                                                  "`ckptfs access grant`)" if shared else ""))
+        if not encrypt:
+            return
+        key_path = s.config.encryption.key_file
+        click.echo("encryption: AES-256-GCM, key "
+                   + (f"read from {key_path}" if key_existed else f"created in {key_path}"))
+        if os.path.commonpath([key_path, s.path]) == s.path:
+            click.echo("warning: the key file is inside the store: whoever can read the store "
+                       "can read the key too; move it elsewhere and set CKPTFS_KEY_FILE", err=True)
+        if not key_existed:
+            click.echo("keep a copy of the key file somewhere safe: without it the store's "
+                       "data cannot be read")
 
 
 class ImportProgress:
@@ -295,8 +317,19 @@ def stats(store, as_json):
 
 @main.command()
 @click.argument("store")
-def verify(store):
+@click.option("--signatures", is_flag=True,
+              help="Also check every version's signature against the digest of its files.")
+@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
+              help="With --signatures: accept only signatures of this Ed25519 public key "
+                   "(kept outside the store); repeatable.")
+def verify(store, signatures, public_keys):
     """Re-read every chunk and re-check chunk ids and every file's SHA-256."""
+    trusted = None
+    if public_keys:
+        if not signatures:
+            raise click.UsageError("--public-key goes with --signatures")
+        from ckptfs.store.ed25519 import load_public_key
+        trusted = [load_public_key(path) for path in public_keys]
     with open_store(store) as s:
         bar = progress_bar(desc="verifying", unit=" chunks", disable=None, leave=False)
 
@@ -307,7 +340,7 @@ def verify(store):
             bar.refresh() if done % 64 == 0 else None
 
         try:
-            report = s.verify(progress)
+            report = s.verify(progress, signatures=signatures, trusted_keys=trusted)
         finally:
             bar.close()
     if report.leftover_packs:
@@ -321,7 +354,6 @@ def verify(store):
             if report.deleted_versions else ""
         click.echo(f"ok: {report.packs} packs, {report.chunks} chunks, {report.versions} versions"
                    f"{deleted}, {report.files} files ({human_bytes(report.bytes)}) verified")
-        return
     for pack_id, problems in sorted(report.damaged_packs.items()):
         click.echo(f"damaged pack {pack_id:08x}: {problems[0]}"
                    + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
@@ -329,9 +361,16 @@ def verify(store):
         click.echo(f"damaged version {version}")
     for version, path, problem in report.damaged_files:
         click.echo(f"damaged file {version}/{path}: {problem}")
-    fail(f"verify found damage: {len(report.damaged_packs)} pack(s), "
-         f"{len(report.damaged_chunks)} chunk(s), {len(report.damaged_files)} file(s) in "
-         f"{len(report.damaged_versions)} version(s)", EXIT_DAMAGE)
+    if report.signatures is not None:
+        from ckptfs.cli_keys import print_signature_report
+        print_signature_report(report.signatures, trusted)
+    if not report.ok:
+        fail(f"verify found damage: {len(report.damaged_packs)} pack(s), "
+             f"{len(report.damaged_chunks)} chunk(s), {len(report.damaged_files)} file(s) in "
+             f"{len(report.damaged_versions)} version(s)", EXIT_DAMAGE)
+    if report.signatures is not None and not report.signatures.ok:
+        fail(f"verify found {len(report.signatures.invalid)} invalid signature(s) and "
+             f"{len(report.signatures.unknown_key)} by an unknown key", EXIT_DAMAGE)
 
 
 @main.command("rebuild-index")
@@ -511,7 +550,8 @@ def status(target):
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 
-from ckptfs import cli_access, cli_audit, cli_export, cli_meta, cli_retention  # noqa: E402,F401,E501  (register their commands)
+from ckptfs import (cli_access, cli_audit, cli_export, cli_keys, cli_meta,  # noqa: E402,F401
+                    cli_retention)  # (register their commands)
 
 if __name__ == "__main__":
     main()

@@ -28,12 +28,16 @@ def describe(entry: dict) -> str:
     if entry["type"] == "version.sealed":
         where += f"/{entry['version']}"
         details = f"digest {entry['digest'][:16]}…, {entry.get('files', 0)} files"
+        if entry.get("signature"):
+            details += f", signed by key {entry['signature'].get('key_id')}"
     elif entry["type"].startswith("alias."):
         details = f"{entry['alias']} -> {entry['version']}"
         if entry.get("previous"):
             details += f" (was {entry['previous']})"
     elif entry["type"] == "project.settings":
         details = json.dumps(entry.get("settings"), sort_keys=True)
+    elif entry["type"] in ("key.set", "key.unset"):
+        details = f"signing key {entry.get('key_id')}"
     elif entry["type"] == "project.schema":
         details = "set" if entry.get("schema") is not None else "cleared"
     elif entry["type"].startswith("access."):

@@ -15,9 +15,9 @@ RUN_SCHEMA = "ckptfs.run/1"
 
 # Top-level keys in the order a reader wants them; keys not listed follow, sorted.
 KEY_ORDER = ("schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
-             "deleted_at", "deletion", "tags", "aliases", "notes", "step", "epoch", "metrics",
-             "lineage", "storage", "provenance", "imported_from", "extracted", "scan",
-             "warnings", "files", "symlinks")
+             "signature", "deleted_at", "deletion", "tags", "aliases", "notes", "step",
+             "epoch", "metrics", "lineage", "storage", "provenance", "imported_from",
+             "extracted", "scan", "warnings", "files", "symlinks")
 CATALOG_ONLY = ("seq", "file_count")  # kept for the catalog, not shown in the sidecar
 
 
@@ -39,7 +39,9 @@ def file_list(entries: list[dict]) -> tuple[list[dict], list[dict]]:
 def version_sidecar(doc: dict, entries: list[dict]) -> dict:
     """The sidecar of a version: its catalog document (with current tags) and files."""
     files, symlinks = file_list(entries)
-    return ordered({**doc, "schema": SCHEMA, "files": files, "symlinks": symlinks})
+    # `signature`: null for a version sealed without a signing key.
+    return ordered({"signature": None, **doc, "schema": SCHEMA, "files": files,
+                    "symlinks": symlinks})
 
 
 def tombstone_sidecar(doc: dict, entries: list[dict]) -> dict:

@@ -22,6 +22,7 @@ from .access import apply_access_event
 from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
 from .names import validate_name
+from .signing import apply_key_event
 
 DERIVED_ALIASES = ("latest", "best")
 ALL_PROJECTS = "*"
@@ -60,6 +61,8 @@ def search_document(record: dict, meta: dict) -> dict:
             "compression_ratio": round(unique / stored, 3) if stored and unique else None,
             "delta_parent": record.get("delta_parent"),
         })
+    if record.get("signature"):
+        doc["signature"] = record["signature"]
     return doc
 
 
@@ -79,6 +82,8 @@ def apply_catalog_event(index: Index, txn, entry: dict) -> None:
         index.put_setting(txn, scope, "retention", entry["policy"])
     elif kind == "version.deleted":
         apply_deletion(index, txn, entry)
+    elif kind in ("key.set", "key.unset"):
+        apply_key_event(index, txn, entry)
     else:
         apply_access_event(index, txn, entry)  # access.*; other types are skipped
 

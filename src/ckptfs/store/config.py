@@ -9,8 +9,14 @@ import tomli_w
 
 from .errors import NotAStoreError, StoreFormatError
 
-FORMAT_VERSION = 1
+# Store formats: 1, the first; 2, pack records may be encrypted (docs/format.md). A store
+# is written as format 1 unless it is encrypted, so that an older ckptfs, which would
+# take ciphertext for data, refuses an encrypted store instead of reading it.
+PLAIN_FORMAT = 1
+ENCRYPTED_FORMAT = 2
+FORMAT_VERSION = ENCRYPTED_FORMAT  # the newest format this ckptfs reads
 CONFIG_NAME = "ckptfs.toml"
+CIPHER = "aes-256-gcm"
 
 
 @dataclass
@@ -50,19 +56,37 @@ class GcSettings:
 
 
 @dataclass
+class EncryptionSettings:
+    """Pack records are encrypted with the key in `key_file` (docs/encryption.md)."""
+    key_file: str   # absolute path; CKPTFS_KEY_FILE overrides it
+    key_check: str  # proves a key is this store's without revealing it (encryption.py)
+    cipher: str = CIPHER
+
+
+@dataclass
+class SigningSettings:
+    """Sealed versions are signed with the Ed25519 private key in `key_file`."""
+    key_file: str   # absolute path of a PEM file
+
+
+@dataclass
 class StoreConfig:
     chunk_id_key: bytes
-    format: int = FORMAT_VERSION
+    format: int = PLAIN_FORMAT
     created: str = ""
     chunking: ChunkingSettings = field(default_factory=ChunkingSettings)
     compression: CompressionSettings = field(default_factory=CompressionSettings)
     packs: PackSettings = field(default_factory=PackSettings)
     gc: GcSettings = field(default_factory=GcSettings)
+    encryption: EncryptionSettings | None = None
+    signing: SigningSettings | None = None
 
     @classmethod
-    def new(cls) -> "StoreConfig":
+    def new(cls, encryption: EncryptionSettings | None = None) -> "StoreConfig":
         return cls(chunk_id_key=secrets.token_bytes(32),
-                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                   format=ENCRYPTED_FORMAT if encryption else PLAIN_FORMAT,
+                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                   encryption=encryption)
 
     def to_toml(self) -> str:
         doc = {
@@ -74,6 +98,10 @@ class StoreConfig:
             "gc": vars(self.gc),
             "secret": {"chunk_id_key": self.chunk_id_key.hex()},
         }
+        if self.encryption is not None:
+            doc["encryption"] = vars(self.encryption)
+        if self.signing is not None:
+            doc["signing"] = vars(self.signing)
         header = ("# ckptfs store settings. `secret.chunk_id_key` keys the chunk ids:\n"
                   "# keep it private and never change it (docs/format.md).\n")
         return header + tomli_w.dumps(doc)
@@ -108,6 +136,8 @@ class StoreConfig:
                 compression=CompressionSettings(**doc.get("compression", {})),
                 packs=PackSettings(**doc.get("packs", {})),
                 gc=GcSettings(**doc.get("gc", {})),
+                encryption=_table(EncryptionSettings, doc.get("encryption")),
+                signing=_table(SigningSettings, doc.get("signing")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise StoreFormatError(f"{path} is malformed: {e}") from None
@@ -116,4 +146,23 @@ class StoreConfig:
                 or not 0 <= rewrite_below <= 1:
             raise StoreFormatError(f"{path}: gc.rewrite_below must be a number from 0 to 1, "
                                    f"not {rewrite_below!r}")
+        if config.encryption is not None and config.encryption.cipher != CIPHER:
+            raise StoreFormatError(f"{path}: unknown cipher {config.encryption.cipher!r} in "
+                                   f"[encryption] (this ckptfs knows {CIPHER!r})")
         return config
+
+    def save(self, store_path: str) -> None:
+        """Write ckptfs.toml atomically (a new file renamed over the old), mode 0600: it
+        holds the chunk-id secret."""
+        tmp = os.path.join(store_path, CONFIG_NAME + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_toml())
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(store_path, CONFIG_NAME))
+
+
+def _table(cls, table):
+    """A settings table that is absent in stores made before it existed: None."""
+    return None if table is None else cls(**table)

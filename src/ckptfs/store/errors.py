@@ -127,3 +127,15 @@ class GcBusyError(StoreError):
     """Another garbage collection is running on the store."""
 
     errno = _errno.EBUSY
+
+
+class EncryptionKeyError(StoreError):
+    """The key of an encrypted store is missing, unreadable, malformed or another store's."""
+
+    errno = _errno.EACCES
+
+
+class SigningKeyError(StoreError):
+    """The configured signing key cannot be used: nothing is sealed unsigned instead."""
+
+    errno = _errno.EACCES

@@ -1,9 +1,10 @@
 """Ingest: a directory becomes a sealed version.
 
     walk source -> per file: cut into chunks -> keyed BLAKE3 id -> dedup against the
-    index and this ingest -> encode (zstd / byte-group / XOR-delta) -> append to this
-    ingest's own pack files -> manifest record -> close packs (fsync) -> commit
-    (journal append, then index update) under the store's commit lock.
+    index and this ingest -> encode (zstd / byte-group / XOR-delta) -> encrypt (an
+    encrypted store) -> append to this ingest's own pack files -> manifest record ->
+    close packs (fsync) -> commit (journal append, then index update) under the store's
+    commit lock.
 
 Work overlaps on both cores: the calling thread reads and cuts, a worker pool encodes,
 and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
@@ -37,7 +38,7 @@ from . import codec as codecs
 from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
 from .errors import SourceError, StoreFullError
 from .index import Location
-from .pack import KIND_CHUNK, KIND_MANIFEST, PackWriter
+from .pack import FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackWriter
 
 INGEST_LOCK = "ingest.lock"
 ENCODE_WORKERS = 2
@@ -183,8 +184,14 @@ class Ingest:
         return w
 
     def _store_record(self, kind, codec_id, record_id, raw_len, payload) -> Location:
+        """Append a record to this ingest's pack: every record is written here, so it is
+        where an encrypted store's payloads are encrypted (after compression)."""
+        flags = 0
+        if self.store.cipher is not None:
+            payload = self.store.cipher.encrypt(kind, codec_id, raw_len, record_id, payload)
+            flags = FLAG_ENCRYPTED
         w = self._writer()
-        offset, length = w.append(kind, codec_id, record_id, raw_len, payload)
+        offset, length = w.append(kind, codec_id, record_id, raw_len, payload, flags)
         return Location(w.pack_id, offset, length, raw_len)
 
     @contextmanager

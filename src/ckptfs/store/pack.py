@@ -6,8 +6,9 @@ Layout (all integers little-endian; docs/format.md has the full description):
     record*       56-byte record header + payload
     end record    kind END: marks a pack that was closed cleanly
 
-Each record header carries the record's kind, codec, raw length, payload length, id and
-an xxh3-64 over the header and the payload, checked on every read. Scanning the records
+Each record header carries the record's kind, codec, flags (bit 0: the payload is
+encrypted), raw length, payload length, id and an xxh3-64 over the header and the
+payload as stored, checked on every read. Scanning the records
 of every pack is enough to rebuild the chunk index: the pack carries what is needed.
 """
 import os
@@ -31,6 +32,9 @@ CHECKED_HEADER_BYTES = RECORD_HEADER.size - 8  # everything but the checksum its
 KIND_CHUNK = 1
 KIND_MANIFEST = 2
 KIND_END = 3
+
+# Record header flags.
+FLAG_ENCRYPTED = 1  # the payload is AES-256-GCM ciphertext (encryption.py)
 
 MAX_PAYLOAD = 1 << 30  # sanity bound when scanning a damaged pack
 
@@ -56,6 +60,7 @@ class Record:
     raw_len: int
     record_id: bytes
     payload: memoryview  # a view into the record as read
+    flags: int = 0
 
 
 def _checksum(header_without_sum: bytes, payload) -> int:
@@ -79,9 +84,11 @@ class PackWriter:
         self.records = 0
         self.closed = False
 
-    def append(self, kind: int, codec: int, record_id: bytes, raw_len: int, payload) -> tuple[int, int]:
+    def append(self, kind: int, codec: int, record_id: bytes, raw_len: int, payload,
+               flags: int = 0) -> tuple[int, int]:
         """Append a record; return (offset, total record length)."""
-        head = RECORD_HEADER.pack(RECORD_MAGIC, kind, codec, 0, raw_len, len(payload), record_id, 0)
+        head = RECORD_HEADER.pack(RECORD_MAGIC, kind, codec, flags, raw_len, len(payload),
+                                  record_id, 0)
         head = head[:CHECKED_HEADER_BYTES]
         checksum = _checksum(head, payload)
         offset = self.size
@@ -138,7 +145,7 @@ def parse_record(buf: bytes, pack_id: int, offset: int) -> Record:
     if len(buf) < RECORD_HEADER.size:
         raise IntegrityError(f"pack {pack_id:08x}: record at offset {offset} is truncated",
                              pack_id=pack_id)
-    magic, kind, codec, _flags, raw_len, payload_len, record_id, checksum = \
+    magic, kind, codec, flags, raw_len, payload_len, record_id, checksum = \
         RECORD_HEADER.unpack_from(buf)
     # A view, not a copy: a megabyte copied here holds the GIL the decoders need.
     payload = memoryview(buf)[RECORD_HEADER.size:RECORD_HEADER.size + payload_len]
@@ -149,7 +156,7 @@ def parse_record(buf: bytes, pack_id: int, offset: int) -> Record:
         raise IntegrityError(
             f"pack {pack_id:08x}: checksum mismatch in record {record_id.hex()[:16]} "
             f"at offset {offset}", pack_id=pack_id, chunk_id=record_id)
-    return Record(kind, codec, raw_len, record_id, payload)
+    return Record(kind, codec, raw_len, record_id, payload, flags)
 
 
 class PackReader:
@@ -225,6 +232,7 @@ class ScannedRecord:
     codec: int
     raw_len: int
     record_id: bytes
+    flags: int = 0
 
 
 @dataclass
@@ -266,7 +274,7 @@ def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
             if len(header) < RECORD_HEADER.size:
                 scan.tail = f"truncated record at offset {offset}"
                 return scan
-            magic, kind, codec, _fl, raw_len, payload_len, record_id, _sum = \
+            magic, kind, codec, flags, raw_len, payload_len, record_id, _sum = \
                 RECORD_HEADER.unpack(header)
             if magic != RECORD_MAGIC or payload_len > MAX_PAYLOAD:
                 scan.tail = f"damaged record header at offset {offset}"
@@ -287,7 +295,8 @@ def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
                 scan.complete = True
                 return scan
             if intact:
-                scan.records.append(ScannedRecord(offset, length, kind, codec, raw_len, record_id))
+                scan.records.append(ScannedRecord(offset, length, kind, codec, raw_len, record_id,
+                                                  flags))
             offset += length
 
 

@@ -22,8 +22,9 @@ from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .access import AccessMixin
 from .catalog import CatalogMixin, apply_catalog_event, search_document
-from .config import CONFIG_NAME, StoreConfig
+from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
 from .deletion import RetentionMixin
+from .encryption import RecordCipher, key_check, obtain_key_file, open_store_key
 from .errors import (ChunksReclaimedError, IntegrityError, NotFoundError, PackMissingError,
                      StoreError, StoreFormatError, VersionExistsError)
 from .gc import GcMixin, intent_pack_ids, load_intent
@@ -33,7 +34,9 @@ from .journal import Journal, check_chain, encode_entry, entry_hash
 from .manifest import SCHEMA as MANIFEST_SCHEMA
 from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
 from .names import validate_name, validate_version_name
-from .pack import KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids, pack_path, scan_pack
+from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
+                   pack_path, scan_pack)
+from .signing import SignatureReport, SigningMixin
 
 SUBDIRS = ("packs", "index", "journal", "spool")
 READ_AHEAD_CHUNKS = 8
@@ -65,6 +68,7 @@ class VerifyReport:
     leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
     deleted_versions: int = 0       # tombstones whose manifest (file list) was checked
     gc_interrupted: bool = False    # a gc died midway: the next one finishes it (not damage)
+    signatures: SignatureReport | None = None  # with verify(signatures=True)
 
     @property
     def ok(self) -> bool:
@@ -99,10 +103,14 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
-    def __init__(self, path: str, config: StoreConfig):
+class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
+    def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None):
         self.path = path
         self.config = config
+        # First: without its key an encrypted store is refused before anything is opened.
+        if cipher is None and config.encryption is not None:
+            cipher = open_store_key(path, config.encryption.key_file, config.encryption.key_check)
+        self.cipher = cipher
         self.packs_dir = os.path.join(path, "packs")
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
@@ -120,9 +128,11 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str, shared: bool = False) -> "Store":
-        """A new store; its creator is its admin. `shared`: roles are enforced, and the
-        directory is private to its owner (others come in through the mount)."""
+    def init(cls, path: str, shared: bool = False, key_file: str | None = None) -> "Store":
+        """A new store in `path`; its creator is its admin. `shared`: roles are enforced,
+        and the directory is private to its owner (others come in through the mount).
+        With `key_file`, an encrypted store whose key is in that file (read if it exists,
+        else created with a new random key)."""
         path = os.path.abspath(path)
         if os.path.exists(os.path.join(path, CONFIG_NAME)):
             raise StoreError(f"{path} is already a ckptfs store")
@@ -130,20 +140,19 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
             raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
         if os.path.exists(path) and not os.path.isdir(path):
             raise StoreError(f"{path} exists and is not a directory")
+        encryption = cipher = None
+        if key_file is not None:
+            key_path, key = obtain_key_file(key_file)
+            encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
+            cipher = RecordCipher(key)  # this key, whatever CKPTFS_KEY_FILE names
         os.makedirs(path, exist_ok=True)
         if shared:  # the packs and index must not be readable around the daemon's checks
             os.chmod(path, 0o700)
         for sub in SUBDIRS:
             os.makedirs(os.path.join(path, sub), exist_ok=True)
-        config = StoreConfig.new()
-        tmp = os.path.join(path, CONFIG_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the secret
-        with os.fdopen(fd, "w") as f:
-            f.write(config.to_toml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(path, CONFIG_NAME))
-        store = cls(path, config)
+        config = StoreConfig.new(encryption)
+        config.save(path)
+        store = cls(path, config, cipher)
         try:
             store._start_access(shared)
         except BaseException:
@@ -204,10 +213,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
         by the meta layer) is sealed with the version and becomes its catalog document.
         """
         if ingest is None:
+            self.current_signing_key()  # a signing key that cannot be used: fail before the work
             ingest = self.begin_ingest(project, run, version)
         else:
             try:
                 self.check_new_version(project, run, version)
+                self.current_signing_key()
             except BaseException:
                 ingest.abort()
                 raise
@@ -321,6 +332,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
                     "versions are immutable: import under a new version name")
             self.check_name_not_deleted(p, r, v)
             self._check_chunks_still_stored(ingest, entries)
+            # Under the lock: the key is the one configured at the moment of the seal.
+            signature = self.seal_signature(p, r, v, digest)
             # Written under the lock: the parent it names must be the newest version
             # of the run at the moment of the commit.
             manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
@@ -344,6 +357,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
                 "new_stored_bytes": sum(loc.length for loc in fresh.values()) + manifest_loc.length,
                 "delta_parent": version_name(parent["project"], parent["run"], parent["version"])
                 if parent else None,
+                **({"signature": signature} if signature else {}),
             }, ingest.actor, lambda txn, entry: self._index_new_version(
                 txn, entry, manifest, fresh, manifest_id, manifest_loc))
         return IngestReport(p, r, v, event["files"], len(entries), digest, 0.0, s,
@@ -417,6 +431,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
                                          "new_stored_bytes", "delta_parent")}
         record.update(sealed_at=event["time"], seq=event["seq"], root=manifest["root"],
                       entries=len(manifest["entries"]))
+        if event.get("signature"):
+            record["signature"] = event["signature"]
         return record
 
     # -- journal replay (crash recovery and rebuild) -----------------------------------
@@ -510,6 +526,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
         return self._decode_manifest(manifest_id, loc, record)
 
     def _decode_manifest(self, manifest_id: bytes, loc: Location, record) -> dict:
+        record = self._decrypted(record, loc.pack_id)
         raw = codecs.decode(record.codec, record.payload, record.raw_len)
         if self.chunk_id(raw) != manifest_id:
             raise IntegrityError(f"manifest {manifest_id.hex()[:16]} in pack "
@@ -662,6 +679,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
 
     # -- reading ------------------------------------------------------------------------
     def _read_record(self, chunk_id: bytes):
+        """The record of a chunk, checked (xxh3) and decrypted: every read of a chunk
+        record goes through here (manifests: `_decode_manifest`)."""
         def locate(txn):
             return self.index.get_chunk(txn, chunk_id)
         loc, record = self._read_located(locate, f"chunk {chunk_id.hex()[:16]}", chunk_id)
@@ -669,7 +688,24 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
             raise IntegrityError(f"pack {loc.pack_id:08x} holds another record where chunk "
                                  f"{chunk_id.hex()[:16]} should be", pack_id=loc.pack_id,
                                  chunk_id=chunk_id)
-        return record
+        return self._decrypted(record, loc.pack_id)
+
+    def _decrypted(self, record, pack_id: int):
+        """`record` with a plaintext payload. In an encrypted store every record must be
+        encrypted (a plaintext one was not written by it: it would bypass the
+        authentication), and in a plain store none can be."""
+        encrypted = record.flags & FLAG_ENCRYPTED
+        name = f"pack {pack_id:08x}: record {record.record_id.hex()[:16]}"
+        if self.cipher is None:
+            if encrypted:
+                raise IntegrityError(f"{name} is encrypted, but store {self.path} is not: it was "
+                                     "not written by this store", pack_id=pack_id,
+                                     chunk_id=record.record_id)
+            return record
+        if not encrypted:
+            raise IntegrityError(f"{name} is not encrypted, but store {self.path} is: it was not "
+                                 "written by this store", pack_id=pack_id, chunk_id=record.record_id)
+        return self.cipher.decrypt(record, pack_id)
 
     def _read_located(self, locate, what: str, chunk_id: bytes | None = None):
         """(location, record) of what `locate(txn)` finds in the index.
@@ -765,7 +801,9 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
         return offsets
 
     def _load_chunk(self, chunk_id: bytes, cache: bool) -> bytes:
-        record = self._read_record(chunk_id)
+        return self._decode_record(chunk_id, self._read_record(chunk_id), cache)
+
+    def _decode_record(self, chunk_id: bytes, record, cache: bool) -> bytes:
         base = None
         if record.codec == codecs.XOR_DELTA:
             # Outside the try below: damage in the base is the base's pack's, not ours.
@@ -782,10 +820,21 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
         return data
 
     def _read_delta_base(self, base_id: bytes) -> bytes:
+        data = self._cache.get(base_id)
+        if data is not None:
+            return data
+        pending = self._inflight.get(base_id)
+        if pending is not None:
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decode it here, so the error is raised in this reader's context
+        # Decoded from the record read here (not by read_chunk: it would read and decrypt
+        # the record a second time).
         record = self._read_record(base_id)
         if record.codec == codecs.XOR_DELTA:
             raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
-        return self.read_chunk(base_id)
+        return self._decode_record(base_id, record, cache=True)
 
     def index_location(self, chunk_id: bytes) -> Location | None:
         with self.index.read() as txn:
@@ -965,9 +1014,17 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
             "total_ratio": logical / pack_bytes if pack_bytes else 1.0,
         }
 
-    def verify(self, progress=None) -> VerifyReport:
-        """Re-read every pack record, re-check every chunk id and every file's SHA-256."""
+    def verify(self, progress=None, signatures: bool = False,
+               trusted_keys: list | None = None) -> VerifyReport:
+        """Re-read every pack record, re-check every chunk id and every file's SHA-256.
+
+        With `signatures`, also check each version's signature against the digest of its
+        files as recomputed here, with the journaled public key its key id names, or
+        with `trusted_keys` (Ed25519 public keys from outside the store) when given."""
         report = VerifyReport()
+        if signatures:
+            report.signatures = SignatureReport()
+            known_keys = self.signing_state()["keys"]
         with self.index.read() as txn:
             located = {bytes(k): Location.decode(v) for db in (self.index.chunks, self.index.manifests)
                        for k, v in txn.cursor(db=db)}
@@ -998,7 +1055,10 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
                     progress("chunks", report.chunks, len(chunk_ids))
             self._cache = _ChunkCache(CACHE_BYTES)
             for record in self.all_versions():
-                self._verify_version(record, report, pool, progress)
+                digest = self._verify_version(record, report, pool, progress)
+                if signatures:
+                    self.check_version_signature(record, digest, known_keys, trusted_keys,
+                                                 report.signatures)
         self._verify_tombstones(report)
         report.gc_interrupted = load_intent(self.path) is not None
         return report
@@ -1028,12 +1088,14 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
             return f"pack {own_pack:08x}: chunk {chunk_id.hex()[:16]} does not match its id", own_pack
         return None
 
-    def _verify_version(self, record, report, pool, progress):
+    def _verify_version(self, record, report, pool, progress) -> str:
+        """Check a version's entries and files; returns the digest of its entries."""
         p, r, v = record["project"], record["run"], record["version"]
         name = version_name(p, r, v)
         report.versions += 1
         entries = self.walk(p, r, v)
-        if version_digest(entries) != record["digest"]:
+        digest = version_digest(entries)
+        if digest != record["digest"]:
             report.damaged_versions.add(name)
         for entry in entries:
             if entry["type"] != "file":
@@ -1058,3 +1120,4 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin):
                 report.damaged_versions.add(name)
             if progress:
                 progress("files", report.files, None)
+        return digest
