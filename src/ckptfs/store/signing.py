@@ -22,7 +22,7 @@ The keys and signatures themselves are in ed25519.py, imported only where needed
 import os
 from dataclasses import dataclass, field
 
-from .catalog import ALL_PROJECTS
+from .access import ALL as ALL_PROJECTS
 from .config import SigningSettings, StoreConfig
 from .errors import NotFoundError, SigningKeyError
 
