@@ -200,7 +200,7 @@ def test_a_rewritten_signature_is_caught_even_with_the_chain_rewritten(signed, t
 
 def test_key_set_unset_and_rebuild_index_keep_the_key_history(signed, tmp_path):
     store = copy_of(signed, tmp_path)
-    first_id = journal(store)[1]["key_id"]
+    first_id = next(e for e in journal(store) if e["type"] == "key.set")["key_id"]
     own = str(tmp_path / "own.pem")
     openssl_ed25519_key(own)
     set_out = out(run_cli_checked("key", "set", store, own))
