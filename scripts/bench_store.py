@@ -451,6 +451,26 @@ def bench_borg(R, ctx):
     return res
 
 
+def restic_backup_all(R, env, checkpoints, tag=None) -> tuple[float, list[dict], dict]:
+    """`restic init` the repository `env` names, then one `restic backup` per checkpoint
+    (with `--tag tag(ref)` when `tag` is given), from cold caches; (total wall seconds,
+    per-checkpoint figures, {ref: snapshot id})."""
+    log("restic: init + backup per checkpoint")
+    R.run(["restic", "init"], "restic init", env=env)
+    drop_caches()
+    total, per, snapshots = 0.0, [], {}
+    for src, ref in checkpoints:
+        argv = ["restic", "backup", src] + (["--tag", tag(ref)] if tag else [])
+        seconds, out = R.run(argv, f"restic backup {ref}", env=env)
+        total += seconds
+        m = re.search(r"snapshot ([0-9a-f]+) saved", out)
+        if not m:
+            raise BenchError(f"restic backup {src}: no snapshot id in its output:\n{out}")
+        snapshots[ref] = m.group(1)
+        per.append({"ref": ref, "wall_s": seconds, "snapshot": m.group(1)})
+    return total, per, snapshots
+
+
 def bench_restic(R, ctx):
     repo = os.path.join(ctx.work, "restic-repo")
     cache = os.path.join(ctx.work, "restic-cache")
@@ -458,18 +478,7 @@ def bench_restic(R, ctx):
     rm(cache)
     env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_REPOSITORY=repo,
                RESTIC_CACHE_DIR=cache)
-    log("restic: init + backup per checkpoint")
-    R.run(["restic", "init"], "restic init", env=env)
-    drop_caches()
-    total, per, snapshots = 0.0, [], {}
-    for src, ref in ctx.checkpoints:
-        seconds, out = R.run(["restic", "backup", src], f"restic backup {ref}", env=env)
-        total += seconds
-        m = re.search(r"snapshot ([0-9a-f]+) saved", out)
-        if not m:
-            raise BenchError(f"restic backup {src}: no snapshot id in its output:\n{out}")
-        snapshots[ref] = m.group(1)
-        per.append({"ref": ref, "wall_s": seconds, "snapshot": m.group(1)})
+    total, per, snapshots = restic_backup_all(R, env, ctx.checkpoints)
     sync_s = timed_sync()
     res = {"tool": "restic backup", "import_s": total, "import_sync_s": sync_s,
            "stored_bytes": du_bytes(repo), "per_checkpoint": per}
