@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey,
                                                                Ed25519PublicKey)
 
-from .errors import SigningKeyError, StoreError
+from .errors import SigningKeyError, StoreError, read_key_material
 from .signing import ALGORITHM
 
 MESSAGE_LABEL = b"ckptfs.version-signature/1\n"
@@ -64,17 +64,7 @@ def _write_new_file(path: str, data: bytes, mode: int):
 
 
 def _read_pem(path: str, what: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            return f.read(1 << 20)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise SigningKeyError(f"{what} {path} is a directory, not a PEM file") from None
-    except PermissionError:
-        raise SigningKeyError(f"{what} {path} cannot be read: permission denied") from None
-    except OSError as e:
-        raise SigningKeyError(f"{what} {path} cannot be read: {e.strerror}") from None
+    return read_key_material(path, what, SigningKeyError, 1 << 20)
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:

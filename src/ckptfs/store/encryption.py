@@ -23,7 +23,7 @@ import struct
 from datetime import datetime, timezone
 
 import blake3
-from .errors import EncryptionKeyError, IntegrityError
+from .errors import EncryptionKeyError, IntegrityError, read_key_material
 from .pack import FLAG_ENCRYPTED, KIND_MANIFEST, Record
 
 KEY_BYTES = 32
@@ -62,17 +62,7 @@ def create_key_file(path: str) -> bytes:
 def read_key_file(path: str) -> bytes:
     """The key in `path`. FileNotFoundError if it is missing (the caller says what to
     do); EncryptionKeyError if it cannot be read or is not a key file."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(64 * 1024)
-    except FileNotFoundError:
-        raise
-    except IsADirectoryError:
-        raise EncryptionKeyError(f"key file {path} is a directory, not a key file") from None
-    except PermissionError:
-        raise EncryptionKeyError(f"key file {path} cannot be read: permission denied") from None
-    except OSError as e:
-        raise EncryptionKeyError(f"key file {path} cannot be read: {e.strerror}") from None
+    data = read_key_material(path, "key file", EncryptionKeyError, 64 * 1024)
     lines = [line.strip() for line in data.decode("ascii", "replace").splitlines()]
     keys = [line for line in lines if line and not line.startswith("#")]
     try:

@@ -139,3 +139,19 @@ class SigningKeyError(StoreError):
     """The configured signing key cannot be used: nothing is sealed unsigned instead."""
 
     errno = _errno.EACCES
+
+
+def read_key_material(path: str, what: str, error: type[StoreError], limit: int) -> bytes:
+    """The first `limit` bytes of a key file. FileNotFoundError if it is missing (the
+    caller says what to do); `error` (a StoreError class) if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except FileNotFoundError:
+        raise
+    except IsADirectoryError:
+        raise error(f"{what} {path} is a directory, not a key file") from None
+    except PermissionError:
+        raise error(f"{what} {path} cannot be read: permission denied") from None
+    except OSError as e:
+        raise error(f"{what} {path} cannot be read: {e.strerror}") from None

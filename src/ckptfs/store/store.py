@@ -738,6 +738,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
 
         `cache=False` for one-off reads (ingest's delta bases, verify), which would only
         push out chunks a reader is walking through."""
+        data = self._decoded_already(chunk_id)
+        return data if data is not None else self._load_chunk(chunk_id, cache)
+
+    def _decoded_already(self, chunk_id: bytes):
+        """The chunk's bytes if the cache has them or a prefetch is decoding them (waited
+        for), else None."""
         data = self._cache.get(chunk_id)
         if data is not None:
             return data
@@ -746,8 +752,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             try:
                 return pending.result()
             except IntegrityError:
-                pass  # decode it here, so the error is raised in this reader's context
-        return self._load_chunk(chunk_id, cache)
+                pass  # decode it again, so the error is raised in this reader's context
+        return None
 
     def prefetch(self, entry: dict, offset: int, window: int = 4 << 20):
         """Start decoding the chunks of `entry` in [offset, offset + window) on background
@@ -820,15 +826,9 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return data
 
     def _read_delta_base(self, base_id: bytes) -> bytes:
-        data = self._cache.get(base_id)
+        data = self._decoded_already(base_id)
         if data is not None:
             return data
-        pending = self._inflight.get(base_id)
-        if pending is not None:
-            try:
-                return pending.result()
-            except IntegrityError:
-                pass  # decode it here, so the error is raised in this reader's context
         # Decoded from the record read here (not by read_chunk: it would read and decrypt
         # the record a second time).
         record = self._read_record(base_id)
