@@ -205,6 +205,24 @@ def test_dead_records_in_packs_above_the_threshold_stay_until_a_rebuild_brings_t
     assert_restores(path, KEPT, pristine.sources, tmp_path / "out")
 
 
+def test_rewrite_below_one_rewrites_only_packs_with_dead_records(pristine, tmp_path):
+    """rewrite_below = 1: every pack with a dead record is rewritten once; a pack whose
+    records are all live is left alone, so the next gc copies nothing."""
+    path = copy_store(pristine.path, tmp_path / "store")
+    toml = os.path.join(path, "ckptfs.toml")
+    with open(toml) as f:
+        settings = f.read()
+    with open(toml, "w") as f:
+        f.write(settings.replace("rewrite_below = 0.5", "rewrite_below = 1"))
+    with Store.open(path) as s:
+        first = s.collect_garbage()
+        assert first.packs_rewritten and first.dead_bytes_left == 0
+        again = s.collect_garbage()
+        assert again.packs_rewritten == again.new_packs == [] and again.bytes_copied == 0
+        assert s.verify().ok
+    assert_restores(path, KEPT, pristine.sources, tmp_path / "out")
+
+
 # -- killed mid-way ----------------------------------------------------------------------------
 def gc_process(store: str, crash_at: str | None = None) -> subprocess.Popen:
     env = dict(os.environ)

@@ -356,9 +356,10 @@ class GcMixin:
         rewrite, drop = [], []
         for pack_id, size in sorted(sizes.items()):
             used = live_bytes.get(pack_id, 0)
+            records = size - PACK_OVERHEAD  # a pack whose records are all live has used == records
             if used == 0:
                 drop.append(pack_id)
-            elif used < threshold * size:
+            elif used < records and used < threshold * records:
                 rewrite.append(pack_id)
         return PackPlan(rewrite, drop, sizes, live_bytes)
 
