@@ -679,6 +679,7 @@ def timed_cmd(argv) -> float:
     return s
 
 
+ENFORCED = "ckptfs roles"  # the tree phase's mount of the same store with roles enforced
 TREE_COMMANDS = {"ls -lR": lambda root: ["ls", "-lR", root],
                  "grep -r": lambda root: ["grep", "-r", "eval_loss", root]}
 
@@ -686,8 +687,8 @@ TREE_COMMANDS = {"ls -lR": lambda root: ["ls", "-lR", root],
 def phase_tree(R, ctx, rep):
     out = []
 
-    def ck():
-        res = {"tool": "ckptfs"}
+    def ck(tool="ckptfs"):
+        res = {"tool": tool}
         mnt = os.path.join(ctx.work, "mnt", "tree")
         for name, argv in TREE_COMMANDS.items():
             ctx.mounts.ckptfs(ctx.ckptfs, ctx.tree_store, mnt, ctx.seal_after)
@@ -699,6 +700,15 @@ def phase_tree(R, ctx, rep):
                 ctx.mounts.umount(mnt)
         return res
 
+    def ck_enforced():
+        """The same with roles enforced (docs/access.md): the project's entry is never
+        cached, so every path walked through it is a lookup the daemon checks."""
+        R.run([ctx.ckptfs, "access", "enforce", ctx.tree_store, "on"], "roles on")
+        try:
+            return ck(ENFORCED)
+        finally:
+            R.run([ctx.ckptfs, "access", "enforce", ctx.tree_store, "off"], "roles off")
+
     def plain():
         res = {"tool": "plain dir"}
         root = os.path.join(ctx.tree_plain, "projects")
@@ -708,7 +718,7 @@ def phase_tree(R, ctx, rep):
         return res
 
     log(f"tree: ls -lR and grep -r eval_loss over {ctx.tree_versions} versions")
-    for bench in bs.rotate([ck, plain], rep):
+    for bench in bs.rotate([ck, ck_enforced, plain], rep):
         res = bench()
         log(f"  {res['tool']:<10} " + "; ".join(
             f"{n} cold {res[n]['cold_s']:.3f} s warm {res[n]['warm_s']:.3f} s" for n in TREE_COMMANDS))
@@ -901,8 +911,10 @@ def summarize(result):
                     "content_ok": all(x.get("content_ok", True) for x in rows)}
     if any("tree" in r for r in reps):
         s["tree"] = {}
-        for tool in ("ckptfs", "plain dir"):
+        for tool in ("ckptfs", ENFORCED, "plain dir"):
             rows = [t for r in reps for t in r["tree"] if t["tool"] == tool]
+            if not rows:
+                continue
             s["tree"][tool] = {f"{n} {w}": med_range([x[n][f"{w}_s"] for x in rows])
                                for n in TREE_COMMANDS for w in ("cold", "warm")}
     if any("memory" in r for r in reps):
