@@ -483,10 +483,7 @@ def main():
     m, src = result["machine"], result["ckptfs_source"]
     log(f"machine: {m['nproc']} cpus, {m['cpu']}; "
         + ", ".join(v for v in result["versions"].values() if v))
-    log(f"ckptfs code: {src['path']}"
-        + ((f" (git {src['commit'][:10]}"
-            + (", with uncommitted changes)" if src["uncommitted_changes"] else ")"))
-           if src["commit"] else " (not in a git work tree)"))
+    log(bs.describe_source(src))
     log(f"corpus: {corpus}, {len(checkpoints)} checkpoints in {len(runs)} runs; keeping "
         + ", ".join(kept))
 

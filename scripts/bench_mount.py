@@ -1178,10 +1178,7 @@ def main():
     m = result["machine"]
     log(f"machine: {m['nproc']} cpus, {m['cpu']}, sha_ni {'yes' if m['sha_ni'] else 'no'}; "
         + ", ".join(v for v in result["versions"].values() if v))
-    log(f"ckptfs code: {source['path']}"
-        + ((f" (git {source['commit'][:10]}"
-            + (", with uncommitted changes)" if source["uncommitted_changes"] else ")"))
-           if source["commit"] else " (not in a git work tree)"))
+    log(bs.describe_source(source))
     log(f"corpus: {corpus} ({logical / 1e6:.1f} MB), {len(checkpoints)} checkpoints")
 
     # SIGTERM/SIGHUP end the run through the same cleanup as Ctrl-C.

@@ -550,6 +550,14 @@ def spread(s, key, spec):
     return f"{format(s[key], spec)} ({lo}-{hi})"
 
 
+def describe_source(src: dict) -> str:
+    """One line naming the ckptfs code a benchmark measured (path, commit, dirty)."""
+    if not src["commit"]:
+        return f"ckptfs code: {src['path']} (not in a git work tree)"
+    dirty = ", with uncommitted changes" if src["uncommitted_changes"] else ""
+    return f"ckptfs code: {src['path']} (git {src['commit'][:10]}{dirty})"
+
+
 def print_tables(result):
     logical = result["corpus"]["bytes"]
     summary = result["summary"]
@@ -737,11 +745,7 @@ def main():
     m = result["machine"]
     log(f"machine: {m['nproc']} cpus, {m['cpu']}, sha_ni {'yes' if m['sha_ni'] else 'no'}; "
         + ", ".join(v for v in result["versions"].values() if v))
-    src = result["ckptfs_source"]
-    log(f"ckptfs code: {src['path']}"
-        + ((f" (git {src['commit'][:10]}"
-            + (", with uncommitted changes)" if src["uncommitted_changes"] else ")"))
-           if src["commit"] else " (not in a git work tree)"))
+    log(describe_source(result["ckptfs_source"]))
     log(f"corpus: {corpus} ({logical / 1e6:.1f} MB), {len(checkpoints)} checkpoints: "
         + ", ".join(ref for _, ref in checkpoints))
     result["startup_s"] = {"ckptfs": startup_seconds([ckptfs, "--version"])}

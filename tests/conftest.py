@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,12 @@ def store(store_path):
 def checkpoint(tmp_path):
     """A sample checkpoint directory (see samples.make_checkpoint)."""
     return make_checkpoint(tmp_path / "src" / "step-100", step=100)
+
+
+def copy_store(src: str, dest) -> str:
+    """A copy of the store at `src` in `dest` (a test may then damage or change it)."""
+    shutil.copytree(src, str(dest))
+    return str(dest)
 
 
 def run_cli(*args, check=False, input=None, env=None, **kw):

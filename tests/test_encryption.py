@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import shutil
 import struct
 import subprocess
 import tomllib
@@ -14,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import xxhash
-from conftest import run_cli_checked, run_cli_many, unmount
+from conftest import copy_store, run_cli_checked, run_cli_many, unmount
 from samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import Store
@@ -74,12 +73,6 @@ def enc(tmp_path_factory):
     return SimpleNamespace(root=root, store=store, key=key, src1=src1, src2=src2)
 
 
-def copy_store(enc, tmp_path) -> str:
-    copy = str(tmp_path / "store-copy")
-    shutil.copytree(enc.store, copy)
-    return copy
-
-
 # -- setting up -------------------------------------------------------------------------------
 
 def test_init_writes_a_private_key_file_and_records_it(enc):
@@ -135,7 +128,7 @@ def test_every_command_works_on_an_encrypted_store(enc, tmp_path):
     assert verify.stdout.decode().startswith("ok: ") and "2 versions, 12 files" in verify.stdout.decode()
     run_cli_checked("get", enc.store, "p/r/v2", tmp_path / "out")
     assert tree_snapshot(tmp_path / "out") == tree_snapshot(enc.src2)
-    copy = copy_store(enc, tmp_path)
+    copy = copy_store(enc.store, tmp_path / "store-copy")
     assert "2 versions" in run_cli_checked("rebuild-index", copy).stdout.decode()
     run_cli_checked("get", copy, "p/r/v1", tmp_path / "out1")
     assert tree_snapshot(tmp_path / "out1") == tree_snapshot(enc.src1)
@@ -231,7 +224,7 @@ def fix_checksum(path: str, offset: int, length: int):
 
 @pytest.mark.parametrize("checksum_fixed", [False, True], ids=["checksum", "authentication"])
 def test_a_flipped_byte_in_an_encrypted_record_is_damage_not_garbage(enc, tmp_path, checksum_fixed):
-    store = copy_store(enc, tmp_path)
+    store = copy_store(enc.store, tmp_path / "store-copy")
     path, offset, length = config_record(store)
     flip_byte(path, offset + RECORD_HEADER.size + 20)  # inside the ciphertext
     if checksum_fixed:

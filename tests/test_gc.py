@@ -6,7 +6,6 @@ import errno
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import run_cli_checked, run_cli_many
+from conftest import copy_store, run_cli_checked, run_cli_many
 from samples import make_checkpoint, tree_snapshot
 from test_mount_inbox import sh, wait_for
 
@@ -73,11 +72,6 @@ def pristine(tmp_path_factory):
     root = tmp_path_factory.mktemp("gc")
     path, sources = build_store(root)
     return SimpleNamespace(path=path, sources=sources, root=root)
-
-
-def copy_store(src: str, dest) -> str:
-    shutil.copytree(src, str(dest))
-    return str(dest)
 
 
 def pack_bytes(store: str) -> int:

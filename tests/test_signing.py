@@ -6,13 +6,12 @@ import base64
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import tomllib
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_cli_checked, run_cli_many
+from conftest import copy_store, run_cli_checked, run_cli_many
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from samples import make_checkpoint
@@ -96,12 +95,6 @@ def signed(tmp_path_factory):
                            public_file=key_file + ".pub", generated=generated)
 
 
-def copy_of(signed, tmp_path) -> str:
-    copy = str(tmp_path / "copy")
-    shutil.copytree(signed.store, copy)
-    return copy
-
-
 def test_key_generate_writes_a_private_key_and_journals_its_public_key(signed):
     assert os.stat(signed.key_file).st_mode & 0o777 == 0o600
     public = public_key_of(signed.public_file)
@@ -162,7 +155,7 @@ def test_verify_signatures_counts_signed_and_unsigned_versions(signed, tmp_path)
 
 
 def test_a_rewritten_signature_is_caught_even_with_the_chain_rewritten(signed, tmp_path):
-    store = copy_of(signed, tmp_path)
+    store = copy_store(signed.store, tmp_path / "copy")
     attacker = Ed25519PrivateKey.generate()
     attacker_raw = raw_public(attacker.public_key())
     attacker_id = hashlib.sha256(attacker_raw).hexdigest()[:16]
@@ -199,7 +192,7 @@ def test_a_rewritten_signature_is_caught_even_with_the_chain_rewritten(signed, t
 
 
 def test_key_set_unset_and_rebuild_index_keep_the_key_history(signed, tmp_path):
-    store = copy_of(signed, tmp_path)
+    store = copy_store(signed.store, tmp_path / "copy")
     first_id = next(e for e in journal(store) if e["type"] == "key.set")["key_id"]
     own = str(tmp_path / "own.pem")
     openssl_ed25519_key(own)
