@@ -26,12 +26,8 @@ rather than written as a constant, an extension code) it is a finding. A pickle 
 large to walk within the limits is a finding as well: what it would import past the
 limit is unknown.
 """
-import _compat_pickle
-import codecs
 import errno
-import io
 import os
-import pickletools
 import stat
 import tarfile
 import zipfile
@@ -41,6 +37,10 @@ from dataclasses import dataclass, field
 from ckptfs.store.ingest import walk_source
 
 from .errors import SealRefused
+from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, OPCODES, PICKLE_HIGHEST, STRING_OPS,
+                            ArchiveUnreadable, LimitReached, Malformed, Stream, compat_name,
+                            importable, member_stream, named_global, read_argument,
+                            stacked_global, string_value, zip_directory)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
@@ -48,9 +48,7 @@ DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | re
 
 MAX_OPCODES = 2_000_000          # per file: a torch data.pkl has thousands
 MAX_MEMBER_BYTES = 1 << 30       # a pickle inside a zip or tar larger than this is not read
-MAX_KEPT = 4096                  # longest string constant (or name) kept; longer ones skipped
 MAX_FINDINGS_PER_PICKLE = 20     # distinct globals listed per pickle; the rest are counted
-READ_CHUNK = 1 << 16
 
 # -- the safe list -------------------------------------------------------------------------
 # Globals a checkpoint's pickle may import without a finding: each builds data from its
@@ -116,89 +114,7 @@ def is_safe(module: str, name: str, allowed: frozenset = frozenset()) -> bool:
     return f"{module}.{name}" in allowed or f"{module}.*" in allowed
 
 
-# -- reading a pickle stream -----------------------------------------------------------------
-
-class Malformed(Exception):
-    """The bytes stop being a pickle here: the unpickler would fail at this point too."""
-
-
-class LimitReached(Exception):
-    """The pickle is too large to walk within the limits."""
-
-
-class Stream:
-    """A pickle's bytes read forward: exact small reads, lines kept up to MAX_KEPT bytes,
-    long arguments skipped without being held in memory."""
-
-    def __init__(self, f, size: int):
-        self.f, self.size = f, size
-
-    @property
-    def offset(self) -> int:
-        return self.f.tell()
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise Malformed(f"the bytes end inside an opcode (offset {self.offset})")
-        return data
-
-    def skip(self, n: int) -> None:
-        if self.offset + n > self.size:
-            raise Malformed(f"an argument of {n} bytes runs past the end (offset {self.offset})")
-        if self.f.seekable():
-            self.f.seek(n, io.SEEK_CUR)
-            return
-        while n:
-            n -= len(self.read(min(n, READ_CHUNK)))
-
-    def line(self) -> tuple[bytes, bool]:
-        """The next line without its newline: (its first MAX_KEPT bytes, whether that is all)."""
-        kept = self.f.readline(MAX_KEPT + 1)
-        if kept.endswith(b"\n"):
-            return kept[:-1], True
-        if len(kept) <= MAX_KEPT:  # the bytes end inside the line: the C unpickler fails
-            if not kept:           # here, the pure-Python one takes the line less its last
-                raise Malformed(f"the bytes end before a line argument (offset {self.offset})")
-            return kept[:-1], True  # byte (and fails on the next read): do as it does
-        rest = kept
-        while not rest.endswith(b"\n"):  # too long to keep: read on to its end
-            rest = self.f.readline(READ_CHUNK)
-            if not rest:
-                raise Malformed(f"the bytes end inside a line argument (offset {self.offset})")
-        return kept[:MAX_KEPT], False
-
-    def starts_pickle(self) -> bool:
-        """Do the next bytes begin a pickle of protocol 2 or later (PROTO 2..5)?"""
-        head = self.f.read(2)
-        self.f.seek(-len(head), io.SEEK_CUR)
-        return len(head) == 2 and head[0] == PROTO and 2 <= head[1] <= pickle_HIGHEST
-
-
-PROTO = 0x80
-pickle_HIGHEST = 5
-OPCODES = {ord(op.code): op for op in pickletools.opcodes}
-
-
-def stack_effect(op) -> tuple[bool, int, int]:
-    """(pops down to a MARK?, values popped besides, values pushed) of an opcode."""
-    before = op.stack_before
-    if pickletools.markobject in before:
-        return True, before.index(pickletools.markobject), len(op.stack_after)
-    return False, len(before), len(op.stack_after)
-
-
-EFFECTS = {code: stack_effect(op) for code, op in OPCODES.items()}
-LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-                 pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-                 pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-                 pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
-STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE",
-              "BINUNICODE", "BINUNICODE8"}
-MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
-INT_ARG_OPS = MEMO_PUTS | MEMO_GETS | {"PROTO", "EXT1", "EXT2", "EXT4"}
-
+# -- walking a pickle stream -----------------------------------------------------------------
 
 class Unknown:
     """A stack value the walk does not track (anything but a string constant)."""
@@ -209,68 +125,6 @@ class Unknown:
 
 UNKNOWN = Unknown()
 MARK = object()
-TOO_LONG = object()
-
-
-def read_argument(stream: Stream, op):
-    """The argument of `op`: bytes (or a (bytes, bytes) pair for GLOBAL and INST), an
-    int for memo, protocol and extension opcodes, TOO_LONG for a skipped one, or None."""
-    arg = op.arg
-    if arg is None:
-        return None
-    if arg.n >= 0:
-        data = stream.read(arg.n)
-        if op.name in INT_ARG_OPS:
-            return int.from_bytes(data, "little", signed=op.name == "EXT4")
-        return data
-    if arg.n == pickletools.UP_TO_NEWLINE:
-        if op.name in ("GLOBAL", "INST"):
-            return stream.line(), stream.line()
-        text, whole = stream.line()
-        if op.name in MEMO_PUTS | MEMO_GETS:
-            return memo_index(text)
-        return text if whole else TOO_LONG
-    width, signed = LENGTH_PREFIX[arg.n]
-    length = int.from_bytes(stream.read(width), "little", signed=signed)
-    if length < 0:
-        raise Malformed(f"{op.name} has a negative length (offset {stream.offset})")
-    if op.name in STRING_OPS and length <= MAX_KEPT:
-        return stream.read(length)
-    stream.skip(length)
-    return TOO_LONG
-
-
-def memo_index(text: bytes) -> int:
-    try:
-        index = int(text)
-    except ValueError:
-        raise Malformed(f"memo index {text[:20]!r} is not a number") from None
-    if index < 0:
-        raise Malformed("negative memo index")
-    return index
-
-
-def string_value(name: str, data) -> str | Unknown:
-    """The str a string opcode pushes (UNKNOWN if it was too long to keep or undecodable:
-    the walk then only knows it is not a name it has seen)."""
-    if data is TOO_LONG:
-        return UNKNOWN
-    try:
-        if name == "STRING":  # protocol 0: a quoted Python 2 literal
-            if len(data) < 2 or data[0] != data[-1] or data[:1] not in (b"'", b'"'):
-                raise Malformed("a STRING argument is not quoted")
-            return codecs.escape_decode(data[1:-1])[0].decode("latin-1")
-        if name == "UNICODE":
-            return data.decode("raw-unicode-escape")
-        if name in ("BINSTRING", "SHORT_BINSTRING"):
-            return data.decode("latin-1")
-        return data.decode("utf-8", "surrogatepass")
-    except (UnicodeDecodeError, ValueError):
-        return UNKNOWN
-
-
-def importable(text: str) -> bool:
-    return all(part.isidentifier() for part in text.split("."))
 
 
 @dataclass
@@ -349,22 +203,23 @@ class Walker:
                 pop()
                 return
             if name == "PROTO":
-                if arg > pickle_HIGHEST:
+                if arg > PICKLE_HIGHEST:
                     raise Malformed(f"unsupported pickle protocol {arg}")
                 protocol = arg
                 if found.pickles == 0:
                     found.protocol = arg
             elif name in STRING_OPS:
-                stack.append(string_value(name, arg))
+                text = string_value(name, arg)
+                stack.append(UNKNOWN if text is None else text)
             elif name in ("GLOBAL", "INST"):
-                found.imported.append(self.named_global(*arg, protocol))
+                found.imported.append(named_global(*arg, protocol))
                 if name == "INST":
                     pop_mark()
                 stack.append(UNKNOWN)
             elif name == "STACK_GLOBAL":
                 attr, module = pop(), pop()
                 if isinstance(module, str) and isinstance(attr, str):
-                    found.imported.append(self.stacked_global(module, attr))
+                    found.imported.append(stacked_global(module, attr))
                 else:
                     found.unreadable.append(f"{module}.{attr}")
                 stack.append(UNKNOWN)
@@ -392,37 +247,6 @@ class Walker:
                     pop()
                 for _ in range(pushed):
                     stack.append(UNKNOWN)
-
-    @staticmethod
-    def named_global(module_line: tuple[bytes, bool], name_line: tuple[bytes, bool],
-                     protocol: int) -> tuple[str, str]:
-        """GLOBAL and INST: the names as the unpickler decodes and maps them."""
-        try:
-            module, name = module_line[0].decode("utf-8"), name_line[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise Malformed("a GLOBAL names a module that is not UTF-8") from None
-        if not (module_line[1] and name_line[1]):  # too long to be a real name: a finding
-            return module + ("…" if not module_line[1] else ""), name + "…"
-        if not (importable(module) and importable(name)):
-            raise Malformed(f"GLOBAL {module!r} {name!r} names nothing importable")
-        return compat_name(module, name, protocol)
-
-    @staticmethod
-    def stacked_global(module: str, name: str) -> tuple[str, str]:
-        """STACK_GLOBAL of two string constants: module and name."""
-        if not (importable(module) and importable(name)):
-            raise Malformed(f"STACK_GLOBAL {module[:80]!r} {name[:80]!r} names nothing importable")
-        return module, name
-
-
-def compat_name(module: str, name: str, protocol: int) -> tuple[str, str]:
-    """Python 2 names (`__builtin__.set`, `copy_reg._reconstructor`) as the unpickler of a
-    protocol 0-2 pickle maps them to Python 3's."""
-    if protocol < 3:
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            return _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    return module, name
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -483,22 +307,20 @@ def looks_like_tar(f) -> bool:
 def zip_members(f):
     """(member name, Stream | reason it cannot be read) for each `*.pkl` of a zip."""
     try:
-        archive = zipfile.ZipFile(f)
-        infos = [i for i in archive.infolist() if i.filename.endswith(".pkl") and not i.is_dir()]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        yield None, f"zip archive whose directory cannot be read ({e})"
+        archive = zip_directory(f)
+    except ArchiveUnreadable as e:
+        yield None, str(e)
         return
+    infos = [i for i in archive.infolist() if i.filename.endswith(".pkl") and not i.is_dir()]
     if not infos:
         yield None, "zip archive with no .pkl member"
     for info in infos:
-        if info.file_size > MAX_MEMBER_BYTES:
-            yield info.filename, LimitReached(f"over {MAX_MEMBER_BYTES >> 20} MiB: not read")
-            continue
         try:
-            with archive.open(info) as member:
-                yield info.filename, Stream(member, info.file_size)
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as e:
-            yield info.filename, f"cannot be read ({e})"
+            yield info.filename, member_stream(archive, info, MAX_MEMBER_BYTES)
+        except LimitReached as e:
+            yield info.filename, e
+        except ArchiveUnreadable as e:
+            yield info.filename, str(e)
 
 
 def tar_members(f):
