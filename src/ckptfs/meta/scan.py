@@ -94,6 +94,45 @@ SAFE_GLOBALS = {
     "torch.nn.parameter": {"Parameter"},
     "torch.serialization": {"_get_layout"},
 }
+# What transformers, accelerate and Lightning write into their own checkpoints
+# (training_args.bin, Lightning's hyper-parameters), found by scanning what each writes.
+# Enums: calling one looks a member up by value (or fails), whatever the arguments.
+FRAMEWORK_ENUMS = {
+    ("transformers.training_args", "OptimizerNames"),
+    ("transformers.trainer_utils", "SchedulerType"),
+    ("transformers.trainer_utils", "IntervalStrategy"),
+    ("transformers.trainer_utils", "SaveStrategy"),
+    ("transformers.trainer_utils", "HubStrategy"),
+    ("transformers.trainer_utils", "FSDPOption"),
+    ("transformers.trainer_utils", "HPSearchBackend"),
+    ("transformers.trainer_utils", "EvaluationStrategy"),    # transformers 4.x
+    ("transformers.trainer_utils", "ShardedDDPOption"),      # transformers 4.x
+    ("transformers.debug_utils", "DebugOption"),
+    ("accelerate.utils.dataclasses", "DistributedType"),
+}
+# A dict with attribute access: Lightning's hyper-parameters.
+ATTRIBUTE_DICTS = {
+    ("lightning.fabric.utilities.data", "AttributeDict"),      # lightning 2.x
+    ("lightning_fabric.utilities.data", "AttributeDict"),      # pytorch_lightning 2.x
+    ("pytorch_lightning.utilities.parsing", "AttributeDict"),  # pytorch_lightning 1.x
+}
+# Safe only when rebuilt from saved state: NEWOBJ with no arguments (`cls.__new__(cls)`,
+# which is object.__new__ for each: no __init__ runs), then BUILD, which fills the new
+# instance's __dict__ (none of them defines __setstate__). Called instead (REDUCE, INST,
+# OBJ, NEWOBJ with arguments) or handed to another constructor (copyreg._reconstructor
+# calls its base's __init__), their __init__/__post_init__ would run: set up devices,
+# read config files named in the arguments, start a distributed process group. Any
+# such use is a finding, unless the project allows the class by name (`pickle_allow`).
+STATE_ONLY = {
+    ("transformers.training_args", "TrainingArguments"),
+    ("transformers.training_args_seq2seq", "Seq2SeqTrainingArguments"),
+    ("transformers.trainer_pt_utils", "AcceleratorConfig"),
+    ("transformers.generation.configuration_utils", "GenerationConfig"),
+    ("accelerate.state", "PartialState"),
+}
+for _module, _name in FRAMEWORK_ENUMS | ATTRIBUTE_DICTS | STATE_ONLY:
+    SAFE_GLOBALS.setdefault(_module, set()).add(_name)
+
 # torch._utils._rebuild_tensor_v2, _rebuild_parameter, … (every tensor rebuilder).
 SAFE_PREFIXES = {"torch._utils": "_rebuild_"}
 # torch.FloatStorage, torch.UntypedStorage, torch.cuda.HalfStorage, … (storage classes;
@@ -111,6 +150,10 @@ def is_safe(module: str, name: str, allowed: frozenset = frozenset()) -> bool:
             return True
         if module in STORAGE_MODULES and name.endswith("Storage"):
             return True
+    return allowed_by_project(module, name, allowed)
+
+
+def allowed_by_project(module: str, name: str, allowed: frozenset) -> bool:
     return f"{module}.{name}" in allowed or f"{module}.*" in allowed
 
 
@@ -125,6 +168,18 @@ class Unknown:
 
 UNKNOWN = Unknown()
 MARK = object()
+NO_ARGS = object()  # an empty tuple: the arguments of NEWOBJ when nothing is passed
+
+
+class GlobalRef:
+    """A global on the stack, to see how it is used: a STATE_ONLY class may only be the
+    class of a NEWOBJ without arguments."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __repr__(self):
+        return f"{self.module}.{self.name}"
 
 
 @dataclass
@@ -136,6 +191,7 @@ class PickleWalk:
     # are noise (and the unpickler fails on them without a registered extension).
     unreadable: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # findings that are not a global
+    misused: list[tuple[str, str]] = field(default_factory=list)  # STATE_ONLY classes called
     pickles: int = 0              # pickles read to their STOP
     limited: bool = False         # stopped by MAX_OPCODES: what follows is unknown
     error: str | None = None      # why the walk stopped before a STOP, if it did
@@ -180,10 +236,17 @@ class Walker:
                 return stack.pop()
             return UNKNOWN  # the unpickler fails here (underflow): nothing is hidden by going on
 
+        def use(value):
+            """`value` is taken by an opcode that may call it or pass it on."""
+            if isinstance(value, GlobalRef) and (value.module, value.name) in STATE_ONLY:
+                found.misused.append((value.module, value.name))
+
         def pop_mark():
             while stack:
-                if stack.pop() is MARK:
+                value = stack.pop()
+                if value is MARK:
                     return
+                use(value)
 
         read1 = stream.f.read
         while True:
@@ -211,18 +274,22 @@ class Walker:
             elif name in STRING_OPS:
                 text = string_value(name, arg)
                 stack.append(UNKNOWN if text is None else text)
-            elif name in ("GLOBAL", "INST"):
+            elif name == "GLOBAL":
                 found.imported.append(named_global(*arg, protocol))
-                if name == "INST":
-                    pop_mark()
+                stack.append(GlobalRef(*found.imported[-1]))
+            elif name == "INST":  # import the class and call it with the values to MARK
+                found.imported.append(named_global(*arg, protocol))
+                use(GlobalRef(*found.imported[-1]))
+                pop_mark()
                 stack.append(UNKNOWN)
             elif name == "STACK_GLOBAL":
                 attr, module = pop(), pop()
                 if isinstance(module, str) and isinstance(attr, str):
                     found.imported.append(stacked_global(module, attr))
+                    stack.append(GlobalRef(*found.imported[-1]))
                 else:
                     found.unreadable.append(f"{module}.{attr}")
-                stack.append(UNKNOWN)
+                    stack.append(UNKNOWN)
             elif name in ("EXT1", "EXT2", "EXT4"):
                 found.unreadable.append(f"<extension code {arg}>")
                 stack.append(UNKNOWN)
@@ -239,12 +306,19 @@ class Walker:
             elif name == "POP":
                 if stack:
                     stack.pop()  # a MARK too, as the unpickler does
+            elif name == "EMPTY_TUPLE":
+                stack.append(NO_ARGS)
+            elif name == "NEWOBJ":  # cls.__new__(cls, *args): a rebuild when args is ()
+                args, cls = pop(), pop()
+                if args is not NO_ARGS:
+                    use(cls)
+                stack.append(UNKNOWN)
             else:  # pop what it takes (down to a MARK if it takes a slice), push values
                 to_mark, popped, pushed = EFFECTS[code[0]]  # the walk does not follow
                 if to_mark:
                     pop_mark()
                 for _ in range(popped):
-                    pop()
+                    use(pop())
                 for _ in range(pushed):
                     stack.append(UNKNOWN)
 
@@ -400,9 +474,16 @@ def pickle_findings(rel: str, member: str | None, walk: PickleWalk, allowed: fro
         findings = findings[:MAX_FINDINGS_PER_PICKLE]
         findings.append({"file": rel, "pickle": member, "global": None,
                          "problem": f"{more} more globals not on the safe list"})
+    for module, name in dict.fromkeys(walk.misused):
+        if not allowed_by_project(module, name, allowed):
+            findings.append({"file": rel, "pickle": member, "global": f"{module}.{name}",
+                             "problem": MISUSED})
     for problem in walk.problems:
         findings.append({"file": rel, "pickle": member, "global": None, "problem": problem})
     return findings
+
+
+MISUSED = "used otherwise than rebuilt from saved state: loading it would run its code"
 
 
 # -- a checkpoint directory ----------------------------------------------------------------
@@ -436,15 +517,18 @@ def overall_status(files: dict, findings: list) -> str:
 def describe_finding(finding: dict) -> str:
     """`optimizer.pt [optimizer/data.pkl] imports posix.system` (or its problem)."""
     where = finding["file"] + (f" [{finding['pickle']}]" if finding.get("pickle") else "")
-    if finding["global"] is not None:
-        return f"{where} imports {finding['global']}"
-    return f"{where}: {finding['problem']}"
+    if finding["global"] is None:
+        return f"{where}: {finding['problem']}"
+    if finding.get("problem"):
+        return f"{where} imports {finding['global']}, {finding['problem']}"
+    return f"{where} imports {finding['global']}"
 
 
 def scan_warnings(scan: dict) -> list[str]:
     """The sidecar `warnings` of an unsafe scan, one per finding."""
-    return [f"unsafe pickle: {describe_finding(f)} (not on the safe list: loading it may "
-            "run code)" for f in scan["findings"]]
+    return [f"unsafe pickle: {describe_finding(f)}" + (
+        "" if f.get("problem") == MISUSED else " (not on the safe list: loading it may run code)")
+        for f in scan["findings"]]
 
 
 class UnsafePickleError(SealRefused):
