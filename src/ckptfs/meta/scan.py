@@ -38,9 +38,10 @@ from ckptfs.store.ingest import walk_source
 
 from .errors import SealRefused
 from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, OPCODES, PICKLE_HIGHEST, STRING_OPS,
-                            ArchiveUnreadable, LimitReached, Malformed, Stream, compat_name,
-                            importable, member_stream, named_global, read_argument,
-                            stacked_global, string_value, zip_directory)
+                            ArchiveUnreadable, LimitReached, Malformed, Stream, member_stream,
+                            named_global, read_argument, stacked_global, string_value,
+                            zip_directory)
+from .pickle_stream import compat_name, importable  # noqa: F401 (the tests use them from here)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
