@@ -16,16 +16,15 @@ import io
 import json
 import os
 import pickle
-import sys
 import tarfile
 import time
-import types
 import zipfile
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import run_cli_checked, unmount
+from pickles import Torch, torch_zip
 from samples import make_checkpoint, make_hf_checkpoint
 from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
@@ -66,63 +65,12 @@ def globals_of(finding_list) -> list:
     return [f["global"] for f in finding_list]
 
 
-def torch_zip(path, pickles: dict[str, bytes], data: bytes = b"\0" * 64) -> str:
-    """A file laid out as torch.save's zip: `<name>/data.pkl`, the tensor bytes apart."""
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, payload in pickles.items():
-            archive.writestr(member, payload)
-        archive.writestr("archive/data/0", data)
-        archive.writestr("archive/version", "3\n")
-    return str(path)
-
-
-# -- stand-ins for torch, so the real pickler writes torch's globals -----------------------
-
 @pytest.fixture
 def fake_torch(monkeypatch):
-    """Modules named torch and torch._utils with the globals torch.save's pickles name
-    (the pickler imports the module of each global to check it): pickles made with them
-    are what a real state_dict's data.pkl holds."""
-    torch = types.ModuleType("torch")
-    utils = types.ModuleType("torch._utils")
-
-    def rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks):
-        raise AssertionError("never called: nothing is unpickled")
-    rebuild_tensor_v2.__module__ = "torch._utils"
-    rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils._rebuild_tensor_v2 = rebuild_tensor_v2
-    float_storage = type("FloatStorage", (), {"__module__": "torch"})
-    torch.FloatStorage, torch._utils = float_storage, utils
-    monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setitem(sys.modules, "torch._utils", utils)
-
-    class Tensor:
-        def __init__(self, key, n):
-            self.key, self.n = key, n
-
-        def __reduce_ex__(self, protocol):
-            return rebuild_tensor_v2, (StorageRef(self.key, self.n), 0, (self.n,), (1,), False,
-                                       collections.OrderedDict())
-
-    class StorageRef:
-        def __init__(self, key, n):
-            self.key, self.n = key, n
-
-    class TorchPickler(pickle.Pickler):
-        def persistent_id(self, obj):  # storages go out of band, as torch.save does
-            if isinstance(obj, StorageRef):
-                return ("storage", float_storage, obj.key, "cpu", obj.n)
-            return None
-
-    def dumps(obj, protocol=2) -> bytes:
-        out = io.BytesIO()
-        TorchPickler(out, protocol=protocol).dump(obj)
-        return out.getvalue()
-
-    def state_dict(n_tensors=3):
-        return collections.OrderedDict((f"layer.{i}.weight", Tensor(str(i), 4))
-                                       for i in range(n_tensors))
-    return SimpleNamespace(dumps=dumps, state_dict=state_dict)
+    """Stand-ins for torch's globals, so the real pickler writes the ones torch.save's
+    pickles name (tests/pickles.py): pickles made with them are what a real
+    state_dict's data.pkl holds."""
+    return Torch(monkeypatch)
 
 
 # -- the walk on real pickles ----------------------------------------------------------------

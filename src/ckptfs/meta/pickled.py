@@ -60,6 +60,7 @@ PARAMETER_REBUILDERS = {"torch._utils._rebuild_parameter",
                         "torch._utils._rebuild_parameter_with_state",
                         "torch.nn.parameter.Parameter"}
 SUBCLASS_REBUILDER = "torch._tensor._rebuild_from_type_v2"
+SET_TYPES = {"builtins.set", "builtins.frozenset"}
 ENUM_CLASSES = {f"{module}.{name}" for module, name in FRAMEWORK_ENUMS}
 STORAGE_DTYPES = {
     "FloatStorage": "float32", "DoubleStorage": "float64", "HalfStorage": "float16",
@@ -100,7 +101,8 @@ def read_file(f, size: int, keys) -> PickledValue:
     walk = ValueWalk()
     stream = Stream(f, size)
     root = walk.read(stream)
-    if root == LEGACY_MAGIC:  # then the protocol version, system info, and the object
+    if isinstance(root, BigInt) and root.value == LEGACY_MAGIC:
+        # then the protocol version, the system info, and the object
         walk.read(stream)
         walk.read(stream)
         root = walk.read(stream)
@@ -169,6 +171,12 @@ class Placeholder:
 
 
 @dataclass(eq=False)
+class BigInt:
+    """An int beyond 64 bits (JSON readers may not take it): a placeholder in the model."""
+    value: int
+
+
+@dataclass(eq=False)
 class Persistent:
     pid: object
 
@@ -221,6 +229,8 @@ class ValueWalk:
             raise Malformed(f"byte 0x{code[0]:02x} at offset {self.stream.offset - 1} "
                             "is not a pickle opcode")
         arg = read_argument(self.stream, op, keep=STRING_OPS | LONG_OPS)
+        if isinstance(arg, Skipped) and self.stream.offset > MAX_PICKLE_BYTES:
+            raise Unreadable(f"a pickle over {MAX_PICKLE_BYTES >> 20} MiB")
         if op.name == "STOP":
             return (self.pop(),)
         handler = self.handlers.get(op.name) or self.constant_handler(op.name)
@@ -312,9 +322,7 @@ class ValueWalk:
     op_LONG4 = op_LONG1
 
     def integer(self, value: int):
-        if value in INT64:
-            return value
-        return Placeholder({"__int__": f"{value.bit_length()}-bit"})
+        return value if value in INT64 else BigInt(value)
 
     def op_FLOAT(self, arg):
         if isinstance(arg, Skipped):
@@ -488,6 +496,10 @@ class ValueWalk:
             return self.call(args[0], args[2])  # (func, new_type, args, state)
         if name in ENUM_CLASSES and len(args) == 1 and isinstance(args[0], (str, int)):
             return args[0]  # SchedulerType('linear') is 'linear'
+        if name in SET_TYPES and len(args) == 1 and isinstance(args[0], list):
+            return SetNode(args[0])  # protocols 0-3 write a set as set([items])
+        if name == "_codecs.encode" and args and isinstance(args[0], str):
+            return Placeholder({"__bytes__": len(args[0])})  # bytes in protocols 0-2
         return Obj(name, "call", args)
 
 
@@ -591,6 +603,8 @@ class JsonBuilder:
             return {"__storage__": node.dtype, "key": node.key}
         if isinstance(node, Persistent):
             return {"__persistent__": self.convert(node.pid, depth)}
+        if isinstance(node, BigInt):
+            return {"__int__": f"{node.value.bit_length()}-bit"}
         return dict(node.description)  # Placeholder
 
     def convert_object(self, obj: Obj, depth: int):
