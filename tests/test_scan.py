@@ -16,6 +16,7 @@ import io
 import json
 import os
 import pickle
+import subprocess
 import tarfile
 import time
 import zipfile
@@ -24,13 +25,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import run_cli_checked, unmount
-from pickles import Torch, torch_zip
+from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum, torch_zip
 from samples import make_checkpoint, make_hf_checkpoint
 from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
 from ckptfs.meta import scan
 from ckptfs.meta.scan import (Stream, UnsafePickleError, Walker, compat_name, scan_directory,
-                              scan_file)
+                              scan_file, scan_warnings)
 from ckptfs.meta.seal import archive_directory
 from ckptfs.meta.sidecar import sidecar_of as sidecar_of_version
 from ckptfs.store import Store
@@ -308,6 +309,101 @@ def test_walk_sees_every_global_the_unpickler_would_import(fake_torch):
             assert not missed or walk.unreadable, (data, missed)
             checked += 1
     assert checked > 500
+
+
+# -- what the frameworks write into their own checkpoints --------------------------------------
+
+class Touches:
+    """Unpickling this runs `touch MARKER`, through the callable given."""
+
+    def __init__(self, call, marker):
+        self.call, self.marker = call, marker
+
+    def __reduce__(self):
+        return self.call, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def trainer_classes(monkeypatch):
+    """Stand-ins for what a Trainer's training_args.bin names."""
+    return SimpleNamespace(
+        TrainingArguments=stand_in_class(monkeypatch,
+                                         "transformers.training_args.TrainingArguments"),
+        PartialState=stand_in_class(monkeypatch, "accelerate.state.PartialState"),
+        SchedulerType=stand_in_enum(monkeypatch, "transformers.trainer_utils.SchedulerType",
+                                    ["linear"]),
+        DistributedType=stand_in_enum(monkeypatch, "accelerate.utils.dataclasses.DistributedType",
+                                      ["NO"]),
+        AttributeDict=stand_in_dict_class(monkeypatch,
+                                          "lightning.fabric.utilities.data.AttributeDict"))
+
+
+def training_args(classes, **fields):
+    args, state = classes.TrainingArguments(), classes.PartialState()
+    state.__dict__.update(distributed_type=classes.DistributedType("NO"))
+    args.__dict__.update(lr_scheduler_type=classes.SchedulerType("linear"),
+                         distributed_state=state, hparams=classes.AttributeDict(lr=0.1), **fields)
+    return args
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_training_arguments_rebuilt_from_state_are_clean(tmp_path, fake_torch, trainer_classes,
+                                                         protocol):
+    path = torch_zip(tmp_path / "training_args.bin", {"training_args/data.pkl": pickle.dumps(
+        training_args(trainer_classes), protocol)})
+    assert scan_file(path, "training_args.bin") == scan.FileScan("clean")
+
+
+TRAINING_ARGUMENTS = b"ctransformers.training_args\nTrainingArguments\n"
+CALLED = "used otherwise than rebuilt from saved state: loading it would run its code"
+
+
+@pytest.mark.parametrize("pickled", [
+    b"\x80\x02" + TRAINING_ARGUMENTS + b"X\x03\x00\x00\x00out\x85R.",  # REDUCE: __init__
+    b"\x80\x02" + TRAINING_ARGUMENTS + b"X\x03\x00\x00\x00out\x85\x81.",  # NEWOBJ, arguments
+    b"(S'out'\nitransformers.training_args\nTrainingArguments\n.",  # INST
+    b"(" + TRAINING_ARGUMENTS + b"S'out'\no.",  # OBJ
+    b"ccopy_reg\n_reconstructor\n(" + TRAINING_ARGUMENTS + TRAINING_ARGUMENTS + b"NtR.",
+    b"\x80\x02" + TRAINING_ARGUMENTS + b")\x81" + TRAINING_ARGUMENTS + b"b.",  # BUILD with it
+], ids=["reduce", "newobj-args", "inst", "obj", "reconstructor", "build-argument"])
+def test_training_arguments_called_are_unsafe(tmp_path, pickled):
+    result = scanned(tmp_path, pickled, "training_args.bin")
+    assert result.findings == [{"file": "training_args.bin", "pickle": None, "global":
+                                "transformers.training_args.TrainingArguments", "problem": CALLED}]
+    assert scan_warnings({"findings": result.findings}) == [
+        "unsafe pickle: training_args.bin imports transformers.training_args.TrainingArguments, "
+        + CALLED]
+    allowed = frozenset({"transformers.training_args.TrainingArguments"})
+    assert scan_file(str(tmp_path / "training_args.bin"), "training_args.bin", allowed).status \
+        == "clean"
+
+
+def test_dangerous_globals_in_framework_pickles_are_still_unsafe(tmp_path, fake_torch,
+                                                                trainer_classes):
+    marker = tmp_path / "RAN"
+    calls = [os.system, eval, exec, subprocess.call, subprocess.Popen, getattr]
+    evil = training_args(trainer_classes, hooks=[Touches(call, marker) for call in calls])
+    evil.hparams["callback"] = Touches(os.popen, marker)
+    version = tmp_path / "v"
+    version.mkdir()
+    torch_zip(version / "training_args.bin", {"training_args/data.pkl": pickle.dumps(evil, 2)})
+    fake_torch.save({"hyper_parameters": trainer_classes.AttributeDict(
+        x=Touches(os.system, marker))}, version / "last.ckpt")
+    result = scan_directory(str(version))
+    assert result["status"] == "unsafe"
+    assert {(f["file"], f["global"]) for f in result["findings"]} == {
+        ("training_args.bin", "posix.system"), ("training_args.bin", "builtins.eval"),
+        ("training_args.bin", "builtins.exec"), ("training_args.bin", "subprocess.call"),
+        ("training_args.bin", "subprocess.Popen"), ("training_args.bin", "builtins.getattr"),
+        ("training_args.bin", "os.popen"), ("last.ckpt", "posix.system")}
+    with Store.init(str(tmp_path / "store")) as store:
+        store.update_project_settings("p", {"unsafe_pickles": "refuse"})
+        with pytest.raises(UnsafePickleError):
+            archive_directory(store, str(version), "p", "r", "v1")
+        store.update_project_settings("p", {"unsafe_pickles": "warn"})
+        archive_directory(store, str(version), "p", "r", "v1")  # extraction reads them too
+        assert sidecar_of_version(store, "p", "r", "v1")["scan"]["status"] == "unsafe"
+    assert not marker.exists(), "a pickle was run"
 
 
 def test_scan_of_a_directory(tmp_path, fake_torch):
