@@ -5,7 +5,9 @@ and may call, so `torch.load` of a file whose pickle names `os.system` runs a sh
 command. At seal, every pickle-named file (`*.pt *.pth *.bin *.ckpt *.pkl *.pickle`) is
 walked opcode by opcode, never unpickled, and each global it imports that is not on the
 safe list below (data-only constructors: torch tensors and storages, numpy arrays,
-plain containers) is a finding. Inside a torch zip (`torch.save` since 1.6) each `*.pkl`
+plain containers; the enums and config classes transformers, accelerate and Lightning
+pickle into their own checkpoints, the config classes only when rebuilt from saved
+state rather than called) is a finding. Inside a torch zip (`torch.save` since 1.6) each `*.pkl`
 member is walked; inside a legacy tar (`torch.save` before 0.4) each member is; a file
 that is neither is walked as a pickle stream, including the pickles torch's legacy
 format writes one after the other.
