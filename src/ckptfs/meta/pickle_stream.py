@@ -91,7 +91,7 @@ def stack_effect(op) -> tuple[bool, int, int]:
     return False, len(before), len(op.stack_after)
 
 
-EFFECTS = {code: stack_effect(op) for code, op in OPCODES.items()}
+EFFECTS = {op.name: stack_effect(op) for op in OPCODES.values()}
 LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
                  pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
                  pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
@@ -101,6 +101,19 @@ STRING_OPS = frozenset({"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE",
 MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
 MEMO_GETS = frozenset({"GET", "BINGET", "LONG_BINGET"})
 INT_ARG_OPS = MEMO_PUTS | MEMO_GETS | {"PROTO", "EXT1", "EXT2", "EXT4"}
+
+
+def next_opcode(stream: Stream):
+    """The next opcode (a pickletools.OpcodeInfo). Malformed at the end of the bytes (a
+    pickle ends with STOP) or on a byte that is no opcode."""
+    code = stream.f.read(1)
+    if not code:
+        raise Malformed(f"the bytes end before the pickle's STOP (offset {stream.offset})")
+    op = OPCODES.get(code[0])
+    if op is None:
+        raise Malformed(f"byte 0x{code[0]:02x} at offset {stream.offset - 1} "
+                        "is not a pickle opcode")
+    return op
 
 
 class Skipped:

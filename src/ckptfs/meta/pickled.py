@@ -34,13 +34,13 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 
-from .pickle_stream import (MEMBER_ERRORS, OPCODES, PICKLE_HIGHEST, STRING_OPS,
-                            ArchiveUnreadable, LimitReached, Malformed, Skipped, Stream,
-                            member_stream, named_global, read_argument, stacked_global,
+from .pickle_stream import (MEMBER_ERRORS, PICKLE_HIGHEST, STRING_OPS, ArchiveUnreadable,
+                            LimitReached, Malformed, Skipped, Stream, member_stream,
+                            named_global, next_opcode, read_argument, stacked_global,
                             string_value, zip_directory)
 from .scan import FRAMEWORK_ENUMS
 
-MAX_OPCODES = 1_000_000          # a Lightning data.pkl of a 7B model has about 100,000
+MAX_OPCODES = 1_000_000          # a checkpoint data.pkl takes some 25 per tensor
 MAX_VALUES = 500_000             # values built while walking
 MAX_TEXT_BYTES = 16 << 20        # bytes of string constants kept
 MAX_PICKLE_BYTES = 64 << 20      # how far into a pickle (or its zip member) the walk goes
@@ -221,13 +221,7 @@ class ValueWalk:
             raise Unreadable(f"over {MAX_OPCODES:,} opcodes")
         if self.opcodes % 1024 == 0 and self.stream.offset > MAX_PICKLE_BYTES:
             raise Unreadable(f"a pickle over {MAX_PICKLE_BYTES >> 20} MiB")
-        code = self.stream.f.read(1)
-        if not code:
-            raise Malformed(f"the bytes end before the pickle's STOP (offset {self.stream.offset})")
-        op = OPCODES.get(code[0])
-        if op is None:
-            raise Malformed(f"byte 0x{code[0]:02x} at offset {self.stream.offset - 1} "
-                            "is not a pickle opcode")
+        op = next_opcode(self.stream)
         arg = read_argument(self.stream, op, keep=STRING_OPS | LONG_OPS)
         if isinstance(arg, Skipped) and self.stream.offset > MAX_PICKLE_BYTES:
             raise Unreadable(f"a pickle over {MAX_PICKLE_BYTES >> 20} MiB")

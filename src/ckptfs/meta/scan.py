@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from ckptfs.store.ingest import walk_source
 
 from .errors import SealRefused
-from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, OPCODES, PICKLE_HIGHEST, STRING_OPS,
+from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, PICKLE_HIGHEST, STRING_OPS,
                             ArchiveUnreadable, LimitReached, Malformed, Stream, member_stream,
-                            named_global, read_argument, stacked_global, string_value,
-                            zip_directory)
+                            named_global, next_opcode, read_argument, stacked_global,
+                            string_value, zip_directory)
 from .pickle_stream import compat_name, importable  # noqa: F401 (the tests use them from here)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
@@ -251,18 +251,11 @@ class Walker:
                     return
                 use(value)
 
-        read1 = stream.f.read
         while True:
             self.opcodes += 1
             if self.opcodes > MAX_OPCODES:
                 raise LimitReached(f"over {MAX_OPCODES:,} opcodes: not walked to the end")
-            code = read1(1)
-            if not code:
-                raise Malformed(f"the bytes end before the pickle's STOP (offset {stream.offset})")
-            op = OPCODES.get(code[0])
-            if op is None:
-                raise Malformed(f"byte 0x{code[0]:02x} at offset {stream.offset - 1} "
-                                "is not a pickle opcode")
+            op = next_opcode(stream)
             arg = read_argument(stream, op)
             name = op.name
             if name == "STOP":
@@ -317,7 +310,7 @@ class Walker:
                     use(cls)
                 stack.append(UNKNOWN)
             else:  # pop what it takes (down to a MARK if it takes a slice), push values
-                to_mark, popped, pushed = EFFECTS[code[0]]  # the walk does not follow
+                to_mark, popped, pushed = EFFECTS[name]  # the walk does not follow
                 if to_mark:
                     pop_mark()
                 for _ in range(popped):
