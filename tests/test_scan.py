@@ -253,6 +253,16 @@ def test_a_pickle_over_the_opcode_limit_is_a_finding(tmp_path, monkeypatch):
                                 "problem": "over 1,000 opcodes: not walked to the end"}]
 
 
+def test_strings_past_the_budget_are_not_kept_and_cannot_hide_a_global(tmp_path, monkeypatch):
+    # 2,000,000 kept strings of 4 KiB would hold 8 GiB: past the budget they are unknown
+    monkeypatch.setattr(scan, "MAX_KEPT_BYTES", 10_000)
+    filler = pickle.dumps([str(i) * 1000 for i in range(20)], protocol=4)[:-1] + b"0"  # POP
+    assert scanned(tmp_path, filler + b".").status == "clean"
+    evil = pickle.dumps(os.system, protocol=4)[2:]  # STACK_GLOBAL of 'posix', 'system'
+    result = scanned(tmp_path, filler + evil)
+    assert globals_of(result.findings) == ["<computed>.<computed>"]
+
+
 class RecordingUnpickler(pickle._Unpickler):
     """The pure-Python unpickler, with every import recorded and replaced by a stand-in
     that accepts any call: what a real load would import, with nothing run."""

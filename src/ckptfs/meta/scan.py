@@ -52,6 +52,7 @@ DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | re
 MAX_OPCODES = 2_000_000          # per file: a torch data.pkl has thousands
 MAX_MEMBER_BYTES = 1 << 30       # a pickle inside a zip or tar larger than this is not read
 MAX_FINDINGS_PER_PICKLE = 20     # distinct globals listed per pickle; the rest are counted
+MAX_KEPT_BYTES = 64 << 20        # string constants kept per file (the stack and memo hold them)
 
 # -- the safe list -------------------------------------------------------------------------
 # Globals a checkpoint's pickle may import without a finding: each builds data from its
@@ -203,10 +204,11 @@ class PickleWalk:
 
 
 class Walker:
-    """The opcode walk of one file, with the file's opcode budget."""
+    """The opcode walk of one file, with the file's opcode and string budgets."""
 
     def __init__(self):
         self.opcodes = 0
+        self.kept_bytes = 0
 
     def walk_stream(self, stream: Stream) -> PickleWalk:
         """Every pickle at the start of `stream`: the first, and any that follow it with
@@ -227,6 +229,16 @@ class Walker:
             found.end = stream.offset
             if stream.offset >= stream.size or not stream.starts_pickle():
                 return found
+
+    def kept_string(self, name: str, arg):
+        """A string constant, kept (it may name a module) while the file's strings stay
+        under MAX_KEPT_BYTES: past that, UNKNOWN, so that memory stays bounded and a
+        global named by it is a `<computed>` finding rather than a miss."""
+        text = string_value(name, arg)
+        if text is None:
+            return UNKNOWN
+        self.kept_bytes += len(arg)
+        return text if self.kept_bytes <= MAX_KEPT_BYTES else UNKNOWN
 
     def walk_pickle(self, stream: Stream, found: PickleWalk) -> None:
         """One pickle, up to its STOP, tracking the stack as far as names need it."""
@@ -268,8 +280,7 @@ class Walker:
                 if found.pickles == 0:
                     found.protocol = arg
             elif name in STRING_OPS:
-                text = string_value(name, arg)
-                stack.append(UNKNOWN if text is None else text)
+                stack.append(self.kept_string(name, arg))
             elif name == "GLOBAL":
                 found.imported.append(named_global(*arg, protocol))
                 stack.append(GlobalRef(*found.imported[-1]))
