@@ -29,7 +29,6 @@ no torch.load. Every input is untrusted: opcodes, values, string bytes, pickle l
 nesting depth and tensor reads are all bounded, and whatever cannot be read within
 those bounds (or is not a pickle) raises Unreadable with the reason; nothing else.
 """
-import math
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -617,7 +616,7 @@ class JsonBuilder:
 
     def convert_tensor(self, tensor: TensorRef) -> dict:
         out = {"__tensor__": tensor.dtype, "shape": tensor.shape}
-        if self.scalars is not None and math.prod(tensor.shape) == 1:
+        if self.scalars is not None and all(n == 1 for n in tensor.shape):  # one element
             value = self.scalars.value(tensor)
             if value is not None:
                 out["value"] = value
