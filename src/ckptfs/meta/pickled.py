@@ -29,6 +29,7 @@ no torch.load. Every input is untrusted: opcodes, values, string bytes, pickle l
 nesting depth and tensor reads are all bounded, and whatever cannot be read within
 those bounds (or is not a pickle) raises Unreadable with the reason; nothing else.
 """
+import functools
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -198,6 +199,10 @@ class ValueWalk:
         self.opcodes = self.values = self.text_bytes = 0
         self.handlers = {name[3:]: getattr(self, name) for name in dir(self)
                          if name.startswith("op_")}
+        for name in STRING_OPS:
+            self.handlers[name] = functools.partial(self.push_string, name)
+        for name in BYTES_OPS:
+            self.handlers[name] = self.push_bytes
 
     def read(self, stream: Stream):
         """The value of the next pickle in `stream` (its STOP ends the walk)."""
@@ -226,8 +231,7 @@ class ValueWalk:
             raise Unreadable(f"a pickle over {MAX_PICKLE_BYTES >> 20} MiB")
         if op.name == "STOP":
             return (self.pop(),)
-        handler = self.handlers.get(op.name) or self.constant_handler(op.name)
-        handler(arg)
+        self.handlers[op.name](arg)
         return None
 
     # -- the stack
@@ -258,24 +262,23 @@ class ValueWalk:
 
     # -- constants
 
-    def constant_handler(self, name: str):
-        if name in STRING_OPS:
-            return lambda arg: self.push(self.string(name, arg))
-        if name in BYTES_OPS:
-            return lambda arg: self.push(Placeholder({"__bytes__": arg.length}))
-        if name in ("NEXT_BUFFER", "READONLY_BUFFER"):
-            raise Unreadable("out-of-band buffers (pickle protocol 5) are not read")
-        raise Unreadable(f"opcode {name} is not read")
-
-    def string(self, name: str, arg):
+    def push_string(self, name: str, arg):
         text = string_value(name, arg)
-        if text is None:
+        if text is None:  # too long to keep, or not decodable
             length = arg.length if isinstance(arg, Skipped) else len(arg)
-            return Placeholder({"__string__": length})
+            return self.push(Placeholder({"__string__": length}))
         self.text_bytes += len(arg)
         if self.text_bytes > MAX_TEXT_BYTES:
             raise Unreadable(f"over {MAX_TEXT_BYTES >> 20} MiB of strings")
-        return text
+        self.push(text)
+
+    def push_bytes(self, arg):
+        self.push(Placeholder({"__bytes__": arg.length}))
+
+    def op_NEXT_BUFFER(self, arg):
+        raise Unreadable("out-of-band buffers (pickle protocol 5) are not read")
+
+    op_READONLY_BUFFER = op_NEXT_BUFFER
 
     def op_NONE(self, arg):
         self.push(None)
