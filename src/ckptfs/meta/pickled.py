@@ -192,6 +192,12 @@ def class_of(node) -> str | None:
     return node.name if isinstance(node, Obj) else None
 
 
+# Opcodes that push a new constant or empty container.
+NEW_VALUES = {"NONE": lambda: None, "NEWTRUE": lambda: True, "NEWFALSE": lambda: False,
+              "EMPTY_LIST": list, "EMPTY_DICT": dict, "EMPTY_TUPLE": tuple,
+              "EMPTY_SET": SetNode}
+
+
 class ValueWalk:
     """Walks one or more pickles of a stream into values, within the limits."""
 
@@ -203,6 +209,8 @@ class ValueWalk:
             self.handlers[name] = functools.partial(self.push_string, name)
         for name in BYTES_OPS:
             self.handlers[name] = self.push_bytes
+        for name, make in NEW_VALUES.items():
+            self.handlers[name] = lambda arg, make=make: self.push(make())
 
     def read(self, stream: Stream):
         """The value of the next pickle in `stream` (its STOP ends the walk)."""
@@ -280,15 +288,6 @@ class ValueWalk:
 
     op_READONLY_BUFFER = op_NEXT_BUFFER
 
-    def op_NONE(self, arg):
-        self.push(None)
-
-    def op_NEWTRUE(self, arg):
-        self.push(True)
-
-    def op_NEWFALSE(self, arg):
-        self.push(False)
-
     def op_INT(self, arg):
         if isinstance(arg, Skipped):
             return self.push(Placeholder({"__int__": "too long"}))
@@ -329,18 +328,6 @@ class ValueWalk:
         self.push(struct.unpack(">d", arg)[0])
 
     # -- containers
-
-    def op_EMPTY_LIST(self, arg):
-        self.push([])
-
-    def op_EMPTY_DICT(self, arg):
-        self.push({})
-
-    def op_EMPTY_TUPLE(self, arg):
-        self.push(())
-
-    def op_EMPTY_SET(self, arg):
-        self.push(SetNode())
 
     def op_LIST(self, arg):
         self.push(self.pop_mark())
