@@ -391,8 +391,8 @@ def test_a_reader_reads_but_cannot_archive(mounted):
 def test_a_writer_archives_and_the_seal_names_them(mounted):
     store, mnt, src = mounted
     grant(store, "vision", "writer")
-    as_user("mkdir", "-p", os.path.join(mnt, "inbox", "vision", "r"), check=True)
-    spooled = os.path.join(store, "spool", "inbox", "vision", "r")
+    as_user("mkdir", "-p", os.path.join(mnt, "inbox", "vision", "new-run"), check=True)
+    spooled = os.path.join(store, "spool", "inbox", "vision", "new-run")
     assert os.stat(spooled).st_uid == NOBODY  # the daemon runs as root: chowned to the writer
     as_user("cp", "-r", src, os.path.join(mnt, "inbox", "vision", "r", "v2"), check=True)
     sealed = os.path.join(mnt, "projects", "vision", "r", "v2", "config.json")

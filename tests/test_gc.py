@@ -461,5 +461,10 @@ def test_gc_while_mounted(pristine, mount, tmp_path):
                    f"optimizer.pt > {tmp_path}/sums && cd {mnt}/projects/p/{rel} && "
                    f"sha256sum -c {tmp_path}/sums")
         assert check.returncode == 0, check.stdout + check.stderr
-    refused = sh(f"mkdir -p {mnt}/inbox/p/r/v3")
-    assert refused.returncode != 0 and "File exists" in refused.stderr
+    # The deleted version leaves the run's working view too; its name is never reused:
+    # a new v3 written there is sealed as v3~2.
+    assert "v3" not in os.listdir(f"{mnt}/inbox/p/r")
+    remade = sh(f"mkdir -p {mnt}/inbox/p/r/v3 && cp -r {pristine.sources['p/r/v3']}/. "
+                f"{mnt}/inbox/p/r/v3/ && touch {mnt}/inbox/p/r/v3/.seal")
+    assert remade.returncode == 0, remade.stderr
+    wait_for(lambda: os.path.isdir(os.path.join(run, "v3~2")), "v3 written again to be sealed")

@@ -421,9 +421,9 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
     error_file = f"{mnt}/inbox/p/r/v1.error"
     wait_for(lambda: os.path.exists(error_file), "the .error file", 15)
     text = read(error_file).decode()
-    assert text.startswith("sealing inbox/p/r/v1 failed: version p/r/v1 does not satisfy the "
+    assert text.startswith("sealing p/r/v1 failed: version p/r/v1 does not satisfy the "
                            "schema of project p"), text
-    assert "sealing inbox/p/r/v1 failed" in mount_log(store)
+    assert "sealing p/r/v1 failed" in mount_log(store)
     status = run_cli_checked("status", mnt).stdout.decode()
     assert "p/r/v1: failed" in status and "does not satisfy the schema" in status, status
     assert stats(mnt)["seal_failures"] == 1 and stats(mnt)["versions_sealed"] == 0

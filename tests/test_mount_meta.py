@@ -204,7 +204,8 @@ def test_sidecar_is_pretty_json_with_identity_first(hf):
     assert text.endswith("}\n")
     doc = json.loads(text)
     assert list(doc) == ["schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
-                         "signature", "tags", "aliases", "notes", "step", "epoch", "metrics",
+                         "signature", "kind", "inbox", "tags", "aliases", "notes", "step", "epoch",
+                         "metrics",
                          "lineage", "storage", "provenance", "extracted", "scan", "warnings",
                          "files", "symlinks"]
     assert '\n      "version": "v2"\n' in text  # lineage.data.version, greppable as written
@@ -344,7 +345,7 @@ def test_writers_working_inside_the_mount_do_not_hang_it(meta, tmp_path):
     copy = subprocess.run(["rsync", "-a", f"{src}/", f"{inbox}/v1/"], cwd=tmp_path, env=PLAIN_ENV,
                           capture_output=True, text=True, timeout=20)
     ok(copy)
-    writer = subprocess.run([sys.executable, "-c", "open('weights.bin', 'wb').write(b'w' * 100)"],
+    writer = subprocess.run([sys.executable, "-c", "open('notes.txt', 'wb').write(b'w' * 100)"],
                             cwd=f"{inbox}/v2", env=PLAIN_ENV, capture_output=True, text=True,
                             timeout=20)
     ok(writer)
@@ -513,7 +514,7 @@ def test_schema_keeps_a_failing_version_in_the_inbox_until_fixed(meta, tmp_path)
            "  lineage.code.git_commit: missing (rule: required)\n" \
            "  lineage.data.version: 'three' does not match '^v[0-9]+$' (rule: pattern)\n" in error
     assert "ckptfs schema show STORE gov" in error
-    assert sorted(os.listdir(inbox)) == ["v1", "v1.error"]
+    assert sorted(os.listdir(inbox)) == ["v1", "v1.error", "v2"]  # v2 sealed, where it was written
     assert sorted(os.listdir(f"{meta.mnt}/projects/gov/r")) == ["latest", "run.json", "v2", "v2.json"]
     status = run_cli_checked("status", meta.mnt).stdout.decode()
     assert "gov/r/v1: failed" in status and "lineage.code.git_commit: missing" in status
@@ -523,7 +524,7 @@ def test_schema_keeps_a_failing_version_in_the_inbox_until_fixed(meta, tmp_path)
         json.dump(SATISFIED, f)
     assert "v1.error" not in os.listdir(inbox)  # a change clears it
     wait_sealed(meta.mnt, "gov/r/v1")
-    assert sorted(os.listdir(inbox)) == []
+    assert sorted(os.listdir(inbox)) == ["v1", "v2"]
     doc = sidecar(meta.mnt, "gov/r/v1")
     assert doc["lineage"]["code"]["git_commit"] == "abc123"
     assert doc["lineage"]["data"] == {"name": "wiki", "version": "v7"}
@@ -723,20 +724,18 @@ def test_best_follows_the_primary_metric(meta, alias_run):
     wait_for(lambda: not os.path.lexists(f"{alias_run}/best"), "best gone", timeout=2.5)
 
 
-def test_a_version_named_like_an_alias_is_not_sealed(meta, alias_run, tmp_path):
+def test_a_version_named_like_an_alias_gets_a_name_of_its_own(meta, alias_run, tmp_path):
     run_cli_checked("tag", meta.store, "nlp/r/step-1", "prod")
     try:
         src = make_hf_checkpoint(tmp_path / "prod", 3)
         ok(sh(f"cp -r {src} {meta.mnt}/inbox/nlp/r/", env=PLAIN_ENV, cwd=tmp_path))
-        error_file = f"{meta.mnt}/inbox/nlp/r/prod.error"
-        wait_for(lambda: os.path.exists(error_file), "nlp/r/prod.error")
-        with open(error_file) as f:
-            assert "nlp/r has an alias named 'prod'" in f.read()
-        assert os.readlink(f"{alias_run}/prod") == "step-1"
+        wait_for(lambda: os.path.isdir(f"{alias_run}/prod~2"), "nlp/r/prod~2")
+        assert os.readlink(f"{alias_run}/prod") == "step-1"  # the alias is left alone
+        assert sidecar(meta.mnt, "nlp/r/prod~2")["inbox"] == {"path": "prod", "shape": "dir"}
+        state = json.loads(os.getxattr(f"{meta.mnt}/inbox/nlp/r/prod", "user.ckptfs.state"))
+        assert state == {"state": "sealed", "version": "nlp/r/prod~2"}
     finally:
-        sh(f"rm -rf {meta.mnt}/inbox/nlp/r/prod")
         run_cli_checked("untag", meta.store, "nlp/r", "prod")
-    assert not os.path.exists(f"{meta.mnt}/inbox/nlp/r/prod.error")
 
 
 def spooled_by_a_stopped_mount(tmp_path, mount, ref: str, user: dict) -> str:

@@ -87,13 +87,22 @@ def test_rsync_temp_files_renamed_into_place_are_reused(source, tmp_path, mount)
     verify_ok(store)
 
 
-def test_a_version_removed_after_it_was_prepared_leaves_no_pack(source, tmp_path, mount):
+def test_a_checkpoint_removed_before_its_seal_is_sealed_from_what_was_prepared(
+        source, tmp_path, mount):
+    """A job that rotates its checkpoints faster than the quiet period (rmtree of one not
+    sealed yet) loses none: it is sealed first (reusing what was prepared), then hidden."""
     store, mnt = copied_and_prepared(
         tmp_path, mount, f"mkdir -p {{mnt}}/inbox/p/r && cp -r {source} {{mnt}}/inbox/p/r/v1")
     assert pack_count(store) >= 1
     assert sh(f"rm -r {mnt}/inbox/p/r/v1").returncode == 0
-    wait_for(lambda: pack_count(store) == 0, "the prepared pack to be deleted", 10)
-    verify_ok(store)  # "ok:" first: no leftover pack to report
+    assert os.listdir(f"{mnt}/inbox/p/r") == []
+    wait_for(lambda: os.path.isdir(f"{mnt}/projects/p/r/v1"), "the removed v1 to be sealed", 15)
+    assert stats(mnt)["files_reused_at_seal"] == FILES_IN_SOURCE
+    assert_same_files(f"{mnt}/projects/p/r/v1", source, mtime_unit=None)
+    assert os.listdir(f"{mnt}/inbox/p/r") == []  # still hidden from the working view
+    wait_for(lambda: not os.listdir(os.path.join(store, "spool", "removed", "p", "r")),
+             "the removed copy to go", 10)
+    verify_ok(store)
 
 
 def test_an_unmount_deletes_what_was_prepared_and_the_next_mount_seals_it(

@@ -565,7 +565,7 @@ def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
     assert copy.returncode == 0, copy.stderr
     wait_sealed(mounted.mnt, "guarded/r/v1")
     assert stats(mounted.mnt)["files_reused_at_seal"] - reused_before >= 8  # of 9
-    assert sorted(os.listdir(inbox)) == []
+    assert sorted(os.listdir(inbox)) == ["v1"]  # sealed, where it was written
     doc = sidecar_of(mounted.mnt, "guarded/r/v1")
     assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
     same = sh(f"cmp {clean}/optimizer.pt {mounted.mnt}/projects/guarded/r/v1/optimizer.pt")

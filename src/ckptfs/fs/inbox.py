@@ -57,6 +57,7 @@ XATTR_SEAL = b"user.ckptfs.seal"
 XATTR_ANNOTATE = b"user.ckptfs.annotate"
 XATTR_STATE = b"user.ckptfs.state"
 XATTR_VERSION = b"user.ckptfs.version"
+UNSEALED = "\0unit:"  # marks a read of a unit not sealed yet (never a version name)
 
 
 def provenance_path(spool_path: str, project: str, run: str, top: str) -> str:
@@ -156,6 +157,7 @@ class Inbox:
         self.changed: dict[tuple, dict[str, float]] = {}
         self.created: dict[tuple, dict[str, tuple[float, list]]] = {}
         self.unit_starts: dict[tuple, list[float]] = {}  # (p, r, pid) -> sealed units' starts
+        self.sealed_units: dict[tuple, str] = {}   # (p, r, unit path) -> version it became
         self._listings: dict[tuple, tuple[int, list[Unit]]] = {}
         self._structure: dict[tuple, int] = {}      # (p, r) -> bumped by every structure change
         self._hidden: dict[tuple, dict[str, set[str]]] = {}
@@ -734,6 +736,8 @@ class Inbox:
         run, rel = self._check_new(parent, name, is_dir=True)
         if run is not None:
             self._materialize_dirs(run, rel.rpartition("/")[0])
+        else:  # a run of a project the store has but the spool does not (yet)
+            os.makedirs(self.spool_path(parent), exist_ok=True)
         os.mkdir(self.spool_path(key))
         os.chmod(self.spool_path(key), stat.S_IMODE(mode))  # the writer's mode, not our umask
         give_to_caller(self.spool_path(key), ctx)
@@ -1045,14 +1049,15 @@ class Inbox:
                 log.exception("preparing a file of inbox/%s/%s failed unexpectedly", *job.run)
 
     def _earlier_pending(self, run: tuple, unit: Unit, state: UnitState | None) -> bool:
-        """Is a checkpoint of the same run that arrived earlier still unsealed? Wait for
-        its seal: until then its chunks are not in the index (this one would store them
-        again) and it decides what this one's tensors are delta-coded against."""
+        """Is a checkpoint that arrived earlier still unsealed? Wait for its seal: until
+        then its chunks are not in the index (this one would store them again, whatever
+        its run) and, in the same run, it is what this one's tensors are delta-coded
+        against. Logs and metrics (kind files) neither wait nor hold others up."""
         if unit.kind != CHECKPOINT or state is None:
             return False
-        return any(key[:2] == run and other is not state and other.first_seen < state.first_seen
+        return any(other is not state and other.first_seen < state.first_seen
                    and other.unit.kind == CHECKPOINT and not other.held and not other.error
-                   for key, other in self.units.items())
+                   for other in self.units.values())
 
     async def _prepare(self, job: PrepareJob):
         if job.ino in self.open_writers:
@@ -1140,7 +1145,9 @@ class Inbox:
         return min(found, key=lambda c: c[0]) if found else None
 
     def _read_lineage(self, run: tuple, unit: Unit, state: UnitState):
-        """(parent, inputs) of the unit's version from what its writer read (reads.py)."""
+        """(parent, inputs) of the unit's version from what its writer read (reads.py).
+        Only checkpoints begin a new window for the parent: a log file the writer opened
+        since it loaded its weights does not make it forget them."""
         started = self._unit_started(run, unit)
         if started is None or not started[1]:
             return None, []
@@ -1148,15 +1155,36 @@ class Inbox:
         pid = chain[0][0]
         earlier = [t for t in self.unit_starts.get((*run, pid), []) if t < until]
         for key, other in self.units.items():
-            if key[:2] == run and other is not state:
+            if key[:2] == run and other is not state and other.unit.kind == CHECKPOINT:
                 other_start = self._unit_started(run, other.unit)
                 if other_start and other_start[1] and other_start[1][0][0] == pid \
                         and other_start[0] < until:
                     earlier.append(other_start[0])
+        itself = (*run, UNSEALED + unit.path)
         parent, inputs = self.reads.lineage(chain, max(earlier, default=float("-inf")), until,
-                                            itself=None)
+                                            itself=itself)
+        parent = self._sealed_as(parent)
+        inputs = [v for v in dict.fromkeys(self._sealed_as(v) for v in inputs) if v]
         as_ref = lambda v: {"project": v[0], "run": v[1], "version": v[2]}  # noqa: E731
         return (dict(as_ref(parent), source="read") if parent else None), [as_ref(v) for v in inputs]
+
+    def _sealed_as(self, version: tuple | None) -> tuple | None:
+        """A version read, or an unsealed unit read (Trainer loads its best checkpoint
+        right after writing it): the version that unit was sealed as, if it was."""
+        if version is None or not version[2].startswith(UNSEALED):
+            return version
+        name = self.sealed_units.get((version[0], version[1], version[2][len(UNSEALED):]))
+        return (version[0], version[1], name) if name else None
+
+    def note_spool_read(self, key: tuple, ctx):
+        """A process opened an unsealed file to read it: if it is a checkpoint's, what the
+        process writes next may come from it."""
+        run, rel = self.split(key)
+        if run is None or ctx is None:
+            return
+        unit = unit_of(self._units_of(*run), rel)
+        if unit is not None and unit.kind == CHECKPOINT:
+            self.reads.note(ctx.pid, (*run, UNSEALED + unit.path), rel)
 
     # -- sealing ------------------------------------------------------------------------------
     def _wake_sealer(self):
@@ -1422,8 +1450,9 @@ class Inbox:
         p, r, unit_path, batch = key
         run = (p, r)
         started = self._unit_started(run, state.unit)
-        if started and started[1]:
+        if started and started[1] and state.unit.kind == CHECKPOINT:
             self.unit_starts.setdefault((*run, started[1][0][0]), []).append(started[0])
+        self.sealed_units[(p, r, unit_path)] = version
         for path in [m for m in self.created.get(run, {}) if _covers(state.unit, m)]:
             if not os.path.lexists(self.run_path(run, path)):
                 self.created[run].pop(path, None)
@@ -1452,7 +1481,8 @@ class Inbox:
         state.error = str(error)
         state.troubled = True
         self.counters["seal_failures"] += 1
-        log.error("sealing inbox/%s/%s/%s failed: %s", p, r, unit_path or "(loose files)", error)
+        where = f"{p}/{r}/{unit_path}" if unit_path else f"{p}/{r} (its loose files)"
+        log.error("sealing %s failed: %s", where, error)
         self._requeue_deferred()
         if state.removed_while_sealing and batch is None:
             state.removed_while_sealing = False  # removed meanwhile: retry it as removed
@@ -1468,7 +1498,7 @@ class Inbox:
             return
         try:
             self.spool.write_error(self._error_rel((p, r), state.unit),
-                                   f"sealing inbox/{p}/{r}/{unit_path} failed: {error}\n"
+                                   f"sealing {where} failed: {error}\n"
                                    "It stays in the inbox: fix it, and it is sealed again once "
                                    "it is quiet (or write a .seal file into it, or call "
                                    "ckptfs.seal on it).")

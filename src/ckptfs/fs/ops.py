@@ -406,6 +406,8 @@ class CkptfsOperations(pyfuse3.Operations):
                 return fi
             if isinstance(handle, Node):  # a sealed file, read where the job wrote it
                 self._note_read(handle, ctx)
+            elif not writing:
+                self.inbox.note_spool_read(key, ctx)
             return pyfuse3.FileInfo(fh=self._new_handle(handle))
         if writing:
             raise pyfuse3.FUSEError(errno.EROFS)
