@@ -158,6 +158,7 @@ class Inbox:
         self.created: dict[tuple, dict[str, tuple[float, list]]] = {}
         self.unit_starts: dict[tuple, list[float]] = {}  # (p, r, pid) -> sealed units' starts
         self.sealed_units: dict[tuple, str] = {}   # (p, r, unit path) -> version it became
+        self.sealed_history: dict[tuple, list] = {}  # (p, r) -> [(first write, checkpoint)]
         self._listings: dict[tuple, tuple[int, list[Unit]]] = {}
         self._structure: dict[tuple, int] = {}      # (p, r) -> bumped by every structure change
         self._hidden: dict[tuple, dict[str, set[str]]] = {}
@@ -1166,7 +1167,21 @@ class Inbox:
         parent = self._sealed_as(parent)
         inputs = [v for v in dict.fromkeys(self._sealed_as(v) for v in inputs) if v]
         as_ref = lambda v: {"project": v[0], "run": v[1], "version": v[2]}  # noqa: E731
-        return (dict(as_ref(parent), source="read") if parent else None), [as_ref(v) for v in inputs]
+        if parent is not None:
+            return dict(as_ref(parent), source="read"), [as_ref(v) for v in inputs]
+        return self._previous_by_write_order(run, unit, until), [as_ref(v) for v in inputs]
+
+    def _previous_by_write_order(self, run: tuple, unit: Unit, until: float) -> dict | None:
+        """The checkpoint of the run written last before this one (a rotation that removes
+        a later checkpoint seals it first, so the order of seals is not the order of
+        writes). None: the store takes its newest checkpoint."""
+        if unit.kind != CHECKPOINT:
+            return None
+        earlier = [(start, version) for start, version in self.sealed_history.get(run, [])
+                   if start < until]
+        if not earlier:
+            return None
+        return {"project": run[0], "run": run[1], "version": max(earlier)[1], "source": "previous"}
 
     def _sealed_as(self, version: tuple | None) -> tuple | None:
         """A version read, or an unsealed unit read (Trainer loads its best checkpoint
@@ -1264,11 +1279,14 @@ class Inbox:
                 elif not state.sealing:
                     state.unit = unit
             seen.update((*run, unit.path, batch) for batch, unit in self.spool.removed_batches(*run))
-        for key in [k for k, s in self.units.items() if k not in seen and not s.sealing]:
+        gone = [k for k, s in self.units.items() if k not in seen and not s.sealing]
+        for key in gone:
             if key[3] is None:
                 self.spool.clear_error(self._error_rel(key[:2], self.units[key].unit))
                 self._discard_staged(key[:3])
             del self.units[key]
+        if gone:  # a unit that no longer exists (its files moved on) holds nobody up
+            self._requeue_deferred()
 
     async def run_sealer(self):
         """Seal units as they become due, one at a time, until cancelled."""
@@ -1452,6 +1470,8 @@ class Inbox:
         started = self._unit_started(run, state.unit)
         if started and started[1] and state.unit.kind == CHECKPOINT:
             self.unit_starts.setdefault((*run, started[1][0][0]), []).append(started[0])
+        if started and state.unit.kind == CHECKPOINT:
+            self.sealed_history.setdefault(run, []).append((started[0], version))
         self.sealed_units[(p, r, unit_path)] = version
         for path in [m for m in self.created.get(run, {}) if _covers(state.unit, m)]:
             if not os.path.lexists(self.run_path(run, path)):

@@ -60,7 +60,8 @@ def run_sidecar(project: str, run: str, docs: list[dict], aliases: dict[str, str
         storage = doc.get("storage") or {}
         gone = {"deleted": True, "deleted_at": doc["deleted_at"]} if "deleted_at" in doc else {}
         versions.append({
-            "version": doc["version"], "sealed_at": doc["sealed_at"],
+            "version": doc["version"], "kind": doc.get("kind", "checkpoint"),
+            "sealed_at": doc["sealed_at"],
             "step": doc.get("step"), "epoch": doc.get("epoch"),
             "metrics": doc.get("metrics") or {},
             "logical_bytes": storage.get("logical_bytes"),
