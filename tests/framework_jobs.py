@@ -1,7 +1,6 @@
 """Helpers for test_frameworks.py: run the training scripts of tests/frameworks/ as
 subprocesses (two at a time: most of each is Python importing torch), mount a store for
 one scenario, wait for versions by polling, and read versions back from projects/."""
-import hashlib
 import json
 import os
 import re
@@ -15,6 +14,8 @@ from conftest import run_cli_checked, unmount
 from ckptfs.store import Store
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frameworks")
+sys.path.insert(0, SCRIPTS)
+from hashing import sha256_file, state_sha256  # noqa: E402,F401  (for test_frameworks)
 SEAL_TIMEOUT = 60.0   # for a version to appear under projects/ once its writer is done
 JOB_TIMEOUT = 240.0   # for one training script (a few seconds when the machine is idle)
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
@@ -95,20 +96,14 @@ def wait_for(predicate, timeout: float):
         time.sleep(0.1)
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Scenario:
-    """One store, mounted with a 1 s quiet period, and a local directory for the
-    reference runs; what went wrong while driving the jobs is kept in `problems` (the
-    tests report it) instead of failing the module fixture."""
+    """One store, mounted with a 1 s quiet period while in a `with` block, and a local
+    directory for the reference runs; what went wrong while driving the jobs is kept in
+    `problems` (the tests report it) instead of failing the module fixture. `config`:
+    {project: ["key=value", …]} set with `ckptfs config set` before mounting."""
 
-    def __init__(self, tmp_path_factory, name: str, seal_after: str = "1"):
+    def __init__(self, tmp_path_factory, name: str, seal_after: str = "1",
+                 config: dict | None = None):
         self.root = str(tmp_path_factory.mktemp(name))
         self.store = os.path.join(self.root, "store")
         self.mnt = os.path.join(self.root, "mnt")
@@ -119,13 +114,15 @@ class Scenario:
         Store.init(self.store).close()
         self.jobs: dict[str, Done] = {}
         self.problems: list[str] = []
-        self.started = time.monotonic()
         self.seal_after = seal_after
+        for project, settings in (config or {}).items():
+            run_cli_checked("config", "set", self.store, project, *settings)
 
-    def mount(self):
+    def __enter__(self):
         run_cli_checked("mount", self.store, self.mnt, "--seal-after", self.seal_after)
+        return self
 
-    def close(self):
+    def __exit__(self, *exc):
         unmount(self.mnt)
 
     def inbox(self, *parts) -> str:
@@ -172,6 +169,21 @@ class Scenario:
         have written would only take the whole timeout)."""
         return all(n in self.jobs and self.jobs[n].returncode == rc and self.jobs[n].report
                    for n in names)
+
+    def run_then_resume(self, script: str, project: str, run: str, first: list, resume: list,
+                        first_versions=(), resumed_versions=()):
+        """`script` run to local/<project> (the reference, job `ref`) and, at the same
+        time, into inbox/<project>/<run> with `first` (job `a`); once that is sealed,
+        again into the same run with `resume` (job `b`)."""
+        self.run(Job("ref", script, self.local(project)),
+                 Job("a", script, self.inbox(project, run), first))
+        if self.ok("a"):
+            self.wait_versions(*first_versions)
+        self.settle()
+        self.run(Job("b", script, self.inbox(project, run), resume))
+        if self.ok("b"):
+            self.wait_versions(*resumed_versions)
+        self.settle()
 
     def job(self, name: str) -> Done:
         """The finished job `name`; fails the test if it never ran."""

@@ -13,19 +13,13 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli_checked
 from framework_jobs import (Job, Scenario, inputs_of, parent_of, renamed, sha256_file,
-                            suffix_number)
+                            state_sha256, suffix_number)
 from safetensors.torch import load_file
 
 if not os.path.exists("/dev/fuse"):
     pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)",
                 allow_module_level=True)
-
-import sys  # noqa: E402
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "frameworks"))
-from common import state_sha256  # noqa: E402
 
 PREEMPTED = 75  # hf_trainer.py --stop-after-step: the exit status of a preempted job
 # Trainer checkpoint files whose bytes depend only on the training (not on paths or time):
@@ -114,10 +108,8 @@ def trainer(tmp_path_factory):
     """hf/a: preempted after checkpoint-6, then resumed (resume_from_checkpoint=True);
     hf/b: resumed from projects/hf/a/checkpoint-6; ft/r: fine-tuned from
     projects/hf/a/final; a reference run on local disk beside the first."""
-    s = Scenario(tmp_path_factory, "trainer")
-    run_cli_checked("config", "set", s.store, "hf", "primary_metric=eval_loss", "mode=min")
-    s.mount()
-    try:
+    with Scenario(tmp_path_factory, "trainer",
+                  config={"hf": ["primary_metric=eval_loss", "mode=min"]}) as s:
         a, b = s.inbox("hf", "a"), s.inbox("hf", "b")
         s.run(Job("ref", "hf_trainer.py", s.local("hf")),
               Job("a1", "hf_trainer.py", a, ["--stop-after-step", 6]))
@@ -135,8 +127,6 @@ def trainer(tmp_path_factory):
         s.wait_versions(*expected)
         s.settle()
         yield s
-    finally:
-        s.close()
 
 
 def test_trainer_jobs_finish(trainer):
@@ -298,14 +288,10 @@ def test_trainer_sealed_checkpoint_in_the_working_view(trainer):
 @pytest.fixture(scope="module")
 def wrong_depth(tmp_path_factory):
     """The Trainer with output_dir=inbox/<project>, Lightning with output_dir=inbox."""
-    s = Scenario(tmp_path_factory, "depth")
-    s.mount()
-    try:
+    with Scenario(tmp_path_factory, "depth") as s:
         s.run(Job("trainer", "hf_trainer.py", s.inbox("hf")),
               Job("lightning", "lightning_ckpt.py", s.inbox()))
         yield s
-    finally:
-        s.close()
 
 
 @pytest.mark.parametrize("job, where, refused", [("trainer", ("hf",), "runs"),
@@ -339,9 +325,7 @@ ACCELERATE_STEPS = {f"checkpoint_{i}": 2 * (i + 1) for i in range(4)}
 def accelerate(tmp_path_factory):
     """acc/x: save_state to explicit dirs (step_2, step_4); acc/y: load_state of
     projects/acc/x/step_4 and on to step 8; acc/auto: automatic naming, total_limit=2."""
-    s = Scenario(tmp_path_factory, "accelerate")
-    s.mount()
-    try:
+    with Scenario(tmp_path_factory, "accelerate") as s:
         s.run(Job("ref", "accelerate_state.py", s.local("acc")),
               Job("x", "accelerate_state.py", s.inbox("acc", "x"),
                   ["--naming", "explicit", "--steps", 4]))
@@ -353,8 +337,6 @@ def accelerate(tmp_path_factory):
             s.wait_versions(*[f"acc/auto/checkpoint_{i}" for i in range(4)], "acc/y/step_8")
         s.settle()
         yield s
-    finally:
-        s.close()
 
 
 def test_accelerate_states_are_archived_byte_identical(accelerate):
@@ -398,18 +380,9 @@ def test_accelerate_load_state_from_projects(accelerate):
 @pytest.fixture(scope="module")
 def lightning(tmp_path_factory):
     """lt/r: 3 epochs, then fit(ckpt_path="last") up to 5; a 5-epoch reference run."""
-    s = Scenario(tmp_path_factory, "lightning")
-    s.mount()
-    try:
-        run = s.inbox("lt", "r")
-        s.run(Job("ref", "lightning_ckpt.py", s.local("lt")),
-              Job("a", "lightning_ckpt.py", run, ["--max-epochs", 3]))
-        s.settle()
-        s.run(Job("b", "lightning_ckpt.py", run, ["--resume"]))
-        s.settle()
+    with Scenario(tmp_path_factory, "lightning") as s:
+        s.run_then_resume("lightning_ckpt.py", "lt", "r", ["--max-epochs", 3], ["--resume"])
         yield s
-    finally:
-        s.close()
 
 
 def lightning_saved(s: Scenario) -> list[dict]:
@@ -487,22 +460,10 @@ def test_lightning_hyperparameters_and_seed(lightning):
 @pytest.fixture(scope="module")
 def torch_loop(tmp_path_factory):
     """tl/r: 4 steps, then --resume (the newest ckpts/model_*.pt by mtime) to step 8."""
-    s = Scenario(tmp_path_factory, "torchloop")
-    s.mount()
-    try:
-        run = s.inbox("tl", "r")
-        s.run(Job("ref", "torch_loop.py", s.local("tl")),
-              Job("a", "torch_loop.py", run, ["--steps", 4]))
-        if s.ok("a"):
-            s.wait_versions("tl/r/model_2", "tl/r/model_4")
-        s.settle()
-        s.run(Job("b", "torch_loop.py", run, ["--resume"]))
-        if s.ok("b"):
-            s.wait_versions("tl/r/model_6", "tl/r/model_8")
-        s.settle()
+    with Scenario(tmp_path_factory, "torchloop") as s:
+        s.run_then_resume("torch_loop.py", "tl", "r", ["--steps", 4], ["--resume"],
+                          ["tl/r/model_2", "tl/r/model_4"], ["tl/r/model_6", "tl/r/model_8"])
         yield s
-    finally:
-        s.close()
 
 
 def test_torch_save_loop_files_are_versions_and_it_resumes(torch_loop):

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 
-from common import deterministic, hash_tree, state_sha256, write_report
+from common import deterministic, features, hash_tree, state_sha256, write_report
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
@@ -22,8 +22,7 @@ from accelerate.utils import ProjectConfiguration  # noqa: E402
 
 
 def batch(step: int):
-    g = torch.Generator().manual_seed(1000 + step)
-    x = torch.randn(16, 8, generator=g)
+    x = features(1000 + step, 16)
     return x, x.sum(dim=1, keepdim=True) * 0.5
 
 

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from common import deterministic, sha256_file, state_sha256, write_report
+from common import deterministic, features, sha256_file, state_sha256, write_report
 
 import torch  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
@@ -63,8 +63,7 @@ class RecordingCheckpointIO(TorchCheckpointIO):
 
 
 def data(n: int, scale: float, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 8, generator=g)
+    x = features(seed, n)
     return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True) * scale), batch_size=4)
 
 

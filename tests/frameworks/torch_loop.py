@@ -14,14 +14,13 @@ import os
 import re
 import sys
 
-from common import deterministic, sha256_file, state_sha256, write_report
+from common import deterministic, features, sha256_file, state_sha256, write_report
 
 import torch  # noqa: E402
 
 
 def batch(step: int):
-    g = torch.Generator().manual_seed(step)
-    x = torch.randn(16, 8, generator=g)
+    x = features(step, 16)
     return x, torch.tanh(x[:, :1] - x[:, 1:2])
 
 
