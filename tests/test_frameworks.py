@@ -90,6 +90,20 @@ def assert_logs_archived(s: Scenario, project: str, run: str, base: str):
             (path, sorted(newest))
 
 
+def assert_resumed(s: Scenario, job: str, first_step: int, loaded: str, written: list[str]):
+    """`job` went on at `first_step` and ended with the weights of the uninterrupted
+    reference run; it read the archived version `loaded`, so each version it wrote has it
+    as an input and the first one as its parent."""
+    report = s.report(job)
+    assert report["first_step"] == first_step
+    assert report["final_state_sha256"] == s.report("ref")["final_state_sha256"]
+    for ref in written:
+        sidecar = s.sidecar(ref)
+        assert loaded in inputs_of(sidecar), (ref, sidecar["lineage"])
+    first = s.sidecar(written[0])
+    assert parent_of(first) == loaded, (written[0], first["lineage"])
+
+
 def assert_refused_makes_and_writes(sealed_dir: str):
     """In a sealed checkpoint directory of the working view: makedirs(exist_ok=True)
     works, writing a new file is EROFS."""
@@ -215,26 +229,12 @@ def test_trainer_working_view_after_rotation(trainer):
 
 
 def test_trainer_resumes_from_the_inbox(trainer):
-    """resume_from_checkpoint=True finds checkpoint-6 (sealed) in the working view, goes on
-    at step 7 and ends as the uninterrupted run; its next checkpoint's parent is the one
-    it loaded."""
-    a2 = trainer.report("a2")
-    assert a2["first_step"] == 7
-    assert a2["final_state_sha256"] == trainer.report("ref")["final_state_sha256"]
-    sidecar = trainer.sidecar("hf/a/checkpoint-8")
-    assert parent_of(sidecar) == "hf/a/checkpoint-6", sidecar["lineage"]
-    assert "hf/a/checkpoint-6" in inputs_of(sidecar), sidecar["lineage"]
+    """resume_from_checkpoint=True finds checkpoint-6 (sealed) in the working view."""
+    assert_resumed(trainer, "a2", 7, "hf/a/checkpoint-6", ["hf/a/checkpoint-8"])
 
 
 def test_trainer_resumes_from_projects_into_another_run(trainer):
-    b = trainer.report("b")
-    assert b["first_step"] == 7
-    assert b["final_state_sha256"] == trainer.report("ref")["final_state_sha256"]
-    for name in ("checkpoint-8", "checkpoint-10"):
-        sidecar = trainer.sidecar(f"hf/b/{name}")
-        assert "hf/a/checkpoint-6" in inputs_of(sidecar), (name, sidecar["lineage"])
-    first = trainer.sidecar("hf/b/checkpoint-8")
-    assert parent_of(first) == "hf/a/checkpoint-6", first["lineage"]
+    assert_resumed(trainer, "b", 7, "hf/a/checkpoint-6", ["hf/b/checkpoint-8", "hf/b/checkpoint-10"])
 
 
 def test_fine_tune_of_an_archived_model_records_its_base(trainer):
@@ -365,13 +365,7 @@ def test_accelerate_states_are_archived_byte_identical(accelerate):
 
 
 def test_accelerate_load_state_from_projects(accelerate):
-    y = accelerate.report("y")
-    assert y["first_step"] == 5
-    assert y["final_state_sha256"] == accelerate.report("ref")["final_state_sha256"]
-    for name in ("step_6", "step_8"):
-        sidecar = accelerate.sidecar(f"acc/y/{name}")
-        assert "acc/x/step_4" in inputs_of(sidecar), (name, sidecar["lineage"])
-    assert parent_of(accelerate.sidecar("acc/y/step_6")) == "acc/x/step_4"
+    assert_resumed(accelerate, "y", 5, "acc/x/step_4", ["acc/y/step_6", "acc/y/step_8"])
     assert_refused_makes_and_writes(accelerate.inbox("acc", "y", "step_6"))
 
 
@@ -430,17 +424,14 @@ def test_lightning_checkpoints_are_archived(lightning):
 def test_lightning_resumes_from_last_and_loads_the_best(lightning):
     s = lightning
     ref, a, b = (s.report(n) for n in ("ref", "a", "b"))
-    assert b["final_state_sha256"] == ref["final_state_sha256"]
     assert b["best_model_path"] == ref["best_model_path"] == "epoch=2-step=9.ckpt"
     assert b["best_state_sha256"] == ref["best_state_sha256"] != ref["final_state_sha256"]
-    assert b["global_step"] == 15 and b["saved"][0]["step"] == 12  # it went on from step 9
-    # the last.ckpt it resumed from is the newest `last` version sealed before it ran
+    assert b["global_step"] == 15
+    # the last.ckpt it resumed from: the `last` version holding the first job's final one
     resumed = [v for v in renamed(s.versions("lt", "r"), "last")
                if s.archived_files(f"lt/r/{v}")["last.ckpt"] == a["saved"][-1]["sha256"]]
     assert resumed, "the last.ckpt of the first job is not archived"
-    sidecar = s.sidecar("lt/r/epoch=4-step=15")
-    assert parent_of(sidecar) == f"lt/r/{resumed[-1]}", sidecar["lineage"]
-    assert f"lt/r/{resumed[-1]}" in inputs_of(sidecar), sidecar["lineage"]
+    assert_resumed(s, "b", 10, f"lt/r/{resumed[-1]}", ["lt/r/epoch=4-step=15"])
     # rotation (save_top_k=2) removed files from the working view, not from the archive
     assert sorted(os.listdir(s.inbox("lt", "r"))) == sorted(os.listdir(s.local("lt")))
     for x in a["removed"] + b["removed"]:
@@ -466,7 +457,7 @@ def torch_loop(tmp_path_factory):
         yield s
 
 
-def test_torch_save_loop_files_are_versions_and_it_resumes(torch_loop):
+def test_torch_save_loop_files_are_versions(torch_loop):
     s = torch_loop
     for name in ("ref", "a", "b"):
         assert_finished(s.job(name))
@@ -483,12 +474,14 @@ def test_torch_save_loop_files_are_versions_and_it_resumes(torch_loop):
         assert s.archived_files(version) == {os.path.basename(path): x["sha256"]} \
             or s.archived_files(version) == {path: x["sha256"]}
         assert x["sha256"] == ref[path]["sha256"], path
-    b = s.report("b")
-    assert b["resumed_from"] == "ckpts/model_4.pt" and b["first_step"] == 5
-    assert b["final_state_sha256"] == s.report("ref")["final_state_sha256"]
-    sidecar = s.sidecar("tl/r/model_6")
-    assert parent_of(sidecar) == "tl/r/model_4", sidecar["lineage"]
     assert os.readlink(s.projects("tl", "r", "latest")) == "model_8"
     assert_scan_clean(s, "tl", "r")
     assert sorted(os.listdir(s.inbox("tl", "r", "ckpts"))) == \
         sorted(os.listdir(os.path.join(s.local("tl"), "ckpts")))
+
+
+def test_torch_save_loop_resumes_from_the_newest_file(torch_loop):
+    """The newest file by mtime in ckpts/ (sealed, mtimes kept) is model_4.pt; ckpts/ was
+    made again with makedirs(exist_ok=True)."""
+    assert torch_loop.report("b")["resumed_from"] == "ckpts/model_4.pt"
+    assert_resumed(torch_loop, "b", 5, "tl/r/model_4", ["tl/r/model_6", "tl/r/model_8"])

@@ -29,6 +29,9 @@ class Regressor(pl.LightningModule):
         self.net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.Tanh(),
                                        torch.nn.Linear(hidden, 1))
 
+    def on_train_start(self):
+        self.first_step = self.global_step + 1  # after a resume, the step it goes on at
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = torch.nn.functional.mse_loss(self.net(x), y)
@@ -98,6 +101,7 @@ def main():
         "best_model_score": float(checkpoint.best_model_score),
         "best_state_sha256": state_sha256(best.state_dict()),
         "final_state_sha256": state_sha256(model.state_dict()),
+        "first_step": model.first_step,
         "global_step": trainer.global_step,
         "hparams": dict(model.hparams),
     })
