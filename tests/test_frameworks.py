@@ -6,7 +6,29 @@ Each scenario is one store and one mount (module-scoped fixture) driving the scr
 tests/frameworks/ as subprocesses, two at a time, next to a reference run of the same
 script on local disk; the tests then check what the jobs reported and what projects/
 holds. Waits are on events (a process ending, a version appearing under projects/, the
-inbox having nothing pending), never fixed sleeps."""
+inbox having nothing pending), never fixed sleeps.
+
+What these frameworks do to the file system (strace, transformers 5.24, accelerate 1.16,
+Lightning 2.6.6, safetensors 0.8, tensorboard 2.21):
+* safetensors' save_file (Trainer, accelerate) writes `.tmpXXXXXX` (mode 0600) in the
+  target directory, the run directory itself for save_model(), then renames it to
+  model.safetensors, which so stays 0600; load_file/from_pretrained map it
+  (mmap PROT_READ|PROT_WRITE, MAP_PRIVATE: it needs the page cache, not direct_io).
+* Lightning saves a .ckpt to a mkstemp file in $TMPDIR and shutil.move()s it: rename ->
+  EXDEV -> open(O_TRUNC) + sendfile, close, then utimensat (the temp file's times),
+  listxattr of the source, chmod 0600, chmod 0644, all after the last close. Any
+  EPERM/EACCES there surfaces as "Upgrade fsspec to enable cross-device local checkpoints".
+  last.ckpt is rewritten in place the same way each epoch.
+* TensorBoard opens its event file "wb" once, then re-opens it O_APPEND, writes and closes
+  at every flush (each Trainer log): a file keeps growing after quiet periods.
+* The Trainer rotates checkpoints sorted by directory mtime (falling back to step numbers
+  only when the mtimes span under a second); the torch loop picks the newest file by mtime;
+  Lightning's ckpt_path="last" compares mtimes too.
+* Removal is shutil.rmtree (unlinkat of each file, then rmdir), accelerate's before it
+  creates the next checkpoint; Lightning removes with os.remove via fsspec.
+* makedirs(exist_ok=True) is called again on existing directories everywhere (the output
+  dir, runs/<date>, checkpoints/); Python's makedirs then needs isdir() to be true.
+* No fsync, no xattrs set, no symlinks (Lightning's save_last="link" would make one)."""
 import errno
 import os
 import shutil
