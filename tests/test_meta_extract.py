@@ -1,12 +1,16 @@
 """ckptfs.meta.extract and ckptfs.meta.user on real checkpoint directories, good and broken."""
 import json
+import math
 import os
 import pickle
 import struct
+import time
 import zipfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum
 from safetensors.numpy import save_file
 
 from ckptfs.meta.extract import extract_facts
@@ -378,3 +382,174 @@ def test_user_metadata_broken_files(tmp_path):
     os.symlink(tmp_path / "elsewhere.json", tmp_path / "ckptfs.json")
     assert read_user_metadata(str(tmp_path)) == (
         {}, ["ckptfs.json: is a symlink; not followed: ignored"])
+
+
+# -- pickled checkpoints: training_args.bin, Lightning, standalone torch files -----------------
+# Written with the stand-ins of tests/pickles.py (the frameworks' real GLOBAL names, without
+# the frameworks); test_meta_frameworks.py does the same with real framework checkpoints.
+
+@pytest.fixture
+def frameworks(monkeypatch):
+    """Stand-ins for the classes a Trainer and Lightning pickle."""
+    return SimpleNamespace(
+        torch=Torch(monkeypatch),
+        TrainingArguments=stand_in_class(monkeypatch,
+                                         "transformers.training_args.TrainingArguments"),
+        SchedulerType=stand_in_enum(monkeypatch, "transformers.trainer_utils.SchedulerType",
+                                    ["linear", "cosine"]),
+        AttributeDict=stand_in_dict_class(monkeypatch,
+                                          "lightning.fabric.utilities.data.AttributeDict"))
+
+
+def training_args_bin(frameworks, path, **fields) -> str:
+    args = frameworks.TrainingArguments()
+    args.__dict__.update(fields)
+    return frameworks.torch.save(args, path, prefix="training_args")
+
+
+def lightning_ckpt(frameworks, path, score=0.25, hyper_parameters=None, **extra) -> str:
+    torch = frameworks.torch
+    monitor = "ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min'}"
+    ckpt = {"epoch": 2, "global_step": 12, "pytorch-lightning_version": "2.6.6",
+            "state_dict": torch.state_dict(),
+            "callbacks": {monitor: {
+                "monitor": "val_loss", "best_model_score": torch.tensor([0.125], shape=()),
+                "best_model_path": "/runs/x/epoch=1-step=8.ckpt",
+                "current_score": torch.tensor([score], shape=()),
+                "last_model_path": "/runs/x/last.ckpt"}},
+            "hyper_parameters": hyper_parameters or {"lr": 0.1}, **extra}
+    return torch.save(ckpt, path)
+
+
+def test_training_args_bin_gives_lineage_and_wins_over_the_json(ckpt, frameworks, marker):
+    training_args_bin(frameworks, os.path.join(ckpt, "training_args.bin"),
+                      learning_rate=1e-4, lr_scheduler_type=frameworks.SchedulerType("cosine"),
+                      seed=5, data_seed=None, hub_token="hf_x", _n_gpu=0,
+                      push_to_hub_token="hf_y", report_to=["tensorboard"],
+                      distributed_state=frameworks.AttributeDict(backend="nccl"),
+                      hook=WouldRunCode(marker))
+    facts, warnings = extract_facts(ckpt)
+    assert warnings == []
+    hyperparameters = facts["lineage"]["hyperparameters"]
+    # training_args.json's keys, those of the .bin on top
+    assert hyperparameters == {**{k: v for k, v in TRAINING_ARGS.items() if k not in (
+        "seed", "data_seed", "lr_scheduler_kwargs")}, "learning_rate": 1e-4,
+        "lr_scheduler_type": "cosine", "report_to": ["tensorboard"]}
+    assert facts["lineage"]["seeds"] == {"seed": 5}
+    assert facts["extracted"]["training_args_bin"] == {
+        "path": "training_args.bin", "class": "transformers.training_args.TrainingArguments",
+        "keys": 10}
+    assert "hf_x" not in json.dumps(facts) and "hf_y" not in json.dumps(facts)
+    assert not os.path.exists(marker), "something was unpickled"
+
+
+def test_unreadable_training_args_bin_is_a_warning(ckpt, frameworks):
+    path = training_args_bin(frameworks, os.path.join(ckpt, "training_args.bin"), seed=1)
+    data = bytearray(open(path, "rb").read())
+    start = data.index(b"\x80\x02")  # the pickle, stored: damage its first bytes
+    data[start:start + 2] = b"\xff\xff"
+    with open(path, "wb") as f:
+        f.write(data)
+    facts, warnings = extract_facts(ckpt)
+    assert warnings == ["training_args.bin: pickle not read (training_args/data.pkl cannot "
+                        "be read (Bad CRC-32 for file 'training_args/data.pkl')): skipped"]
+    assert facts["lineage"]["seeds"] == {"seed": 42}  # training_args.json's, still
+    with open(os.path.join(ckpt, "training_args.bin"), "wb") as f:
+        f.write(pickle.dumps([1, 2, 3], protocol=2))
+    facts, warnings = extract_facts(ckpt)
+    assert warnings == ["training_args.bin: does not hold training arguments (an object "
+                        "with fields): skipped"]
+
+
+def test_lightning_checkpoint_facts(tmp_path, frameworks):
+    version = tmp_path / "v"
+    version.mkdir()
+    hyper_parameters = {"lr": 0.1, "model": frameworks.AttributeDict(
+        width=8, act="relu", inner={"depth": 2}, weights=frameworks.torch.tensor([1.0])),
+        "password": "x", "seed": 3, "tags": ["a", "b"]}
+    lightning_ckpt(frameworks, version / "last.ckpt", hyper_parameters=hyper_parameters)
+    facts, warnings = extract_facts(str(version))
+    assert warnings == []
+    assert (facts["step"], facts["epoch"], facts["metrics"]) == (12, 2, {"val_loss": 0.25})
+    assert facts["lineage"] == {
+        "hyperparameters": {"lr": 0.1, "model.width": 8, "model.act": "relu",
+                            "model.inner.depth": 2, "tags": ["a", "b"]},
+        "seeds": {"seed": 3}, "environment": {"packages": {"lightning": "2.6.6"}}}
+    assert facts["extracted"]["lightning"] == {
+        "path": "last.ckpt", "version": "2.6.6", "epoch": 2, "global_step": 12,
+        "monitor": "val_loss", "best_model_score": 0.125,
+        "best_model_path": "epoch=1-step=8.ckpt", "last_model_path": "last.ckpt"}
+
+
+def test_nan_and_inf_never_reach_the_facts(tmp_path, frameworks):
+    version = tmp_path / "v"
+    version.mkdir()
+    lightning_ckpt(frameworks, version / "last.ckpt", score=math.inf,
+                   hyper_parameters={"lr": math.nan, "ok": 1, "betas": [0.9, math.inf]})
+    facts, warnings = extract_facts(str(version))
+    assert sorted(warnings) == [
+        "last.ckpt hyper_parameters: betas holds a non-finite number: skipped",
+        "last.ckpt hyper_parameters: lr holds a non-finite number: skipped",
+        "last.ckpt: ModelCheckpoint current_score of val_loss is not finite (inf): skipped"]
+    assert "metrics" not in facts
+    assert facts["lineage"]["hyperparameters"] == {"ok": 1}
+    json.dumps(facts, allow_nan=False)
+
+
+def test_result_files_win_over_the_trainer_state(ckpt):
+    write_json(os.path.join(ckpt, "eval_results.json"), {
+        "epoch": 2.0, "eval_loss": 0.3, "eval_runtime": 1.2, "eval_samples": 100,
+        "eval_samples_per_second": 80.0, "eval_steps_per_second": 10.0})
+    write_json(os.path.join(ckpt, "all_results.json"), {
+        "epoch": 2.0, "eval_loss": 0.35, "train_loss": 0.5, "total_flos": 1e12,
+        "train_runtime": 3.0, "train_mem_cpu_alloc_delta": 1024, "eval_bleu": float("nan"),
+        "note": "x"})
+    facts, warnings = extract_facts(ckpt)
+    assert sorted(warnings) == ["all_results.json: eval_bleu is not finite (nan): skipped",
+                                "all_results.json: note is not a number ('x'): skipped"]
+    assert facts["metrics"] == {"loss": 0.33, "eval_loss": 0.3, "eval_accuracy": 0.83,
+                                "train_loss": 0.5}
+    assert facts["epoch"] == 2.0  # trainer_state.json's
+    assert facts["extracted"]["results"] == {"paths": ["all_results.json", "eval_results.json"]}
+    os.remove(os.path.join(ckpt, "trainer_state.json"))
+    write_json(os.path.join(ckpt, "eval_results.json"), {"epoch": 3.5})
+    facts, _ = extract_facts(ckpt)
+    assert facts["epoch"] == 3.5
+
+
+def test_standalone_torch_file_progress(tmp_path, frameworks):
+    version = tmp_path / "v"
+    version.mkdir()
+    torch = frameworks.torch
+    torch.save({"model": torch.state_dict(), "epoch": 4, "global_step": 900},
+               version / "model.pt")
+    torch.save({"state": {}, "step": 1}, version / "optimizer.pt")  # a Trainer's: not read
+    facts, warnings = extract_facts(str(version))
+    assert warnings == []
+    assert (facts["step"], facts["epoch"]) == (900, 4)
+    assert facts["extracted"]["torch_checkpoint"] == {"path": "model.pt", "epoch": 4,
+                                                      "step": 900}
+    torch.save({"step": 10, "global_step": 20}, version / "model.pt")
+    facts, warnings = extract_facts(str(version))
+    assert "step" not in facts
+    assert warnings == ["model.pt: step and global_step differ (10, 20): neither used"]
+    torch.save({"epoch": 1}, version / "other.pth")  # two candidates: ambiguous, none read
+    assert "epoch" not in extract_facts(str(version))[0]
+
+
+def test_pickled_facts_stay_cheap_on_a_2_gib_checkpoint(tmp_path, frameworks):
+    # a legacy torch.save file: its pickles, then (sparse) raw tensor bytes
+    version = tmp_path / "v"
+    version.mkdir()
+    torch = frameworks.torch
+    ckpt = {"epoch": 1, "global_step": 5, "pytorch-lightning_version": "1.9.0",
+            "state_dict": torch.state_dict(200)}
+    pickles = [pickle.dumps(0x1950A86A20F9469CFC6C, 2), pickle.dumps(1001, 2),
+               pickle.dumps({"little_endian": True}, 2), torch.dumps(ckpt)]
+    with open(version / "big.ckpt", "wb") as f:
+        f.write(b"".join(pickles))
+        f.truncate(2 << 30)
+    started = time.monotonic()
+    facts, warnings = extract_facts(str(version))
+    assert time.monotonic() - started < 2
+    assert warnings == [] and (facts["step"], facts["epoch"]) == (5, 1)

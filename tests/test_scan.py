@@ -16,22 +16,22 @@ import io
 import json
 import os
 import pickle
-import sys
+import subprocess
 import tarfile
 import time
-import types
 import zipfile
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import run_cli_checked, unmount
+from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum, torch_zip
 from samples import make_checkpoint, make_hf_checkpoint
 from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
 from ckptfs.meta import scan
 from ckptfs.meta.scan import (Stream, UnsafePickleError, Walker, compat_name, scan_directory,
-                              scan_file)
+                              scan_file, scan_warnings)
 from ckptfs.meta.seal import archive_directory
 from ckptfs.meta.sidecar import sidecar_of as sidecar_of_version
 from ckptfs.store import Store
@@ -66,63 +66,12 @@ def globals_of(finding_list) -> list:
     return [f["global"] for f in finding_list]
 
 
-def torch_zip(path, pickles: dict[str, bytes], data: bytes = b"\0" * 64) -> str:
-    """A file laid out as torch.save's zip: `<name>/data.pkl`, the tensor bytes apart."""
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, payload in pickles.items():
-            archive.writestr(member, payload)
-        archive.writestr("archive/data/0", data)
-        archive.writestr("archive/version", "3\n")
-    return str(path)
-
-
-# -- stand-ins for torch, so the real pickler writes torch's globals -----------------------
-
 @pytest.fixture
 def fake_torch(monkeypatch):
-    """Modules named torch and torch._utils with the globals torch.save's pickles name
-    (the pickler imports the module of each global to check it): pickles made with them
-    are what a real state_dict's data.pkl holds."""
-    torch = types.ModuleType("torch")
-    utils = types.ModuleType("torch._utils")
-
-    def rebuild_tensor_v2(storage, offset, size, stride, requires_grad, hooks):
-        raise AssertionError("never called: nothing is unpickled")
-    rebuild_tensor_v2.__module__ = "torch._utils"
-    rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
-    utils._rebuild_tensor_v2 = rebuild_tensor_v2
-    float_storage = type("FloatStorage", (), {"__module__": "torch"})
-    torch.FloatStorage, torch._utils = float_storage, utils
-    monkeypatch.setitem(sys.modules, "torch", torch)
-    monkeypatch.setitem(sys.modules, "torch._utils", utils)
-
-    class Tensor:
-        def __init__(self, key, n):
-            self.key, self.n = key, n
-
-        def __reduce_ex__(self, protocol):
-            return rebuild_tensor_v2, (StorageRef(self.key, self.n), 0, (self.n,), (1,), False,
-                                       collections.OrderedDict())
-
-    class StorageRef:
-        def __init__(self, key, n):
-            self.key, self.n = key, n
-
-    class TorchPickler(pickle.Pickler):
-        def persistent_id(self, obj):  # storages go out of band, as torch.save does
-            if isinstance(obj, StorageRef):
-                return ("storage", float_storage, obj.key, "cpu", obj.n)
-            return None
-
-    def dumps(obj, protocol=2) -> bytes:
-        out = io.BytesIO()
-        TorchPickler(out, protocol=protocol).dump(obj)
-        return out.getvalue()
-
-    def state_dict(n_tensors=3):
-        return collections.OrderedDict((f"layer.{i}.weight", Tensor(str(i), 4))
-                                       for i in range(n_tensors))
-    return SimpleNamespace(dumps=dumps, state_dict=state_dict)
+    """Stand-ins for torch's globals, so the real pickler writes the ones torch.save's
+    pickles name (tests/pickles.py): pickles made with them are what a real
+    state_dict's data.pkl holds."""
+    return Torch(monkeypatch)
 
 
 # -- the walk on real pickles ----------------------------------------------------------------
@@ -304,6 +253,16 @@ def test_a_pickle_over_the_opcode_limit_is_a_finding(tmp_path, monkeypatch):
                                 "problem": "over 1,000 opcodes: not walked to the end"}]
 
 
+def test_strings_past_the_budget_are_not_kept_and_cannot_hide_a_global(tmp_path, monkeypatch):
+    # 2,000,000 kept strings of 4 KiB would hold 8 GiB: past the budget they are unknown
+    monkeypatch.setattr(scan, "MAX_KEPT_BYTES", 10_000)
+    filler = pickle.dumps([str(i) * 1000 for i in range(20)], protocol=4)[:-1] + b"0"  # POP
+    assert scanned(tmp_path, filler + b".").status == "clean"
+    evil = pickle.dumps(os.system, protocol=4)[2:]  # STACK_GLOBAL of 'posix', 'system'
+    result = scanned(tmp_path, filler + evil)
+    assert globals_of(result.findings) == ["<computed>.<computed>"]
+
+
 class RecordingUnpickler(pickle._Unpickler):
     """The pure-Python unpickler, with every import recorded and replaced by a stand-in
     that accepts any call: what a real load would import, with nothing run."""
@@ -360,6 +319,101 @@ def test_walk_sees_every_global_the_unpickler_would_import(fake_torch):
             assert not missed or walk.unreadable, (data, missed)
             checked += 1
     assert checked > 500
+
+
+# -- what the frameworks write into their own checkpoints --------------------------------------
+
+class Touches:
+    """Unpickling this runs `touch MARKER`, through the callable given."""
+
+    def __init__(self, call, marker):
+        self.call, self.marker = call, marker
+
+    def __reduce__(self):
+        return self.call, (f"touch {self.marker}",)
+
+
+@pytest.fixture
+def trainer_classes(monkeypatch):
+    """Stand-ins for what a Trainer's training_args.bin names."""
+    return SimpleNamespace(
+        TrainingArguments=stand_in_class(monkeypatch,
+                                         "transformers.training_args.TrainingArguments"),
+        PartialState=stand_in_class(monkeypatch, "accelerate.state.PartialState"),
+        SchedulerType=stand_in_enum(monkeypatch, "transformers.trainer_utils.SchedulerType",
+                                    ["linear"]),
+        DistributedType=stand_in_enum(monkeypatch, "accelerate.utils.dataclasses.DistributedType",
+                                      ["NO"]),
+        AttributeDict=stand_in_dict_class(monkeypatch,
+                                          "lightning.fabric.utilities.data.AttributeDict"))
+
+
+def training_args(classes, **fields):
+    args, state = classes.TrainingArguments(), classes.PartialState()
+    state.__dict__.update(distributed_type=classes.DistributedType("NO"))
+    args.__dict__.update(lr_scheduler_type=classes.SchedulerType("linear"),
+                         distributed_state=state, hparams=classes.AttributeDict(lr=0.1), **fields)
+    return args
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_training_arguments_rebuilt_from_state_are_clean(tmp_path, fake_torch, trainer_classes,
+                                                         protocol):
+    path = torch_zip(tmp_path / "training_args.bin", {"training_args/data.pkl": pickle.dumps(
+        training_args(trainer_classes), protocol)})
+    assert scan_file(path, "training_args.bin") == scan.FileScan("clean")
+
+
+TRAINING_ARGUMENTS = b"ctransformers.training_args\nTrainingArguments\n"
+CALLED = "used otherwise than rebuilt from saved state: loading it would run its code"
+
+
+@pytest.mark.parametrize("pickled", [
+    b"\x80\x02" + TRAINING_ARGUMENTS + b"X\x03\x00\x00\x00out\x85R.",  # REDUCE: __init__
+    b"\x80\x02" + TRAINING_ARGUMENTS + b"X\x03\x00\x00\x00out\x85\x81.",  # NEWOBJ, arguments
+    b"(S'out'\nitransformers.training_args\nTrainingArguments\n.",  # INST
+    b"(" + TRAINING_ARGUMENTS + b"S'out'\no.",  # OBJ
+    b"ccopy_reg\n_reconstructor\n(" + TRAINING_ARGUMENTS + TRAINING_ARGUMENTS + b"NtR.",
+    b"\x80\x02" + TRAINING_ARGUMENTS + b")\x81" + TRAINING_ARGUMENTS + b"b.",  # BUILD with it
+], ids=["reduce", "newobj-args", "inst", "obj", "reconstructor", "build-argument"])
+def test_training_arguments_called_are_unsafe(tmp_path, pickled):
+    result = scanned(tmp_path, pickled, "training_args.bin")
+    assert result.findings == [{"file": "training_args.bin", "pickle": None, "global":
+                                "transformers.training_args.TrainingArguments", "problem": CALLED}]
+    assert scan_warnings({"findings": result.findings}) == [
+        "unsafe pickle: training_args.bin imports transformers.training_args.TrainingArguments, "
+        + CALLED]
+    allowed = frozenset({"transformers.training_args.TrainingArguments"})
+    assert scan_file(str(tmp_path / "training_args.bin"), "training_args.bin", allowed).status \
+        == "clean"
+
+
+def test_dangerous_globals_in_framework_pickles_are_still_unsafe(tmp_path, fake_torch,
+                                                                trainer_classes):
+    marker = tmp_path / "RAN"
+    calls = [os.system, eval, exec, subprocess.call, subprocess.Popen, getattr]
+    evil = training_args(trainer_classes, hooks=[Touches(call, marker) for call in calls])
+    evil.hparams["callback"] = Touches(os.popen, marker)
+    version = tmp_path / "v"
+    version.mkdir()
+    torch_zip(version / "training_args.bin", {"training_args/data.pkl": pickle.dumps(evil, 2)})
+    fake_torch.save({"hyper_parameters": trainer_classes.AttributeDict(
+        x=Touches(os.system, marker))}, version / "last.ckpt")
+    result = scan_directory(str(version))
+    assert result["status"] == "unsafe"
+    assert {(f["file"], f["global"]) for f in result["findings"]} == {
+        ("training_args.bin", "posix.system"), ("training_args.bin", "builtins.eval"),
+        ("training_args.bin", "builtins.exec"), ("training_args.bin", "subprocess.call"),
+        ("training_args.bin", "subprocess.Popen"), ("training_args.bin", "builtins.getattr"),
+        ("training_args.bin", "os.popen"), ("last.ckpt", "posix.system")}
+    with Store.init(str(tmp_path / "store")) as store:
+        store.update_project_settings("p", {"unsafe_pickles": "refuse"})
+        with pytest.raises(UnsafePickleError):
+            archive_directory(store, str(version), "p", "r", "v1")
+        store.update_project_settings("p", {"unsafe_pickles": "warn"})
+        archive_directory(store, str(version), "p", "r", "v1")  # extraction reads them too
+        assert sidecar_of_version(store, "p", "r", "v1")["scan"]["status"] == "unsafe"
+    assert not marker.exists(), "a pickle was run"
 
 
 def test_scan_of_a_directory(tmp_path, fake_torch):

@@ -469,60 +469,54 @@ def daemon_pid(store: str) -> int | None:
 
 @main.command()
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN[/PATH]")
 @click.option("--timeout", type=float, default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for a running mount daemon to seal it.")
 def seal(store, ref, timeout):
-    """Seal an inbox version now (through the mount daemon when one runs)."""
-    from ckptfs.fs.inbox import (SEAL_MARKER, load_provenance_record, provenance_of_record,
-                                 provenance_path)
-    from ckptfs.meta.seal import archive_directory
-    project, run, version = parse_version_ref(ref)
+    """Seal what waits in the inbox now: the unit at PATH in the run directory (a
+    checkpoint directory or file, a folder), or every unit of the run. Through the
+    mount daemon when one runs; else here."""
+    project, run, path = parse_inbox_ref(ref)
     with open_store(store) as s:
         s.authorize(None, project, "writer", "seal versions", ref)
-        spooled = os.path.join(s.path, "spool", "inbox", project, run, version)
-        if not os.path.isdir(spooled):
-            if s.version_record(project, run, version):
-                fail(f"{ref} is already sealed")
-            fail(f"{ref} is not in the inbox")
+        from ckptfs.fs.offline import nothing_waits
+        why = nothing_waits(s, project, run, path)
+        if why:
+            fail(why)
         if daemon_pid(s.path) is None:  # the same seal the daemon makes, here
-            spool = os.path.join(s.path, "spool")
-            provenance = provenance_of_record(load_provenance_record(spool, (project, run, version)))
-            report = archive_directory(s, spooled, project, run, version, provenance=provenance)
-            import shutil
-            shutil.rmtree(spooled)
-            for leftover in (provenance_path(spool, (project, run, version)), spooled + ".error"):
-                if os.path.exists(leftover):
-                    os.unlink(leftover)
-            click.echo(f"sealed {ref}: {report.files} files, {human_bytes(report.stats.logical_bytes)}")
+            from ckptfs.fs.offline import seal_offline
+            sealed, errors = seal_offline(s, project, run, path)
+            for line in sealed:
+                click.echo(line)
+            if errors:
+                fail(errors[0])
+            if not sealed:
+                fail(f"nothing of {ref} waits in the inbox")
             return
-    # A daemon serves this store: hand it the marker and wait for the outcome. It has
-    # sealed the version when the spooled copy is gone and the version exists; it failed
-    # when it took the marker and wrote an error file.
-    error_file = spooled + ".error"
-    marker = os.path.join(spooled, SEAL_MARKER)
-    if os.path.exists(error_file):
-        os.unlink(error_file)  # an old failure: this attempt writes its own
-    with open(marker, "w"):
-        pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(spooled):
-            with open_store(store) as s:
-                if s.version_record(project, run, version):
-                    click.echo(f"sealed {ref}")
-                    return
-        if os.path.exists(error_file) and not os.path.exists(marker):
-            with open(error_file) as f:
-                fail(f.readline().strip())
-        time.sleep(0.2)
-    fail(f"{ref} was not sealed within {timeout:.0f} s (files still open in it?)")
+        start_seq = s.applied_seq()
+    # A daemon serves this store: hand it the request and wait for the outcome.
+    from ckptfs.fs.offline import request_seal, wait_for_seal
+    request_seal(store, project, run, path)
+    outcome = wait_for_seal(store, project, run, path, start_seq, timeout)
+    if outcome.startswith("sealed"):
+        click.echo(outcome)
+    else:
+        fail(outcome)
+
+
+def parse_inbox_ref(ref: str) -> tuple[str, str, str]:
+    """PROJECT/RUN[/PATH]: a run of the inbox, and a path in its directory ("" for all)."""
+    pieces = ref.strip("/").split("/")
+    if len(pieces) < 2:
+        fail(f"expected PROJECT/RUN[/PATH], got {ref!r}")
+    project, run = parse_version_ref("/".join(pieces[:2]), parts=2)
+    return project, run, "/".join(pieces[2:])
 
 
 @main.command()
 @click.argument("target", metavar="MOUNTPOINT|STORE")
 def status(target):
-    """Pending inbox versions, ingest progress and counters."""
+    """Pending inbox units, ingest progress and counters."""
     stats_path = os.path.join(target, ".ckptfs", "stats.json")
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
@@ -531,22 +525,17 @@ def status(target):
                    f"mount, {st['seal_failures']} seal failures, {st['read_errors']} read errors")
         pending = st["pending_inbox_versions"]
     else:
+        from ckptfs.fs.offline import spooled_units
         with open_store(target) as s:
-            spool = os.path.join(s.path, "spool", "inbox")
+            pending = spooled_units(s)
         pid = daemon_pid(target)
         click.echo(f"store {target}: " + (f"mounted by daemon pid {pid}" if pid else "not mounted"))
-        pending = []
-        for p in sorted(os.listdir(spool)) if os.path.isdir(spool) else []:
-            for r in sorted(os.listdir(os.path.join(spool, p))):
-                for v in sorted(os.listdir(os.path.join(spool, p, r))):
-                    if os.path.isdir(os.path.join(spool, p, r, v)):
-                        age = time.time() - os.stat(os.path.join(spool, p, r, v)).st_mtime
-                        pending.append({"version": f"{p}/{r}/{v}", "state": "spooled",
-                                        "age_seconds": round(age, 1), "error": None})
     if not pending:
-        click.echo("no pending inbox versions")
+        click.echo("nothing waits in the inbox")
     for item in pending:
-        line = f"  {item['version']}: {item['state']}, {item['age_seconds']:.0f} s"
+        age = f", {item['age_seconds']:.0f} s" if item.get("age_seconds") is not None else ""
+        kind = f" [{item['kind']}]" if item.get("kind") and item["kind"] != "checkpoint" else ""
+        line = f"  {item['version']}{kind}: {item['state']}{age}"
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
 
 

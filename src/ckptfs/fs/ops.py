@@ -25,6 +25,7 @@ IMMUTABLE_TIMEOUT = 3600.0  # sealed content never changes: let the kernel cache
 MUTABLE_TIMEOUT = 1.0
 UNSUPPORTED_XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.")  # no labels, no ACLs
 XATTR_SHA256 = b"user.ckptfs.sha256"
+XATTR_STATE = b"user.ckptfs.state"
 BLOCK_SIZE = 1024 * 1024
 
 
@@ -176,14 +177,17 @@ class CkptfsOperations(pyfuse3.Operations):
         self._next_fh = 1
         self.read_errors = 0
 
-    def forget_sealed(self, project: str, run: str, version: str):
-        """A version left the inbox: drop the kernel's cached entry for it."""
-        parent = self.inodes.known(("inbox", f"{project}/{run}"))
-        if parent is not None:
+    def forget_sealed(self, project: str, run: str, version: str, unit_path: str):
+        """A unit of the inbox was sealed: the kernel must ask again what its path is now
+        (the sealed version, read-only in a checkpoint directory)."""
+        rel = f"{project}/{run}/{unit_path}".rstrip("/")
+        parent_rel, _, name = rel.rpartition("/")
+        parent = self.inodes.known(("inbox", parent_rel))
+        if parent is not None and unit_path:
             try:
-                pyfuse3.invalidate_entry_async(parent, os.fsencode(version), ignore_enoent=True)
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
             except Exception:  # only a cache hint; the entry times out anyway
-                log.debug("could not invalidate inbox/%s/%s/%s", project, run, version)
+                log.debug("could not invalidate inbox/%s", rel)
 
     async def watch_deletions(self, interval: float = 1.0):
         """Until cancelled: when versions are deleted (a `ckptfs gc` or `ckptfs delete`,
@@ -394,13 +398,22 @@ class CkptfsOperations(pyfuse3.Operations):
         if self._is_inbox(key):
             await self._require(ctx, key, *(("writer", "archive versions") if writing
                                             else ("reader", "read")))
-            return pyfuse3.FileInfo(fh=self._new_handle(await self.inbox.open(key, flags, ctx)))
+            handle = await self.inbox.open(key, flags, ctx)
+            if isinstance(handle, Node) and handle.source_path is not None:  # an error file
+                fi = pyfuse3.FileInfo(fh=self._new_handle(SourceFile(
+                    os.open(handle.source_path, os.O_RDONLY))))
+                fi.direct_io = True
+                return fi
+            if isinstance(handle, Node):  # a sealed file, read where the job wrote it
+                self._note_read(handle, ctx)
+            return pyfuse3.FileInfo(fh=self._new_handle(handle))
         if writing:
             raise pyfuse3.FUSEError(errno.EROFS)
         await self._require(ctx, key, "reader", "read")
         node = self._node_for(key, ctx)
         if node.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind == "dir" else errno.EINVAL)
+        self._note_read(node, ctx)
         if node.source_path is not None:  # the audit log: grows, so read to its real end
             fi = pyfuse3.FileInfo(fh=self._new_handle(SourceFile(os.open(node.source_path, os.O_RDONLY))))
             fi.direct_io = True
@@ -411,6 +424,13 @@ class CkptfsOperations(pyfuse3.Operations):
         # earlier getattr said: direct_io makes the kernel read it to its real end.
         fi.direct_io = node.content is not None and not node.immutable
         return fi
+
+    def _note_read(self, node: Node, ctx):
+        """Which archived version each process reads: the lineage of what it writes next
+        (fs/reads.py)."""
+        if self.inbox is not None and node.origin is not None and ctx is not None:
+            p, r, v, path = node.origin
+            self.inbox.reads.note(ctx.pid, (p, r, v), path)
 
     @guarded
     async def read(self, fh, off, size):
@@ -449,12 +469,15 @@ class CkptfsOperations(pyfuse3.Operations):
             # `ls -l` asks every file for its SELinux label and ACL; "not supported" (not
             # "no such attribute") makes it stop asking for the rest of this file system.
             raise pyfuse3.FUSEError(errno.ENOTSUP)
+        key = self.inodes.key(inode)
+        if self._is_inbox(key) and name != XATTR_SHA256:
+            await self._require(ctx, key, "reader", "read")
+            return self.inbox.getxattr(key, name)
         if name != XATTR_SHA256:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        key = self.inodes.key(inode)
         await self._require(ctx, key, "reader", "read")
         node = self._node(key)
-        if name == XATTR_SHA256 and node.entry is not None:
+        if node.entry is not None:
             return node.entry["sha256"].encode()
         raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
 
@@ -463,7 +486,10 @@ class CkptfsOperations(pyfuse3.Operations):
         key = self.inodes.key(inode)
         await self._require(ctx, key, "reader", "read")
         node = self._node(key)
-        return [XATTR_SHA256] if node.entry is not None else []
+        names = [XATTR_SHA256] if node.entry is not None else []
+        if self._is_inbox(key) and len(self.inbox.parts(key)) > 2:
+            names.append(XATTR_STATE)
+        return names
 
     @guarded
     async def statfs(self, ctx):
@@ -606,8 +632,9 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def setxattr(self, inode, name, value, ctx):
-        self._refuse_outside_inbox(inode)
-        raise pyfuse3.FUSEError(errno.ENOTSUP)
+        key = self._refuse_outside_inbox(inode)[0]
+        await self._require(ctx, key, "writer", "archive versions")
+        self.inbox.setxattr(key, name, value)
 
     @guarded
     async def removexattr(self, inode, name, ctx):

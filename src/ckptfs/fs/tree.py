@@ -57,6 +57,7 @@ class Node:
     subdirs: int = 0           # for st_nlink of directories
     uid: int | None = None     # owner (inbox files); None: the daemon's user
     gid: int | None = None
+    origin: tuple | None = None  # (p, r, v, path) of a sealed file: reads feed lineage
 
 
 def iso_to_ns(text: str) -> int:
@@ -305,6 +306,7 @@ class ProjectTree:
                         mtime_ns=e["mtime_ns"], immutable=True)
             if e["type"] == "file":
                 node.size, node.entry = e["size"], e
+                node.origin = (*key[1:4], key[4])
             elif e["type"] == "symlink":
                 node.target = e["target"]
                 node.size = len(os.fsencode(e["target"]))

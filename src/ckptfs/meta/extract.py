@@ -6,29 +6,39 @@ content is untrusted: nothing here raises because of it, nothing is unpickled, a
 symlinks are never followed. Each malformed field is skipped with a warning while the
 rest is still extracted.
 
-Read: `*.safetensors` headers (any depth); `config.json`, `trainer_state.json` and
-`training_args.json` (top level only); the zip central directory or first bytes of
-pickled files (`*.pt *.pth *.bin *.ckpt *.pkl`, any depth).
+Read: `*.safetensors` headers (any depth); at the top level only, `config.json`,
+`trainer_state.json`, `training_args.json` and `training_args.bin`, the Hugging Face
+result files (`all_results.json`, `eval_results.json`…), a Lightning `*.ckpt` or a
+standalone `*.pt`/`*.pth` (their pickles read by meta/pickled.py, never unpickled:
+extract_pickled.py); the zip central directory or first bytes of pickled files
+(`*.pt *.pth *.bin *.ckpt *.pkl`, any depth).
+
+Where two files say the same thing, the precedence (docs/sidecar.md) is: step and
+epoch from trainer_state.json, else a Lightning checkpoint, else a standalone torch
+file, else (epoch only) the result files; metrics from trainer_state.json's last
+evaluation, overridden key by key by a Lightning checkpoint's score and then by the
+result files (the final word of a finished run); hyperparameters and seeds from
+training_args.json overridden key by key by training_args.bin (what the Trainer itself
+saved, and reads back on resume).
 """
-import json
 import math
 import os
-import stat
 import struct
 import zipfile
 
+from . import extract_pickled
+from .fields import (FieldReader, SkipField, is_bookkeeping, is_count, is_list_of, is_number,
+                     is_str, is_string_map, json_safe, merge_lineage, open_regular_file,
+                     parse_json_bytes, put_if_set, read_top_level_json, set_package,
+                     short_repr, training_lineage)
+
 MAX_FILES = 10_000
-MAX_JSON_BYTES = 16 << 20
 MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_LISTED_PICKLES = 20
 PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
-EVAL_BOOKKEEPING = frozenset({"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"})
-SEED_KEYS = ("seed", "data_seed")
 PICKLE_PROTO_OPCODE = 0x80
-
-
-class SkipField(Exception):
-    """A field or file that cannot be used; the message is the warning (without the path)."""
+RESULT_FILES = ("all_results.json", "train_results.json", "eval_results.json",
+                "test_results.json", "predict_results.json")  # later ones win
 
 
 def extract_facts(src_dir: str) -> tuple[dict, list[str]]:
@@ -64,6 +74,9 @@ def extract_all(src_dir: str, files: list[str], facts: dict, warnings: list[str]
     for name, add_facts in TOP_LEVEL_JSON.items():
         if name in top_level:
             guarded(name, warnings, add_facts, src_dir, facts, extracted, warnings)
+    add_training_args_bin(src_dir, top_level, facts, extracted, warnings)
+    add_pickled_checkpoint(src_dir, top_level, facts, extracted, warnings)
+    add_result_files(src_dir, top_level, facts, extracted, warnings)
     if pickles:
         extracted["pickles"] = pickles
     return extracted
@@ -115,19 +128,6 @@ def scan_dir(src_dir: str, rel_dir: str, warnings: list[str]) -> list[os.DirEntr
         warnings.append(f"{rel_dir or src_dir}: directory cannot be listed "
                         f"({exc.strerror or exc}): skipped")
         return []
-
-
-def open_regular_file(src_dir: str, rel: str):
-    """Open rel for reading without following a symlink; (file object, size)."""
-    fd = os.open(os.path.join(src_dir, rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise SkipField("not a regular file")
-        return os.fdopen(fd, "rb"), info.st_size
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def read_exactly(f, size: int) -> bytes:
@@ -221,70 +221,8 @@ def describe_zip(f, rel: str, warnings: list[str]) -> dict:
 
 # -- JSON files at the top level -------------------------------------------------------------
 
-def read_json_file(src_dir: str, name: str):
-    """The parsed JSON of top-level file `name` (SkipField if too large or invalid)."""
-    f, size = open_regular_file(src_dir, name)
-    with f:
-        if size > MAX_JSON_BYTES:
-            raise SkipField(f"file is {size} bytes; JSON files over {MAX_JSON_BYTES >> 20} MiB "
-                            "are not read")
-        data = f.read(MAX_JSON_BYTES + 1)
-    return parse_json_bytes(data, "not valid JSON")
-
-
-def read_top_level_json(src_dir: str, name: str) -> dict:
-    doc = read_json_file(src_dir, name)
-    if not isinstance(doc, dict):
-        raise SkipField("top level is not a JSON object")
-    return doc
-
-
-def parse_json_bytes(data: bytes, what: str):
-    try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
-        raise SkipField(f"{what} (line {exc.lineno} column {exc.colno})") from None
-    except UnicodeDecodeError:
-        raise SkipField(f"{what} (not UTF-8 text)") from None
-    except RecursionError:
-        raise SkipField(f"{what} (nested too deeply)") from None
-
-
 def load_top_level_json(src_dir: str, name: str, warnings: list[str]) -> dict | None:
     return guarded(name, warnings, read_top_level_json, src_dir, name)
-
-
-class FieldReader:
-    """Typed access to the fields of one JSON document; a wrong type becomes a warning."""
-
-    def __init__(self, doc: dict, file_name: str, warnings: list[str]):
-        self.doc, self.file_name, self.warnings = doc, file_name, warnings
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(f"{self.file_name}: {text}")
-
-    def typed(self, key: str, check, kind: str):
-        value = self.doc.get(key)
-        if value is None:
-            return None
-        if not check(value):
-            self.warn(f"{key} is not {kind} ({short_repr(value)}): skipped")
-            return None
-        return value
-
-    def integer(self, key: str) -> int | None:
-        return self.typed(key, is_int, "an integer")
-
-    def number(self, key: str) -> float | None:
-        value = self.typed(key, is_number, "a number")
-        if value is not None and not math.isfinite(value):
-            self.warn(f"{key} is not finite ({value}): skipped")
-            return None
-        return None if value is None else float(value)
-
-    def string(self, key: str) -> str | None:
-        value = self.typed(key, lambda v: isinstance(v, str), "a string")
-        return None if value is None else json_safe(value)
 
 
 # config.json
@@ -305,9 +243,7 @@ def add_config(src_dir: str, facts: dict, extracted: dict, warnings: list[str]) 
             summary[key] = value
     extracted["config"] = summary
     if "transformers_version" in summary:
-        lineage = facts.setdefault("lineage", {})
-        packages = lineage.setdefault("environment", {}).setdefault("packages", {})
-        packages["transformers"] = summary["transformers_version"]
+        set_package(facts, "transformers", summary["transformers_version"])
 
 
 # trainer_state.json
@@ -331,7 +267,7 @@ def add_trainer_state(src_dir: str, facts: dict, extracted: dict, warnings: list
     put_if_set(metrics, "loss", summary.get("last_loss"))
     metrics.update(summary.get("last_eval", {}))
     if metrics:
-        facts["metrics"] = metrics
+        facts.setdefault("metrics", {}).update(metrics)
 
 
 def summarize_log_history(fields: FieldReader) -> dict:
@@ -349,28 +285,29 @@ def summarize_log_history(fields: FieldReader) -> dict:
             summary["last_loss"] = float(loss)
         else:
             fields.warn(f"log_history: last loss is not finite ({loss}): skipped")
-    last_eval = next((e for e in reversed(entries) if has_eval_key(e)), None)
+    last_eval = next((e for e in reversed(entries) if any(map(is_eval_key, e))), None)
     if last_eval is not None:
-        metrics = eval_metrics(last_eval, fields)
+        metrics = numeric_metrics(last_eval, is_eval_key, fields, "log_history: ")
         if metrics:
             summary["last_eval"] = metrics
     return summary
 
 
-def has_eval_key(entry: dict) -> bool:
-    return any(key.startswith("eval_") for key in entry)
+def is_eval_key(key: str) -> bool:
+    return key.startswith("eval_")
 
 
-def eval_metrics(entry: dict, fields: FieldReader) -> dict:
+def numeric_metrics(entry: dict, wanted, fields: FieldReader, where: str = "") -> dict:
+    """The finite numbers of `entry` whose keys `wanted` accepts, bookkeeping (runtimes,
+    throughputs) left out; each value that is not a finite number is a warning."""
     metrics = {}
     for key, value in entry.items():
-        if not key.startswith("eval_") or key in EVAL_BOOKKEEPING:
+        if not wanted(key) or is_bookkeeping(key):
             continue
         if not is_number(value):
-            fields.warn(f"log_history: {json_safe(key)} is not a number "
-                        f"({short_repr(value)}): skipped")
+            fields.warn(f"{where}{json_safe(key)} is not a number ({short_repr(value)}): skipped")
         elif not math.isfinite(value):
-            fields.warn(f"log_history: {json_safe(key)} is not finite ({value}): skipped")
+            fields.warn(f"{where}{json_safe(key)} is not finite ({value}): skipped")
         else:
             metrics[json_safe(key)] = float(value)
     return metrics
@@ -382,26 +319,8 @@ def add_training_args(src_dir: str, facts: dict, extracted: dict, warnings: list
     doc = load_top_level_json(src_dir, "training_args.json", warnings)
     if doc is None:
         return
-    fields = FieldReader(doc, "training_args.json", warnings)
     extracted["training_args"] = {"path": "training_args.json", "keys": len(doc)}
-    hyperparameters = {}
-    for key, value in doc.items():
-        if key in SEED_KEYS or not (is_scalar(value) or is_list_of(value, is_scalar)):
-            continue  # nested structures are not hyperparameters
-        if is_finite_scalar(value) or is_list_of(value, is_finite_scalar):
-            hyperparameters[json_safe(key)] = json_safe_value(value)
-        else:
-            fields.warn(f"{json_safe(key)} holds a non-finite number: skipped")
-    seeds = {}
-    for key in SEED_KEYS:
-        put_if_set(seeds, key, fields.integer(key))
-    lineage = {}
-    if hyperparameters:
-        lineage["hyperparameters"] = hyperparameters
-    if seeds:
-        lineage["seeds"] = seeds
-    if lineage:
-        facts.setdefault("lineage", {}).update(lineage)
+    merge_lineage(facts, training_lineage(FieldReader(doc, "training_args.json", warnings)))
 
 
 TOP_LEVEL_JSON = {
@@ -411,62 +330,61 @@ TOP_LEVEL_JSON = {
 }
 
 
-# -- small helpers -----------------------------------------------------------------------------
+# -- pickled files at the top level: training_args.bin, a Lightning or standalone checkpoint ---
 
-def is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def is_count(value) -> bool:
-    return is_int(value) and value >= 0
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def add_training_args_bin(src_dir: str, top_level: set, facts: dict, extracted: dict,
+                          warnings: list[str]) -> None:
+    """After training_args.json (TOP_LEVEL_JSON), so that the .bin wins key by key."""
+    name = "training_args.bin"
+    if name in top_level:
+        guarded(name, warnings, extract_pickled.add_training_args_bin, src_dir, name, facts,
+                extracted, warnings)
 
 
-def is_str(value) -> bool:
-    return isinstance(value, str)
+def add_pickled_checkpoint(src_dir: str, top_level: set, facts: dict, extracted: dict,
+                           warnings: list[str]) -> None:
+    """The one `*.ckpt` at the top level (a Lightning checkpoint); else, when nothing
+    gave step or epoch, the one standalone `*.pt`/`*.pth`. Several are ambiguous: none
+    is read."""
+    ckpts = sorted(n for n in top_level if n.lower().endswith(".ckpt"))
+    if len(ckpts) > 1:
+        warnings.append(f"{len(ckpts)} .ckpt files at the top level ({', '.join(ckpts[:4])}"
+                        f"{', …' if len(ckpts) > 4 else ''}): none read for step, epoch or "
+                        "metrics")
+    elif ckpts:
+        guarded(ckpts[0], warnings, extract_pickled.add_lightning_checkpoint, src_dir,
+                ckpts[0], facts, extracted, warnings)
+    elif "step" not in facts and "epoch" not in facts:
+        standalone = sorted(n for n in top_level if extract_pickled.is_standalone_torch_file(n))
+        if len(standalone) == 1:
+            guarded(standalone[0], warnings, extract_pickled.add_torch_progress, src_dir,
+                    standalone[0], facts, extracted, warnings)
 
 
-def is_scalar(value) -> bool:
-    return value is None or isinstance(value, (str, int, float, bool))
+def first_set(*values):
+    return next((value for value in values if value is not None), None)
 
 
-def is_finite_scalar(value) -> bool:
-    return is_scalar(value) and not (isinstance(value, float) and not math.isfinite(value))
+# -- Hugging Face result files ----------------------------------------------------------------
 
-
-def is_list_of(value, check) -> bool:
-    return isinstance(value, list) and all(check(item) for item in value)
-
-
-def is_string_map(value) -> bool:
-    return isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-
-
-def put_if_set(target: dict, key: str, value) -> None:
-    if value is not None:
-        target[key] = value
-
-
-def json_safe(text: str) -> str:
-    """text with lone surrogates (possible from JSON '\\ud800' escapes) made encodable."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def json_safe_value(value):
-    if isinstance(value, str):
-        return json_safe(value)
-    if isinstance(value, list):
-        return [json_safe_value(v) for v in value]
-    return value
-
-
-def short_repr(value, limit: int = 40) -> str:
-    text = json_safe(repr(value))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+def add_result_files(src_dir: str, top_level: set, facts: dict, extracted: dict,
+                     warnings: list[str]) -> None:
+    """metrics from `*_results.json` (what Trainer.save_metrics writes at the end of a
+    run): they override the metrics read before them; `epoch` when nothing gave one."""
+    metrics: dict = {}
+    epoch = None
+    used = []
+    for name in RESULT_FILES:
+        doc = load_top_level_json(src_dir, name, warnings) if name in top_level else None
+        if doc is None:
+            continue
+        used.append(name)
+        fields = FieldReader(doc, name, warnings)
+        metrics.update(numeric_metrics(doc, lambda key: key != "epoch", fields))
+        epoch = first_set(fields.number("epoch"), epoch)
+    if used:
+        extracted["results"] = {"paths": used}
+    if metrics:
+        facts.setdefault("metrics", {}).update(metrics)
+    if epoch is not None:
+        facts.setdefault("epoch", epoch)

@@ -170,10 +170,16 @@ def read_environment(proc: str, env_allow) -> dict | None:
 
 
 def env_name_allowed(name: str, env_allow) -> bool:
-    upper = name.upper()
-    if any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_NAME_PATTERNS):
+    if looks_like_secret(name):
         return False
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in env_allow)
+
+
+def looks_like_secret(name: str) -> bool:
+    """Does `name` (of an environment variable, a training argument…) match, in any
+    case, one of SECRET_NAME_PATTERNS? Such values are never copied into a sidecar."""
+    upper = name.upper()
+    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_NAME_PATTERNS)
 
 
 def read_mapped_paths(proc: str) -> list[str] | None:

@@ -5,7 +5,9 @@ and may call, so `torch.load` of a file whose pickle names `os.system` runs a sh
 command. At seal, every pickle-named file (`*.pt *.pth *.bin *.ckpt *.pkl *.pickle`) is
 walked opcode by opcode, never unpickled, and each global it imports that is not on the
 safe list below (data-only constructors: torch tensors and storages, numpy arrays,
-plain containers) is a finding. Inside a torch zip (`torch.save` since 1.6) each `*.pkl`
+plain containers; the enums and config classes transformers, accelerate and Lightning
+pickle into their own checkpoints, the config classes only when rebuilt from saved
+state rather than called) is a finding. Inside a torch zip (`torch.save` since 1.6) each `*.pkl`
 member is walked; inside a legacy tar (`torch.save` before 0.4) each member is; a file
 that is neither is walked as a pickle stream, including the pickles torch's legacy
 format writes one after the other.
@@ -26,12 +28,8 @@ rather than written as a constant, an extension code) it is a finding. A pickle 
 large to walk within the limits is a finding as well: what it would import past the
 limit is unknown.
 """
-import _compat_pickle
-import codecs
 import errno
-import io
 import os
-import pickletools
 import stat
 import tarfile
 import zipfile
@@ -41,6 +39,11 @@ from dataclasses import dataclass, field
 from ckptfs.store.ingest import walk_source
 
 from .errors import SealRefused
+from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, PICKLE_HIGHEST, STRING_OPS,
+                            ArchiveUnreadable, LimitReached, Malformed, Stream, member_stream,
+                            named_global, next_opcode, read_argument, stacked_global,
+                            string_value, zip_directory)
+from .pickle_stream import compat_name, importable  # noqa: F401 (the tests use them from here)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
@@ -48,9 +51,8 @@ DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | re
 
 MAX_OPCODES = 2_000_000          # per file: a torch data.pkl has thousands
 MAX_MEMBER_BYTES = 1 << 30       # a pickle inside a zip or tar larger than this is not read
-MAX_KEPT = 4096                  # longest string constant (or name) kept; longer ones skipped
 MAX_FINDINGS_PER_PICKLE = 20     # distinct globals listed per pickle; the rest are counted
-READ_CHUNK = 1 << 16
+MAX_KEPT_BYTES = 64 << 20        # string constants kept per file (the stack and memo hold them)
 
 # -- the safe list -------------------------------------------------------------------------
 # Globals a checkpoint's pickle may import without a finding: each builds data from its
@@ -96,6 +98,45 @@ SAFE_GLOBALS = {
     "torch.nn.parameter": {"Parameter"},
     "torch.serialization": {"_get_layout"},
 }
+# What transformers, accelerate and Lightning write into their own checkpoints
+# (training_args.bin, Lightning's hyper-parameters), found by scanning what each writes.
+# Enums: calling one looks a member up by value (or fails), whatever the arguments.
+FRAMEWORK_ENUMS = {
+    ("transformers.training_args", "OptimizerNames"),
+    ("transformers.trainer_utils", "SchedulerType"),
+    ("transformers.trainer_utils", "IntervalStrategy"),
+    ("transformers.trainer_utils", "SaveStrategy"),
+    ("transformers.trainer_utils", "HubStrategy"),
+    ("transformers.trainer_utils", "FSDPOption"),
+    ("transformers.trainer_utils", "HPSearchBackend"),
+    ("transformers.trainer_utils", "EvaluationStrategy"),    # transformers 4.x
+    ("transformers.trainer_utils", "ShardedDDPOption"),      # transformers 4.x
+    ("transformers.debug_utils", "DebugOption"),
+    ("accelerate.utils.dataclasses", "DistributedType"),
+}
+# A dict with attribute access: Lightning's hyper-parameters.
+ATTRIBUTE_DICTS = {
+    ("lightning.fabric.utilities.data", "AttributeDict"),      # lightning 2.x
+    ("lightning_fabric.utilities.data", "AttributeDict"),      # pytorch_lightning 2.x
+    ("pytorch_lightning.utilities.parsing", "AttributeDict"),  # pytorch_lightning 1.x
+}
+# Safe only when rebuilt from saved state: NEWOBJ with no arguments (`cls.__new__(cls)`,
+# which is object.__new__ for each: no __init__ runs), then BUILD, which fills the new
+# instance's __dict__ (none of them defines __setstate__). Called instead (REDUCE, INST,
+# OBJ, NEWOBJ with arguments) or handed to another constructor (copyreg._reconstructor
+# calls its base's __init__), their __init__/__post_init__ would run: set up devices,
+# read config files named in the arguments, start a distributed process group. Any
+# such use is a finding, unless the project allows the class by name (`pickle_allow`).
+STATE_ONLY = {
+    ("transformers.training_args", "TrainingArguments"),
+    ("transformers.training_args_seq2seq", "Seq2SeqTrainingArguments"),
+    ("transformers.trainer_pt_utils", "AcceleratorConfig"),
+    ("transformers.generation.configuration_utils", "GenerationConfig"),
+    ("accelerate.state", "PartialState"),
+}
+for _module, _name in FRAMEWORK_ENUMS | ATTRIBUTE_DICTS | STATE_ONLY:
+    SAFE_GLOBALS.setdefault(_module, set()).add(_name)
+
 # torch._utils._rebuild_tensor_v2, _rebuild_parameter, … (every tensor rebuilder).
 SAFE_PREFIXES = {"torch._utils": "_rebuild_"}
 # torch.FloatStorage, torch.UntypedStorage, torch.cuda.HalfStorage, … (storage classes;
@@ -113,92 +154,14 @@ def is_safe(module: str, name: str, allowed: frozenset = frozenset()) -> bool:
             return True
         if module in STORAGE_MODULES and name.endswith("Storage"):
             return True
+    return allowed_by_project(module, name, allowed)
+
+
+def allowed_by_project(module: str, name: str, allowed: frozenset) -> bool:
     return f"{module}.{name}" in allowed or f"{module}.*" in allowed
 
 
-# -- reading a pickle stream -----------------------------------------------------------------
-
-class Malformed(Exception):
-    """The bytes stop being a pickle here: the unpickler would fail at this point too."""
-
-
-class LimitReached(Exception):
-    """The pickle is too large to walk within the limits."""
-
-
-class Stream:
-    """A pickle's bytes read forward: exact small reads, lines kept up to MAX_KEPT bytes,
-    long arguments skipped without being held in memory."""
-
-    def __init__(self, f, size: int):
-        self.f, self.size = f, size
-
-    @property
-    def offset(self) -> int:
-        return self.f.tell()
-
-    def read(self, n: int) -> bytes:
-        data = self.f.read(n)
-        if len(data) != n:
-            raise Malformed(f"the bytes end inside an opcode (offset {self.offset})")
-        return data
-
-    def skip(self, n: int) -> None:
-        if self.offset + n > self.size:
-            raise Malformed(f"an argument of {n} bytes runs past the end (offset {self.offset})")
-        if self.f.seekable():
-            self.f.seek(n, io.SEEK_CUR)
-            return
-        while n:
-            n -= len(self.read(min(n, READ_CHUNK)))
-
-    def line(self) -> tuple[bytes, bool]:
-        """The next line without its newline: (its first MAX_KEPT bytes, whether that is all)."""
-        kept = self.f.readline(MAX_KEPT + 1)
-        if kept.endswith(b"\n"):
-            return kept[:-1], True
-        if len(kept) <= MAX_KEPT:  # the bytes end inside the line: the C unpickler fails
-            if not kept:           # here, the pure-Python one takes the line less its last
-                raise Malformed(f"the bytes end before a line argument (offset {self.offset})")
-            return kept[:-1], True  # byte (and fails on the next read): do as it does
-        rest = kept
-        while not rest.endswith(b"\n"):  # too long to keep: read on to its end
-            rest = self.f.readline(READ_CHUNK)
-            if not rest:
-                raise Malformed(f"the bytes end inside a line argument (offset {self.offset})")
-        return kept[:MAX_KEPT], False
-
-    def starts_pickle(self) -> bool:
-        """Do the next bytes begin a pickle of protocol 2 or later (PROTO 2..5)?"""
-        head = self.f.read(2)
-        self.f.seek(-len(head), io.SEEK_CUR)
-        return len(head) == 2 and head[0] == PROTO and 2 <= head[1] <= pickle_HIGHEST
-
-
-PROTO = 0x80
-pickle_HIGHEST = 5
-OPCODES = {ord(op.code): op for op in pickletools.opcodes}
-
-
-def stack_effect(op) -> tuple[bool, int, int]:
-    """(pops down to a MARK?, values popped besides, values pushed) of an opcode."""
-    before = op.stack_before
-    if pickletools.markobject in before:
-        return True, before.index(pickletools.markobject), len(op.stack_after)
-    return False, len(before), len(op.stack_after)
-
-
-EFFECTS = {code: stack_effect(op) for code, op in OPCODES.items()}
-LENGTH_PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False),
-                 pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
-                 pickletools.TAKEN_FROM_ARGUMENT4U: (4, False),
-                 pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
-STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE",
-              "BINUNICODE", "BINUNICODE8"}
-MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
-MEMO_GETS = {"GET", "BINGET", "LONG_BINGET"}
-INT_ARG_OPS = MEMO_PUTS | MEMO_GETS | {"PROTO", "EXT1", "EXT2", "EXT4"}
-
+# -- walking a pickle stream -----------------------------------------------------------------
 
 class Unknown:
     """A stack value the walk does not track (anything but a string constant)."""
@@ -209,68 +172,18 @@ class Unknown:
 
 UNKNOWN = Unknown()
 MARK = object()
-TOO_LONG = object()
+NO_ARGS = object()  # an empty tuple: the arguments of NEWOBJ when nothing is passed
 
 
-def read_argument(stream: Stream, op):
-    """The argument of `op`: bytes (or a (bytes, bytes) pair for GLOBAL and INST), an
-    int for memo, protocol and extension opcodes, TOO_LONG for a skipped one, or None."""
-    arg = op.arg
-    if arg is None:
-        return None
-    if arg.n >= 0:
-        data = stream.read(arg.n)
-        if op.name in INT_ARG_OPS:
-            return int.from_bytes(data, "little", signed=op.name == "EXT4")
-        return data
-    if arg.n == pickletools.UP_TO_NEWLINE:
-        if op.name in ("GLOBAL", "INST"):
-            return stream.line(), stream.line()
-        text, whole = stream.line()
-        if op.name in MEMO_PUTS | MEMO_GETS:
-            return memo_index(text)
-        return text if whole else TOO_LONG
-    width, signed = LENGTH_PREFIX[arg.n]
-    length = int.from_bytes(stream.read(width), "little", signed=signed)
-    if length < 0:
-        raise Malformed(f"{op.name} has a negative length (offset {stream.offset})")
-    if op.name in STRING_OPS and length <= MAX_KEPT:
-        return stream.read(length)
-    stream.skip(length)
-    return TOO_LONG
+class GlobalRef:
+    """A global on the stack, to see how it is used: a STATE_ONLY class may only be the
+    class of a NEWOBJ without arguments."""
 
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
 
-def memo_index(text: bytes) -> int:
-    try:
-        index = int(text)
-    except ValueError:
-        raise Malformed(f"memo index {text[:20]!r} is not a number") from None
-    if index < 0:
-        raise Malformed("negative memo index")
-    return index
-
-
-def string_value(name: str, data) -> str | Unknown:
-    """The str a string opcode pushes (UNKNOWN if it was too long to keep or undecodable:
-    the walk then only knows it is not a name it has seen)."""
-    if data is TOO_LONG:
-        return UNKNOWN
-    try:
-        if name == "STRING":  # protocol 0: a quoted Python 2 literal
-            if len(data) < 2 or data[0] != data[-1] or data[:1] not in (b"'", b'"'):
-                raise Malformed("a STRING argument is not quoted")
-            return codecs.escape_decode(data[1:-1])[0].decode("latin-1")
-        if name == "UNICODE":
-            return data.decode("raw-unicode-escape")
-        if name in ("BINSTRING", "SHORT_BINSTRING"):
-            return data.decode("latin-1")
-        return data.decode("utf-8", "surrogatepass")
-    except (UnicodeDecodeError, ValueError):
-        return UNKNOWN
-
-
-def importable(text: str) -> bool:
-    return all(part.isidentifier() for part in text.split("."))
+    def __repr__(self):
+        return f"{self.module}.{self.name}"
 
 
 @dataclass
@@ -282,6 +195,7 @@ class PickleWalk:
     # are noise (and the unpickler fails on them without a registered extension).
     unreadable: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)   # findings that are not a global
+    misused: list[tuple[str, str]] = field(default_factory=list)  # STATE_ONLY classes called
     pickles: int = 0              # pickles read to their STOP
     limited: bool = False         # stopped by MAX_OPCODES: what follows is unknown
     error: str | None = None      # why the walk stopped before a STOP, if it did
@@ -290,10 +204,11 @@ class PickleWalk:
 
 
 class Walker:
-    """The opcode walk of one file, with the file's opcode budget."""
+    """The opcode walk of one file, with the file's opcode and string budgets."""
 
     def __init__(self):
         self.opcodes = 0
+        self.kept_bytes = 0
 
     def walk_stream(self, stream: Stream) -> PickleWalk:
         """Every pickle at the start of `stream`: the first, and any that follow it with
@@ -315,6 +230,16 @@ class Walker:
             if stream.offset >= stream.size or not stream.starts_pickle():
                 return found
 
+    def kept_string(self, name: str, arg):
+        """A string constant, kept (it may name a module) while the file's strings stay
+        under MAX_KEPT_BYTES: past that, UNKNOWN, so that memory stays bounded and a
+        global named by it is a `<computed>` finding rather than a miss."""
+        text = string_value(name, arg)
+        if text is None:
+            return UNKNOWN
+        self.kept_bytes += len(arg)
+        return text if self.kept_bytes <= MAX_KEPT_BYTES else UNKNOWN
+
     def walk_pickle(self, stream: Stream, found: PickleWalk) -> None:
         """One pickle, up to its STOP, tracking the stack as far as names need it."""
         stack: list = []
@@ -326,48 +251,52 @@ class Walker:
                 return stack.pop()
             return UNKNOWN  # the unpickler fails here (underflow): nothing is hidden by going on
 
+        def use(value):
+            """`value` is taken by an opcode that may call it or pass it on."""
+            if isinstance(value, GlobalRef) and (value.module, value.name) in STATE_ONLY:
+                found.misused.append((value.module, value.name))
+
         def pop_mark():
             while stack:
-                if stack.pop() is MARK:
+                value = stack.pop()
+                if value is MARK:
                     return
+                use(value)
 
-        read1 = stream.f.read
         while True:
             self.opcodes += 1
             if self.opcodes > MAX_OPCODES:
                 raise LimitReached(f"over {MAX_OPCODES:,} opcodes: not walked to the end")
-            code = read1(1)
-            if not code:
-                raise Malformed(f"the bytes end before the pickle's STOP (offset {stream.offset})")
-            op = OPCODES.get(code[0])
-            if op is None:
-                raise Malformed(f"byte 0x{code[0]:02x} at offset {stream.offset - 1} "
-                                "is not a pickle opcode")
+            op = next_opcode(stream)
             arg = read_argument(stream, op)
             name = op.name
             if name == "STOP":
                 pop()
                 return
             if name == "PROTO":
-                if arg > pickle_HIGHEST:
+                if arg > PICKLE_HIGHEST:
                     raise Malformed(f"unsupported pickle protocol {arg}")
                 protocol = arg
                 if found.pickles == 0:
                     found.protocol = arg
             elif name in STRING_OPS:
-                stack.append(string_value(name, arg))
-            elif name in ("GLOBAL", "INST"):
-                found.imported.append(self.named_global(*arg, protocol))
-                if name == "INST":
-                    pop_mark()
+                stack.append(self.kept_string(name, arg))
+            elif name == "GLOBAL":
+                found.imported.append(named_global(*arg, protocol))
+                stack.append(GlobalRef(*found.imported[-1]))
+            elif name == "INST":  # import the class and call it with the values to MARK
+                found.imported.append(named_global(*arg, protocol))
+                use(GlobalRef(*found.imported[-1]))
+                pop_mark()
                 stack.append(UNKNOWN)
             elif name == "STACK_GLOBAL":
                 attr, module = pop(), pop()
                 if isinstance(module, str) and isinstance(attr, str):
-                    found.imported.append(self.stacked_global(module, attr))
+                    found.imported.append(stacked_global(module, attr))
+                    stack.append(GlobalRef(*found.imported[-1]))
                 else:
                     found.unreadable.append(f"{module}.{attr}")
-                stack.append(UNKNOWN)
+                    stack.append(UNKNOWN)
             elif name in ("EXT1", "EXT2", "EXT4"):
                 found.unreadable.append(f"<extension code {arg}>")
                 stack.append(UNKNOWN)
@@ -384,45 +313,21 @@ class Walker:
             elif name == "POP":
                 if stack:
                     stack.pop()  # a MARK too, as the unpickler does
+            elif name == "EMPTY_TUPLE":
+                stack.append(NO_ARGS)
+            elif name == "NEWOBJ":  # cls.__new__(cls, *args): a rebuild when args is ()
+                args, cls = pop(), pop()
+                if args is not NO_ARGS:
+                    use(cls)
+                stack.append(UNKNOWN)
             else:  # pop what it takes (down to a MARK if it takes a slice), push values
-                to_mark, popped, pushed = EFFECTS[code[0]]  # the walk does not follow
+                to_mark, popped, pushed = EFFECTS[name]  # the walk does not follow
                 if to_mark:
                     pop_mark()
                 for _ in range(popped):
-                    pop()
+                    use(pop())
                 for _ in range(pushed):
                     stack.append(UNKNOWN)
-
-    @staticmethod
-    def named_global(module_line: tuple[bytes, bool], name_line: tuple[bytes, bool],
-                     protocol: int) -> tuple[str, str]:
-        """GLOBAL and INST: the names as the unpickler decodes and maps them."""
-        try:
-            module, name = module_line[0].decode("utf-8"), name_line[0].decode("utf-8")
-        except UnicodeDecodeError:
-            raise Malformed("a GLOBAL names a module that is not UTF-8") from None
-        if not (module_line[1] and name_line[1]):  # too long to be a real name: a finding
-            return module + ("…" if not module_line[1] else ""), name + "…"
-        if not (importable(module) and importable(name)):
-            raise Malformed(f"GLOBAL {module!r} {name!r} names nothing importable")
-        return compat_name(module, name, protocol)
-
-    @staticmethod
-    def stacked_global(module: str, name: str) -> tuple[str, str]:
-        """STACK_GLOBAL of two string constants: module and name."""
-        if not (importable(module) and importable(name)):
-            raise Malformed(f"STACK_GLOBAL {module[:80]!r} {name[:80]!r} names nothing importable")
-        return module, name
-
-
-def compat_name(module: str, name: str, protocol: int) -> tuple[str, str]:
-    """Python 2 names (`__builtin__.set`, `copy_reg._reconstructor`) as the unpickler of a
-    protocol 0-2 pickle maps them to Python 3's."""
-    if protocol < 3:
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            return _compat_pickle.NAME_MAPPING[(module, name)]
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-    return module, name
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -483,22 +388,20 @@ def looks_like_tar(f) -> bool:
 def zip_members(f):
     """(member name, Stream | reason it cannot be read) for each `*.pkl` of a zip."""
     try:
-        archive = zipfile.ZipFile(f)
-        infos = [i for i in archive.infolist() if i.filename.endswith(".pkl") and not i.is_dir()]
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as e:
-        yield None, f"zip archive whose directory cannot be read ({e})"
+        archive = zip_directory(f)
+    except ArchiveUnreadable as e:
+        yield None, str(e)
         return
+    infos = [i for i in archive.infolist() if i.filename.endswith(".pkl") and not i.is_dir()]
     if not infos:
         yield None, "zip archive with no .pkl member"
     for info in infos:
-        if info.file_size > MAX_MEMBER_BYTES:
-            yield info.filename, LimitReached(f"over {MAX_MEMBER_BYTES >> 20} MiB: not read")
-            continue
         try:
-            with archive.open(info) as member:
-                yield info.filename, Stream(member, info.file_size)
-        except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as e:
-            yield info.filename, f"cannot be read ({e})"
+            yield info.filename, member_stream(archive, info, MAX_MEMBER_BYTES)
+        except LimitReached as e:
+            yield info.filename, e
+        except ArchiveUnreadable as e:
+            yield info.filename, str(e)
 
 
 def tar_members(f):
@@ -578,9 +481,16 @@ def pickle_findings(rel: str, member: str | None, walk: PickleWalk, allowed: fro
         findings = findings[:MAX_FINDINGS_PER_PICKLE]
         findings.append({"file": rel, "pickle": member, "global": None,
                          "problem": f"{more} more globals not on the safe list"})
+    for module, name in dict.fromkeys(walk.misused):
+        if not allowed_by_project(module, name, allowed):
+            findings.append({"file": rel, "pickle": member, "global": f"{module}.{name}",
+                             "problem": MISUSED})
     for problem in walk.problems:
         findings.append({"file": rel, "pickle": member, "global": None, "problem": problem})
     return findings
+
+
+MISUSED = "used otherwise than rebuilt from saved state: loading it would run its code"
 
 
 # -- a checkpoint directory ----------------------------------------------------------------
@@ -614,15 +524,18 @@ def overall_status(files: dict, findings: list) -> str:
 def describe_finding(finding: dict) -> str:
     """`optimizer.pt [optimizer/data.pkl] imports posix.system` (or its problem)."""
     where = finding["file"] + (f" [{finding['pickle']}]" if finding.get("pickle") else "")
-    if finding["global"] is not None:
-        return f"{where} imports {finding['global']}"
-    return f"{where}: {finding['problem']}"
+    if finding["global"] is None:
+        return f"{where}: {finding['problem']}"
+    if finding.get("problem"):
+        return f"{where} imports {finding['global']}, {finding['problem']}"
+    return f"{where} imports {finding['global']}"
 
 
 def scan_warnings(scan: dict) -> list[str]:
     """The sidecar `warnings` of an unsafe scan, one per finding."""
-    return [f"unsafe pickle: {describe_finding(f)} (not on the safe list: loading it may "
-            "run code)" for f in scan["findings"]]
+    return [f"unsafe pickle: {describe_finding(f)}" + (
+        "" if f.get("problem") == MISUSED else " (not on the safe list: loading it may run code)")
+        for f in scan["findings"]]
 
 
 class UnsafePickleError(SealRefused):

@@ -63,21 +63,29 @@ def implied_lineage(provenance: dict) -> dict:
 
 
 def build_metadata(store, src: str, project: str, run: str, provenance: dict | None,
-                   recorded: dict | None = None) -> dict:
+                   recorded: dict | None = None, *, read_lineage: dict | None = None,
+                   annotations: dict | None = None, system: dict | None = None) -> dict:
     """The metadata sealed with a version (its sidecar minus identity, storage and files).
 
     `recorded` is metadata recorded elsewhere that outranks what the files and the
     writing process say: an exported version's own sidecar, when `ckptfs import` brings
     it into this store (its metrics, lineage, provenance…, and `imported_from`). Its
-    top-level keys replace this seal's whole; its `warnings` are added to this seal's."""
+    top-level keys replace this seal's whole; its `warnings` are added to this seal's.
+
+    From the mount: `read_lineage` is what the writing process read ({"parent": …,
+    "inputs": […]}, fs/reads.py), ranked with its provenance; `annotations` are the
+    user's (`ckptfs.annotate`), ranked above ckptfs.json; `system` sets `kind` and
+    `inbox` (where in the run directory the version was written)."""
     facts, warnings = extract_facts(src)
     user, user_warnings = read_user_metadata(src)
     warnings = warnings + user_warnings
+    user = deep_merge(user, annotations or {})
     provenance = deep_merge(provenance or {}, user.pop("provenance", None) or {})
     extracted = facts.pop("extracted", {})
-    merged = deep_merge(deep_merge(facts, {"lineage": implied_lineage(provenance)}), user)
+    implied = deep_merge(implied_lineage(provenance), read_lineage or {})
+    merged = deep_merge(deep_merge(facts, {"lineage": implied}), user)
     lineage = merged.get("lineage") or {}
-    if lineage.get("parent"):
+    if (user.get("lineage") or {}).get("parent"):
         lineage["parent"] = dict(lineage["parent"], source="explicit")
     tags = set(merged.get("tags") or [])
     for name in sorted(tags & {"latest", "best"}):
@@ -87,6 +95,7 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
     warnings += scan_warnings(scan)
     uid = provenance.get("uid", os.getuid())
     meta = {
+        **(system or {}),
         "sealed_by": {"uid": uid, "user": user_name(uid)},
         "tags": sorted(tags),
         "notes": merged.get("notes"),
@@ -125,8 +134,8 @@ def preview_sidecar(store, src: str, project: str, run: str, version: str, meta:
     only the ingest knows (the digest, SHA-256 and stored bytes, storage figures) is
     absent; the parent is the one the seal will record."""
     lineage = dict(meta.get("lineage") or {})
-    if not lineage.get("parent"):
-        newest = max(store.versions(project, run), key=lambda r: r["seq"], default=None)
+    if not lineage.get("parent") and meta.get("kind") != "files":
+        newest = store.newest_checkpoint(project, run)
         if newest is not None:
             lineage["parent"] = {"project": project, "run": run, "version": newest["version"],
                                  "source": "previous"}
@@ -154,19 +163,19 @@ def _source_entries(src: str) -> list[dict]:
 
 def archive_directory(store, src: str, project: str, run: str, version: str, *,
                       provenance: dict | None = None, progress=None, ingest=None,
-                      token_of=None, recorded: dict | None = None):
+                      token_of=None, recorded: dict | None = None, **mount_metadata):
     """Seal `src` as PROJECT/RUN/VERSION with its metadata (the import and the mount).
 
     `provenance` describes the process that wrote the files (the mount captures it at
     create time); without it, this process is the one recorded (and named in the journal
     and `sealed_by`). `recorded`: metadata that outranks what is read here (see
-    `build_metadata`; an export's sidecar on import). Raises SealRefused
-    (UnsafePickleError, SchemaViolation) before storing anything if a project policy
-    refuses the version; an `ingest` begun earlier is then left as it is, for the next
-    try."""
+    `build_metadata`; an export's sidecar on import), as do the mount's `read_lineage`,
+    `annotations` and `system`. Raises SealRefused (UnsafePickleError, SchemaViolation)
+    before storing anything if a project policy refuses the version; an `ingest` begun
+    earlier is then left as it is, for the next try."""
     if provenance is None:
         provenance = dict(describe_this_process(env_allow_list(store, project)), via="import")
-    meta = build_metadata(store, src, project, run, provenance, recorded)
+    meta = build_metadata(store, src, project, run, provenance, recorded, **mount_metadata)
     policy = store.project_settings(project).get("unsafe_pickles", DEFAULT_POLICY)
     refuse_if_unsafe(meta["scan"], policy, project, f"{project}/{run}/{version}")
     schema = store.project_schema(project)

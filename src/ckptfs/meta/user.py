@@ -11,7 +11,7 @@ import os
 
 from jsonschema import Draft202012Validator
 
-from .extract import SkipField, json_safe, read_json_file
+from .fields import SkipField, json_safe, read_json_file
 
 USER_FILE = "ckptfs.json"
 MAX_CLEANING_ROUNDS = 1000

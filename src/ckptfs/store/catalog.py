@@ -6,8 +6,8 @@
   `log`, `lineage` and `run.json` read these, never the packs.
 - Aliases: names for one version of a run at a time (`production`, `staging`…). Every
   change is a journal event, so moves are never lost and the index can be rebuilt.
-  `latest` (the newest version) and `best` (by the project's primary metric) are
-  derived, never stored.
+  `latest` (the newest checkpoint) and `best` (by the project's primary metric) are
+  derived, never stored; versions of kind `files` (logs, metrics) are never either.
 - Project settings (primary metric and direction, the environment allow-list, the
   unsafe-pickles policy and the globals a project trusts in pickles) and the
   project's JSON Schema, also journaled. Project `*` holds defaults for every project.
@@ -40,6 +40,16 @@ PROJECT_SETTINGS = {
         isinstance(x, str) and "." in x and x.strip() == x and x for x in v),
         "a list of MODULE.NAME or MODULE.* globals"),
 }
+
+
+# A version's `kind` (in its metadata): "checkpoint" (weights: the default), or "files"
+# (logs, metrics, anything without a model). A files version is never `latest`, `best`,
+# a default parent or a delta base.
+CHECKPOINT_KIND, FILES_KIND = "checkpoint", "files"
+
+
+def is_checkpoint_kind(doc: dict) -> bool:
+    return doc.get("kind") != FILES_KIND
 
 
 def search_document(record: dict, meta: dict) -> dict:
@@ -196,7 +206,7 @@ class CatalogMixin:
     @staticmethod
     def _paths_needed(paths: list[tuple], settings: dict) -> list[tuple]:
         if any(path[0] in ("tags", "aliases") for path in paths):
-            paths = paths + [("tags",)]
+            paths = paths + [("tags",), ("kind",)]
             if any(s.get("primary_metric") for s in settings.values()):
                 paths.append(("metrics",))  # for `best`
         return paths
@@ -262,10 +272,13 @@ class CatalogMixin:
 
     @staticmethod
     def _derived_aliases(project: str, run_docs: list[dict], settings: dict) -> dict[str, str]:
-        found = {"latest": max(run_docs, key=lambda d: d["seq"])["version"]}
+        checkpoints = [d for d in run_docs if is_checkpoint_kind(d)]
+        if not checkpoints:
+            return {}
+        found = {"latest": max(checkpoints, key=lambda d: d["seq"])["version"]}
         merged = {**settings.get(ALL_PROJECTS, {}), **settings.get(project, {})}
         if merged.get("primary_metric"):
-            best = best_of(run_docs, merged["primary_metric"], merged.get("mode", "min"))
+            best = best_of(checkpoints, merged["primary_metric"], merged.get("mode", "min"))
             if best is not None:
                 found["best"] = best
         return found

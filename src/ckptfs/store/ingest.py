@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from . import codec as codecs
+from .catalog import FILES_KIND
 from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
 from .errors import SourceError, StoreFullError
 from .index import Location
@@ -156,6 +157,10 @@ class Ingest:
         self.pending_ids: set[bytes] = set()               # being encoded right now
         self.delta_parent = None
         self._delta_parent_known = False
+        # Set by the mount before preparing: the version's kind, and the version its
+        # writer loaded its weights from (the best delta base; metadata can say it too).
+        self.kind: str | None = None
+        self.preferred_parent: dict | None = None
         self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
         self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
         self.metadata: dict = {}  # sealed with the version (the meta layer's sidecar fields)
@@ -202,9 +207,15 @@ class Ingest:
 
     def _choose_delta_parent(self):
         # Once per ingest: prepared files and the rest of the version share one parent.
-        if not self._delta_parent_known:
-            self.delta_parent = self.store.delta_parent_for(self.project, self.run)
-            self._delta_parent_known = True
+        if self._delta_parent_known:
+            return
+        self._delta_parent_known = True
+        kind = self.kind or self.metadata.get("kind")
+        if kind == FILES_KIND:
+            return  # logs and metrics: no tensors to delta-code
+        preferred = self.preferred_parent or (self.metadata.get("lineage") or {}).get("parent")
+        self.delta_parent = self.store.delta_parent_for(
+            self.project, self.run, preferred if isinstance(preferred, dict) else None)
 
     # -- ahead of the seal (the mount) ------------------------------------------------
     def prepare_file(self, rel_path: str, abs_path: str, token: Hashable,

@@ -21,7 +21,7 @@ import numpy as np
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .access import AccessMixin
-from .catalog import CatalogMixin, apply_catalog_event, search_document
+from .catalog import CatalogMixin, apply_catalog_event, is_checkpoint_kind, search_document
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
 from .deletion import RetentionMixin
 from .encryption import RecordCipher, key_check, obtain_key_file, open_store_key
@@ -273,12 +273,26 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             return False
         return True
 
-    def delta_parent_for(self, project: str, run: str) -> dict | None:
-        """The run's newest version: its tensors are the delta bases of the next one."""
+    def newest_checkpoint(self, project: str, run: str) -> dict | None:
+        """The catalog document of the run's newest version of kind `checkpoint`: the
+        parent and delta base of its next version. `files` versions (logs, metrics) are
+        never either (docs/mount.md)."""
+        docs = self.catalog_documents(project, run, fields=[("kind",)])
+        checkpoints = [d for d in docs if is_checkpoint_kind(d)]
+        return max(checkpoints, key=lambda d: d["seq"]) if checkpoints else None
+
+    def delta_parent_for(self, project: str, run: str, preferred: dict | None = None) -> dict | None:
+        """The version whose tensors are the delta bases of a new version of the run:
+        `preferred` ({project, run, version}: the version its writer loaded its weights
+        from) if it is a stored checkpoint, else the run's newest checkpoint."""
         if not self.config.compression.delta:
             return None
-        versions = self.versions(project, run)
-        return max(versions, key=lambda r: r["seq"]) if versions else None
+        if preferred:
+            doc = self.catalog_document(preferred["project"], preferred["run"], preferred["version"])
+            if doc is not None and is_checkpoint_kind(doc):
+                return self.version_record(doc["project"], doc["run"], doc["version"])
+        newest = self.newest_checkpoint(project, run)
+        return self.version_record(project, run, newest["version"]) if newest else None
 
     def delta_bases(self, parent: dict, path: str, layout) -> dict[int, bytes]:
         """{offset in the new file: chunk id of the same tensor block in the parent file}."""
@@ -405,12 +419,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return entry
 
     def _with_parent(self, project: str, run: str, metadata: dict | None) -> dict:
-        """The metadata with `lineage.parent`: the one it names, else the run's newest
-        version (a run's versions descend from each other)."""
+        """The metadata with `lineage.parent`: the one it names, else (for a checkpoint)
+        the run's newest checkpoint (a run's versions descend from each other)."""
         meta = dict(metadata or {})
         lineage = dict(meta.get("lineage") or {})
-        if not lineage.get("parent"):
-            newest = max(self.versions(project, run), key=lambda r: r["seq"], default=None)
+        if not lineage.get("parent") and is_checkpoint_kind(meta):
+            newest = self.newest_checkpoint(project, run)
             if newest is None:
                 return meta
             lineage["parent"] = {"project": project, "run": run, "version": newest["version"],

@@ -1,0 +1,1 @@
+"""Optional integrations with training frameworks (`pip install ckptfs[hf]`)."""
