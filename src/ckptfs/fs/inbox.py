@@ -19,6 +19,7 @@ Ingest starts before the seal: a file is prepared (chunked, deduplicated, compre
 packed) on a worker thread once its last writer closes it, into the ingest of its unit;
 the seal then only reads what changed since. Prepare and seal take turns on one lane.
 """
+import dataclasses
 import errno
 import functools
 import json
@@ -34,8 +35,9 @@ import pyfuse3
 import trio
 
 from ckptfs.meta.errors import SealRefused
-from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, GROUP, SEAL_MARKER, Unit,
-                                free_version_name, looks_like_job_output, unit_of)
+from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, FILES, GROUP, SEAL_MARKER, Unit,
+                                free_version_name, is_checkpoint_directory,
+                                looks_like_job_output, unit_of)
 from ckptfs.meta.provenance import describe_process
 from ckptfs.meta.seal import archive_directory, deep_merge, env_allow_list
 from ckptfs.meta.user import clean_document
@@ -1029,13 +1031,15 @@ class Inbox:
             state = self.units.get((*run, unit.path, None)) if unit else None
             if state is None:
                 return {"state": "writing" if unit else "empty", "unit": unit.path if unit else None}
-            return {"state": self._state_name(state), "unit": unit.path, "error": state.error}
+            return {"state": self._public_state(run, state), "unit": unit.path,
+                    "error": state.error}
         found = self._sealed(run, rel)
         if found is not None and found.unit is not None:
             return {"state": "sealed", "version": f"{run[0]}/{run[1]}/{found.unit.version}"}
         for (p, r, path, batch), state in self.units.items():
             if (p, r) == run and batch and (rel == path or rel.startswith(path + "/")):
-                return {"state": self._state_name(state), "unit": path, "error": state.error}
+                return {"state": self._public_state(run, state, batch), "unit": path,
+                        "error": state.error}
         raise pyfuse3.FUSEError(errno.ENOENT)
 
     # -- preparing ahead of the seal ----------------------------------------------------------
@@ -1370,6 +1374,10 @@ class Inbox:
         run, unit = (p, r), state.unit
         if unit.shape == GROUP:
             await trio.to_thread.run_sync(self._carry_over, run, unit, staging)
+            if unit.path == "":  # the loose files hold a model if a carried file makes them
+                files = [e.name for e in os.scandir(staging) if not e.is_dir()]
+                kind = CHECKPOINT if is_checkpoint_directory(files) else FILES
+                unit = state.unit = dataclasses.replace(unit, kind=kind)
         version = free_version_name(unit.name_hint, functools.partial(self._name_taken_for, run, key))
         ingest_key = (*run, unit_path) if batch is None else (*run, unit_path, batch)
         intent = self.spool.area(SEALING, self.spool.new_id() + ".json")
@@ -1531,6 +1539,15 @@ class Inbox:
         return ("sealing" if state.sealing else "failed" if state.error else "held" if state.held
                 else "removed" if state.batch else "pending")
 
+    def _public_state(self, run: tuple, state: UnitState, batch: str | None = None) -> str:
+        """What `ckptfs status` and `user.ckptfs.state` say: a pending unit is `writing`
+        while a file of it is open, else `quiet`."""
+        name = self._state_name(state)
+        if name == "pending":
+            root, members = self._members(run, state.unit, batch)
+            name = "writing" if self._open_members(root, members) else "quiet"
+        return name
+
     def status(self) -> list[dict]:
         now = time.time()
         out = []
@@ -1538,9 +1555,7 @@ class Inbox:
             root, members = self._members((p, r), state.unit, batch)
             if not members and batch is None:
                 continue
-            name = self._state_name(state)
-            if name == "pending":
-                name = "writing" if self._open_members(root, members) else "quiet"
+            name = self._public_state((p, r), state, batch)
             out.append({"version": f"{p}/{r}/{path}".rstrip("/") if path else f"{p}/{r}",
                         "path": path, "kind": state.unit.kind,
                         "age_seconds": round(now - state.first_seen, 1),
