@@ -481,6 +481,9 @@ def seal(store, ref, timeout):
         s.authorize(None, project, "writer", "seal versions", ref)
         from ckptfs.fs.offline import nothing_waits
         why = nothing_waits(s, project, run, path)
+        if why and not path:  # a whole run: nothing left to seal is what was asked
+            click.echo(f"{why}: everything written there is sealed")
+            return
         if why:
             fail(why)
         if daemon_pid(s.path) is None:  # the same seal the daemon makes, here
