@@ -44,7 +44,7 @@ from ckptfs.meta.user import clean_document
 from ckptfs.store import StoreError
 from ckptfs.store.names import InvalidNameError, validate_name
 
-from .reads import ReadTracker, process_chain
+from .reads import ReadTracker, process_chain, process_start
 from .spool import (ANNOTATIONS, ERROR_SUFFIX, INBOX, PROVENANCE, REMOVED, REQUESTS, SEALING,
                     Spool, inner_path, read_json, unit_key, write_json_atomically)
 from .tree import Node
@@ -59,6 +59,7 @@ XATTR_SEAL = b"user.ckptfs.seal"
 XATTR_ANNOTATE = b"user.ckptfs.annotate"
 XATTR_STATE = b"user.ckptfs.state"
 XATTR_VERSION = b"user.ckptfs.version"
+FILES_QUIET_MIN, FILES_QUIET_FACTOR = 60.0, 12  # seconds; times --seal-after
 UNSEALED = "\0unit:"  # marks a read of a unit not sealed yet (never a version name)
 
 
@@ -147,6 +148,8 @@ class Inbox:
     def __init__(self, store, seal_after: float = 5.0, daemon: bool = True):
         self.store = store
         self.seal_after = seal_after
+        # A unit of kind files is sealed when quiet and its writer is gone, or after this.
+        self.files_seal_after = max(FILES_QUIET_MIN, FILES_QUIET_FACTOR * seal_after)
         self.spool = Spool(store.path)
         self.root = self.spool.inbox
         self.reads = ReadTracker()
@@ -1066,25 +1069,22 @@ class Inbox:
 
     async def _prepare(self, job: PrepareJob):
         if job.ino in self.open_writers:
-            return  # written again: its close re-queues it
-        where = self.paths.get(job.ino)
-        if where is None or where[:2] != job.run:
-            return
-        run, rel = job.run, where[2]
-        unit = unit_of(self._units_of(*run), rel)
-        if unit is None or os.path.basename(rel) == SEAL_MARKER:
-            return
-        state = self.units.setdefault((*run, unit.path, None), UnitState(unit))
-        if state.sealing:
-            return
-        if self._earlier_pending(run, unit, state):
-            self.deferred.append(job)
-            return
+            return  # written again: its close queues it again
         async with self.lane:
-            generation = self.generations.get(job.ino)
-            where = self.paths.get(job.ino)
-            if generation is None or where != (*run, rel) or state.sealing or \
-                    self.units.get((*run, unit.path, None)) is not state:
+            # Where the file is now: it may have been renamed while this job waited for
+            # the lane (rsync renames each temporary file into place).
+            where, generation = self.paths.get(job.ino), self.generations.get(job.ino)
+            if where is None or generation is None or where[:2] != job.run:
+                return
+            run, rel = job.run, where[2]
+            unit = unit_of(self._units_of(*run), rel)
+            if unit is None or os.path.basename(rel) == SEAL_MARKER:
+                return
+            state = self.units.setdefault((*run, unit.path, None), UnitState(unit))
+            if state.sealing:
+                return
+            if self._earlier_pending(run, unit, state):
+                self.deferred.append(job)
                 return
             ingest = self._ingest_for(run, unit, state)
             if ingest is None:
@@ -1267,8 +1267,23 @@ class Inbox:
             # A write to it failed (a full disk): it is held until written again.
             state.troubled = state.held = True
             return False
-        return not state.held and not state.error and \
-            now - self._last_change(run, state.unit) >= self.seal_after
+        if state.held or state.error:
+            return False
+        quiet = now - self._last_change(run, state.unit)
+        if state.unit.kind == CHECKPOINT:
+            return quiet >= self.seal_after
+        # Logs and metrics (TensorBoard closes its file after each flush): sealed once the
+        # job that writes them has ended, or after a long quiet; not at every pause.
+        return quiet >= self.files_seal_after or (
+            quiet >= self.seal_after and not self._writers_alive(run, state.unit))
+
+    def _writers_alive(self, run: tuple, unit: Unit) -> bool:
+        """Is a process that created a file of the unit still running?"""
+        created = self.created.get(run, {})
+        members = set(unit.members)  # (the folder itself may be the job's output dir's)
+        writers = {chain[0] for path, (_t, chain) in created.items()
+                   if chain and path in members}
+        return not writers or any(process_start(pid) == start for pid, start in writers)
 
     def _refresh_units(self):
         """Bring `self.units` in line with what the spool holds."""
@@ -1316,6 +1331,9 @@ class Inbox:
         now = time.monotonic()
         waits = [self._last_change(key[:2], s.unit) + self.seal_after - now
                  for key, s in self.units.items() if not s.held and not s.error and not s.sealing]
+        waits += [self._last_change(key[:2], s.unit) + self.files_seal_after - now
+                  for key, s in self.units.items() if s.unit.kind != CHECKPOINT
+                  and not s.held and not s.error and not s.sealing]
         # A unit past its deadline is sealed already, or waits for a file to be closed
         # (which wakes the sealer): only deadlines still ahead count.
         return min([1.0] + [max(0.05, w) for w in waits if w > 0])

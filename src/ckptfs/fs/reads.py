@@ -22,24 +22,26 @@ MAX_VERSIONS_PER_PROCESS = 1024
 ANCESTORS = 8
 
 
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """The fields of /proc/<pid>/stat after the command name (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rindex(b")") + 2:].split()
+    except (OSError, ValueError):
+        return None
+
+
 def process_start(pid: int) -> int | None:
     """The start time of process `pid` (clock ticks since boot), None if it is gone: with
     the pid, it names one process (pids are reused)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields and len(fields) > 19 else None
 
 
 def parent_pid(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields and len(fields) > 1 else None
 
 
 def process_chain(pid: int) -> list[tuple[int, int]]:
