@@ -13,6 +13,7 @@ from safetensors.numpy import save_file
 from test_mount_inbox import new_store, read, verify_ok, wait_for, write
 
 import ckptfs
+from ckptfs.store import Store
 
 RUN = "p/r"
 
@@ -186,3 +187,21 @@ open({mnt!r} + "/inbox/p/other/step_1/model.safetensors", "wb").write(b"x" * 100
     assert "inputs" not in sidecar(mnt, "p/other/step_1")["lineage"]
     run_cli_checked("umount", mnt)
     verify_ok(store)
+
+
+def test_checkpoints_written_config_first_are_delta_coded_in_order(run_dir):
+    """save_pretrained writes config.json before the weights: until the weights come,
+    the directory looks like a folder of files; the delta base must still be chosen."""
+    store, mnt, run = run_dir
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((256, 256), dtype=np.float32)
+    for step in (1, 2):
+        ckpt = f"{run}/checkpoint-{step}"
+        os.makedirs(ckpt)
+        write(f"{ckpt}/config.json", b'{"hidden": 256}')
+        wait_for(lambda: json.loads(os.getxattr(ckpt, "user.ckptfs.state"))["state"]
+                 in ("quiet", "writing"), "config.json to be seen")
+        save_file({"w": base + step * 1e-3}, f"{ckpt}/model.safetensors")
+        assert ckptfs.seal(ckpt) == f"p/r/checkpoint-{step}"
+    with Store.open(store) as s:
+        assert s.version_record("p", "r", "checkpoint-2")["delta_parent"] == "p/r/checkpoint-1"

@@ -9,9 +9,10 @@ import time
 
 import trio
 
-from ckptfs.meta.layout import unit_of
+from ckptfs.meta.layout import unit_of, unit_rooted_at
 
-from .inbox import Inbox, UnitState, _unit_below
+from .inbox import Inbox
+from .sealer import UnitState
 from .spool import REQUESTS, Spool, write_json_atomically
 
 
@@ -25,10 +26,10 @@ def seal_offline(store, project: str, run: str, path: str) -> tuple[list[str], l
     async def seal_all():
         for key in keys:
             before = inbox.counters["versions_sealed"]
-            await inbox.seal(key)
-            state = inbox.units.get(key)
+            await inbox.sealer.seal(key)
+            state = inbox.sealer.units.get(key)
             if inbox.counters["versions_sealed"] > before:
-                sealed.append(f"sealed {'/'.join(key[:3]).rstrip('/')}: {inbox.last_sealed}")
+                sealed.append(f"sealed {'/'.join(key[:3]).rstrip('/')}: {inbox.sealer.last_sealed}")
             elif state is not None and state.error:
                 errors.append(state.error)
     try:
@@ -39,18 +40,18 @@ def seal_offline(store, project: str, run: str, path: str) -> tuple[list[str], l
 
 
 def _requested_keys(inbox: Inbox, run: tuple, path: str) -> list[tuple]:
-    units = inbox._units_of(*run)
+    units = inbox.units_of(*run)
     if path:
-        unit = unit_of(units, path) or _unit_below(units, path)
+        unit = unit_of(units, path) or unit_rooted_at(units, path)
         chosen = [unit] if unit else []
     else:
         chosen = units
     keys = []
     for unit in chosen:
         key = (*run, unit.path, None)
-        inbox.units.setdefault(key, UnitState(unit)).requested = True
+        inbox.sealer.units.setdefault(key, UnitState(unit)).requested = True
         keys.append(key)
-    keys += [k for k, s in inbox.units.items()
+    keys += [k for k, s in inbox.sealer.units.items()
              if k[:2] == run and k[3] is not None and (not path or k[2] == path)]
     return keys
 

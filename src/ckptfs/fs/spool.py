@@ -301,3 +301,36 @@ def _remove_empty_dirs(root: str) -> None:
             os.rmdir(dirpath)
         except OSError:
             pass
+
+
+# -- provenance records: who wrote what --------------------------------------------------
+def provenance_path(spool_path: str, project: str, run: str, top: str) -> str:
+    """Who wrote the part of run p/r under its top-level entry `top` ("": loose files)."""
+    return os.path.join(spool_path, PROVENANCE, project, run, unit_key(top) + ".json")
+
+
+def load_provenance_record(path: str) -> dict:
+    record = read_json(path)
+    if not isinstance(record, dict):
+        return {"writer": None, "others": [], "seen": []}
+    return record
+
+
+def provenance_of_record(record: dict) -> dict:
+    """The `provenance` a version's sidecar gets from its spooled record."""
+    provenance = dict(record.get("writer") or {"via": "mount", "unknown": True})
+    if record.get("others"):
+        provenance["other_writers"] = record["others"]
+    return provenance
+
+
+def top_of(rel: str) -> str:
+    """The provenance key of a path in a run directory: its top-level directory, or ""
+    for the files directly in the run directory."""
+    return rel.split("/", 1)[0] if "/" in rel else ""
+
+def provenance_key(unit: Unit) -> str:
+    """The provenance key of a unit's files (see top_of)."""
+    if unit.shape == DIR or (unit.shape == GROUP and unit.path):
+        return unit.path.split("/", 1)[0]
+    return top_of(unit.path)

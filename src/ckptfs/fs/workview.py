@@ -86,7 +86,7 @@ class RunView:
         return sorted(visible, key=lambda u: -len(u.path))  # the deepest place first
 
     # -- a version's own entries ----------------------------------------------------------
-    def _version_entries(self, version: str) -> tuple[dict, dict]:
+    def version_entries(self, version: str) -> tuple[dict, dict]:
         """({inner path: entry}, {inner dir: [child names]}) of a version, cached."""
         cached = self._entries.get((self.project, self.run, version))
         if cached is None:
@@ -107,7 +107,7 @@ class RunView:
         self._entries.move_to_end((self.project, self.run, version))
         return cached
 
-    def _is_hidden(self, unit: SealedUnit, inner: str) -> bool:
+    def is_hidden(self, unit: SealedUnit, inner: str) -> bool:
         hidden = self.hidden.get(unit.version)
         if not hidden:
             return False
@@ -115,9 +115,9 @@ class RunView:
         return any("/".join(parts[:i]) in hidden for i in range(len(parts) + 1))
 
     def _entry_of(self, unit: SealedUnit, inner: str) -> SealedEntry | None:
-        if self._is_hidden(unit, inner):
+        if self.is_hidden(unit, inner):
             return None
-        by_path, children = self._version_entries(unit.version)
+        by_path, children = self.version_entries(unit.version)
         e = by_path.get(inner)
         if e is None:
             return None
@@ -172,9 +172,9 @@ class RunView:
         for unit in self.units:
             if self._covers(unit, rel):
                 inner_dir = self._inner(unit, rel)
-                if self._is_hidden(unit, inner_dir):
+                if self.is_hidden(unit, inner_dir):
                     continue
-                for name in self._version_entries(unit.version)[1].get(inner_dir, ()):
+                for name in self.version_entries(unit.version)[1].get(inner_dir, ()):
                     if name not in out:
                         found = self._entry_of(unit, f"{inner_dir}/{name}" if inner_dir else name)
                         if found is not None:
@@ -199,8 +199,8 @@ class RunView:
             return True
         if "" in hidden:
             return False
-        by_path = self._version_entries(unit.version)[0]
-        return any(path and not self._is_hidden(unit, path) and e["type"] != "dir"
+        by_path = self.version_entries(unit.version)[0]
+        return any(path and not self.is_hidden(unit, path) and e["type"] != "dir"
                    for path, e in by_path.items())
 
     @staticmethod

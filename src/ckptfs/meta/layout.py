@@ -71,6 +71,14 @@ class Unit:
     def name_hint(self) -> str:
         return version_name_hint(self)
 
+    def covers(self, path: str) -> bool:
+        """Is `path` (in the run directory) part of this unit?"""
+        if self.shape == FILE:
+            return path == self.path
+        if self.path == "":
+            return "/" not in path and (path in self.members or not self.members)
+        return path == self.path or path.startswith(self.path + "/")
+
 
 def is_weights(name: str) -> bool:
     return name.lower().endswith(WEIGHT_SUFFIXES)
@@ -159,6 +167,11 @@ def unit_of(units: list[Unit], path: str) -> Unit | None:
         if path in unit.members or (unit.shape == DIR and path.startswith(unit.path + "/")):
             return unit
     return None
+
+
+def unit_rooted_at(units: list[Unit], rel: str) -> Unit | None:
+    """The unit whose own path is `rel` (a directory asked to seal: the unit it is)."""
+    return next((u for u in units if u.path == rel), None)
 
 
 def version_name_hint(unit: Unit) -> str:

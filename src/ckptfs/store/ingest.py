@@ -205,6 +205,14 @@ class Ingest:
              ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
             yield pool, hasher
 
+    def reconsider(self, kind: str | None, preferred_parent: dict | None):
+        """The unit this ingest is for turned out to be a checkpoint after all (a
+        Trainer writes config.json before the weights): choose the delta parent again,
+        which a `files` ingest never did, so no prepared file was delta-coded yet."""
+        if self.kind == FILES_KIND and kind != FILES_KIND:
+            self.kind, self.preferred_parent = kind, preferred_parent
+            self.delta_parent, self._delta_parent_known = None, False
+
     def _choose_delta_parent(self):
         # Once per ingest: prepared files and the rest of the version share one parent.
         if self._delta_parent_known:
