@@ -55,10 +55,11 @@ give it afterwards, on the same clock (CLOCK_REALTIME):
             an upper bound, and the figure the targets are judged on.
 
 After training the benchmark waits (reading the mount log every 0.1 s) until every
-checkpoint has its "sealed" line, then reads MNT/.ckptfs/stats.json (files prepared ahead of their
-seal, reused at the seal, ingest seconds, stored bytes), the daemon's CPU time
-(/proc/PID/stat, from mount to the end), each seal's log line (files, prepared ahead,
-new bytes stored) and `du -sb` of the store, and unmounts.
+checkpoint has its "sealed" line, then reads MNT/.ckptfs/stats.json (files prepared
+ahead of their seal, reused at the seal, ingest seconds, stored bytes), the daemon's CPU
+time (/proc/PID/stat, from mount to the end), each seal's log line (files, prepared
+ahead) and journal entry (new bytes stored, the delta parent if its tensors were
+XOR-delta coded) and `du -sb` of the store, and unmounts.
 
 Targets (issue 12), judged on the medians, with the number of repetitions they held in:
 training through the mount <= 1.1 x the local leg's train time; every checkpoint sealed
@@ -348,6 +349,7 @@ def summarize(result) -> dict:
                      files_prepared=stat([j["stats"]["files_prepared"] for j in jobs]),
                      files_reused=stat([j["stats"]["files_reused_at_seal"] for j in jobs]),
                      files_sealed=stat([sum(x["files"] for x in j["seals"]) for j in jobs]),
+                     delta_coded=stat([sum(bool(x["delta_parent"]) for x in j["seals"]) for j in jobs]),
                      logical_mb=stat([j["stats"]["logical_bytes"] / 1e6 for j in jobs]),
                      stored_mb=stat([j["stats"]["stored_bytes"] / 1e6 for j in jobs]),
                      store_du_mb=stat([j["store_bytes"] / 1e6 for j in jobs]))
@@ -394,6 +396,10 @@ def table(head, rows):
             log("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
 
+def checkpoints_per_run(result, leg) -> list:
+    return result["repetitions"][0][leg]["saves"]  # the same in every repetition
+
+
 def print_tables(result):
     s, n = result["summary"], result["repeat"]
     log()
@@ -411,11 +417,13 @@ def print_tables(result):
             spread(s[leg].get("latency_max_s"), n=n)] for leg in legs])
     log()
     table(["leg", "train CPU s", "daemon CPU s", "ingest s", "prepared", "reused", "files",
-           "logical MB", "stored MB", "store du MB"],
-          [[leg, spread(s[leg]["train_cpu_s"], n=n)] + (["-"] * 8 if leg == "local" else [
+           "delta-coded", "logical MB", "stored MB", "store du MB"],
+          [[leg, spread(s[leg]["train_cpu_s"], n=n)] + (["-"] * 9 if leg == "local" else [
               spread(s[leg]["daemon_cpu_s"], n=n), spread(s[leg]["ingest_s"], n=n),
               f"{s[leg]['files_prepared']['median']:.0f}", f"{s[leg]['files_reused']['median']:.0f}",
-              f"{s[leg]['files_sealed']['median']:.0f}", f"{s[leg]['logical_mb']['median']:.1f}",
+              f"{s[leg]['files_sealed']['median']:.0f}",
+              f"{s[leg]['delta_coded']['median']:.0f} of {len(checkpoints_per_run(result, leg))}",
+              f"{s[leg]['logical_mb']['median']:.1f}",
               f"{s[leg]['stored_mb']['median']:.1f}", f"{s[leg]['store_du_mb']['median']:.1f}"])
            for leg in legs])
     log()
