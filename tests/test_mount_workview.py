@@ -205,3 +205,23 @@ def test_checkpoints_written_config_first_are_delta_coded_in_order(run_dir):
         assert ckptfs.seal(ckpt) == f"p/r/checkpoint-{step}"
     with Store.open(store) as s:
         assert s.version_record("p", "r", "checkpoint-2")["delta_parent"] == "p/r/checkpoint-1"
+
+
+def test_a_checkpoint_file_another_process_overwrites_is_sealed_first(run_dir):
+    """A job resumed at once from the last.ckpt its predecessor left (not quiet long
+    enough to be sealed) and rewriting it: the checkpoint it resumed from is archived."""
+    store, mnt, run = run_dir
+
+    def job(content: bytes):
+        code = f"open({run + '/last.ckpt'!r}, 'wb').write({content!r})"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+
+    job(b"first job, epoch 3")
+    job(b"resumed job, epoch 4")  # another process overwrites it before it was sealed
+    wait_for(lambda: os.path.isdir(f"{mnt}/projects/p/r/last"), "the first last.ckpt's seal")
+    assert read(f"{mnt}/projects/p/r/last/last.ckpt") == b"first job, epoch 3"
+    assert read(f"{run}/last.ckpt") == b"resumed job, epoch 4"  # the working view
+    assert ckptfs.seal(f"{run}/last.ckpt") == "p/r/last~2"
+    assert read(f"{mnt}/projects/p/r/last~2/last.ckpt") == b"resumed job, epoch 4"
+    verify_ok(store)

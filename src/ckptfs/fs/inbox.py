@@ -427,6 +427,8 @@ class Inbox:
             if run is None:
                 raise pyfuse3.FUSEError(errno.EROFS)  # an error file
             self._refuse_while_sealing(run, rel)
+            if flags & os.O_TRUNC:
+                self._seal_before_overwrite(run, rel, ctx)
             self._replace_staged(path, keep_content=not flags & os.O_TRUNC)
         fd = os.open(path, flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL))
         handle = self._opened(fd, key, writable)
@@ -469,6 +471,33 @@ class Inbox:
         with open(target, "wb") as f:
             for piece in self.store.iter_file_checked(entry):
                 f.write(piece)
+
+    def _seal_before_overwrite(self, run: tuple, rel: str, ctx):
+        """Another process is about to write a checkpoint file anew (a resumed job
+        rewriting `last.ckpt` it has just loaded) before the first content was quiet
+        long enough to be sealed: seal that content first, so the checkpoint a job
+        resumed from is in the archive. The same process rewriting its own file within
+        the quiet period is not (only the last of those is a checkpoint to keep)."""
+        unit = unit_of(self.units_of(*run), rel)
+        if unit is None or unit.shape != FILE or unit.path != rel or ctx is None:
+            return
+        path = self.run_path(run, rel)
+        st = os.lstat(path)
+        state = self.sealer.units.get((*run, rel, None))
+        if st.st_size == 0 or st.st_ino in self.activity.open_writers or \
+                (state is not None and (state.sealing or state.troubled)):
+            return
+        creator = self.activity.created.get(run, {}).get(rel)
+        if creator is None or not creator[1] or creator[1][0][0] == ctx.pid:
+            return
+        self.sealer.remove_whole_unit(run, unit, INBOX, hide=False)
+        if not os.path.lexists(path):  # the old file went to be sealed: a new, empty one
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, stat.S_IMODE(st.st_mode))
+            os.close(fd)
+            if os.geteuid() == 0:
+                os.chown(path, st.st_uid, st.st_gid)
+            self.activity.created_by(run, rel, ctx)
+            self.bump_structure(run)
 
     def _replace_staged(self, path: str, keep_content: bool):
         """Before a spool file that a seal is reading changes, give the path a new inode
@@ -536,6 +565,8 @@ class Inbox:
                 raise pyfuse3.FUSEError(errno.EROFS)
             await self._copy_up(key, node, truncate=fields.update_size and attr.st_size == 0, ctx=ctx)
         self._refuse_while_sealing(run, rel)
+        if fields.update_size and attr.st_size == 0:
+            self._seal_before_overwrite(run, rel, ctx)
         self._replace_staged(path, keep_content=not (fields.update_size and attr.st_size == 0))
         if fields.update_size:
             os.truncate(path, attr.st_size)
@@ -719,6 +750,8 @@ class Inbox:
             if self.view(run).children(new_rel):
                 raise pyfuse3.FUSEError(errno.ENOTEMPTY)
         self._materialize_dirs(run, new_rel.rpartition("/")[0])
+        if os.path.isfile(self.spool_path(new)) and not os.path.islink(self.spool_path(new)):
+            self._seal_before_overwrite(run, new_rel, ctx)  # os.replace(tmp, "last.ckpt")
         moved = os.lstat(self.spool_path(old))
         os.rename(self.spool_path(old), self.spool_path(new))
         if stat.S_ISREG(moved.st_mode):

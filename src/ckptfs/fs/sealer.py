@@ -553,12 +553,14 @@ class Sealer:
     def _release_sealed(self, key, state: UnitState, root: str, staged: dict, version: str):
         p, r, unit_path, batch = key
         run, unit = (p, r), state.unit
+        hide = state.removed_while_sealing or (
+            batch is not None and self.spool.batch_hides(p, r, batch))
         if batch is not None:
             self.spool.drop_batch(p, r, batch)
         else:
             self.spool.release_sealed(root, unit, staged)
             self.spool.drop_removed_members(p, r, unit)
-        if batch is not None or state.removed_while_sealing:
+        if hide:
             self.inbox.hide(run, version, "")
         try:
             os.unlink(self.spool.area(ANNOTATIONS, p, r, unit_key(unit_path) + ".json"))
@@ -677,9 +679,11 @@ class Sealer:
                     "error": "; ".join(f"{p or '(loose files)'}: {e}" for p, e in failed.items())}
         return {"state": "sealed" if not waiting else "pending", "pending": sorted(waiting)}
 
-    def remove_whole_unit(self, run: tuple, unit: Unit, area: str):
+    def remove_whole_unit(self, run: tuple, unit: Unit, area: str, hide: bool = True):
         """The job removed a unit that is not sealed yet: seal it now, then hide it (one
-        that failed, or was held after a crash, is let go: the job gave up on it)."""
+        that failed, or was held after a crash, is let go: the job gave up on it). With
+        `hide` False, another process is writing a checkpoint file anew over it: the old
+        content is sealed first, the new one stays where it is."""
         state = self.units.get((*run, unit.path, None))
         if state is not None and state.troubled and not state.sealing:
             log.info("inbox/%s/%s/%s was removed; it had failed to seal or was held since a "
@@ -696,7 +700,7 @@ class Sealer:
             state.removed_while_sealing = True
             return
         try:
-            batch = self.spool.detach_removed(*run, unit, area)
+            batch = self.spool.detach_removed(*run, unit, area, hide=hide)
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
@@ -711,7 +715,8 @@ class Sealer:
         staged = self.staged.pop((*run, unit.path), None)
         if staged is not None:
             self.staged[(*run, unit.path, batch)] = staged
-        log.info("inbox/%s/%s/%s was removed before its seal: sealing it now", *run, unit.path)
+        log.info("inbox/%s/%s/%s was %s before its seal: sealing it now", *run, unit.path,
+                 "removed" if hide else "overwritten by another process")
         self.wake()
 
     def discard_files(self, run: tuple, unit: Unit, area: str):

@@ -110,18 +110,26 @@ class Spool:
         return classify(self.listing(p, r))
 
     # -- whole units removed before their seal -----------------------------------------
-    def detach_removed(self, p: str, r: str, unit: Unit, area: str = REMOVED) -> str:
+    def detach_removed(self, p: str, r: str, unit: Unit, area: str = REMOVED,
+                       hide: bool = True) -> str:
         """Move what a job removed of `unit` (already moved to removed/, or still in
-        `area`) into a batch of its own: `removed/<p>/<r>/#<n>/<unit path>`. Returns
-        the batch id."""
+        `area`) into a batch of its own: `removed/<p>/<r>/#<n>/<unit path>`, to be
+        sealed, then hidden from the working view (`hide`; not for a checkpoint file
+        another process is overwriting: its new content shows there). Returns the batch
+        id."""
         batch = self.new_id()
         source = os.path.join(self.run_dir(p, r, area), unit.path)
         target = os.path.join(self.run_dir(p, r, REMOVED), f"#{batch}", unit.path)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.rename(source, target)
         write_json_atomically(os.path.join(self.run_dir(p, r, REMOVED), f"#{batch}.json"),
-                              {"path": unit.path, "shape": unit.shape, "kind": unit.kind})
+                              {"path": unit.path, "shape": unit.shape, "kind": unit.kind,
+                               "hide": hide})
         return batch
+
+    def batch_hides(self, p: str, r: str, batch: str) -> bool:
+        doc = read_json(os.path.join(self.run_dir(p, r, REMOVED), f"#{batch}.json"), {}) or {}
+        return doc.get("hide", True)
 
     def removed_batches(self, p: str, r: str) -> list[tuple[str, Unit]]:
         """(batch id, unit) of the whole units a job removed before their seal."""
