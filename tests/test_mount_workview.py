@@ -225,3 +225,29 @@ def test_a_checkpoint_file_another_process_overwrites_is_sealed_first(run_dir):
     assert ckptfs.seal(f"{run}/last.ckpt") == "p/r/last~2"
     assert read(f"{mnt}/projects/p/r/last~2/last.ckpt") == b"resumed job, epoch 4"
     verify_ok(store)
+
+
+def test_a_seal_committed_by_a_daemon_that_died_is_not_sealed_twice(tmp_path, mount):
+    """The daemon died between a seal's commit and the removal of its spool copy: the
+    next start finishes the clean-up from the seal's intent file (no ghost version)."""
+    store = new_store(tmp_path)
+    spooled = os.path.join(store, "spool", "inbox", "p", "r", "v1")
+    os.makedirs(spooled)
+    weights(f"{spooled}/model.safetensors", 9)
+    write(f"{spooled}/config.json", b"{}")
+    with Store.open(store) as s:  # the commit the dead daemon made
+        s.import_directory(spooled, "p", "r", "v1",
+                           metadata={"inbox": {"path": "v1", "shape": "dir"}})
+    staged = {f"v1/{n}": os.stat(f"{spooled}/{n}").st_ino for n in os.listdir(spooled)}
+    os.makedirs(os.path.join(store, "spool", "sealing"))
+    with open(os.path.join(store, "spool", "sealing", "1.json"), "w") as f:
+        json.dump({"project": "p", "run": "r", "version": "v1", "unit": "v1", "shape": "dir",
+                   "kind": "checkpoint", "source": os.path.dirname(spooled),
+                   "staged": {"files": staged, "links": {}}, "batch": None}, f)
+    open(os.path.join(store, "spool", "daemon.running"), "w").close()  # it died
+    mnt = mount(store, "--seal-after", "0.2")
+    assert not os.path.exists(spooled)
+    assert os.listdir(os.path.join(store, "spool", "sealing")) == []
+    assert ckptfs.state(f"{mnt}/inbox/p/r/v1") == {"state": "sealed", "version": "p/r/v1"}
+    assert "nothing waits in the inbox" in run_cli_checked("status", mnt).stdout.decode()
+    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v1", "v1.json"]
