@@ -170,7 +170,7 @@ class CkptfsOperations(pyfuse3.Operations):
         self.tree = ProjectTree(store, extra)
         self.tree.stats_provider = self.live_stats
         if inbox:
-            inbox.on_sealed = self.forget_sealed
+            inbox.sealer.on_sealed = self.forget_sealed
         self.inodes = InodeTable()
         self.journal_view = JournalView(store.journal.path)
         self._handles: dict[int, object] = {}
