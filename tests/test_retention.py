@@ -329,3 +329,18 @@ def test_a_parent_that_was_deleted_is_named_so_at_seal(store_copy, tmp_path):
         archive_directory(store, src, "cv", "child", "k1")
         warnings = store.catalog_document("cv", "child", "k1")["warnings"]
     assert any("lineage.parent cv/r/c1 was deleted on " in w for w in warnings)
+
+
+def test_keep_last_counts_logs_apart_from_checkpoints():
+    """A run whose job sealed its logs (kind files) after its checkpoints: keep_last=1
+    keeps its newest checkpoint and its newest logs, not the logs alone."""
+    from datetime import datetime, timezone
+    from ckptfs.store.retention import plan_retention
+    docs = [{"project": "p", "run": "r", "version": v, "digest": "d", "seq": seq,
+             "sealed_at": "2026-12-01T00:00:00Z", "aliases": [], "metrics": {}, **extra}
+            for seq, (v, extra) in enumerate([("ckpt-1", {}), ("ckpt-2", {}),
+                                              ("runs", {"kind": "files"}),
+                                              ("runs~2", {"kind": "files"})])]
+    plan = plan_retention(docs, {"p": {"keep_last": 1}}, datetime.now(timezone.utc))
+    assert sorted(d.version for d in plan.kept) == ["ckpt-2", "runs~2"]
+    assert sorted(d.version for d in plan.deletions) == ["ckpt-1", "runs"]

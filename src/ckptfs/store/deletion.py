@@ -20,7 +20,8 @@ from .retention import (RetentionPlan, describe_scope, effective_policy, explici
                         make_policy, plan_retention, policy_scope)
 
 # What planning reads of each catalog document (as columns: fast over many versions).
-PLAN_FIELDS = [("aliases",), ("metrics",), ("lineage", "parent"), ("sealed_at",), ("digest",)]
+PLAN_FIELDS = [("aliases",), ("metrics",), ("lineage", "parent"), ("sealed_at",), ("digest",),
+               ("kind",)]
 
 
 def deleted_on(tombstone: dict) -> str:

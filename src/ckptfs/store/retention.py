@@ -3,8 +3,9 @@
 Pure functions over catalog documents (no index, no packs), so the rules are easy to
 read and to test:
 
-- A policy is a dict of rules: `keep_last` (the newest N versions of the run, by seal
-  order), `keep_best` (the K best by `metric` and `mode`), `max_age_days` (sealed within
+- A policy is a dict of rules: `keep_last` (the newest N checkpoints of the run, by seal
+  order, and apart the newest N versions of kind files), `keep_best` (the K best
+  checkpoints by `metric` and `mode`), `max_age_days` (sealed within
   D days). Policies are set per run, per project, or for project `*` (every project);
   the most specific one applies whole: a run's policy replaces its project's, a
   project's replaces `*`'s. A run without any policy keeps everything.
@@ -18,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .catalog import ALL_PROJECTS, metric_value
+from .catalog import ALL_PROJECTS, is_checkpoint_kind, metric_value
 from .errors import RetentionError
 
 COUNT_RULES = ("keep_last", "keep_best")
@@ -218,17 +219,23 @@ def _decide_run(run_docs: list[dict], found, now: datetime) -> dict[str, Decisio
                 for d in run_docs}
     policy, scope = found
     stated = {"rules": policy, "scope": scope}
-    newest = sorted(run_docs, key=lambda d: d["seq"], reverse=True)
-    last = {ref_of(d) for d in newest[:policy.get("keep_last", 0)]}
-    best = _best(run_docs, policy)
+    # keep_last counts checkpoints and versions of kind files (logs, metrics) apart, so
+    # the logs sealed at the end of a job never push its checkpoints out; keep_best is
+    # for checkpoints (files versions have no metrics).
+    last = set()
+    for kind_docs in _by_kind(run_docs):
+        newest = sorted(kind_docs, key=lambda d: d["seq"], reverse=True)
+        last.update(ref_of(d) for d in newest[:policy.get("keep_last", 0)])
+    best = _best([d for d in run_docs if is_checkpoint_kind(d)], policy)
     out = {}
     for doc in run_docs:
         ref = ref_of(doc)
         kept_by, dropped_by = [], []
         if "keep_last" in policy:
             n = policy["keep_last"]
+            of_kind = "" if is_checkpoint_kind(doc) else " of kind files"
             (kept_by if ref in last else dropped_by).append(
-                f"{'' if ref in last else 'not '}among the newest {n}")
+                f"{'' if ref in last else 'not '}among the newest {n}{of_kind}")
         if "keep_best" in policy:
             k, metric, mode = policy["keep_best"], policy["metric"], policy["mode"]
             by = f"the best {k} by {metric} ({mode})"
@@ -250,6 +257,11 @@ def _decide_run(run_docs: list[dict], found, now: datetime) -> dict[str, Decisio
         keep = bool(kept_by)
         out[ref] = decision(doc, keep, kept_by if keep else dropped_by, stated)
     return out
+
+
+def _by_kind(run_docs: list[dict]) -> list[list[dict]]:
+    checkpoints = [d for d in run_docs if is_checkpoint_kind(d)]
+    return [checkpoints, [d for d in run_docs if not is_checkpoint_kind(d)]]
 
 
 def _best(run_docs: list[dict], policy: dict) -> set[str]:
