@@ -516,7 +516,8 @@ class Inbox:
             with open(tmp, "wb"):
                 pass
             os.chmod(tmp, stat.S_IMODE(st.st_mode))
-        os.chown(tmp, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        if os.geteuid() == 0:
+            os.chown(tmp, st.st_uid, st.st_gid)
         os.rename(tmp, path)
 
     def _opened(self, fd, key, writable: bool) -> InboxFile:
@@ -722,7 +723,7 @@ class Inbox:
         removed = self.spool.listing(*run, REMOVED, below=rel)
         removed[rel] = "dir"
         candidates = [u for u in units_before if u.path == rel and u.shape != FILE] or \
-            [u for u in _classify_removed(removed) if u.path == rel]
+            [u for u in classify(removed) if u.path == rel]
         for unit in candidates:
             self.sealer.remove_whole_unit(run, unit, REMOVED)
             return
@@ -847,7 +848,3 @@ class Inbox:
         unit = unit_of(self.units_of(*run), rel)
         if unit is not None and unit.kind == CHECKPOINT:
             self.reads.note(ctx.pid, (*run, UNSEALED + unit.path), rel)
-
-
-def _classify_removed(listing: dict[str, str]) -> list[Unit]:
-    return classify(listing)

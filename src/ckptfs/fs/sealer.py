@@ -28,7 +28,7 @@ from ckptfs.meta.seal import archive_directory
 from ckptfs.store import StoreError
 
 from .spool import (ANNOTATIONS, ERROR_SUFFIX, REMOVED, REQUESTS, SEALING, inner_path,
-                    provenance_key, provenance_of_record, read_json, unit_key,
+                    listing_of, provenance_key, provenance_of_record, read_json, unit_key,
                     write_json_atomically)
 
 log = logging.getLogger("ckptfs.inbox")
@@ -327,19 +327,20 @@ class Sealer:
     def wake(self):
         self._wake.set()
 
-    def name_taken(self, run: tuple, name: str) -> bool:
+    def name_taken(self, run: tuple, name: str, own=None) -> bool:
+        """Is `name` a version, alias or deleted version of the run, or the name another
+        unit's ingest (not `own`) was begun under?"""
         return (self.store.version_record(*run, name) is not None
                 or self.store.tombstone(*run, name) is not None
                 or self.store.name_in_run(*run, name) is not None
                 or any(ingest.version == name for key, ingest in self.staged.items()
-                       if key[:2] == run))
+                       if key[:2] == run and ingest is not own))
 
     def members_of(self, run: tuple, unit: Unit, batch: str | None) -> tuple[str, list[str]]:
         """(the directory the unit's paths are relative to, its member paths) now."""
         if batch is not None:
             root = self.spool.batch_root(*run, batch)
-            listing = _listing_of(root)
-            members = [p for p in listing if unit.covers(p)]
+            members = [p for p in listing_of(root) if unit.covers(p)]
             return root, members
         unit_now = next((u for u in self.inbox.units_of(*run) if u.path == unit.path), None)
         return self.spool.run_dir(*run), list(unit_now.members) if unit_now else []
@@ -474,8 +475,9 @@ class Sealer:
                 files = [e.name for e in os.scandir(staging) if not e.is_dir()]
                 kind = CHECKPOINT if is_checkpoint_directory(files) else FILES
                 unit = state.unit = dataclasses.replace(unit, kind=kind)
-        version = free_version_name(unit.name_hint, functools.partial(self._name_taken_for, run, key))
         ingest_key = (*run, unit_path) if batch is None else (*run, unit_path, batch)
+        version = free_version_name(unit.name_hint, functools.partial(
+            self.name_taken, run, own=self.staged.get(ingest_key)))
         intent = self.spool.area(SEALING, self.spool.new_id() + ".json")
         parent, inputs = self.read_lineage(run, unit, state)
         read_lineage = {"inputs": inputs} if inputs else {}
@@ -508,20 +510,13 @@ class Sealer:
                     raise
                 self.counters["ingest_seconds"] += time.monotonic() - started
         except (StoreError, OSError) as e:
-            os.unlink(intent) if os.path.exists(intent) else None
+            if os.path.exists(intent):
+                os.unlink(intent)
             self._seal_failed(key, state, e)
             return
         await trio.to_thread.run_sync(self._release_sealed, key, state, root, staged, version)
         os.unlink(intent)
         self._sealed_ok(key, state, version, report)
-
-    def _name_taken_for(self, run: tuple, key: tuple, name: str) -> bool:
-        own = self.staged.get((*run, key[2]) if key[3] is None else (*run, key[2], key[3]))
-        if own is not None and own.version == name:
-            return (self.store.version_record(*run, name) is not None
-                    or self.store.tombstone(*run, name) is not None
-                    or self.store.name_in_run(*run, name) is not None)
-        return self.name_taken(run, name)
 
     def _carry_over(self, run: tuple, unit: Unit, staging: str):
         """A snapshot unit (the run's loose files, a folder's files) is archived whole:
@@ -743,17 +738,4 @@ def _first_line(path: str) -> str | None:
 def _claimed_elsewhere(units: list[Unit], group: Unit, rel: str) -> bool:
     return any(u is not group and u.path != group.path and u.covers(rel) for u in units)
 
-
-def _listing_of(root: str) -> dict[str, str]:
-    found = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for name in dirnames:
-            full = os.path.join(dirpath, name)
-            found[f"{rel_dir}/{name}" if rel_dir else name] = "symlink" if os.path.islink(full) else "dir"
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            found[f"{rel_dir}/{name}" if rel_dir else name] = "symlink" if os.path.islink(full) else "file"
-    return found
 

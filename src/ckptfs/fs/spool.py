@@ -82,29 +82,9 @@ class Spool:
         return self.area(area, p, r)
 
     def listing(self, p: str, r: str, area: str = INBOX, below: str = "") -> dict[str, str]:
-        """{path: "file" | "dir" | "symlink"} of what a run's directory holds in `area`
-        (paths relative to the run directory), `below` one of its directories."""
-        root = self.run_dir(p, r, area)
-        found: dict[str, str] = {}
-        pending = [below]
-        while pending:
-            rel = pending.pop()
-            try:
-                scan = list(os.scandir(os.path.join(root, rel) if rel else root))
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            for entry in scan:
-                path = f"{rel}/{entry.name}" if rel else entry.name
-                if area == REMOVED and not rel and entry.name.startswith("#"):
-                    continue  # whole units waiting for their seal, not members
-                if entry.is_symlink():
-                    found[path] = "symlink"
-                elif entry.is_dir(follow_symlinks=False):
-                    found[path] = "dir"
-                    pending.append(path)
-                else:
-                    found[path] = "file"
-        return found
+        """What a run's directory holds in `area` (see listing_of), `below` one of its
+        directories; in removed/, the batches of whole units are not members."""
+        return listing_of(self.run_dir(p, r, area), below, skip_batches=area == REMOVED)
 
     def units(self, p: str, r: str) -> list[Unit]:
         return classify(self.listing(p, r))
@@ -201,7 +181,7 @@ class Spool:
         staged: dict[str, dict] = {"files": {}, "links": {}}
         dirs = []
         for path in sorted(members, key=lambda m: (m.count("/"), m)):
-            inner = _inner(unit, path)
+            inner = inner_path(unit, path)
             if inner == "":
                 continue
             src, dst = os.path.join(source_root, path), os.path.join(staging, inner)
@@ -263,17 +243,39 @@ class Spool:
             os.unlink(target)
 
 
-def _inner(unit: Unit, path: str) -> str:
+def listing_of(root: str, below: str = "", skip_batches: bool = False) -> dict[str, str]:
+    """{path: "file" | "dir" | "symlink"} of what directory `root` holds (paths relative
+    to it, '/'-separated), from its sub-directory `below` down; `skip_batches` leaves
+    out its top-level `#…` entries."""
+    found: dict[str, str] = {}
+    pending = [below]
+    while pending:
+        rel = pending.pop()
+        try:
+            scan = list(os.scandir(os.path.join(root, rel) if rel else root))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in scan:
+            path = f"{rel}/{entry.name}" if rel else entry.name
+            if skip_batches and not rel and entry.name.startswith("#"):
+                continue
+            if entry.is_symlink():
+                found[path] = "symlink"
+            elif entry.is_dir(follow_symlinks=False):
+                found[path] = "dir"
+                pending.append(path)
+            else:
+                found[path] = "file"
+    return found
+
+
+def inner_path(unit: Unit, path: str) -> str:
     """`path` (in the run directory) relative to the unit's own root."""
     if unit.shape == FILE:
         return path.rsplit("/", 1)[-1]
     if unit.path == "":
         return path
     return path[len(unit.path) + 1:] if path != unit.path else ""
-
-
-def inner_path(unit: Unit, path: str) -> str:
-    return _inner(unit, path)
 
 
 def _subdirs(base: str) -> list[str]:
