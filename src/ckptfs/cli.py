@@ -266,8 +266,12 @@ def cat(store, ref):
 @click.argument("dest")
 @click.option("--files", "patterns", multiple=True, metavar="GLOB",
               help="Restore only files whose path (or name) matches GLOB; repeatable.")
-def get(store, ref, dest, patterns):
-    """Restore a version (or some of its files) into directory DEST, checking SHA-256."""
+@click.option("--force", is_flag=True,
+              help="Restore into a non-empty DEST, replacing the version's files there "
+                   "(symlinks in DEST are replaced, never followed).")
+def get(store, ref, dest, patterns, force):
+    """Restore a version (or some of its files) into directory DEST, new or empty,
+    checking SHA-256. Each file appears under its name only once complete."""
     project, run, version = parse_version_ref(ref)
     with open_store(store) as s:
         s.authorize(None, project, "reader", "read", ref)
@@ -277,7 +281,8 @@ def get(store, ref, dest, patterns):
                    disable=None, leave=False)
         started = time.monotonic()
         try:
-            report = s.restore(project, run, version, dest, patterns, progress=bar.update)
+            report = s.restore(project, run, version, dest, patterns, progress=bar.update,
+                               force=force)
         finally:
             bar.close()
         seconds = time.monotonic() - started

@@ -28,6 +28,7 @@ from decimal import Decimal
 
 from ckptfs import __version__
 from ckptfs.store import IntegrityError, StoreError
+from ckptfs.store.restore import RestoreError
 
 from .sidecar import render, sidecar_of
 
@@ -148,6 +149,8 @@ def export_version(store, project: str, run: str, version: str, dest: str,
     except IntegrityError as e:
         raise IntegrityError(f"{project}/{run}/{version}: {e}; nothing was exported "
                              "(run `ckptfs verify` on the store)") from None
+    except RestoreError as e:
+        raise (_write_error(dest, e.os_error) if e.os_error else e) from None
     except OSError as e:
         raise _write_error(dest, e) from None
     files = [e for e in entries if e["type"] == "file"]

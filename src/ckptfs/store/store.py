@@ -36,6 +36,7 @@ from .manifest import compress_manifest, decode_manifest, encode_manifest, versi
 from .names import validate_name, validate_version_name
 from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
                    pack_path, scan_pack)
+from .restore import RestoreReport, restore_entries
 from .signing import SignatureReport, SigningMixin
 
 SUBDIRS = ("packs", "index", "journal", "spool")
@@ -45,13 +46,6 @@ CACHE_BYTES = 64 << 20
 
 def version_name(project, run, version) -> str:
     return f"{project}/{run}/{version}"
-
-
-@dataclass
-class RestoreReport:
-    files: int = 0
-    bytes: int = 0
-    damaged: list = field(default_factory=list)   # (path, message)
 
 
 @dataclass
@@ -956,50 +950,16 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
                 parents.add(p)
         return [e for e in entries if e["path"] in chosen or e["path"] in parents]
 
-    def restore(self, project, run, version, dest, patterns=None, progress=None) -> RestoreReport:
-        """Write a version (or the files matching `patterns`) into `dest`, checking every
-        file's SHA-256; a file that fails is removed and reported, the rest is restored."""
+    def restore(self, project, run, version, dest, patterns=None, progress=None,
+                force: bool = False) -> RestoreReport:
+        """Write a version (or the files matching `patterns`) into `dest`, a new or empty
+        directory (with `force`, one whose files of the version's paths are replaced),
+        checking every file's SHA-256; a file that fails is not written and is reported,
+        the rest is restored. Never follows a symlink below `dest`, never leaves a partial
+        file under a real name, keeps sparse files sparse (store/restore.py)."""
         self.require_version(project, run, version)
         entries = self.select_entries(project, run, version, patterns)
-        if os.path.exists(dest) and not os.path.isdir(dest):
-            raise StoreError(f"{dest} exists and is not a directory")
-        for e in entries:
-            if e["type"] != "dir" and os.path.lexists(os.path.join(dest, e["path"])):
-                raise StoreError(f"{os.path.join(dest, e['path'])} already exists; restore into "
-                                 "a new or empty directory")
-        os.makedirs(dest, exist_ok=True)
-        report = RestoreReport()
-        with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-read") as pool, \
-             ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
-            for e in entries:
-                target = os.path.join(dest, e["path"])
-                if e["type"] == "dir":
-                    os.makedirs(target, exist_ok=True)
-                elif e["type"] == "symlink":
-                    os.symlink(e["target"], target)
-                else:
-                    self._restore_file(e, target, pool, hasher, report, progress)
-        for e in reversed(entries):  # children before parents, so dir mtimes stick
-            target = os.path.join(dest, e["path"])
-            if e["type"] == "symlink" or not os.path.lexists(target):
-                continue
-            os.chmod(target, e["mode"])
-            os.utime(target, ns=(e["mtime_ns"], e["mtime_ns"]))
-        return report
-
-    def _restore_file(self, entry, target, pool, hasher, report, progress):
-        try:
-            with open(target, "xb") as out:
-                for data in self.iter_file_checked(entry, pool, hasher):
-                    out.write(data)
-                    if progress:
-                        progress(len(data))
-        except IntegrityError as e:
-            os.unlink(target)
-            report.damaged.append((entry["path"], str(e)))
-            return
-        report.files += 1
-        report.bytes += entry["size"]
+        return restore_entries(self, entries, dest, force, progress)
 
     # -- stats and verify ---------------------------------------------------------------
     def stats(self) -> dict:
