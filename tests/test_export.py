@@ -4,9 +4,11 @@ command, and the tools a recipient would use (sha256sum -c, tar -xf, diff -r).
 Most tests share one source store (module scope) and export from it; each import goes
 into a store of its own.
 """
+import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
 from types import SimpleNamespace
@@ -18,6 +20,7 @@ from samples import make_checkpoint, make_hf_checkpoint, tree_snapshot
 
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
+from ckptfs.store.manifest import version_digest
 
 
 def ck(*args, rc=0):
@@ -119,7 +122,7 @@ def test_partial_export_holds_only_the_matching_files(source, tmp_path, target):
     assert export["partial"] is True and sorted(export["files"]) == jsons
 
     proc = ck("import", target, dest, "nlp/run/step-200")
-    assert f"from a partial export of nlp/run/step-200 ({len(jsons)} of 9 files)" in out(proc)
+    assert f"from a partial export of nlp/run/step-200 ({len(jsons)} of 9 files; unsigned" in out(proc)
     doc = show(target, "nlp/run/step-200")
     assert doc["imported_from"]["partial"] is True
     assert doc["metrics"]["eval_loss"] == 0.4
@@ -176,7 +179,7 @@ def test_import_of_a_tar_keeps_files_metrics_lineage_and_origin(source, tmp_path
     # into a run of its own: its parent stays the one it had, not this run's newest
     second = ck("import", target, tmp_path / "step-200.tar", "nlp/copy/step-200")
     for proc in (first, second):
-        assert "(digest matches the original)" in out(proc)
+        assert "(files match its sidecar's digest; unsigned" in out(proc)
     ck("get", target, "nlp/copy/step-200", tmp_path / "restored")
     diff = subprocess.run(["diff", "-r", source.step200, tmp_path / "restored"],
                           capture_output=True, text=True)
@@ -296,7 +299,155 @@ def test_names_that_need_escaping_survive_sha256sum_and_the_round_trip(tmp_path,
     check = sha256sum_check(tmp_path / "odd")
     assert check.returncode == 0 and check.stdout.count(": OK") == 6, check.stdout
     proc = ck("import", target, tmp_path / "odd.tar", "p/r/again")
-    assert "(digest matches the original)" in out(proc)
+    assert "(files match its sidecar's digest; unsigned" in out(proc)
+
+
+# -- forged exports: what import does not take on the sidecar's word -----------------------
+def rewrite_sidecar_and_sums(dest, version, edit):
+    """What a forger does: change the sidecar (`edit(doc)`) and its line in SHA256SUMS,
+    so that `sha256sum -c` still passes."""
+    path = os.path.join(dest, f"{version}.json")
+    with open(path) as f:
+        doc = json.load(f)
+    edit(doc)
+    data = json.dumps(doc, indent=2).encode()
+    with open(path, "wb") as f:
+        f.write(data)
+    rewrite_sums_line(dest, f"{version}.json", data)
+
+
+def rewrite_sums_line(dest, rel, data: bytes):
+    sums = os.path.join(dest, "SHA256SUMS")
+    with open(sums) as f:
+        lines = [line for line in f if line.split("  ", 1)[1] != f"{rel}\n"]
+    lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}\n")
+    with open(sums, "w") as f:
+        f.writelines(lines)
+
+
+def forge_eval_loss_everywhere(dest, version, eval_loss: float):
+    """A consistent forgery: trainer_state.json, the sidecar (metrics, file record,
+    digest) and SHA256SUMS all rewritten together."""
+    state_path = os.path.join(dest, version, "trainer_state.json")
+    with open(state_path) as f:
+        state = json.load(f)
+    state["log_history"][-1]["eval_loss"] = eval_loss
+    data = json.dumps(state).encode()
+    with open(state_path, "wb") as f:
+        f.write(data)
+    rewrite_sums_line(dest, f"{version}/trainer_state.json", data)
+
+    def edit(doc):
+        doc["metrics"]["eval_loss"] = eval_loss
+        for record in doc["files"]:
+            if record["path"] == "trainer_state.json":
+                record.update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        doc["digest"] = version_digest([dict(f, type="file") for f in doc["files"]] +
+                                       [dict(s, type="symlink") for s in doc["symlinks"]])
+    rewrite_sidecar_and_sums(dest, version, edit)
+
+
+def test_a_sidecar_whose_metrics_the_files_contradict_is_refused(source, tmp_path, target):
+    dest = tmp_path / "forged"
+    ck("export", source.store, "nlp/run/step-200", dest)
+
+    def better_loss(doc):
+        doc["metrics"]["eval_loss"] = 0.01
+        doc["step"] = 9999
+    rewrite_sidecar_and_sums(dest, "step-200", better_loss)
+    assert sha256sum_check(dest).returncode == 0, "the forgery must pass sha256sum -c"
+    proc = ck("import", target, dest, "nlp/run/step-200", rc=3)
+    message = err(proc)
+    assert len(message.strip().splitlines()) == 1, message
+    assert "its sidecar disagrees with its files" in message
+    assert "metrics.eval_loss is 0.01 in the sidecar but 0.4 in the files" in message
+    assert "step is 9999 in the sidecar but 200 in the files" in message
+    assert "--trust-sidecar" in message and "nothing was imported" in message
+    assert out(ck("ls", target)) == ""
+
+    proc = ck("import", "--trust-sidecar", target, dest, "nlp/run/step-200")
+    assert "sidecar trusted despite 2 disagreement(s)" in out(proc)
+    doc = show(target, "nlp/run/step-200")
+    assert doc["metrics"]["eval_loss"] == 0.01 and doc["step"] == 9999
+    checks = doc["imported_from"]["checks"]
+    assert checks["trusted_sidecar"] is True and checks["signature"] == "unsigned"
+    assert "metrics.eval_loss is 0.01 in the sidecar but 0.4 in the files" in checks["disagreements"]
+    assert any(w.startswith("imported with --trust-sidecar: metrics.eval_loss")
+               for w in doc["warnings"])
+
+
+def test_an_unsigned_consistent_forgery_is_not_called_the_original(source, tmp_path, target):
+    dest = tmp_path / "forged"
+    ck("export", source.store, "nlp/run/step-200", dest)
+    forge_eval_loss_everywhere(dest, "step-200", 0.01)
+    assert sha256sum_check(dest).returncode == 0
+    proc = ck("import", target, dest, "nlp/run/step-200")
+    assert "digest matches the original" not in out(proc)
+    assert "unsigned: nothing proves which store it came from" in out(proc)
+    assert show(target, "nlp/run/step-200")["imported_from"]["checks"]["signature"] == "unsigned"
+
+
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """A store that signs its versions (`ckptfs key generate`), with nlp/run/step-200
+    exported to a directory."""
+    root = tmp_path_factory.mktemp("signed")
+    store = str(root / "store")
+    ck("init", store)
+    ck("key", "generate", store)
+    src = make_hf_checkpoint(root / "src" / "step-200", step=200, eval_loss=0.4)
+    ck("import", store, src, "nlp/run/step-200")
+    ck("export", store, "nlp/run/step-200", root / "export")
+    public_key = os.path.join(store, "keys", "signing.pem.pub")
+    key_id = show(store, "nlp/run/step-200")["signature"]["key_id"]
+    return SimpleNamespace(root=root, store=store, export=root / "export",
+                           public_key=public_key, key_id=key_id)
+
+
+def copy_export(signed, tmp_path):
+    dest = tmp_path / "copy"
+    shutil.copytree(signed.export, dest, symlinks=True)
+    return dest
+
+
+def test_a_signed_export_is_verified_with_the_given_public_key(signed, target):
+    proc = ck("import", "--public-key", signed.public_key, target, signed.export,
+              "nlp/run/step-200")
+    assert f"signature by key {signed.key_id} verified" in out(proc)
+    checks = show(target, "nlp/run/step-200")["imported_from"]["checks"]
+    assert checks == {"signature": "valid", "signature_key_id": signed.key_id}
+
+
+def test_a_forged_signed_export_is_refused(signed, tmp_path, target):
+    dest = copy_export(signed, tmp_path)
+    forge_eval_loss_everywhere(dest, "step-200", 0.01)
+    proc = ck("import", "--public-key", signed.public_key, target, dest, "nlp/run/step-200",
+              rc=3)
+    assert "its signature is not one of the given public key(s)" in err(proc)
+    assert "nothing was imported" in err(proc)
+    # the store it came from knows the key: there no --public-key is needed to catch it
+    proc = ck("import", signed.store, dest, "nlp/copy/step-200", rc=3)
+    assert f"its signature is not one of key {signed.key_id} (known here)" in err(proc)
+    assert out(ck("ls", target)) == "" and out(ck("ls", signed.store, "nlp")) == "run\n"
+    # without a key to check it with, the signature is reported as not checked
+    proc = ck("import", target, dest, "nlp/run/step-200")
+    assert f"signed by key {signed.key_id}, not checked" in out(proc)
+
+
+def test_a_signature_by_another_key_or_none_is_refused(signed, source, tmp_path, target):
+    other = tmp_path / "other.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", other], check=True)
+    subprocess.run(["openssl", "pkey", "-in", other, "-pubout", "-out", f"{other}.pub"],
+                   check=True)
+    proc = ck("import", "--public-key", f"{other}.pub", target, signed.export,
+              "nlp/run/step-200", rc=3)
+    assert "its signature is not one of the given public key(s)" in err(proc)
+    unsigned = tmp_path / "unsigned"
+    ck("export", source.store, "nlp/run/step-200", unsigned)
+    proc = ck("import", "--public-key", signed.public_key, target, unsigned,
+              "nlp/run/step-200", rc=3)
+    assert "it is not signed, but --public-key asks for a signature" in err(proc)
+    assert out(ck("ls", target)) == ""
 
 
 # -- through the mount ----------------------------------------------------------------------

@@ -145,12 +145,19 @@ def source_size(src: str) -> int:
 @click.argument("store")
 @click.argument("src_dir", metavar="SRC")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
-def import_(store, src_dir, ref):
+@click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
+              help="An export's signature must be by this Ed25519 public key; repeatable.")
+@click.option("--trust-sidecar", is_flag=True,
+              help="Import an export whose sidecar disagrees with its files (step, epoch, "
+                   "metrics), keeping the sidecar's values; the disagreement is recorded.")
+def import_(store, src_dir, ref, public_keys, trust_sidecar):
     """Archive the checkpoint directory SRC as PROJECT/RUN/VERSION. SRC may also be what
-    `ckptfs export` wrote (a directory or a tar): it is verified first, and the version
-    keeps its metrics, lineage and provenance (docs/export.md)."""
-    from ckptfs.meta.import_export import open_import_source
+    `ckptfs export` wrote (a directory or a tar): it is verified first (files, sidecar,
+    signature), and the version keeps its metrics, lineage and provenance
+    (docs/export.md)."""
+    from ckptfs.meta.import_export import TrustOptions, open_import_source
     project, run, version = parse_version_ref(ref)
+    trust = TrustOptions(load_public_keys(public_keys), trust_sidecar)
     is_tar = os.path.isfile(src_dir)
     with open_store(store) as s:
         s.authorize(None, project, "writer", "archive versions", ref)
@@ -159,7 +166,7 @@ def import_(store, src_dir, ref):
                                  unit_scale=True, unit_divisor=1000, desc="unpacking",
                                  disable=None if is_tar else True, leave=False)
         try:
-            with open_import_source(s, src_dir, unpacking.update) as source:
+            with open_import_source(s, src_dir, unpacking.update, trust) as source:
                 unpacking.close()
                 report = archive_with_progress(s, source, project, run, version, ref)
                 source.check_sealed(report)
@@ -172,6 +179,13 @@ def import_(store, src_dir, ref):
                f"{human_bytes(st.logical_bytes)} logical, "
                f"{human_bytes(st.new_stored_bytes)} new stored (dedup {dedup}, compression "
                f"{report.compression_ratio:.2f}x), {report.seconds:.1f} s, {rate:.0f} MB/s")
+
+
+def load_public_keys(paths) -> list | None:
+    if not paths:
+        return None
+    from ckptfs.store.ed25519 import load_public_key
+    return [load_public_key(path) for path in paths]
 
 
 def archive_with_progress(s: Store, source, project: str, run: str, version: str, ref: str):
@@ -333,8 +347,7 @@ def verify(store, signatures, public_keys):
     if public_keys:
         if not signatures:
             raise click.UsageError("--public-key goes with --signatures")
-        from ckptfs.store.ed25519 import load_public_key
-        trusted = [load_public_key(path) for path in public_keys]
+        trusted = load_public_keys(public_keys)
     with open_store(store) as s:
         bar = progress_bar(desc="verifying", unit=" chunks", disable=None, leave=False)
 

@@ -4,8 +4,9 @@
     disk as the store; refused: absolute paths, `..`, links, special files, anything
     outside its one top directory; removed afterwards, also on error)
     -> find the export: SHA256SUMS, one <name>.json of schema ckptfs.version/1, <name>/
-    -> verify: SHA256SUMS, the file list against the sidecar, the digest
-       (any failure: nothing is imported)
+    -> verify: SHA256SUMS, the file list against the sidecar, the digest, the sidecar's
+       step/epoch/metrics against the files' own, the signature (import_checks.py)
+       (any failure: nothing is imported; --trust-sidecar lets disagreements through)
     -> the caller seals <name>/ through `archive_directory`, the one ingest path, with
        the sidecar's metadata as `recorded` (metrics, lineage, provenance…, imported_from)
 
@@ -30,6 +31,8 @@ from ckptfs.store.ingest import walk_source
 from ckptfs.store.manifest import version_digest
 
 from .export import SUMS_NAME, ExportError, remove_path
+from .import_checks import (ImportChecks, SignatureProblem, check_signature, claims_of_files,
+                            disagreements)
 from .sidecar import SCHEMA as VERSION_SCHEMA
 
 UNPACK_PREFIX = "unpack-"
@@ -50,6 +53,23 @@ class UnsafeArchiveError(ExportError):
 
 class NotAnExportError(ExportError):
     pass
+
+
+class SidecarDisagreesError(ExportDamagedError):
+    """The sidecar's step, epoch or metrics differ from what the files themselves say."""
+
+
+class BadSignatureError(ExportDamagedError):
+    """A signature that does not verify, or a missing one that was asked for."""
+
+
+@dataclass
+class TrustOptions:
+    """What the user of `ckptfs import` trusts: public keys a signature must be by (None:
+    the keys this store knows), and whether to import a sidecar that disagrees with its
+    files anyway."""
+    public_keys: list | None = None
+    trust_sidecar: bool = False
 
 
 @dataclass
@@ -81,6 +101,7 @@ class ImportSource:
     digest: str | None = None      # the original version's digest
     partial: bool = False
     counts: tuple = ()             # (files exported, files of the original)
+    checks: ImportChecks | None = None
 
     def check_sealed(self, report):
         """After the seal: a full export must give the original's digest back."""
@@ -94,17 +115,22 @@ class ImportSource:
         """For the summary line of `ckptfs import`."""
         if self.recorded is None:
             return ""
+        trust = self.checks.describe()
+        if self.checks.trusted_sidecar:
+            trust += f"; sidecar trusted despite {len(self.checks.disagreements)} disagreement(s)"
         if self.partial:
             return (f" from a partial export of {self.original} ({self.counts[0]} of "
-                    f"{self.counts[1]} files)")
-        return f" from an export of {self.original} (digest matches the original)"
+                    f"{self.counts[1]} files; {trust})")
+        return f" from an export of {self.original} (files match its sidecar's digest; {trust})"
 
 
 @contextmanager
-def open_import_source(store, src: str, unpack_progress=None):
+def open_import_source(store, src: str, unpack_progress=None, trust: TrustOptions | None = None):
     """The directory to seal for SRC (a checkpoint directory, an export directory or an
     export tar), verified if it is an export. A tar is unpacked into the store's spool
     for the duration of the `with` block."""
+    trust = trust or TrustOptions()
+    known_keys = store.signing_state()["keys"]
     if os.path.isfile(src):
         if not tarfile.is_tarfile(src):
             raise NotAnExportError(f"{src} is not a directory, nor a tar made by `ckptfs "
@@ -115,10 +141,14 @@ def open_import_source(store, src: str, unpack_progress=None):
                 raise NotAnExportError(
                     f"{src} is not a ckptfs export: expected SHA256SUMS, <version>.json and "
                     f"<version>/ under its top directory {os.path.basename(top)}/")
-            yield verified_source(export, hashes)
+            yield verified_source(export, hashes, trust, known_keys)
         return
     export = find_export(src) if os.path.isdir(src) else None
-    yield ImportSource(src) if export is None else verified_source(export, {})
+    if export is None and trust.public_keys:
+        raise NotAnExportError(f"{src} is not an export: --public-key checks the signature "
+                               "of an export")
+    yield ImportSource(src) if export is None else \
+        verified_source(export, {}, trust, known_keys)
 
 
 # -- finding an export --------------------------------------------------------------------
@@ -181,10 +211,13 @@ def read_json(path: str):
 
 
 # -- verifying it -----------------------------------------------------------------------
-def verified_source(export: Export, known_hashes: dict) -> ImportSource:
-    """Check SHA256SUMS, then the files against the sidecar; the ImportSource to seal.
-    `known_hashes`: {path relative to the export: SHA-256} already computed (a tar's
-    files, hashed as they were unpacked)."""
+def verified_source(export: Export, known_hashes: dict, trust: TrustOptions | None = None,
+                    known_keys: dict | None = None) -> ImportSource:
+    """Check SHA256SUMS, the files against the sidecar, the signature and the sidecar's
+    claims against the files'; the ImportSource to seal. `known_hashes`: {path relative
+    to the export: SHA-256} already computed (a tar's files, hashed as they were
+    unpacked); `known_keys`: this store's journaled signing keys by id."""
+    trust = trust or TrustOptions()
     listed = _check_sums(export, known_hashes)
     sidecar = _load_sidecar(export)
     files, symlinks = _check_against_sidecar(export, sidecar, listed)
@@ -194,9 +227,34 @@ def verified_source(export: Export, known_hashes: dict) -> ImportSource:
     if not partial and version_digest(files + symlinks) != sidecar["digest"]:
         raise ExportDamagedError(f"export {export.label}: its files do not give the digest its "
                                  "sidecar records; nothing was imported")
-    recorded = recorded_metadata(sidecar, partial, len(files))
+    checks = _signature_checks(export, sidecar, trust, known_keys or {})
+    _check_claims(export, sidecar, trust, checks)
+    recorded = recorded_metadata(sidecar, partial, len(files), checks)
     return ImportSource(export.version_dir, recorded, original, sidecar["digest"], partial,
-                        (len(files), len(sidecar["files"])))
+                        (len(files), len(sidecar["files"])), checks)
+
+
+def _signature_checks(export: Export, sidecar: dict, trust: TrustOptions,
+                      known_keys: dict) -> ImportChecks:
+    try:
+        return check_signature(sidecar, trust.public_keys, known_keys)
+    except SignatureProblem as e:
+        raise BadSignatureError(f"export {export.label}: {e}; nothing was imported") from None
+
+
+def _check_claims(export: Export, sidecar: dict, trust: TrustOptions, checks: ImportChecks):
+    """Refuse a sidecar whose step, epoch or metrics the files contradict, unless the user
+    trusts it (then the disagreements are recorded with the version)."""
+    found = disagreements(sidecar, claims_of_files(export.version_dir))
+    if not found:
+        return
+    if not trust.trust_sidecar:
+        raise SidecarDisagreesError(
+            f"export {export.label}: its sidecar disagrees with its files: {'; '.join(found)}; "
+            "nothing was imported (--trust-sidecar imports it anyway with the sidecar's "
+            "values, and records the disagreement)")
+    checks.trusted_sidecar = True
+    checks.disagreements = found
 
 
 def _check_sums(export: Export, known_hashes: dict) -> dict[str, str]:
@@ -359,8 +417,11 @@ RECORDED_SHAPES = {
 }
 
 
-def recorded_metadata(sidecar: dict, partial: bool, exported_files: int) -> dict:
-    """The sidecar's metadata for `archive_directory(recorded=…)`, with `imported_from`."""
+def recorded_metadata(sidecar: dict, partial: bool, exported_files: int,
+                      checks: ImportChecks | None = None) -> dict:
+    """The sidecar's metadata for `archive_directory(recorded=…)`, with `imported_from`
+    (and in it, `checks`: what import could verify of the sidecar's claims)."""
+    checks = checks or ImportChecks()
     recorded, warnings = {}, []
     for key, shape in RECORDED_SHAPES.items():
         value = sidecar.get(key)
@@ -373,7 +434,9 @@ def recorded_metadata(sidecar: dict, partial: bool, exported_files: int) -> dict
     # Tags without the aliases of the other store: the user's own ones.
     aliases = set(_strings(sidecar.get("aliases")))
     recorded["tags"] = sorted(set(_strings(sidecar.get("tags"))) - aliases)
-    recorded["imported_from"] = imported_from(sidecar, partial)
+    recorded["imported_from"] = dict(imported_from(sidecar, partial), checks=checks.record())
+    if checks.trusted_sidecar:
+        warnings += [f"imported with --trust-sidecar: {d}" for d in checks.disagreements]
     if partial:
         warnings.append(f"imported from a partial export of {sidecar['project']}/{sidecar['run']}/"
                         f"{sidecar['version']}: {exported_files} of {len(sidecar['files'])} files "
