@@ -418,6 +418,21 @@ def test_a_signed_export_is_verified_with_the_given_public_key(signed, target):
     assert checks == {"signature": "valid", "signature_key_id": signed.key_id}
 
 
+def test_a_signed_partial_export_is_verified_through_its_sidecars_file_list(
+        signed, tmp_path, target):
+    dest = tmp_path / "jsons"
+    ck("export", signed.store, "nlp/run/step-200", dest, "--files", "*.json")
+    proc = ck("import", "--public-key", signed.public_key, target, dest, "nlp/run/step-200")
+    assert f"signature by key {signed.key_id} verified" in out(proc)
+    # a file record of a file that was left out, changed: the signed digest no longer holds
+    def edit(doc):
+        record = next(f for f in doc["files"] if f["path"] == "model.safetensors")
+        record["sha256"] = "0" * 64
+    rewrite_sidecar_and_sums(dest, "step-200", edit)
+    proc = ck("import", "--public-key", signed.public_key, target, dest, "nlp/run/again",
+              rc=3)
+    assert "the file list in its sidecar does not give the digest it records" in err(proc)
+
 def test_a_forged_signed_export_is_refused(signed, tmp_path, target):
     dest = copy_export(signed, tmp_path)
     forge_eval_loss_everywhere(dest, "step-200", 0.01)
