@@ -330,6 +330,8 @@ def schema_set(store, project, schema_file):
         doc = json.loads(schema_file.read())
     except ValueError as e:
         raise SettingError(f"{schema_file.name} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise SettingError(f"{schema_file.name} is nested too deeply to be a schema") from None
     from ckptfs.meta.schema import check_schema  # jsonschema: only when needed (start-up time)
     check_schema(doc)
     with open_store(store) as s:
