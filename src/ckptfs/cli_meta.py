@@ -281,10 +281,18 @@ def check_settings_project(project: str):
 @click.argument("store")
 @click.argument("project")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
-def config_set(store, project, assignments):
+@click.option("--force", is_flag=True,
+              help="Accept a pickle_allow rule that admits globals able to run code.")
+def config_set(store, project, assignments, force):
     """Set settings of PROJECT, e.g. `primary_metric=eval_loss mode=min`."""
     check_settings_project(project)
     changes = dict(parse_setting(a) for a in assignments)
+    if "pickle_allow" in changes:
+        from ckptfs.meta.scan import AllowRuleRefused, check_allow_rules
+        try:
+            check_allow_rules(changes["pickle_allow"], force)
+        except AllowRuleRefused as e:
+            raise SettingError(str(e)) from None
     with open_store(store) as s:
         settings = s.update_project_settings(project, changes)
     click.echo(json.dumps(settings, indent=2, sort_keys=True))
