@@ -162,7 +162,7 @@ def test_the_daemon_writes_the_reason_and_goes_on_sealing(tmp_path, mount):
     wait_sealed(mnt, "plain/r/v1")
     for project, reason in (("selfref", GAVE_UP), ("fetch", "is not inside the schema")):
         error_file = f"{mnt}/inbox/{project}/r/v1.error"
-        wait_for(lambda: os.path.exists(error_file), error_file)
+        wait_for(lambda path=error_file: os.path.exists(path), error_file)
         with open(error_file) as f:
             text = f.read()
         assert reason in text and SECRET not in text and "Traceback" not in text, text

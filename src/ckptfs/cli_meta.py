@@ -259,8 +259,8 @@ def tags(store, ref):
 @main.group()
 def config():
     """Project settings: primary_metric, mode (min|max), env_allow (a,b,…),
-    unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…). PROJECT `*` sets
-    defaults for every project."""
+    unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…; a rule admitting
+    globals that run code needs --force). PROJECT `*` sets defaults for every project."""
 
 
 def parse_setting(assignment: str) -> tuple[str, object]:

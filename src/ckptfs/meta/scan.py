@@ -2,31 +2,37 @@
 
 Unpickling runs code: a pickle names globals (`module.name`) that the unpickler imports
 and may call, so `torch.load` of a file whose pickle names `os.system` runs a shell
-command. At seal, every pickle-named file (`*.pt *.pth *.bin *.ckpt *.pkl *.pickle`) is
-walked opcode by opcode, never unpickled, and each global it imports that is not on the
-safe list below (data-only constructors: torch tensors and storages, numpy arrays,
-plain containers; the enums and config classes transformers, accelerate and Lightning
-pickle into their own checkpoints, the config classes only when rebuilt from saved
-state rather than called) is a finding. Inside a torch zip (`torch.save` since 1.6) each `*.pkl`
-member is walked; inside a legacy tar (`torch.save` before 0.4) each member is; a file
-that is neither is walked as a pickle stream, including the pickles torch's legacy
-format writes one after the other.
+command. At seal, every file of the version is read by content, whatever its name (a
+zip, an .npy, a tar, else a pickle stream), and each pickle in it is walked opcode by
+opcode, never unpickled: each global it imports that is not on the safe list below
+(data-only constructors: torch tensors and storages, numpy arrays, plain containers; the
+enums and config classes transformers, accelerate and Lightning pickle into their own
+checkpoints, the config classes only when rebuilt from saved state rather than called)
+is a finding. Inside a zip (`torch.save` since 1.6, `.npz`) each `*.pkl` member, and
+each member that begins like a pickle or an .npy, is read whatever its flags, CRC or
+central directory say (zip_entries.py); an .npy whose dtype holds objects has a pickle
+after its header; inside a legacy tar (`torch.save` before 0.4) each pickle member is
+walked; a file that is none of these is walked as a pickle stream, including the pickles
+torch's legacy format writes one after the other.
 
 The result is the sidecar's `scan` section (docs/sidecar.md):
 
-    {"status": "clean" | "unsafe" | "unscanned",
+    {"status": "clean" | "unsafe" | "allowed" | "unscanned",
      "findings": [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
                    "global": "posix.system"}],
      "files": {"optimizer.pt": "unsafe", "model.safetensors": "safe format",
-               "extra.bin": "unscanned: not a pickle (byte 0x3f at offset 0 ...)"}}
+               "extra.bin": "not a pickle (byte 0x3f at offset 0 ...)"},
+     "allowed": [...]}   # only when a risky global was admitted by `pickle_allow`
 
 The walk follows the unpickler's own rules, so that it can stop only where the unpickler
 would stop too: an unknown opcode or the end of the bytes ends a load before anything
-after it runs (the file is then "unscanned", and whatever it imported before that point
-is still a finding). Where the walk cannot tell what a global is (its name computed
-rather than written as a constant, an extension code) it is a finding. A pickle too
-large to walk within the limits is a finding as well: what it would import past the
-limit is unknown.
+after it runs (whatever it imported before that point is still a finding; a file that
+begins as a pickle and stops early is "unscanned", one that never was one is "not a
+pickle"). Under `unsafe_pickles=refuse` an unscanned version is refused like an unsafe
+one: what its unread pickle would import is unknown. Where the walk cannot tell what a
+global is (its name computed rather than written as a constant, an extension code) it is
+a finding. A pickle too large to walk within the limits is a finding as well: what it
+would import past the limit is unknown.
 """
 import ast
 import errno
@@ -40,11 +46,26 @@ from ckptfs.store.ingest import walk_source
 
 from . import zip_entries
 from .errors import SealRefused
-from .pickle_stream import (EFFECTS, MEMO_GETS, MEMO_PUTS, PICKLE_HIGHEST, PROTO, STRING_OPS,
-                            LimitReached, Malformed, Stream, importable, named_global,
-                            next_opcode, read_argument, stacked_global, string_value)
-from .pickle_stream import compat_name  # noqa: F401 (the tests use it from here)
+from .pickle_stream import (
+    EFFECTS,
+    MEMO_GETS,
+    MEMO_PUTS,
+    PICKLE_HIGHEST,
+    PROTO,
+    STRING_OPS,
+    LimitReached,
+    Malformed,
+    Stream,
+    compat_name,  # noqa: F401 (the tests use it from here)
+    importable,
+    named_global,
+    next_opcode,
+    read_argument,
+    stacked_global,
+    string_value,
+)
 
+# Names under which a file without a pickle is still listed (as `not a pickle`).
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
 DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | refuse
@@ -212,7 +233,8 @@ def risky_globals_of_rule(rule: str) -> list[str]:
         return [rule] if is_risky(module, name) else []
     if any(module == risky or module.startswith(risky + ".") for risky in RISKY_MODULES):
         return [f"{module}.* (the whole module)"]
-    return [f"{module}.{risky}" for risky in sorted(RISKY_NAMES.get(module, ()))]
+    names = sorted(RISKY_NAMES.get(module, ()), key=lambda n: (n.startswith("_"), n))
+    return [f"{module}.{name}" for name in names]
 
 
 class AllowRuleRefused(ValueError):
