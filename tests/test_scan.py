@@ -459,6 +459,8 @@ def zip_variants(payload: bytes) -> dict[str, bytes]:
             "bad CRC": patch_zip(stored, crc_xor=0xFFFF),
             "deflated, bad CRC": patch_zip(deflated, crc_xor=0x1),
             "local flags only": patch_zip(stored, flags=0x21, central=False),
+            # the local header names another file than the directory (zipfile refuses)
+            "names differ": stored.replace(b"archive/data.pkl", b"archive/data.txt", 1),
             "broken central directory": break_directory(stored),
             "no central directory": without_directory(deflated)}
 
@@ -527,6 +529,10 @@ def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
             allow_pickle=True)
     write(version / "README.md", b"# cat\ndog\nnot a pickle")
     write(version / "raw.dat", np.random.default_rng(0).standard_normal(64).tobytes())
+    # text that begins like a protocol 0 pickle: a GLOBAL line pair, INT lines
+    write(version / "names.txt", b"cat\ndog\nbird\n")
+    write(version / "train.log", b"INFO step 1 loss 2.5\n" * 3000)
+    write(version / "numbers.log", b"I1\nI2\n" * 3000)  # INT opcodes, never a STOP
     result = scan_directory(str(version))
     assert result["status"] == "unsafe"
     assert sorted((f["file"], f["pickle"], f["global"]) for f in result["findings"]) == [
@@ -538,7 +544,15 @@ def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
         ("weights.dat", None, "posix.system")]
     assert result["files"]["floats.npy"] == "not a pickle (numpy array of float32)"
     assert result["files"]["plain-objects.npy"] == "clean"
-    assert "README.md" not in result["files"] and "raw.dat" not in result["files"]
+    assert not {"README.md", "raw.dat", "names.txt", "train.log", "numbers.log"} & \
+        set(result["files"])
+    # the same bytes named like a pickle: listed, and what they would import is found
+    write(version / "names.pkl", b"cat\ndog\nbird\n")
+    write(version / "train.pkl", b"INFO step 1 loss 2.5\n" * 3000)
+    files = scan_directory(str(version))["files"]
+    assert files["names.pkl"] == "unsafe"
+    assert files["train.pkl"] == ("not a pickle (INT argument b'NFO step 1 loss 2.5' is not "
+                                  "a number (before offset 21))")
 
 
 def test_a_truncated_object_npy_is_unscanned_not_clean(tmp_path):

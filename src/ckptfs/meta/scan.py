@@ -37,6 +37,7 @@ would import past the limit is unknown.
 import ast
 import errno
 import os
+import re
 import stat
 import tarfile
 import zlib
@@ -416,6 +417,9 @@ class Walker:
                     stack.pop()  # a MARK too, as the unpickler does
             elif name == "EMPTY_TUPLE":
                 stack.append(NO_ARGS)
+            elif name in NUMBER_LINES:
+                check_number_line(name, arg, stream.offset)
+                stack.append(UNKNOWN)
             elif name == "NEWOBJ":  # cls.__new__(cls, *args): a rebuild when args is ()
                 args, cls = pop(), pop()
                 if args is not NO_ARGS:
@@ -429,6 +433,27 @@ class Walker:
                     use(pop())
                 for _ in range(pushed):
                     stack.append(UNKNOWN)
+
+
+NUMBER_LINES = ("INT", "LONG", "FLOAT")
+# What the C or the Python unpickler takes as an integer line (strtol with base 0, int()):
+# anything else stops both, as text does ("INFO: ..." read as INT).
+INTEGER_LINE = re.compile(rb"\s*[+-]?[0-9a-fA-FxXoO_]+L?\s*")
+
+
+def check_number_line(name: str, arg, offset: int) -> None:
+    """Malformed where neither unpickler could read the number of an INT, LONG or FLOAT."""
+    if not isinstance(arg, bytes):
+        return  # too long to keep: let it pass, as a number it might be
+    if name == "FLOAT":
+        try:
+            float(arg)
+            return
+        except ValueError:
+            pass
+    elif INTEGER_LINE.fullmatch(arg):
+        return
+    raise Malformed(f"{name} argument {arg[:20]!r} is not a number (before offset {offset})")
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -477,14 +502,17 @@ def scan_file(path: str, rel: str, allowed: frozenset = frozenset()) -> FileScan
             info = os.fstat(f.fileno())
             if not stat.S_ISREG(info.st_mode):
                 return FileScan("unscanned: not a regular file")
-            return judge(rel, read_contents(f, info.st_size), allowed)
+            named = rel.lower().endswith(PICKLE_SUFFIXES)
+            return judge(rel, read_contents(f, info.st_size, named), allowed)
     except OSError as e:
         return FileScan(f"unscanned: cannot be read ({e.strerror or e})")
     except Exception as e:  # the scan must never fail the seal: say so instead
         return FileScan(f"unscanned: unexpected error ({one_line(repr(e))})")
 
 
-def read_contents(f, size: int) -> Contents:
+def read_contents(f, size: int, named: bool = True) -> Contents:
+    """What the file holds. `named`: its name is a pickle's, so bytes that begin as a
+    pickle and stop early make it `unscanned` (else they are taken for data)."""
     if size == 0:
         return Contents(not_pickles=["empty file"])
     head = f.read(8)
@@ -499,7 +527,20 @@ def read_contents(f, size: int) -> Contents:
     if looks_like_tar(f):
         return tar_contents(f, walker)
     f.seek(0)
-    return Contents([Part(None, walker.walk_stream(Stream(f, size)), True, whole=size)])
+    walk = walker.walk_stream(Stream(f, size))
+    if named or starts_framed(head):
+        return Contents([Part(None, walk, named, whole=size)])
+    # Without a protocol header or a pickle's name, text and raw numbers often begin like
+    # a protocol 0 pickle (a log whose lines all start with "INFO" walks as INT opcodes):
+    # such a file counts as a pickle only if it is one, whole.
+    if walk.pickles and not walk.error and not walk.limited and walk.end == size:
+        return Contents([Part(None, walk, False, whole=size)])
+    return Contents(not_pickles=["no pickle protocol header, and not one whole pickle"])
+
+
+def starts_framed(head: bytes) -> bool:
+    """Do the bytes begin with a pickle's protocol header (PROTO 2..5)?"""
+    return len(head) >= 2 and head[0] == PROTO and 2 <= head[1] <= PICKLE_HIGHEST
 
 
 def looks_like_tar(f) -> bool:
@@ -518,8 +559,7 @@ def member_kind(name: str, head: bytes) -> str | None:
     """How a member of an archive is read: "pickle" (a `*.pkl`, as torch reads its
     data.pkl, or bytes that begin with a protocol 2+ header), "npy" (numpy's magic: an
     .npz member), or None (tensor bytes, text: nothing a loader unpickles)."""
-    if name.endswith(".pkl") or (len(head) >= 2 and head[0] == PROTO
-                                 and 2 <= head[1] <= PICKLE_HIGHEST):
+    if name.endswith(".pkl") or starts_framed(head):
         return "pickle"
     if head.startswith(NPY_MAGIC):
         return "npy"
