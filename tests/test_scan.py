@@ -521,6 +521,7 @@ def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
     write(version / "notes.txt", b"cos\nsystem\n(S'echo pwned'\ntR.")  # protocol 0, whole
     write(version / "model.zip", zip_bytes({"archive/data.pkl": evil_state()}))
     write(version / "model.safetensors", evil_state(2))  # named safe, holds a pickle
+    write(version / "model.joblib", evil_state(4))
     np.save(version / "objects.npy", object_array(CallsOsSystem(), 1), allow_pickle=True)
     os.rename(version / "objects.npy", version / "sub" / "objects.cache")
     np.savez(version / "arrays.npz", ok=np.zeros(3), bad=object_array(CallsOsSystem()))
@@ -537,6 +538,7 @@ def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
     assert result["status"] == "unsafe"
     assert sorted((f["file"], f["pickle"], f["global"]) for f in result["findings"]) == [
         ("arrays.npz", "bad.npy", "posix.system"),
+        ("model.joblib", None, "posix.system"),
         ("model.safetensors", None, "posix.system"),
         ("model.zip", "archive/data.pkl", "posix.system"),
         ("notes.txt", None, "os.system"),
@@ -553,6 +555,21 @@ def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
     assert files["names.pkl"] == "unsafe"
     assert files["train.pkl"] == ("not a pickle (INT argument b'NFO step 1 loss 2.5' is not "
                                   "a number (before offset 21))")
+
+
+def test_a_pickle_that_stops_early_is_unscanned_whatever_its_name(tmp_path):
+    """joblib writes raw array bytes inside its pickle stream, and its unpickler reads on
+    after them: a stream that begins as a pickle and stops being one must not pass as
+    clean, nor as not a pickle, under any name."""
+    stream = pickle.dumps({"coef": [0.5]}, protocol=4)[:-1]  # the STOP is not reached
+    joblib_like = stream + np.arange(8, dtype=np.float64).tobytes() + evil_state(4)
+    for name in ("model.joblib", "model.sav", "weights"):
+        version = tmp_path / name.replace(".", "-")
+        version.mkdir()
+        write(version / name, joblib_like)
+        result = scan_directory(str(version))
+        assert result["status"] == "unscanned", (name, result)
+        assert result["files"][name].startswith("unscanned: truncated or damaged pickle (")
 
 
 def test_a_truncated_object_npy_is_unscanned_not_clean(tmp_path):

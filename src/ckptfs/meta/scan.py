@@ -67,7 +67,7 @@ from .pickle_stream import (
 )
 
 # Names under which a file without a pickle is still listed (as `not a pickle`).
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle", ".joblib")
 SAFE_FORMAT_SUFFIXES = (".safetensors",)
 DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | refuse
 
@@ -529,7 +529,10 @@ def read_contents(f, size: int, named: bool = True) -> Contents:
     f.seek(0)
     walk = walker.walk_stream(Stream(f, size))
     if named or starts_framed(head):
-        return Contents([Part(None, walk, named, whole=size)])
+        # A file that begins with a protocol header and stops early is unscanned whatever
+        # its name: joblib, for one, writes raw array bytes inside its pickle stream and
+        # its unpickler goes on after them, so what follows must not pass unread.
+        return Contents([Part(None, walk, True, whole=size)])
     # Without a protocol header or a pickle's name, text and raw numbers often begin like
     # a protocol 0 pickle (a log whose lines all start with "INFO" walks as INT opcodes):
     # such a file counts as a pickle only if it is one, whole.
