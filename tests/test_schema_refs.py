@@ -80,6 +80,12 @@ def test_schema_set_refuses_references_outside_the_schema(tmp_path, web_server):
                        "notes": {"not": {"const": {"$ref": "file:///etc/passwd"}}},
                        "extracted": {"properties": {"$ref": {"type": "string"}}}}})
     run_cli_checked("schema", "set", store, "p", local)
+    # a local reference to nothing is refused too
+    typo = write_json(tmp_path / "typo.json", {"$ref": "#/$defs/missing"})
+    proc = run_cli_checked("schema", "set", store, "p", typo, rc=1)
+    assert proc.stderr.decode() == (
+        "ckptfs: error: not a usable JSON Schema: reference '#/$defs/missing' is not inside "
+        "the schema: ckptfs retrieves no file or URL\n")
 
 
 def test_a_stored_schema_with_an_external_reference_retrieves_nothing_at_seal(

@@ -46,6 +46,7 @@ class SchemaViolation(SealRefused):
 REFERENCE_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
 # Keywords whose values are data, not subschemas: a "$ref" string in them is no reference.
 DATA_KEYWORDS = ("const", "enum", "default", "examples")
+UNRESOLVED = "(the schema): reference "
 TOO_DEEP = ("validation gave up: the schema refers to itself without end, or the sidecar "
             "is nested too deeply to follow")
 
@@ -76,6 +77,10 @@ def check_schema(schema) -> None:
         raise SchemaInvalidError("not a usable JSON Schema: it refers to itself without end "
                                  "(a $ref that comes back to itself without going into a "
                                  "property or item)")
+    unresolved = [line for line in probe if line.startswith(UNRESOLVED)]
+    if unresolved:  # e.g. "#/$defs/typo": local, but nothing is there
+        raise SchemaInvalidError("not a usable JSON Schema: " + unresolved[0].removeprefix(
+            "(the schema): ").removesuffix(" (rule: $ref)"))
 
 
 def _check_local_references(schema, path: list) -> None:
@@ -108,8 +113,10 @@ def failures(schema, doc: dict) -> list[str]:
     try:
         errors = list(validator.iter_errors(doc))
     except Unresolvable as e:
-        ref = getattr(e, "ref", None) or str(e)
-        return [f"(the schema): reference {str(ref)[:200]!r} is not inside the schema: ckptfs "
+        ref = str(getattr(e, "ref", None) or e)
+        if ref.startswith("/"):  # a JSON pointer the schema does not hold: as it was written
+            ref = "#" + ref
+        return [f"{UNRESOLVED}{str(ref)[:200]!r} is not inside the schema: ckptfs "
                 "retrieves no file or URL (rule: $ref)"]
     except RecursionError:
         return [f"(the schema): {TOO_DEEP} (rule: $ref)"]
