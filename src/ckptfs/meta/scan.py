@@ -511,8 +511,8 @@ def scan_file(path: str, rel: str, allowed: frozenset = frozenset()) -> FileScan
 
 
 def read_contents(f, size: int, named: bool = True) -> Contents:
-    """What the file holds. `named`: its name is a pickle's, so bytes that begin as a
-    pickle and stop early make it `unscanned` (else they are taken for data)."""
+    """What the file holds. `named`: its name is a pickle's, so a headerless stream that
+    begins as a pickle and stops early makes it `unscanned` (else it is taken for data)."""
     if size == 0:
         return Contents(not_pickles=["empty file"])
     head = f.read(8)
