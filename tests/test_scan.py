@@ -572,6 +572,33 @@ def test_a_pickle_that_stops_early_is_unscanned_whatever_its_name(tmp_path):
         assert result["files"][name].startswith("unscanned: truncated or damaged pickle (")
 
 
+def test_compressed_pickles_are_inflated_and_walked(tmp_path):
+    """joblib's compress= and pandas' `.pkl.gz` wrap a whole pickle in gzip, bz2, xz or
+    zlib: the pickle inside is walked (`pickle` names the compression)."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+    version = tmp_path / "v"
+    version.mkdir()
+    wrappers = {"model.pkl.gz": gzip.compress, "model.pkl.bz2": bz2.compress,
+                "model.pkl.xz": lzma.compress, "model.joblib": zlib.compress}
+    for name, compress in wrappers.items():
+        write(version / name, compress(evil_state(4)))
+    write(version / "clean.gz", gzip.compress(pickle.dumps(DATA_ONLY, 4)))
+    write(version / "logs.gz", gzip.compress(b"INFO step 1\n" * 100))
+    write(version / "cut.gz", gzip.compress(evil_state(4))[:-30])
+    result = scan_directory(str(version))
+    assert sorted((f["file"], f["pickle"], f["global"]) for f in result["findings"]) == [
+        ("model.joblib", "<zlib>", "posix.system"), ("model.pkl.bz2", "<bzip2>", "posix.system"),
+        ("model.pkl.gz", "<gzip>", "posix.system"), ("model.pkl.xz", "<xz>", "posix.system")]
+    assert result["files"]["clean.gz"] == "clean"
+    assert "logs.gz" not in result["files"]
+    # cut short: never clean, whatever it holds
+    assert result["files"]["cut.gz"].startswith(
+        "unscanned: <gzip>: its data cannot be inflated (Compressed file ended")
+
+
 def test_a_truncated_object_npy_is_unscanned_not_clean(tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, object_array({"lr": 0.1}), allow_pickle=True)

@@ -35,11 +35,16 @@ a finding. A pickle too large to walk within the limits is a finding as well: wh
 would import past the limit is unknown.
 """
 import ast
+import bz2
 import errno
+import gzip
+import io
+import lzma
 import os
 import re
 import stat
 import tarfile
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -526,6 +531,9 @@ def read_contents(f, size: int, named: bool = True) -> Contents:
         return npy_contents(f, size, None, walker)
     if looks_like_tar(f):
         return tar_contents(f, walker)
+    compression = compression_of(head)
+    if compression is not None:
+        return compressed_contents(f, compression, walker)
     f.seek(0)
     walk = walker.walk_stream(Stream(f, size))
     if named or starts_framed(head):
@@ -539,6 +547,92 @@ def read_contents(f, size: int, named: bool = True) -> Contents:
     if walk.pickles and not walk.error and not walk.limited and walk.end == size:
         return Contents([Part(None, walk, False, whole=size)])
     return Contents(not_pickles=["no pickle protocol header, and not one whole pickle"])
+
+
+# Whole-file compressions that joblib (compress=...) and pandas (`.pkl.gz`) wrap pickles in.
+COMPRESSIONS = ((b"\x1f\x8b", "gzip"), (b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"))
+
+
+def compression_of(head: bytes) -> str | None:
+    for magic, name in COMPRESSIONS:
+        if head.startswith(magic):
+            return name
+    # a zlib header: deflate, and its two bytes a multiple of 31 (joblib's "zlib")
+    if len(head) >= 2 and head[0] == 0x78 and int.from_bytes(head[:2], "big") % 31 == 0:
+        return "zlib"
+    return None
+
+
+def opened_compressed(f, compression: str):
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    if compression == "bzip2":
+        return bz2.BZ2File(f, "rb")
+    if compression == "xz":
+        return lzma.LZMAFile(f, "rb")
+    return ZlibReader(f)
+
+
+class ZlibReader(io.RawIOBase):
+    """A zlib stream read forward, inflated as it is read."""
+
+    def __init__(self, f):
+        self.f, self.inflater = f, zlib.decompressobj()
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = b""
+        while not data and not self.inflater.eof:
+            chunk = self.inflater.unconsumed_tail or self.f.read(1 << 16)
+            if not chunk:
+                break
+            data = self.inflater.decompress(chunk, len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def compressed_contents(f, compression: str, walker: Walker) -> Contents:
+    """A compressed file is a pickle (`pickle` in its findings: `<gzip>`...) if what it
+    inflates to begins with a protocol header; anything else inside (a tarball of logs)
+    is left alone. Inflated into a temporary file, up to the member limit."""
+    label = f"<{compression}>"
+    f.seek(0)
+    with tempfile.SpooledTemporaryFile(16 << 20) as spool:
+        try:
+            with opened_compressed(f, compression) as inflated:
+                head = inflated.read(2)
+                if not starts_framed(head):
+                    return Contents(not_pickles=[f"{compression} data that is no pickle"])
+                spool.write(head)
+                size, problem = copy_limited(inflated, spool, MAX_MEMBER_BYTES - len(head))
+        except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError) as e:
+            return Contents(not_pickles=[f"{compression} data that cannot be inflated ({e})"])
+        if size is None:
+            limit = f"over {MAX_MEMBER_BYTES >> 20} MiB: not read"
+            return Contents([Part(label, PickleWalk(problems=[limit], limited=True), True)])
+        spool.seek(0)
+        found = Contents([Part(label, walker.walk_stream(Stream(spool, len(head) + size)),
+                               True)])
+    if problem:
+        found.unreadable.append(f"{label}: {problem}")
+    return found
+
+
+def copy_limited(source, out, limit: int) -> tuple[int | None, str | None]:
+    """Copy `source` to `out`: (bytes copied or None past `limit`, why the copy may be
+    incomplete: the compressed data is damaged)."""
+    size = 0
+    try:
+        while chunk := source.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                return None, None
+            out.write(chunk)
+    except (OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        return size, f"its data cannot be inflated ({e})"
+    return size, None
 
 
 def starts_framed(head: bytes) -> bool:
