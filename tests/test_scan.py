@@ -495,6 +495,21 @@ def test_real_torch_files_without_their_directory_are_still_read(tmp_path):
                 (expected, "unsafe" if expected else "clean"), (damage.__name__, name)
 
 
+def test_members_inflate_within_one_budget_per_file(tmp_path, monkeypatch):
+    """Many members that each inflate to the member limit: past the file's budget the
+    rest are findings (what they import is unknown), not hours of inflating."""
+    monkeypatch.setattr(scan, "MAX_MEMBER_BYTES", 60_000)
+    monkeypatch.setattr(scan, "MAX_INFLATED_BYTES", 100_000)
+    big = pickle.dumps([b"\0" * 50_000], protocol=4)
+    data = zip_bytes({f"archive/{i}.pkl": big for i in range(4)}, zipfile.ZIP_DEFLATED)
+    result = scanned(tmp_path, data, "model.pt")
+    assert result.status == "unsafe"
+    # the first inflates (50 kB), the second would pass the 100 kB: it and the rest are not
+    assert [(f["pickle"], f["problem"]) for f in result.findings] == [
+        (f"archive/{i}.pkl", "past the 0 MiB this file's members may inflate to: not read")
+        for i in (1, 2, 3)]
+
+
 def test_an_encrypted_member_that_is_no_plain_pickle_is_unscanned(tmp_path):
     ciphertext = np.random.default_rng(3).integers(0, 256, 400, dtype=np.uint8).tobytes()
     for name in ("archive/data.pkl", "archive/blob"):

@@ -78,6 +78,7 @@ DEFAULT_POLICY = "warn"          # the project setting unsafe_pickles: warn | re
 
 MAX_OPCODES = 2_000_000          # per file: a torch data.pkl has thousands
 MAX_MEMBER_BYTES = 1 << 30       # a pickle inside a zip or tar larger than this is not read
+MAX_INFLATED_BYTES = 2 << 30     # per file: compressed members inflated, all together
 MAX_FINDINGS_PER_PICKLE = 20     # distinct globals listed per pickle; the rest are counted
 MAX_KEPT_BYTES = 64 << 20        # string constants kept per file (the stack and memo hold them)
 
@@ -314,6 +315,12 @@ class Walker:
     def __init__(self):
         self.opcodes = 0
         self.kept_bytes = 0
+        self.inflated = 0        # bytes of compressed members inflated so far
+
+    def inflate_budget(self) -> int:
+        """How much the next compressed member may inflate to: a zip of many members that
+        each inflate to the member limit must not keep the seal busy for hours."""
+        return max(0, min(MAX_MEMBER_BYTES, MAX_INFLATED_BYTES - self.inflated))
 
     def walk_stream(self, stream: Stream) -> PickleWalk:
         """Every pickle at the start of `stream`: the first, and any that follow it with
@@ -683,12 +690,18 @@ def read_zip_entry(f, entry, walker: Walker, found: Contents) -> None:
             found.unreadable.append(f"{name}: encrypted member (it may hold a pickle)")
         if kind is None:
             return
-        data, size, damage = zip_entries.open_entry(f, entry, MAX_MEMBER_BYTES)
+        budget = MAX_MEMBER_BYTES if entry.method == zip_entries.STORED else \
+            walker.inflate_budget()
+        data, size, damage = zip_entries.open_entry(f, entry, budget)
+        if entry.method != zip_entries.STORED:
+            walker.inflated += size
     except zip_entries.EntryUnreadable as e:
         found.unreadable.append(f"{name}: cannot be read ({e})")
         return
     except zip_entries.TooLarge:
-        limit = f"over {MAX_MEMBER_BYTES >> 20} MiB: not read"
+        walker.inflated += budget if entry.method != zip_entries.STORED else 0
+        limit = f"over {budget >> 20} MiB: not read" if budget == MAX_MEMBER_BYTES else \
+            f"past the {MAX_INFLATED_BYTES >> 20} MiB this file's members may inflate to: not read"
         found.parts.append(Part(name, PickleWalk(problems=[limit], limited=True), True))
         return
     if damage:
