@@ -649,7 +649,7 @@ def test_refuse_also_refuses_what_could_not_be_scanned(tmp_path):
 
 RISKY_RULES = ["builtins.*", "builtins.eval", "builtins.getattr", "os.*", "posix.system",
                "subprocess.Popen", "torch.*", "torch.load", "__builtin__.*", "runpy._run_code",
-               "os.path.*"]
+               "os.path.*", "os.path.join", "codecs.open"]
 
 
 def test_risky_allow_rules_need_force(tmp_path):
@@ -666,6 +666,20 @@ def test_risky_allow_rules_need_force(tmp_path):
     run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=" + ",".join(RISKY_RULES))
     with Store.open(store) as s:
         assert s.project_settings("p")["pickle_allow"] == RISKY_RULES
+
+
+def test_a_module_rule_admits_the_module_globals_not_attributes_of_its_classes(tmp_path):
+    # STACK_GLOBAL 'pathlib' 'Path.write_text': a method reached through a trusted class
+    method = (b"\x80\x04\x8c\x07pathlib\x8c\x0fPath.write_text\x93\x8c\x01x\x8c\x01y"
+              b"\x86R.")
+    path = write(tmp_path / "x.pkl", method)
+    assert globals_of(scan_file(path, "x.pkl", frozenset({"pathlib.*"})).findings) == \
+        ["pathlib.Path.write_text"]
+    # named exactly, it is admitted, and listed: a method called with the pickle's arguments
+    exact = scan_file(path, "x.pkl", frozenset({"pathlib.Path.write_text"}))
+    assert (exact.status, exact.findings) == ("allowed", [])
+    assert exact.allowed == [{"file": "x.pkl", "pickle": None,
+                              "global": "pathlib.Path.write_text"}]
 
 
 def test_harmless_and_malformed_allow_rules(tmp_path):

@@ -194,7 +194,9 @@ def allowed_by_project(module: str, name: str, allowed: frozenset) -> bool:
     # Only a name the walk read: `<computed>.system` is no global a rule can name.
     if not (importable(module) and importable(name)):
         return False
-    return f"{module}.{name}" in allowed or f"{module}.*" in allowed
+    # `module.*` is the module's own globals, not attributes of its classes: it must not
+    # admit `pathlib.Path.write_text` because the project trusts `pathlib.Path`.
+    return f"{module}.{name}" in allowed or ("." not in name and f"{module}.*" in allowed)
 
 
 # -- risky globals: what a `pickle_allow` rule may not admit without --force -----------------
@@ -210,6 +212,7 @@ RISKY_MODULES = (
     "multiprocessing", "concurrent", "threading", "_thread", "asyncio", "signal",
     "pickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib", "types",
     "functools", "operator", "inspect", "gc", "platform", "commands", "popen2", "pip",
+    "codecs", "fileinput", "mmap", "resource", "sqlite3", "dbm", "zipfile", "tarfile",
     "setuptools", "distutils", "torch.hub", "torch.jit", "torch.package",
     "torch.utils.cpp_extension", "numpy.testing", "numpy.f2py", "__builtin__")
 # Globals of otherwise harmless modules that run code or load other pickles.
@@ -236,8 +239,10 @@ def risky_globals_of_rule(rule: str) -> list[str]:
     """The risky globals a `pickle_allow` rule admits (up to a few, as examples); empty
     for a rule that admits none."""
     module, _, name = rule.rpartition(".")
-    if name != "*":
-        return [rule] if is_risky(module, name) else []
+    if name != "*":  # "a.b.c" matches a.b's c as well as a's b.c: risky if either is
+        parts = rule.split(".")
+        splits = ((".".join(parts[:i]), ".".join(parts[i:])) for i in range(1, len(parts)))
+        return [rule] if any(is_risky(m, n) for m, n in splits) else []
     if any(module == risky or module.startswith(risky + ".") for risky in RISKY_MODULES):
         return [f"{module}.* (the whole module)"]
     names = sorted(RISKY_NAMES.get(module, ()), key=lambda n: (n.startswith("_"), n))
@@ -828,7 +833,7 @@ def pickle_findings(rel: str, member: str | None, walk: PickleWalk, allowed: fro
             continue
         if not allowed_by_project(module, name, allowed):
             unsafe.append(f"{module}.{name}")
-        elif is_risky(module, name):
+        elif is_risky(module, name) or "." in name:  # a method reached through its class
             admitted.append({"file": rel, "pickle": member, "global": f"{module}.{name}"})
     if is_pickle:
         unsafe += walk.unreadable
