@@ -691,26 +691,17 @@ def read_zip_entry(f, entry, walker: Walker, found: Contents) -> None:
     name = entry.name
     try:
         kind = member_kind(name, zip_entries.entry_head(f, entry))
-        if kind is None and entry.encrypted:  # its plain bytes are no pickle: ciphertext
-            found.unreadable.append(f"{name}: encrypted member (it may hold a pickle)")
-        if kind is None:
-            return
-        budget = MAX_MEMBER_BYTES if entry.method == zip_entries.STORED else \
-            walker.inflate_budget()
-        data, size, damage = zip_entries.open_entry(f, entry, budget)
-        if entry.method != zip_entries.STORED:
-            walker.inflated += size
     except zip_entries.EntryUnreadable as e:
         found.unreadable.append(f"{name}: cannot be read ({e})")
         return
-    except zip_entries.TooLarge:
-        walker.inflated += budget if entry.method != zip_entries.STORED else 0
-        limit = f"over {budget >> 20} MiB: not read" if budget == MAX_MEMBER_BYTES else \
-            f"past the {MAX_INFLATED_BYTES >> 20} MiB this file's members may inflate to: not read"
-        found.parts.append(Part(name, PickleWalk(problems=[limit], limited=True), True))
+    if kind is None:
+        if entry.encrypted:  # its plain bytes are no pickle: they may be ciphertext of one
+            found.unreadable.append(f"{name}: encrypted member (it may hold a pickle)")
         return
-    if damage:
-        found.unreadable.append(f"{name}: {damage}")
+    opened = open_zip_member(f, entry, walker, found)
+    if opened is None:
+        return
+    data, size = opened
     with data:
         if kind == "npy":
             member = npy_contents(data, size, name, walker)
@@ -724,21 +715,42 @@ def read_zip_entry(f, entry, walker: Walker, found: Contents) -> None:
     found.parts.append(Part(name, walk, required=name.endswith(".pkl")))
 
 
+def open_zip_member(f, entry, walker: Walker, found: Contents):
+    """(file, size) of a member's bytes, within the limits; None (and why, in `found`)
+    when they cannot be had."""
+    stored = entry.method == zip_entries.STORED
+    budget = MAX_MEMBER_BYTES if stored else walker.inflate_budget()
+    try:
+        data, size, damage = zip_entries.open_entry(f, entry, budget)
+    except zip_entries.EntryUnreadable as e:
+        found.unreadable.append(f"{entry.name}: cannot be read ({e})")
+        return None
+    except zip_entries.TooLarge:
+        walker.inflated += 0 if stored else budget
+        limit = f"over {budget >> 20} MiB: not read" if budget == MAX_MEMBER_BYTES else \
+            f"past the {MAX_INFLATED_BYTES >> 20} MiB this file's members may inflate to: not read"
+        found.parts.append(Part(entry.name, PickleWalk(problems=[limit], limited=True), True))
+        return None
+    walker.inflated += 0 if stored else size
+    if damage:
+        found.unreadable.append(f"{entry.name}: {damage}")
+    return data, size
+
+
 def tar_contents(f, walker: Walker) -> Contents:
     """The members of a tar (torch's format before 0.4) that hold pickles."""
     found = Contents()
     try:
         archive = tarfile.open(fileobj=f, mode="r:")
         for info in (m for m in archive.getmembers() if m.isfile()):
-            if info.size > MAX_MEMBER_BYTES:
-                limit = f"over {MAX_MEMBER_BYTES >> 20} MiB: not read"
-                found.parts.append(Part(info.name, PickleWalk(problems=[limit], limited=True),
-                                        True))
-                continue
             member = archive.extractfile(info)
             kind = member_kind(info.name, member.read(8))
             member.seek(0)
-            if kind == "npy":
+            if kind is not None and info.size > MAX_MEMBER_BYTES:
+                limit = f"over {MAX_MEMBER_BYTES >> 20} MiB: not read"
+                found.parts.append(Part(info.name, PickleWalk(problems=[limit], limited=True),
+                                        True))
+            elif kind == "npy":
                 npy = npy_contents(member, info.size, info.name, walker)
                 found.parts += npy.parts
                 found.unreadable += npy.unreadable
