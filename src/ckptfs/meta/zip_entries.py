@@ -28,6 +28,9 @@ STORED, DEFLATED, BZIP2 = 0, 8, 12
 ZIP64_EXTRA = 0x0001
 READ_CHUNK = 1 << 20
 SPOOL_IN_MEMORY = 16 << 20       # an inflated member larger than this goes to a temp file
+# Compressed bytes inflated per step: deflate inflates at most ~1032 times, so one step
+# never holds more than ~16 MiB, whatever a bomb's ratio.
+INFLATE_INPUT = 16 << 10
 
 
 class EntryUnreadable(Exception):
@@ -240,7 +243,7 @@ def open_entry(f, entry: Entry, limit: int) -> tuple[io.IOBase, int, str | None]
     size, problem = 0, None
     try:
         while not getattr(inflater, "eof", False):
-            chunk = raw.read(READ_CHUNK)
+            chunk = raw.read(INFLATE_INPUT)
             if not chunk:
                 problem = "its compressed data ends early"
                 break
