@@ -28,9 +28,8 @@ STORED, DEFLATED, BZIP2 = 0, 8, 12
 ZIP64_EXTRA = 0x0001
 READ_CHUNK = 1 << 20
 SPOOL_IN_MEMORY = 16 << 20       # an inflated member larger than this goes to a temp file
-# Compressed bytes inflated per step: deflate inflates at most ~1032 times, so one step
-# never holds more than ~16 MiB, whatever a bomb's ratio.
-INFLATE_INPUT = 16 << 10
+INFLATE_INPUT = 64 << 10         # compressed bytes read per step
+INFLATE_OUTPUT = 4 << 20         # inflated bytes per step at most, whatever a bomb's ratio
 
 
 class EntryUnreadable(Exception):
@@ -238,25 +237,42 @@ def open_entry(f, entry: Entry, limit: int) -> tuple[io.IOBase, int, str | None]
         if entry.compressed > limit:
             raise TooLarge()
         return raw, entry.compressed, None
-    inflater = decompressor(entry.method)
     out = tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY)
     size, problem = 0, None
     try:
-        while not getattr(inflater, "eof", False):
-            chunk = raw.read(INFLATE_INPUT)
-            if not chunk:
-                problem = "its compressed data ends early"
-                break
-            data = inflater.decompress(chunk)
+        for data in inflated_steps(decompressor(entry.method), raw):
             size += len(data)
             if size > limit:
                 out.close()
                 raise TooLarge()
             out.write(data)
+    except EntryEndsEarly:
+        problem = "its compressed data ends early"
     except (zlib.error, OSError, EOFError, ValueError) as e:
         problem = f"its data cannot be inflated ({e})"
     out.seek(0)
     return out, size, problem
+
+
+class EntryEndsEarly(Exception):
+    """The compressed data ends before its stream says it does."""
+
+
+def inflated_steps(inflater, raw):
+    """The inflated bytes, at most INFLATE_OUTPUT at a time whatever the ratio (a bomb is
+    stopped by the caller's limit before it fills memory)."""
+    pending = b""
+    while not inflater.eof:
+        if isinstance(inflater, bz2.BZ2Decompressor):
+            pending = raw.read(INFLATE_INPUT) if inflater.needs_input else b""
+            if inflater.needs_input and not pending:
+                raise EntryEndsEarly()
+            yield inflater.decompress(pending, INFLATE_OUTPUT)
+        else:
+            pending = inflater.unconsumed_tail or raw.read(INFLATE_INPUT)
+            if not pending:
+                raise EntryEndsEarly()
+            yield inflater.decompress(pending, INFLATE_OUTPUT)
 
 
 def entry_head(f, entry: Entry, n: int = 8) -> bytes:
