@@ -458,6 +458,7 @@ def zip_variants(payload: bytes) -> dict[str, bytes]:
             "deflated, encrypted flag": patch_zip(deflated, flags=0x1),
             "bad CRC": patch_zip(stored, crc_xor=0xFFFF),
             "deflated, bad CRC": patch_zip(deflated, crc_xor=0x1),
+            "bzip2, bad CRC": patch_zip(zip_bytes(members, zipfile.ZIP_BZIP2), crc_xor=0x1),
             "local flags only": patch_zip(stored, flags=0x21, central=False),
             # the local header names another file than the directory (zipfile refuses)
             "names differ": stored.replace(b"archive/data.pkl", b"archive/data.txt", 1),
