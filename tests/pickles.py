@@ -125,3 +125,40 @@ def torch_zip(path, pickles: dict[str, bytes], data: dict[str, bytes] | None = N
         archive.writestr(f"{prefix}/byteorder", "little")
         archive.writestr(f"{prefix}/version", "3\n")
     return str(path)
+
+
+# -- zips that trip up zipfile but not every loader ------------------------------------------
+
+def patch_zip(data: bytes, flags: int = 0, crc_xor: int = 0, local: bool = True,
+              central: bool = True) -> bytes:
+    """`data` (a zip) with `flags` OR-ed into the general-purpose flags and `crc_xor`
+    XOR-ed into the CRC of every local header and/or central directory entry."""
+    out = bytearray(data)
+    for signature, flag_at, crc_at, wanted in ((b"PK\x03\x04", 6, 14, local),
+                                               (b"PK\x01\x02", 8, 16, central)):
+        position = out.find(signature) if wanted else -1
+        while position >= 0:
+            struct.pack_into("<H", out, position + flag_at,
+                             struct.unpack_from("<H", out, position + flag_at)[0] | flags)
+            struct.pack_into("<I", out, position + crc_at,
+                             struct.unpack_from("<I", out, position + crc_at)[0] ^ crc_xor)
+            position = out.find(signature, position + 4)
+    return bytes(out)
+
+
+def zip_bytes(members: dict[str, bytes], compression=zipfile.ZIP_STORED) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
+        for member, payload in members.items():
+            archive.writestr(member, payload)
+    return buffer.getvalue()
+
+
+def break_directory(data: bytes) -> bytes:
+    """The zip with its central directory's signatures overwritten: zipfile cannot list it."""
+    return data.replace(b"PK\x01\x02", b"XX\x01\x02").replace(b"PK\x05\x06", b"XX\x05\x06")
+
+
+def without_directory(data: bytes) -> bytes:
+    """Only the local entries: the central directory and its end record cut off."""
+    return data[:data.find(b"PK\x01\x02")]

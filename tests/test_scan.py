@@ -25,7 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from conftest import run_cli_checked, unmount
-from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum, torch_zip
+from pickles import (Torch, break_directory, patch_zip, stand_in_class, stand_in_dict_class,
+                     stand_in_enum, torch_zip, without_directory, zip_bytes)
 from samples import make_checkpoint, make_hf_checkpoint
 from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
@@ -160,7 +161,7 @@ def test_torch_zip_members_are_walked(tmp_path, fake_torch):
     assert result.findings == [{"file": "evil.pt", "pickle": "archive/constants.pkl",
                                 "global": "posix.system"}]
     without = torch_zip(tmp_path / "none.pt", {})
-    assert scan_file(without, "none.pt").status == "unscanned: zip archive with no .pkl member"
+    assert scan_file(without, "none.pt").status == "not a pickle (zip archive with no pickle member)"
     cut = torch_zip(tmp_path / "cut.pt", {"archive/data.pkl": pickle.dumps({"a": 1}, 2)[:-3]})
     assert scan_file(cut, "cut.pt").status.startswith(
         "unscanned: archive/data.pkl: truncated or damaged pickle (the bytes end ")
@@ -198,20 +199,21 @@ def test_legacy_tar_format_members_are_walked(tmp_path):
     assert result.findings == [{"file": "old.pt", "pickle": "pickle", "global": "posix.system"}]
 
 
-def test_files_that_are_not_pickles_are_unscanned_with_the_reason(tmp_path):
+def test_files_that_are_not_pickles_are_listed_with_the_reason(tmp_path):
     raw = make_checkpoint(tmp_path / "ck")  # its optimizer.pt is raw float32 bytes
     status = scan_file(os.path.join(raw, "optimizer.pt"), "optimizer.pt").status
-    assert status.startswith("unscanned: not a pickle (byte 0x")
+    assert status.startswith("not a pickle (byte 0x")
     assert status.endswith(" is not a pickle opcode)")
-    assert scanned(tmp_path, b"").status == "unscanned: empty file"
+    assert scanned(tmp_path, b"").status == "not a pickle (empty file)"
+    # pickle.load would load the start: what follows is unknown, so it is not `clean`
     assert scanned(tmp_path, b"NNNN.and then text").status == \
-        "unscanned: not a pickle (only its first 5 bytes parse as one)"
+        "unscanned: only its first 5 bytes parse as a pickle"
     for seed in range(200):  # random numbers never pass for a pickle, nor for an unsafe one
         rng = np.random.default_rng(seed)
         noise = rng.standard_normal(300, dtype=np.float32).tobytes() if seed % 2 else \
             rng.integers(0, 256, 1200, dtype=np.uint8).tobytes()
         status = scanned(tmp_path, noise, "noise.bin").status
-        assert status.startswith("unscanned: not a pickle"), (seed, status)
+        assert status.startswith("not a pickle ("), (seed, status)
 
 
 def test_truncated_pickles(tmp_path):
@@ -241,7 +243,7 @@ def test_huge_files_are_not_read_whole(tmp_path):
     started = time.monotonic()
     assert scan_file(str(big), "big.pkl").status == "clean"
     assert scan_file(str(zeros), "zeros.bin").status == \
-        "unscanned: not a pickle (byte 0x00 at offset 0 is not a pickle opcode)"
+        "not a pickle (byte 0x00 at offset 0 is not a pickle opcode)"
     assert time.monotonic() - started < 2
 
 
@@ -257,7 +259,7 @@ def test_strings_past_the_budget_are_not_kept_and_cannot_hide_a_global(tmp_path,
     # 2,000,000 kept strings of 4 KiB would hold 8 GiB: past the budget they are unknown
     monkeypatch.setattr(scan, "MAX_KEPT_BYTES", 10_000)
     filler = pickle.dumps([str(i) * 1000 for i in range(20)], protocol=4)[:-1] + b"0"  # POP
-    assert scanned(tmp_path, filler + b".").status == "clean"
+    assert scanned(tmp_path, filler + b"N.").status == "clean"  # None: STOP needs a value
     evil = pickle.dumps(os.system, protocol=4)[2:]  # STACK_GLOBAL of 'posix', 'system'
     result = scanned(tmp_path, filler + evil)
     assert globals_of(result.findings) == ["<computed>.<computed>"]
@@ -430,11 +432,288 @@ def test_scan_of_a_directory(tmp_path, fake_torch):
                       "global": "posix.system"}],
         "files": {"extra.pickle": "clean", "model.safetensors": "safe format",
                   "optimizer.pt": "unsafe", "rng_state.pth": "clean", "scheduler.pt": "clean",
-                  "sub/raw.bin": "unscanned: not a pickle (byte 0x00 at offset 0 is not a "
+                  "sub/raw.bin": "not a pickle (byte 0x00 at offset 0 is not a "
                                  "pickle opcode)"}}
-    assert scan_directory(ck, ["posix.system"])["status"] == "unscanned"  # allowed by the project
-    os.unlink(os.path.join(ck, "sub", "raw.bin"))
-    assert scan_directory(ck, ["posix.*"])["status"] == "clean"
+    # a risky global the project admits (a rule set with --force) is listed, not clean
+    for rule in ("posix.system", "posix.*"):
+        admitted = scan_directory(ck, [rule])
+        assert (admitted["status"], admitted["findings"]) == ("allowed", [])
+        assert admitted["allowed"] == [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
+                                        "global": "posix.system"}]
+        assert admitted["files"]["optimizer.pt"] == "allowed"
+        assert scan_warnings(admitted) == [
+            "allowed pickle: optimizer.pt [optimizer/data.pkl] imports posix.system (admitted "
+            "by the project's pickle_allow: loading it may run code)"]
+
+
+# -- hostile containers: zip flags, CRC, directory; names; numpy -----------------------------
+
+def zip_variants(payload: bytes) -> dict[str, bytes]:
+    """A torch zip holding `payload` as archive/data.pkl, made unreadable to zipfile in
+    each way a permissive loader shrugs off."""
+    members = {"archive/data.pkl": payload, "archive/byteorder": b"little"}
+    stored, deflated = zip_bytes(members), zip_bytes(members, zipfile.ZIP_DEFLATED)
+    return {"encrypted flag": patch_zip(stored, flags=0x1),
+            "patched-data flag": patch_zip(stored, flags=0x20),
+            "deflated, encrypted flag": patch_zip(deflated, flags=0x1),
+            "bad CRC": patch_zip(stored, crc_xor=0xFFFF),
+            "deflated, bad CRC": patch_zip(deflated, crc_xor=0x1),
+            "bzip2, bad CRC": patch_zip(zip_bytes(members, zipfile.ZIP_BZIP2), crc_xor=0x1),
+            "local flags only": patch_zip(stored, flags=0x21, central=False),
+            # the local header names another file than the directory (zipfile refuses)
+            "names differ": stored.replace(b"archive/data.pkl", b"archive/data.txt", 1),
+            "broken central directory": break_directory(stored),
+            "no central directory": without_directory(deflated)}
+
+
+@pytest.mark.parametrize("variant", list(zip_variants(b"")))
+def test_zip_flags_crc_and_directory_cannot_hide_a_pickle(tmp_path, variant):
+    evil = write(tmp_path / "model.pt", zip_variants(evil_state())[variant])
+    result = scan_file(evil, "model.pt")
+    assert result.findings == [{"file": "model.pt", "pickle": "archive/data.pkl",
+                                "global": "posix.system"}], result.status
+    # read whatever the flags say, a clean one is clean: nothing is left unread, but for
+    # a member flagged encrypted whose plain bytes are no pickle (ciphertext, maybe)
+    clean = write(tmp_path / "clean.pt", zip_variants(pickle.dumps(DATA_ONLY, 2))[variant])
+    assert scan_file(clean, "clean.pt").status == (
+        "unscanned: archive/byteorder: encrypted member (it may hold a pickle)"
+        if "encrypted" in variant else "clean")
+
+
+def test_real_torch_files_without_their_directory_are_still_read(tmp_path):
+    """torch.save writes stored members whose sizes follow them (in a data descriptor):
+    with the central directory gone, the walk finds each member's end by its descriptor."""
+    torch = pytest.importorskip("torch")
+    weights = {f"layer.{i}.weight": torch.zeros(64, 32) for i in range(4)}
+    torch.save(weights, tmp_path / "clean.pt")
+    torch.save({"model": weights, "hook": CallsOsSystem()}, tmp_path / "evil.pt")
+    for damage in (break_directory, without_directory):
+        for name in ("clean.pt", "evil.pt"):
+            data = damage((tmp_path / name).read_bytes())
+            result = scanned(tmp_path, data, f"damaged-{name}")
+            expected = [] if name == "clean.pt" else ["posix.system"]
+            assert (globals_of(result.findings), result.status) == \
+                (expected, "unsafe" if expected else "clean"), (damage.__name__, name)
+
+
+def test_members_inflate_within_one_budget_per_file(tmp_path, monkeypatch):
+    """Many members that each inflate to the member limit: past the file's budget the
+    rest are findings (what they import is unknown), not hours of inflating."""
+    monkeypatch.setattr(scan, "MAX_MEMBER_BYTES", 60_000)
+    monkeypatch.setattr(scan, "MAX_INFLATED_BYTES", 100_000)
+    big = pickle.dumps([b"\0" * 50_000], protocol=4)
+    data = zip_bytes({f"archive/{i}.pkl": big for i in range(4)}, zipfile.ZIP_DEFLATED)
+    result = scanned(tmp_path, data, "model.pt")
+    assert result.status == "unsafe"
+    # the first inflates (50 kB), the second would pass the 100 kB: it and the rest are not
+    assert [(f["pickle"], f["problem"]) for f in result.findings] == [
+        (f"archive/{i}.pkl", "past the 0 MiB this file's members may inflate to: not read")
+        for i in (1, 2, 3)]
+
+
+def test_an_encrypted_member_that_is_no_plain_pickle_is_unscanned(tmp_path):
+    ciphertext = np.random.default_rng(3).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    for name in ("archive/data.pkl", "archive/blob"):
+        data = patch_zip(zip_bytes({name: ciphertext}), flags=0x1)
+        status = scanned(tmp_path, data, "model.pt").status
+        assert status.startswith("unscanned: ") and "encrypted member" in status, status
+    # a compression method the scan does not read could hide anything
+    lzma = zip_bytes({"archive/data.pkl": evil_state()}, zipfile.ZIP_LZMA)
+    status = scanned(tmp_path, lzma, "model.pt").status
+    assert status == ("unscanned: archive/data.pkl: cannot be read (compression method 14 is "
+                      "not read by the scan)")
+
+
+def object_array(*values) -> np.ndarray:
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
+
+
+def test_pickles_are_found_by_content_whatever_the_name(tmp_path):
+    version = tmp_path / "v"
+    (version / "sub").mkdir(parents=True)
+    write(version / "weights.dat", evil_state(4))
+    write(version / "notes.txt", b"cos\nsystem\n(S'echo pwned'\ntR.")  # protocol 0, whole
+    write(version / "model.zip", zip_bytes({"archive/data.pkl": evil_state()}))
+    write(version / "model.safetensors", evil_state(2))  # named safe, holds a pickle
+    write(version / "model.joblib", evil_state(4))
+    np.save(version / "objects.npy", object_array(CallsOsSystem(), 1), allow_pickle=True)
+    os.rename(version / "objects.npy", version / "sub" / "objects.cache")
+    np.savez(version / "arrays.npz", ok=np.zeros(3), bad=object_array(CallsOsSystem()))
+    np.save(version / "floats.npy", np.arange(4, dtype=np.float32))
+    np.save(version / "plain-objects.npy", object_array({"lr": 0.1}, [1, 2]),
+            allow_pickle=True)
+    write(version / "README.md", b"# cat\ndog\nnot a pickle")
+    write(version / "raw.dat", np.random.default_rng(0).standard_normal(64).tobytes())
+    # text that begins like a protocol 0 pickle: a GLOBAL line pair, INT lines
+    write(version / "names.txt", b"cat\ndog\nbird\n")
+    write(version / "train.log", b"INFO step 1 loss 2.5\n" * 3000)
+    write(version / "numbers.log", b"I1\nI2\n" * 3000)  # INT opcodes, never a STOP
+    result = scan_directory(str(version))
+    assert result["status"] == "unsafe"
+    assert sorted((f["file"], f["pickle"], f["global"]) for f in result["findings"]) == [
+        ("arrays.npz", "bad.npy", "posix.system"),
+        ("model.joblib", None, "posix.system"),
+        ("model.safetensors", None, "posix.system"),
+        ("model.zip", "archive/data.pkl", "posix.system"),
+        ("notes.txt", None, "os.system"),
+        ("sub/objects.cache", None, "posix.system"),
+        ("weights.dat", None, "posix.system")]
+    assert result["files"]["floats.npy"] == "not a pickle (numpy array of float32)"
+    assert result["files"]["plain-objects.npy"] == "clean"
+    assert not {"README.md", "raw.dat", "names.txt", "train.log", "numbers.log"} & \
+        set(result["files"])
+    # the same bytes named like a pickle: listed, and what they would import is found
+    write(version / "names.pkl", b"cat\ndog\nbird\n")
+    write(version / "train.pkl", b"INFO step 1 loss 2.5\n" * 3000)
+    files = scan_directory(str(version))["files"]
+    assert files["names.pkl"] == "unsafe"
+    assert files["train.pkl"] == ("not a pickle (INT argument b'NFO step 1 loss 2.5' is not "
+                                  "a number (before offset 21))")
+
+
+def test_a_pickle_that_stops_early_is_unscanned_whatever_its_name(tmp_path):
+    """joblib writes raw array bytes inside its pickle stream, and its unpickler reads on
+    after them: a stream that begins as a pickle and stops being one must not pass as
+    clean, nor as not a pickle, under any name."""
+    stream = pickle.dumps({"coef": [0.5]}, protocol=4)[:-1]  # the STOP is not reached
+    joblib_like = stream + np.arange(8, dtype=np.float64).tobytes() + evil_state(4)
+    for name in ("model.joblib", "model.sav", "weights"):
+        version = tmp_path / name.replace(".", "-")
+        version.mkdir()
+        write(version / name, joblib_like)
+        result = scan_directory(str(version))
+        assert result["status"] == "unscanned", (name, result)
+        assert result["files"][name].startswith("unscanned: truncated or damaged pickle (")
+
+
+def test_compressed_pickles_are_inflated_and_walked(tmp_path):
+    """joblib's compress= and pandas' `.pkl.gz` wrap a whole pickle in gzip, bz2, xz or
+    zlib: the pickle inside is walked (`pickle` names the compression)."""
+    import bz2
+    import gzip
+    import lzma
+    import zlib
+    version = tmp_path / "v"
+    version.mkdir()
+    wrappers = {"model.pkl.gz": gzip.compress, "model.pkl.bz2": bz2.compress,
+                "model.pkl.xz": lzma.compress, "model.joblib": zlib.compress}
+    for name, compress in wrappers.items():
+        write(version / name, compress(evil_state(4)))
+    write(version / "clean.gz", gzip.compress(pickle.dumps(DATA_ONLY, 4)))
+    write(version / "logs.gz", gzip.compress(b"INFO step 1\n" * 100))
+    write(version / "cut.gz", gzip.compress(evil_state(4))[:-30])
+    result = scan_directory(str(version))
+    assert sorted((f["file"], f["pickle"], f["global"]) for f in result["findings"]) == [
+        ("model.joblib", "<zlib>", "posix.system"), ("model.pkl.bz2", "<bzip2>", "posix.system"),
+        ("model.pkl.gz", "<gzip>", "posix.system"), ("model.pkl.xz", "<xz>", "posix.system")]
+    assert result["files"]["clean.gz"] == "clean"
+    assert "logs.gz" not in result["files"]
+    # cut short: never clean, whatever it holds
+    assert result["files"]["cut.gz"].startswith(
+        "unscanned: <gzip>: its data cannot be inflated (Compressed file ended")
+
+
+def test_a_truncated_object_npy_is_unscanned_not_clean(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, object_array({"lr": 0.1}), allow_pickle=True)
+    write(path, path.read_bytes()[:-3])
+    assert scan_file(str(path), "x.npy").status.startswith(
+        "unscanned: truncated or damaged pickle (")
+    write(path, b"\x93NUMPY\x01\x00\x10\x00{'descr': os.sy}\n")  # no literal: never run
+    assert scan_file(str(path), "x.npy").status.startswith(
+        "unscanned: numpy header that cannot be read (")
+
+
+def test_refuse_also_refuses_what_could_not_be_scanned(tmp_path):
+    store = new_store(tmp_path)
+    run_cli_checked("config", "set", store, "p", "unsafe_pickles=refuse")
+    src = make_hf_checkpoint(tmp_path / "src", 10)
+    ciphertext = np.random.default_rng(4).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    write(os.path.join(src, "optimizer.pt"),
+          patch_zip(zip_bytes({"optimizer/data.pkl": ciphertext}), flags=0x1))
+    proc = run_cli_checked("import", store, src, "p/r/v1", rc=1)
+    error = proc.stderr.decode()
+    assert error.count("\n") == 1 and error.startswith(
+        "ckptfs: error: version p/r/v1 refused: files that may hold pickles could not be "
+        "scanned to the end: optimizer.pt: optimizer/data.pkl: encrypted member (it may hold "
+        "a pickle) (project p has unsafe_pickles=refuse). "), error
+    with Store.open(store) as s:
+        assert s.version_record("p", "r", "v1") is None
+    # under warn it is sealed, and says so
+    run_cli_checked("config", "set", store, "p", "unsafe_pickles=warn")
+    run_cli_checked("import", store, src, "p/r/v1")
+    with Store.open(store) as s:
+        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "unscanned"
+
+
+RISKY_RULES = ["builtins.*", "builtins.eval", "builtins.getattr", "os.*", "posix.system",
+               "subprocess.Popen", "torch.*", "torch.load", "__builtin__.*", "runpy._run_code",
+               "os.path.*", "os.path.join", "codecs.open"]
+
+
+def test_risky_allow_rules_need_force(tmp_path):
+    store = new_store(tmp_path)
+    for rule in RISKY_RULES:
+        proc = run_cli_checked("config", "set", store, "p", f"pickle_allow=mylib.Config,{rule}",
+                               rc=1)
+        error = proc.stderr.decode()
+        assert error.count("\n") == 1 and error.startswith(
+            f"ckptfs: error: pickle_allow rule {rule!r} admits globals that run code when a "
+            "pickle is loaded ("), error
+    with Store.open(store) as s:
+        assert "pickle_allow" not in s.project_settings("p")
+    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=" + ",".join(RISKY_RULES))
+    with Store.open(store) as s:
+        assert s.project_settings("p")["pickle_allow"] == RISKY_RULES
+
+
+def test_a_module_rule_admits_the_module_globals_not_attributes_of_its_classes(tmp_path):
+    # STACK_GLOBAL 'pathlib' 'Path.write_text': a method reached through a trusted class
+    method = (b"\x80\x04\x8c\x07pathlib\x8c\x0fPath.write_text\x93\x8c\x01x\x8c\x01y"
+              b"\x86R.")
+    path = write(tmp_path / "x.pkl", method)
+    assert globals_of(scan_file(path, "x.pkl", frozenset({"pathlib.*"})).findings) == \
+        ["pathlib.Path.write_text"]
+    # named exactly, it is admitted, and listed: a method called with the pickle's arguments
+    exact = scan_file(path, "x.pkl", frozenset({"pathlib.Path.write_text"}))
+    assert (exact.status, exact.findings) == ("allowed", [])
+    assert exact.allowed == [{"file": "x.pkl", "pickle": None,
+                              "global": "pathlib.Path.write_text"}]
+
+
+def test_harmless_and_malformed_allow_rules(tmp_path):
+    store = new_store(tmp_path)
+    run_cli_checked("config", "set", store, "p",
+                    "pickle_allow=mylib.Config,mylib.enums.*,builtins.set")
+    for rule in ("<computed>.*", "mylib.*.x", "os system.x"):
+        proc = run_cli_checked("config", "set", "--force", store, "p", f"pickle_allow={rule}",
+                               rc=1)
+        assert proc.stderr.decode() == \
+            f"ckptfs: error: pickle_allow rule {rule!r} is not MODULE.NAME or MODULE.*\n"
+
+
+def test_a_forced_risky_rule_seals_as_allowed_not_clean(tmp_path):
+    store = new_store(tmp_path)
+    src = make_hf_checkpoint(tmp_path / "src", 10)
+    write(os.path.join(src, "extra.pkl"), b"c__builtin__\neval\n(S'1+1'\ntR.")
+    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=builtins.*",
+                    "unsafe_pickles=refuse")
+    run_cli_checked("import", store, src, "p/r/v1")
+    with Store.open(store) as s:
+        doc = sidecar_of_version(s, "p", "r", "v1")
+    assert doc["scan"]["status"] == "allowed"
+    assert doc["scan"]["files"]["extra.pkl"] == "allowed"
+    assert doc["scan"]["allowed"] == [{"file": "extra.pkl", "pickle": None,
+                                       "global": "builtins.eval"}]
+    assert doc["warnings"] == [
+        "allowed pickle: extra.pkl imports builtins.eval (admitted by the project's "
+        "pickle_allow: loading it may run code)"]
+    # a computed name is never admitted by a rule
+    write(os.path.join(src, "extra.pkl"), b"\x80\x04\x8c\x08builtins\x8c\x03str\x93\x8c"
+          b"\x05posix\x85R\x8c\x06system\x93\x8c\x02ls\x85R.")
+    run_cli_checked("import", store, src, "p/r/v2", rc=1)
 
 
 # -- through the CLI and a real mount ----------------------------------------------------------
@@ -467,11 +746,16 @@ def test_import_refuses_an_unsafe_version_in_one_line(tmp_path):
     assert journal_bytes(store) == before, "a refused version was journaled"
     with Store.open(store) as s:
         assert s.version_record("p", "r", "v1") is None
-    # a global the project trusts is no finding
-    run_cli_checked("config", "set", store, "p", "pickle_allow=posix.system")
+    # a global the project trusts is no finding; a risky one needs --force, and shows
+    proc = run_cli_checked("config", "set", store, "p", "pickle_allow=posix.system", rc=1)
+    assert proc.stderr.decode() == (
+        "ckptfs: error: pickle_allow rule 'posix.system' admits globals that run code when a "
+        "pickle is loaded (posix.system): name the exact globals you trust, or repeat with "
+        "--force to take the risk (versions using them then scan as 'allowed')\n")
+    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=posix.system")
     run_cli_checked("import", store, src, "p/r/v1")
     with Store.open(store) as s:  # the same ingest path, from Python
-        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "clean"
+        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "allowed"
         s.update_project_settings("p", {}, unset=["pickle_allow"])
         with pytest.raises(UnsafePickleError) as refused:
             archive_directory(s, src, "p", "r", "v2")
@@ -479,8 +763,9 @@ def test_import_refuses_an_unsafe_version_in_one_line(tmp_path):
                                            "global": "posix.system"}]
         archive_directory(s, make_checkpoint(tmp_path / "raw"), "p", "r", "v3")
         doc = sidecar_of_version(s, "p", "r", "v3")
-    assert doc["scan"]["status"] == "unscanned"
-    assert doc["scan"]["files"]["optimizer.pt"].startswith("unscanned: not a pickle")
+    # raw bytes named optimizer.pt hold no pickle: nothing to refuse
+    assert doc["scan"]["status"] == "clean"
+    assert doc["scan"]["files"]["optimizer.pt"].startswith("not a pickle (")
 
 
 @pytest.fixture(scope="module")
@@ -529,8 +814,8 @@ def test_mount_warns_and_seals_a_checkpoint_whose_optimizer_calls_os_system(moun
     assert sidecar_of(mounted.mnt, "warned/r/v2")["scan"]["status"] == "clean"
     assert sidecar_of(mounted.mnt, "warned/r/v2")["warnings"] == []
     raw = sidecar_of(mounted.mnt, "warned/r/v3")["scan"]
-    assert raw["status"] == "unscanned" and raw["findings"] == []
-    assert raw["files"]["optimizer.pt"].startswith("unscanned: not a pickle")
+    assert raw["status"] == "clean" and raw["findings"] == []  # raw bytes: no pickle
+    assert raw["files"]["optimizer.pt"].startswith("not a pickle (")
     # the bytes sealed are those copied: the scan only reads
     same = sh(f"cmp {src}/v1/optimizer.pt {mounted.mnt}/projects/warned/r/v1/optimizer.pt")
     assert same.returncode == 0, same.stdout
@@ -570,3 +855,20 @@ def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
     assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
     same = sh(f"cmp {clean}/optimizer.pt {mounted.mnt}/projects/guarded/r/v1/optimizer.pt")
     assert same.returncode == 0, same.stdout
+
+
+def test_mount_refuses_a_pickle_hidden_by_zip_flags_and_names(mounted):
+    run_cli_checked("config", "set", mounted.store, "flags", "unsafe_pickles=refuse")
+    src = make_hf_checkpoint(mounted.root / "flags" / "v1", 10)
+    write(os.path.join(src, "optimizer.pt"), zip_variants(evil_state())["encrypted flag"])
+    write(os.path.join(src, "extra.dat"), evil_state(4))
+    inbox = f"{mounted.mnt}/inbox/flags/r"
+    copy = sh(f"mkdir -p {inbox} && cp -r {src} {inbox}/")
+    assert copy.returncode == 0, copy.stderr
+    error_file = wait_for(lambda: os.path.exists(f"{inbox}/v1.error") and f"{inbox}/v1.error",
+                          "flags/r/v1.error")
+    with open(error_file) as f:
+        error = f.read()
+    assert "extra.dat imports posix.system" in error, error
+    assert "optimizer.pt [archive/data.pkl] imports posix.system" in error, error
+    assert not os.path.exists(f"{mounted.mnt}/projects/flags/r/v1")

@@ -259,8 +259,8 @@ def tags(store, ref):
 @main.group()
 def config():
     """Project settings: primary_metric, mode (min|max), env_allow (a,b,…),
-    unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…). PROJECT `*` sets
-    defaults for every project."""
+    unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…; a rule admitting
+    globals that run code needs --force). PROJECT `*` sets defaults for every project."""
 
 
 def parse_setting(assignment: str) -> tuple[str, object]:
@@ -281,10 +281,18 @@ def check_settings_project(project: str):
 @click.argument("store")
 @click.argument("project")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
-def config_set(store, project, assignments):
+@click.option("--force", is_flag=True,
+              help="Accept a pickle_allow rule that admits globals able to run code.")
+def config_set(store, project, assignments, force):
     """Set settings of PROJECT, e.g. `primary_metric=eval_loss mode=min`."""
     check_settings_project(project)
     changes = dict(parse_setting(a) for a in assignments)
+    if "pickle_allow" in changes:
+        from ckptfs.meta.scan import AllowRuleRefused, check_allow_rules
+        try:
+            check_allow_rules(changes["pickle_allow"], force)
+        except AllowRuleRefused as e:
+            raise SettingError(str(e)) from None
     with open_store(store) as s:
         settings = s.update_project_settings(project, changes)
     click.echo(json.dumps(settings, indent=2, sort_keys=True))
@@ -330,6 +338,8 @@ def schema_set(store, project, schema_file):
         doc = json.loads(schema_file.read())
     except ValueError as e:
         raise SettingError(f"{schema_file.name} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise SettingError(f"{schema_file.name} is nested too deeply to be a schema") from None
     from ckptfs.meta.schema import check_schema  # jsonschema: only when needed (start-up time)
     check_schema(doc)
     with open_store(store) as s:
