@@ -382,6 +382,9 @@ def test_user_metadata_broken_files(tmp_path):
     os.symlink(tmp_path / "elsewhere.json", tmp_path / "ckptfs.json")
     assert read_user_metadata(str(tmp_path)) == (
         {}, ["ckptfs.json: is a symlink; not followed: ignored"])
+    os.remove(tmp_path / "ckptfs.json")
+    assert user_doc(tmp_path, '{"notes": ' + "[" * 900 + "]" * 900 + "}") == (
+        {}, ["ckptfs.json: nested too deeply to read: ignored"])
 
 
 # -- pickled checkpoints: training_args.bin, Lightning, standalone torch files -----------------

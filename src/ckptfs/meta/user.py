@@ -84,6 +84,9 @@ def read_user_metadata(src_dir: str) -> tuple[dict, list[str]]:
         if doc is None:
             return {}, warnings
         return clean_document(doc, warnings), warnings
+    except RecursionError:
+        warnings.append(f"{USER_FILE}: nested too deeply to read: ignored")
+        return {}, warnings
     except Exception as exc:  # last resort: the contract is to never raise
         warnings.append(f"{USER_FILE}: unexpected error ({exc!r}): ignored")
         return {}, warnings
