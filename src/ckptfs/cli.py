@@ -226,18 +226,34 @@ def ls(store, ref, long):
                 click.echo(name)
         elif len(parts) == 2:
             versions = s.versions(*parts)
-            if not versions:
+            damage = s.version_damage(*parts)
+            if not versions and not damage:
                 fail(f"no run {'/'.join(parts)!r} in the store")
-            for v in versions:
-                if long:
-                    click.echo(f"{v['sealed_at'][:19].replace('T', ' ')}  {v['files']:>5} files "
-                               f"{human_bytes(v['logical_bytes']):>10}  {v['version']}")
-                else:
-                    click.echo(v["version"])
+            list_versions(versions, damage, long)
         else:
             entries = s.list_dir(parts[0], parts[1], parts[2], "/".join(parts[3:]))
             for entry in entries:
                 click.echo(long_entry_line(entry) if long else entry["path"].rsplit("/", 1)[-1])
+
+
+def list_versions(versions: list[dict], damage: list[dict], long: bool):
+    """A run's versions, and those whose file list was lost (they cannot be read, but
+    their names must not vanish); then one warning per damaged version, on stderr."""
+    lost = [{"version": d["version"], "seq": d["seq"], "lost": True}
+            for d in damage if d.get("manifest")]
+    for v in sorted(versions + lost, key=lambda v: v["seq"]):
+        if v.get("lost"):
+            click.echo(f"{'(damaged: file list lost)':>46}  {v['version']}" if long else v["version"])
+        elif long:
+            click.echo(f"{v['sealed_at'][:19].replace('T', ' ')}  {v['files']:>5} files "
+                       f"{human_bytes(v['logical_bytes']):>10}  {v['version']}")
+        else:
+            click.echo(v["version"])
+    for d in damage:
+        what = "its file list was lost" if d.get("manifest") else \
+            f"{len(d['files'])} damaged file(s): {', '.join(sorted(d['files'])[:3])}"
+        click.echo(f"ckptfs: warning: {d['project']}/{d['run']}/{d['version']} is damaged "
+                   f"({what}); see `ckptfs verify` and docs/recovery.md", err=True)
 
 
 @main.command()
@@ -346,6 +362,9 @@ def verify(store, signatures, public_keys):
     if report.leftover_packs:
         click.echo(f"note: {len(report.leftover_packs)} unfinished pack(s) left by interrupted "
                    "imports hold no version's data (a later garbage collection removes them)")
+    for pack_id, problems in sorted(report.dead_damage.items()):
+        click.echo(f"note: pack {pack_id:08x}: {len(problems)} damaged record(s) no version uses "
+                   "any more (healed or left over; a later garbage collection drops them)")
     if report.gc_interrupted:
         click.echo("note: a garbage collection was interrupted; the store is consistent and "
                    "the next `ckptfs gc` finishes its work")
@@ -376,16 +395,35 @@ def verify(store, signatures, public_keys):
 @main.command("rebuild-index")
 @click.argument("store")
 def rebuild_index(store):
-    """Recreate the index from the packs and the journal alone."""
-    with open_store(store) as s:
+    """Recreate the index from the packs and the journal alone, salvaging around damage
+    (exit 3 if some versions or files are damaged: they are named)."""
+    with Store.open(store, for_rebuild=True) as s:
         summary = s.rebuild_index()
+    if summary["moved_aside"]:
+        click.echo(f"note: the old index could not be opened; it was moved aside to "
+                   f"{summary['moved_aside']}", err=True)
     for pack_id, problems in summary["damaged_packs"]:
-        click.echo(f"warning: pack {pack_id:08x}: {problems[0]}", err=True)
+        click.echo(f"warning: pack {pack_id:08x}: {problems[0]}"
+                   + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), err=True)
     if summary["unfinished_packs"]:
         click.echo(f"note: {len(summary['unfinished_packs'])} unfinished pack(s) from interrupted "
                    "imports; their whole records were indexed", err=True)
     click.echo(f"index rebuilt from {summary['packs']} packs and the journal: "
                f"{summary['versions']} versions")
+    print_version_damage(summary["damaged"])
+    if summary["damaged"]:
+        fail(f"{len(summary['damaged'])} version(s) are damaged (above); everything else was "
+             "rebuilt: `ckptfs repair` re-stores what a source still has (docs/recovery.md)",
+             EXIT_DAMAGE)
+
+
+def print_version_damage(damage: list[dict]):
+    for d in damage:
+        name = f"{d['project']}/{d['run']}/{d['version']}"
+        if d.get("manifest"):
+            click.echo(f"damaged version {name}: {d['manifest']}")
+        for path, problem in sorted(d["files"].items()):
+            click.echo(f"damaged file {name}/{path}: {problem}")
 
 
 @main.command()
@@ -540,6 +578,41 @@ def status(target):
         kind = f" [{item['kind']}]" if item.get("kind") and item["kind"] != "checkpoint" else ""
         line = f"  {item['version']}{kind}: {item['state']}{age}"
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
+
+
+@main.command()
+@click.argument("store")
+@click.option("--from", "sources", multiple=True, metavar="DIR",
+              help="A directory holding original files (or an export) with the damaged "
+                   "data; repeatable.")
+@click.option("--dry-run", is_flag=True, help="Say what would be restored and lost; change nothing.")
+def repair(store, sources, dry_run):
+    """Verify, then re-store damaged chunks from intact copies in the store or from
+    --from directories; drop the records nothing can replace, naming the files that
+    stay damaged (an import of the original files heals them later)."""
+    with open_store(store) as s:
+        s.authorize(None, "*", "admin", "repair the store", None)
+        report = s.repair(sources, dry_run=dry_run)
+    verb = "would restore" if dry_run else "restored"
+    click.echo(f"{verb} {len(report.restored)} chunk(s)"
+               + (f" into pack {report.pack_id:08x}" if report.pack_id is not None else ""))
+    for chunk_hex, where in sorted(report.restored.items()):
+        click.echo(f"  chunk {chunk_hex[:16]} from {where}")
+    if report.healed_with_base:
+        click.echo(f"{len(report.healed_with_base)} delta chunk(s) "
+                   f"{'would be' if dry_run else 'are'} whole again with their base")
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    for chunk_hex, problem in sorted(report.lost.items()):
+        click.echo(f"{'would drop' if dry_run else 'dropped'} lost chunk {chunk_hex[:16]}: {problem}")
+    for version, path, problem in report.damaged_files:
+        click.echo(f"lost: {version}/{path}: {problem}")
+    if report.damaged_files or report.lost:
+        fail(f"{len(report.damaged_files)} file(s) stay damaged (listed above): import the "
+             "original files again to heal them, or delete the versions", EXIT_DAMAGE)
+    if dry_run and report.restored:
+        fail("dry run: nothing was changed", EXIT_DAMAGE)
+    click.echo("the store is whole" if not dry_run else "dry run: nothing to repair")
 
 
 from ckptfs import (cli_access, cli_audit, cli_export, cli_keys, cli_meta,  # noqa: E402,F401

@@ -110,8 +110,9 @@ class Journal:
     def _tail(self) -> tuple[int, str, int]:
         """(last seq, hash of last line, length of the valid journal).
 
-        A last line without its newline is a torn append from a crash: it never
-        committed, so it is not part of the journal (and is cut off by the next append).
+        A last line without its newline is a torn append from a crash: it is not part
+        of the journal, and the next append cuts it off. The store first makes sure
+        no committed entry is cut that way (`Store._settle_journal_tail`).
         """
         try:
             size = os.path.getsize(self.path)
@@ -178,6 +179,44 @@ class Journal:
         finally:
             os.close(fd)
         self._last_append = (None, None)
+
+    def torn_tail(self) -> tuple[bytes, int] | None:
+        """(the bytes after the last newline, where they start), or None when the
+        journal ends with a newline (or is empty)."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return None
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return None
+        except FileNotFoundError:
+            return None
+        _seq, _prev, valid_len = self._tail()
+        with open(self.path, "rb") as f:
+            f.seek(valid_len)
+            return f.read(), valid_len
+
+    def tail_is_whole_entry(self, tail: bytes) -> bool:
+        """True if a torn tail is a whole entry that only lost its newline: it parses,
+        and its `seq` and `prev` continue the chain."""
+        seq, prev, _valid_len = self._tail()
+        try:
+            entry = json.loads(tail)
+        except ValueError:
+            return False
+        return (isinstance(entry, dict) and entry.get("seq") == seq + 1
+                and entry.get("prev") == prev and encode_entry(entry) == tail)
+
+    def restore_newline(self) -> None:
+        """Give a whole last entry back its newline (the caller holds `locked()`)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def last_seq(self) -> int:
         return self._tail()[0]
