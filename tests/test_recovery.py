@@ -136,6 +136,8 @@ def test_committed_entry_cut_short_is_refused_not_truncated(tmp_path, store_path
     assert len(message.strip().splitlines()) == 1
     assert read_bytes(journal) == damaged
     assert out(ok("ls", store_path, "p/r")).split() == ["v1", "v2"]
+    assert "entry 3, the last one committed, is cut short" in \
+        out(ok("audit", "verify", store_path, rc=EXIT_DAMAGE))
 
 
 # -- 2. a damaged pack, a damaged index ----------------------------------------------------
@@ -279,3 +281,28 @@ def test_store_without_a_recorded_key_fingerprint_still_detects_a_wrong_key(tmp_
     shutil.rmtree(os.path.join(store_path, "index"))
     message = out(ok("ls", store_path, "p/r", rc=1))
     assert "chunk id key does not match this store" in message
+
+
+def test_open_without_index_salvages_when_a_pack_is_gone(tmp_path, store_path):
+    """Reproduced: with index/ removed, `ls` itself failed ("manifest … is not in any
+    pack") because the open replays the journal."""
+    src1, _ = two_versions(tmp_path, store_path)
+    os.unlink(pack_of_version(store_path, "v2"))
+    shutil.rmtree(os.path.join(store_path, "index"))
+    proc = ok("ls", store_path, "p/r")
+    assert proc.stdout.decode().split() == ["v1", "v2"]
+    assert "p/r/v2 is damaged (its file list was lost)" in proc.stderr.decode()
+    dest, _ = restored(tmp_path, store_path, REF, "v1")
+    assert same_files(dest, src1)
+
+
+def test_repair_heals_an_encrypted_store(tmp_path, store_path):
+    src1 = make_checkpoint(tmp_path / "src1", step=100, seed=1)
+    ok("init", store_path, "--encrypt", "--key-file", tmp_path / "store.key")
+    ok("import", store_path, src1, REF)
+    flip_payload_byte(store_path, "v1", "optimizer.pt")
+    ok("verify", store_path, rc=EXIT_DAMAGE)
+    assert "restored 1 chunk" in out(ok("repair", store_path, "--from", src1))
+    ok("verify", store_path)
+    dest, _ = restored(tmp_path, store_path, REF, "healed")
+    assert same_files(dest, src1, "optimizer.pt")

@@ -52,8 +52,7 @@ def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> d
             lines = f.read().split(b"\n")
     except FileNotFoundError:
         lines = [b""]
-    torn = lines.pop()  # b"" after the final newline; else a torn append (never committed)
-    del torn
+    torn = lines.pop()  # b"" after the final newline; else a torn append (or damage)
     parsed = []
     for number, line in enumerate(lines, 1):
         try:
@@ -76,6 +75,10 @@ def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> d
         prev = entry_hash(line)
     if committed is not None and committed[0]:
         seq, head = committed
+        if len(lines) < seq and torn and seq == len(lines) + 1:
+            return _broken(len(lines), seq, f"entry {seq}, the last one committed, is cut short "
+                           "(its line is damaged): writes are refused until the journal is "
+                           "restored from a backup")
         if len(lines) < seq:
             return _broken(len(lines), len(lines) + 1,
                            f"the journal ends at entry {len(lines)}, but entries up to {seq} were "

@@ -96,6 +96,8 @@ class RepairMixin:
             if b'"chunks"' not in value:
                 continue
             entry = orjson.loads(value)
+            if entry.get("chunks") is None:
+                continue  # a dir or symlink whose name holds the word
             problem = self._file_problem(index, txn, entry)
             if problem is not None:
                 vkey = bytes(key).split(b"\0", 1)[0]
