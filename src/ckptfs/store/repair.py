@@ -264,6 +264,8 @@ class RepairMixin:
                 if len(found) == len(needed):
                     return
                 path = os.path.join(root, name)
+                if os.path.islink(path):
+                    continue  # its target is a file of its own (or outside the source)
                 try:
                     for chunk_id, data in self._file_chunks(path, chunker):
                         if chunk_id in needed and chunk_id not in found:
