@@ -70,6 +70,10 @@ class RepairMixin:
                     self.index.chunk_damage(txn, chunk_id) is None:
                 self.index.mark_chunk_damaged(txn, chunk_id, problem)
         try:
+            with self.index.read() as txn:  # most errors repeat a known one: no write
+                if self.index.get_chunk(txn, chunk_id) is None or \
+                        self.index.chunk_damage(txn, chunk_id) is not None:
+                    return
             self.index.commit(mark)
         except Exception:  # noqa: BLE001 - a full disk must not hide the integrity error
             pass

@@ -231,46 +231,61 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             raise ChunkKeyError(self._wrong_key_message("its fingerprint differs from the one "
                                                         "the index recorded"))
         if recorded is None:
-            if self._manifests_reject_key():
+            verdict = self._key_verdict_of_manifests()
+            if verdict is False:
                 raise ChunkKeyError(self._wrong_key_message("no manifest matches its id"))
-            self.index.commit(lambda txn: txn.put(KEY_CHECK, mine.encode(), db=self.index.meta))
+            if verdict:  # recorded only once confirmed: damage must not vouch for a key
+                self.index.commit(lambda txn: txn.put(KEY_CHECK, mine.encode(), db=self.index.meta))
 
     def _wrong_key_message(self, why: str) -> str:
         return (f"the chunk id key does not match this store ({why}): secret.chunk_id_key in "
                 f"{os.path.join(self.path, CONFIG_NAME)} is not the key its data was stored "
                 "with; put back the store's own ckptfs.toml (nothing was changed)")
 
-    def _manifests_reject_key(self) -> bool:
-        """True if intact manifest records exist and none hashes to its id with our key
-        (an intact record, by its xxh3, holds the bytes written: only the key differs)."""
+    def _key_verdict_of_manifests(self) -> bool | None:
+        """True if a manifest record hashes to its id with our key (the newest
+        KEY_SAMPLE readable ones are tried; an intact record, by its xxh3, holds the bytes
+        written, so only the key can differ); False if none does; None if there is no
+        readable manifest to tell (and True for a store without versions: any key is
+        its key so far)."""
         try:
             sealed = [e for e in self.journal.entries(verify_chain=False)
-                      if e.get("type") == "version.sealed"][-KEY_SAMPLE:]
+                      if e.get("type") == "version.sealed"]
         except IntegrityError:
-            return False  # a damaged journal: `audit verify` says so, not this check
+            return None  # a damaged journal: `audit verify` says so, not this check
+        if not sealed:
+            return True
         checked = 0
-        for entry in sealed:
+        for entry in reversed(sealed):
             match = self._manifest_matches_key(entry)
             if match:
-                return False
+                return True
             checked += match is not None
-        return checked > 0
+            if checked == KEY_SAMPLE:
+                break
+        return False if checked else None
 
     def _manifest_matches_key(self, entry: dict) -> bool | None:
         """Whether the version's manifest record hashes to its id; None if it cannot be
         read (damage is not evidence about the key)."""
         manifest_id = bytes.fromhex(entry["manifest"])
-        for pack_id in entry.get("packs") or []:
+        with self.index.read() as txn:
+            loc = self.index.get_manifest(txn, manifest_id)
+        places = [(loc.pack_id, loc.offset, loc.length)] if loc else []
+        for pack_id in [] if loc else entry.get("packs") or []:
+            try:  # no index yet: find the record in the packs the version wrote
+                places += [(pack_id, rec.offset, rec.length)
+                           for rec in scan_pack(pack_path(self.packs_dir, pack_id), pack_id).records
+                           if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id]
+            except OSError:
+                continue
+        for pack_id, offset, length in places:
             try:
-                scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
-                for rec in scan.records:
-                    if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id:
-                        record = self._decrypted(self.packs.read(pack_id, rec.offset, rec.length),
-                                                 pack_id)
-                        raw = codecs.decode(record.codec, record.payload, record.raw_len)
-                        return self.chunk_id(raw) == manifest_id
+                record = self._decrypted(self.packs.read(pack_id, offset, length), pack_id)
+                raw = codecs.decode(record.codec, record.payload, record.raw_len)
             except (OSError, StoreError, ValueError):
                 continue
+            return self.chunk_id(raw) == manifest_id
         return None
 
     def close(self):
