@@ -306,3 +306,49 @@ def test_repair_heals_an_encrypted_store(tmp_path, store_path):
     ok("verify", store_path)
     dest, _ = restored(tmp_path, store_path, REF, "healed")
     assert same_files(dest, src1, "optimizer.pt")
+
+
+def delta_and_base(store_path) -> tuple[bytes, bytes]:
+    """(a chunk of p/r/v2 stored as an XOR-delta, its base: a chunk of p/r/v1)."""
+    from ckptfs.store import codec
+    with Store.open(store_path) as s:
+        for chunk_hex, _length in s.entry("p", "r", "v2", "model.safetensors")["chunks"]:
+            record = s._read_record(bytes.fromhex(chunk_hex))
+            base = codec.delta_base_id(record.codec, record.payload)
+            if base is not None:
+                return bytes.fromhex(chunk_hex), base
+    raise AssertionError("p/r/v2 has no delta chunk")
+
+
+def test_repair_of_a_base_heals_the_deltas_built_on_it(tmp_path, store_path):
+    """Reproduced: after repair the delta chunk that had been damaged only through its
+    base stayed marked, so ls still warned that p/r/v2 was damaged."""
+    src1 = make_checkpoint(tmp_path / "src1", step=100, seed=1)
+    src2 = make_checkpoint(tmp_path / "src2", step=200, seed=1)  # small drift: deltas
+    ok("init", store_path)
+    ok("import", store_path, src1, "p/r/v1")
+    ok("import", store_path, src2, "p/r/v2")
+    _delta, base = delta_and_base(store_path)
+    with Store.open(store_path) as s:
+        entry = s.entry("p", "r", "v1", "model.safetensors")
+    index = [bytes.fromhex(c) for c, _ in entry["chunks"]].index(base)
+    flip_payload_byte(store_path, "v1", "model.safetensors", index)
+    verify = out(ok("verify", store_path, rc=EXIT_DAMAGE))
+    assert "damaged version p/r/v2" in verify
+    proc = ok("repair", store_path, "--from", src1)
+    assert "restored 1 chunk" in out(proc) and "whole again with their base" in out(proc)
+    listing = ok("ls", store_path, "p/r")
+    assert listing.stderr == b"" and listing.stdout.decode().split() == ["v1", "v2"]
+    ok("verify", store_path)
+    dest, _ = restored(tmp_path, store_path, "p/r/v2", "v2")
+    assert same_files(dest, src2)
+
+
+def test_rebuild_index_warns_about_an_incomplete_journal_tail(tmp_path, store_path):
+    two_versions(tmp_path, store_path)
+    journal = journal_path(store_path)
+    write_bytes(journal, read_bytes(journal) + b'{"seq":4,"ty')
+    shutil.rmtree(os.path.join(store_path, "index"))
+    proc = ok("rebuild-index", store_path)
+    assert "last line is incomplete (12 bytes" in out(proc)
+    assert out(ok("ls", store_path, "p/r")).split() == ["v1", "v2"]

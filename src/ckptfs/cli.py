@@ -402,6 +402,10 @@ def rebuild_index(store):
     if summary["moved_aside"]:
         click.echo(f"note: the old index could not be opened; it was moved aside to "
                    f"{summary['moved_aside']}", err=True)
+    if summary["torn_tail"]:
+        click.echo(f"warning: the journal's last line is incomplete ({summary['torn_tail']} bytes "
+                   "without a newline: an append cut short, or damage); it was left out, and the "
+                   "next change to the store cuts it off", err=True)
     for pack_id, problems in summary["damaged_packs"]:
         click.echo(f"warning: pack {pack_id:08x}: {problems[0]}"
                    + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), err=True)

@@ -206,7 +206,7 @@ class RepairMixin:
         report.healed_with_base = [c.hex() for c in bases]
         report.lost = {c.hex(): needed[c] for c in needed if c not in found and c not in bases}
         if not dry_run and (found or report.lost):
-            self._apply_repair(found, {bytes.fromhex(h): p for h, p in report.lost.items()},
+            self._apply_repair(found, bases, {bytes.fromhex(h): p for h, p in report.lost.items()},
                                report)
         report.damaged_files = self._still_damaged(verified, found, bases)
         return report
@@ -323,10 +323,11 @@ class RepairMixin:
                 healed.add(chunk_id)
         return healed
 
-    def _apply_repair(self, found: dict, lost: dict, report: RepairReport) -> None:
+    def _apply_repair(self, found: dict, bases: set, lost: dict, report: RepairReport) -> None:
         """Write the recovered chunks to a new pack; in one index transaction, under the
         journal lock and journaled as `store.repaired`: point them at their new copies,
-        drop the records no source could replace (marked lost)."""
+        unmark the deltas whose base that heals, drop the records no source could
+        replace (marked lost)."""
         lock_fd = take_ingest_lock(self.path)  # a gc must not take our new pack for garbage
         writer = None
         try:
@@ -343,6 +344,8 @@ class RepairMixin:
             def apply(txn, _entry):
                 for chunk_id, loc in locations.items():
                     self.index.replace_chunk(txn, chunk_id, loc)
+                for chunk_id in bases:
+                    self.index.clear_chunk_damage(txn, chunk_id)
                 for chunk_id, problem in lost.items():
                     old = self.index.get_chunk(txn, chunk_id)
                     if old is not None:

@@ -750,8 +750,10 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         return summary
 
     def _build_index(self, path: str) -> dict:
+        torn = self.journal.torn_tail()
         summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0,
-                   "damaged": [], "moved_aside": self.index_moved_aside}
+                   "damaged": [], "moved_aside": self.index_moved_aside,
+                   "torn_tail": len(torn[0]) if torn else 0}
         sealed_in = {pack_id for e in self.journal.entries() if e["type"] == "version.sealed"
                      for pack_id in e["packs"]}
         index = Index(path)
