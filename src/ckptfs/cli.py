@@ -14,6 +14,7 @@ from datetime import datetime
 import click
 
 from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
+from ckptfs.store.index import fs_bytes
 from ckptfs.store.names import validate_name
 
 EXIT_ERROR = 1
@@ -241,7 +242,7 @@ def list_versions(versions: list[dict], damage: list[dict], long: bool):
     their names must not vanish); then one warning per damaged version, on stderr."""
     lost = [{"version": d["version"], "seq": d["seq"], "lost": True}
             for d in damage if d.get("manifest")]
-    for v in sorted(versions + lost, key=lambda v: v["seq"]):
+    for v in sorted(versions + lost, key=lambda v: fs_bytes(v["version"])):  # key order
         if v.get("lost"):
             click.echo(f"{'(damaged: file list lost)':>46}  {v['version']}" if long else v["version"])
         elif long:
