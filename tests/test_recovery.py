@@ -369,3 +369,20 @@ def test_damage_a_mount_read_found_is_healed_by_an_import_while_mounted(tmp_path
     again = subprocess.run(["cat", path], capture_output=True)
     assert again.returncode == 0, again.stderr
     assert again.stdout == read_bytes(os.path.join(src1, "optimizer.pt"))
+
+
+def test_altered_last_entry_keeps_reads_working_and_refuses_writes_in_one_line(tmp_path, store_path):
+    """Reproduced: every command, even `ls` and `audit verify`, died with a Python
+    traceback (JSONDecodeError) once the last journal line was not JSON."""
+    two_versions(tmp_path, store_path)
+    journal = journal_path(store_path)
+    data = read_bytes(journal)
+    damaged = data[:-6] + b"XXXXX\n"
+    write_bytes(journal, damaged)
+    assert out(ok("ls", store_path, "p/r")).split() == ["v1", "v2"]
+    assert "line 3 is not a JSON entry" in out(ok("audit", "verify", store_path, rc=EXIT_DAMAGE))
+    src3 = make_checkpoint(tmp_path / "src3", step=300, seed=3)
+    message = out(ok("import", store_path, src3, "p/r/v3", rc=EXIT_DAMAGE))
+    assert re.search(r"journal.* not (a )?valid JSON", message), message
+    assert len(message.strip().splitlines()) == 1
+    assert read_bytes(journal) == damaged

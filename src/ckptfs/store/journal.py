@@ -140,8 +140,14 @@ class Journal:
                     window *= 4
                     continue
                 line = data[begin:end]
-                entry = json.loads(line)
-                return entry["seq"], entry_hash(line), start + end + 1
+                try:
+                    entry = json.loads(line)
+                    return entry["seq"], entry_hash(line), start + end + 1
+                except (ValueError, KeyError, TypeError):
+                    raise IntegrityError(
+                        "the journal's last entry is not a valid JSON entry: the journal was "
+                        "altered or damaged; nothing can be appended to it until it is restored "
+                        "from a backup (`ckptfs audit verify` names the damage)") from None
 
     def append(self, event: dict, actor: dict | None = None) -> dict:
         """Append one event; the caller holds `locked()`. Durable when this returns.

@@ -613,7 +613,11 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
     def _catch_up_if_behind(self):
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
-        if self.journal.last_seq() > applied or self.journal.torn_tail() is not None:
+        try:
+            behind = self.journal.last_seq() > applied or self.journal.torn_tail() is not None
+        except IntegrityError:
+            return  # a damaged last entry: reads go on from the index, writes are refused
+        if behind:
             with self.journal.locked():
                 self._settle_journal_tail(strict=False)
                 self._catch_up()
@@ -761,6 +765,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
             for pack_id in list_pack_ids(self.packs_dir):
                 scan = index.commit(lambda txn: self._index_pack(index, txn, pack_id))
+                if scan is None:
+                    continue  # deleted since it was listed (a gc of another process)
                 summary["packs"] += 1
                 problems = list(scan.damage)
                 if not scan.complete and pack_id in sealed_in:
