@@ -6,11 +6,10 @@ import re
 import shutil
 import subprocess
 
-import pytest
-
-from ckptfs.store import Store
 from conftest import run_cli_checked
 from samples import make_checkpoint
+
+from ckptfs.store import Store
 
 REF = "p/r/v1"
 EXIT_DAMAGE = 3
@@ -245,7 +244,7 @@ def test_repair_without_a_source_says_what_is_lost_and_reimport_heals_later(tmp_
 
 def test_repair_takes_a_chunk_from_an_export(tmp_path, store_path):
     """An export of another version that holds the same bytes is a source, too."""
-    src1, _ = two_versions(tmp_path, store_path)
+    two_versions(tmp_path, store_path)
     ok("export", store_path, REF, tmp_path / "exported")
     flip_payload_byte(store_path, "v1", "optimizer.pt")
     ok("repair", store_path, "--from", tmp_path / "exported")
@@ -257,15 +256,15 @@ def test_wrong_chunk_id_key_is_named_not_reported_as_damage(tmp_path, store_path
     """Reproduced: verify reported every chunk of the store damaged."""
     src1, _ = two_versions(tmp_path, store_path)
     config = os.path.join(store_path, "ckptfs.toml")
-    text = open(config).read()
-    key = re.search(r'chunk_id_key = "([0-9a-f]{64})"', text).group(1)
-    open(config, "w").write(text.replace(key, "ab" * 32))
+    text = read_bytes(config)
+    key = re.search(rb'chunk_id_key = "([0-9a-f]{64})"', text).group(1)
+    write_bytes(config, text.replace(key, b"ab" * 32))
     for args in (("verify", store_path), ("import", store_path, src1, "p/r/v9"),
                  ("rebuild-index", store_path), ("repair", store_path)):
         message = out(ok(*args, rc=1))
         assert "chunk id key does not match this store" in message, args
         assert "damaged" not in message
-    open(config, "w").write(text)
+    write_bytes(config, text)
     ok("verify", store_path)
     with Store.open(store_path) as s:
         assert s.version_record("p", "r", "v9") is None
@@ -276,9 +275,9 @@ def test_store_without_a_recorded_key_fingerprint_still_detects_a_wrong_key(tmp_
     the manifests instead."""
     two_versions(tmp_path, store_path)
     config = os.path.join(store_path, "ckptfs.toml")
-    text = open(config).read()
-    key = re.search(r'chunk_id_key = "([0-9a-f]{64})"', text).group(1)
-    open(config, "w").write(text.replace(key, "cd" * 32))
+    text = read_bytes(config)
+    key = re.search(rb'chunk_id_key = "([0-9a-f]{64})"', text).group(1)
+    write_bytes(config, text.replace(key, b"cd" * 32))
     shutil.rmtree(os.path.join(store_path, "index"))
     message = out(ok("ls", store_path, "p/r", rc=1))
     assert "chunk id key does not match this store" in message
@@ -363,10 +362,10 @@ def test_damage_a_mount_read_found_is_healed_by_an_import_while_mounted(tmp_path
     flip_payload_byte(store_path, "v1", "optimizer.pt")
     mnt = mount(store_path)
     path = os.path.join(mnt, "projects", "p", "r", "v1", "optimizer.pt")
-    first = subprocess.run(["cat", path], capture_output=True)
+    first = subprocess.run(["cat", path], capture_output=True, check=False)
     assert first.returncode != 0 and b"Input/output error" in first.stderr
     ok("import", store_path, src1, "p/r/v1-again")
-    again = subprocess.run(["cat", path], capture_output=True)
+    again = subprocess.run(["cat", path], capture_output=True, check=False)
     assert again.returncode == 0, again.stderr
     assert again.stdout == read_bytes(os.path.join(src1, "optimizer.pt"))
 

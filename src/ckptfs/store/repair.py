@@ -16,6 +16,7 @@ no source can replace, saying which files stay damaged: a later import of the or
 files heals them. Like `borg check --repair`, it never deletes a version: the files of
 a damaged version that are intact stay readable.
 """
+import logging
 import os
 import stat
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .pack import FLAG_ENCRYPTED, KIND_CHUNK, PackWriter, list_pack_ids, pack_pa
 
 KEY_CHECK_CONTEXT = "ckptfs 1 chunk id key check"
 LOST_FILE_LIST = "its file list (manifest) was lost"
+log = logging.getLogger("ckptfs.store")
 
 
 def chunk_key_fingerprint(key: bytes) -> str:
@@ -75,8 +77,8 @@ class RepairMixin:
                         self.index.chunk_damage(txn, chunk_id) is not None:
                     return
             self.index.commit(mark)
-        except Exception:  # noqa: BLE001 - a full disk must not hide the integrity error
-            pass
+        except Exception as e:  # noqa: BLE001 - a full disk must not hide the integrity error
+            log.warning("could not record chunk %s as damaged: %s", chunk_id.hex()[:16], e)
 
     @staticmethod
     def record_lost_version(index: Index, txn, entry: dict, problem: str) -> None:
