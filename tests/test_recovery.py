@@ -385,3 +385,16 @@ def test_altered_last_entry_keeps_reads_working_and_refuses_writes_in_one_line(t
     assert re.search(r"journal.* not (a )?valid JSON", message), message
     assert len(message.strip().splitlines()) == 1
     assert read_bytes(journal) == damaged
+
+
+def test_repair_names_a_lost_file_list_and_keeps_the_rest(tmp_path, store_path):
+    src1, src2 = two_versions(tmp_path, store_path)
+    pack = pack_of_version(store_path, "v2")
+    os.truncate(pack, os.path.getsize(pack) // 2)
+    shutil.rmtree(os.path.join(store_path, "index"))
+    ok("rebuild-index", store_path, rc=EXIT_DAMAGE)
+    proc = ok("repair", store_path, "--from", src2, rc=EXIT_DAMAGE)
+    assert "lost: p/r/v2: its file list (manifest) was lost" in out(proc)
+    assert "p/r/v1" not in out(proc)
+    dest, _ = restored(tmp_path, store_path, REF, "v1")
+    assert same_files(dest, src1)

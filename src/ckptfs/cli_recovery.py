@@ -39,10 +39,11 @@ def repair(store, sources, dry_run):
     for chunk_hex, problem in sorted(report.lost.items()):
         click.echo(f"{'would drop' if dry_run else 'dropped'} lost chunk {chunk_hex[:16]}: {problem}")
     for version, path, problem in report.damaged_files:
-        click.echo(f"lost: {version}/{path}: {problem}")
+        where = version if path.startswith("(") else f"{version}/{path}"  # "(file list)"
+        click.echo(f"lost: {where}: {problem}")
     if report.damaged_files or report.lost:
-        fail(f"{len(report.damaged_files)} file(s) stay damaged (listed above): import the "
-             "original files again to heal them, or delete the versions", EXIT_DAMAGE)
+        fail(f"{len(report.damaged_files)} file(s) or file list(s) stay damaged (listed above): "
+             "import the original files again to heal them, or delete the versions", EXIT_DAMAGE)
     if dry_run and report.restored:
         fail("dry run: nothing was changed", EXIT_DAMAGE)
     click.echo("the store is whole" if not dry_run else "dry run: nothing to repair")
