@@ -14,6 +14,7 @@ from datetime import datetime
 import click
 
 from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
+from ckptfs.store.index import fs_bytes
 from ckptfs.store.names import validate_name
 
 EXIT_ERROR = 1
@@ -240,18 +241,34 @@ def ls(store, ref, long):
                 click.echo(name)
         elif len(parts) == 2:
             versions = s.versions(*parts)
-            if not versions:
+            damage = s.version_damage(*parts)
+            if not versions and not damage:
                 fail(f"no run {'/'.join(parts)!r} in the store")
-            for v in versions:
-                if long:
-                    click.echo(f"{v['sealed_at'][:19].replace('T', ' ')}  {v['files']:>5} files "
-                               f"{human_bytes(v['logical_bytes']):>10}  {v['version']}")
-                else:
-                    click.echo(v["version"])
+            list_versions(versions, damage, long)
         else:
             entries = s.list_dir(parts[0], parts[1], parts[2], "/".join(parts[3:]))
             for entry in entries:
                 click.echo(long_entry_line(entry) if long else entry["path"].rsplit("/", 1)[-1])
+
+
+def list_versions(versions: list[dict], damage: list[dict], long: bool):
+    """A run's versions, and those whose file list was lost (they cannot be read, but
+    their names must not vanish); then one warning per damaged version, on stderr."""
+    lost = [{"version": d["version"], "seq": d["seq"], "lost": True}
+            for d in damage if d.get("manifest")]
+    for v in sorted(versions + lost, key=lambda v: fs_bytes(v["version"])):  # key order
+        if v.get("lost"):
+            click.echo(f"{'(damaged: file list lost)':>46}  {v['version']}" if long else v["version"])
+        elif long:
+            click.echo(f"{v['sealed_at'][:19].replace('T', ' ')}  {v['files']:>5} files "
+                       f"{human_bytes(v['logical_bytes']):>10}  {v['version']}")
+        else:
+            click.echo(v["version"])
+    for d in damage:
+        what = "its file list was lost" if d.get("manifest") else \
+            f"{len(d['files'])} damaged file(s): {', '.join(sorted(d['files'])[:3])}"
+        click.echo(f"ckptfs: warning: {d['project']}/{d['run']}/{d['version']} is damaged "
+                   f"({what}); see `ckptfs verify` and docs/recovery.md", err=True)
 
 
 @main.command()
@@ -364,6 +381,9 @@ def verify(store, signatures, public_keys):
     if report.leftover_packs:
         click.echo(f"note: {len(report.leftover_packs)} unfinished pack(s) left by interrupted "
                    "imports hold no version's data (a later garbage collection removes them)")
+    for pack_id, problems in sorted(report.dead_damage.items()):
+        click.echo(f"note: pack {pack_id:08x}: {len(problems)} damaged record(s) no version uses "
+                   "any more (healed or left over; a later garbage collection drops them)")
     if report.gc_interrupted:
         click.echo("note: a garbage collection was interrupted; the store is consistent and "
                    "the next `ckptfs gc` finishes its work")
@@ -394,16 +414,31 @@ def verify(store, signatures, public_keys):
 @main.command("rebuild-index")
 @click.argument("store")
 def rebuild_index(store):
-    """Recreate the index from the packs and the journal alone."""
-    with open_store(store) as s:
+    """Recreate the index from the packs and the journal alone, salvaging around damage
+    (exit 3 if some versions or files are damaged: they are named)."""
+    with Store.open(store, for_rebuild=True) as s:
         summary = s.rebuild_index()
+    if summary["moved_aside"]:
+        click.echo(f"note: the old index could not be opened; it was moved aside to "
+                   f"{summary['moved_aside']}", err=True)
+    if summary["torn_tail"]:
+        click.echo(f"warning: the journal's last line is incomplete ({summary['torn_tail']} bytes "
+                   "without a newline: an append cut short, or damage); it was left out, and the "
+                   "next change to the store cuts it off", err=True)
     for pack_id, problems in summary["damaged_packs"]:
-        click.echo(f"warning: pack {pack_id:08x}: {problems[0]}", err=True)
+        click.echo(f"warning: pack {pack_id:08x}: {problems[0]}"
+                   + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""), err=True)
     if summary["unfinished_packs"]:
         click.echo(f"note: {len(summary['unfinished_packs'])} unfinished pack(s) from interrupted "
                    "imports; their whole records were indexed", err=True)
     click.echo(f"index rebuilt from {summary['packs']} packs and the journal: "
                f"{summary['versions']} versions")
+    from ckptfs.cli_recovery import print_version_damage
+    print_version_damage(summary["damaged"])
+    if summary["damaged"]:
+        fail(f"{len(summary['damaged'])} version(s) are damaged (above); everything else was "
+             "rebuilt: `ckptfs repair` re-stores what a source still has (docs/recovery.md)",
+             EXIT_DAMAGE)
 
 
 @main.command()
@@ -561,7 +596,7 @@ def status(target):
 
 
 from ckptfs import (cli_access, cli_audit, cli_export, cli_keys, cli_meta,  # noqa: E402,F401
-                    cli_retention)  # (register their commands)
+                    cli_recovery, cli_retention)  # (register their commands)
 
 if __name__ == "__main__":
     main()

@@ -97,6 +97,16 @@ class AccessDeniedError(StoreError):
         self.path = path
 
 
+class JournalDamagedError(StoreError):
+    """The journal's last line is damaged and the index committed it: a write would cut
+    a committed entry off, so the store refuses to write."""
+
+
+class ChunkKeyError(StoreFormatError):
+    """`secret.chunk_id_key` in ckptfs.toml is not the key this store's chunks were named
+    with (it was changed, or the file is another store's)."""
+
+
 class PackMissingError(IntegrityError):
     """A pack file the index pointed at is gone: damage, or a garbage collection in
     another process moved its records meanwhile (readers look the location up again)."""

@@ -332,8 +332,10 @@ class GcMixin:
             record = self._read_record(chunk_id)
         except IntegrityError as e:
             # Its base cannot be known, so nothing may be declared dead: stop here.
+            self.note_damaged_chunk(e.chunk_id or chunk_id, str(e))
             raise StoreError(f"garbage collection cannot read a live chunk ({e}); nothing "
-                             "was reclaimed: run `ckptfs verify` to see the damage") from None
+                             "was reclaimed: run `ckptfs verify` to see the damage and `ckptfs "
+                             "repair` to mend it (docs/recovery.md)") from None
         return codecs.delta_base_id(record.codec, record.payload)
 
     # -- which packs go -------------------------------------------------------------------

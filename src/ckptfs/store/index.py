@@ -21,6 +21,13 @@ Sub-databases (docs/format.md):
                "retention": the retention policy, also under b"project/run" NUL kind)
     deleted    b"project/run/version" -> tombstone of a deleted version (JSON): its
                version record and catalog document as they were, when, why, by whom
+    damaged_chunks    chunk id -> {"problem", "lost"} (JSON): a chunk found damaged by a
+               read, verify or repair; never deduplicated against (an ingest stores a
+               fresh copy, which heals it). "lost": repair dropped its record
+    damaged_versions  b"project/run/version" -> {"project", "run", "version", "files":
+               {path: problem}, "manifest": problem or null, "seq"} (JSON): what verify,
+               rebuild-index or repair found damaged in a version ("manifest": its file
+               list itself was lost; the version is then not in `versions`)
 
 Names never contain "/" or NUL, so these keys are unambiguous and sort by component.
 """
@@ -107,6 +114,8 @@ class Index:
         self.aliases = self.env.open_db(b"aliases", create=not readonly)
         self.settings = self.env.open_db(b"settings", create=not readonly)
         self.deleted = self.env.open_db(b"deleted", create=not readonly)
+        self.damaged_chunks = self.env.open_db(b"damaged_chunks", create=not readonly)
+        self.damaged_versions = self.env.open_db(b"damaged_versions", create=not readonly)
         self._column_batch: dict | None = None  # see batched_columns
 
     def close(self):
@@ -153,6 +162,48 @@ class Index:
             self.put_int(txn, b"next_pack_id", pack_id + 1)
             return pack_id
         return self.commit(apply)
+
+    # -- damage knowledge (docs/recovery.md) ----------------------------------------------
+    def chunk_damage(self, txn, chunk_id: bytes) -> dict | None:
+        value = txn.get(chunk_id, db=self.damaged_chunks)
+        return orjson.loads(value) if value is not None else None
+
+    def mark_chunk_damaged(self, txn, chunk_id: bytes, problem: str, lost: bool = False) -> None:
+        txn.put(chunk_id, orjson.dumps({"problem": problem, "lost": lost}), db=self.damaged_chunks)
+
+    def clear_chunk_damage(self, txn, chunk_id: bytes) -> None:
+        txn.delete(chunk_id, db=self.damaged_chunks)
+
+    def iter_chunk_damage(self, txn):
+        for key, value in txn.cursor(db=self.damaged_chunks):
+            yield bytes(key), orjson.loads(value)
+
+    def sound_chunk(self, txn, chunk_id: bytes) -> bool:
+        """Stored, and not known to be damaged: what an ingest may deduplicate against."""
+        return self.get_chunk(txn, chunk_id) is not None and \
+            txn.get(chunk_id, db=self.damaged_chunks) is None
+
+    def put_version_damage(self, txn, vkey: bytes, damage: dict | None) -> None:
+        if damage is None:
+            txn.delete(vkey, db=self.damaged_versions)
+        else:
+            txn.put(vkey, orjson.dumps(damage, option=orjson.OPT_SORT_KEYS), db=self.damaged_versions)
+
+    def version_damage(self, txn, vkey: bytes) -> dict | None:
+        value = txn.get(vkey, db=self.damaged_versions)
+        return orjson.loads(value) if value is not None else None
+
+    def iter_version_damage(self, txn, prefix: bytes = b""):
+        for _key, value in self._prefix_scan(txn, self.damaged_versions, prefix):
+            yield orjson.loads(value)
+
+    def replace_chunk(self, txn, chunk_id: bytes, loc: Location) -> None:
+        """Point a chunk at a fresh copy of its record (a damaged one is being healed)."""
+        old = self.get_chunk(txn, chunk_id)
+        if old is not None:
+            self.remove_chunk(txn, chunk_id, old)
+        self.add_chunk(txn, chunk_id, loc)
+        self.clear_chunk_damage(txn, chunk_id)
 
     # -- chunks -------------------------------------------------------------------------
     def get_chunk(self, txn, chunk_id: bytes) -> Location | None:
@@ -467,6 +518,8 @@ class Index:
                              (b"entries", self.entries), (b"search", self.search),
                              (b"columns", self.columns),
                              (b"aliases", self.aliases), (b"settings", self.settings),
-                             (b"deleted", self.deleted)):
+                             (b"deleted", self.deleted),
+                             (b"damaged_chunks", self.damaged_chunks),
+                             (b"damaged_versions", self.damaged_versions)):
                 out[name.decode()] = dict(txn.cursor(db=db))
         return out

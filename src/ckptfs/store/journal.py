@@ -52,8 +52,7 @@ def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> d
             lines = f.read().split(b"\n")
     except FileNotFoundError:
         lines = [b""]
-    torn = lines.pop()  # b"" after the final newline; else a torn append (never committed)
-    del torn
+    torn = lines.pop()  # b"" after the final newline; else a torn append (or damage)
     parsed = []
     for number, line in enumerate(lines, 1):
         try:
@@ -76,6 +75,10 @@ def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> d
         prev = entry_hash(line)
     if committed is not None and committed[0]:
         seq, head = committed
+        if len(lines) < seq and torn and seq == len(lines) + 1:
+            return _broken(len(lines), seq, f"entry {seq}, the last one committed, is cut short "
+                           "(its line is damaged): writes are refused until the journal is "
+                           "restored from a backup")
         if len(lines) < seq:
             return _broken(len(lines), len(lines) + 1,
                            f"the journal ends at entry {len(lines)}, but entries up to {seq} were "
@@ -110,8 +113,9 @@ class Journal:
     def _tail(self) -> tuple[int, str, int]:
         """(last seq, hash of last line, length of the valid journal).
 
-        A last line without its newline is a torn append from a crash: it never
-        committed, so it is not part of the journal (and is cut off by the next append).
+        A last line without its newline is a torn append from a crash: it is not part
+        of the journal, and the next append cuts it off. The store first makes sure
+        no committed entry is cut that way (`Store._settle_journal_tail`).
         """
         try:
             size = os.path.getsize(self.path)
@@ -136,8 +140,14 @@ class Journal:
                     window *= 4
                     continue
                 line = data[begin:end]
-                entry = json.loads(line)
-                return entry["seq"], entry_hash(line), start + end + 1
+                try:
+                    entry = json.loads(line)
+                    return entry["seq"], entry_hash(line), start + end + 1
+                except (ValueError, KeyError, TypeError):
+                    raise IntegrityError(
+                        "the journal's last entry is not a valid JSON entry: the journal was "
+                        "altered or damaged; nothing can be appended to it until it is restored "
+                        "from a backup (`ckptfs audit verify` names the damage)") from None
 
     def append(self, event: dict, actor: dict | None = None) -> dict:
         """Append one event; the caller holds `locked()`. Durable when this returns.
@@ -178,6 +188,44 @@ class Journal:
         finally:
             os.close(fd)
         self._last_append = (None, None)
+
+    def torn_tail(self) -> tuple[bytes, int] | None:
+        """(the bytes after the last newline, where they start), or None when the
+        journal ends with a newline (or is empty)."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                if size == 0:
+                    return None
+                f.seek(size - 1)
+                if f.read(1) == b"\n":
+                    return None
+        except FileNotFoundError:
+            return None
+        _seq, _prev, valid_len = self._tail()
+        with open(self.path, "rb") as f:
+            f.seek(valid_len)
+            return f.read(), valid_len
+
+    def tail_is_whole_entry(self, tail: bytes) -> bool:
+        """True if a torn tail is a whole entry that only lost its newline: it parses,
+        and its `seq` and `prev` continue the chain."""
+        seq, prev, _valid_len = self._tail()
+        try:
+            entry = json.loads(tail)
+        except ValueError:
+            return False
+        return (isinstance(entry, dict) and entry.get("seq") == seq + 1
+                and entry.get("prev") == prev and encode_entry(entry) == tail)
+
+    def restore_newline(self) -> None:
+        """Give a whole last entry back its newline (the caller holds `locked()`)."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def last_seq(self) -> int:
         return self._tail()[0]

@@ -15,7 +15,7 @@ import os
 import struct
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import xxhash
 
@@ -242,6 +242,8 @@ class PackScan:
     complete: bool          # ended with an END record
     damage: list            # records whose checksum failed (the scan went on past them)
     tail: str | None = None # why the scan stopped before an END record, if it did
+    damaged_at: list = field(default_factory=list)  # offsets of the records in `damage`
+    scanned_to: int = 0     # end of the last whole record (where a truncated pack stops)
 
 
 def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
@@ -290,6 +292,7 @@ def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
                     parse_record(header + payload, pack_id, offset)
                 except IntegrityError as e:
                     scan.damage.append(str(e))
+                    scan.damaged_at.append(offset)
                     intact = False
             if intact and kind == KIND_END:
                 scan.complete = True
@@ -298,6 +301,7 @@ def scan_pack(path: str, pack_id: int, verify: bool = True) -> PackScan:
                 scan.records.append(ScannedRecord(offset, length, kind, codec, raw_len, record_id,
                                                   flags))
             offset += length
+            scan.scanned_to = offset
 
 
 def list_pack_ids(packs_dir: str) -> list[int]:

@@ -14,6 +14,7 @@ import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import blake3
 import numpy as np
@@ -25,8 +26,9 @@ from .catalog import CatalogMixin, apply_catalog_event, is_checkpoint_kind, sear
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
 from .deletion import RetentionMixin
 from .encryption import RecordCipher, key_check, obtain_key_file, open_store_key
-from .errors import (ChunksReclaimedError, IntegrityError, NotFoundError, PackMissingError,
-                     StoreError, StoreFormatError, VersionExistsError)
+from .errors import (ChunkKeyError, ChunksReclaimedError, IntegrityError, JournalDamagedError,
+                     NotFoundError, PackMissingError, StoreError, StoreFormatError,
+                     VersionExistsError)
 from .gc import GcMixin, intent_pack_ids, load_intent
 from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
@@ -36,10 +38,13 @@ from .manifest import compress_manifest, decode_manifest, encode_manifest, versi
 from .names import validate_name, validate_version_name
 from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
                    pack_path, scan_pack)
+from .repair import RepairMixin, chunk_key_fingerprint
 from .restore import RestoreReport, restore_entries
 from .signing import SignatureReport, SigningMixin
 
 SUBDIRS = ("packs", "index", "journal", "spool")
+KEY_CHECK = b"chunk_key_check"  # meta: fingerprint of the chunk id key the store uses
+KEY_SAMPLE = 3                  # manifests checked against the key when none is recorded
 READ_AHEAD_CHUNKS = 8
 CACHE_BYTES = 64 << 20
 
@@ -60,6 +65,7 @@ class VerifyReport:
     damaged_files: list = field(default_factory=list)    # (version, path, message)
     damaged_versions: set = field(default_factory=set)
     leftover_packs: list = field(default_factory=list)  # unfinished, unreferenced: not damage
+    dead_damage: dict = field(default_factory=dict)  # pack id -> [damage no record in use has]
     deleted_versions: int = 0       # tombstones whose manifest (file list) was checked
     gc_interrupted: bool = False    # a gc died midway: the next one finishes it (not damage)
     signatures: SignatureReport | None = None  # with verify(signatures=True)
@@ -97,8 +103,9 @@ class _ChunkCache:
                 self.size -= len(old)
 
 
-class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
-    def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None):
+class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, RepairMixin):
+    def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None,
+                 for_rebuild: bool = False):
         self.path = path
         self.config = config
         # First: without its key an encrypted store is refused before anything is opened.
@@ -109,7 +116,14 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
         self._open_lock_fd = self._take_open_lock(path)
-        self.index = Index(os.path.join(path, "index"))
+        self.index_moved_aside = None  # where a damaged index went (rebuild-index)
+        try:
+            if for_rebuild:
+                self._take_store_exclusively()
+            self.index = self._open_index(for_rebuild)
+        except BaseException:
+            os.close(self._open_lock_fd)
+            raise
         self.journal = Journal(os.path.join(path, "journal"))
         self.packs = PackReader(self.packs_dir)
         self._cache = _ChunkCache(CACHE_BYTES)
@@ -117,8 +131,15 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
         self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
-        self._upgrade_index_if_old()
-        self._catch_up_if_behind()
+        if for_rebuild:
+            return  # rebuild_index checks the key and replays everything itself
+        try:
+            self._check_chunk_key()  # first: with a wrong key, a replay would see only damage
+            self._upgrade_index_if_old()
+            self._catch_up_if_behind()
+        except BaseException:
+            self.close()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -155,7 +176,9 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return store
 
     @classmethod
-    def open(cls, path: str) -> "Store":
+    def open(cls, path: str, for_rebuild: bool = False) -> "Store":
+        """Open a store. `for_rebuild`: only to rebuild its index (`rebuild_index`): the
+        store is taken exclusively, and an index that cannot be opened is moved aside."""
         path = os.path.abspath(path)
         config = StoreConfig.load(path)
         for sub in ("packs", "journal"):
@@ -164,7 +187,100 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         # The index is derived: a missing one is recreated from the journal on open.
         os.makedirs(os.path.join(path, "index"), exist_ok=True)
         os.makedirs(os.path.join(path, "spool"), exist_ok=True)
-        return cls(path, config)
+        return cls(path, config, for_rebuild=for_rebuild)
+
+    def _open_index(self, for_rebuild: bool) -> Index:
+        """The LMDB index; for a rebuild, one that cannot be opened (garbage in data.mdb)
+        is moved aside (kept, not deleted: it is evidence) and a new one started."""
+        path = os.path.join(self.path, "index")
+        try:
+            return Index(path)
+        except StoreError:
+            if not for_rebuild:
+                raise
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = os.path.join(self.path, f"index.damaged-{stamp}")
+        os.rename(path, aside)
+        os.makedirs(path)
+        self.index_moved_aside = aside
+        return Index(path)
+
+    def _take_store_exclusively(self) -> None:
+        try:
+            fcntl.flock(self._open_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError("the store is in use by another ckptfs process (a mount or an "
+                             "import): stop it before rebuilding the index") from None
+
+    # -- the chunk id key ---------------------------------------------------------------
+    def _check_chunk_key(self) -> None:
+        """Refuse a chunk id key that is not the store's (ckptfs.toml edited, or another
+        store's copied in): every id would mismatch, which looks like total damage, and
+        new versions would be named with the wrong key. The index records the key's
+        fingerprint; an index without one (older, or new) first checks a few manifests."""
+        with self.index.read() as txn:
+            recorded = txn.get(KEY_CHECK, db=self.index.meta)
+        mine = chunk_key_fingerprint(self._key)
+        if recorded is not None and recorded.decode() != mine:
+            raise ChunkKeyError(self._wrong_key_message("its fingerprint differs from the one "
+                                                        "the index recorded"))
+        if recorded is None:
+            verdict = self._key_verdict_of_manifests()
+            if verdict is False:
+                raise ChunkKeyError(self._wrong_key_message("no manifest matches its id"))
+            if verdict:  # recorded only once confirmed: damage must not vouch for a key
+                self.index.commit(lambda txn: txn.put(KEY_CHECK, mine.encode(), db=self.index.meta))
+
+    def _wrong_key_message(self, why: str) -> str:
+        return (f"the chunk id key does not match this store ({why}): secret.chunk_id_key in "
+                f"{os.path.join(self.path, CONFIG_NAME)} is not the key its data was stored "
+                "with; put back the store's own ckptfs.toml (nothing was changed)")
+
+    def _key_verdict_of_manifests(self) -> bool | None:
+        """True if a manifest record hashes to its id with our key (the newest
+        KEY_SAMPLE readable ones are tried; an intact record, by its xxh3, holds the bytes
+        written, so only the key can differ); False if none does; None if there is no
+        readable manifest to tell (and True for a store without versions: any key is
+        its key so far)."""
+        try:
+            sealed = [e for e in self.journal.entries(verify_chain=False)
+                      if e.get("type") == "version.sealed"]
+        except IntegrityError:
+            return None  # a damaged journal: `audit verify` says so, not this check
+        if not sealed:
+            return True
+        checked = 0
+        for entry in reversed(sealed):
+            match = self._manifest_matches_key(entry)
+            if match:
+                return True
+            checked += match is not None
+            if checked == KEY_SAMPLE:
+                break
+        return False if checked else None
+
+    def _manifest_matches_key(self, entry: dict) -> bool | None:
+        """Whether the version's manifest record hashes to its id; None if it cannot be
+        read (damage is not evidence about the key)."""
+        manifest_id = bytes.fromhex(entry["manifest"])
+        with self.index.read() as txn:
+            loc = self.index.get_manifest(txn, manifest_id)
+        places = [(loc.pack_id, loc.offset, loc.length)] if loc else []
+        for pack_id in [] if loc else entry.get("packs") or []:
+            try:  # no index yet: find the record in the packs the version wrote
+                places += [(pack_id, rec.offset, rec.length)
+                           for rec in scan_pack(pack_path(self.packs_dir, pack_id), pack_id).records
+                           if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id]
+            except OSError:
+                continue
+        for pack_id, offset, length in places:
+            try:
+                record = self._decrypted(self.packs.read(pack_id, offset, length), pack_id)
+                raw = codecs.decode(record.codec, record.payload, record.raw_len)
+            except (OSError, StoreError, ValueError):
+                continue
+            return self.chunk_id(raw) == manifest_id
+        return None
 
     def close(self):
         if self._prefetcher is not None:
@@ -191,8 +307,10 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return blake3.blake3(data, key=self._key).digest()
 
     def has_chunk(self, chunk_id: bytes) -> bool:
+        """Stored and not known to be damaged: an ingest deduplicates only against such a
+        chunk, and stores a fresh copy of a damaged one (which heals it)."""
         with self.index.read() as txn:
-            return self.index.get_chunk(txn, chunk_id) is not None
+            return self.index.sound_chunk(txn, chunk_id)
 
     # -- ingest -----------------------------------------------------------------------
     def import_directory(self, src: str, project: str, run: str, version: str,
@@ -352,7 +470,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             manifest_loc = ingest.write_manifest(manifest_id, len(raw), compress_manifest(raw))
             with self.index.read() as txn:
                 fresh = {cid: loc for cid, loc in ingest.session_chunks.items()
-                         if self.index.get_chunk(txn, cid) is None}
+                         if not self.index.sound_chunk(txn, cid)}
             s = ingest.stats
             parent = ingest.delta_parent
             event = self._journal_and_index({
@@ -390,16 +508,23 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
                 "was being imported; nothing was committed: import it again")
 
     def _index_new_version(self, txn, event, manifest, fresh, manifest_id, manifest_loc):
+        healed = False
         for cid, loc in fresh.items():
-            self.index.add_chunk(txn, cid, loc)
+            if not self.index.add_chunk(txn, cid, loc) or \
+                    self.index.chunk_damage(txn, cid) is not None:
+                self.index.replace_chunk(txn, cid, loc)  # a fresh copy of a damaged chunk
+                healed = True
         self.index.add_manifest(txn, manifest_id, manifest_loc)
         self._put_version(self.index, txn, event, manifest)
+        if healed:
+            self.refresh_version_damage(self.index, txn)
 
     def _journal_and_index(self, event: dict, actor: dict | None, apply_changes) -> dict:
         """Append `event` to the journal (the caller holds its lock), then apply it to the
         index with `apply_changes(txn, entry)` in one transaction that also records it
         as applied. If the index update fails the entry is taken back: the journal
         never claims a change the caller reports as failed."""
+        self._settle_journal_tail(strict=True)
         entry = self.journal.append(event, actor)
 
         def apply(txn):
@@ -482,37 +607,82 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
     def _catch_up_if_behind(self):
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
-        if self.journal.last_seq() > applied:
+        try:
+            behind = self.journal.last_seq() > applied or self.journal.torn_tail() is not None
+        except IntegrityError:
+            return  # a damaged last entry: reads go on from the index, writes are refused
+        if behind:
             with self.journal.locked():
+                self._settle_journal_tail(strict=False)
                 self._catch_up()
 
     def _catch_up(self):
         """Apply journal entries the index has not seen (the caller holds the lock).
 
         This finishes a commit that crashed after its journal append: the journal is
-        the truth, the index follows it."""
+        the truth, the index follows it. An index recreated from nothing (its directory
+        was removed) also learns which files lost chunks to damaged packs."""
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
         for entry in self.journal.entries(after_seq=applied):
             self.index.commit(lambda txn: self._apply_entry(self.index, txn, entry, scan_packs=True))
+        if applied == 0:
+            self.index.commit(lambda txn: self.record_missing_chunks(self.index, txn))
+
+    def _settle_journal_tail(self, strict: bool) -> None:
+        """Deal with a last journal line that lacks its newline (the caller holds the
+        journal lock) before anything could cut it off.
+
+        A whole entry that continues the chain only lost its newline: it gets it back
+        (and is applied like a commit that crashed before its index update). Anything
+        else is a torn append, which the next append cuts off, unless the index applied
+        that entry: then it was committed and cutting it would erase it, so a writer
+        (`strict`) refuses."""
+        torn = self.journal.torn_tail()
+        if torn is None:
+            return
+        if self.journal.tail_is_whole_entry(torn[0]):
+            self.journal.restore_newline()
+            return
+        with self.index.read() as txn:
+            committed, _head = self.index.applied(txn)
+        if strict and committed > self.journal.last_seq():
+            raise JournalDamagedError(
+                f"the journal's last line is damaged, and the index says entry {committed} was "
+                f"committed: ckptfs refuses to write, which would cut that entry off; restore "
+                f"{self.journal.path} from a backup (`ckptfs audit verify` names the damage)")
 
     def _apply_entry(self, index: Index, txn, entry: dict, scan_packs: bool):
         if entry["type"] == "version.sealed":
             if scan_packs:
                 for pack_id in entry["packs"]:
                     self._index_pack(index, txn, pack_id)
-            manifest = self._load_manifest(index, txn, bytes.fromhex(entry["manifest"]))
-            self._put_version(index, txn, entry, manifest)
+            try:
+                manifest = self._load_manifest(index, txn, bytes.fromhex(entry["manifest"]))
+            except IntegrityError as e:
+                # Salvage: the rest of the store stays readable; this version is known lost.
+                self.record_lost_version(index, txn, entry, str(e))
+            else:
+                self._put_version(index, txn, entry, manifest)
+        elif entry["type"] == "store.repaired":
+            if scan_packs:
+                for pack_id in entry["packs"]:
+                    self._index_pack(index, txn, pack_id)
         else:
             apply_catalog_event(index, txn, entry)
         index.set_applied(txn, entry["seq"], entry_hash(encode_entry(entry)))
 
     def _index_pack(self, index: Index, txn, pack_id: int):
-        scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+        try:
+            scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+        except FileNotFoundError:
+            return None  # a pack the journal names is gone: its versions show as damaged
         for rec in scan.records:
             loc = Location(pack_id, rec.offset, rec.length, rec.raw_len)
             if rec.kind == KIND_CHUNK:
                 index.add_chunk(txn, rec.record_id, loc)
+                if index.chunk_damage(txn, rec.record_id) is not None:
+                    index.replace_chunk(txn, rec.record_id, loc)  # a fresh copy heals it
             elif rec.kind == KIND_MANIFEST:
                 index.add_manifest(txn, rec.record_id, loc)
         if index.get_int(txn, b"next_pack_id", 1) <= pack_id:
@@ -557,14 +727,14 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         """Recreate the LMDB index from packs and journal alone.
 
         The new index is built beside the live one and swapped in only when complete,
-        so a failure leaves the store as it was."""
-        try:
-            fcntl.flock(self._open_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StoreError("the store is in use by another ckptfs process (a mount or an "
-                             "import): stop it before rebuilding the index") from None
+        so a failure leaves the store as it was. It salvages: a version whose manifest
+        is lost, or files whose chunks are, are recorded as damaged (`summary["damaged"]`,
+        and in the index for verify, ls and get) and everything else is rebuilt."""
+        self._take_store_exclusively()
         try:
             with self.journal.locked():
+                self._settle_journal_tail(strict=True)  # never replay without a committed entry
+                self._check_chunk_key()
                 new_path = os.path.join(self.path, "index.rebuild")
                 shutil.rmtree(new_path, ignore_errors=True)
                 try:
@@ -578,19 +748,34 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return summary
 
     def _build_index(self, path: str) -> dict:
-        summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0}
+        torn = self.journal.torn_tail()
+        summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0,
+                   "damaged": [], "moved_aside": self.index_moved_aside,
+                   "torn_tail": len(torn[0]) if torn else 0}
+        sealed_in = {pack_id for e in self.journal.entries() if e["type"] == "version.sealed"
+                     for pack_id in e["packs"]}
         index = Index(path)
         try:
             index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
             for pack_id in list_pack_ids(self.packs_dir):
                 scan = index.commit(lambda txn: self._index_pack(index, txn, pack_id))
+                if scan is None:
+                    continue  # deleted since it was listed (a gc of another process)
                 summary["packs"] += 1
-                if scan.damage:
-                    summary["damaged_packs"].append((pack_id, scan.damage))
-                if not scan.complete:
+                problems = list(scan.damage)
+                if not scan.complete and pack_id in sealed_in:
+                    problems.append(f"pack {pack_id:08x} ends early: {scan.tail}")
+                elif not scan.complete:
                     summary["unfinished_packs"].append((pack_id, scan.tail))
+                if problems:
+                    summary["damaged_packs"].append((pack_id, problems))
             index.commit(lambda txn: self._rebuilt_pack_counter(index, txn))
             summary["versions"] = self._replay(index, self.journal.entries())
+            index.commit(lambda txn: self.record_missing_chunks(index, txn))
+            index.commit(lambda txn: txn.put(KEY_CHECK, chunk_key_fingerprint(self._key).encode(),
+                                             db=index.meta))
+            with index.read() as txn:
+                summary["damaged"] = list(index.iter_version_damage(txn))
         finally:
             index.close()
         return summary
@@ -649,6 +834,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
     def require_version(self, project: str, run: str, version: str) -> dict:
         record = self.version_record(project, run, version)
         if record is None:
+            self.raise_if_lost(project, run, version)
             raise self.deleted_error(project, run, version) or NotFoundError(
                 f"no version {version_name(project, run, version)} in the store")
         return record
@@ -738,8 +924,18 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             self._gc_generation = generation
             self.packs.forget_deleted()  # their open descriptors would keep the space
         if loc is None:
-            raise IntegrityError(f"{what} is not in the index", chunk_id=chunk_id)
+            raise IntegrityError(self._missing_message(what, chunk_id), chunk_id=chunk_id)
         return loc
+
+    def _missing_message(self, what: str, chunk_id: bytes | None) -> str:
+        damage = None
+        if chunk_id is not None:
+            with self.index.read() as txn:
+                damage = self.index.chunk_damage(txn, chunk_id)
+        if damage is not None:
+            return (f"{what} is lost ({damage['problem']}): import the original files again, "
+                    "or `ckptfs repair --from DIR`, to heal it")
+        return f"{what} is not in the index (lost with a damaged pack?)"
 
     def read_chunk(self, chunk_id: bytes, cache: bool = True) -> bytes:
         """The raw bytes of a chunk; checked (xxh3) on the way, never wrong.
@@ -815,7 +1011,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         return offsets
 
     def _load_chunk(self, chunk_id: bytes, cache: bool) -> bytes:
-        return self._decode_record(chunk_id, self._read_record(chunk_id), cache)
+        try:
+            return self._decode_record(chunk_id, self._read_record(chunk_id), cache)
+        except IntegrityError as e:
+            # Known from now on: no ingest deduplicates against it (docs/recovery.md).
+            self.note_damaged_chunk(e.chunk_id or chunk_id, str(e))
+            raise
 
     def _decode_record(self, chunk_id: bytes, record, cache: bool) -> bytes:
         base = None
@@ -989,12 +1190,14 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
         }
 
     def verify(self, progress=None, signatures: bool = False,
-               trusted_keys: list | None = None) -> VerifyReport:
+               trusted_keys: list | None = None, record: bool = True) -> VerifyReport:
         """Re-read every pack record, re-check every chunk id and every file's SHA-256.
 
         With `signatures`, also check each version's signature against the digest of its
         files as recomputed here, with the journaled public key its key id names, or
-        with `trusted_keys` (Ed25519 public keys from outside the store) when given."""
+        with `trusted_keys` (Ed25519 public keys from outside the store) when given.
+        With `record`, what it finds damaged (and what it finds healed) is written to the
+        index: no ingest deduplicates against a damaged chunk, ls and get say so."""
         report = VerifyReport()
         if signatures:
             report.signatures = SignatureReport()
@@ -1004,17 +1207,13 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
                        for k, v in txn.cursor(db=db)}
             chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
         referenced = {loc.pack_id for loc in located.values()}
+        in_use: dict[int, list[Location]] = {}
+        for loc in located.values():
+            in_use.setdefault(loc.pack_id, []).append(loc)
         for pack_id in list_pack_ids(self.packs_dir):
             scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
             report.packs += 1
-            problems = list(scan.damage)
-            if not scan.complete:
-                if pack_id in referenced:
-                    problems.append(f"pack {pack_id:08x} ends early: {scan.tail}")
-                else:
-                    report.leftover_packs.append(pack_id)
-            if problems:
-                report.damaged_packs[pack_id] = problems
+            self._judge_pack_scan(scan, in_use.get(pack_id, []), report)
         for pack_id in referenced - set(list_pack_ids(self.packs_dir)):
             report.damaged_packs[pack_id] = [f"pack {pack_id:08x} is missing"]
         self._cache = _ChunkCache(CACHE_BYTES)  # verify what is on disk, not what is cached
@@ -1028,14 +1227,43 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
                 if progress:
                     progress("chunks", report.chunks, len(chunk_ids))
             self._cache = _ChunkCache(CACHE_BYTES)
-            for record in self.all_versions():
-                digest = self._verify_version(record, report, pool, progress)
+            for version in self.all_versions():
+                digest = self._verify_version(version, report, pool, progress)
                 if signatures:
-                    self.check_version_signature(record, digest, known_keys, trusted_keys,
+                    self.check_version_signature(version, digest, known_keys, trusted_keys,
                                                  report.signatures)
         self._verify_tombstones(report)
+        self._report_lost_versions(report)
         report.gc_interrupted = load_intent(self.path) is not None
+        if record:
+            self.record_verify_findings(report, chunk_ids)
         return report
+
+    @staticmethod
+    def _judge_pack_scan(scan, in_use: list, report: VerifyReport) -> None:
+        """Damage in a pack counts when a record in use is hit; damage only in records
+        nothing uses any more (healed, or left by an interrupted import) is a note."""
+        used_offsets = {loc.offset for loc in in_use}
+        live = [m for m, at in zip(scan.damage, scan.damaged_at) if at in used_offsets]
+        dead = [m for m, at in zip(scan.damage, scan.damaged_at) if at not in used_offsets]
+        if not scan.complete and in_use:
+            message = f"pack {scan.pack_id:08x} ends early: {scan.tail}"
+            cut = any(loc.offset + loc.length > scan.scanned_to for loc in in_use)
+            (live if cut else dead).append(message)
+        elif not scan.complete:
+            report.leftover_packs.append(scan.pack_id)
+        if live:
+            report.damaged_packs[scan.pack_id] = live
+        if dead:
+            report.dead_damage[scan.pack_id] = dead
+
+    def _report_lost_versions(self, report: VerifyReport) -> None:
+        """Versions whose file list was lost (rebuild-index found their manifest gone)."""
+        for damage in self.version_damage():
+            if damage.get("manifest"):
+                name = version_name(damage["project"], damage["run"], damage["version"])
+                report.damaged_versions.add(name)
+                report.damaged_files.append((name, "(file list)", damage["manifest"]))
 
     def _verify_tombstones(self, report: VerifyReport):
         """A deleted version's data may be gone, but its manifest (its file list and
