@@ -236,6 +236,7 @@ class CkptfsOperations(pyfuse3.Operations):
             "ingest_mb_per_s": round(counters.get("bytes_sealed", 0) / seconds / 1e6, 1) if seconds else None,
             "files_prepared": counters.get("files_prepared", 0),
             "files_reused_at_seal": counters.get("files_reused_at_seal", 0),
+            "sealer_rounds": counters.get("sealer_rounds", 0),
             "read_errors": self.read_errors,
             "pending_inbox_versions": pending,
         }

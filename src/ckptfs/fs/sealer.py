@@ -9,6 +9,7 @@ prepared (chunked, deduplicated, compressed, packed) into its unit's ingest once
 writer closes it; the seal then only reads what changed since. Prepare and seal take
 turns on one lane.
 """
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -72,7 +73,7 @@ class Sealer:
         self.units: dict[tuple, UnitState] = {}       # (p, r, unit path, batch) -> state
         self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
                          "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0,
-                         "files_prepared": 0, "files_reused_at_seal": 0}
+                         "files_prepared": 0, "files_reused_at_seal": 0, "sealer_rounds": 0}
         self.on_sealed = None  # callback(p, r, version, unit path) for cache invalidation
         self.last_sealed: str | None = None
         # Lineage (reads.py): which version each unit became, in the order of its writes.
@@ -398,6 +399,7 @@ class Sealer:
             with trio.move_on_after(self._next_deadline()):
                 await self._wake.wait()
             self._wake = trio.Event()
+            self.counters["sealer_rounds"] += 1  # the sealer is alive (stats.json)
             self._take_requests()
             self._refresh_units()
             now = time.monotonic()
@@ -456,7 +458,10 @@ class Sealer:
         root, members = self.members_of(run, unit, batch)
         marker = [m for m in members if os.path.basename(m) == SEAL_MARKER]
         for m in marker:  # the marker itself is not archived
-            os.unlink(os.path.join(root, m))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(root, m))
+        if marker:  # removed behind the inbox's back: its cached listing must not keep it
+            self.inbox.bump_structure(run)
         members = [m for m in members if m not in marker]
         staging, staged = await trio.to_thread.run_sync(self.spool.stage, root, unit, members)
         self.activity.stage(staged["files"].values())
