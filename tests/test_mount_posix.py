@@ -299,9 +299,36 @@ def test_fifo_and_socket_are_kept_and_never_sealed(run_dir):
     assert not os.path.lexists(fifo) and not os.path.lexists(sock)
 
 
-def test_device_files_are_refused_with_a_log_line(run_dir):
+def test_device_files_are_kept_inert_and_never_sealed(run_dir):
+    """Root may make a device file (as on ext4); the mount is nodev, so it cannot be
+    opened through it, and no version holds it."""
     path, store = run_dir
+    null = os.path.join(path, "null")
+    os.mknod(null, 0o640 | stat.S_IFCHR, os.makedev(1, 3))
+    st = os.stat(null)
+    assert stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)
+    assert stat.S_IMODE(st.st_mode) == 0o640
     with pytest.raises(PermissionError):
-        os.mknod(os.path.join(path, "null"), 0o600 | stat.S_IFCHR, os.makedev(1, 3))
-    wait_for_log(store, "device files are not kept in the inbox")
-    assert not os.path.lexists(os.path.join(path, "null"))
+        open(null, "rb")
+    with open(os.path.join(path, "model.bin"), "wb") as f:  # v: a checkpoint directory
+        f.write(b"w" * 100)
+    run_cli_checked("seal", store, "p/r/v")
+    s = Store.open(store)
+    try:
+        assert {e["path"] for e in s.walk("p", "r", "v")} == {"model.bin"}
+    finally:
+        s.close()
+    assert stat.S_ISCHR(os.lstat(null).st_mode)
+    os.unlink(null)
+    assert not os.path.lexists(null)
+
+
+def test_regular_file_made_with_mknod(run_dir):
+    path, _ = run_dir
+    name = os.path.join(path, "plain")
+    os.mknod(name, 0o600 | stat.S_IFREG)
+    st = os.stat(name)
+    assert stat.S_ISREG(st.st_mode) and st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    with open(name, "ab") as f:
+        f.write(b"x")
+    assert open(name, "rb").read() == b"x"

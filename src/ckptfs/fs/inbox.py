@@ -54,7 +54,9 @@ NAME_MAX = 255
 # for where the same path goes on its way to a seal (spool/removed/ is 2 bytes longer
 # than spool/inbox/, spool/staging/<id>/ up to 20) and for temporary names beside it.
 SPOOL_PATH_MAX = 4095 - 40
-SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
+# What a job may make with mknod: kept in the spool where it was made, never sealed.
+SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFBLK: "blockdev",
+                 stat.S_IFCHR: "chardev"}
 MAX_OTHER_WRITERS = 8
 XATTR_SEAL = b"user.ckptfs.seal"
 XATTR_ANNOTATE = b"user.ckptfs.annotate"
@@ -258,7 +260,7 @@ class Inbox:
         kind = kind_of(st.st_mode)
         node = Node(key, kind, stat.S_IMODE(st.st_mode), st.st_size if kind != "dir" else 0,
                     st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
-                    ctime_ns=st.st_ctime_ns)
+                    ctime_ns=st.st_ctime_ns, rdev=st.st_rdev)
         if kind == "symlink":
             node.target = os.readlink(self.spool_path(key))
         elif kind == "dir":
@@ -718,23 +720,26 @@ class Inbox:
         self.bump_structure(run)
         return key
 
-    async def mknod(self, parent, name, mode, ctx):
-        """A FIFO or a socket (`mkfifo`, a server's bind): kept in the spool for the job
-        to use, never sealed (a version holds files, directories and symlinks only;
-        spool.listing_of leaves them out). Device files are refused (EPERM)."""
-        kind = SPECIAL_KINDS.get(stat.S_IFMT(mode))
-        where = f"inbox/{parent[1]}/{name}" if parent[1] else f"inbox/{name}"
-        if kind is None:
-            log.warning("refused mknod of %s: device files are not kept in the inbox "
-                        "(only files, directories, symlinks, FIFOs and sockets)", printable(where))
-            raise pyfuse3.FUSEError(errno.EPERM)
+    async def mknod(self, parent, name, mode, rdev, ctx):
+        """A FIFO, a socket (`mkfifo`, a server's bind) or a device file: kept in the
+        spool where the job made it, never sealed (a version holds files, directories
+        and symlinks only; spool.listing_of leaves the rest out). Only a caller with
+        CAP_MKNOD gets as far as a device file (the kernel checks), and the mount is
+        nodev: through it, one cannot be opened. A regular file made with mknod is a
+        create and a close."""
+        if stat.S_ISREG(mode):
+            key, handle = await self.create(parent, name, mode, os.O_WRONLY | os.O_EXCL, ctx)
+            await self.release(handle)
+            return key
+        if stat.S_IFMT(mode) not in SPECIAL_KINDS:
+            raise pyfuse3.FUSEError(errno.EINVAL)
         key = self.child(parent, name)
         if self.node(key) is not None:
             raise pyfuse3.FUSEError(errno.EEXIST)
         run, rel = self._check_new(parent, name, is_dir=False)
         self._materialize_dirs(run, rel.rpartition("/")[0])
         path = self.spool_path(key)
-        os.mknod(path, stat.S_IFMT(mode) | 0o600)
+        os.mknod(path, stat.S_IFMT(mode) | 0o600, rdev)
         give_to_caller(path, ctx)
         os.chmod(path, stat.S_IMODE(mode))  # the caller's umask is applied already
         self._changed(run, rel)

@@ -292,6 +292,7 @@ class CkptfsOperations(pyfuse3.Operations):
         else:
             a.st_nlink = 2 + node.subdirs if node.kind == "dir" else 1
         a.st_size = node.size
+        a.st_rdev = node.rdev
         a.st_blocks = (node.size + 511) // 512
         a.st_blksize = BLOCK_SIZE
         a.st_uid = os.getuid() if node.uid is None else node.uid
@@ -723,5 +724,5 @@ class CkptfsOperations(pyfuse3.Operations):
         parent = self._refuse_outside_inbox(parent_inode)[0]
         name = name_of(name)
         await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
-        key = await self.inbox.mknod(parent, name, mode, ctx)
+        key = await self.inbox.mknod(parent, name, mode, rdev, ctx)
         return self.attributes(key)

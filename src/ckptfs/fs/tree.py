@@ -61,6 +61,7 @@ class Node:
     atime_ns: int | None = None  # None: mtime_ns (inbox files report their own)
     ctime_ns: int | None = None
     nlink: int | None = None     # None: 2 + subdirs for a directory, else 1
+    rdev: int = 0                # device files in the inbox
 
 
 def iso_to_ns(text: str) -> int:
@@ -394,4 +395,5 @@ class JournalView:
 
 def file_type_bits(kind: str) -> int:
     return {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
-            "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK}[kind]
+            "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "blockdev": stat.S_IFBLK,
+            "chardev": stat.S_IFCHR}[kind]
