@@ -595,8 +595,8 @@ class CkptfsOperations(pyfuse3.Operations):
         handles.discard(fh)
         if not handles:
             del self._open_inbox[inode]
-            if self.inodes.key(inode)[0] == OPEN_UNLINKED:
-                self.inodes.drop((OPEN_UNLINKED, inode))
+            # the last close of a file whose name went: its inode number goes too
+            self.inodes.drop((OPEN_UNLINKED, inode))
 
     @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):
