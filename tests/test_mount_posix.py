@@ -199,7 +199,7 @@ def test_directory_times_are_its_own(run_dir):
 
 # -- 4. names, paths, link counts, special files -----------------------------------------
 def test_name_too_long(run_dir):
-    path, _ = run_dir
+    path, store = run_dir
     longest = os.path.join(path, "n" * 255)
     open(longest, "w").close()
     assert os.path.exists(longest)
@@ -208,6 +208,7 @@ def test_name_too_long(run_dir):
         with pytest.raises(OSError) as e:
             call(os.path.join(path, "n" * 256))
         assert e.value.errno == errno.ENAMETOOLONG
+    wait_for_log(store, "the name is 256 bytes long; the limit is 255 bytes")
 
 
 def test_long_names_can_be_rewritten(run_dir):

@@ -363,9 +363,8 @@ class Inbox:
         """ENAMETOOLONG for a name over NAME_MAX, or a path whose spool copy would not
         fit in PATH_MAX: every path the inbox accepts can be spooled, staged and sealed
         (the spool path is longer than the path in the mount, see SPOOL_PATH_MAX)."""
-        name = key[1].rpartition("/")[2]
-        if len(os.fsencode(name)) > NAME_MAX:
-            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+        if len(os.fsencode(key[1].rpartition("/")[2])) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)  # (logged by ops.name_of)
         if len(os.fsencode(self.spool_path(key))) > SPOOL_PATH_MAX:
             log.warning("refused inbox/%s…: the path is too long for the spool (at most %d "
                         "bytes below inbox/ here)", printable(key[1][:80]),

@@ -38,8 +38,11 @@ class SourceFile:
 
 
 def name_of(name: bytes) -> str:
-    """A name from the kernel, which leaves NAME_MAX to the file system."""
+    """A name from the kernel, which leaves NAME_MAX to the file system. (The kernel
+    looks a name up before it creates it: this is where a long one is refused.)"""
     if len(name) > NAME_MAX:
+        log.warning("refused %r…: the name is %d bytes long; the limit is %d bytes",
+                    os.fsdecode(name[:40]), len(name), NAME_MAX)
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
     return os.fsdecode(name)
 
@@ -562,9 +565,9 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        await self._require(ctx, self.inbox.child(parent, name_of(name)), "writer",
+        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
                             "archive versions")
-        key, handle = await self.inbox.create(parent, name_of(name), mode, flags, ctx)
+        key, handle = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
         attributes = self.attributes(key)
         return pyfuse3.FileInfo(fh=self._inbox_handle(attributes.st_ino, handle)), attributes
 
@@ -601,14 +604,14 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        await self._require(ctx, self.inbox.child(parent, name_of(name)), "writer",
+        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
                             "archive versions")
-        key = await self.inbox.mkdir(parent, name_of(name), mode, ctx)
+        key = await self.inbox.mkdir(parent, os.fsdecode(name), mode, ctx)
         return self.attributes(key)
 
     @guarded
     async def symlink(self, parent_inode, name, target, ctx):
-        parent, name = self.inodes.key(parent_inode), name_of(name)
+        parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
         if parent[0] == "run":
             return await self._set_alias(parent, name, os.fsdecode(target), ctx)
         parent = self._refuse_outside_inbox(parent_inode)[0]
@@ -665,7 +668,8 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        old_name, new_name = name_of(name_old), name_of(name_new)
+        # (a new name too long is refused by the inbox, with a log line)
+        old_name, new_name = name_of(name_old), os.fsdecode(name_new)
         run = self.inodes.key(parent_inode_old)
         if run[0] == "run" and parent_inode_new == parent_inode_old:
             if flags & pyfuse3.RENAME_EXCHANGE:
@@ -722,7 +726,7 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        name = name_of(name)
+        name = os.fsdecode(name)
         await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         key = await self.inbox.mknod(parent, name, mode, rdev, ctx)
         return self.attributes(key)
