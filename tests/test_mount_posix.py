@@ -333,3 +333,18 @@ def test_regular_file_made_with_mknod(run_dir):
     with open(name, "ab") as f:
         f.write(b"x")
     assert open(name, "rb").read() == b"x"
+
+
+def test_a_name_removed_as_a_file_then_used_as_a_directory(run_dir):
+    """rm x; mkdir x; touch x/y; rm x/y; rmdir x: the file kept aside from the first
+    removal must not stand in the way of the second."""
+    path, _ = run_dir
+    x = os.path.join(path, "x")
+    for kind in ("file", "fifo"):
+        open(x, "w").close() if kind == "file" else os.mkfifo(x)
+        os.unlink(x)
+        os.mkdir(x)
+        open(os.path.join(x, "y"), "w").close()
+        os.unlink(os.path.join(x, "y"))
+        os.rmdir(x)
+        assert not os.path.lexists(x)

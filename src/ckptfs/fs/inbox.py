@@ -793,6 +793,7 @@ class Inbox:
             return
         target = os.path.join(self.spool.run_dir(*run, REMOVED), rel)
         try:
+            self._clear_kept_ancestors(run, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.isdir(target) and not os.path.islink(target):
                 shutil.rmtree(target)
@@ -804,6 +805,18 @@ class Inbox:
             log.warning("the store's disk is full: inbox/%s/%s/%s removed without keeping it "
                         "for its unit's seal", *run, rel)
             os.unlink(self.run_path(run, rel))
+
+    def _clear_kept_ancestors(self, run: tuple, rel: str):
+        """A file kept aside in removed/ where `rel` now needs a directory (the job
+        removed file `x`, then made a directory `x` and removes `x/y`): the older
+        removal is superseded, as on a local disk where `x` is long gone."""
+        base = self.spool.run_dir(*run, REMOVED)
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            path = os.path.join(base, *parts[:i])
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+                os.unlink(path)
+                return
 
     def _hide_sealed(self, run: tuple, rel: str):
         found = self._sealed(run, rel)
