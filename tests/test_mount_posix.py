@@ -348,3 +348,28 @@ def test_a_name_removed_as_a_file_then_used_as_a_directory(run_dir):
         os.unlink(os.path.join(x, "y"))
         os.rmdir(x)
         assert not os.path.lexists(x)
+
+
+def test_with_roles_enforced_the_inbox_applies_chown_rules_itself(tmp_path, mount):
+    """A shared store's mount has no default_permissions (roles decide), so the kernel
+    checks no chown: a writer must still not give a file to root, nor take another
+    user's file, nor give its own to a group it is not in."""
+    store = str(tmp_path / "store")
+    run_cli_checked("init", "--shared", store)
+    with Store.open(store) as s:
+        s.grant("p", f"user:{NOBODY}", "writer")
+    mnt = mount(store, "--allow-other", "--seal-after", "3600")
+    path = os.path.join(mnt, "inbox", "p", "r", "v")
+    os.makedirs(path)
+    os.chmod(path, 0o777)
+    made = as_user(NOBODY, NOBODY, path, "touch", "mine")
+    assert made.returncode == 0, made.stderr
+    open(os.path.join(path, "roots"), "w").close()
+    for command in (["chown", "0", "mine"], ["chgrp", "0", "mine"], ["chown", str(NOBODY), "roots"]):
+        refused = as_user(NOBODY, NOBODY, path, *command)
+        assert refused.returncode != 0 and "not permitted" in refused.stderr, command
+    assert (os.stat(os.path.join(path, "mine")).st_uid, os.stat(os.path.join(path, "mine")).st_gid) \
+        == (NOBODY, NOBODY)
+    assert os.stat(os.path.join(path, "roots")).st_uid == 0
+    assert as_user(NOBODY, NOBODY, path, "chgrp", str(NOBODY), "mine").returncode == 0
+    wait_for_log(store, "only root gives a file away")

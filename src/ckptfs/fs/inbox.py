@@ -35,6 +35,7 @@ from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, SEAL_MARKER, Unit, classi
 from ckptfs.meta.provenance import describe_process
 from ckptfs.meta.seal import deep_merge, env_allow_list
 from ckptfs.meta.user import clean_document
+from ckptfs.store.access import request_actor
 from ckptfs.store.names import InvalidNameError, validate_name
 
 from .activity import SpoolActivity
@@ -92,6 +93,24 @@ def change_owner(path_or_fd, attr, fields):
         os.fchown(path_or_fd, uid, gid)
     else:
         os.chown(path_or_fd, uid, gid, follow_symlinks=False)
+
+
+def refuse_foreign_chown(st, attr, fields, ctx):
+    """chown(2)'s rules, applied here too: with roles enforced the mount has no
+    default_permissions and the kernel checks nothing, while the daemon changes owners
+    as root. Only root gives a file away; its owner may change its group to one of its
+    own groups."""
+    if ctx is None or ctx.uid == 0:
+        return
+    if fields.update_uid and (attr.st_uid != st.st_uid or st.st_uid != ctx.uid):
+        log.warning("refused chown by uid %d: only root gives a file away", ctx.uid)
+        raise pyfuse3.FUSEError(errno.EPERM)
+    if fields.update_gid and (st.st_uid != ctx.uid or (
+            attr.st_gid != st.st_gid and
+            attr.st_gid not in request_actor(ctx.uid, ctx.gid, ctx.pid)["gids"])):
+        log.warning("refused chgrp by uid %d: not its owner, or not a group of the caller",
+                    ctx.uid)
+        raise pyfuse3.FUSEError(errno.EPERM)
 
 
 def kind_of(mode: int) -> str:
@@ -659,6 +678,7 @@ class Inbox:
             self.activity.paths[ino] = (*run, rel)
             self.sealer.queue_prepare(run, ino)  # `truncate FILE`: no write follows
         if fields.update_uid or fields.update_gid:
+            refuse_foreign_chown(os.lstat(path), attr, fields, ctx)
             change_owner(path, attr, fields)
         # After chown, which clears the set-ID bits: a mode given with it wins.
         if fields.update_mode and not os.path.islink(path):  # a symlink's mode means nothing
@@ -670,12 +690,13 @@ class Inbox:
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
         self._changed(run, rel)
 
-    def setattr_open(self, fd: int, attr, fields):
+    def setattr_open(self, fd: int, attr, fields, ctx):
         """ftruncate, fchmod, fchown, futimens of a file open after its name went: only
         the open file changes (it is part of no unit any more)."""
         if fields.update_size:
             os.ftruncate(fd, attr.st_size)
         if fields.update_uid or fields.update_gid:
+            refuse_foreign_chown(os.fstat(fd), attr, fields, ctx)
             change_owner(fd, attr, fields)
         if fields.update_mode:
             os.fchmod(fd, stat.S_IMODE(attr.st_mode))

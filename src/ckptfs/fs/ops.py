@@ -555,7 +555,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if self.inodes.key(inode)[0] == OPEN_UNLINKED:  # ftruncate, fchmod… after unlink
             handle = self._handles.get(fh)
             fd = handle.fd if getattr(handle, "inode", None) == inode else self._open_fd(inode)
-            self.inbox.setattr_open(fd, attr, fields)
+            self.inbox.setattr_open(fd, attr, fields, ctx)
             return await self.getattr(inode, ctx)
         key = self._refuse_outside_inbox(inode)[0]
         await self._require(ctx, key, "writer", "archive versions")
