@@ -35,6 +35,7 @@ from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, SEAL_MARKER, Unit, classi
 from ckptfs.meta.provenance import describe_process
 from ckptfs.meta.seal import deep_merge, env_allow_list
 from ckptfs.meta.user import clean_document
+from ckptfs.store.access import request_actor
 from ckptfs.store.names import InvalidNameError, validate_name
 
 from .activity import SpoolActivity
@@ -49,6 +50,14 @@ from .workview import RunView
 log = logging.getLogger("ckptfs.inbox")
 
 RUNNING_MARKER = "daemon.running"
+NAME_MAX = 255
+# The spool keeps a path at most this long: room left below PATH_MAX (4096 with its NUL)
+# for where the same path goes on its way to a seal (spool/removed/ is 2 bytes longer
+# than spool/inbox/, spool/staging/<id>/ up to 20) and for temporary names beside it.
+SPOOL_PATH_MAX = 4095 - 40
+# What a job may make with mknod: kept in the spool where it was made, never sealed.
+SPECIAL_KINDS = {stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket", stat.S_IFBLK: "blockdev",
+                 stat.S_IFCHR: "chardev"}
 MAX_OTHER_WRITERS = 8
 XATTR_SEAL = b"user.ckptfs.seal"
 XATTR_ANNOTATE = b"user.ckptfs.annotate"
@@ -57,14 +66,59 @@ XATTR_VERSION = b"user.ckptfs.version"
 
 
 def give_to_caller(path: str, ctx):
-    """A daemon running as root makes what a user writes into the inbox that user's, so
-    `ls -l inbox/…` shows who wrote it (ownership is not archived)."""
-    if ctx is None or os.geteuid() != 0 or ctx.uid == 0:
+    """A daemon running as root makes what a user creates in the inbox that user's, as a
+    file system does: `ls -l inbox/…` shows who wrote it, and the kernel's permission
+    checks (default_permissions) see the real owner. The group is the caller's, or the
+    directory's when that has the set-group-ID bit (what ext4 did for us already)."""
+    if ctx is None or os.geteuid() != 0:
+        return
+    parent = os.lstat(os.path.dirname(path))
+    gid = parent.st_gid if parent.st_mode & stat.S_ISGID else ctx.gid
+    st = os.lstat(path)
+    if (st.st_uid, st.st_gid) == (ctx.uid, gid):
         return
     try:
-        os.lchown(path, ctx.uid, ctx.gid)
+        os.lchown(path, ctx.uid, gid)
     except OSError as e:
         log.debug("could not give %s to uid %d: %s", path, ctx.uid, e)
+
+
+def change_owner(path_or_fd, attr, fields):
+    """chown: kept on the spool file itself, shown by the mount (the kernel has checked
+    that the caller may: default_permissions). A version does not archive ownership
+    (docs/mount.md): it is for the inbox's permission checks while a job writes."""
+    uid = attr.st_uid if fields.update_uid else -1
+    gid = attr.st_gid if fields.update_gid else -1
+    if isinstance(path_or_fd, int):
+        os.fchown(path_or_fd, uid, gid)
+    else:
+        os.chown(path_or_fd, uid, gid, follow_symlinks=False)
+
+
+def refuse_foreign_chown(st, attr, fields, ctx):
+    """chown(2)'s rules, applied here too: with roles enforced the mount has no
+    default_permissions and the kernel checks nothing, while the daemon changes owners
+    as root. Only root gives a file away; its owner may change its group to one of its
+    own groups."""
+    if ctx is None or ctx.uid == 0:
+        return
+    if fields.update_uid and (attr.st_uid != st.st_uid or st.st_uid != ctx.uid):
+        log.warning("refused chown by uid %d: only root gives a file away", ctx.uid)
+        raise pyfuse3.FUSEError(errno.EPERM)
+    if fields.update_gid and (st.st_uid != ctx.uid or (
+            attr.st_gid != st.st_gid and
+            attr.st_gid not in request_actor(ctx.uid, ctx.gid, ctx.pid)["gids"])):
+        log.warning("refused chgrp by uid %d: not its owner, or not a group of the caller",
+                    ctx.uid)
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+
+def kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return SPECIAL_KINDS.get(stat.S_IFMT(mode), "file")
 
 
 def printable(name: str) -> str:
@@ -78,6 +132,7 @@ class InboxFile:
     key: tuple
     ino: int
     writable: bool
+    inode: int | None = None  # the mount's inode number of it (ops.py)
 
 
 class Inbox:
@@ -221,12 +276,39 @@ class Inbox:
         return self._error_node(key)
 
     def _spool_node(self, key: tuple, st) -> Node:
-        kind = "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "file"
+        kind = kind_of(st.st_mode)
         node = Node(key, kind, stat.S_IMODE(st.st_mode), st.st_size if kind != "dir" else 0,
-                    st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid)
+                    st.st_mtime_ns, uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
+                    ctime_ns=st.st_ctime_ns, rdev=st.st_rdev)
         if kind == "symlink":
             node.target = os.readlink(self.spool_path(key))
+        elif kind == "dir":
+            node.subdirs = self._subdir_count(key)
         return node
+
+    def _subdir_count(self, key: tuple) -> int:
+        """Directories the view shows in directory `key`: the spool's and the sealed
+        versions' (for its st_nlink, 2 + this, as `find` and pjdfstest expect)."""
+        path = self.spool_path(key)
+        names = {e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False)}
+        run, rel = self.split(key)
+        depth = len(self.parts(key))
+        if run is not None:
+            names.update(n for n, e in self.view(run).children(rel).items() if e.kind == "dir"
+                         and not os.path.lexists(os.path.join(path, n)))
+        elif depth == 0:
+            names.update(self.store.projects())
+        elif depth == 1:
+            names.update(self.store.runs(key[1]))
+        return len(names)
+
+    def open_file_node(self, key: tuple, fd: int) -> Node:
+        """An inbox file whose name was removed (or replaced) while it was open: it lives
+        on through its open descriptors until the last close (st_nlink 0)."""
+        st = os.fstat(fd)
+        return Node(key, "file", stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns,
+                    uid=st.st_uid, gid=st.st_gid, atime_ns=st.st_atime_ns,
+                    ctime_ns=st.st_ctime_ns, nlink=0)
 
     def _sealed_node(self, key: tuple, run: tuple, found) -> Node:
         node = Node(key, found.kind, found.mode, found.size, found.mtime_ns, target=found.target,
@@ -296,8 +378,21 @@ class Inbox:
         self.spool.write_error(f"{parent[1]}/{name}" if parent[1] else name, message)
         raise pyfuse3.FUSEError(errno.EPERM)
 
+    def refuse_too_long(self, key: tuple):
+        """ENAMETOOLONG for a name over NAME_MAX, or a path whose spool copy would not
+        fit in PATH_MAX: every path the inbox accepts can be spooled, staged and sealed
+        (the spool path is longer than the path in the mount, see SPOOL_PATH_MAX)."""
+        if len(os.fsencode(key[1].rpartition("/")[2])) > NAME_MAX:
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)  # (logged by ops.name_of)
+        if len(os.fsencode(self.spool_path(key))) > SPOOL_PATH_MAX:
+            log.warning("refused inbox/%s…: the path is too long for the spool (at most %d "
+                        "bytes below inbox/ here)", printable(key[1][:80]),
+                        SPOOL_PATH_MAX - len(os.fsencode(self.root)) - 1)
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
     def _check_new(self, parent: tuple, name: str, is_dir: bool) -> tuple[tuple, str]:
         """Checks for creating `name` in `parent`; returns (run, path in it)."""
+        self.refuse_too_long(self.child(parent, name))
         if len(self.parts(parent)) < 2:
             self._refuse_wrong_depth(parent, name, is_dir)
             return None, ""
@@ -397,8 +492,8 @@ class Inbox:
         self._materialize_dirs(run, rel.rpartition("/")[0])
         self._replace_staged(self.spool_path(key), keep_content=False)
         fd = os.open(self.spool_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
+        give_to_caller(self.spool_path(key), ctx)  # first: a chown clears set-user-ID
         os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
-        give_to_caller(self.spool_path(key), ctx)
         self.activity.created_by(run, rel, ctx)
         self._changed(run, rel)
         self.bump_structure(run)
@@ -453,15 +548,15 @@ class Inbox:
         await self._note_writer(run, rel, ctx)
         self._materialize_dirs(run, rel.rpartition("/")[0])
         target = self.spool_path(key)
-        tmp = f"{target}.ckptfs-copy-up"
+        tmp = self._temporary_beside(target, "copy-up")
         if truncate:
             with open(tmp, "wb"):
                 pass
         else:
             await trio.to_thread.run_sync(self.restore_file, found.entry, tmp)
+        give_to_caller(tmp, ctx)
         os.chmod(tmp, found.mode)
         os.utime(tmp, ns=(found.mtime_ns, found.mtime_ns))
-        give_to_caller(tmp, ctx)
         os.rename(tmp, target)
         self.activity.created_by(run, rel, ctx)
         self._changed(run, rel)
@@ -509,7 +604,7 @@ class Inbox:
             return
         if st.st_ino not in self.activity.staged_inodes or not stat.S_ISREG(st.st_mode):
             return
-        tmp = f"{path}.ckptfs-cow"
+        tmp = self._temporary_beside(path, "cow")
         if keep_content:
             shutil.copy2(path, tmp)
         else:
@@ -519,6 +614,11 @@ class Inbox:
         if os.geteuid() == 0:
             os.chown(tmp, st.st_uid, st.st_gid)
         os.rename(tmp, path)
+
+    def _temporary_beside(self, path: str, what: str) -> str:
+        """A short temporary name in the same directory (a name of NAME_MAX bytes has
+        no room for a suffix)."""
+        return os.path.join(os.path.dirname(path), f".ckptfs-{what}-{self.spool.new_id()}")
 
     def _opened(self, fd, key, writable: bool) -> InboxFile:
         ino = os.fstat(fd).st_ino
@@ -577,6 +677,10 @@ class Inbox:
             self.activity.bump(ino)
             self.activity.paths[ino] = (*run, rel)
             self.sealer.queue_prepare(run, ino)  # `truncate FILE`: no write follows
+        if fields.update_uid or fields.update_gid:
+            refuse_foreign_chown(os.lstat(path), attr, fields, ctx)
+            change_owner(path, attr, fields)
+        # After chown, which clears the set-ID bits: a mode given with it wins.
         if fields.update_mode and not os.path.islink(path):  # a symlink's mode means nothing
             os.chmod(path, stat.S_IMODE(attr.st_mode))
         if fields.update_mtime or fields.update_atime:
@@ -584,9 +688,22 @@ class Inbox:
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
-        if fields.update_uid or fields.update_gid:
-            pass  # ownership is not archived; accepted so `cp -a` and `tar -x` do not fail
         self._changed(run, rel)
+
+    def setattr_open(self, fd: int, attr, fields, ctx):
+        """ftruncate, fchmod, fchown, futimens of a file open after its name went: only
+        the open file changes (it is part of no unit any more)."""
+        if fields.update_size:
+            os.ftruncate(fd, attr.st_size)
+        if fields.update_uid or fields.update_gid:
+            refuse_foreign_chown(os.fstat(fd), attr, fields, ctx)
+            change_owner(fd, attr, fields)
+        if fields.update_mode:
+            os.fchmod(fd, stat.S_IMODE(attr.st_mode))
+        if fields.update_mtime or fields.update_atime:
+            st = os.fstat(fd)
+            os.utime(fd, ns=(attr.st_atime_ns if fields.update_atime else st.st_atime_ns,
+                             attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns))
 
     async def mkdir(self, parent, name, mode, ctx):
         key = self.child(parent, name)
@@ -597,9 +714,12 @@ class Inbox:
             self._materialize_dirs(run, rel.rpartition("/")[0])
         else:  # a run of a project the store has but the spool does not (yet)
             os.makedirs(self.spool_path(parent), exist_ok=True)
-        os.mkdir(self.spool_path(key))
-        os.chmod(self.spool_path(key), stat.S_IMODE(mode))  # the writer's mode, not our umask
-        give_to_caller(self.spool_path(key), ctx)
+        path = self.spool_path(key)
+        os.mkdir(path)
+        give_to_caller(path, ctx)
+        # The writer's mode, not our umask; set-group-ID comes from the parent, as on ext4.
+        inherited = os.lstat(os.path.dirname(path)).st_mode & stat.S_ISGID
+        os.chmod(path, stat.S_IMODE(mode) | inherited)
         if run is not None and rel:
             self.activity.created_by(run, rel, ctx)
             self._changed(run, rel)
@@ -620,6 +740,31 @@ class Inbox:
         self.bump_structure(run)
         return key
 
+    async def mknod(self, parent, name, mode, rdev, ctx):
+        """A FIFO, a socket (`mkfifo`, a server's bind) or a device file: kept in the
+        spool where the job made it, never sealed (a version holds files, directories
+        and symlinks only; spool.listing_of leaves the rest out). Only a caller with
+        CAP_MKNOD gets as far as a device file (the kernel checks), and the mount is
+        nodev: through it, one cannot be opened. A regular file made with mknod is a
+        create and a close."""
+        if stat.S_ISREG(mode):
+            key, handle = await self.create(parent, name, mode, os.O_WRONLY | os.O_EXCL, ctx)
+            await self.release(handle)
+            return key
+        if stat.S_IFMT(mode) not in SPECIAL_KINDS:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        key = self.child(parent, name)
+        if self.node(key) is not None:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        run, rel = self._check_new(parent, name, is_dir=False)
+        self._materialize_dirs(run, rel.rpartition("/")[0])
+        path = self.spool_path(key)
+        os.mknod(path, stat.S_IFMT(mode) | 0o600, rdev)
+        give_to_caller(path, ctx)
+        os.chmod(path, stat.S_IMODE(mode))  # the caller's umask is applied already
+        self._changed(run, rel)
+        return key
+
     async def unlink(self, parent, name, ctx):
         key = self.child(parent, name)
         run, rel = self.split(key)
@@ -629,8 +774,12 @@ class Inbox:
             if shown_error is not None and self.spool.clear_error(shown_error):
                 return
             raise pyfuse3.FUSEError(errno.EPERM if os.path.lexists(path) else errno.ENOENT)
-        if os.path.lexists(path):
-            if os.path.isdir(path) and not os.path.islink(path):
+        st = os.lstat(path) if os.path.lexists(path) else None
+        if st is not None and stat.S_IFMT(st.st_mode) in SPECIAL_KINDS:
+            os.unlink(path)  # a FIFO or socket: never part of a unit
+            return
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
                 raise pyfuse3.FUSEError(errno.EISDIR)
             self._remove_spooled(run, rel)
         elif self._sealed(run, rel) is not None:
@@ -665,6 +814,7 @@ class Inbox:
             return
         target = os.path.join(self.spool.run_dir(*run, REMOVED), rel)
         try:
+            self._clear_kept_ancestors(run, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if os.path.isdir(target) and not os.path.islink(target):
                 shutil.rmtree(target)
@@ -676,6 +826,18 @@ class Inbox:
             log.warning("the store's disk is full: inbox/%s/%s/%s removed without keeping it "
                         "for its unit's seal", *run, rel)
             os.unlink(self.run_path(run, rel))
+
+    def _clear_kept_ancestors(self, run: tuple, rel: str):
+        """A file kept aside in removed/ where `rel` now needs a directory (the job
+        removed file `x`, then made a directory `x` and removes `x/y`): the older
+        removal is superseded, as on a local disk where `x` is long gone."""
+        base = self.spool.run_dir(*run, REMOVED)
+        parts = rel.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            path = os.path.join(base, *parts[:i])
+            if os.path.islink(path) or (os.path.lexists(path) and not os.path.isdir(path)):
+                os.unlink(path)
+                return
 
     def _hide_sealed(self, run: tuple, rel: str):
         found = self._sealed(run, rel)
@@ -734,6 +896,8 @@ class Inbox:
         new_run, new_rel = self.split(new)
         if old_run is None or new_run is None or old_run != new_run or not old_rel or not new_rel:
             raise pyfuse3.FUSEError(errno.EXDEV)  # mv falls back to copy and delete
+        self.refuse_too_long(new)
+        self._refuse_moving_too_deep(old, new)
         run = old_run
         if not os.path.lexists(self.spool_path(old)):
             if self._sealed(run, old_rel) is None:
@@ -760,6 +924,20 @@ class Inbox:
         for rel in (old_rel, new_rel):
             self._changed(run, rel)
         self.bump_structure(run)
+
+    def _refuse_moving_too_deep(self, old: tuple, new: tuple):
+        """A directory moved to a longer path must not take what is below it past the
+        spool's path limit (ENAMETOOLONG, as for a path created there)."""
+        growth = len(os.fsencode(new[1])) - len(os.fsencode(old[1]))
+        top = self.spool_path(old)
+        if growth <= 0 or not os.path.isdir(top) or os.path.islink(top):
+            return
+        deepest = max((len(os.fsencode(os.path.join(d, n)))
+                       for d, dirs, files in os.walk(top) for n in dirs + files), default=0)
+        if deepest + growth > SPOOL_PATH_MAX:
+            log.warning("refused moving inbox/%s: what is below it would be too deep for the "
+                        "spool", printable(old[1]))
+            raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
 
     # -- extended attributes: the Python API's channel --------------------------------------
     def setxattr(self, key: tuple, name: bytes, value: bytes):

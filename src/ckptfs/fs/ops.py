@@ -27,12 +27,24 @@ UNSUPPORTED_XATTR_NAMESPACES = (b"security.", b"system.", b"trusted.")  # no lab
 XATTR_SHA256 = b"user.ckptfs.sha256"
 XATTR_STATE = b"user.ckptfs.state"
 BLOCK_SIZE = 1024 * 1024
+NAME_MAX = 255
+OPEN_UNLINKED = "open-unlinked"  # key kind of an inbox file open after its name went
 
 
 @dataclass
 class SourceFile:
     """An open file shown through the mount as it is on disk (the journal)."""
     fd: int
+
+
+def name_of(name: bytes) -> str:
+    """A name from the kernel, which leaves NAME_MAX to the file system. (The kernel
+    looks a name up before it creates it: this is where a long one is refused.)"""
+    if len(name) > NAME_MAX:
+        log.warning("refused %r…: the name is %d bytes long; the limit is %d bytes",
+                    os.fsdecode(name[:40]), len(name), NAME_MAX)
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    return os.fsdecode(name)
 
 
 def actor_of(ctx) -> dict:
@@ -151,6 +163,22 @@ class InodeTable:
             self._by_key[new] = ino
             self._by_ino[ino] = new
 
+    def detach(self, key: tuple) -> int | None:
+        """The name `key` is gone while its file is still open: the inode keeps its
+        number under a key of its own (getattr, ftruncate… go on working through it),
+        and the name gets a new number if it is created again."""
+        ino = self._by_key.pop(key, None)
+        if ino is not None:
+            orphan = (OPEN_UNLINKED, ino)
+            self._by_key[orphan] = ino
+            self._by_ino[ino] = orphan
+        return ino
+
+    def drop(self, key: tuple):
+        ino = self._by_key.pop(key, None)
+        if ino is not None:
+            self._by_ino.pop(ino, None)
+
     def known(self, key: tuple) -> int | None:
         return self._by_key.get(key)
 
@@ -174,6 +202,7 @@ class CkptfsOperations(pyfuse3.Operations):
         self.inodes = InodeTable()
         self.journal_view = JournalView(store.journal.path)
         self._handles: dict[int, object] = {}
+        self._open_inbox: dict[int, set[int]] = {}  # inode -> handles of inbox files open
         self._next_fh = 1
         self.read_errors = 0
 
@@ -262,13 +291,19 @@ class CkptfsOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.inodes.ino(key)
         a.st_mode = file_type_bits(node.kind) | node.mode
-        a.st_nlink = 2 + node.subdirs if node.kind == "dir" else 1
+        if node.nlink is not None:
+            a.st_nlink = node.nlink
+        else:
+            a.st_nlink = 2 + node.subdirs if node.kind == "dir" else 1
         a.st_size = node.size
+        a.st_rdev = node.rdev
         a.st_blocks = (node.size + 511) // 512
         a.st_blksize = BLOCK_SIZE
         a.st_uid = os.getuid() if node.uid is None else node.uid
         a.st_gid = os.getgid() if node.gid is None else node.gid
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        a.st_mtime_ns = node.mtime_ns
+        a.st_atime_ns = node.mtime_ns if node.atime_ns is None else node.atime_ns
+        a.st_ctime_ns = node.mtime_ns if node.ctime_ns is None else node.ctime_ns
         timeout = IMMUTABLE_TIMEOUT if node.immutable else MUTABLE_TIMEOUT
         a.attr_timeout = a.entry_timeout = timeout
         if (is_gate(key) or key == ("audit",)) and self.store.enforcing():
@@ -323,7 +358,7 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self.inodes.key(parent_inode)
-        name = os.fsdecode(name)
+        name = name_of(name)
         if name == ".":
             return self.attributes(parent)
         key = self._child_key(parent, name)
@@ -335,6 +370,8 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def getattr(self, inode, ctx=None):
         key = self.inodes.key(inode)
+        if key[0] == OPEN_UNLINKED:
+            return self.attributes(key, self.inbox.open_file_node(key, self._open_fd(inode)))
         await self._require(ctx, key, "reader", "read")
         return self.attributes(key, self._node_for(key, ctx))
 
@@ -409,7 +446,9 @@ class CkptfsOperations(pyfuse3.Operations):
                 self._note_read(handle, ctx)
             elif not writing:
                 self.inbox.note_spool_read(key, ctx)
-            return pyfuse3.FileInfo(fh=self._new_handle(handle))
+            if isinstance(handle, Node):
+                return pyfuse3.FileInfo(fh=self._new_handle(handle))
+            return pyfuse3.FileInfo(fh=self._inbox_handle(inode, handle))
         if writing:
             raise pyfuse3.FUSEError(errno.EROFS)
         await self._require(ctx, key, "reader", "read")
@@ -463,6 +502,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if isinstance(handle, SourceFile):
             os.close(handle.fd)
         elif handle is not None and not isinstance(handle, Node):
+            self._forget_inbox_handle(fh, handle)
             await self.inbox.release(handle)
 
     # -- extended attributes ------------------------------------------------------------
@@ -513,6 +553,11 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def setattr(self, inode, attr, fields, fh, ctx):
+        if self.inodes.key(inode)[0] == OPEN_UNLINKED:  # ftruncate, fchmod… after unlink
+            handle = self._handles.get(fh)
+            fd = handle.fd if getattr(handle, "inode", None) == inode else self._open_fd(inode)
+            self.inbox.setattr_open(fd, attr, fields, ctx)
+            return await self.getattr(inode, ctx)
         key = self._refuse_outside_inbox(inode)[0]
         await self._require(ctx, key, "writer", "archive versions")
         await self.inbox.setattr(key, attr, fields, fh, ctx)
@@ -524,7 +569,38 @@ class CkptfsOperations(pyfuse3.Operations):
         await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
                             "archive versions")
         key, handle = await self.inbox.create(parent, os.fsdecode(name), mode, flags, ctx)
-        return pyfuse3.FileInfo(fh=self._new_handle(handle)), self.attributes(key)
+        attributes = self.attributes(key)
+        return pyfuse3.FileInfo(fh=self._inbox_handle(attributes.st_ino, handle)), attributes
+
+    # -- inbox files open: they outlive their name until the last close -----------------
+    def _inbox_handle(self, inode: int, handle) -> int:
+        fh = self._new_handle(handle)
+        self._open_inbox.setdefault(inode, set()).add(fh)
+        handle.inode = inode
+        return fh
+
+    def _open_fd(self, inode: int) -> int:
+        for fh in self._open_inbox.get(inode, ()):
+            return self._handles[fh].fd
+        raise pyfuse3.FUSEError(errno.ENOENT)
+
+    def _detach_if_open(self, key: tuple):
+        """`key` no longer names its file: if that is open, it lives on (POSIX: until
+        the last close), else its inode number goes."""
+        ino = self.inodes.known(key)
+        if ino is not None and ino in self._open_inbox:
+            self.inodes.detach(key)
+
+    def _forget_inbox_handle(self, fh: int, handle):
+        inode = getattr(handle, "inode", None)
+        handles = self._open_inbox.get(inode)
+        if handles is None:
+            return
+        handles.discard(fh)
+        if not handles:
+            del self._open_inbox[inode]
+            # the last close of a file whose name went: its inode number goes too
+            self.inodes.drop((OPEN_UNLINKED, inode))
 
     @guarded
     async def mkdir(self, parent_inode, name, mode, ctx):
@@ -546,7 +622,7 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def unlink(self, parent_inode, name, ctx):
-        parent, name = self.inodes.key(parent_inode), os.fsdecode(name)
+        parent, name = self.inodes.key(parent_inode), name_of(name)
         if parent[0] == "run" and self._child_key(parent, name) == ("alias", *parent[1:], name):
             p, r = parent[1:]
             await trio.to_thread.run_sync(self.store.remove_alias, p, r, name, actor_of(ctx))
@@ -555,6 +631,7 @@ class CkptfsOperations(pyfuse3.Operations):
         parent = self._refuse_outside_inbox(parent_inode)[0]
         await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         await self.inbox.unlink(parent, name, ctx)
+        self._detach_if_open(self.inbox.child(parent, name))
 
     # -- aliases: the only change allowed under projects/ ------------------------------
     async def _set_alias(self, run: tuple, name: str, target: str, ctx):
@@ -586,13 +663,14 @@ class CkptfsOperations(pyfuse3.Operations):
     @guarded
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._refuse_outside_inbox(parent_inode)[0]
-        await self._require(ctx, self.inbox.child(parent, os.fsdecode(name)), "writer",
+        await self._require(ctx, self.inbox.child(parent, name_of(name)), "writer",
                             "archive versions")
-        await self.inbox.rmdir(parent, os.fsdecode(name), ctx)
+        await self.inbox.rmdir(parent, name_of(name), ctx)
 
     @guarded
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
-        old_name, new_name = os.fsdecode(name_old), os.fsdecode(name_new)
+        # (a new name too long is refused by the inbox, with a log line)
+        old_name, new_name = name_of(name_old), os.fsdecode(name_new)
         run = self.inodes.key(parent_inode_old)
         if run[0] == "run" and parent_inode_new == parent_inode_old:
             if flags & pyfuse3.RENAME_EXCHANGE:
@@ -604,6 +682,7 @@ class CkptfsOperations(pyfuse3.Operations):
         for parent, name in ((old_parent, old_name), (new_parent, new_name)):
             await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
         await self.inbox.rename(old_parent, old_name, new_parent, new_name, flags, ctx)
+        self._detach_if_open(self.inbox.child(new_parent, new_name))  # the file replaced
         self.inodes.rename(self.inbox.child(old_parent, old_name),
                            self.inbox.child(new_parent, new_name))
 
@@ -628,6 +707,7 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def link(self, inode, new_parent_inode, new_name, ctx):
+        name_of(new_name)
         self._refuse_outside_inbox(inode, new_parent_inode)
         log.warning("refused a hard link in the inbox: a checkpoint holds files, "
                     "directories and symlinks only")
@@ -646,5 +726,8 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        self._refuse_outside_inbox(parent_inode)
-        raise pyfuse3.FUSEError(errno.EPERM)
+        parent = self._refuse_outside_inbox(parent_inode)[0]
+        name = os.fsdecode(name)
+        await self._require(ctx, self.inbox.child(parent, name), "writer", "archive versions")
+        key = await self.inbox.mknod(parent, name, mode, rdev, ctx)
+        return self.attributes(key)

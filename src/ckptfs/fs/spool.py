@@ -264,8 +264,9 @@ def listing_of(root: str, below: str = "", skip_batches: bool = False) -> dict[s
             elif entry.is_dir(follow_symlinks=False):
                 found[path] = "dir"
                 pending.append(path)
-            else:
+            elif entry.is_file(follow_symlinks=False):
                 found[path] = "file"
+            # FIFOs and sockets a job made (inbox.mknod) are no part of any unit
     return found
 
 

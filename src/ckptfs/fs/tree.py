@@ -58,6 +58,10 @@ class Node:
     uid: int | None = None     # owner (inbox files); None: the daemon's user
     gid: int | None = None
     origin: tuple | None = None  # (p, r, v, path) of a sealed file: reads feed lineage
+    atime_ns: int | None = None  # None: mtime_ns (inbox files report their own)
+    ctime_ns: int | None = None
+    nlink: int | None = None     # None: 2 + subdirs for a directory, else 1
+    rdev: int = 0                # device files in the inbox
 
 
 def iso_to_ns(text: str) -> int:
@@ -390,4 +394,6 @@ class JournalView:
 
 
 def file_type_bits(kind: str) -> int:
-    return {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK}[kind]
+    return {"dir": stat.S_IFDIR, "file": stat.S_IFREG, "symlink": stat.S_IFLNK,
+            "fifo": stat.S_IFIFO, "socket": stat.S_IFSOCK, "blockdev": stat.S_IFBLK,
+            "chardev": stat.S_IFCHR}[kind]
