@@ -919,3 +919,31 @@ def test_new_files_get_the_writers_mode_whatever_the_daemons_umask(tmp_path, mou
     version = f"{mnt}/inbox/p/r/v1"
     modes = {name: os.stat(f"{version}/{name}").st_mode & 0o777 for name in ("sub", "f")}
     assert modes == {"sub": 0o755, "f": 0o644}
+
+
+def test_seal_of_a_folder_seals_every_unit_below_it(tmp_path, mount):
+    """`ckptfs seal P/R/DIR` where DIR is no unit itself (a folder holding a checkpoint
+    file, and logs): every unit below DIR is sealed; it used to wait for its timeout."""
+    store = new_store(tmp_path)
+    mnt = mount(store, "--seal-after", "600")
+    os.makedirs(f"{mnt}/inbox/p/r/out/logs")
+    with open(f"{mnt}/inbox/p/r/out/model.pt", "wb") as f:
+        f.write(os.urandom(4096))
+    with open(f"{mnt}/inbox/p/r/out/logs/train.log", "w") as f:
+        f.write("step 1\n")
+    out = run_cli_checked("seal", store, "p/r/out", "--timeout", "20").stdout.decode()
+    assert out.startswith("sealed "), out
+    versions = set(os.listdir(f"{mnt}/projects/p/r"))
+    assert {"model", "out"} <= versions, versions  # out: the folder holding the logs
+    assert "nothing waits in the inbox" in run_cli_checked("status", mnt).stdout.decode()
+    unmount(mnt)
+    # Without a daemon, the same request is served here.
+    os.makedirs(tmp_path / "again")
+    offline = new_store(tmp_path / "again")
+    mnt = mount(offline, "--seal-after", "600")
+    os.makedirs(f"{mnt}/inbox/p/r/out")
+    with open(f"{mnt}/inbox/p/r/out/model.pt", "wb") as f:
+        f.write(os.urandom(4096))
+    unmount(mnt)
+    out = run_cli_checked("seal", offline, "p/r/out").stdout.decode()
+    assert "sealed p/r/out/model.pt" in out, out

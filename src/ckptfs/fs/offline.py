@@ -9,7 +9,7 @@ import time
 
 import trio
 
-from ckptfs.meta.layout import unit_of, unit_rooted_at
+from ckptfs.meta.layout import units_asked
 
 from .inbox import Inbox
 from .sealer import UnitState
@@ -40,14 +40,8 @@ def seal_offline(store, project: str, run: str, path: str) -> tuple[list[str], l
 
 
 def _requested_keys(inbox: Inbox, run: tuple, path: str) -> list[tuple]:
-    units = inbox.units_of(*run)
-    if path:
-        unit = unit_of(units, path) or unit_rooted_at(units, path)
-        chosen = [unit] if unit else []
-    else:
-        chosen = units
     keys = []
-    for unit in chosen:
+    for unit in units_asked(inbox.units_of(*run), path):
         key = (*run, unit.path, None)
         inbox.sealer.units.setdefault(key, UnitState(unit)).requested = True
         keys.append(key)

@@ -24,7 +24,7 @@ import trio
 from ckptfs.meta.errors import SealRefused
 from ckptfs.meta.layout import (CHECKPOINT, FILES, GROUP, SEAL_MARKER, Unit,
                                 free_version_name, is_checkpoint_directory, unit_of,
-                                unit_rooted_at)
+                                units_asked)
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import StoreError
 
@@ -437,9 +437,7 @@ class Sealer:
             if not isinstance(request, dict):
                 continue
             run, rel = (request.get("project"), request.get("run")), request.get("path", "")
-            units = self.inbox.units_of(*run)
-            unit = unit_of(units, rel) or unit_rooted_at(units, rel)
-            if unit is not None:
+            for unit in units_asked(self.inbox.units_of(*run), rel):
                 state = self.units.setdefault((*run, unit.path, None), UnitState(unit))
                 state.requested, state.held = True, False
 

@@ -174,6 +174,17 @@ def unit_rooted_at(units: list[Unit], rel: str) -> Unit | None:
     return next((u for u in units if u.path == rel), None)
 
 
+def units_asked(units: list[Unit], path: str) -> list[Unit]:
+    """The units a seal request for `path` names: every unit for "", else the unit that
+    holds `path`, else every unit rooted at the folder `path` or below it."""
+    if not path:
+        return list(units)
+    unit = unit_of(units, path)
+    if unit is not None:
+        return [unit]
+    return [u for u in units if u.path == path or u.path.startswith(path + "/")]
+
+
 def version_name_hint(unit: Unit) -> str:
     """The name the version of `unit` gets unless it is taken (rules above)."""
     if unit.shape == GROUP and unit.path == "":
