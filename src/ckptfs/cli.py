@@ -15,6 +15,7 @@ import click
 
 from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
 from ckptfs.store.names import validate_name
+from ckptfs.store.private import make_private_dirs, private_opener
 
 EXIT_ERROR = 1
 EXIT_DAMAGE = 3
@@ -425,8 +426,9 @@ def start_background_mount(store, mountpoint, allow_other, seal_after, log_level
     if allow_other:
         args.append("--allow-other")
     log_path = os.path.join(store, "logs", "mount.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log_file:
+    make_private_dirs(os.path.dirname(log_path))
+    with open(os.devnull, "rb") as devnull, \
+            open(log_path, "ab", opener=private_opener) as log_file:
         child = subprocess.Popen(args, stdin=devnull, stdout=log_file, stderr=subprocess.PIPE,
                                  pass_fds=(write_end,), start_new_session=True)
     os.close(write_end)

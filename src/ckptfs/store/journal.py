@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from .errors import IntegrityError
+from .private import private_open
 
 GENESIS = "0" * 64
 
@@ -100,7 +101,7 @@ class Journal:
     @contextmanager
     def locked(self):
         with self._thread_lock:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = private_open(self.lock_path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -150,7 +151,7 @@ class Journal:
         entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,
                      pid=(actor or {}).get("pid", os.getpid()), user=user_name(uid))
         line = encode_entry(entry) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = private_open(self.path, os.O_WRONLY | os.O_CREAT)
         try:
             if os.fstat(fd).st_size != valid_len:
                 os.ftruncate(fd, valid_len)

@@ -36,6 +36,7 @@ from .manifest import compress_manifest, decode_manifest, encode_manifest, versi
 from .names import validate_name, validate_version_name
 from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
                    pack_path, scan_pack)
+from .private import PRIVATE_DIR, make_private_dirs, private_open
 from .signing import SignatureReport, SigningMixin
 
 SUBDIRS = ("packs", "index", "journal", "spool")
@@ -145,11 +146,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             key_path, key = obtain_key_file(key_file)
             encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
             cipher = RecordCipher(key)  # this key, whatever CKPTFS_KEY_FILE names
-        os.makedirs(path, exist_ok=True)
-        if shared:  # the packs and index must not be readable around the daemon's checks
-            os.chmod(path, 0o700)
+        # Private, shared or not: the store holds every version's data and sidecars, and
+        # others come in through the mount (docs/format.md, "Permissions").
+        make_private_dirs(path)
+        os.chmod(path, PRIVATE_DIR)  # also an empty directory that existed
         for sub in SUBDIRS:
-            os.makedirs(os.path.join(path, sub), exist_ok=True)
+            make_private_dirs(os.path.join(path, sub))
         config = StoreConfig.new(encryption)
         config.save(path)
         store = cls(path, config, cipher)
@@ -168,8 +170,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
         # The index is derived: a missing one is recreated from the journal on open.
-        os.makedirs(os.path.join(path, "index"), exist_ok=True)
-        os.makedirs(os.path.join(path, "spool"), exist_ok=True)
+        make_private_dirs(os.path.join(path, "index"))
+        make_private_dirs(os.path.join(path, "spool"))
         return cls(path, config)
 
     def close(self):
@@ -188,7 +190,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin):
     @staticmethod
     def _take_open_lock(path: str) -> int:
         """Every open Store holds a shared lock; rebuild-index needs it exclusively."""
-        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = private_open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
