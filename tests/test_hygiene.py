@@ -2,13 +2,14 @@
 secrets, every name follows one rule, and no user error ends in a traceback (issue #13)."""
 import errno
 import os
+import re
+import signal
 import stat
+import subprocess
 import time
 
 import pytest
 from conftest import run_cli_checked, run_cli_many
-
-from ckptfs.store import Store
 
 
 def wait_for(predicate, what: str, timeout: float = 60.0):
@@ -19,6 +20,11 @@ def wait_for(predicate, what: str, timeout: float = 60.0):
             raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)
     return result
+
+
+def read_bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def write_file(path, data: bytes = b"x" * 1000):
@@ -181,3 +187,153 @@ def test_the_inbox_refuses_a_bad_name_with_einval_and_a_log_line(label, tmp_path
             return f.read().count("names are printable Unicode (NFC)") >= 2
     wait_for(logged, "the refusals in the mount log")
     assert sorted(os.listdir(f"{mnt}/inbox")) == ["p"]
+
+
+def test_an_argument_that_is_not_utf8_is_one_line_and_records_nothing(small_store):
+    store, _src = small_store
+    bad = os.fsdecode(b"\xff")
+    journal = os.path.join(store, "journal", "journal.jsonl")
+    before = read_bytes(journal)
+    for args in [("config", "set", store, "p", f"primary_metric={bad}"),
+                 ("config", "set", store, "p", f"env_allow=HOME,{bad}"),
+                 ("find", store, "--sort", bad),
+                 ("find", store, f"a == {bad}")]:
+        proc = run_cli_checked(*args, rc=None)
+        assert proc.returncode in (1, 2), args
+        assert "Traceback" not in proc.stderr.decode(errors="replace")
+    assert read_bytes(journal) == before
+    assert run_cli_checked("config", "show", store, "p").stdout.decode().strip() == "{}"
+
+
+def test_a_store_whose_path_is_not_utf8_works(tmp_path):
+    """Linux paths are bytes: a store directory whose name is not UTF-8 is a store."""
+    store = os.fsdecode(os.fsencode(str(tmp_path)) + b"/st\xff")
+    src = tmp_path / "ckpt"
+    write_file(str(src / "model.bin"))
+    run_cli_checked("init", store)
+    run_cli_checked("import", store, src, "p/r/v1")
+    assert run_cli_checked("ls", store, "p/r").stdout.decode().split() == ["v1"]
+
+
+# -- 4. no tracebacks ----------------------------------------------------------------------
+def test_find_with_a_thousand_ands_answers(small_store):
+    store, _src = small_store
+    every = " and ".join(["project == p"] * 1000)
+    out = run_cli_checked("find", store, every, "--format", "paths").stdout.decode()
+    assert out.split() == ["projects/p/r/v1"]
+    out = run_cli_checked("find", store, "not " * 3001 + "project == p", "--format",
+                          "paths").stdout.decode()
+    assert out.split() == []   # an odd number of nots
+
+
+def test_find_nested_too_deeply_says_so_in_one_line(small_store):
+    store, _src = small_store
+    deep = "(project == p and " * 300 + "project == p" + ")" * 300
+    proc = run_cli_checked("find", store, deep, rc=2)
+    assert "nested too deeply (more than 100 levels of parentheses)" in proc.stderr.decode()
+
+
+CONFIG_DAMAGE = [
+    ('avg_size = 1048576', 'avg_size = "big"',
+     "chunking.avg_size must be a whole number from 256 to 4194304, not 'big'"),
+    ('avg_size = 1048576', 'avg_size = 0',
+     "chunking.avg_size must be a whole number from 256 to 4194304, not 0"),
+    ('min_size = 262144', 'min_size = 2097152',
+     "chunking.min_size must be a whole number from 64 to 1048576"),
+    ('max_size = 4194304', 'max_size = 4096',
+     "chunking.min_size, avg_size, max_size must be in increasing order"),
+    ('level = 3', 'level = 99', "compression.level must be a whole number from -7 to 22"),
+    ('delta = true', 'delta = "yes"', "compression.delta must be true or false"),
+    ('target_size = 134217728', 'target_sise = 134217728',
+     "packs.target_sise is not a setting (known: target_size)"),
+    ('chunk_id_key = "', 'chunk_id_key = "zz', "secret.chunk_id_key must be 64 hexadecimal"),
+    ('chunk_id_key = "', 'chunk_id_key = 42 # "',
+     "secret.chunk_id_key must be 64 hexadecimal digits"),
+    ('[gc]', '[gc', "is not valid TOML: Expected ']' at the end of a table declaration"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", CONFIG_DAMAGE,
+                         ids=[new for _old, new, _m in CONFIG_DAMAGE])
+def test_a_bad_setting_is_named_with_its_rule(old, new, message, small_store, tmp_path):
+    store, src = small_store
+    config = os.path.join(store, "ckptfs.toml")
+    text = read_bytes(config).decode()
+    assert old in text
+    with open(config, "w") as f:
+        f.write(text.replace(old, new, 1))
+    for args in [("import", store, src, "p/r/v2"), ("ls", store)]:
+        line = one_error_line(run_cli_checked(*args, rc=1))
+        assert message in line and "ckptfs.toml" in line, line
+    with open(config, "w") as f:   # nothing was lost: the right setting makes it whole
+        f.write(text)
+    assert run_cli_checked("ls", store, "p/r").stdout.decode().split() == ["v1"]
+
+
+def test_a_run_or_project_that_is_not_there_is_an_error(small_store):
+    store, _src = small_store
+    calls = {("tags", store, "p/nosuch"): "no run 'p/nosuch' in the store",
+             ("tags", store, "nosuch/r"): "no run 'nosuch/r' in the store",
+             ("log", store, "nosuch"): "no project 'nosuch' in the store",
+             ("log", store, "p/nosuch"): "no run 'p/nosuch' in the store"}
+    for args, proc in zip(calls, run_cli_many(*calls, rc=1)):
+        assert calls[args] in one_error_line(proc)
+    assert "v1" in run_cli_checked("log", store, "p/r", "--oneline").stdout.decode()
+
+
+def mounted_at(mountpoint: str) -> bool:
+    """From /proc/self/mountinfo: a stat of a mount point whose daemon hangs would hang."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == os.path.realpath(mountpoint) for line in f)
+
+
+def mount_expecting_refusal(store: str, mountpoint: str, *options, rc: int):
+    """`ckptfs mount` that must be refused. Should it mount all the same (a regression),
+    its daemon is killed and the mount detached, so the failing test cannot hang."""
+    proc = run_cli_checked("mount", store, mountpoint, *options, rc=None)
+    if mounted_at(mountpoint):
+        pid = re.search(rb"daemon pid (\d+)", proc.stdout)
+        if pid:
+            os.kill(int(pid.group(1)), signal.SIGKILL)
+        subprocess.run(["fusermount3", "-uz", mountpoint], capture_output=True, check=False)
+        raise AssertionError(f"ckptfs mount {store} {mountpoint} {options} was not refused")
+    assert proc.returncode == rc, proc
+    return proc
+
+
+def test_a_mount_over_or_inside_the_store_is_refused(small_store, tmp_path):
+    """Either would hide the store's files from its own daemon, which then hangs."""
+    store, _src = small_store
+    inside = os.path.join(store, "packs")
+    for mountpoint in (str(tmp_path), inside):
+        line = one_error_line(mount_expecting_refusal(store, mountpoint, rc=1))
+        assert "choose a mount point outside the store's directory" in line
+
+
+@pytest.mark.parametrize("value", ["-5", "nan", "inf", "soon"])
+def test_a_bad_duration_is_a_usage_error(value, small_store, tmp_path):
+    store, _src = small_store
+    (tmp_path / "mnt").mkdir()
+    proc = mount_expecting_refusal(store, str(tmp_path / "mnt"), "--seal-after", value, rc=2)
+    assert "--seal-after" in proc.stderr.decode()
+    run_cli_checked("seal", store, "p/r", "--timeout", value, rc=2)
+
+
+@pytest.mark.parametrize("rule", ["keep_last=99999999999999999999999", "max_age_days=1e300",
+                                  "keep_best=99999999999999999999 metric=loss mode=min"])
+def test_a_retention_value_too_large_is_refused(rule, small_store):
+    store, _src = small_store
+    line = one_error_line(run_cli_checked("retention", "set", store, "p", *rule.split(), rc=1))
+    assert "must be at most" in line
+
+
+@pytest.mark.parametrize("args", [
+    ("ls", "{missing}"), ("ls", "{file}"), ("stats", "{file}"), ("verify", "{missing}"),
+    ("log", "{file}"), ("tags", "{missing}", "p/r"), ("find", "{file}", "a == 1"),
+    ("status", "{missing}"), ("gc", "{file}"), ("audit", "verify", "{missing}"),
+    ("init", "{file}"), ("import", "{missing}", "{file}", "p/r/v1"),
+])
+def test_a_store_that_is_missing_or_a_file_is_one_line(args, tmp_path):
+    write_file(str(tmp_path / "file"))
+    names = {"missing": str(tmp_path / "nosuch"), "file": str(tmp_path / "file")}
+    one_error_line(run_cli_checked(*(a.format(**names) for a in args), rc=1))

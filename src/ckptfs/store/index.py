@@ -93,7 +93,9 @@ class Index:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         try:
-            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=16, subdir=True,
+            # As bytes: py-lmdb encodes a str path as UTF-8, which a path with other
+            # bytes (valid on Linux) is not.
+            self.env = lmdb.open(os.fsencode(path), map_size=MAP_SIZE, max_dbs=16, subdir=True,
                                  readonly=readonly, max_readers=256, lock=True,
                                  mode=file_mode_in(path))
         except lmdb.Error as e:

@@ -40,6 +40,8 @@ def name_problem(name) -> str | None:
         return "must not be empty"
     if name in RESERVED_NAMES:
         return f"is not allowed: {RESERVED_NAMES[name]}"
+    if "\0" in name:
+        return "must not contain a NUL byte"
     for ch in name:
         category = unicodedata.category(ch)
         if category in REFUSED_CATEGORIES:
