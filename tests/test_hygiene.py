@@ -1,11 +1,13 @@
 """Nothing leaked, nothing crashes: a store is private to its owner, sidecars keep no
 secrets, every name follows one rule, and no user error ends in a traceback (issue #13)."""
 import errno
+import json
 import os
 import re
 import signal
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
@@ -337,3 +339,75 @@ def test_a_store_that_is_missing_or_a_file_is_one_line(args, tmp_path):
     write_file(str(tmp_path / "file"))
     names = {"missing": str(tmp_path / "nosuch"), "file": str(tmp_path / "file")}
     one_error_line(run_cli_checked(*(a.format(**names) for a in args), rc=1))
+
+
+# -- 2. no secrets in sidecars ---------------------------------------------------------------
+GH_TOKEN_VALUE = "ghp_" + "A1b2C3d4" * 5
+SECRET_ENV = {
+    "DATABASE_URL": "postgres://u:hunter2@db/x",
+    "GH_PAT": "pat-hunter2-value",
+    "SSHPASS": "hunter2-ssh",
+    "AWS_SECRET_ACCESS_KEY": "hunter2-aws",
+    "HF_TOKEN": "hf_" + "hunter2" * 4,
+    "SESSION_COOKIE": "hunter2-cookie",
+    "UPLOAD_TARGET": f"https://{GH_TOKEN_VALUE}@github.com/o/r",   # a token in a URL
+    "NOTES": "key AKIAIOSFODNN7EXAMPLE in the middle",
+    "MYJOB_NAME": "bert",                                         # not a secret
+}
+SECRET_ARGV = ["--hub_token", "hf_" + "hunter2" * 4, "--password=hunter2-pw",
+               "--db", "mysql://admin:hunter2@db:3306/runs", "--api-key", "hunter2-key",
+               "--lr", "3e-4"]
+REDACTED_ARGV = ["--hub_token", "<redacted>", "--password=<redacted>",
+                 "--db", "mysql://admin:<redacted>@db:3306/runs", "--api-key", "<redacted>",
+                 "--lr", "3e-4"]
+WRITER = """import os, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path, "wb") as f:
+    f.write(b"weights" * 1000)
+"""
+
+
+def assert_no_secret(text: str):
+    for secret in ("hunter2", GH_TOKEN_VALUE, "AKIAIOSFODNN7EXAMPLE"):
+        assert secret not in text, secret
+
+
+def test_the_provenance_of_a_process_keeps_no_secrets(tmp_path):
+    from ckptfs.meta.provenance import describe_process
+    env = {**SECRET_ENV, "PATH": os.environ["PATH"]}
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
+                              *SECRET_ARGV], env=env, stdin=subprocess.PIPE)
+    try:
+        prov = describe_process(child.pid, ["*"])   # even when everything is allowed
+    finally:
+        child.communicate(b"")
+    assert_no_secret(json.dumps(prov))
+    environment = prov["environment"]
+    assert environment["DATABASE_URL"] == "postgres://u:<redacted>@db/x"
+    assert environment["UPLOAD_TARGET"] == "https://<redacted>@github.com/o/r"
+    assert environment["NOTES"] == "key <redacted> in the middle"
+    assert environment["MYJOB_NAME"] == "bert"
+    for name in ("GH_PAT", "SSHPASS", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "SESSION_COOKIE"):
+        assert name not in environment
+    assert prov["command_line"][-len(SECRET_ARGV):] == REDACTED_ARGV
+
+
+def test_a_sidecar_keeps_no_secrets_of_the_writer(tmp_path, mount):
+    """The whole way: a job with secrets in its environment and argv writes into the
+    mount of a project that allows every variable; the sealed sidecar has none."""
+    store = str(tmp_path / "store")
+    run_cli_checked("init", store)
+    run_cli_checked("config", "set", store, "p", "env_allow=*")
+    mnt = mount(store, "--seal-after", "3600")
+    env = {**SECRET_ENV, "PATH": os.environ["PATH"]}
+    subprocess.run([sys.executable, "-c", WRITER, f"{mnt}/inbox/p/r/step-1/model.bin",
+                    *SECRET_ARGV], env=env, check=True)
+    run_cli_checked("seal", store, "p/r/step-1")
+    sidecar = run_cli_checked("show", store, "p/r/step-1").stdout.decode()
+    assert_no_secret(sidecar)
+    provenance = json.loads(sidecar)["provenance"]
+    assert provenance["environment"]["DATABASE_URL"] == "postgres://u:<redacted>@db/x"
+    assert provenance["command_line"][-len(SECRET_ARGV):] == REDACTED_ARGV
+    with open(os.path.join(store, "journal", "journal.jsonl"), errors="replace") as f:
+        assert_no_secret(f.read())
