@@ -8,9 +8,11 @@ come in through the mount (docs/access.md).
 The way to widen that is the documented share (docs/access.md, "The CLI"): the owner
 opens the store's directories to a group (`chmod -R g+rwX`), and a new file or
 directory then grants group and others what the directory it is made in grants them,
-never more. So nothing is ever more open than the directory that holds it. The inbox spool (`spool/inbox/`) keeps the modes
-the writers asked for, which the mount shows; the private directories above it keep it
-out of reach.
+never more. So nothing is ever more open than the directory that holds it.
+
+What mirrors the writers' own files in the spool (`spool/inbox/`, and `spool/staging/`,
+`spool/removed/` while they are sealed or set aside) keeps the modes the writers asked
+for, which the mount shows; the private directories above keep it out of reach.
 """
 import os
 import stat
