@@ -217,24 +217,6 @@ def test_a_store_whose_path_is_not_utf8_works(tmp_path):
     assert run_cli_checked("ls", store, "p/r").stdout.decode().split() == ["v1"]
 
 
-@pytest.mark.parametrize("make", ["file", "symlink"])
-def test_a_source_with_a_name_that_is_not_utf8_is_refused_whole(make, small_store, tmp_path):
-    store, _src = small_store
-    src = tmp_path / "odd"
-    write_file(str(src / "model.bin"))
-    if make == "file":
-        write_file(os.fsencode(str(src)) + b"/w\xffeights.bin")
-        expected = "w\\xffeights.bin: its name is not valid UTF-8; rename it"
-    else:
-        os.symlink(b"/data/\xff", os.fsencode(str(src)) + b"/link")
-        expected = "link: the target of this symlink is not valid UTF-8"
-    packs_before = sorted(os.listdir(os.path.join(store, "packs", "000000")))
-    line = one_error_line(run_cli_checked("import", store, src, "p/r/v2", rc=1))
-    assert expected in line, line
-    assert run_cli_checked("ls", store, "p/r").stdout.decode().split() == ["v1"]
-    assert sorted(os.listdir(os.path.join(store, "packs", "000000"))) == packs_before
-
-
 def test_a_weights_file_whose_name_is_not_utf8_is_archived(small_store, tmp_path):
     """File names are bytes on Linux and the manifest keeps them; the metadata that names
     weights files (extracted facts, the pickle scan) must not crash the index."""
