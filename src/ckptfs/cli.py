@@ -2,9 +2,12 @@
 
 Exit codes: 0 success; 1 an error (message on stderr); 2 a usage error;
 3 damage found (integrity errors in cat/get, or `verify` found damaged data).
+Every error is one line on stderr; an unexpected exception (a bug) too, as
+"internal error (...)", with the traceback only when CKPTFS_DEBUG=1.
 """
 import errno
 import json
+import math
 import os
 import stat
 import sys
@@ -16,6 +19,7 @@ import click
 from ckptfs.store import IntegrityError, Store, StoreError, parse_version_ref
 from ckptfs.store.index import fs_bytes
 from ckptfs.store.names import validate_name
+from ckptfs.store.private import make_private_dirs, private_opener
 
 EXIT_ERROR = 1
 EXIT_DAMAGE = 3
@@ -34,6 +38,23 @@ def progress_bar(**options):
     `find` must start fast)."""
     from tqdm import tqdm
     return tqdm(file=sys.stderr, **options)
+
+
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number, 0 or more (float() takes 'nan', '-5')."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} must be a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
 
 
 def fail(message: str, code: int = EXIT_ERROR):
@@ -63,6 +84,17 @@ class CkptfsGroup(click.Group):
             if e.errno == errno.ENOSPC:
                 fail(f"{where}no space left on device")
             fail(f"{where}{e.strerror or e}")
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise  # click prints these itself (usage errors: exit code 2)
+        except Exception as e:
+            # A bug, not a user error: still one line, never a traceback on a user's
+            # terminal (CKPTFS_DEBUG=1 shows it).
+            if os.environ.get("CKPTFS_DEBUG"):
+                raise
+            detail = " ".join(str(e).split())
+            fail(f"internal error ({type(e).__name__}: {detail}); this is a bug in ckptfs: "
+                 "please report it with the command that caused it (CKPTFS_DEBUG=1 shows "
+                 "the traceback)")
 
 
 def open_store(path: str) -> Store:
@@ -446,7 +478,7 @@ def rebuild_index(store):
 @click.argument("mountpoint")
 @click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground (logs also to stderr).")
 @click.option("--allow-other", is_flag=True, help="Let other users use the mount.")
-@click.option("--seal-after", type=float, default=5.0, show_default=True, metavar="SECONDS",
+@click.option("--seal-after", type=SECONDS, default=5.0, show_default=True, metavar="SECONDS",
               help="Quiet period after which an inbox version is sealed.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
@@ -456,6 +488,7 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
     from ckptfs.fs import daemon
     Store.open(store).close()  # fail here, with a clear message, if it is not a store
     daemon.check_mountpoint(mountpoint)
+    check_store_outside(store, mountpoint)
     if foreground:
         # Started by a background `mount` (ready_fd): the log file only, since the
         # parent stops reading our stderr once the mount is up.
@@ -469,6 +502,19 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
     start_background_mount(store, mountpoint, allow_other, seal_after, log_level)
 
 
+def check_store_outside(store: str, mountpoint: str):
+    """A mount over the store, or inside it, would hide the store's files from its own
+    daemon, which would then wait on itself for ever."""
+    store_path, mount_path = os.path.realpath(store), os.path.realpath(mountpoint)
+    common = os.path.commonpath([store_path, mount_path])
+    if common == mount_path:
+        fail(f"cannot mount over {mountpoint}: the store {store} is inside it "
+             "(choose a mount point outside the store's directory)")
+    if common == store_path:
+        fail(f"cannot mount at {mountpoint}: it is inside the store {store} "
+             "(choose a mount point outside the store's directory)")
+
+
 def start_background_mount(store, mountpoint, allow_other, seal_after, log_level):
     """Start `mount -f` in a new session and wait until it says the mount is up."""
     import subprocess
@@ -478,8 +524,9 @@ def start_background_mount(store, mountpoint, allow_other, seal_after, log_level
     if allow_other:
         args.append("--allow-other")
     log_path = os.path.join(store, "logs", "mount.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(os.devnull, "rb") as devnull, open(log_path, "ab") as log_file:
+    make_private_dirs(os.path.dirname(log_path))
+    with open(os.devnull, "rb") as devnull, \
+            open(log_path, "ab", opener=private_opener) as log_file:
         child = subprocess.Popen(args, stdin=devnull, stdout=log_file, stderr=subprocess.PIPE,
                                  pass_fds=(write_end,), start_new_session=True)
     os.close(write_end)
@@ -523,7 +570,7 @@ def daemon_pid(store: str) -> int | None:
 @main.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN[/PATH]")
-@click.option("--timeout", type=float, default=3600, show_default=True, metavar="SECONDS",
+@click.option("--timeout", type=SECONDS, default=3600, show_default=True, metavar="SECONDS",
               help="How long to wait for a running mount daemon to seal it.")
 def seal(store, ref, timeout):
     """Seal what waits in the inbox now: the unit at PATH in the run directory (a

@@ -11,7 +11,7 @@ from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
 from ckptfs.meta.query import (MISSING, QueryError, compile_query, field_value, sort_documents,
                                split_field)
 from ckptfs.meta.sidecar import file_list, sidecar_of
-from ckptfs.store import SettingError, parse_version_ref
+from ckptfs.store import NotFoundError, SettingError, parse_version_ref
 from ckptfs.store.catalog import ALL_PROJECTS
 from ckptfs.store.names import validate_name
 
@@ -23,6 +23,18 @@ def split_project_run(ref: str) -> tuple[str | None, str | None]:
     for part, what in zip(parts, ("project", "run")):
         validate_name(part, what)
     return (parts + [None, None])[0], (parts + [None, None])[1]
+
+
+def require_known(s, project: str | None, run: str | None) -> None:
+    """Fail unless the store has (or had: deleted versions) that project and run, so a
+    typo is an error rather than an empty answer."""
+    if project is None:
+        return
+    if run is None:
+        if project not in s.projects() and not s.tombstones(project):
+            raise NotFoundError(f"no project {project!r} in the store")
+    elif run not in s.runs(project) and not s.tombstones(project, run):
+        raise NotFoundError(f"no run {project + '/' + run!r} in the store")
 
 
 def version_path(doc: dict) -> str:
@@ -61,6 +73,10 @@ def find(store, expr, sort_field, desc, limit, fmt):
         query = compile_query(expr) if expr.strip() else None
     except QueryError as e:
         raise click.UsageError(f"in the expression: {e}") from None
+    try:
+        split_field(sort_field) if sort_field else None
+    except QueryError as e:
+        raise click.UsageError(f"in --sort: {e}") from None
     wanted = set(query.fields if query else ()) | ({sort_field} if sort_field else set())
     shown = ["sealed_at", "step"] + sorted(wanted - {"project", "run", "version", "sealed_at", "step"})
     with open_store(store) as s:
@@ -149,6 +165,7 @@ def log(store, ref, limit, oneline, deleted):
     with open_store(store) as s:
         if project is not None:
             s.authorize(None, project, "reader", "read", ref)
+        require_known(s, project, run)
         docs = s.catalog_documents(project, run)
         if deleted:
             docs += [s.tombstone_document(t) for t in s.tombstones(project, run)]
@@ -250,6 +267,7 @@ def tags(store, ref):
     project, run = parse_version_ref(ref, parts=2)
     with open_store(store) as s:
         s.authorize(None, project, "reader", "read", ref)
+        require_known(s, project, run)
         found = s.aliases(project, run)
     for name, version in sorted(found.items()):
         click.echo(f"{name} -> {version}")

@@ -11,6 +11,7 @@ import pyfuse3
 import trio
 
 from ckptfs.store import Store, StoreError
+from ckptfs.store.private import make_private_dirs, private_open
 
 from .inbox import Inbox
 from .ops import CkptfsOperations
@@ -20,8 +21,9 @@ log = logging.getLogger("ckptfs.fs")
 
 def setup_logging(store_path: str, level: str, foreground: bool) -> str:
     log_dir = os.path.join(store_path, "logs")
-    os.makedirs(log_dir, exist_ok=True)
+    make_private_dirs(log_dir)
     log_path = os.path.join(log_dir, "mount.log")
+    os.close(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
     handlers = [logging.FileHandler(log_path)]
     if foreground:
         handlers.append(logging.StreamHandler())

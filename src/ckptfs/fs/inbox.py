@@ -37,6 +37,7 @@ from ckptfs.meta.seal import deep_merge, env_allow_list
 from ckptfs.meta.user import clean_document
 from ckptfs.store.access import request_actor
 from ckptfs.store.names import InvalidNameError, validate_name
+from ckptfs.store.private import private_opener
 
 from .activity import SpoolActivity
 from .reads import ReadTracker
@@ -154,7 +155,7 @@ class Inbox:
         marker = os.path.join(self.spool.path, RUNNING_MARKER)
         self.sealer.recover(crashed=daemon and os.path.exists(marker))
         if daemon:
-            with open(marker, "w") as f:
+            with open(marker, "w", opener=private_opener) as f:
                 f.write(str(os.getpid()))
 
     # What the mount's stats and `ckptfs status` show.

@@ -27,6 +27,7 @@ from ckptfs.meta.layout import (CHECKPOINT, FILES, GROUP, SEAL_MARKER, Unit,
                                 units_asked)
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import StoreError
+from ckptfs.store.private import private_opener
 
 from .spool import (ANNOTATIONS, ERROR_SUFFIX, REMOVED, REQUESTS, SEALING, inner_path,
                     listing_of, provenance_key, provenance_of_record, read_json, unit_key,
@@ -163,7 +164,7 @@ class Sealer:
         os.unlink(listing)
 
     def _note_staged_pack(self, pack_id: int):
-        with open(os.path.join(self.spool.path, STAGED_PACKS), "a") as f:
+        with open(os.path.join(self.spool.path, STAGED_PACKS), "a", opener=private_opener) as f:
             f.write(f"{pack_id:08x}\n")
 
     def error_rel(self, run: tuple, unit: Unit) -> str:

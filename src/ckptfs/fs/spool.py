@@ -28,6 +28,7 @@ import time
 from urllib.parse import quote
 
 from ckptfs.meta.layout import DIR, FILE, GROUP, Unit, classify
+from ckptfs.store.private import make_private_dirs, private_opener
 
 INBOX, REMOVED, STAGING, SEALING, VIEWS = "inbox", "removed", "staging", "sealing", "views"
 ERRORS, PROVENANCE, REQUESTS, ANNOTATIONS = "errors", "provenance", "requests", "annotations"
@@ -40,9 +41,9 @@ def unit_key(unit_path: str) -> str:
 
 
 def write_json_atomically(path: str, doc) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_private_dirs(os.path.dirname(path))
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with open(tmp, "w", opener=private_opener) as f:
         json.dump(doc, f)
     os.replace(tmp, path)
 
@@ -59,7 +60,7 @@ class Spool:
     def __init__(self, store_path: str):
         self.path = os.path.join(store_path, "spool")
         self.inbox = os.path.join(self.path, INBOX)
-        os.makedirs(self.inbox, exist_ok=True)
+        make_private_dirs(self.inbox)
         self._counter = itertools.count(int(time.time() * 1000))
 
     def area(self, name: str, *parts: str) -> str:
@@ -149,8 +150,8 @@ class Spool:
 
     def write_error(self, inbox_rel: str, text: str) -> None:
         path = self.error_path(inbox_rel)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w") as f:
+        make_private_dirs(os.path.dirname(path))
+        with open(path, "w", opener=private_opener) as f:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def clear_error(self, inbox_rel: str) -> bool:
@@ -176,7 +177,7 @@ class Spool:
         staging = self.area(STAGING, self.new_id())
         unit_root = os.path.join(source_root, unit.path) if unit.shape != FILE else \
             os.path.dirname(os.path.join(source_root, unit.path))
-        os.makedirs(os.path.dirname(staging), exist_ok=True)
+        make_private_dirs(os.path.dirname(staging))
         os.mkdir(staging)
         staged: dict[str, dict] = {"files": {}, "links": {}}
         dirs = []

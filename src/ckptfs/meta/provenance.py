@@ -7,9 +7,14 @@ Python version and the versions of the packages whose native libraries it has ma
 Every piece is best effort: a piece that cannot be read is None, never an exception.
 
 Environment variables are copied only when their name matches the allow-list (fnmatch
-globs, case-sensitive) AND does not look like a secret: a name matching, case-
-insensitively, any of *TOKEN* *SECRET* *PASSWORD* *PASSWD* *KEY* *CREDENTIAL* *AUTH* is
-never copied, whatever the allow-list says (even "*").
+globs, case-sensitive) AND does not look like a secret (`looks_like_secret`: TOKEN,
+SECRET, PASSWORD, KEY, AUTH, COOKIE, SESSION… in the name, or PASS/PAT as a word of it):
+such a variable is never copied, whatever the allow-list says (even "*"). What is
+copied, and the command line, has secrets in its values redacted (`redact_text`):
+passwords in URLs (`postgres://u:<redacted>@db/x`) and tokens of known formats
+(GitHub, Hugging Face, AWS, Slack, OpenAI-style keys, PEM private keys) become
+"<redacted>", as does the value of a command-line option whose name looks like a
+secret (`--hub_token X`, `--password=X`). docs/sidecar.md, "Secrets".
 """
 import fnmatch
 import os
@@ -21,7 +26,25 @@ DEFAULT_ENV_ALLOW = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NAME",
                      "SLURM_ARRAY_TASK_ID", "WORLD_SIZE", "RANK", "LOCAL_RANK",
                      "CONDA_DEFAULT_ENV", "VIRTUAL_ENV")
 SECRET_NAME_PATTERNS = ("*TOKEN*", "*SECRET*", "*PASSWORD*", "*PASSWD*", "*KEY*",
-                        "*CREDENTIAL*", "*AUTH*")
+                        "*CREDENTIAL*", "*AUTH*", "*COOKIE*", "*SESSION*", "*PASS")
+# Short words that mean a secret only as a whole word of a name (GH_PAT, DB_PASS; not
+# PATIENCE, PATH or NUM_PASSES).
+SECRET_NAME_WORDS = frozenset({"PASS", "PAT"})
+REDACTED = "<redacted>"
+# scheme://user:password@host: the password goes, the rest of the URL stays.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
+# Tokens whose format gives them away wherever they appear.
+_TOKEN_PATTERNS = (
+    r"\bgh[pousr]_[A-Za-z0-9]{20,}",                  # GitHub tokens
+    r"\bgithub_pat_[A-Za-z0-9_]{20,}",                # GitHub fine-grained tokens
+    r"\bglpat-[A-Za-z0-9_-]{20,}",                    # GitLab
+    r"\bhf_[A-Za-z0-9]{20,}",                         # Hugging Face
+    r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",                 # AWS access key ids
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",               # Slack
+    r"\bsk-[A-Za-z0-9_-]{20,}",                       # OpenAI/Anthropic-style API keys
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)",
+)
+_KNOWN_TOKENS = re.compile("|".join(_TOKEN_PATTERNS))
 SITE_DIR_MARKERS = ("/site-packages/", "/dist-packages/")
 MAX_GIT_WALK_LEVELS = 64
 MAX_SYMREF_DEPTH = 5
@@ -55,7 +78,7 @@ def describe_process(pid: int, env_allow: list[str] | tuple = DEFAULT_ENV_ALLOW,
     return {
         "pid": tgid,
         "executable": executable,
-        "command_line": read_command_line(proc),
+        "command_line": redact_command_line(read_command_line(proc)),
         "cwd": cwd,
         "uid": uid,
         "user": user_name(uid),
@@ -165,7 +188,7 @@ def read_environment(proc: str, env_allow) -> dict | None:
     for item in data.split(b"\0"):
         name, sep, value = item.decode("utf-8", "replace").partition("=")
         if sep and env_name_allowed(name, env_allow):
-            environment[name] = value
+            environment[name] = redact_text(value)
     return environment
 
 
@@ -177,9 +200,42 @@ def env_name_allowed(name: str, env_allow) -> bool:
 
 def looks_like_secret(name: str) -> bool:
     """Does `name` (of an environment variable, a training argument…) match, in any
-    case, one of SECRET_NAME_PATTERNS? Such values are never copied into a sidecar."""
+    case, one of SECRET_NAME_PATTERNS, or have one of SECRET_NAME_WORDS as a word? Such
+    values are never copied into a sidecar."""
     upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_NAME_PATTERNS)
+    if any(fnmatch.fnmatchcase(upper, pattern) for pattern in SECRET_NAME_PATTERNS):
+        return True
+    return not SECRET_NAME_WORDS.isdisjoint(re.split(r"[^A-Z0-9]+", upper))
+
+
+def redact_text(text: str) -> str:
+    """`text` with URL passwords and tokens of known formats replaced by <redacted>."""
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + REDACTED, text)
+    return _KNOWN_TOKENS.sub(REDACTED, text)
+
+
+_OPTION = re.compile(r"^-{1,2}(?P<name>[A-Za-z][A-Za-z0-9_.-]*)(?:=(?P<value>.*))?$", re.DOTALL)
+
+
+def redact_command_line(argv: list[str] | None) -> list[str] | None:
+    """argv with secrets redacted: `--token=X` and `--token X` (an option whose name
+    looks like a secret) lose X; every argument goes through redact_text."""
+    if argv is None:
+        return None
+    redacted, hide_next = [], False
+    for arg in argv:
+        option = _OPTION.match(arg)
+        if hide_next and option is None:
+            redacted.append(REDACTED)
+        elif option and looks_like_secret(option["name"]):
+            has_value = option["value"] is not None
+            redacted.append(arg.split("=", 1)[0] + "=" + REDACTED if has_value else arg)
+            hide_next = not has_value
+            continue
+        else:
+            redacted.append(redact_text(arg))
+        hide_next = False
+    return redacted
 
 
 def read_mapped_paths(proc: str) -> list[str] | None:

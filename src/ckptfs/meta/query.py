@@ -157,8 +157,11 @@ def _split_field(dotted: str) -> tuple[str, ...]:
 
 def split_field(dotted: str) -> tuple[str, ...]:
     """The names along a dotted field as written in a query: 'metrics."eval/loss"' ->
-    ('metrics', 'eval/loss')."""
-    return _split_field(dotted)
+    ('metrics', 'eval/loss'). Raises QueryError for a malformed one."""
+    try:
+        return _split_field(dotted)
+    except _Problem as problem:
+        raise QueryError(problem.reason, dotted, problem.position + 1) from None
 
 
 def _walk(value, path: tuple, start: int = 0):
@@ -349,30 +352,41 @@ def _has(field_token: Token):
     return has
 
 
-def _both(left, right):
-    return lambda doc: left(doc) and right(doc)
+# Deeper nesting than this (parentheses alternating and/or) is refused: compiling and
+# testing recurse once per level, and no real query comes near it.
+MAX_NESTING = 100
 
 
-def _either(left, right):
-    return lambda doc: left(doc) or right(doc)
+def _all_of(parts):
+    return lambda doc: all(part(doc) for part in parts)
 
 
-def _compile(node: Tree, fields: set):
-    """The predicate closure for a parse tree; collects field names into `fields`."""
+def _any_of(parts):
+    return lambda doc: any(part(doc) for part in parts)
+
+
+def _compile(node: Tree, fields: set, depth: int = 0):
+    """The predicate closure for a parse tree; collects field names into `fields`. A chain
+    of `and`s (or `or`s) is one flat test, however long; `not not …` collapses."""
+    if depth > MAX_NESTING:
+        raise _Problem(f"the expression is nested too deeply (more than {MAX_NESTING} levels "
+                       "of parentheses): simplify it", 0)
+    negations = 0
+    while node.data == "negate":
+        negations += 1
+        node = node.children[0]
     if node.data == "comparison":
         fields.add(node.children[0].value)
-        return _comparison(*node.children)
-    if node.data == "has":
+        predicate = _comparison(*node.children)
+    elif node.data == "has":
         fields.add(node.children[0].value)
-        return _has(node.children[0])
-    parts = [_compile(child, fields) for child in node.children]
-    if node.data == "negate":
-        inner = parts[0]
+        predicate = _has(node.children[0])
+    else:
+        parts = tuple(_compile(child, fields, depth + 1) for child in node.children)
+        predicate = (_all_of if node.data == "conjunction" else _any_of)(parts)
+    if negations % 2:
+        inner = predicate
         return lambda doc: not inner(doc)
-    combine = _both if node.data == "conjunction" else _either
-    predicate = parts[0]
-    for part in parts[1:]:
-        predicate = combine(predicate, part)
     return predicate
 
 

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from ckptfs.store.ingest import walk_source
 
 from .extract import extract_facts
+from .fields import json_safe
 from .provenance import DEFAULT_ENV_ALLOW, describe_this_process, lineage_from_provenance
 from .scan import DEFAULT_POLICY, refuse_if_unsafe, scan_directory, scan_warnings
 from .schema import validate_version
@@ -112,7 +113,21 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
         meta.update({k: copy.deepcopy(v) for k, v in recorded.items() if k != "warnings"})
         meta["warnings"] = warnings + list(recorded.get("warnings") or [])
     warn_if_parent_missing(store, meta["lineage"], meta["warnings"])
-    return meta
+    return unicode_only(meta)
+
+
+def unicode_only(value):
+    """`value` with every string (and key) UTF-8 encodable: a file name that is not
+    UTF-8 (a surrogate escape) may be named in the metadata (extracted facts, scan
+    findings), which the index stores as UTF-8 JSON; there it keeps U+FFFD for the odd
+    bytes. The manifest keeps the real name (docs/format.md)."""
+    if isinstance(value, str):
+        return json_safe(value)
+    if isinstance(value, dict):
+        return {unicode_only(k): unicode_only(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unicode_only(v) for v in value]
+    return value
 
 
 def warn_if_parent_missing(store, lineage: dict | None, warnings: list[str]):

@@ -1,5 +1,6 @@
 """The store's settings file, `STORE/ckptfs.toml`."""
 import os
+import re
 import secrets
 import tomllib
 from dataclasses import dataclass, field
@@ -110,7 +111,8 @@ class StoreConfig:
     def load(cls, store_path: str) -> "StoreConfig":
         path = os.path.join(store_path, CONFIG_NAME)
         if not os.path.isdir(store_path):
-            raise NotAStoreError(f"{store_path}: no such store (create one with `ckptfs init`)")
+            what = " is not a directory" if os.path.exists(store_path) else ": no such store"
+            raise NotAStoreError(f"{store_path}{what} (create a store with `ckptfs init`)")
         try:
             with open(path, "rb") as f:
                 doc = tomllib.load(f)
@@ -118,38 +120,46 @@ class StoreConfig:
             raise NotAStoreError(
                 f"{store_path} is not a ckptfs store: it has no {CONFIG_NAME} "
                 "(create one with `ckptfs init`)") from None
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise StoreFormatError(f"{path} is not valid TOML: {e}") from None
         fmt = doc.get("format")
-        if not isinstance(fmt, int):
+        if not isinstance(fmt, int) or isinstance(fmt, bool):
             raise StoreFormatError(f"{path} has no valid 'format' number")
         if fmt > FORMAT_VERSION:
             raise StoreFormatError(
                 f"{store_path} has store format {fmt}, newer than this ckptfs supports "
                 f"({FORMAT_VERSION}): upgrade ckptfs to use it")
+        return cls._from_document(doc, fmt, path)
+
+    @classmethod
+    def _from_document(cls, doc: dict, fmt: int, path: str) -> "StoreConfig":
+        """Every setting checked against its rule (SETTING_RULES); the first that breaks
+        one is named in the error, with the rule."""
         try:
-            config = cls(
-                chunk_id_key=bytes.fromhex(doc["secret"]["chunk_id_key"]),
-                format=fmt,
-                created=doc.get("created", ""),
-                chunking=ChunkingSettings(**doc.get("chunking", {})),
-                compression=CompressionSettings(**doc.get("compression", {})),
-                packs=PackSettings(**doc.get("packs", {})),
-                gc=GcSettings(**doc.get("gc", {})),
-                encryption=_table(EncryptionSettings, doc.get("encryption")),
-                signing=_table(SigningSettings, doc.get("signing")),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise StoreFormatError(f"{path} is malformed: {e}") from None
-        rewrite_below = config.gc.rewrite_below
-        if isinstance(rewrite_below, bool) or not isinstance(rewrite_below, (int, float)) \
-                or not 0 <= rewrite_below <= 1:
-            raise StoreFormatError(f"{path}: gc.rewrite_below must be a number from 0 to 1, "
-                                   f"not {rewrite_below!r}")
-        if config.encryption is not None and config.encryption.cipher != CIPHER:
-            raise StoreFormatError(f"{path}: unknown cipher {config.encryption.cipher!r} in "
-                                   f"[encryption] (this ckptfs knows {CIPHER!r})")
-        return config
+            tables = {name: _checked_table(doc, name) for name in SETTING_TABLES}
+            _check_chunk_sizes(tables["chunking"])
+            secret = doc.get("secret")
+            key_hex = secret.get("chunk_id_key") if isinstance(secret, dict) else None
+            if not isinstance(key_hex, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", key_hex):
+                raise _BadSetting("secret.chunk_id_key", CHUNK_ID_KEY_RULE, key_hex,
+                                  missing=key_hex is None)
+            created = doc.get("created", "")
+            if not isinstance(created, str):
+                raise _BadSetting("created", "a date and time as text", created)
+        except _BadSetting as bad:
+            raise StoreFormatError(f"{path}: {bad}") from None
+        encryption, signing = tables["encryption"], tables["signing"]
+        return cls(
+            chunk_id_key=bytes.fromhex(key_hex),
+            format=fmt,
+            created=created,
+            chunking=ChunkingSettings(**tables["chunking"]),
+            compression=CompressionSettings(**tables["compression"]),
+            packs=PackSettings(**tables["packs"]),
+            gc=GcSettings(**tables["gc"]),
+            encryption=None if encryption is None else EncryptionSettings(**encryption),
+            signing=None if signing is None else SigningSettings(**signing),
+        )
 
     def save(self, store_path: str) -> None:
         """Write ckptfs.toml atomically (a new file renamed over the old), mode 0600: it
@@ -163,6 +173,80 @@ class StoreConfig:
         os.rename(tmp, os.path.join(store_path, CONFIG_NAME))
 
 
-def _table(cls, table):
-    """A settings table that is absent in stores made before it existed: None."""
-    return None if table is None else cls(**table)
+# -- checking settings ---------------------------------------------------------------------
+class _BadSetting(Exception):
+    """A setting that breaks its rule; str() names both."""
+
+    def __init__(self, name: str, rule: str, value=None, missing: bool = False):
+        found = "it is missing" if missing else f"not {value!r}"
+        super().__init__(f"{name} must be {rule}, {found}")
+
+
+class _UnknownSetting(_BadSetting):
+    def __init__(self, name: str, known):
+        Exception.__init__(self, f"{name} is not a setting (known: {', '.join(known)})")
+
+
+def _int_in(low: int, high: int):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+            f"a whole number from {low} to {high}")
+
+
+def _number_in(low: float, high: float):
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and low <= v <= high,
+            f"a number from {low} to {high}")
+
+
+BOOLEAN = (lambda v: isinstance(v, bool), "true or false")
+ABSOLUTE_PATH = (lambda v: isinstance(v, str) and os.path.isabs(v), "an absolute path")
+HEX_TEXT = (lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-fA-F]+", v) is not None,
+            "hexadecimal text")
+CIPHER_NAME = (lambda v: v == CIPHER, f"{CIPHER!r} (the cipher this ckptfs knows)")
+CHUNK_ID_KEY_RULE = ("64 hexadecimal digits (32 bytes; it keys every chunk id: restore the "
+                     "original, never make a new one)")
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+# table -> {setting: (test, rule)}. The FastCDC bounds are pyfastcdc's own.
+SETTING_TABLES = {
+    "chunking": {"min_size": _int_in(64, 1 * MiB), "avg_size": _int_in(256, 4 * MiB),
+                 "max_size": _int_in(1 * KiB, 16 * MiB), "tensor_block": _int_in(4 * KiB, 1 * GiB)},
+    "compression": {"level": _int_in(-7, 22), "min_saving": _number_in(0, 1),
+                    "delta": BOOLEAN},
+    "packs": {"target_size": _int_in(1 * MiB, 64 * GiB)},
+    "gc": {"rewrite_below": _number_in(0, 1)},
+    "encryption": {"key_file": ABSOLUTE_PATH, "key_check": HEX_TEXT, "cipher": CIPHER_NAME},
+    "signing": {"key_file": ABSOLUTE_PATH},
+}
+# Tables a store may lack (made before they existed, or the feature is off): None.
+OPTIONAL_TABLES = ("encryption", "signing")
+# Settings a table may leave out, the dataclass default applying (None: any of them).
+REQUIRED = {"encryption": ("key_file", "key_check"), "signing": ("key_file",)}
+
+
+def _checked_table(doc: dict, name: str) -> dict | None:
+    """The table `name` of the settings, each value checked; None for an optional table
+    that is absent (encryption, signing: stores made before them lack them)."""
+    rules = SETTING_TABLES[name]
+    table = doc.get(name)
+    if table is None:
+        return None if name in OPTIONAL_TABLES else {}
+    if not isinstance(table, dict):
+        raise _BadSetting(f"[{name}]", "a table of settings", table)
+    for key, value in table.items():
+        if key not in rules:
+            raise _UnknownSetting(f"{name}.{key}", rules)
+        test, rule = rules[key]
+        if not test(value):
+            raise _BadSetting(f"{name}.{key}", rule, value)
+    for key in REQUIRED.get(name, ()):
+        if key not in table:
+            raise _BadSetting(f"{name}.{key}", rules[key][1], missing=True)
+    return table
+
+
+def _check_chunk_sizes(chunking: dict) -> None:
+    sizes = {**vars(ChunkingSettings()), **chunking}
+    if not sizes["min_size"] <= sizes["avg_size"] <= sizes["max_size"]:
+        raise _BadSetting("chunking.min_size, avg_size, max_size",
+                          "in increasing order (min_size <= avg_size <= max_size)",
+                          (sizes["min_size"], sizes["avg_size"], sizes["max_size"]))

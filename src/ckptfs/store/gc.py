@@ -58,6 +58,7 @@ from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
 from .pack import PackWriter, list_pack_ids, pack_path
+from .private import make_private_dirs, private_open, private_opener
 
 GC_DIR = "gc"
 GC_LOCK = "lock"
@@ -111,9 +112,9 @@ def _fsync_dir(path: str) -> None:
 def save_intent(store_path: str, intent: dict) -> None:
     """Write the intent durably (temporary file, fsync, rename, fsync of gc/)."""
     path = intent_path(store_path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    make_private_dirs(os.path.dirname(path))
     tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb", opener=private_opener) as f:
         f.write(json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
         f.flush()
         os.fsync(f.fileno())
@@ -283,8 +284,8 @@ class GcMixin:
     @contextmanager
     def _gc_locked(self):
         gc_dir = os.path.join(self.path, GC_DIR)
-        os.makedirs(gc_dir, exist_ok=True)
-        fd = os.open(os.path.join(gc_dir, GC_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        make_private_dirs(gc_dir)
+        fd = private_open(os.path.join(gc_dir, GC_LOCK), os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -538,7 +539,7 @@ class GcMixin:
         return [p for p in list_pack_ids(self.packs_dir) if p not in referenced and p not in busy]
 
     def _ingest_in_flight(self) -> bool:
-        fd = os.open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return False
@@ -551,7 +552,7 @@ class GcMixin:
         """Remove packs nothing points into (complete or unfinished), left by imports that
         died, but only while no ingest is under way anywhere: one under way owns such
         packs until it commits."""
-        fd = os.open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

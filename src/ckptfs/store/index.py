@@ -41,6 +41,7 @@ import lmdb
 import orjson
 
 from .errors import StoreError, StoreFullError
+from .private import file_mode_in
 
 INDEX_FORMAT = 2   # 2: search, columns, aliases and settings sub-databases
 LOCATION = struct.Struct("<IQII")
@@ -99,8 +100,11 @@ class Index:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
         try:
-            self.env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=16, subdir=True,
-                                 readonly=readonly, max_readers=256, lock=True)
+            # As bytes: py-lmdb encodes a str path as UTF-8, which a path with other
+            # bytes (valid on Linux) is not.
+            self.env = lmdb.open(os.fsencode(path), map_size=MAP_SIZE, max_dbs=16, subdir=True,
+                                 readonly=readonly, max_readers=256, lock=True,
+                                 mode=file_mode_in(path))
         except lmdb.Error as e:
             raise StoreError(f"cannot open the index {path}: {e} (if it is damaged, "
                              "`ckptfs rebuild-index` recreates it from packs and journal)") from None

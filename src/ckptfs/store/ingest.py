@@ -40,6 +40,7 @@ from .chunking import Chunker, parse_safetensors_header, plan_segments, safetens
 from .errors import SourceError, StoreFullError
 from .index import Location
 from .pack import FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackWriter
+from .private import private_open
 
 INGEST_LOCK = "ingest.lock"
 ENCODE_WORKERS = 2
@@ -131,7 +132,7 @@ def walk_source(src: str) -> tuple[os.stat_result, list[SourceEntry]]:
 def take_ingest_lock(store_path: str) -> int:
     """A shared flock on STORE/ingest.lock, held by every ingest under way (a gc that is
     removing leftover packs holds it exclusively for a moment: then we wait)."""
-    fd = os.open(os.path.join(store_path, INGEST_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = private_open(os.path.join(store_path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except BaseException:

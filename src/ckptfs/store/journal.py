@@ -17,7 +17,8 @@ import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
-from .errors import IntegrityError
+from .errors import IntegrityError, StoreError
+from .private import private_open
 
 GENESIS = "0" * 64
 
@@ -28,6 +29,18 @@ def entry_hash(line: bytes) -> str:
 
 def encode_entry(entry: dict) -> bytes:
     return json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def check_text(entry: dict) -> None:
+    """Refuse text that is not Unicode: Python hands over the bytes of a command-line
+    argument or file name that are not UTF-8 as lone surrogates, which JSON would keep
+    as escapes the index and every reader then choke on."""
+    try:
+        json.dumps(entry, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        near = e.object[max(0, e.start - 20):e.end + 20]
+        raise StoreError(f"text that is not valid UTF-8 cannot be recorded (near {near!a}): "
+                         "give names, values and reasons as UTF-8") from None
 
 
 def utc_now() -> str:
@@ -103,7 +116,7 @@ class Journal:
     @contextmanager
     def locked(self):
         with self._thread_lock:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = private_open(self.lock_path, os.O_RDWR | os.O_CREAT)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 yield
@@ -159,8 +172,9 @@ class Journal:
         uid = (actor or {}).get("uid", os.getuid())
         entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,
                      pid=(actor or {}).get("pid", os.getpid()), user=user_name(uid))
+        check_text(entry)
         line = encode_entry(entry) + b"\n"
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = private_open(self.path, os.O_WRONLY | os.O_CREAT)
         try:
             if os.fstat(fd).st_size != valid_len:
                 os.ftruncate(fd, valid_len)

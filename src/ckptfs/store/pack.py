@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from .errors import IntegrityError, PackMissingError
+from .private import make_private_dirs, private_open
 
 PACK_MAGIC = b"CKPTPACK"
 PACK_FORMAT = 1
@@ -75,9 +76,9 @@ class PackWriter:
     def __init__(self, packs_dir: str, pack_id: int):
         self.pack_id = pack_id
         self.path = pack_path(packs_dir, pack_id)
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        make_private_dirs(os.path.dirname(self.path))
         # O_EXCL: two writers can never share a pack, even with a stale id counter.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = private_open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
         self._file = os.fdopen(self._fd, "wb", buffering=4 << 20)
         self._file.write(PACK_HEADER.pack(PACK_MAGIC, PACK_FORMAT, 0, pack_id))
         self.size = PACK_HEADER.size

@@ -86,6 +86,12 @@ def make_policy(given: dict, primary_metric: str | None = None,
     return policy
 
 
+# Upper bounds keep every value storable (the index's JSON takes 64-bit integers) and
+# every date computable; no real policy comes near them.
+MAX_COUNT = 1_000_000_000
+MAX_DAYS = 1_000_000
+
+
 def _count(name: str, value) -> int:
     if isinstance(value, str):
         try:
@@ -95,6 +101,8 @@ def _count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         hint = " (the newest version is always kept: it is `latest`)" if name == "keep_last" else ""
         raise RetentionError(f"{name} must be a whole number of at least 1, not {value!r}{hint}")
+    if value > MAX_COUNT:
+        raise RetentionError(f"{name} must be at most {MAX_COUNT:,}, not {value:,}")
     return value
 
 
@@ -111,6 +119,8 @@ def _days(value) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value) or value <= 0:
         raise RetentionError(f"max_age_days must be a number of days above 0, not {value!r}")
+    if value > MAX_DAYS:
+        raise RetentionError(f"max_age_days must be at most {MAX_DAYS:,}, not {value!r}")
     return value
 
 

@@ -38,6 +38,7 @@ from .manifest import compress_manifest, decode_manifest, encode_manifest, versi
 from .names import validate_name, validate_version_name
 from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
                    pack_path, scan_pack)
+from .private import PRIVATE_DIR, make_private_dirs, private_open
 from .repair import RepairMixin, chunk_key_fingerprint
 from .restore import RestoreReport, restore_entries
 from .signing import SignatureReport, SigningMixin
@@ -160,11 +161,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             key_path, key = obtain_key_file(key_file)
             encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
             cipher = RecordCipher(key)  # this key, whatever CKPTFS_KEY_FILE names
-        os.makedirs(path, exist_ok=True)
-        if shared:  # the packs and index must not be readable around the daemon's checks
-            os.chmod(path, 0o700)
+        # Private, shared or not: the store holds every version's data and sidecars, and
+        # others come in through the mount (docs/format.md, "Permissions").
+        make_private_dirs(path)
+        os.chmod(path, PRIVATE_DIR)  # also an empty directory that existed
         for sub in SUBDIRS:
-            os.makedirs(os.path.join(path, sub), exist_ok=True)
+            make_private_dirs(os.path.join(path, sub))
         config = StoreConfig.new(encryption)
         config.save(path)
         store = cls(path, config, cipher)
@@ -185,8 +187,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             if not os.path.isdir(os.path.join(path, sub)):
                 raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
         # The index is derived: a missing one is recreated from the journal on open.
-        os.makedirs(os.path.join(path, "index"), exist_ok=True)
-        os.makedirs(os.path.join(path, "spool"), exist_ok=True)
+        make_private_dirs(os.path.join(path, "index"))
+        make_private_dirs(os.path.join(path, "spool"))
         return cls(path, config, for_rebuild=for_rebuild)
 
     def _open_index(self, for_rebuild: bool) -> Index:
@@ -201,7 +203,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
         aside = os.path.join(self.path, f"index.damaged-{stamp}")
         os.rename(path, aside)
-        os.makedirs(path)
+        make_private_dirs(path)
         self.index_moved_aside = aside
         return Index(path)
 
@@ -298,7 +300,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
     @staticmethod
     def _take_open_lock(path: str) -> int:
         """Every open Store holds a shared lock; rebuild-index needs it exclusively."""
-        fd = os.open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fd = private_open(os.path.join(path, "lock"), os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
