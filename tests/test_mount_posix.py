@@ -86,6 +86,21 @@ def test_temporary_file_in_the_inbox(run_dir):
     assert os.listdir(path) == []
 
 
+def test_a_file_removed_while_open_for_writing_is_not_archived(run_dir):
+    """A temporary checkpoint file (unlinked at once, written, closed) is no checkpoint
+    to keep: it used to be sealed as a version when closed, like a rotated one."""
+    path, store = run_dir
+    run_path = os.path.dirname(path)
+    with tempfile.TemporaryFile(dir=run_path, suffix=".pt") as f:
+        f.write(b"x" * 100_000)
+        f.flush()
+    out = run_cli_checked("seal", store, "p/r", "--timeout", "30").stdout.decode()
+    assert "everything written there is sealed" in out, out
+    projects = os.path.join(path.rsplit("/inbox/", 1)[0], "projects")
+    assert os.listdir(projects) == []
+    assert "was removed while open for writing: not archived" in mount_log(store)
+
+
 def test_file_replaced_by_rename_stays_readable_while_open(run_dir):
     path, _ = run_dir
     target, tmp = os.path.join(path, "a.txt"), os.path.join(path, "b.txt")

@@ -100,6 +100,12 @@ class SpoolActivity:
             except FileNotFoundError:
                 continue
 
+    def open_for_writing(self, path: str) -> bool:
+        try:
+            return os.lstat(path).st_ino in self.open_writers
+        except FileNotFoundError:
+            return False
+
     def open_members(self, root: str, members: list[str]) -> bool:
         return any(ino in self.open_handles for ino in self._inodes(root, members))
 

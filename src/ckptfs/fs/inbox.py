@@ -804,6 +804,14 @@ class Inbox:
         unit = unit_of(units, rel)
         if self._sealed(run, rel) is not None:
             self._hide_sealed(run, rel)  # it shadowed a sealed file: that one goes too
+        if self.activity.open_for_writing(self.run_path(run, rel)):
+            # Removed while still open for writing: a temporary file (tempfile.
+            # TemporaryFile), or a write given up. It is no finished checkpoint to keep:
+            # it lives on for its open descriptors only, as on a local disk.
+            log.info("inbox/%s/%s/%s was removed while open for writing: not archived", *run,
+                     printable(rel))
+            os.unlink(self.run_path(run, rel))
+            return
         if unit is not None and self.activity.incomplete_members(*self.sealer.members_of(run, unit, None)):
             self.sealer.units.setdefault((*run, unit.path, None), UnitState(unit)).troubled = True
         if unit is not None and unit.shape == FILE and unit.path == rel:
