@@ -2,7 +2,8 @@
 
 A mount daemon that dies (SIGKILL, a crash) leaves its mount point mounted with nobody
 answering: every `stat` of it fails with ENOTCONN ("Transport endpoint is not
-connected"), so it looks like neither a directory nor a mount point to `os.path`.
+connected"), so it looks like neither a directory nor a mount point to `os.path`
+(once the kernel's cached attributes of the root expire; statfs fails at once).
 /proc/self/mountinfo still lists it, with the store it served (`fsname=ckptfs:STORE`).
 """
 import errno
@@ -64,9 +65,11 @@ def entry_at(path: str) -> MountEntry | None:
 
 
 def is_dead(path: str) -> bool:
-    """Is `path` a mount point whose daemon is gone?"""
+    """Is `path` a mount point whose daemon is gone? statfs asks the daemon every time
+    (a stat may be answered from the kernel's attribute cache for a while)."""
     try:
         os.stat(path)
+        os.statvfs(path)
         return False
     except OSError as e:
         return e.errno in DEAD_ERRNOS and entry_at(path) is not None
