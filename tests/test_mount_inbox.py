@@ -784,9 +784,11 @@ def small_disk(tmp_path):
 
 def fill_the_disk(mnt: str, tmp_path):
     """Write more than the disk holds into the inbox with cp and with Python; both get
-    ENOSPC."""
+    ENOSPC: at a write, or already at the create of Python's file if cp's left no room
+    for what the daemon records with a new file (which it is depends on how much the
+    daemon had prepared meanwhile: both must be fine)."""
     version = f"{mnt}/inbox/p/r/v1"
-    os.makedirs(version)
+    os.makedirs(version, exist_ok=True)
     big = tmp_path / "big.bin"
     write(big, os.urandom(12 << 20))
     cp = sh(f"cp {big} {version}/big.bin")
@@ -799,28 +801,63 @@ def fill_the_disk(mnt: str, tmp_path):
     return version
 
 
+def fill_the_rest(disk: str) -> str:
+    """Take the last free bytes of the disk (from outside the mount): the next create in
+    the inbox cannot record anything. Returns the filler's path (it may not exist: the
+    disk may be too full to create it)."""
+    filler = os.path.join(disk, "filler")
+    try:
+        with open(filler, "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    return filler
+
+
 def seal_a_small_version(mnt: str, tmp_path, name: str):
     src = make_checkpoint(tmp_path / "small-src" / name, step=300, scale=1)
     copied = sh(f"cp -a {src} {mnt}/inbox/p/r/{name}")
     assert copied.returncode == 0, copied.stderr
     open(f"{mnt}/inbox/p/r/{name}/.seal", "w").close()
-    sealed = wait_sealed(mnt, f"p/r/{name}", 20)
+    sealed = wait_sealed(mnt, f"p/r/{name}")
     assert_same_files(sealed, src)
 
 
+@pytest.mark.parametrize("fails_at", ["write", "create"])
 def test_writing_past_a_full_disk_gives_enospc_and_the_daemon_carries_on(
-        small_disk, tmp_path, mount):
+        small_disk, tmp_path, mount, fails_at):
     store = os.path.join(small_disk, "store")
     Store.init(store).close()
     mnt = mount(store, "--seal-after", "60")
+    os.makedirs(f"{mnt}/inbox/p/r")
+    seal_a_small_version(mnt, tmp_path, "v0")
+    os.makedirs(f"{mnt}/inbox/p/r/v1")
+    write(f"{mnt}/inbox/p/r/v1/early.txt", b"written before the disk filled")
     version = fill_the_disk(mnt, tmp_path)
-    assert os.listdir(f"{mnt}/projects") == []
+    if fails_at == "create":
+        # A new writer: the daemon must record it at the create, with no room left.
+        filler = fill_the_rest(small_disk)
+        late = sh(f"{sys.executable} -c \"open('{version}/late.bin', 'wb').write(b'x' * 65536)\"")
+        assert late.returncode != 0 and "No space left on device" in late.stderr, late.stderr
+        if os.path.exists(filler):
+            os.unlink(filler)
     assert_daemon_alive(mnt)
-    rm = sh(f"rm -f {version}/big.bin {version}/more.bin && rmdir {version}")
+    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v0", "v0.json"]
+    assert read(f"{version}/early.txt") == b"written before the disk filled"
+    rm = sh(f"rm -f {version}/big.bin {version}/more.bin {version}/late.bin")
     assert rm.returncode == 0, rm.stderr
-    assert os.listdir(f"{mnt}/inbox/p/r") == []
+    assert sorted(os.listdir(f"{mnt}/inbox/p/r")) == ["v0", "v1"]
+    assert os.listdir(version) == ["early.txt"]
+    leftovers = [p for p in sh(f"find {store}/spool -name '*.tmp*'").stdout.split()]
+    assert leftovers == [], leftovers  # a record the full disk cut short is not left behind
     seal_a_small_version(mnt, tmp_path, "v2")
-    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v2", "v2.json"]
+    assert sorted(os.listdir(f"{mnt}/projects/p/r")) == [
+        "latest", "run.json", "v0", "v0.json", "v2", "v2.json"]
+    assert read(f"{version}/early.txt") == b"written before the disk filled"
+    run_cli_checked("umount", mnt)  # packs filled ahead of v1's seal go with the daemon
+    wait_for(lambda: not os.path.exists(f"{store}/spool/daemon.running"), "the daemon to stop")
     verify_ok(store)
 
 

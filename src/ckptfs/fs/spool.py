@@ -42,9 +42,13 @@ def unit_key(unit_path: str) -> str:
 def write_json_atomically(path: str, doc) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)  # e.g. a full disk cut it short: no half record left in the spool
+        raise
 
 
 def read_json(path: str, default=None):
