@@ -87,6 +87,18 @@ def wait_sealed(mnt: str, ref: str = REF, timeout: float = SEAL_TIMEOUT) -> str:
     return os.path.join(mnt, "projects", ref)
 
 
+def a_quiet_period_passes(mnt: str, tmp_path, tag: str):
+    """Wait for proof that the sealer went through a whole quiet period after this call,
+    rather than sleeping for one: a checkpoint written now into a project of its own is
+    sealed once quiet, and the sealer, in that same pass, found every unit written before
+    it quiet at least as long (it looks at all of them each time)."""
+    canary = make_checkpoint(tmp_path / "canary-src" / tag, step=1, scale=1)
+    os.makedirs(f"{mnt}/inbox/canary/r", exist_ok=True)
+    copied = sh(f"cp -r {canary} {mnt}/inbox/canary/r/{tag}")
+    assert copied.returncode == 0, copied.stderr
+    wait_sealed(mnt, f"canary/r/{tag}")
+
+
 def mount_log(store: str) -> str:
     with open(os.path.join(store, "logs", "mount.log"), errors="replace") as f:
         return f.read()
@@ -288,7 +300,7 @@ def test_a_file_held_open_keeps_its_version_in_the_inbox(tmp_path, mount):
     try:
         f.write(first)
         f.flush()
-        time.sleep(2.5)  # well past the 1 s quiet period and the sealer's poll
+        a_quiet_period_passes(mnt, tmp_path, "c1")
         assert os.path.isdir(version)
         assert not os.path.exists(f"{mnt}/projects/p/r/v1")
         status = run_cli_checked("status", mnt).stdout.decode()
@@ -309,7 +321,7 @@ def test_a_seal_marker_seals_at_once_and_is_not_archived(source, tmp_path, mount
     pending = stats(mnt)["pending_inbox_versions"]
     assert [(p["version"], p["state"]) for p in pending] == [("p/r/v1", "quiet")]
     open(f"{mnt}/inbox/p/r/v1/.seal", "w").close()
-    sealed = wait_sealed(mnt, timeout=15)  # not the 60 s quiet period
+    sealed = wait_sealed(mnt, timeout=45)  # not the 60 s quiet period
     assert ".seal" not in os.listdir(sealed)
     assert_same_files(sealed, source, mtime_unit=None)
     assert_sidecar_lists(mnt, REF, source)  # lists no .seal either
@@ -328,7 +340,7 @@ def test_ckptfs_seal_seals_a_version_while_mounted(source, tmp_path, mount):
                            f"mkdir -p {{mnt}}/inbox/p/r && cp -a {source} {{mnt}}/inbox/p/r/v1")
     out = run_cli_checked("seal", store, REF, "--timeout", "20").stdout.decode()
     assert "sealed p/r/v1" in out
-    sealed = wait_sealed(mnt, timeout=10)
+    sealed = wait_sealed(mnt, timeout=45)
     assert_same_files(sealed, source)
     assert_sha256sum_checks(sealed, source)
     again = run_cli_checked("seal", store, REF, rc=1)
@@ -390,7 +402,7 @@ def test_edits_within_a_version_are_sealed_as_their_final_state(tmp_path, mount)
     assert archived(tree_snapshot(version), mtime_unit=None) == \
         archived(tree_snapshot(local), mtime_unit=None)
     open(f"{version}/.seal", "w").close()
-    sealed = wait_sealed(mnt, timeout=15)
+    sealed = wait_sealed(mnt, timeout=45)
     assert_same_files(sealed, str(local), mtime_unit=None)
     got = tree_snapshot(sealed)
     assert got["new"][3] == b"x appended" and got["t.bin"][3] == b"0123"
@@ -571,7 +583,7 @@ def test_a_sealed_checkpoint_stays_read_only_where_it_was_written(source, tmp_pa
     assert "is sealed (version v1)" in mount_log(store)
     assert sorted(os.listdir(f"{mnt}/inbox/p/r")) == ["v1"]
     assert_same_files(f"{mnt}/inbox/p/r/v1", source, mtime_unit=None)
-    time.sleep(1.5)  # past the quiet period: nothing new gets sealed
+    a_quiet_period_passes(mnt, tmp_path, "c1")  # nothing new gets sealed
     assert read(f"{sealed}.json") == sidecar
     assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v1", "v1.json"]
     assert_daemon_alive(mnt)
@@ -723,14 +735,14 @@ def test_after_the_daemon_is_killed_the_inbox_keeps_complete_files_and_holds_the
     partial = read(f"{version}/big.bin")
     assert len(partial) >= 8 << 20 and pattern_prefix_ok(partial)
     assert "inbox p/r/v1 was left by a daemon that died" in mount_log(store)
-    time.sleep(2.5)  # past the quiet period: a held version is not sealed
+    a_quiet_period_passes(mnt, tmp_path, "c1")  # a held version is not sealed
     assert os.path.isdir(version) and not os.path.exists(f"{mnt}/projects/p/r/v1")
     status = run_cli_checked("status", mnt).stdout.decode()
     assert "p/r/v1: held" in status, status
     assert "p/r/v1" in run_cli_checked("status", store).stdout.decode()
 
     assert "sealed p/r/v1" in run_cli_checked("seal", store, REF, "--timeout", "20").stdout.decode()
-    sealed = wait_sealed(mnt, timeout=10)
+    sealed = wait_sealed(mnt)
     for name in complete:
         assert read(f"{sealed}/{name}") == read(f"{source}/{name}"), name
     assert read(f"{sealed}/big.bin") == partial
@@ -751,7 +763,7 @@ def test_a_quiet_version_left_by_a_clean_unmount_is_sealed_after_remounting(
     assert os.path.isdir(f"{store}/spool/inbox/p/r/v1")
 
     mnt = mount(store, "--seal-after", "1")
-    sealed = wait_sealed(mnt, timeout=15)
+    sealed = wait_sealed(mnt)
     assert_same_files(sealed, source)
     assert "left by a daemon that died" not in mount_log(store)
     verify_ok(store)
@@ -908,7 +920,7 @@ def test_a_directory_named_like_latest_or_a_sidecar_gets_a_version_name_of_its_o
     os.makedirs(f"{run}/v1")
     write(f"{run}/v1/f", b"one")
     run_cli_checked("seal", store, REF, "--timeout", "20")
-    wait_sealed(mnt, timeout=10)
+    wait_sealed(mnt, timeout=45)
     os.mkdir(f"{run}/{name}")
     write(f"{run}/{name}/f", b"two")
     out = run_cli_checked("seal", store, f"p/r/{name}", "--timeout", "20").stdout.decode()
@@ -928,7 +940,7 @@ def test_a_renamed_file_or_directory_is_usable_at_once_under_its_new_name(tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout == "xz\n"
     open(f"{version}/.seal", "w").close()
-    sealed = wait_sealed(mnt, timeout=15)
+    sealed = wait_sealed(mnt, timeout=45)
     got = tree_snapshot(sealed)
     assert got["b"][1] & 0o777 == 0o400 and got["b"][3] == b"xmore"
     assert got["d3/z"][3] == b"y" and sorted(got) == ["b", "d3", "d3/z"]
