@@ -224,3 +224,22 @@ def test_mount_onto_a_dead_mount_of_another_store_is_refused(dead_mount, tmp_pat
     said = run_cli_checked("mount", other, mnt, rc=1).stderr.decode()
     assert f"ckptfs umount {mnt}" in said and "dead" in said, said
     assert is_dead(mnt)  # left as it was: not ours to detach
+
+
+def test_an_offline_seal_holds_the_store_against_a_mount_and_another_seal(tmp_path):
+    """`ckptfs seal` with no daemon seals in its own process: while it does, a daemon
+    starting would recover (clear, discard) what it is using, so the mount waits its turn."""
+    from ckptfs.fs import daemonlock
+    store = new_store(tmp_path)
+    spooled = os.path.join(store, "spool", "inbox", "p", "r", "v1")
+    os.makedirs(spooled)
+    write(f"{spooled}/model.bin", b"w" * 100)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    with daemonlock.acquire(store, daemonlock.SEAL):  # what `ckptfs seal` holds
+        said = run_cli_checked("mount", store, mnt, rc=1).stderr.decode()
+        assert "is busy: `ckptfs seal`" in said and said.count("\n") == 1, said
+        assert not in_mountinfo(str(mnt))
+        said = run_cli_checked("seal", store, "p/r/v1", rc=1).stderr.decode()
+        assert "is busy: `ckptfs seal`" in said, said
+    assert "sealed p/r" in run_cli_checked("seal", store, "p/r/v1").stdout.decode()

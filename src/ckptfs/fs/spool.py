@@ -18,6 +18,9 @@ daemon running) both use it.
       provenance/<p>/<r>/<key>.json  who wrote what (see inbox.py)
       requests/<n>.json            `ckptfs seal` asking a running daemon to seal a unit
       annotations/<p>/<r>/<key>.json metadata given with `ckptfs.annotate` for a unit
+      daemon.lock                  held (flock) by the one process working on the spool
+                                   (daemonlock.py); daemon.running: a daemon started and
+                                   has not stopped cleanly (after a crash: units are held)
 """
 import itertools
 import json
