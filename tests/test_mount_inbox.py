@@ -87,15 +87,18 @@ def wait_sealed(mnt: str, ref: str = REF, timeout: float = SEAL_TIMEOUT) -> str:
     return os.path.join(mnt, "projects", ref)
 
 
-def a_quiet_period_passes(mnt: str, tmp_path, tag: str):
+def a_quiet_period_passes(mnt: str, tmp_path, tag: str, marked: bool = False):
     """Wait for proof that the sealer went through a whole quiet period after this call,
     rather than sleeping for one: a checkpoint written now into a project of its own is
     sealed once quiet, and the sealer, in that same pass, found every unit written before
-    it quiet at least as long (it looks at all of them each time)."""
+    it quiet at least as long (it looks at all of them each time). `marked`: with a
+    .seal marker, sealed at the sealer's next pass (proof of one more pass only)."""
     canary = make_checkpoint(tmp_path / "canary-src" / tag, step=1, scale=1)
     os.makedirs(f"{mnt}/inbox/canary/r", exist_ok=True)
     copied = sh(f"cp -r {canary} {mnt}/inbox/canary/r/{tag}")
     assert copied.returncode == 0, copied.stderr
+    if marked:
+        open(f"{mnt}/inbox/canary/r/{tag}/.seal", "w").close()
     wait_sealed(mnt, f"canary/r/{tag}")
 
 
@@ -436,16 +439,18 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
     assert text.startswith("sealing p/r/v1 failed: version p/r/v1 does not satisfy the "
                            "schema of project p"), text
     assert "sealing p/r/v1 failed" in mount_log(store)
+    a_quiet_period_passes(mnt, tmp_path, "c1", marked=True)  # the sealer passes it again
     status = run_cli_checked("status", mnt).stdout.decode()
     assert "p/r/v1: failed" in status and "does not satisfy the schema" in status, status
-    assert stats(mnt)["seal_failures"] == 1 and stats(mnt)["versions_sealed"] == 0
+    assert "failed unexpectedly" not in mount_log(store)
+    assert stats(mnt)["seal_failures"] == 1 and stats(mnt)["versions_sealed"] == 1  # the canary
     assert_same_files(f"{mnt}/inbox/p/r/v1", source, mtime_unit=None)  # intact, marker gone
-    assert os.listdir(f"{mnt}/projects") == []
+    assert os.listdir(f"{mnt}/projects") == ["canary"]
     assert_daemon_alive(mnt)
     # The job gives up on it: removing a version that cannot be sealed lets it go.
     assert sh(f"rm -r {mnt}/inbox/p/r/v1").returncode == 0
     assert os.listdir(f"{mnt}/inbox/p/r") == []  # its .error file went with it
-    assert os.listdir(f"{mnt}/projects") == []
+    assert os.listdir(f"{mnt}/projects") == ["canary"]
     assert "nothing waits in the inbox" in run_cli_checked("status", mnt).stdout.decode()
     verify_ok(store)
 

@@ -456,7 +456,14 @@ class Sealer:
         root, members = self.members_of(run, unit, batch)
         marker = [m for m in members if os.path.basename(m) == SEAL_MARKER]
         for m in marker:  # the marker itself is not archived
-            os.unlink(os.path.join(root, m))
+            try:
+                os.unlink(os.path.join(root, m))
+            except FileNotFoundError:
+                pass
+        if marker:
+            # The cached listing must forget the marker too: else a seal that fails is
+            # taken as asked again at the next pass, and again.
+            self.inbox.bump_structure(run)
         members = [m for m in members if m not in marker]
         staging, staged = await trio.to_thread.run_sync(self.spool.stage, root, unit, members)
         self.activity.stage(staged["files"].values())
