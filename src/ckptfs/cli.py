@@ -402,11 +402,11 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
     """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
     from ckptfs.fs import daemon
     Store.open(store).close()  # fail here, with a clear message, if it is not a store
-    daemon.check_store_free(store)
     if daemon.detach_dead_mount_of(store, mountpoint):
         click.echo(f"detached the dead mount at {mountpoint} (a previous daemon for this "
                    "store died; what it left in the inbox is held: see `ckptfs status`)")
     daemon.check_mountpoint(mountpoint)
+    daemon.check_store_free(store)
     if foreground:
         # Started by a background `mount` (ready_fd): the log file only, since the
         # parent stops reading our stderr once the mount is up.
