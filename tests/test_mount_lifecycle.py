@@ -243,3 +243,38 @@ def test_an_offline_seal_holds_the_store_against_a_mount_and_another_seal(tmp_pa
         said = run_cli_checked("seal", store, "p/r/v1", rc=1).stderr.decode()
         assert "is busy: `ckptfs seal`" in said, said
     assert "sealed p/r" in run_cli_checked("seal", store, "p/r/v1").stdout.decode()
+
+
+def test_ckptfs_seal_waiting_on_a_daemon_that_dies_says_so(tmp_path):
+    """`ckptfs seal` handed its request to the daemon; the daemon dies before taking it:
+    the seal says so rather than waiting out its timeout."""
+    store = new_store(tmp_path)
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    pid = mount_with_pid(store, mnt, "--seal-after", "60")
+    seal = None
+    try:
+        os.makedirs(f"{mnt}/inbox/p/r/v1")
+        write(f"{mnt}/inbox/p/r/v1/model.bin", b"w" * 100)
+        os.kill(pid, signal.SIGSTOP)  # alive, holding its lock, taking no request
+        seal = subprocess.Popen([sys.executable, "-m", "ckptfs", "seal", store, "p/r/v1",
+                                 "--timeout", "3600"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        requests = os.path.join(store, "spool", "requests")
+        wait_for(lambda: os.path.isdir(requests) and os.listdir(requests) or seal.poll() is not None,
+                 "the request to the daemon")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: seal.poll() is not None, "ckptfs seal to give up")
+        said = seal.stderr.read().decode()
+        assert seal.returncode == 1 and "Traceback" not in said, said
+        assert "the mount daemon stopped before it sealed p/r/v1" in said, said
+    finally:
+        if seal is not None and seal.poll() is None:
+            seal.kill()
+            seal.wait()
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: _zombie(pid) or not os.path.exists(f"/proc/{pid}"), "the daemon's end")
+        subprocess.run(["umount", "-l", mnt], capture_output=True)
