@@ -63,6 +63,12 @@ def mount_with_pid(store: str, mountpoint, *options) -> int:
     return int(re.search(r"daemon pid (\d+)", said).group(1))
 
 
+def stats(mnt: str) -> dict:
+    import json
+    with open(os.path.join(mnt, ".ckptfs", "stats.json")) as f:
+        return json.load(f)
+
+
 def is_dead(mountpoint: str) -> bool:
     import errno
     return stat_errno(mountpoint) in (errno.ENOTCONN, errno.ECONNABORTED)
@@ -256,6 +262,8 @@ def test_ckptfs_seal_waiting_on_a_daemon_that_dies_says_so(tmp_path):
     try:
         os.makedirs(f"{mnt}/inbox/p/r/v1")
         write(f"{mnt}/inbox/p/r/v1/model.bin", b"w" * 100)
+        # Stopped idle, not in the middle of preparing the file (the store's locks free).
+        wait_for(lambda: stats(mnt)["files_prepared"] == 1, "the file prepared ahead")
         os.kill(pid, signal.SIGSTOP)  # alive, holding its lock, taking no request
         seal = subprocess.Popen([sys.executable, "-m", "ckptfs", "seal", store, "p/r/v1",
                                  "--timeout", "3600"], stdout=subprocess.PIPE,
