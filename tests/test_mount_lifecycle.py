@@ -203,7 +203,7 @@ def test_status_of_a_dead_mount_says_the_daemon_died_and_how_to_recover(dead_mou
 
 
 def test_umount_of_a_dead_mount_detaches_it(dead_mount):
-    store, mnt = dead_mount
+    _store, mnt = dead_mount
     out = run_cli_checked("umount", mnt).stdout.decode()
     assert "detached" in out and mnt in out, out
     assert not in_mountinfo(mnt)

@@ -65,9 +65,9 @@ def try_acquire(store_path: str, role: str, mountpoint: str | None = None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = _read_record(fd)
+        held_by = _read_record(fd)
         os.close(fd)
-        return None, holder
+        return None, held_by
     except BaseException:
         os.close(fd)
         raise
