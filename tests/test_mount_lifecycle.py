@@ -286,3 +286,20 @@ def test_ckptfs_seal_waiting_on_a_daemon_that_dies_says_so(tmp_path):
             pass
         wait_for(lambda: _zombie(pid) or not os.path.exists(f"/proc/{pid}"), "the daemon's end")
         subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+@pytest.mark.parametrize("intent", [b'{"project": "p"}', b"[1, 2]", b'{"project": "p", "run'])
+def test_a_damaged_seal_intent_does_not_stop_the_daemon_from_starting(tmp_path, mount, intent):
+    """spool/sealing/ holds what a dead daemon's seal was doing; a damaged record there
+    must not keep the store from mounting (the unit it names stays in the inbox, held)."""
+    store = new_store(tmp_path)
+    spooled = os.path.join(store, "spool", "inbox", "p", "r", "v1")
+    os.makedirs(spooled)
+    write(f"{spooled}/model.bin", b"w" * 100)
+    os.makedirs(os.path.join(store, "spool", "sealing"))
+    write(os.path.join(store, "spool", "sealing", "1.json"), intent)
+    open(os.path.join(store, "spool", "daemon.running"), "w").close()  # it died
+    mnt = mount(store, "--seal-after", "60")
+    assert read(f"{mnt}/inbox/p/r/v1/model.bin") == b"w" * 100
+    assert "p/r/v1: held" in run_cli_checked("status", mnt).stdout.decode()
+    assert os.listdir(os.path.join(store, "spool", "sealing")) == []
