@@ -684,16 +684,16 @@ def test_ckptfs_tag_while_mounted_shows_up_in_ls(meta, alias_run):
     out = run_cli_checked("tag", meta.store, "nlp/r/step-1", "staging").stdout.decode()
     assert out == "nlp/r/staging -> step-1\n"
     wait_for(lambda: "staging -> step-1" in sh("ls -l", cwd=alias_run).stdout,
-             "staging in ls -l", timeout=2.5)
+             "staging in ls -l")
     out = run_cli_checked("tag", meta.store, "nlp/r/step-2", "staging").stdout.decode()
     assert out == "nlp/r/staging: step-1 -> step-2\n"
     wait_for(lambda: "staging -> step-2" in sh("ls -l", cwd=alias_run).stdout,
-             "staging moved in ls -l", timeout=2.5)
+             "staging moved in ls -l")
     assert sidecar(meta.mnt, "nlp/r/step-2")["tags"] == ["latest", "staging"]
     out = run_cli_checked("untag", meta.store, "nlp/r", "staging").stdout.decode()
     assert out == "removed nlp/r/staging (was step-2)\n"
     wait_for(lambda: "staging" not in sh("ls -l", cwd=alias_run).stdout,
-             "staging gone from ls -l", timeout=2.5)
+             "staging gone from ls -l")
     proc = run_cli_checked("tag", meta.store, "nlp/r/step-1", "latest", rc=1)
     assert b"'latest' is maintained by ckptfs" in proc.stderr
     proc = run_cli_checked("untag", meta.store, "nlp/r", "nosuch", rc=1)
@@ -705,10 +705,10 @@ def test_best_follows_the_primary_metric(meta, alias_run):
     try:
         run_cli_checked("config", "set", meta.store, "nlp", "primary_metric=eval_loss", "mode=min")
         wait_for(lambda: os.path.lexists(f"{alias_run}/best") and
-                 os.readlink(f"{alias_run}/best") == "step-2", "best -> step-2", timeout=2.5)
+                 os.readlink(f"{alias_run}/best") == "step-2", "best -> step-2")
         assert "best" in sidecar(meta.mnt, "nlp/r/step-2")["tags"]
         run_cli_checked("config", "set", meta.store, "nlp", "mode=max")
-        wait_for(lambda: os.readlink(f"{alias_run}/best") == "step-1", "best -> step-1", timeout=2.5)
+        wait_for(lambda: os.readlink(f"{alias_run}/best") == "step-1", "best -> step-1")
         assert sidecar(meta.mnt, "nlp/r/step-1")["tags"] == ["best"]
         assert "best" not in sidecar(meta.mnt, "nlp/r/step-2")["tags"]
         assert "best -> step-1\n" in run_cli_checked("tags", meta.store, "nlp/r").stdout.decode()
@@ -721,7 +721,7 @@ def test_best_follows_the_primary_metric(meta, alias_run):
                                b"not 'sideways'\n")
     finally:
         run_cli_checked("config", "unset", meta.store, "nlp", "primary_metric", "mode")
-    wait_for(lambda: not os.path.lexists(f"{alias_run}/best"), "best gone", timeout=2.5)
+    wait_for(lambda: not os.path.lexists(f"{alias_run}/best"), "best gone")
 
 
 def test_a_version_named_like_an_alias_gets_a_name_of_its_own(meta, alias_run, tmp_path):

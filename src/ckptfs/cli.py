@@ -487,8 +487,12 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
     """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
     from ckptfs.fs import daemon
     Store.open(store).close()  # fail here, with a clear message, if it is not a store
+    if daemon.detach_dead_mount_of(store, mountpoint):
+        click.echo(f"detached the dead mount at {mountpoint} (a previous daemon for this "
+                   "store died; what it left in the inbox is held: see `ckptfs status`)")
     daemon.check_mountpoint(mountpoint)
     check_store_outside(store, mountpoint)
+    daemon.check_store_free(store)
     if foreground:
         # Started by a background `mount` (ready_fd): the log file only, since the
         # parent stops reading our stderr once the mount is up.
@@ -545,8 +549,18 @@ def start_background_mount(store, mountpoint, allow_other, seal_after, log_level
 @main.command()
 @click.argument("mountpoint")
 def umount(mountpoint):
-    """Unmount a ckptfs mount (the daemon finishes in-flight work and exits)."""
+    """Unmount a ckptfs mount (the daemon finishes in-flight work and exits); a mount
+    left dead by a daemon that died is detached."""
     import subprocess
+    from ckptfs.fs import mounts
+    if mounts.is_dead(mountpoint):
+        store = getattr(mounts.entry_at(mountpoint), "store", None)
+        why = mounts.detach(mountpoint)
+        if why:
+            fail(f"cannot detach the dead mount at {mountpoint}: {why}")
+        click.echo(f"detached the dead mount at {mountpoint} (its daemon had died)"
+                   + (f"; mount {store} again to go on" if store else ""))
+        return
     if not os.path.ismount(mountpoint):
         fail(f"{mountpoint} is not mounted")
     proc = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
@@ -555,16 +569,12 @@ def umount(mountpoint):
     click.echo(f"unmounted {mountpoint}")
 
 
-def daemon_pid(store: str) -> int | None:
-    """The pid of a mount daemon serving STORE, if one is running."""
-    from ckptfs.fs.inbox import RUNNING_MARKER
-    try:
-        with open(os.path.join(store, "spool", RUNNING_MARKER)) as f:
-            pid = int(f.read().strip() or 0)
-        os.kill(pid, 0)
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        return None
+def serving_daemon(store: str) -> dict | None:
+    """What the mount daemon serving STORE recorded (pid, mountpoint), if one runs: the
+    holder of its lock (a pid file could name a pid the system has given to another)."""
+    from ckptfs.fs import daemonlock
+    holder = daemonlock.holder(store)
+    return holder if holder is not None and holder.get("role") == daemonlock.DAEMON else None
 
 
 @main.command()
@@ -586,16 +596,14 @@ def seal(store, ref, timeout):
             return
         if why:
             fail(why)
-        if daemon_pid(s.path) is None:  # the same seal the daemon makes, here
-            from ckptfs.fs.offline import seal_offline
-            sealed, errors = seal_offline(s, project, run, path)
-            for line in sealed:
-                click.echo(line)
-            if errors:
-                fail(errors[0])
-            if not sealed:
-                fail(f"nothing of {ref} waits in the inbox")
+        from ckptfs.fs import daemonlock
+        lock, holder = daemonlock.try_acquire(s.path, daemonlock.SEAL)
+        if lock is not None:  # no daemon, and none starts meanwhile: the same seal, here
+            with lock:
+                seal_here(s, project, run, path, ref)
             return
+        if holder.get("role") != daemonlock.DAEMON:
+            fail(daemonlock.busy_message(store, holder))
         start_seq = s.applied_seq()
     # A daemon serves this store: hand it the request and wait for the outcome.
     from ckptfs.fs.offline import request_seal, wait_for_seal
@@ -607,6 +615,17 @@ def seal(store, ref, timeout):
         fail(outcome)
 
 
+def seal_here(s: Store, project: str, run: str, path: str, ref: str):
+    from ckptfs.fs.offline import seal_offline
+    sealed, errors = seal_offline(s, project, run, path)
+    for line in sealed:
+        click.echo(line)
+    if errors:
+        fail(errors[0])
+    if not sealed:
+        fail(f"nothing of {ref} waits in the inbox")
+
+
 def parse_inbox_ref(ref: str) -> tuple[str, str, str]:
     """PROJECT/RUN[/PATH]: a run of the inbox, and a path in its directory ("" for all)."""
     pieces = ref.strip("/").split("/")
@@ -616,10 +635,27 @@ def parse_inbox_ref(ref: str) -> tuple[str, str, str]:
     return project, run, "/".join(pieces[2:])
 
 
+def store_status_line(store: str) -> str:
+    from ckptfs.fs.inbox import RUNNING_MARKER
+    serving = serving_daemon(store)
+    if serving:
+        return (f"store {store}: mounted at {serving.get('mountpoint')} by daemon pid "
+                f"{serving.get('pid')}")
+    if os.path.exists(os.path.join(store, "spool", RUNNING_MARKER)):
+        return (f"store {store}: not mounted; its last daemon died (what it left in the "
+                "inbox is held until written again or sealed with `ckptfs seal`)")
+    return f"store {store}: not mounted"
+
+
 @main.command()
 @click.argument("target", metavar="MOUNTPOINT|STORE")
 def status(target):
     """Pending inbox units, ingest progress and counters."""
+    from ckptfs.fs import mounts
+    if mounts.is_dead(target):
+        store = getattr(mounts.entry_at(target), "store", None) or "STORE"
+        fail(f"{target}: the mount daemon died; recover with `ckptfs umount {target}` then "
+             f"`ckptfs mount {store} {target}` (units it left wait, held, in the inbox)")
     stats_path = os.path.join(target, ".ckptfs", "stats.json")
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
@@ -631,8 +667,9 @@ def status(target):
         from ckptfs.fs.offline import spooled_units
         with open_store(target) as s:
             pending = spooled_units(s)
-        pid = daemon_pid(target)
-        click.echo(f"store {target}: " + (f"mounted by daemon pid {pid}" if pid else "not mounted"))
+        click.echo(store_status_line(target))
+        for dead in mounts.dead_mounts_of(target):
+            click.echo(f"a dead mount of it is left at {dead}: run `ckptfs umount {dead}`")
     if not pending:
         click.echo("nothing waits in the inbox")
     for item in pending:

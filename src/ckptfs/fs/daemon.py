@@ -13,6 +13,7 @@ import trio
 from ckptfs.store import Store, StoreError
 from ckptfs.store.private import make_private_dirs, private_open
 
+from . import daemonlock, mounts
 from .inbox import Inbox
 from .ops import CkptfsOperations
 
@@ -33,6 +34,8 @@ def setup_logging(store_path: str, level: str, foreground: bool) -> str:
 
 
 def check_mountpoint(mountpoint: str):
+    if mounts.is_dead(mountpoint):
+        raise StoreError(dead_mount_message(mountpoint))
     if not os.path.isdir(mountpoint):
         raise StoreError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -40,12 +43,46 @@ def check_mountpoint(mountpoint: str):
                          f"ckptfs umount {mountpoint})")
 
 
+def dead_mount_message(mountpoint: str) -> str:
+    entry = mounts.entry_at(mountpoint)
+    served = f" (it served {entry.store})" if entry and entry.store else ""
+    return (f"{mountpoint} is a dead mount: the daemon serving it died{served}; run "
+            f"`ckptfs umount {mountpoint}` first")
+
+
+def check_store_free(store_path: str):
+    """Refuse early, with the first mount point, if a daemon already serves the store
+    (the daemon's own lock decides; this only spares starting one)."""
+    holder = daemonlock.holder(store_path)
+    if holder is not None:
+        raise daemonlock.StoreBusy(daemonlock.busy_message(store_path, holder), holder)
+
+
+def detach_dead_mount_of(store_path: str, mountpoint: str) -> bool:
+    """A mount point left dead by a daemon of this same store is detached, so that
+    `ckptfs mount` after a crash just works; True if it was. A dead mount of anything
+    else is left alone (check_mountpoint then says so)."""
+    if not mounts.is_dead(mountpoint):
+        return False
+    entry = mounts.entry_at(mountpoint)
+    if entry is None or entry.store != os.path.abspath(store_path):
+        return False
+    why = mounts.detach(mountpoint)
+    if why:
+        raise StoreError(f"cannot detach the dead mount at {mountpoint}: {why}")
+    log.info("detached the dead mount of %s at %s", store_path, mountpoint)
+    return True
+
+
 def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0,
           ready_fd: int | None = None):
     """Mount STORE at MOUNTPOINT and serve until unmounted, SIGTERM or SIGINT."""
     store = Store.open(store_path)
+    lock = inbox = None
     try:
         check_mountpoint(mountpoint)
+        # Before the inbox recovers anything: the spool is this daemon's alone.
+        lock = daemonlock.acquire(store_path, daemonlock.DAEMON, os.path.abspath(mountpoint))
         inbox = Inbox(store, seal_after)
         inbox.mountpoint = os.path.realpath(mountpoint)
         ops = CkptfsOperations(store, inbox)
@@ -60,7 +97,11 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
             log.info("roles are enforced: the daemon checks every request")
         pyfuse3.init(ops, mountpoint, options)
     except BaseException:
+        if inbox is not None:
+            inbox.close()
         store.close()
+        if lock is not None:
+            lock.release()
         raise
     log.info("mounted %s at %s", store_path, mountpoint)
     if ready_fd is not None:
@@ -72,6 +113,7 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         pyfuse3.close(unmount=True)
         inbox.close()
         store.close()
+        lock.release()  # last: the spool is left in order
         log.info("unmounted %s", mountpoint)
 
 

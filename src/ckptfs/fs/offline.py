@@ -11,6 +11,7 @@ import trio
 
 from ckptfs.meta.layout import units_asked
 
+from . import daemonlock
 from .inbox import Inbox
 from .sealer import UnitState
 from .spool import REQUESTS, Spool, write_json_atomically
@@ -91,6 +92,9 @@ def wait_for_seal(store_path: str, project: str, run: str, path: str, start_seq:
         failure = _newest_error(spool, f"{project}/{run}", asked)
         if failure:
             return failure
+        if daemonlock.holder(store_path) is None:
+            return (f"the mount daemon stopped before it sealed {project}/{run}/{path}; "
+                    "run `ckptfs seal` again").replace("/;", ";")
         time.sleep(0.2)
     return (f"{project}/{run}/{path} was not sealed within {timeout:.0f} s (files still open "
             "in it?)").replace("//", "/")

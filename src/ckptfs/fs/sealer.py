@@ -140,7 +140,10 @@ class Sealer:
         base = self.spool.area(SEALING)
         for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
             intent = read_json(os.path.join(base, name))
-            if isinstance(intent, dict) and self.store.version_record(
+            if not _whole_intent(intent):
+                # Cut short or damaged: its unit is still in the spool, held; no clean-up.
+                log.warning("ignored the damaged seal record spool/sealing/%s", name)
+            elif self.store.version_record(
                     intent["project"], intent["run"], intent["version"]) is not None:
                 unit = Unit(intent["unit"], intent["shape"], intent["kind"], ())
                 source = intent["source"]
@@ -729,6 +732,17 @@ class Sealer:
         if state is not None and state.error:
             self.clear_error((*run, unit.path, None), state)
         self.discard_staged((*run, unit.path))
+
+
+INTENT_FIELDS = {"project": str, "run": str, "version": str, "unit": str, "shape": str,
+                 "kind": str, "source": str, "staged": dict}
+
+
+def _whole_intent(intent) -> bool:
+    """Does a spool/sealing record hold every field the clean-up needs?"""
+    return isinstance(intent, dict) and all(
+        isinstance(intent.get(key), kind) for key, kind in INTENT_FIELDS.items()) and all(
+        isinstance(intent["staged"].get(key), dict) for key in ("files", "links"))
 
 
 def _first_line(path: str) -> str | None:

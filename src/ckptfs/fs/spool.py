@@ -18,6 +18,9 @@ daemon running) both use it.
       provenance/<p>/<r>/<key>.json  who wrote what (see inbox.py)
       requests/<n>.json            `ckptfs seal` asking a running daemon to seal a unit
       annotations/<p>/<r>/<key>.json metadata given with `ckptfs.annotate` for a unit
+      daemon.lock                  held (flock) by the one process working on the spool
+                                   (daemonlock.py); daemon.running: a daemon started and
+                                   has not stopped cleanly (after a crash: units are held)
 """
 import itertools
 import json
@@ -43,9 +46,13 @@ def unit_key(unit_path: str) -> str:
 def write_json_atomically(path: str, doc) -> None:
     make_private_dirs(os.path.dirname(path))
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", opener=private_opener) as f:
-        json.dump(doc, f)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", opener=private_opener) as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink(tmp)  # e.g. a full disk cut it short: no half record left in the spool
+        raise
 
 
 def read_json(path: str, default=None):
