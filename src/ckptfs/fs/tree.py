@@ -35,7 +35,7 @@ from datetime import datetime
 from ckptfs.meta import render, run_sidecar, tombstone_sidecar, version_sidecar
 from ckptfs.store import NotFoundError, Store
 from ckptfs.store.catalog import aliases_of
-from ckptfs.store.names import validate_name, InvalidNameError
+
 
 READ_ONLY_DIR = 0o555
 WRITE_BITS = 0o222
@@ -195,11 +195,11 @@ class ProjectTree:
 
     @staticmethod
     def _valid(name: str) -> bool:
-        try:
-            validate_name(name)
-            return True
-        except InvalidNameError:
-            return False
+        """Could a stored project, run or version have this name? Names are checked
+        when they are made; the mount shows whatever the store holds, also a name an
+        older, laxer rule let in (a trailing space, an NFD spelling), so only what no
+        name can be is turned away here."""
+        return name not in ("", ".", "..") and "/" not in name and "\0" not in name
 
     def _newest(self, p: str, r: str) -> dict | None:
         docs = self.run_view(p, r)[0]
