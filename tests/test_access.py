@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -22,7 +21,7 @@ import ckptfs.meta.export  # noqa: F401,E402
 import tqdm  # noqa: F401,E402
 from ckptfs.store import AccessDeniedError, AccessError, NotFoundError, Store
 from ckptfs.store.access import process_actor, request_actor
-from conftest import run_cli_checked, unmount
+from conftest import run_cli_checked, unmount, wait_for
 from samples import make_checkpoint
 
 NOBODY = 65534
@@ -84,14 +83,6 @@ def refusals(store_path: str, uid=NOBODY, **fields) -> list[dict]:
     return [e for e in journal(store_path) if e["type"] == "access.refused" and e["uid"] == uid
             and all(e.get(k) == v for k, v in fields.items())]
 
-
-def wait_for(predicate, timeout=20.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def public_dir() -> str:

@@ -8,20 +8,10 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import run_cli_checked, run_cli_many
+from conftest import run_cli_checked, run_cli_many, wait_for
 
-
-def wait_for(predicate, what: str, timeout: float = 60.0):
-    """Poll until `predicate()` is true; fail after a generous deadline."""
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
-    return result
 
 
 def read_bytes(path) -> bytes:

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import run_cli_checked, unmount
+from conftest import run_cli_checked, unmount, wait_for
 from samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import Store
@@ -53,16 +53,6 @@ def copied_in(tmp_path, mount, seal_after: str, copy: str) -> tuple[str, str]:
     assert sh(copy.format(mnt=mnt)).returncode == 0
     return store, mnt
 
-
-def wait_for(predicate, what: str, timeout: float = SEAL_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.1)
 
 
 def inbox_state(mnt: str, ref: str) -> dict | None:
@@ -434,7 +424,7 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
     refuse_step_100(store, tmp_path)
     open(f"{mnt}/inbox/p/r/v1/.seal", "w").close()
     error_file = f"{mnt}/inbox/p/r/v1.error"
-    wait_for(lambda: os.path.exists(error_file), "the .error file", 15)
+    wait_for(lambda: os.path.exists(error_file), "the .error file")
     text = read(error_file).decode()
     assert text.startswith("sealing p/r/v1 failed: version p/r/v1 does not satisfy the "
                            "schema of project p"), text
@@ -451,7 +441,7 @@ def test_a_seal_that_fails_leaves_the_version_in_the_inbox_with_an_error_file(
     # at least once a second) find nothing due. A second try used to trip over the marker
     # the first had removed.
     rounds = stats(mnt)["sealer_rounds"]
-    wait_for(lambda: stats(mnt)["sealer_rounds"] >= rounds + 3, "three sealer rounds", 30)
+    wait_for(lambda: stats(mnt)["sealer_rounds"] >= rounds + 3, "three sealer rounds")
     assert "unexpectedly" not in mount_log(store)
     assert stats(mnt)["seal_failures"] == 1
     assert "does not satisfy the schema" in run_cli_checked("status", mnt).stdout.decode()
@@ -616,7 +606,7 @@ def test_rm_of_a_sealed_checkpoint_only_hides_it_from_the_inbox(source, tmp_path
     os.makedirs(f"{mnt}/inbox/p/r/v1")  # the name is free again in the working directory
     write(f"{mnt}/inbox/p/r/v1/model.safetensors", read(f"{source}/model.safetensors"))
     open(f"{mnt}/inbox/p/r/v1/.seal", "w").close()
-    wait_for(lambda: os.path.isdir(f"{mnt}/projects/p/r/v1~2"), "the second v1", 15)
+    wait_for(lambda: os.path.isdir(f"{mnt}/projects/p/r/v1~2"), "the second v1")
     assert inbox_state(mnt, REF) == {"state": "sealed", "version": "p/r/v1~2"}
     assert os.listdir(f"{mnt}/inbox/p/r/v1") == ["model.safetensors"]
     remount = run_cli_checked("umount", mnt)
@@ -714,7 +704,7 @@ def test_after_the_daemon_is_killed_the_inbox_keeps_complete_files_and_holds_the
                                    "--seal-after", "1"], stdout=out, stderr=out)
     writer = None
     try:
-        wait_for(lambda: os.path.ismount(crash_mnt) or daemon.poll() is not None, "the mount", 15)
+        wait_for(lambda: os.path.ismount(crash_mnt) or daemon.poll() is not None, "the mount")
         assert daemon.poll() is None, read(tmp_path / "daemon.out").decode()
         version = f"{crash_mnt}/inbox/p/r/v1"
         os.makedirs(version)
@@ -771,7 +761,7 @@ def test_a_quiet_version_left_by_a_clean_unmount_is_sealed_after_remounting(
     assert "unmounted" in run_cli_checked("umount", mnt).stdout.decode()
     assert not os.path.ismount(mnt)
     marker = os.path.join(store, "spool", "daemon.running")
-    wait_for(lambda: not os.path.exists(marker), "the daemon to finish", 15)
+    wait_for(lambda: not os.path.exists(marker), "the daemon to finish")
     assert not os.path.exists(f"{store}/projects")  # nothing sealed by the unmount itself
     with Store.open(store) as s:
         assert s.version_record("p", "r", "v1") is None
@@ -897,7 +887,7 @@ def test_a_version_cut_short_by_a_full_disk_is_held_not_sealed(small_disk, tmp_p
     def held():  # v1/big.bin, or v1 if more.bin got written too
         status = run_cli_checked("status", mnt).stdout.decode()
         return re.search(r"p/r/v1\S*: held", status)
-    wait_for(held, "the cut-short version to be held", 20)
+    wait_for(held, "the cut-short version to be held")
     assert_daemon_alive(mnt)
     assert os.listdir(f"{mnt}/projects") == []
     assert sh(f"rm -r {version}").returncode == 0  # the job gives up on it: it goes

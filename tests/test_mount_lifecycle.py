@@ -5,26 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-from conftest import run_cli_checked, unmount
+from conftest import run_cli_checked, unmount, wait_for
 
 from ckptfs.store import Store
-
-DEADLINE = 30.0
-
-
-def wait_for(predicate, what: str, timeout: float = DEADLINE):
-    """Poll `predicate` until it holds (the deadline only catches a hang)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def new_store(tmp_path, name="store") -> str:

@@ -8,6 +8,7 @@ dedups whole, and block i of a tensor lines up with block i of the same tensor i
 previous checkpoint (which the XOR-delta codec relies on).
 """
 import json
+import os
 import struct
 from dataclasses import dataclass
 
@@ -152,3 +153,53 @@ class Chunker:
             buf[:filled - consumed] = buf[consumed:filled]
             filled -= consumed
             buf_pos += consumed
+
+
+class FileReader:
+    """Whole reads of an open file for the chunker (`read`, `readinto`): a read error,
+    or a file that changed size while it is read, raises `error` naming the file. One
+    reader for every place that cuts a file (ingest, repair), so they cut it alike."""
+
+    def __init__(self, fd: int, path: str, size: int, error: type[Exception] = OSError,
+                 doing: str = "read"):
+        self.fd, self.path, self.size = fd, path, size
+        self.error, self.doing = error, doing
+
+    def _failed(self, e: OSError) -> Exception:
+        return self.error(f"{self.path}: read error: {e.strerror or e}")
+
+    def _changed(self) -> Exception:
+        return self.error(f"{self.path} changed size while being {self.doing}")
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as e:
+            raise self._failed(e) from None
+        if len(data) != length:
+            raise self._changed()
+        return data
+
+    def readinto(self, offset: int, view) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                got = os.preadv(self.fd, [view[done:]], offset + done)
+            except OSError as e:
+                raise self._failed(e) from None
+            if got == 0:
+                raise self._changed()
+            done += got
+
+    def tensor_layout(self):
+        """The tensors of a safetensors file (None for any other file)."""
+        header_size = safetensors_header_size(self.read(0, 8)) if self.size >= 10 else 0
+        if header_size and header_size <= self.size:
+            return parse_safetensors_header(self.read(0, header_size), self.size)
+        return None
+
+    def chunks(self, chunker, layout, tensor_block: int):
+        """(segment, offset, bytes) of every chunk of the file, in order."""
+        for segment in plan_segments(layout, self.size, tensor_block):
+            for offset, data in chunker.cut(segment, self.read, self.readinto):
+                yield segment, offset, data

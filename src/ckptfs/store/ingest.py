@@ -36,7 +36,7 @@ from typing import Callable, Hashable
 
 from . import codec as codecs
 from .catalog import FILES_KIND
-from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
+from .chunking import Chunker, FileReader
 from .errors import SourceError, StoreFullError
 from .index import Location
 from .pack import FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackWriter
@@ -321,32 +321,8 @@ class Ingest:
 
     def _ingest_open_file(self, src: SourceEntry, fd: int, pool, hasher) -> dict:
         st = os.fstat(fd)
-        size = st.st_size
-
-        def read(offset, length):
-            try:
-                data = os.pread(fd, length, offset)
-            except OSError as e:
-                raise SourceError(f"{src.abs_path}: read error: {e.strerror}") from None
-            if len(data) != length:
-                raise SourceError(f"{src.abs_path} changed size while being imported")
-            return data
-
-        def readinto(offset, view):
-            done = 0
-            while done < len(view):
-                try:
-                    got = os.preadv(fd, [view[done:]], offset + done)
-                except OSError as e:
-                    raise SourceError(f"{src.abs_path}: read error: {e.strerror}") from None
-                if got == 0:
-                    raise SourceError(f"{src.abs_path} changed size while being imported")
-                done += got
-
-        layout = None
-        header_size = safetensors_header_size(read(0, 8)) if size >= 10 else 0
-        if header_size and header_size <= size:
-            layout = parse_safetensors_header(read(0, header_size), size)
+        reader = FileReader(fd, src.abs_path, st.st_size, SourceError, "imported")
+        layout = reader.tensor_layout()
         delta_bases = self.store.delta_bases(self.delta_parent, src.path, layout) \
             if layout is not None and self.delta_parent else {}
 
@@ -356,24 +332,24 @@ class Ingest:
         chunks = []
         stored_before = self.stats.new_stored_bytes
         try:
-            for segment in plan_segments(layout, size, self.store.config.chunking.tensor_block):
-                for offset, data in self.chunker.cut(segment, read, readinto):
-                    hash_backlog.append(hasher.submit(sha.update, data))
-                    while len(hash_backlog) > MAX_HASH_BACKLOG:
-                        hash_backlog.popleft().result()
-                    chunk_id = self.store.chunk_id(data)
-                    chunks.append([chunk_id.hex(), len(data)])
-                    self.stats.total_chunks += 1      # live figures for progress; the
-                    self.stats.logical_bytes += len(data)  # totals are redone at the end
-                    if not self._is_stored(chunk_id):
-                        base = delta_bases.get(offset)
-                        future = pool.submit(self._encode, data, segment.width, base)
-                        inflight.append((chunk_id, len(data), future))
-                        self.pending_ids.add(chunk_id)
-                        while len(inflight) > MAX_INFLIGHT:
-                            self._write_encoded(*inflight.popleft())
-                    if self.progress:
-                        self.progress(len(data), self.stats)
+            tensor_block = self.store.config.chunking.tensor_block
+            for segment, offset, data in reader.chunks(self.chunker, layout, tensor_block):
+                hash_backlog.append(hasher.submit(sha.update, data))
+                while len(hash_backlog) > MAX_HASH_BACKLOG:
+                    hash_backlog.popleft().result()
+                chunk_id = self.store.chunk_id(data)
+                chunks.append([chunk_id.hex(), len(data)])
+                self.stats.total_chunks += 1      # live figures for progress; the
+                self.stats.logical_bytes += len(data)  # totals are redone at the end
+                if not self._is_stored(chunk_id):
+                    base = delta_bases.get(offset)
+                    future = pool.submit(self._encode, data, segment.width, base)
+                    inflight.append((chunk_id, len(data), future))
+                    self.pending_ids.add(chunk_id)
+                    while len(inflight) > MAX_INFLIGHT:
+                        self._write_encoded(*inflight.popleft())
+                if self.progress:
+                    self.progress(len(data), self.stats)
             while inflight:
                 self._write_encoded(*inflight.popleft())
         finally:
@@ -389,7 +365,7 @@ class Ingest:
         if len(seen) > 1:
             raise SourceError(f"{src.abs_path} changed while being imported: is a writer still "
                               "running? Import it again once the checkpoint is complete")
-        return {"size": size, "sha256": sha.hexdigest(),
+        return {"size": st.st_size, "sha256": sha.hexdigest(),
                 "stored": self.stats.new_stored_bytes - stored_before, "chunks": chunks}
 
     def _is_stored(self, chunk_id: bytes) -> bool:

@@ -25,7 +25,7 @@ import blake3
 import orjson
 
 from . import codec as codecs
-from .chunking import Chunker, parse_safetensors_header, plan_segments, safetensors_header_size
+from .chunking import Chunker, FileReader
 from .errors import IntegrityError, StoreError
 from .index import Index, Location, version_key
 from .ingest import take_ingest_lock
@@ -286,26 +286,11 @@ class RepairMixin:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 return
-            size = st.st_size
-
-            def read(offset, length):
-                return os.pread(fd, length, offset)
-
-            def readinto(offset, view):
-                done = 0
-                while done < len(view):
-                    got = os.preadv(fd, [view[done:]], offset + done)
-                    if got == 0:
-                        raise OSError(f"{path} shrank while being read")
-                    done += got
-
-            layout = None
-            header_size = safetensors_header_size(read(0, 8)) if size >= 10 else 0
-            if header_size and header_size <= size:
-                layout = parse_safetensors_header(read(0, header_size), size)
-            for segment in plan_segments(layout, size, self.config.chunking.tensor_block):
-                for _offset, data in chunker.cut(segment, read, readinto):
-                    yield self.chunk_id(data), data
+            reader = FileReader(fd, path, st.st_size, OSError)
+            tensor_block = self.config.chunking.tensor_block
+            for _segment, _offset, data in reader.chunks(chunker, reader.tensor_layout(),
+                                                         tensor_block):
+                yield self.chunk_id(data), data
         finally:
             os.close(fd)
 
