@@ -3,14 +3,15 @@
 checkpoint files written again, copy-up, and lineage from what a process read."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import run_cli_checked
+from conftest import run_cli_checked, wait_for
 from safetensors.numpy import save_file
-from test_mount_inbox import new_store, read, verify_ok, wait_for, write
+from test_mount_inbox import new_store, read, verify_ok, write
 
 import ckptfs
 from ckptfs.store import Store
@@ -251,3 +252,26 @@ def test_a_seal_committed_by_a_daemon_that_died_is_not_sealed_twice(tmp_path, mo
     assert ckptfs.state(f"{mnt}/inbox/p/r/v1") == {"state": "sealed", "version": "p/r/v1"}
     assert "nothing waits in the inbox" in run_cli_checked("status", mnt).stdout.decode()
     assert sorted(os.listdir(f"{mnt}/projects/p/r")) == ["latest", "run.json", "v1", "v1.json"]
+
+
+def test_a_checkpoint_removed_before_its_seal_never_shows_again(run_dir):
+    """A job that rotates its checkpoints (accelerate's total_limit) lists them right
+    after removing one. The removed one, sealed at once, used to show again in the
+    listing between the seal's commit and its clean-up, and the job's next rotation
+    failed to remove it (ENOENT). A reader lists the directory without pause from the
+    removal until the seal is done."""
+    store, mnt, run = run_dir
+    base = os.path.join(run, "checkpoints")
+    for attempt in range(5):
+        name = f"checkpoint_{attempt}"
+        os.makedirs(os.path.join(base, name))
+        for member in ("model.safetensors", "optimizer.bin", "random_states_0.pkl"):
+            write(os.path.join(base, name, member), os.urandom(4096))
+        shutil.rmtree(os.path.join(base, name))
+        sealed = os.path.join(mnt, "projects", RUN, name)
+        reappeared = 0
+        while not os.path.isdir(sealed):  # the seal follows the removal at once
+            reappeared += name in os.listdir(base)
+        reappeared += name in os.listdir(base)
+        assert reappeared == 0, f"{name} showed again {reappeared} times after its removal"
+    assert os.listdir(base) == []

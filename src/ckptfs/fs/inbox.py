@@ -239,6 +239,14 @@ class Inbox:
         self.spool.save_hidden(*run, hidden)
         self._views.pop(run, None)
 
+    def unhide(self, run: tuple, version: str):
+        """Forget what was hidden of `version` (a seal that hid its version ahead of its
+        commit, and then failed: the name is free again)."""
+        hidden = self.hidden(run)
+        if hidden.pop(version, None) is not None:
+            self.spool.save_hidden(*run, hidden)
+            self._views.pop(run, None)
+
     def view(self, run: tuple) -> RunView:
         """The sealed part of the run's working view, as of the catalog now."""
         seq = self.store.applied_seq()
@@ -976,6 +984,10 @@ class Inbox:
             state.requested, state.held = True, False
             self.sealer.wake()
             return
+        if state.sealing:
+            # Its seal has read the annotations already (and may be committed, its
+            # spool copy not yet cleaned up): a late one would be silently lost.
+            raise pyfuse3.FUSEError(errno.EROFS)
         try:
             doc = json.loads(value)
         except ValueError:

@@ -51,6 +51,7 @@ class UnitState:
     requested: bool = False      # seal it at once (.seal, ckptfs.seal, ckptfs seal)
     batch: str | None = None     # removed whole before its seal: its batch in spool/removed
     removed_while_sealing: bool = False
+    version: str | None = None   # the name its seal under way gives it
     # Failed or held once: if the job removes it, it is let go rather than sealed.
     troubled: bool = False
 
@@ -485,6 +486,14 @@ class Sealer:
         ingest_key = (*run, unit_path) if batch is None else (*run, unit_path, batch)
         version = free_version_name(unit.name_hint, functools.partial(
             self.name_taken, run, own=self.staged.get(ingest_key)))
+        state.version = version
+        hidden_ahead = state.removed_while_sealing or (
+            batch is not None and self.spool.batch_hides(p, r, batch))
+        if hidden_ahead:
+            # The job removed it: hidden before its commit, so that no listing shows it
+            # again between the commit and the clean-up (a job that lists its checkpoints
+            # right after removing one would find it back, and fail to remove it again).
+            self.inbox.hide(run, version, "")
         intent = self.spool.area(SEALING, self.spool.new_id() + ".json")
         parent, inputs = self.read_lineage(run, unit, state)
         read_lineage = {"inputs": inputs} if inputs else {}
@@ -519,6 +528,8 @@ class Sealer:
         except (StoreError, OSError) as e:
             if os.path.exists(intent):
                 os.unlink(intent)
+            if hidden_ahead or state.removed_while_sealing:
+                self.inbox.unhide(run, version)  # no such version: the name is free again
             self._seal_failed(key, state, e)
             return
         await trio.to_thread.run_sync(self._release_sealed, key, state, root, staged, version)
@@ -601,6 +612,7 @@ class Sealer:
         p, r, unit_path, batch = key
         state.sealing = False
         state.requested = False
+        state.version = None
         state.error = str(error)
         state.troubled = True
         self.counters["seal_failures"] += 1
@@ -700,6 +712,8 @@ class Sealer:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 os.replace(source, target)
             state.removed_while_sealing = True
+            if state.version is not None:  # not shown again once its seal commits
+                self.inbox.hide(run, state.version, "")
             return
         try:
             batch = self.spool.detach_removed(*run, unit, area, hide=hide)
