@@ -389,12 +389,12 @@ def test_chunks_a_version_sealed_during_the_gc_uses_are_kept(small):
     pack that holds them."""
     with Store.open(small.path) as s:
         s.apply_retention()                           # a is deleted; its chunks are dead
-        liveness = s._liveness()
-        plan = s._plan_packs(liveness)
+        liveness = s.collector.liveness()
+        plan = s.collector.plan_packs(liveness)
         assert plan.drop or plan.rewrite
         s.import_directory(small.src, "p", "r3", "again")   # dedups against a's chunks
         report = GcReport(False, "", s.config.gc.rewrite_below)
-        s._reclaim(liveness, plan, report, None)
+        s.collector.reclaim(liveness, plan, report, None)
         assert report.revived > 0 and report.old_packs_kept
         assert s.verify().ok
     assert_restores(small.path, ["p/r3/again"], {"p/r3/again": small.src}, small.tmp / "out")
@@ -405,7 +405,7 @@ def test_a_reader_whose_pack_was_just_rewritten_looks_again(small):
     copies it to a new pack and deletes the old one."""
     with Store.open(small.path) as reader:
         reader.apply_retention()        # a goes; b shares a's optimizer.pt (same bytes)
-        old = set(reader._plan_packs(reader._liveness()).rewrite)
+        old = set(reader.collector.plan_packs(reader.collector.liveness()).rewrite)
         chunk_id = next(bytes.fromhex(c) for e in reader.walk("p", "r", "b")
                         if e["type"] == "file" for c, _ in e["chunks"]
                         if reader.index_location(bytes.fromhex(c)).pack_id in old)

@@ -315,7 +315,7 @@ def delta_and_base(store_path) -> tuple[bytes, bytes]:
     from ckptfs.store import codec
     with Store.open(store_path) as s:
         for chunk_hex, _length in s.entry("p", "r", "v2", "model.safetensors")["chunks"]:
-            record = s._read_record(bytes.fromhex(chunk_hex))
+            record = s.reader.read_record(bytes.fromhex(chunk_hex))
             base = codec.delta_base_id(record.codec, record.payload)
             if base is not None:
                 return bytes.fromhex(chunk_hex), base

@@ -18,9 +18,10 @@ secret (`--hub_token X`, `--password=X`). docs/sidecar.md, "Secrets".
 """
 import fnmatch
 import os
-import pwd
 import re
 import socket
+
+from ckptfs.store.users import user_name
 
 DEFAULT_ENV_ALLOW = ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "SLURM_JOB_NAME",
                      "SLURM_ARRAY_TASK_ID", "WORLD_SIZE", "RANK", "LOCAL_RANK",
@@ -169,15 +170,6 @@ def read_command_line(proc: str) -> list[str] | None:
     if data.endswith(b"\0"):
         data = data[:-1]
     return [arg.decode("utf-8", "replace") for arg in data.split(b"\0")] if data else []
-
-
-def user_name(uid: int | None) -> str | None:
-    if uid is None:
-        return None
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
 
 
 def read_environment(proc: str, env_allow) -> dict | None:

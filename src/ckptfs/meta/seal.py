@@ -15,10 +15,10 @@ and that is checked before any byte is stored (SealRefused).
 """
 import copy
 import os
-import pwd
 from datetime import datetime, timezone
 
 from ckptfs.store.ingest import walk_source
+from ckptfs.store.users import user_name
 
 from .extract import extract_facts
 from .fields import json_safe
@@ -38,13 +38,6 @@ def deep_merge(base: dict, over: dict) -> dict:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-def user_name(uid) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, TypeError):
-        return None
 
 
 def env_allow_list(store, project: str) -> list[str]:

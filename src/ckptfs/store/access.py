@@ -28,16 +28,20 @@ import threading
 import time
 
 from .errors import AccessDeniedError, AccessError, NotFoundError
+from .events import access_enforcement, access_granted, access_refused, access_revoked
+from .names import ALL_PROJECTS, check_project
+from .users import NAMES_TTL
+from .users import group_name as group_of
+from .users import user_name as user_of
 
 log = logging.getLogger("ckptfs.access")
 log.addHandler(logging.NullHandler())  # the CLI prints the error itself: no stray stderr line
 
 ROLES = ("reader", "writer", "maintainer", "admin")
 RANKS = {role: rank for rank, role in enumerate(ROLES, 1)}
-ALL = "*"
+ALL = ALL_PROJECTS
 REFUSAL_JOURNAL_INTERVAL = 60.0   # seconds between journal entries of the same refusal
 GROUPS_TTL = 1.0                  # how long the groups of a requesting pid are trusted
-NAMES_TTL = 60.0                  # how long a uid/gid -> name lookup is trusted
 
 
 def role_rank(role: str | None) -> int:
@@ -49,34 +53,6 @@ def check_role(role: str) -> str:
     if role not in ROLES:
         raise AccessError(f"unknown role {role!r}; roles, lowest first: {', '.join(ROLES)}")
     return role
-
-
-# -- names of users and groups --------------------------------------------------------------
-class _NameCache:
-    """uid/gid -> name, trusted for NAMES_TTL (the user database rarely changes, and a
-    lookup per file-system request would cost more than the request)."""
-
-    def __init__(self, lookup):
-        self._lookup = lookup
-        self._names: dict[int, tuple[float, str | None]] = {}
-
-    def __call__(self, number: int) -> str | None:
-        now = time.monotonic()
-        hit = self._names.get(number)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        try:
-            name = self._lookup(number)
-        except (KeyError, OverflowError, TypeError):
-            name = None
-        if len(self._names) > 4096:
-            self._names.clear()
-        self._names[number] = (now + NAMES_TTL, name)
-        return name
-
-
-user_of = _NameCache(lambda uid: pwd.getpwuid(uid).pw_name)
-group_of = _NameCache(lambda gid: grp.getgrgid(gid).gr_name)
 
 
 def parse_principal(text: str, must_exist: bool = True) -> str:
@@ -260,35 +236,23 @@ class _RefusalLimiter:
             return True
 
 
-def apply_access_event(index, txn, entry: dict) -> bool:
-    """Reflect an access event in the index; False if `entry` is not one."""
-    kind = entry["type"]
-    if kind == "access.granted" or kind == "access.revoked":
-        grants = dict(index.get_setting(txn, entry["project"], "access") or {})
-        if kind == "access.granted":
-            grants[entry["principal"]] = entry["role"]
-        else:
-            grants.pop(entry["principal"], None)
-        index.put_setting(txn, entry["project"], "access", grants or None)
-    elif kind == "access.enforcement":
-        index.put_setting(txn, ALL, "enforcement", bool(entry["enabled"]))
-    elif kind != "access.refused":  # a refusal changes nothing
-        return False
-    return True
+class AccessControl:
+    """Who may do what: the rules in force (read from the index), checks, refusals
+    (journaled through the committer), and changes to the rules. `store_path` names
+    the store in the commands its messages suggest."""
 
-
-class AccessMixin:
-    """Access operations of `Store` (it provides `index`, `path`, `applied_seq`,
-    `_check_project` and `_commit_catalog_event`)."""
-
-    _access_cache: tuple[int, AccessRules] | None = None
-    _refusal_limiter: _RefusalLimiter | None = None
+    def __init__(self, index, committer, store_path: str):
+        self.index = index
+        self.committer = committer
+        self.path = store_path
+        self._access_cache: tuple[int, AccessRules] | None = None
+        self._refusal_limiter = _RefusalLimiter()
 
     # -- reading the rules ----------------------------------------------------------------
     def access_rules(self) -> AccessRules:
         """The rules in force, re-read only when the journal moved on (a grant made by
         another process, e.g. the CLI beside a mount, counts at once)."""
-        seq = self.applied_seq()
+        seq = self.committer.applied_seq()
         cached = self._access_cache
         if cached is not None and cached[0] == seq:
             return cached[1]
@@ -361,14 +325,11 @@ class AccessMixin:
         files) is still refused: only the journal entry is lost, and logged."""
         actor = error.actor
         log.warning("access refused%s: %s", f" ({error.path})" if error.path else "", error)
-        if self._refusal_limiter is None:
-            self._refusal_limiter = _RefusalLimiter()
         if not self._refusal_limiter.due((actor.get("uid"), error.operation, error.project)):
             return
-        event = {"type": "access.refused", "operation": error.operation,
-                 "project": error.project, "path": error.path, "role": error.needed}
+        event = access_refused(error.operation, error.project, error.path, error.needed)
         try:
-            self._commit_catalog_event(lambda: event, actor)
+            self.committer.commit_event(lambda: event, actor)
         except Exception as e:  # noqa: BLE001  the refusal stands regardless
             log.warning("could not journal the refusal above: %s", e)
 
@@ -391,7 +352,7 @@ class AccessMixin:
         """Give `principal` `role` on `project` (`*`: every project), replacing the role it
         had there. Needs admin on that project when enforced. Returns the journal entry
         (None if it had that role already)."""
-        self._check_project(project)
+        check_project(project)
         check_role(role)
         principal = parse_principal(principal)
         self.authorize(actor, project, "admin", "change access")
@@ -402,14 +363,13 @@ class AccessMixin:
                 return None
             if project == ALL and previous == "admin":
                 self._keep_an_admin(principal)
-            return {"type": "access.granted", "project": project, "principal": principal,
-                    "role": role, "previous": previous}
-        return self._commit_catalog_event(event, actor)
+            return access_granted(project, principal, role, previous)
+        return self.committer.commit_event(event, actor)
 
     def revoke(self, project: str, principal: str, actor: dict | None = None) -> dict:
         """Take away the grant to `principal` on `project`. Needs admin on that project
         when enforced. Refused for the last admin of `*`."""
-        self._check_project(project)
+        check_project(project)
         principal = parse_principal(principal, must_exist=False)
         self.authorize(actor, project, "admin", "change access")
 
@@ -420,9 +380,8 @@ class AccessMixin:
                                     f"ckptfs access show {self.path})")
             if project == ALL and previous == "admin":
                 self._keep_an_admin(principal)
-            return {"type": "access.revoked", "project": project, "principal": principal,
-                    "previous": previous}
-        return self._commit_catalog_event(event, actor)
+            return access_revoked(project, principal, previous)
+        return self.committer.commit_event(event, actor)
 
     def set_enforcement(self, enabled: bool, actor: dict | None = None) -> dict | None:
         """Switch enforcement on or off (admin on `*` when enforced). Turning it on is
@@ -439,8 +398,8 @@ class AccessMixin:
                     f"{describe_actor(actor)} is not an admin of every project (*): turning "
                     "enforcement on would lock you out of access changes; first: ckptfs "
                     f"access grant {self.path} '*' admin {user_principal(actor['uid'])}")
-            return {"type": "access.enforcement", "enabled": enabled}
-        return self._commit_catalog_event(event, actor)
+            return access_enforcement(enabled)
+        return self.committer.commit_event(event, actor)
 
     def _keep_an_admin(self, principal: str):
         admins = [p for p, r in self.access_grants().get(ALL, {}).items() if r == "admin"]
@@ -449,12 +408,10 @@ class AccessMixin:
                               f"admin on '*' to someone else first (ckptfs access grant "
                               f"{self.path} '*' admin user:NAME)")
 
-    def _start_access(self, shared: bool):
+    def start(self, shared: bool):
         """A new store: its creator becomes admin of every project; `shared` turns
         enforcement on."""
         creator = user_principal(os.getuid())
-        self._commit_catalog_event(lambda: {"type": "access.granted", "project": ALL,
-                                            "principal": creator, "role": "admin",
-                                            "previous": None})
+        self.committer.commit_event(lambda: access_granted(ALL, creator, "admin", None))
         if shared:
-            self._commit_catalog_event(lambda: {"type": "access.enforcement", "enabled": True})
+            self.committer.commit_event(lambda: access_enforcement(True))

@@ -12,20 +12,50 @@
   unsafe-pickles policy and the globals a project trusts in pickles) and the
   project's JSON Schema, also journaled. Project `*` holds defaults for every project.
 
+- Versions: their records and entries (the file tree), tombstones of deleted ones, and
+  the damage recorded against them; `commit` adds a version prepared by an ingest.
+
 The metadata itself is opaque here: the meta layer decides what goes into it.
+
+`Catalog` is given the index (reads), the committer (every change is a journal event),
+access control (who may change what), signing (a seal's signature) and the store's
+chunk id function (a manifest's id).
 """
 import gc
 import math
 from contextlib import contextmanager
 
-from .access import apply_access_event
-from .errors import AliasError, NotFoundError, ReservedAliasError, SettingError
+from .damage import refresh_version_damage
+from .errors import (
+    AliasError,
+    ChunksReclaimedError,
+    IntegrityError,
+    NotFoundError,
+    ReservedAliasError,
+    SettingError,
+    VersionDeletedError,
+    VersionExistsError,
+)
+from .events import (
+    alias_removed,
+    alias_set,
+    project_schema,
+    project_settings,
+    version_sealed,
+)
 from .index import SPLIT_FIELDS, Index, fs_bytes, version_key
-from .names import validate_name
-from .signing import apply_key_event
+from .ingest import IngestReport, PreparedVersion
+from .manifest import SCHEMA as MANIFEST_SCHEMA
+from .manifest import compress_manifest, encode_manifest, version_digest
+from .names import ALL_PROJECTS, check_project, validate_name, validate_version_name
+from .parentage import (
+    CHECKPOINT_KIND,
+    FILES_KIND,
+    is_checkpoint_kind,
+    with_default_parent,
+)
 
 DERIVED_ALIASES = ("latest", "best")
-ALL_PROJECTS = "*"
 # Settings a project may have: name -> (check, what a valid value is).
 PROJECT_SETTINGS = {
     "primary_metric": (lambda v: isinstance(v, str) and v != "", "a metric name"),
@@ -40,79 +70,6 @@ PROJECT_SETTINGS = {
         isinstance(x, str) and "." in x and x.strip() == x and x for x in v),
         "a list of MODULE.NAME or MODULE.* globals"),
 }
-
-
-# A version's `kind` (in its metadata): "checkpoint" (weights: the default), or "files"
-# (logs, metrics, anything without a model). A files version is never `latest`, `best`,
-# a default parent or a delta base.
-CHECKPOINT_KIND, FILES_KIND = "checkpoint", "files"
-
-
-def is_checkpoint_kind(doc: dict) -> bool:
-    return doc.get("kind") != FILES_KIND
-
-
-def search_document(record: dict, meta: dict) -> dict:
-    """The catalog document of a version from its index record and sealed metadata."""
-    logical, unique = record["logical_bytes"], record["new_raw_bytes"]
-    stored = record["new_stored_bytes"]
-    doc = dict(meta)
-    doc.update(
-        project=record["project"], run=record["run"], version=record["version"],
-        sealed_at=record["sealed_at"], seq=record["seq"], digest=record["digest"],
-        file_count=record["files"],
-        storage={
-            "logical_bytes": logical,
-            "new_stored_bytes": stored,
-            "new_unique_bytes": unique,
-            # How many logical bytes each newly stored byte stands for (dedup and
-            # compression together), and the two factors apart.
-            "dedup_ratio": round(logical / unique, 3) if unique else None,
-            "compression_ratio": round(unique / stored, 3) if stored and unique else None,
-            "delta_parent": record.get("delta_parent"),
-        })
-    if record.get("signature"):
-        doc["signature"] = record["signature"]
-    return doc
-
-
-def apply_catalog_event(index: Index, txn, entry: dict) -> None:
-    """Reflect a journal entry other than `version.sealed` in the index."""
-    kind = entry["type"]
-    if kind == "alias.set":
-        index.set_alias(txn, entry["project"], entry["run"], entry["alias"], entry["version"])
-    elif kind == "alias.removed":
-        index.delete_alias(txn, entry["project"], entry["run"], entry["alias"])
-    elif kind == "project.settings":
-        index.put_setting(txn, entry["project"], "settings", entry["settings"] or None)
-    elif kind == "project.schema":
-        index.put_setting(txn, entry["project"], "schema", entry["schema"])
-    elif kind == "retention.set":
-        scope = entry["project"] if entry.get("run") is None else f"{entry['project']}/{entry['run']}"
-        index.put_setting(txn, scope, "retention", entry["policy"])
-    elif kind == "version.deleted":
-        apply_deletion(index, txn, entry)
-    elif kind in ("key.set", "key.unset"):
-        apply_key_event(index, txn, entry)
-    else:
-        apply_access_event(index, txn, entry)  # access.*; other types are skipped
-
-
-def apply_deletion(index: Index, txn, entry: dict) -> None:
-    """A `version.deleted` event: the version leaves `versions`, `entries`, `search` and
-    `columns` (so find, log, ls, latest and best no longer see it) and its record and
-    catalog document become its tombstone in `deleted`. Its manifest stays in its pack
-    (garbage collection keeps it), so the tombstone's file list can always be shown."""
-    vkey = version_key(entry["project"], entry["run"], entry["version"])
-    removed = index.delete_version(txn, vkey)
-    if removed is None:
-        return  # not in the index (a journal naming an unknown version): nothing to move
-    record, doc = removed
-    index.put_tombstone(txn, vkey, {
-        "record": record, "document": doc, "deleted_at": entry["time"], "seq": entry["seq"],
-        "deletion": {"reason": entry.get("reason"), "policy": entry.get("policy"),
-                     "manual": bool(entry.get("manual")), "uid": entry.get("uid"),
-                     "user": entry.get("user")}})
 
 
 def metric_value(doc: dict, metric: str) -> float | None:
@@ -152,9 +109,23 @@ def run_prefix(project: str, run: str) -> bytes:
     return fs_bytes(f"{project}/{run}") + b"\0"
 
 
-class CatalogMixin:
-    """Catalog operations of `Store` (it provides `index`, `journal`, `_catch_up`,
-    `_journal_and_index` and, from AccessMixin, `authorize`)."""
+def version_name(project, run, version) -> str:
+    return f"{project}/{run}/{version}"
+
+
+def deleted_on(tombstone: dict) -> str:
+    return tombstone["deleted_at"][:10]
+
+
+class Catalog:
+    """What the store knows about its versions (module docstring)."""
+
+    def __init__(self, index: Index, committer, access, signing, chunk_id):
+        self.index = index
+        self.committer = committer
+        self.access = access
+        self.signing = signing
+        self.chunk_id = chunk_id
 
     # -- documents ------------------------------------------------------------------
     def catalog_document(self, project: str, run: str, version: str) -> dict | None:
@@ -292,7 +263,7 @@ class CatalogMixin:
                   actor: dict | None = None) -> dict:
         """Point `alias` at version `target` of the run (or at what alias `target` names).
         Journaled with the version it pointed at before. Needs maintainer (enforced)."""
-        self.authorize(actor, project, "maintainer", "set or move aliases",
+        self.access.authorize(actor, project, "maintainer", "set or move aliases",
                        f"{project}/{run}/{alias}")
 
         def event():
@@ -301,12 +272,11 @@ class CatalogMixin:
             previous = self._explicit_alias(project, run, alias)
             if previous == version:
                 return None
-            return {"type": "alias.set", "project": project, "run": run, "alias": alias,
-                    "version": version, "previous": previous}
-        return self._commit_catalog_event(event, actor)
+            return alias_set(project, run, alias, version, previous)
+        return self.committer.commit_event(event, actor)
 
     def remove_alias(self, project: str, run: str, alias: str, actor: dict | None = None) -> dict:
-        self.authorize(actor, project, "maintainer", "remove aliases", f"{project}/{run}/{alias}")
+        self.access.authorize(actor, project, "maintainer", "remove aliases", f"{project}/{run}/{alias}")
 
         def event():
             if alias in DERIVED_ALIASES:
@@ -315,9 +285,8 @@ class CatalogMixin:
             version = self._explicit_alias(project, run, alias)
             if version is None:
                 raise NotFoundError(f"{project}/{run} has no alias {alias!r}")
-            return {"type": "alias.removed", "project": project, "run": run, "alias": alias,
-                    "version": version}
-        return self._commit_catalog_event(event, actor)
+            return alias_removed(project, run, alias, version)
+        return self.committer.commit_event(event, actor)
 
     def rename_alias(self, project: str, run: str, old: str, new: str,
                      actor: dict | None = None) -> None:
@@ -387,8 +356,8 @@ class CatalogMixin:
                                 actor: dict | None = None) -> dict:
         """Set (and unset) settings of a project (`*`: every project); returns them.
         Needs maintainer on it (enforced)."""
-        self._check_project(project)
-        self.authorize(actor, project, "maintainer", "change project settings")
+        check_project(project)
+        self.access.authorize(actor, project, "maintainer", "change project settings")
         for name, value in changes.items():
             if name not in PROJECT_SETTINGS:
                 raise SettingError(f"unknown setting {name!r}; known: "
@@ -404,8 +373,8 @@ class CatalogMixin:
             settings = {**self.project_settings(project, inherited=False), **changes}
             for name in unset:
                 settings.pop(name, None)
-            return {"type": "project.settings", "project": project, "settings": settings}
-        self._commit_catalog_event(event, actor)
+            return project_settings(project, settings)
+        self.committer.commit_event(event, actor)
         return self.project_settings(project, inherited=False)
 
     def project_schema(self, project: str, inherited: bool = True) -> dict | None:
@@ -419,28 +388,258 @@ class CatalogMixin:
                            actor: dict | None = None) -> None:
         """Attach (or with None, remove) a project's schema. The caller checks that it is
         a valid JSON Schema: the engine stores it as it is. Needs maintainer (enforced)."""
-        self._check_project(project)
-        self.authorize(actor, project, "maintainer", "change the project schema")
-        self._commit_catalog_event(lambda: {"type": "project.schema", "project": project,
-                                            "schema": schema}, actor)
+        check_project(project)
+        self.access.authorize(actor, project, "maintainer", "change the project schema")
+        self.committer.commit_event(lambda: project_schema(project, schema), actor)
 
     def _setting(self, project: str, kind: str):
         with self.index.read() as txn:
             return self.index.get_setting(txn, project, kind)
 
-    @staticmethod
-    def _check_project(project: str):
-        if project != ALL_PROJECTS:
-            validate_name(project, "project")
+    # -- versions -------------------------------------------------------------------------
+    def projects(self) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, b"")
 
-    # -- journaled changes ------------------------------------------------------------
-    def _commit_catalog_event(self, make_event, actor: dict | None = None) -> dict | None:
-        """Journal the event `make_event()` returns (None: nothing to change) and apply it,
-        both under the journal lock, so checks and change see the same state."""
-        with self.journal.locked():
-            self._catch_up()
-            event = make_event()
-            if event is None:
-                return None
-            return self._journal_and_index(
-                event, actor, lambda txn, entry: apply_catalog_event(self.index, txn, entry))
+    def runs(self, project: str) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, version_key(project, "", "")[:-1])
+
+    def versions(self, project: str, run: str) -> list[dict]:
+        prefix = version_key(project, run, "")
+        with self.index.read() as txn:
+            return list(self.index.iter_versions(txn, prefix))
+
+    def all_versions(self) -> list[dict]:
+        with self.index.read() as txn:
+            return list(self.index.iter_versions(txn))
+
+    def version_record(self, project: str, run: str, version: str) -> dict | None:
+        with self.index.read() as txn:
+            return self.index.get_version(txn, project, run, version)
+
+    def require_version(self, project: str, run: str, version: str) -> dict:
+        record = self.version_record(project, run, version)
+        if record is None:
+            self.raise_if_lost(project, run, version)
+            raise self.deleted_error(project, run, version) or NotFoundError(
+                f"no version {version_name(project, run, version)} in the store")
+        return record
+
+    def list_dir(self, project: str, run: str, version: str, dir_path: str = "") -> list[dict]:
+        self.require_version(project, run, version)
+        vkey = version_key(project, run, version)
+        if dir_path:
+            entry = self.entry(project, run, version, dir_path)
+            if entry["type"] != "dir":
+                return [entry]
+        with self.index.read() as txn:
+            return list(self.index.list_entries(txn, vkey, dir_path))
+
+    def entry(self, project: str, run: str, version: str, path: str) -> dict:
+        path = path.strip("/")
+        with self.index.read() as txn:
+            entry = self.index.get_entry(txn, version_key(project, run, version), path)
+        if entry is None:
+            raise NotFoundError(f"{version_name(project, run, version)} has no {path!r}")
+        return entry
+
+    def walk(self, project: str, run: str, version: str) -> list[dict]:
+        """Every entry of a version, parents before children, each directory's children in
+        name order."""
+        vkey = version_key(project, run, version)
+        out = []
+        with self.index.read() as txn:
+            def visit(dir_path):
+                for entry in self.index.list_entries(txn, vkey, dir_path):
+                    out.append(entry)
+                    if entry["type"] == "dir":
+                        visit(entry["path"])
+            visit("")
+        return out
+
+    def newest_checkpoint(self, project: str, run: str) -> dict | None:
+        """The catalog document of the run's newest version of kind `checkpoint`: the
+        parent and delta base of its next version. `files` versions (logs, metrics) are
+        never either (docs/mount.md)."""
+        docs = self.catalog_documents(project, run, fields=[("kind",)])
+        checkpoints = [d for d in docs if is_checkpoint_kind(d)]
+        return max(checkpoints, key=lambda d: d["seq"]) if checkpoints else None
+
+    def check_new_version(self, project: str, run: str, version: str):
+        """Raise unless PROJECT/RUN/VERSION is a valid name that is free (the commit checks
+        again; this is for failing early, before unpacking or reading anything)."""
+        validate_name(project, "project")
+        validate_name(run, "run")
+        validate_version_name(version)
+        if self.version_record(project, run, version) is not None:
+            raise VersionExistsError(
+                f"version {version_name(project, run, version)} already exists; versions are "
+                "immutable: import under a new version name")
+        self.check_name_not_deleted(project, run, version)
+        if self.name_in_run(project, run, version) == "alias":
+            raise VersionExistsError(
+                f"{project}/{run} has an alias named {version!r}: choose another version "
+                "name (or remove the alias with `ckptfs untag`)")
+
+    # -- tombstones -------------------------------------------------------------------------
+    def tombstone(self, project: str, run: str, version: str) -> dict | None:
+        with self.index.read() as txn:
+            return self.index.get_tombstone(txn, version_key(project, run, version))
+
+    def tombstones(self, project: str | None = None, run: str | None = None) -> list[dict]:
+        """Tombstones (all, a project's or a run's), in key order."""
+        if project is None:
+            prefix = b""
+        elif run is None:
+            prefix = fs_bytes(project + "/")
+        else:
+            prefix = version_key(project, run, "")
+        with self.index.read() as txn:
+            return list(self.index.iter_tombstones(txn, prefix))
+
+    def deleted_count(self) -> int:
+        with self.index.read() as txn:
+            return self.index.deleted_count(txn)
+
+    def deleted_projects(self) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, b"", self.index.deleted)
+
+    def deleted_runs(self, project: str) -> list[str]:
+        with self.index.read() as txn:
+            return self.index.distinct_components(txn, fs_bytes(project + "/"), self.index.deleted)
+
+    @staticmethod
+    def tombstone_document(tombstone: dict) -> dict:
+        """The catalog document of a deleted version as it was, with `deleted_at` and
+        `deletion` (reason, policy, manual, uid, user); it has no aliases any more."""
+        doc = dict(tombstone["document"] or {})
+        doc.update(deleted_at=tombstone["deleted_at"], deletion=tombstone["deletion"],
+                   aliases=[], tags=sorted(doc.get("tags") or []))
+        return doc
+
+    def deleted_error(self, project: str, run: str, version: str) -> NotFoundError | None:
+        """The error for a version that was deleted (None if it was not)."""
+        tomb = self.tombstone(project, run, version)
+        if tomb is None:
+            return None
+        reason = tomb["deletion"].get("reason") or "no reason given"
+        return NotFoundError(
+            f"version {project}/{run}/{version} was deleted on {deleted_on(tomb)} ({reason}); "
+            f"its sidecar stays: `ckptfs show STORE {project}/{run}/{version}` or "
+            f"MOUNT/.ckptfs/deleted/{project}/{run}/{version}.json")
+
+    def check_name_not_deleted(self, project: str, run: str, version: str) -> None:
+        tomb = self.tombstone(project, run, version)
+        if tomb is not None:
+            raise VersionDeletedError(
+                f"version {project}/{run}/{version} was deleted on {deleted_on(tomb)}: version "
+                "names are never reused; import under a new version name")
+
+    # -- recorded damage --------------------------------------------------------------------
+    def version_damage(self, project: str | None = None, run: str | None = None) -> list[dict]:
+        """The recorded damage of the versions of a run (or a project, or all)."""
+        prefix = b"" if project is None else version_key(project, run, "") if run is not None \
+            else version_key(project, "", "")[:-1]
+        with self.index.read() as txn:
+            return list(self.index.iter_version_damage(txn, prefix))
+
+    def raise_if_lost(self, project: str, run: str, version: str) -> None:
+        """A version whose file list was lost cannot be read: say so, not "no version"."""
+        with self.index.read() as txn:
+            damage = self.index.version_damage(txn, version_key(project, run, version))
+        if damage is not None and damage.get("manifest"):
+            raise IntegrityError(f"version {project}/{run}/{version} is damaged: "
+                                 f"{damage['manifest']}; it cannot be read")
+
+    # -- sealing a version ------------------------------------------------------------------
+    def commit(self, prepared: PreparedVersion, metadata: dict | None,
+               actor: dict | None) -> IngestReport:
+        """Journal and index a version an ingest prepared, under the journal lock: its name
+        must still be free and the chunks it shares still stored; its signature and its
+        parent (parentage.py) are decided here, once, and its manifest written as the
+        last record of its packs. `actor`: who the journal names (default: us)."""
+        p, r, v = prepared.project, prepared.run, prepared.version
+        entries = prepared.entries
+        digest = version_digest(entries)
+        with self.committer.locked():
+            self.committer.catch_up()
+            if self.version_record(p, r, v) is not None:
+                raise VersionExistsError(
+                    f"version {version_name(p, r, v)} was created by another import meanwhile; "
+                    "versions are immutable: import under a new version name")
+            self.check_name_not_deleted(p, r, v)
+            self._check_chunks_still_stored(prepared)
+            # Under the lock: the key is the one configured at the moment of the seal.
+            signature = self.signing.seal_signature(p, r, v, digest)
+            # Written under the lock: the parent it names must be the newest version
+            # of the run at the moment of the commit.
+            manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,
+                        "root": prepared.root, "digest": digest, "entries": entries,
+                        "meta": with_default_parent(metadata, p, r, self.newest_checkpoint)}
+            raw = encode_manifest(manifest)
+            manifest_id = self.chunk_id(raw)
+            manifest_loc = prepared.write_manifest(manifest_id, len(raw), compress_manifest(raw))
+            with self.index.read() as txn:
+                fresh = {cid: loc for cid, loc in prepared.new_chunks.items()
+                         if not self.index.sound_chunk(txn, cid)}
+            stats, parent = prepared.stats, prepared.delta_parent
+            event = version_sealed(
+                p, r, v, manifest=manifest_id.hex(), digest=digest, packs=prepared.pack_ids,
+                files=sum(1 for e in entries if e["type"] == "file"),
+                logical_bytes=stats.logical_bytes,
+                new_raw_bytes=sum(loc.raw_len for loc in fresh.values()),
+                new_stored_bytes=sum(loc.length for loc in fresh.values()) + manifest_loc.length,
+                delta_parent=version_name(parent["project"], parent["run"], parent["version"])
+                if parent else None, signature=signature)
+            entry = self.committer.journal_and_index(
+                event, actor, NewVersionRecords(manifest, manifest_id, manifest_loc, fresh))
+        return IngestReport(p, r, v, entry["files"], len(entries), digest, 0.0, stats,
+                            entry["delta_parent"])
+
+    def _check_chunks_still_stored(self, prepared: PreparedVersion):
+        """Every chunk the version uses, and the base of every delta its ingest wrote,
+        must be in the index or among the ingest's own new chunks (checked under the
+        journal lock, which a garbage collection's index switch also takes). A gc in
+        another process may have reclaimed a chunk since the ingest deduplicated
+        against it, or chose it as a delta base."""
+        needed = {bytes.fromhex(chunk) for e in prepared.entries if e["type"] == "file"
+                  for chunk, _length in e["chunks"]}
+        needed.update(prepared.delta_base_of.values())
+        needed.difference_update(prepared.new_chunks)
+        with self.index.read() as txn:
+            missing = sum(1 for chunk_id in needed if self.index.get_chunk(txn, chunk_id) is None)
+        if missing:
+            name = version_name(prepared.project, prepared.run, prepared.version)
+            raise ChunksReclaimedError(
+                f"{missing} chunk(s) that {name} shares with other versions were reclaimed "
+                "by a garbage collection while it was being imported; nothing was committed: "
+                "import it again")
+
+
+class NewVersionRecords:
+    """The records a commit has just written (events.Records): the chunks the index does
+    not hold soundly yet (a fresh copy of a damaged one heals it) and the manifest."""
+
+    def __init__(self, manifest: dict, manifest_id: bytes, manifest_loc, fresh: dict):
+        self._manifest = manifest
+        self.manifest_id, self.manifest_loc = manifest_id, manifest_loc
+        self.fresh = fresh
+
+    def index_records(self, index: Index, txn, entry: dict) -> None:
+        healed = False
+        for cid, loc in self.fresh.items():
+            if not index.add_chunk(txn, cid, loc) or index.chunk_damage(txn, cid) is not None:
+                index.replace_chunk(txn, cid, loc)  # a fresh copy of a damaged chunk
+                healed = True
+        index.add_manifest(txn, self.manifest_id, self.manifest_loc)
+        if healed:
+            refresh_version_damage(index, txn)
+
+    def manifest(self, index: Index, txn, entry: dict) -> dict:
+        return self._manifest
+
+
+__all__ = ["ALL_PROJECTS", "CHECKPOINT_KIND", "DERIVED_ALIASES", "FILES_KIND", "Catalog",
+           "aliases_of", "is_checkpoint_kind"]

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (Ed25519PrivateKey
                                                                Ed25519PublicKey)
 
 from .errors import SigningKeyError, StoreError, read_key_material
-from .signing import ALGORITHM
 
+ALGORITHM = "ed25519"
 MESSAGE_LABEL = b"ckptfs.version-signature/1\n"
 
 

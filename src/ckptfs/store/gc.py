@@ -1,7 +1,7 @@
 """Garbage collection: versions deleted by retention policy, then the space of what no
 version uses any more, reclaimed so that a crash at any moment leaves a sound store.
 
-`ckptfs gc STORE` is `Store.collect_garbage()`:
+`ckptfs gc STORE` is `Store.collect_garbage()`, which is `GarbageCollector.collect`:
 
 1. One gc at a time: an exclusive flock on `STORE/gc/lock`.
 2. An interrupted gc is finished first (its intent file, see below).
@@ -12,8 +12,8 @@ version uses any more, reclaimed so that a crash at any moment leaves a sound st
    a seal). They are removed only when no ingest is under way anywhere: every ingest
    holds `STORE/ingest.lock` shared; gc takes it exclusively, without waiting.
 5. Liveness: the live chunks are those the entries of live versions name, plus the base
-   of every live chunk stored as an XOR-delta (read through `Store._read_record`, the
-   one place that may decrypt). The live manifests are those of live AND deleted
+   of every live chunk stored as an XOR-delta (read through `ChunkReader.read_record`,
+   the one place that may decrypt). The live manifests are those of live AND deleted
    versions (a tombstone's file list comes from its manifest). Every other chunk the
    index knows is dead.
 6. Packs whose live records fill less than `gc.rewrite_below` of them (ckptfs.toml) are
@@ -37,10 +37,10 @@ Concurrency with imports and the mount (both may run while gc does):
   every commit take the journal lock, so they are ordered: a commit before the switch
   is seen by the switch (chunks of versions sealed since the liveness snapshot, and
   their delta bases, are "revived": they keep their index entry, and the old pack they
-  are in is kept), and a commit after it finds the chunk gone (`commit_version` checks)
+  are in is kept), and a commit after it finds the chunk gone (`Catalog.commit` checks)
   and the ingest starts over (`Store.import_directory`).
 - A reader may have looked up a location in an old pack just before gc deleted it: a
-  missing pack makes `Store._read_record` look the chunk up again, once.
+  missing pack makes `ChunkReader.read_record` look the chunk up again, once.
 - The test hook CKPTFS_GC_CRASH_AT=after-deletions|after-new-packs|after-index-switch|
   mid-old-pack-removal makes gc exit abruptly at that point (os._exit), so tests can
   check that the next gc finishes what a killed one started.
@@ -53,7 +53,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from . import codec as codecs
+from .codec import delta_base_id
+from .damage import note_damaged_chunk
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
@@ -222,12 +223,26 @@ def pack_bytes_on_disk(packs_dir: str) -> int:
     return total
 
 
-class GcMixin:
-    """Garbage collection of `Store` (it provides `index`, `journal`, `packs`, `config`,
-    `_catch_up`, `_read_record`, `apply_retention` and `plan_retention`)."""
+class GarbageCollector:
+    """Garbage collection of the store at `store_path` (module docstring). Given the
+    index, the committer (its lock orders the index switch with every commit), the pack
+    files (`packs_dir`, read through `packs`), the reader (delta bases of live chunks),
+    the catalog (tombstones) and retention (what the policies delete)."""
+
+    def __init__(self, store_path: str, config, index, committer, packs_dir: str, packs,
+                 reader, catalog, retention):
+        self.path = store_path
+        self.config = config
+        self.index = index
+        self.committer = committer
+        self.packs_dir = packs_dir
+        self.packs = packs
+        self.reader = reader
+        self.catalog = catalog
+        self.retention = retention
 
     # -- the whole run ------------------------------------------------------------------
-    def collect_garbage(self, dry_run: bool = False, now: datetime | None = None,
+    def collect(self, dry_run: bool = False, now: datetime | None = None,
                         actor: dict | None = None, progress=None) -> GcReport:
         """Delete what the retention policies say and reclaim the space of every chunk no
         version uses any more (module docstring). With `dry_run`, change nothing and
@@ -239,26 +254,23 @@ class GcMixin:
         with self._gc_locked():
             report.recovered = self._finish_interrupted_gc()
             report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
-            report.deletions = self.apply_retention(now, actor)
+            report.deletions = self.retention.apply_retention(now, actor)
             crash_point("after-deletions")
             self._remove_leftover_packs(report)
-            liveness = self._liveness(progress=progress)
-            plan = self._plan_packs(liveness)
-            self._reclaim(liveness, plan, report, progress)
+            liveness = self.liveness(progress=progress)
+            plan = self.plan_packs(liveness)
+            self.reclaim(liveness, plan, report, progress)
             report.pack_bytes_after = pack_bytes_on_disk(self.packs_dir)
         return report
 
     def _dry_run(self, report: GcReport, now: datetime, actor, progress) -> GcReport:
-        plan = self.plan_retention(now)
-        refused = self._retention_refusal(plan.deletions, actor)  # a plan is for maintainers
-        if refused is not None:
-            self.record_refusal(refused)
-            raise refused
+        plan = self.retention.plan_retention(now)
+        self.retention.refuse_unless_allowed(plan.deletions, actor)  # a plan is for maintainers
         report.deletions = plan.deletions
         report.pending_recovery = load_intent(self.path) is not None
         going = {version_key(d.project, d.run, d.version) for d in report.deletions}
-        liveness = self._liveness(exclude=going, progress=progress)
-        packs = self._plan_packs(liveness)
+        liveness = self.liveness(exclude=going, progress=progress)
+        packs = self.plan_packs(liveness)
         dead = liveness.dead_chunks()
         report.freed_chunks = len(dead)
         report.freed_bytes = sum(loc.length for loc in dead.values())
@@ -297,7 +309,7 @@ class GcMixin:
             os.close(fd)
 
     # -- liveness ---------------------------------------------------------------------
-    def _liveness(self, exclude: set[bytes] = frozenset(), progress=None) -> Liveness:
+    def liveness(self, exclude: set[bytes] = frozenset(), progress=None) -> Liveness:
         """Live chunks and manifests; versions in `exclude` (version keys) count as
         deleted already (a dry run)."""
         with self.index.read() as txn:
@@ -317,7 +329,7 @@ class GcMixin:
 
     def _delta_bases(self, chunk_ids, progress=None) -> set[bytes]:
         """The bases of those of `chunk_ids` stored as XOR-delta (every record is read,
-        through `_read_record`: the codec and base id are only known from the record)."""
+        through the reader: the codec and base id are only known from the record)."""
         ids = list(chunk_ids)
         bases = set()
         with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-gc") as pool:
@@ -330,17 +342,17 @@ class GcMixin:
 
     def _delta_base_of(self, chunk_id: bytes) -> bytes | None:
         try:
-            record = self._read_record(chunk_id)
+            record = self.reader.read_record(chunk_id)
         except IntegrityError as e:
             # Its base cannot be known, so nothing may be declared dead: stop here.
-            self.note_damaged_chunk(e.chunk_id or chunk_id, str(e))
+            note_damaged_chunk(self.index, e.chunk_id or chunk_id, str(e))
             raise StoreError(f"garbage collection cannot read a live chunk ({e}); nothing "
                              "was reclaimed: run `ckptfs verify` to see the damage and `ckptfs "
                              "repair` to mend it (docs/recovery.md)") from None
-        return codecs.delta_base_id(record.codec, record.payload)
+        return delta_base_id(record.codec, record.payload)
 
     # -- which packs go -------------------------------------------------------------------
-    def _plan_packs(self, liveness: Liveness) -> PackPlan:
+    def plan_packs(self, liveness: Liveness) -> PackPlan:
         live_bytes: dict[int, int] = {}
         referenced = set()
         for db_records, live in ((liveness.chunks, liveness.live_chunks),
@@ -367,7 +379,7 @@ class GcMixin:
         return PackPlan(rewrite, drop, sizes, live_bytes)
 
     # -- reclaiming -------------------------------------------------------------------------
-    def _reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress):
+    def reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress):
         if plan.old:
             save_intent(self.path, {"old": plan.old, "new": []})
         moves = self._copy_live_records(liveness, plan, report, progress)
@@ -430,8 +442,8 @@ class GcMixin:
         """Re-point the copied records and forget the dead chunks, in one transaction
         under the journal lock. Returns the old packs that must stay (they hold chunks a
         version sealed meanwhile uses)."""
-        with self.journal.locked():
-            self._catch_up()
+        with self.committer.locked():
+            self.committer.catch_up()
             revived = self._revived_since(liveness)
             dead = {c: loc for c, loc in liveness.dead_chunks().items() if c not in revived}
             dead_manifests = liveness.dead_manifests()
@@ -456,9 +468,9 @@ class GcMixin:
     def _chunks_of_tombstoned(self, decisions) -> set[bytes]:
         refs = set()
         for d in decisions:
-            tomb = self.tombstone(d.project, d.run, d.version)
+            tomb = self.catalog.tombstone(d.project, d.run, d.version)
             if tomb is not None:
-                for entry in self.tombstone_entries(tomb):
+                for entry in self.retention.tombstone_entries(tomb):
                     refs.update(bytes.fromhex(c) for c, _ in entry.get("chunks", ()))
         return refs
 
@@ -561,8 +573,8 @@ class GcMixin:
                 if report.leftovers_kept:
                     report.leftovers_reason = "an import or a mount is ingesting now"
                 return
-            with self.journal.locked():
-                self._catch_up()  # a version journaled but not indexed names its packs
+            with self.committer.locked():
+                self.committer.catch_up()  # a version journaled but not indexed names its packs
             leftovers = self._unreferenced_packs()
             for pack_id in leftovers:
                 try:

@@ -99,6 +99,15 @@ def _map_lmdb_error(e: lmdb.Error, path: str) -> StoreError:
 class Index:
     def __init__(self, path: str, readonly: bool = False):
         self.path = path
+        self._open(readonly)
+
+    def reopen(self) -> None:
+        """Open the index at its path again, after `close`: the directory there was
+        replaced by a new index (rebuild-index). Parts holding this object keep it."""
+        self._open(readonly=False)
+
+    def _open(self, readonly: bool) -> None:
+        path = self.path
         try:
             # As bytes: py-lmdb encodes a str path as UTF-8, which a path with other
             # bytes (valid on Linux) is not.

@@ -1,10 +1,15 @@
-"""Ingest: a directory becomes a sealed version.
+"""Ingest: a directory becomes a prepared version, which the catalog then commits.
 
     walk source -> per file: cut into chunks -> keyed BLAKE3 id -> dedup against the
     index and this ingest -> encode (zstd / byte-group / XOR-delta) -> encrypt (an
-    encrypted store) -> append to this ingest's own pack files -> manifest record ->
-    close packs (fsync) -> commit (journal append, then index update) under the store's
-    commit lock.
+    encrypted store) -> append to this ingest's own pack files -> PreparedVersion
+    -> `Catalog.commit`: manifest record, close packs (fsync), journal append, index
+    update, under the store's commit lock.
+
+The write path goes one way: an ingest is given what it reads (the chunk id function, a
+chunk lookup, the delta bases of the version's parent, a sink for its packs that holds
+the cipher) and never calls back into the store; what it hands over is a
+`PreparedVersion`.
 
 Work overlaps on both cores: the calling thread reads and cuts, a worker pool encodes,
 and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
@@ -27,19 +32,19 @@ import fcntl
 import hashlib
 import os
 import stat
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from . import codec as codecs
-from .catalog import FILES_KIND
 from .chunking import Chunker, FileReader
+from .codec import XOR_DELTA, ZSTD, Encoder, delta_base_id
 from .errors import SourceError, StoreFullError
 from .index import Location
-from .pack import FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackWriter
+from .pack import KIND_CHUNK, KIND_MANIFEST
+from .packsink import PackSink
+from .parentage import FILES_KIND
 from .private import private_open
 
 INGEST_LOCK = "ingest.lock"
@@ -89,6 +94,32 @@ class IngestReport:
     def compression_ratio(self) -> float:
         s = self.stats
         return s.new_raw_bytes / s.new_stored_bytes if s.new_stored_bytes else 1.0
+
+
+@dataclass
+class PreparedVersion:
+    """A version an ingest has stored and not committed yet: its entries, and the records
+    of its own packs (nothing refers to them until the commit)."""
+    project: str
+    run: str
+    version: str
+    root: dict                             # mode and mtime of the source directory
+    entries: list[dict]
+    stats: IngestStats
+    new_chunks: dict[bytes, Location]      # chunks this ingest wrote
+    delta_base_of: dict[bytes, bytes]      # its XOR-delta chunks -> their base
+    delta_parent: dict | None              # record of the version its deltas are against
+    sink: PackSink
+
+    @property
+    def pack_ids(self) -> list[int]:
+        return self.sink.pack_ids
+
+    def write_manifest(self, manifest_id: bytes, raw_len: int, payload: bytes) -> Location:
+        """Append the manifest record and close every pack of this version (fsync)."""
+        loc = self.sink.append(KIND_MANIFEST, ZSTD, manifest_id, raw_len, payload)
+        self.sink.close()
+        return loc
 
 
 def walk_source(src: str) -> tuple[os.stat_result, list[SourceEntry]]:
@@ -142,17 +173,25 @@ def take_ingest_lock(store_path: str) -> int:
 
 
 class Ingest:
-    """One import of a directory as PROJECT/RUN/VERSION. Use `Store.import_directory`."""
+    """One import of a directory as PROJECT/RUN/VERSION. Use `Store.import_directory`.
 
-    def __init__(self, store, project: str, run: str, version: str, progress=None):
-        self.store = store
+    Given: the store's `chunking` and `compression` settings, `chunk_id(bytes)` (the
+    keyed BLAKE3), `is_stored(chunk id)` (in the index and sound), `deltas` (the delta
+    parent, its tensors' chunks and keyframes: deltas.py), `sink` (the new packs it
+    writes: packsink.py) and `store_path` (for the ingest lock)."""
+
+    def __init__(self, project: str, run: str, version: str, *, chunking, compression,
+                 chunk_id, is_stored, deltas, sink: PackSink, store_path: str):
         self.project, self.run, self.version = project, run, version
-        self.progress = progress
-        cfg = store.config
-        self.chunker = Chunker(cfg.chunking.min_size, cfg.chunking.avg_size, cfg.chunking.max_size)
-        self.encoder = codecs.Encoder(cfg.compression.level, cfg.compression.min_saving)
+        self.progress = None
+        self.tensor_block = chunking.tensor_block
+        self.chunker = Chunker(chunking.min_size, chunking.avg_size, chunking.max_size)
+        self.encoder = Encoder(compression.level, compression.min_saving)
+        self.chunk_id = chunk_id
+        self.is_stored = is_stored
+        self.deltas = deltas
+        self.sink = sink
         self.stats = IngestStats()
-        self.writers: list[PackWriter] = []
         self.session_chunks: dict[bytes, Location] = {}  # chunks this ingest wrote
         self.delta_base_of: dict[bytes, bytes] = {}       # its XOR-delta chunks -> their base
         self.pending_ids: set[bytes] = set()               # being encoded right now
@@ -163,10 +202,19 @@ class Ingest:
         self.kind: str | None = None
         self.preferred_parent: dict | None = None
         self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
-        self.on_new_pack: Callable[[int], None] | None = None  # told each pack id it opens
-        self.metadata: dict = {}  # sealed with the version (the meta layer's sidecar fields)
-        self.actor: dict | None = None  # who the journal names for the seal (default: us)
-        self._lock_fd = take_ingest_lock(store.path)
+        # The metadata the version is sealed with: its kind and lineage parent choose the
+        # delta parent (the catalog's commit decides the version's parent).
+        self.metadata: dict = {}
+        self._lock_fd = take_ingest_lock(store_path)
+
+    @property
+    def on_new_pack(self) -> Callable[[int], None] | None:
+        """Told each pack id this ingest opens (the mount notes them: staged packs)."""
+        return self.sink.on_new_pack
+
+    @on_new_pack.setter
+    def on_new_pack(self, callback: Callable[[int], None] | None) -> None:
+        self.sink.on_new_pack = callback
 
     def release(self):
         """Let garbage collection know this ingest no longer owns unreferenced packs."""
@@ -176,29 +224,6 @@ class Ingest:
 
     def __del__(self):
         self.release()
-
-    # -- packs ------------------------------------------------------------------------
-    def _writer(self) -> PackWriter:
-        w = self.writers[-1] if self.writers else None
-        if w is None or w.size >= self.store.config.packs.target_size:
-            if w is not None:
-                w.close()
-            w = PackWriter(self.store.packs_dir, self.store.index.allocate_pack_id())
-            self.writers.append(w)
-            if self.on_new_pack:
-                self.on_new_pack(w.pack_id)
-        return w
-
-    def _store_record(self, kind, codec_id, record_id, raw_len, payload) -> Location:
-        """Append a record to this ingest's pack: every record is written here, so it is
-        where an encrypted store's payloads are encrypted (after compression)."""
-        flags = 0
-        if self.store.cipher is not None:
-            payload = self.store.cipher.encrypt(kind, codec_id, raw_len, record_id, payload)
-            flags = FLAG_ENCRYPTED
-        w = self._writer()
-        offset, length = w.append(kind, codec_id, record_id, raw_len, payload, flags)
-        return Location(w.pack_id, offset, length, raw_len)
 
     @contextmanager
     def _workers(self):
@@ -223,7 +248,7 @@ class Ingest:
         if kind == FILES_KIND:
             return  # logs and metrics: no tensors to delta-code
         preferred = self.preferred_parent or (self.metadata.get("lineage") or {}).get("parent")
-        self.delta_parent = self.store.delta_parent_for(
+        self.delta_parent = self.deltas.parent_for(
             self.project, self.run, preferred if isinstance(preferred, dict) else None)
 
     # -- ahead of the seal (the mount) ------------------------------------------------
@@ -252,31 +277,35 @@ class Ingest:
 
     def abort(self):
         """Delete this ingest's packs: nothing refers to them."""
-        for w in self.writers:
-            w.abort()
-        self.writers.clear()
+        self.sink.abort()
         self.session_chunks.clear()
         self.delta_base_of.clear()
         self.prepared.clear()
         self.release()
 
     # -- main -------------------------------------------------------------------------
-    def execute(self, src: str,
-                token_of: Callable[[SourceEntry], Hashable | None] | None = None) -> IngestReport:
-        """Ingest `src` and commit it. `token_of(entry)` names a file's prepared result
-        (None: read the file now)."""
-        started = time.monotonic()
+    def prepare_version(self, src: str, token_of: Callable[[SourceEntry], Hashable | None]
+                        | None = None) -> PreparedVersion:
+        """Store every file of `src` not stored yet (call inside `aborted_on_error`).
+        `token_of(entry)` names a file's prepared result (None: read the file now)."""
         root_st, found = walk_source(src)
         self._choose_delta_parent()
+        with self._workers() as (pool, hasher):
+            entries = [self._entry(e, pool, hasher, token_of) for e in found]
+        files = [e for e in entries if e["type"] == "file"]
+        self.stats.logical_bytes = sum(e["size"] for e in files)
+        self.stats.total_chunks = sum(len(e["chunks"]) for e in files)
+        root = {"mode": stat.S_IMODE(root_st.st_mode), "mtime_ns": root_st.st_mtime_ns}
+        return PreparedVersion(self.project, self.run, self.version, root, entries, self.stats,
+                               self.session_chunks, self.delta_base_of, self.delta_parent,
+                               self.sink)
+
+    @contextmanager
+    def aborted_on_error(self):
+        """Around the preparing and the commit of the version: on any error this ingest
+        is aborted (its packs deleted), on success it lets go of its lock."""
         try:
-            with self._workers() as (pool, hasher):
-                entries = [self._entry(e, pool, hasher, token_of) for e in found]
-            files = [e for e in entries if e["type"] == "file"]
-            self.stats.logical_bytes = sum(e["size"] for e in files)
-            self.stats.total_chunks = sum(len(e["chunks"]) for e in files)
-            root = {"mode": stat.S_IMODE(root_st.st_mode), "mtime_ns": root_st.st_mtime_ns}
-            report = self.store.commit_version(self, root, entries)
-            self.release()
+            yield
         except BaseException as e:
             self.abort()
             if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -285,8 +314,7 @@ class Ingest:
                     f"{self.project}/{self.run}/{self.version}; nothing was committed: "
                     "free some space and import again") from None
             raise
-        report.seconds = time.monotonic() - started
-        return report
+        self.release()
 
     def _entry(self, src: SourceEntry, pool, hasher, token_of=None) -> dict:
         entry = {"path": src.path, "type": src.kind, "mode": stat.S_IMODE(src.st.st_mode),
@@ -323,7 +351,7 @@ class Ingest:
         st = os.fstat(fd)
         reader = FileReader(fd, src.abs_path, st.st_size, SourceError, "imported")
         layout = reader.tensor_layout()
-        delta_bases = self.store.delta_bases(self.delta_parent, src.path, layout) \
+        delta_bases = self.deltas.bases(self.delta_parent, src.path, layout) \
             if layout is not None and self.delta_parent else {}
 
         sha = hashlib.sha256()
@@ -332,12 +360,11 @@ class Ingest:
         chunks = []
         stored_before = self.stats.new_stored_bytes
         try:
-            tensor_block = self.store.config.chunking.tensor_block
-            for segment, offset, data in reader.chunks(self.chunker, layout, tensor_block):
+            for segment, offset, data in reader.chunks(self.chunker, layout, self.tensor_block):
                 hash_backlog.append(hasher.submit(sha.update, data))
                 while len(hash_backlog) > MAX_HASH_BACKLOG:
                     hash_backlog.popleft().result()
-                chunk_id = self.store.chunk_id(data)
+                chunk_id = self.chunk_id(data)
                 chunks.append([chunk_id.hex(), len(data)])
                 self.stats.total_chunks += 1      # live figures for progress; the
                 self.stats.logical_bytes += len(data)  # totals are redone at the end
@@ -370,12 +397,12 @@ class Ingest:
 
     def _is_stored(self, chunk_id: bytes) -> bool:
         return (chunk_id in self.session_chunks or chunk_id in self.pending_ids
-                or self.store.has_chunk(chunk_id))
+                or self.is_stored(chunk_id))
 
     def _encode(self, data, width: int, base_chunk_id):
         """Runs on a worker: the smallest of a delta against the base and a plain encode."""
         if base_chunk_id is not None:
-            keyframe = self.store.keyframe_of(base_chunk_id)
+            keyframe = self.deltas.keyframe(base_chunk_id)
             if keyframe is not None:
                 base_id, base_bytes = keyframe
                 delta = self.encoder.encode_delta(data, base_bytes, base_id, width or 4)
@@ -389,20 +416,12 @@ class Ingest:
 
     def _write_encoded(self, chunk_id, raw_len, future):
         codec_id, payload = future.result()
-        loc = self._store_record(KIND_CHUNK, codec_id, chunk_id, raw_len, payload)
+        loc = self.sink.append(KIND_CHUNK, codec_id, chunk_id, raw_len, payload)
         self.pending_ids.discard(chunk_id)
         self.session_chunks[chunk_id] = loc
         self.stats.new_chunks += 1
         self.stats.new_raw_bytes += raw_len
         self.stats.new_stored_bytes += loc.length
-        if codec_id == codecs.XOR_DELTA:
+        if codec_id == XOR_DELTA:
             self.stats.delta_chunks += 1
-            self.delta_base_of[chunk_id] = codecs.delta_base_id(codec_id, payload)
-
-    def write_manifest(self, manifest_id: bytes, raw_len: int, payload: bytes) -> Location:
-        """Append the manifest record and close every pack of this ingest (fsync)."""
-        loc = self._store_record(KIND_MANIFEST, codecs.ZSTD, manifest_id, raw_len, payload)
-        for w in self.writers:
-            w.close()
-        return loc
-
+            self.delta_base_of[chunk_id] = delta_base_id(codec_id, payload)

@@ -12,13 +12,13 @@ import fcntl
 import hashlib
 import json
 import os
-import pwd
 import threading
 from contextlib import contextmanager
 from datetime import datetime, timezone
 
 from .errors import IntegrityError, StoreError
 from .private import private_open
+from .users import user_name
 
 GENESIS = "0" * 64
 
@@ -45,13 +45,6 @@ def check_text(entry: dict) -> None:
 
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, TypeError):
-        return None
 
 
 def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> dict:

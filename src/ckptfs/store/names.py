@@ -13,6 +13,7 @@ import unicodedata
 from .errors import InvalidNameError
 
 MAX_NAME_BYTES = 255
+ALL_PROJECTS = "*"   # every project: access grants, retention and settings defaults
 # Cc: C0/C1 controls; Cf: format (bidi overrides and isolates, zero-width ones, BOM);
 # Zl, Zp: line and paragraph separators; Cs: lone surrogates, which is how Python
 # hands over bytes that are not UTF-8 (surrogateescape).
@@ -71,6 +72,12 @@ def validate_name(name: str, what: str = "name") -> str:
         label = f"{what} {shown(name)}" if worth_showing else what
         raise InvalidNameError(f"{label} {problem} ({NAME_RULE})")
     return name
+
+
+def check_project(project: str) -> None:
+    """A project name, or `*` (every project)."""
+    if project != ALL_PROJECTS:
+        validate_name(project, "project")
 
 
 def parse_version_ref(ref: str, parts: int = 3) -> tuple[str, ...]:

@@ -1,13 +1,7 @@
-"""What the store knows about its own damage, and `Store.repair` (docs/recovery.md).
+"""`Store.repair` (docs/recovery.md): mending the damage the store knows of.
 
 Damage is found by a read (a checksum or decode error), by `verify`, or by
-`rebuild-index` (records it had to skip). It is recorded in the index:
-
-* `damaged_chunks`: a chunk whose record is bad. An ingest never deduplicates against
-  it: it stores a fresh copy, which the index then points at (the chunk is healed, and
-  so is every version that uses it).
-* `damaged_versions`: which files of a version are damaged, or that its whole file list
-  (manifest) was lost. `ls`, `get` and `verify` say so.
+`rebuild-index` (records it had to skip), and recorded in the index (damage.py).
 
 `repair` re-stores damaged chunks from any source that has their bytes (another intact
 record of the same id in some pack, or files given with `--from`, chunked the way the
@@ -16,29 +10,18 @@ no source can replace, saying which files stay damaged: a later import of the or
 files heals them. Like `borg check --repair`, it never deletes a version: the files of
 a damaged version that are intact stay readable.
 """
-import logging
 import os
 import stat
 from dataclasses import dataclass, field
 
-import blake3
-import orjson
-
-from . import codec as codecs
 from .chunking import Chunker, FileReader
+from .codec import XOR_DELTA, Encoder, decode, delta_base_id
+from .damage import refresh_version_damage
 from .errors import IntegrityError, StoreError
-from .index import Index, Location, version_key
+from .events import store_repaired
+from .index import Index, version_key
 from .ingest import take_ingest_lock
-from .pack import FLAG_ENCRYPTED, KIND_CHUNK, PackWriter, list_pack_ids, pack_path, scan_pack
-
-KEY_CHECK_CONTEXT = "ckptfs 1 chunk id key check"
-LOST_FILE_LIST = "its file list (manifest) was lost"
-log = logging.getLogger("ckptfs.store")
-
-
-def chunk_key_fingerprint(key: bytes) -> str:
-    """Tells the right chunk id key from a wrong one without revealing it."""
-    return blake3.blake3(key, derive_key_context=KEY_CHECK_CONTEXT).hexdigest()
+from .pack import KIND_CHUNK, list_pack_ids, pack_path, scan_pack
 
 
 def name_of(damage: dict) -> str:
@@ -60,132 +43,24 @@ class RepairReport:
         return not self.damaged_files and not self.lost
 
 
-class RepairMixin:
-    """For `Store`: recording damage, and `repair`."""
+class Repair:
+    """Repair of the store at `store_path`. Given the settings (chunking, compression),
+    the index, the committer (`store.repaired`), the pack files (`packs_dir`, read
+    through `packs`: intact copies of damaged chunks), the reader (records, decryption,
+    the chunk id function), the verifier (what is damaged) and `new_sink` (packsink.py:
+    where the recovered chunks are written)."""
 
-    # -- recording ------------------------------------------------------------------------
-    def note_damaged_chunk(self, chunk_id: bytes, problem: str) -> None:
-        """A read found a chunk's record bad: remember it (best effort: the reader's own
-        error is what matters, so a failure to record is not raised)."""
-        def mark(txn):
-            if self.index.get_chunk(txn, chunk_id) is not None and \
-                    self.index.chunk_damage(txn, chunk_id) is None:
-                self.index.mark_chunk_damaged(txn, chunk_id, problem)
-        try:
-            with self.index.read() as txn:  # most errors repeat a known one: no write
-                if self.index.get_chunk(txn, chunk_id) is None or \
-                        self.index.chunk_damage(txn, chunk_id) is not None:
-                    return
-            self.index.commit(mark)
-        except Exception as e:  # noqa: BLE001 - a full disk must not hide the integrity error
-            log.warning("could not record chunk %s as damaged: %s", chunk_id.hex()[:16], e)
-
-    @staticmethod
-    def record_lost_version(index: Index, txn, entry: dict, problem: str) -> None:
-        vkey = version_key(entry["project"], entry["run"], entry["version"])
-        index.put_version_damage(txn, vkey, {
-            "project": entry["project"], "run": entry["run"], "version": entry["version"],
-            "seq": entry["seq"], "files": {}, "manifest": f"{LOST_FILE_LIST}: {problem}"})
-
-    @staticmethod
-    def _file_problem(index: Index, txn, entry: dict) -> str | None:
-        bad = [c for c, _ in entry["chunks"] if not index.sound_chunk(txn, bytes.fromhex(c))]
-        if not bad:
-            return None
-        return f"{len(bad)} of its {len(entry['chunks'])} chunk(s) are damaged or lost"
-
-    def record_missing_chunks(self, index: Index, txn) -> None:
-        """Every file with a chunk the index lacks (or knows damaged) is recorded damaged
-        (after a replay that had to skip damaged records)."""
-        found: dict[bytes, dict] = {}
-        for key, value in txn.cursor(db=index.entries):
-            if b'"chunks"' not in value:
-                continue
-            entry = orjson.loads(value)
-            if entry.get("chunks") is None:
-                continue  # a dir or symlink whose name holds the word
-            problem = self._file_problem(index, txn, entry)
-            if problem is not None:
-                vkey = bytes(key).split(b"\0", 1)[0]
-                found.setdefault(vkey, {})[entry["path"]] = problem
-        for vkey, files in found.items():
-            record = index.get_version(txn, *vkey.decode("utf-8", "surrogateescape").split("/"))
-            damage = index.version_damage(txn, vkey) or {
-                "project": record["project"], "run": record["run"], "version": record["version"],
-                "seq": record["seq"], "files": {}, "manifest": None}
-            damage["files"].update(files)
-            index.put_version_damage(txn, vkey, damage)
-
-    def refresh_version_damage(self, index: Index, txn) -> None:
-        """Forget the damage of files whose chunks are all sound again (healed)."""
-        for damage in list(index.iter_version_damage(txn)):
-            if damage.get("manifest"):
-                continue
-            vkey = version_key(damage["project"], damage["run"], damage["version"])
-            still = {}
-            for path, problem in damage["files"].items():
-                entry = index.get_entry(txn, vkey, path)
-                if entry is not None and entry.get("chunks") is not None and \
-                        self._file_problem(index, txn, entry) is not None:
-                    still[path] = problem
-            damage["files"] = still
-            index.put_version_damage(txn, vkey, damage if still else None)
-
-    def record_verify_findings(self, report, checked_chunk_ids: list[bytes]) -> None:
-        """Make the index agree with a complete verify: damaged chunks marked, healed ones
-        unmarked, the damaged files of each version recorded."""
-        damaged = {bytes.fromhex(h): message for h, message in report.damaged_chunks.items()}
-        checked = set(checked_chunk_ids)
-
-        def apply(txn):
-            for chunk_id, message in damaged.items():
-                if self.index.get_chunk(txn, chunk_id) is not None:
-                    self.index.mark_chunk_damaged(txn, chunk_id, message)
-            for chunk_id, mark in list(self.index.iter_chunk_damage(txn)):
-                if chunk_id in checked and chunk_id not in damaged and not mark.get("lost"):
-                    self.index.clear_chunk_damage(txn, chunk_id)
-            self._record_damaged_files(txn, report)
-        self.index.commit(apply)
-
-    def _record_damaged_files(self, txn, report) -> None:
-        lost_lists = {}
-        for damage in list(self.index.iter_version_damage(txn)):
-            vkey = version_key(damage["project"], damage["run"], damage["version"])
-            if damage.get("manifest"):
-                lost_lists[vkey] = damage
-            else:
-                self.index.put_version_damage(txn, vkey, None)
-        found: dict[bytes, dict] = {}
-        for name, path, problem in report.damaged_files:
-            parts = name.split("/")
-            if len(parts) != 3 or path.startswith("("):
-                continue  # a deleted version's or a lost file list: not a live version's file
-            vkey = version_key(*parts)
-            if vkey in lost_lists:
-                continue
-            record = self.index.get_version(txn, *parts)
-            damage = found.setdefault(vkey, {
-                "project": parts[0], "run": parts[1], "version": parts[2],
-                "seq": record["seq"] if record else None, "files": {}, "manifest": None})
-            damage["files"][path] = problem
-        for vkey, damage in found.items():
-            self.index.put_version_damage(txn, vkey, damage)
-
-    # -- asking ---------------------------------------------------------------------------
-    def version_damage(self, project: str | None = None, run: str | None = None) -> list[dict]:
-        """The recorded damage of the versions of a run (or a project, or all)."""
-        prefix = b"" if project is None else version_key(project, run, "") if run is not None \
-            else version_key(project, "", "")[:-1]
-        with self.index.read() as txn:
-            return list(self.index.iter_version_damage(txn, prefix))
-
-    def raise_if_lost(self, project: str, run: str, version: str) -> None:
-        """A version whose file list was lost cannot be read: say so, not "no version"."""
-        with self.index.read() as txn:
-            damage = self.index.version_damage(txn, version_key(project, run, version))
-        if damage is not None and damage.get("manifest"):
-            raise IntegrityError(f"version {project}/{run}/{version} is damaged: "
-                                 f"{damage['manifest']}; it cannot be read")
+    def __init__(self, store_path: str, config, index, committer, packs_dir: str, packs,
+                 reader, verifier, new_sink):
+        self.path = store_path
+        self.config = config
+        self.index = index
+        self.committer = committer
+        self.packs_dir = packs_dir
+        self.packs = packs
+        self.reader = reader
+        self.verifier = verifier
+        self.new_sink = new_sink
 
     # -- repair ---------------------------------------------------------------------------
     def repair(self, sources=(), dry_run: bool = False, progress=None) -> RepairReport:
@@ -195,7 +70,7 @@ class RepairMixin:
             if not os.path.isdir(source):
                 raise StoreError(f"{source} is not a directory: --from takes a directory of "
                                  "original files (or of an export)")
-        verified = self.verify(progress, record=not dry_run)
+        verified = self.verifier.verify(progress, record=not dry_run)
         report = RepairReport(dry_run)
         needed = self._chunks_to_recover(verified)
         found: dict[bytes, tuple[bytes, str]] = {}
@@ -254,13 +129,14 @@ class RepairMixin:
 
     def _decoded_copy(self, chunk_id: bytes, pack_id: int, rec) -> bytes | None:
         try:
-            record = self._decrypted(self.packs.read(pack_id, rec.offset, rec.length), pack_id)
-            if record.codec == codecs.XOR_DELTA:
+            record = self.reader.decrypted(self.packs.read(pack_id, rec.offset, rec.length),
+                                           pack_id)
+            if record.codec == XOR_DELTA:
                 return None  # its base may be the damaged chunk: only plain copies are taken
-            data = bytes(codecs.decode(record.codec, record.payload, record.raw_len))
+            data = bytes(decode(record.codec, record.payload, record.raw_len))
         except (OSError, StoreError, ValueError):
             return None
-        return data if self.chunk_id(data) == chunk_id else None
+        return data if self.reader.chunk_id(data) == chunk_id else None
 
     def _recover_from_directory(self, source: str, needed: dict, found: dict, report) -> None:
         chunker = Chunker(self.config.chunking.min_size, self.config.chunking.avg_size,
@@ -290,7 +166,7 @@ class RepairMixin:
             tensor_block = self.config.chunking.tensor_block
             for _segment, _offset, data in reader.chunks(chunker, reader.tensor_layout(),
                                                          tensor_block):
-                yield self.chunk_id(data), data
+                yield self.reader.chunk_id(data), data
         finally:
             os.close(fd)
 
@@ -302,10 +178,10 @@ class RepairMixin:
             if chunk_id in found:
                 continue
             try:
-                record = self._read_record(chunk_id)
+                record = self.reader.read_record(chunk_id)
             except IntegrityError:
                 continue
-            base = codecs.delta_base_id(record.codec, record.payload)
+            base = delta_base_id(record.codec, record.payload)
             if base is not None and base in found:
                 healed.add(chunk_id)
         return healed
@@ -316,49 +192,28 @@ class RepairMixin:
         unmark the deltas whose base that heals, drop the records no source could
         replace (marked lost)."""
         lock_fd = take_ingest_lock(self.path)  # a gc must not take our new pack for garbage
-        writer = None
+        sink = self.new_sink(single_pack=True)
         try:
             locations = {}
             if found:
-                writer = PackWriter(self.packs_dir, self.index.allocate_pack_id())
-                encoder = codecs.Encoder(self.config.compression.level,
-                                         self.config.compression.min_saving)
+                encoder = Encoder(self.config.compression.level,
+                                  self.config.compression.min_saving)
                 for chunk_id, (data, _where) in found.items():
-                    locations[chunk_id] = self._write_repair_record(writer, encoder, chunk_id, data)
-                writer.close()
-                report.pack_id = writer.pack_id
-
-            def apply(txn, _entry):
-                for chunk_id, loc in locations.items():
-                    self.index.replace_chunk(txn, chunk_id, loc)
-                for chunk_id in bases:
-                    self.index.clear_chunk_damage(txn, chunk_id)
-                for chunk_id, problem in lost.items():
-                    old = self.index.get_chunk(txn, chunk_id)
-                    if old is not None:
-                        self.index.remove_chunk(txn, chunk_id, old)
-                    self.index.mark_chunk_damaged(txn, chunk_id, problem, lost=True)
-                self.refresh_version_damage(self.index, txn)
-            with self.journal.locked():
-                self._catch_up()
-                self._journal_and_index({"type": "store.repaired",
-                                         "packs": [writer.pack_id] if writer else [],
-                                         "restored": len(found), "lost": len(lost)}, None, apply)
+                    codec_id, payload = encoder.encode(data, 0)
+                    locations[chunk_id] = sink.append(KIND_CHUNK, codec_id, chunk_id, len(data),
+                                                      payload)
+                sink.close()
+                report.pack_id = sink.pack_ids[0]
+            with self.committer.locked():
+                self.committer.catch_up()
+                self.committer.journal_and_index(
+                    store_repaired(sink.pack_ids, len(found), len(lost)), None,
+                    RepairedRecords(locations, bases, lost))
         except BaseException:
-            if writer is not None:
-                writer.abort()
+            sink.abort()
             raise
         finally:
             os.close(lock_fd)
-
-    def _write_repair_record(self, writer, encoder, chunk_id: bytes, data: bytes):
-        codec_id, payload = encoder.encode(data, 0)
-        flags = 0
-        if self.cipher is not None:
-            payload = self.cipher.encrypt(KIND_CHUNK, codec_id, len(data), chunk_id, payload)
-            flags = FLAG_ENCRYPTED
-        offset, length = writer.append(KIND_CHUNK, codec_id, chunk_id, len(data), payload, flags)
-        return Location(writer.pack_id, offset, length, len(data))
 
     def _still_damaged(self, verified, found: dict, bases: set) -> list:
         """The damaged files of `verified` that the recovered chunks do not make whole."""
@@ -378,3 +233,24 @@ class RepairMixin:
                 if bad or not chunks:
                     still.append((name, path, problem))
         return still
+
+
+class RepairedRecords:
+    """What a repair changes in the index (events.Records of its `store.repaired`): the
+    recovered chunks point at their new copies, the deltas whose base that heals are
+    unmarked, the chunks no source had are dropped (marked lost)."""
+
+    def __init__(self, locations: dict, bases: set, lost: dict):
+        self.locations, self.bases, self.lost = locations, bases, lost
+
+    def index_records(self, index: Index, txn, entry: dict) -> None:
+        for chunk_id, loc in self.locations.items():
+            index.replace_chunk(txn, chunk_id, loc)
+        for chunk_id in self.bases:
+            index.clear_chunk_damage(txn, chunk_id)
+        for chunk_id, problem in self.lost.items():
+            old = index.get_chunk(txn, chunk_id)
+            if old is not None:
+                index.remove_chunk(txn, chunk_id, old)
+            index.mark_chunk_damaged(txn, chunk_id, problem, lost=True)
+        refresh_version_damage(index, txn)

@@ -13,6 +13,7 @@ directory), so that nothing lands outside it and no half-written file has a real
   non-empty directory in the way stops the restore.
 """
 import errno
+import fnmatch
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import IntegrityError, StoreError
+from .errors import IntegrityError, NotFoundError, StoreError
 
 SPARSE_BLOCK = 4096
 PARTIAL_SUFFIX = ".ckptfs-partial"
@@ -108,10 +109,11 @@ def _pwrite_all(fd: int, data, offset: int):
 
 # -- the restore --------------------------------------------------------------------------
 class Restorer:
-    """One restore of `entries` (parents before children) into `dest`."""
+    """One restore of `entries` (parents before children) into `dest`, their bytes read
+    (and checked) by `reader` (reader.py)."""
 
-    def __init__(self, store, dest: str, force: bool, progress=None):
-        self.store, self.dest, self.force, self.progress = store, dest, force, progress
+    def __init__(self, reader, dest: str, force: bool, progress=None):
+        self.reader, self.dest, self.force, self.progress = reader, dest, force, progress
         self.report = RestoreReport()
         self.dirs: dict[str, int] = {}   # relative path ("" for DEST) -> open dir fd
 
@@ -211,7 +213,7 @@ class Restorer:
 
     def _write_data(self, fd: int, entry: dict, pool, hasher):
         writer = SparseWriter(fd)
-        for data in self.store.iter_file_checked(entry, pool, hasher):
+        for data in self.reader.iter_file_checked(entry, pool, hasher):
             writer.write(data)
             if self.progress:
                 self.progress(len(data))
@@ -266,7 +268,28 @@ def _unlink_quietly(name: str, dir_fd: int):
         pass
 
 
-def restore_entries(store, entries: list[dict], dest: str, force: bool = False,
+def restore_entries(reader, entries: list[dict], dest: str, force: bool = False,
                     progress=None) -> RestoreReport:
     """Write `entries` (parents before children) into `dest` (see the module's doc)."""
-    return Restorer(store, dest, force, progress).run(entries)
+    return Restorer(reader, dest, force, progress).run(entries)
+
+
+def select_entries(entries: list[dict], patterns, name: str) -> list[dict]:
+    """The entries of version `name` (parents before children) whose path or file name
+    matches any glob of `patterns`, and their directories; all of them without patterns."""
+    if not patterns:
+        return entries
+    chosen = set()
+    for pattern in patterns:
+        hits = [e["path"] for e in entries if e["type"] != "dir"
+                and (fnmatch.fnmatchcase(e["path"], pattern)
+                     or fnmatch.fnmatchcase(e["path"].rsplit("/", 1)[-1], pattern))]
+        if not hits:
+            raise NotFoundError(f"no file of {name} matches {pattern!r}")
+        chosen.update(hits)
+    parents = {p.rsplit("/", 1)[0] for p in chosen if "/" in p}
+    for p in list(parents):
+        while "/" in p:
+            p = p.rsplit("/", 1)[0]
+            parents.add(p)
+    return [e for e in entries if e["path"] in chosen or e["path"] in parents]

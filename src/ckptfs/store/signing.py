@@ -14,7 +14,7 @@ Where things are kept:
   key_file` names it (a local setting, not history);
 - the public keys: `key.set` journal events {algorithm, key_id, public_key (hex)}, and
   `key.unset` {key_id} when signing stops; the index keeps their sum as the store-wide
-  setting `signing` (`apply_key_event`), so `rebuild-index` restores it.
+  setting `signing` (events.py applies them), so `rebuild-index` restores it.
 A configured key that cannot be used fails the seal: ckptfs never seals unsigned instead.
 The keys and signatures themselves are in ed25519.py, imported only where needed (the
 `cryptography` package takes a while to import, and most commands never sign).
@@ -22,29 +22,12 @@ The keys and signatures themselves are in ed25519.py, imported only where needed
 import os
 from dataclasses import dataclass, field
 
-from .access import ALL as ALL_PROJECTS
 from .config import SigningSettings, StoreConfig
 from .errors import NotFoundError, SigningKeyError
+from .events import SIGNING_SETTING, key_set, key_unset
+from .names import ALL_PROJECTS
 
-ALGORITHM = "ed25519"
-SETTING_PROJECT = "*"   # the index keeps store-wide settings under project `*`
-SETTING_KIND = "signing"
 DEFAULT_KEY_FILE = os.path.join("keys", "signing.pem")
-
-
-# -- the journaled key history, in the index --------------------------------------------------
-def apply_key_event(index, txn, entry: dict) -> None:
-    """Reflect a `key.set` / `key.unset` journal entry in the index's `signing` setting:
-    {"current": key id or null, "keys": {key id: {algorithm, public_key, set_at, seq}}}."""
-    state = index.get_setting(txn, SETTING_PROJECT, SETTING_KIND) or {"current": None, "keys": {}}
-    if entry["type"] == "key.set":
-        state["keys"].setdefault(entry["key_id"], {
-            "algorithm": entry["algorithm"], "public_key": entry["public_key"],
-            "set_at": entry["time"], "seq": entry["seq"]})
-        state["current"] = entry["key_id"]
-    elif entry["type"] == "key.unset":
-        state["current"] = None
-    index.put_setting(txn, SETTING_PROJECT, SETTING_KIND, state)
 
 
 @dataclass
@@ -60,14 +43,22 @@ class SignatureReport:
         return not self.invalid and not self.unknown_key
 
 
-class SigningMixin:
-    """Signing operations of `Store` (it provides `path`, `config`, `index`, `journal`,
-    `_commit_catalog_event`)."""
+class Signing:
+    """The signing key of the store at `store_path`: its journaled history (index),
+    the private key file ckptfs.toml names (`config`, kept in step), key changes (admin
+    of `*`, checked with `access`, journaled through `committer`), and signatures."""
+
+    def __init__(self, index, committer, access, config: StoreConfig, store_path: str):
+        self.index = index
+        self.committer = committer
+        self.access = access
+        self.config = config
+        self.path = store_path
 
     def signing_state(self) -> dict:
         """{"current": key id or None, "keys": {key id: {...}}} from the journaled events."""
         with self.index.read() as txn:
-            return self.index.get_setting(txn, SETTING_PROJECT, SETTING_KIND) or \
+            return self.index.get_setting(txn, ALL_PROJECTS, SIGNING_SETTING) or \
                 {"current": None, "keys": {}}
 
     def signing_key_file(self) -> str | None:
@@ -79,27 +70,27 @@ class SigningMixin:
     def generate_signing_key(self, path: str | None = None, actor: dict | None = None) -> dict:
         """Create a new Ed25519 key (default STORE/keys/signing.pem) and sign with it.
         Needs admin of `*` (enforced), as every signing key change."""
-        self.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
+        self.access.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
         if path is None:
             path = os.path.join(self.path, DEFAULT_KEY_FILE)
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        from . import ed25519
-        ed25519.generate_key_file(os.path.abspath(path))
+        from .ed25519 import generate_key_file
+        generate_key_file(os.path.abspath(path))
         return self.set_signing_key(path, actor)
 
     def set_signing_key(self, path: str, actor: dict | None = None) -> dict:
         """Sign every version sealed from now on with the private key in `path`: record
         the path in ckptfs.toml and journal its public key (`key.set`). Returns
         {"key_id", "key_file", "changed"} (not changed: that key was already set)."""
-        self.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
-        from . import ed25519
+        self.access.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
+        from .ed25519 import ALGORITHM, key_id_of, load_private_key, raw_public_key
         path = os.path.abspath(path)
         try:
-            key = ed25519.load_private_key(path)
+            key = load_private_key(path)
         except FileNotFoundError:
             raise SigningKeyError(f"signing key file {path} does not exist (make a new key "
                                   "with `ckptfs key generate`)") from None
-        key_id = ed25519.key_id_of(key)
+        key_id = key_id_of(key)
 
         def event():
             config = StoreConfig.load(self.path)
@@ -108,14 +99,13 @@ class SigningMixin:
             self.config.signing = config.signing
             if self.signing_state()["current"] == key_id:
                 return None  # the same key, perhaps moved: nothing to journal
-            return {"type": "key.set", "algorithm": ALGORITHM, "key_id": key_id,
-                    "public_key": ed25519.raw_public_key(key).hex()}
-        entry = self._commit_catalog_event(event, actor)
+            return key_set(ALGORITHM, key_id, raw_public_key(key).hex())
+        entry = self.committer.commit_event(event, actor)
         return {"key_id": key_id, "key_file": path, "changed": entry is not None}
 
     def unset_signing_key(self, actor: dict | None = None) -> str:
         """Stop signing new versions (journaled as `key.unset`); returns the key id."""
-        self.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
+        self.access.authorize(actor, ALL_PROJECTS, "admin", "change the signing key")
 
         def event():
             current = self.signing_state()["current"]
@@ -125,8 +115,8 @@ class SigningMixin:
             config.signing = None
             config.save(self.path)
             self.config.signing = None
-            return {"type": "key.unset", "key_id": current}
-        return self._commit_catalog_event(event, actor)["key_id"]
+            return key_unset(current)
+        return self.committer.commit_event(event, actor)["key_id"]
 
     def current_signing_key(self):
         """The key seals are signed with now, or None when signing is off. SigningKeyError
@@ -140,14 +130,14 @@ class SigningMixin:
         if path is None:
             raise SigningKeyError(f"store {self.path} signs its versions (key {current}), but "
                                   f"its ckptfs.toml names no [signing] key_file: {hint}")
-        from . import ed25519
+        from .ed25519 import key_id_of, load_private_key
         try:
-            key = ed25519.load_private_key(path)
+            key = load_private_key(path)
         except FileNotFoundError:
             raise SigningKeyError(f"signing key file {path} is missing, and store {self.path} "
                                   f"signs every version it seals (key {current}): {hint}") from None
-        if ed25519.key_id_of(key) != current:
-            raise SigningKeyError(f"signing key file {path} holds key {ed25519.key_id_of(key)}, but "
+        if key_id_of(key) != current:
+            raise SigningKeyError(f"signing key file {path} holds key {key_id_of(key)}, but "
                                   f"store {self.path} signs with key {current}: run `ckptfs key "
                                   "set STORE PATH` to switch keys")
         return key
@@ -157,8 +147,8 @@ class SigningMixin:
         key = self.current_signing_key()
         if key is None:
             return None
-        from . import ed25519
-        return ed25519.sign_version(key, project, run, version, digest)
+        from .ed25519 import sign_version
+        return sign_version(key, project, run, version, digest)
 
     @staticmethod
     def check_version_signature(record: dict, digest: str, keys: dict,
@@ -169,7 +159,7 @@ class SigningMixin:
         --public-key), the signature must be one of theirs, whatever key id it names:
         an id is only a label, and whoever can rewrite the store can rewrite it and the
         journaled public keys too. Without, the journaled key of its id checks it."""
-        from . import ed25519
+        from .ed25519 import ALGORITHM, public_key_from_hex, signature_matches
         name = f"{record['project']}/{record['run']}/{record['version']}"
         signature = record.get("signature")
         if not signature:
@@ -184,9 +174,9 @@ class SigningMixin:
             if known is None:
                 report.unknown_key.append((name, str(signature.get("key_id"))))
                 return
-            candidates = [ed25519.public_key_from_hex(known["public_key"])]
+            candidates = [public_key_from_hex(known["public_key"])]
         p, r, v = record["project"], record["run"], record["version"]
-        if not any(ed25519.signature_matches(signature, key, p, r, v, record["digest"])
+        if not any(signature_matches(signature, key, p, r, v, record["digest"])
                    for key in candidates):
             whose = "the given public key(s)" if trusted is not None else \
                 f"key {signature.get('key_id')}"

@@ -1,0 +1,123 @@
+"""The committer: the one way into the journal and the index.
+
+Every change is an event appended to the journal and then applied to the index
+(events.apply), both under the journal's lock, so that checks and change see the same
+state and commits of threads and processes are serialised. If the index update fails,
+the entry is taken back: the journal never claims a change the caller reports as failed.
+An index behind the journal (a commit that crashed after its append) catches up first.
+
+Parts that change something are given this object; none of them appends to the journal
+or writes catalog state into the index on its own.
+"""
+from functools import partial
+
+from .damage import record_missing_chunks
+from .errors import IntegrityError, JournalDamagedError
+from .events import apply
+from .index import Index
+from .journal import Journal, check_chain
+
+
+class Committer:
+    def __init__(self, index: Index, journal: Journal, records):
+        self.index = index
+        self.journal = journal
+        self.records = records  # replay.PackRecords (scanning): for a catch-up
+
+    def locked(self):
+        """The commit lock (the journal's flock), for a check and its change together."""
+        return self.journal.locked()
+
+    def commit_event(self, make_event, actor: dict | None = None) -> dict | None:
+        """Journal the event `make_event()` returns (None: nothing to change) and apply it,
+        both under the journal lock, so checks and change see the same state."""
+        with self.locked():
+            self.catch_up()
+            event = make_event()
+            if event is None:
+                return None
+            return self.journal_and_index(event, actor)
+
+    def journal_and_index(self, event: dict, actor: dict | None, records=None) -> dict:
+        """Append `event` to the journal (the caller holds its lock), then apply it to the
+        index (`records`: what its packs hold) in one transaction that also records it
+        as applied. If the index update fails the entry is taken back."""
+        self.settle_journal_tail(strict=True)
+        entry = self.journal.append(event, actor)
+        try:
+            self.index.commit(lambda txn: apply(self.index, txn, entry, records))
+        except BaseException:
+            self.journal.rollback(entry)
+            raise
+        return entry
+
+    # -- an index behind the journal ---------------------------------------------------
+    def catch_up_if_behind(self) -> None:
+        with self.index.read() as txn:
+            applied = self.index.get_int(txn, b"journal_seq")
+        try:
+            behind = self.journal.last_seq() > applied or self.journal.torn_tail() is not None
+        except IntegrityError:
+            return  # a damaged last entry: reads go on from the index, writes are refused
+        if behind:
+            with self.locked():
+                self.settle_journal_tail(strict=False)
+                self.catch_up()
+
+    def catch_up(self) -> None:
+        """Apply journal entries the index has not seen (the caller holds the lock).
+
+        This finishes a commit that crashed after its journal append: the journal is
+        the truth, the index follows it. An index recreated from nothing (its directory
+        was removed) also learns which files lost chunks to damaged packs."""
+        with self.index.read() as txn:
+            applied = self.index.get_int(txn, b"journal_seq")
+        for entry in self.journal.entries(after_seq=applied):
+            self.index.commit(partial(self._apply, entry))
+        if applied == 0:
+            self.index.commit(lambda txn: record_missing_chunks(self.index, txn))
+
+    def _apply(self, entry: dict, txn) -> None:
+        apply(self.index, txn, entry, self.records)
+
+    def settle_journal_tail(self, strict: bool) -> None:
+        """Deal with a last journal line that lacks its newline (the caller holds the
+        journal lock) before anything could cut it off.
+
+        A whole entry that continues the chain only lost its newline: it gets it back
+        (and is applied like a commit that crashed before its index update). Anything
+        else is a torn append, which the next append cuts off, unless the index applied
+        that entry: then it was committed and cutting it would erase it, so a writer
+        (`strict`) refuses."""
+        torn = self.journal.torn_tail()
+        if torn is None:
+            return
+        if self.journal.tail_is_whole_entry(torn[0]):
+            self.journal.restore_newline()
+            return
+        with self.index.read() as txn:
+            committed, _head = self.index.applied(txn)
+        if strict and committed > self.journal.last_seq():
+            raise JournalDamagedError(
+                f"the journal's last line is damaged, and the index says entry {committed} was "
+                f"committed: ckptfs refuses to write, which would cut that entry off; restore "
+                f"{self.journal.path} from a backup (`ckptfs audit verify` names the damage)")
+
+    # -- reading the journal -------------------------------------------------------------
+    def applied_seq(self) -> int:
+        """The last journal entry the index reflects: changes whenever a version is sealed
+        (by this process or another), so callers can cache catalog answers against it."""
+        with self.index.read() as txn:
+            return self.index.get_int(txn, b"journal_seq")
+
+    def check_journal(self) -> dict:
+        """Recompute the journal's hash chain (`ckptfs audit verify`): the first entry
+        altered, removed or reordered, against the chain and the index's last entry."""
+        with self.index.read() as txn:
+            committed = self.index.applied(txn)
+        return check_chain(self.journal.path, committed)
+
+    def journal_entries(self):
+        """Every journal entry, oldest first, without stopping at a broken chain
+        (`ckptfs audit` shows what is there; `check_journal` says whether to trust it)."""
+        return self.journal.entries(verify_chain=False)

@@ -1,0 +1,69 @@
+"""Writing records into new packs: what an ingest or a repair appends its records to.
+
+A `PackSink` owns the new packs of one writer: it takes pack ids from the index's
+counter, starts a new pack when one reaches the target size, and encrypts every payload
+(after compression) in an encrypted store: every record written goes through
+`PackSink.append`. `PackSinks` makes them for one store (it holds the cipher).
+"""
+from .index import Location
+from .pack import FLAG_ENCRYPTED, PackWriter
+
+
+class PackSink:
+    def __init__(self, packs_dir: str, allocate_pack_id, cipher, target_size: int | None):
+        self.packs_dir = packs_dir
+        self.allocate_pack_id = allocate_pack_id
+        self.cipher = cipher
+        self.target_size = target_size   # None: one pack, however large
+        self.writers: list[PackWriter] = []
+        self.on_new_pack = None   # told the id of each pack it opens
+
+    @property
+    def pack_ids(self) -> list[int]:
+        return [w.pack_id for w in self.writers]
+
+    def append(self, kind: int, codec_id: int, record_id: bytes, raw_len: int,
+               payload) -> Location:
+        flags = 0
+        if self.cipher is not None:
+            payload = self.cipher.encrypt(kind, codec_id, raw_len, record_id, payload)
+            flags = FLAG_ENCRYPTED
+        w = self._writer()
+        offset, length = w.append(kind, codec_id, record_id, raw_len, payload, flags)
+        return Location(w.pack_id, offset, length, raw_len)
+
+    def _writer(self) -> PackWriter:
+        w = self.writers[-1] if self.writers else None
+        if w is None or (self.target_size is not None and w.size >= self.target_size):
+            if w is not None:
+                w.close()
+            w = PackWriter(self.packs_dir, self.allocate_pack_id())
+            self.writers.append(w)
+            if self.on_new_pack:
+                self.on_new_pack(w.pack_id)
+        return w
+
+    def close(self) -> None:
+        """Close every pack (fsync): their records are durable."""
+        for w in self.writers:
+            w.close()
+
+    def abort(self) -> None:
+        """Delete every pack: nothing refers to them."""
+        for w in self.writers:
+            w.abort()
+        self.writers.clear()
+
+
+class PackSinks:
+    """Makes the PackSinks of one store."""
+
+    def __init__(self, packs_dir: str, allocate_pack_id, cipher, target_size: int):
+        self.packs_dir = packs_dir
+        self.allocate_pack_id = allocate_pack_id
+        self.cipher = cipher
+        self.target_size = target_size
+
+    def __call__(self, single_pack: bool = False) -> PackSink:
+        return PackSink(self.packs_dir, self.allocate_pack_id, self.cipher,
+                        None if single_pack else self.target_size)

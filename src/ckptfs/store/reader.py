@@ -1,0 +1,367 @@
+"""The chunk reader: every read of stored bytes goes through here (the mount, `get`,
+export, verify, gc's liveness, repair).
+
+    locate (index) -> read the record (pack) -> check it (xxh3) -> decrypt (an encrypted
+    store) -> decode (zstd / byte groups / XOR-delta against its base) -> cache
+
+Decoded chunks are kept in a small LRU, so reads that walk a chunk in pieces decode it
+once; `prefetch` decodes ahead on two threads for a sequential reader (the mount). A
+read that finds a record damaged records it in the index (damage.py): no ingest then
+deduplicates against it.
+"""
+import bisect
+import hashlib
+import threading
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .codec import XOR_DELTA, decode, delta_base_id
+from .damage import note_damaged_chunk
+from .errors import IntegrityError, PackMissingError
+from .index import Index, Location
+from .manifest import decode_manifest
+from .pack import FLAG_ENCRYPTED, PackReader
+
+READ_AHEAD_CHUNKS = 8
+CACHE_BYTES = 64 << 20
+
+
+class ChunkCache:
+    """A small LRU of decoded chunks, so reads that walk a chunk in pieces decode it once."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._items: OrderedDict[bytes, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key):
+        with self._lock:
+            data = self._items.get(key)
+            if data is not None:
+                self._items.move_to_end(key)
+            return data
+
+    def put(self, key, data):
+        with self._lock:
+            if key in self._items or len(data) > self.max_bytes // 4:
+                return
+            self._items[key] = data
+            self.size += len(data)
+            while self.size > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.size -= len(old)
+
+
+class ChunkReader:
+    """Reads chunks, manifests and files of the store at `store_path` (named in errors)."""
+
+    def __init__(self, index: Index, packs: PackReader, chunk_id, cipher, store_path: str):
+        self.index = index
+        self.packs = packs
+        self.chunk_id = chunk_id   # the store's keyed BLAKE3 of a chunk's bytes
+        self.cipher = cipher       # RecordCipher of an encrypted store, else None
+        self.store_path = store_path
+        self._cache = ChunkCache(CACHE_BYTES)
+        self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
+        self._inflight_lock = threading.Lock()
+        self._prefetcher = None
+        self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
+
+    def close(self) -> None:
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+
+    def clear_cache(self) -> None:
+        """Forget every decoded chunk (verify reads what is on disk, not what is cached)."""
+        self._cache = ChunkCache(CACHE_BYTES)
+
+    # -- records --------------------------------------------------------------------------
+    def read_record(self, chunk_id: bytes):
+        """The record of a chunk, checked (xxh3) and decrypted: every read of a chunk
+        record goes through here (manifests: `manifest_at`)."""
+        def locate(txn):
+            return self.index.get_chunk(txn, chunk_id)
+        loc, record = self._read_located(locate, f"chunk {chunk_id.hex()[:16]}", chunk_id)
+        if record.record_id != chunk_id:
+            raise IntegrityError(f"pack {loc.pack_id:08x} holds another record where chunk "
+                                 f"{chunk_id.hex()[:16]} should be", pack_id=loc.pack_id,
+                                 chunk_id=chunk_id)
+        return self.decrypted(record, loc.pack_id)
+
+    def decrypted(self, record, pack_id: int):
+        """`record` with a plaintext payload. In an encrypted store every record must be
+        encrypted (a plaintext one was not written by it: it would bypass the
+        authentication), and in a plain store none can be."""
+        encrypted = record.flags & FLAG_ENCRYPTED
+        name = f"pack {pack_id:08x}: record {record.record_id.hex()[:16]}"
+        if self.cipher is None:
+            if encrypted:
+                raise IntegrityError(f"{name} is encrypted, but store {self.store_path} is not: "
+                                     "it was not written by this store", pack_id=pack_id,
+                                     chunk_id=record.record_id)
+            return record
+        if not encrypted:
+            raise IntegrityError(f"{name} is not encrypted, but store {self.store_path} is: it "
+                                 "was not written by this store", pack_id=pack_id,
+                                 chunk_id=record.record_id)
+        return self.cipher.decrypt(record, pack_id)
+
+    def _read_located(self, locate, what: str, chunk_id: bytes | None = None):
+        """(location, record) of what `locate(txn)` finds in the index.
+
+        A garbage collection in another process may move the record to a new pack and
+        delete the old one between our lookup and our read: on a missing pack, look
+        the location up again and read once more."""
+        loc = self._locate(locate, what, chunk_id)
+        try:
+            return loc, self.packs.read(loc.pack_id, loc.offset, loc.length)
+        except PackMissingError:
+            again = self._locate(locate, what, chunk_id)
+            if again == loc:
+                raise
+            return again, self.packs.read(again.pack_id, again.offset, again.length)
+
+    def _locate(self, locate, what: str, chunk_id: bytes | None) -> Location:
+        with self.index.read() as txn:
+            loc = locate(txn)
+            generation = self.index.get_int(txn, b"gc_generation")
+        if generation != self._gc_generation:
+            self._gc_generation = generation
+            self.packs.forget_deleted()  # their open descriptors would keep the space
+        if loc is None:
+            raise IntegrityError(self._missing_message(what, chunk_id), chunk_id=chunk_id)
+        return loc
+
+    def _missing_message(self, what: str, chunk_id: bytes | None) -> str:
+        damage = None
+        if chunk_id is not None:
+            with self.index.read() as txn:
+                damage = self.index.chunk_damage(txn, chunk_id)
+        if damage is not None:
+            return (f"{what} is lost ({damage['problem']}): import the original files again, "
+                    "or `ckptfs repair --from DIR`, to heal it")
+        return f"{what} is not in the index (lost with a damaged pack?)"
+
+    def decoded_at(self, pack_id: int, offset: int, length: int):
+        """The decoded bytes of the record at a place, not checked against its id (to
+        tell whether it matches: with which key, say)."""
+        record = self.decrypted(self.packs.read(pack_id, offset, length), pack_id)
+        return decode(record.codec, record.payload, record.raw_len)
+
+    def index_location(self, chunk_id: bytes) -> Location | None:
+        with self.index.read() as txn:
+            return self.index.get_chunk(txn, chunk_id)
+
+    # -- manifests ------------------------------------------------------------------------
+    def read_manifest(self, manifest_id: bytes) -> dict:
+        """A manifest by id, from the live index (e.g. a deleted version's file list)."""
+        def locate(txn):
+            return self.index.get_manifest(txn, manifest_id)
+        loc, record = self._read_located(locate, f"manifest {manifest_id.hex()[:16]}")
+        return self.decode_manifest(manifest_id, loc, record)
+
+    def manifest_at(self, manifest_id: bytes, loc: Location) -> dict:
+        """The manifest whose record is at `loc` (from any index: a replay's, a rebuild's)."""
+        record = self.packs.read(loc.pack_id, loc.offset, loc.length)
+        return self.decode_manifest(manifest_id, loc, record)
+
+    def decode_manifest(self, manifest_id: bytes, loc: Location, record) -> dict:
+        record = self.decrypted(record, loc.pack_id)
+        raw = decode(record.codec, record.payload, record.raw_len)
+        if self.chunk_id(raw) != manifest_id:
+            raise IntegrityError(f"manifest {manifest_id.hex()[:16]} in pack "
+                                 f"{loc.pack_id:08x} does not match its id", pack_id=loc.pack_id)
+        return decode_manifest(raw)
+
+    # -- chunks ---------------------------------------------------------------------------
+    def read_chunk(self, chunk_id: bytes, cache: bool = True) -> bytes:
+        """The raw bytes of a chunk; checked (xxh3) on the way, never wrong.
+
+        `cache=False` for one-off reads (ingest's delta bases, verify), which would only
+        push out chunks a reader is walking through."""
+        data = self._decoded_already(chunk_id)
+        return data if data is not None else self._load_chunk(chunk_id, cache)
+
+    def _decoded_already(self, chunk_id: bytes):
+        """The chunk's bytes if the cache has them or a prefetch is decoding them (waited
+        for), else None."""
+        data = self._cache.get(chunk_id)
+        if data is not None:
+            return data
+        pending = self._inflight.get(chunk_id)
+        if pending is not None:
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decode it again, so the error is raised in this reader's context
+        return None
+
+    def prefetch(self, entry: dict, offset: int, window: int = 4 << 20):
+        """Start decoding the chunks of `entry` in [offset, offset + window) on background
+        threads, so a sequential reader finds them decoded (the mount's read-ahead)."""
+        offsets = self._chunk_offsets(entry)
+        first = max(0, bisect.bisect_right(offsets, offset) - 1)
+        wanted = []
+        for index in range(first, len(entry["chunks"])):
+            if offsets[index] >= offset + window:
+                break
+            chunk_id = bytes.fromhex(entry["chunks"][index][0])
+            if chunk_id not in self._inflight and self._cache.get(chunk_id) is None:
+                wanted.append(chunk_id)
+        if not wanted:
+            return
+        with self._inflight_lock:
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
+            # First in the queue: start the disk reads of the whole window at once,
+            # however many decoders there are (and off the caller's thread).
+            self._prefetcher.submit(self._will_need, wanted)
+            for chunk_id in wanted:
+                if chunk_id not in self._inflight:
+                    self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
+
+    def _will_need(self, chunk_ids: list[bytes]):
+        with self.index.read() as txn:
+            locations = [self.index.get_chunk(txn, chunk_id) for chunk_id in chunk_ids]
+        for loc in locations:
+            if loc is not None:
+                self.packs.will_need(loc.pack_id, loc.offset, loc.length)
+
+    def _prefetch_one(self, chunk_id: bytes) -> bytes:
+        try:
+            return self._load_chunk(chunk_id, cache=True)
+        finally:
+            with self._inflight_lock:
+                self._inflight.pop(chunk_id, None)
+
+    @staticmethod
+    def _chunk_offsets(entry: dict) -> list[int]:
+        """File offset of each chunk of a file entry (kept on the entry: entries are
+        immutable, and a big file has thousands of chunks)."""
+        offsets = entry.get("_offsets")
+        if offsets is None:
+            offsets, pos = [], 0
+            for _chunk, length in entry["chunks"]:
+                offsets.append(pos)
+                pos += length
+            entry["_offsets"] = offsets
+        return offsets
+
+    def _load_chunk(self, chunk_id: bytes, cache: bool) -> bytes:
+        try:
+            return self._decode_record(chunk_id, self.read_record(chunk_id), cache)
+        except IntegrityError as e:
+            # Known from now on: no ingest deduplicates against it (docs/recovery.md).
+            note_damaged_chunk(self.index, e.chunk_id or chunk_id, str(e))
+            raise
+
+    def _decode_record(self, chunk_id: bytes, record, cache: bool) -> bytes:
+        base = None
+        if record.codec == XOR_DELTA:
+            # Outside the try below: damage in the base is the base's pack's, not ours.
+            base = self._read_delta_base(delta_base_id(record.codec, record.payload))
+        try:
+            data = decode(record.codec, record.payload, record.raw_len,
+                                 load_base=lambda _id: base)
+        except IntegrityError as e:
+            loc = self.index_location(chunk_id)
+            raise IntegrityError(f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]}: {e}",
+                                 pack_id=loc.pack_id, chunk_id=chunk_id) from None
+        if cache:
+            self._cache.put(chunk_id, data)
+        return data
+
+    def _read_delta_base(self, base_id: bytes) -> bytes:
+        data = self._decoded_already(base_id)
+        if data is not None:
+            return data
+        # Decoded from the record read here (not by read_chunk: it would read and decrypt
+        # the record a second time).
+        record = self.read_record(base_id)
+        if record.codec == XOR_DELTA:
+            raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
+        return self._decode_record(base_id, record, cache=True)
+
+    # -- files ----------------------------------------------------------------------------
+    def read_range(self, entry: dict, offset: int, size: int) -> bytes:
+        """Up to `size` bytes of a file entry from `offset`."""
+        return bytes(self.read_view(entry, offset, size))
+
+    def read_view(self, entry: dict, offset: int, size: int) -> memoryview:
+        """`read_range` as a read-only buffer (the mount's reads): a slice of the cached
+        chunk when the range lies in one, else a new buffer copied without the GIL."""
+        return self._assemble(entry, offset, size, self.read_chunk)
+
+    def read_view_cached(self, entry: dict, offset: int, size: int) -> memoryview | None:
+        """Like `read_view` if every chunk it needs is decoded in the cache already (no
+        I/O, no decoding: cheap enough for the mount's event loop), else None."""
+        try:
+            return self._assemble(entry, offset, size, self._cached_or_raise)
+        except KeyError:
+            return None
+
+    def _cached_or_raise(self, chunk_id: bytes) -> bytes:
+        data = self._cache.get(chunk_id)
+        if data is None:
+            raise KeyError(chunk_id)
+        return data
+
+    def _assemble(self, entry: dict, offset: int, size: int, load) -> bytes:
+        out = []
+        end = min(entry["size"], offset + size)
+        offsets = self._chunk_offsets(entry)
+        index = max(0, bisect.bisect_right(offsets, offset) - 1)
+        while index < len(offsets) and offsets[index] < end:
+            pos = offsets[index]
+            data = memoryview(load(bytes.fromhex(entry["chunks"][index][0])))
+            out.append(data[max(0, offset - pos):end - pos])
+            index += 1
+        if len(out) == 1:
+            return out[0]
+        # numpy copies large buffers with the GIL released; bytes.join of memoryviews
+        # would hold it, and the decoders on the other threads need it.
+        joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)
+        pos = 0
+        for part in out:
+            joined[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
+            pos += len(part)
+        return joined.data
+
+    def iter_file(self, entry: dict, pool: ThreadPoolExecutor | None = None):
+        """Yield a file's bytes chunk by chunk, decoding a few chunks ahead on `pool`."""
+        ids = [bytes.fromhex(c) for c, _ in entry["chunks"]]
+        if pool is None:
+            for chunk_id in ids:
+                yield self.read_chunk(chunk_id)
+            return
+        ahead = []
+        for chunk_id in ids:
+            ahead.append(pool.submit(self.read_chunk, chunk_id))
+            if len(ahead) > READ_AHEAD_CHUNKS:
+                yield ahead.pop(0).result()
+        for future in ahead:
+            yield future.result()
+
+    def iter_file_checked(self, entry: dict, pool: ThreadPoolExecutor | None = None,
+                          hasher: ThreadPoolExecutor | None = None):
+        """`iter_file`, hashing the bytes as they go by: after the last chunk, raises
+        IntegrityError if the file's SHA-256 is not the one its entry (and sidecar)
+        records. A reader that stops early has checked nothing. With `hasher` (one
+        thread), the hashing overlaps the caller's use of the bytes."""
+        sha = hashlib.sha256()
+        pending = deque()
+        for data in self.iter_file(entry, pool):
+            if hasher is None:
+                sha.update(data)
+            else:
+                pending.append(hasher.submit(sha.update, data))
+                while len(pending) > 16:
+                    pending.popleft().result()
+            yield data
+        for future in pending:
+            future.result()
+        if sha.hexdigest() != entry["sha256"]:
+            raise IntegrityError(f"{entry['path']}: SHA-256 does not match the sidecar")
