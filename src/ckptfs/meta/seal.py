@@ -18,6 +18,7 @@ import os
 from datetime import datetime, timezone
 
 from ckptfs.store.ingest import walk_source
+from ckptfs.store.parentage import with_default_parent
 from ckptfs.store.users import user_name
 
 from .extract import extract_facts
@@ -141,13 +142,8 @@ def preview_sidecar(store, src: str, project: str, run: str, version: str, meta:
     """The sidecar as it will be, for schema validation before anything is stored: what
     only the ingest knows (the digest, SHA-256 and stored bytes, storage figures) is
     absent; the parent is the one the seal will record."""
-    lineage = dict(meta.get("lineage") or {})
-    if not lineage.get("parent") and meta.get("kind") != "files":
-        newest = store.newest_checkpoint(project, run)
-        if newest is not None:
-            lineage["parent"] = {"project": project, "run": run, "version": newest["version"],
-                                 "source": "previous"}
-    doc = {**meta, "lineage": lineage, "project": project, "run": run, "version": version,
+    as_sealed = with_default_parent(meta, project, run, store.newest_checkpoint)
+    doc = {**meta, "lineage": as_sealed.get("lineage") or {}, "project": project, "run": run, "version": version,
            "sealed_at": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
            "aliases": [], "tags": meta.get("tags") or []}
     sidecar = version_sidecar(doc, _source_entries(src))
