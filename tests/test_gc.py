@@ -371,7 +371,7 @@ def test_leftover_packs_go_only_when_no_ingest_is_under_way(small):
         dead = s.begin_ingest("p", "r", "c")         # dies after writing a pack
         prepare_all(dead, make_checkpoint(small.tmp / "src" / "c", step=7, seed=9))
         dead.release()                                # (its process is gone: no lock)
-        leftovers = {w.pack_id for w in dead.writers}
+        leftovers = set(dead.sink.pack_ids)
         alive = s.begin_ingest("p", "r", "d")         # another one, under way
         kept = s.collect_garbage()
         assert set(kept.leftovers_kept) == leftovers and not kept.leftovers_removed
