@@ -206,7 +206,7 @@ def plan_retention(docs: list[dict], policies: dict[str, dict], now: datetime) -
     """Decide, for every live version, whether it is kept and why.
 
     `docs`: catalog documents of every live version, each with its `aliases` (derived
-    ones included: `CatalogMixin.catalog_documents` attaches them). `policies`: scope ->
+    ones included: `Catalog.catalog_documents` attaches them). `policies`: scope ->
     policy. `now`: the moment ages are measured from (aware datetime)."""
     decisions = {}
     runs: dict[tuple, list[dict]] = {}
