@@ -125,7 +125,6 @@ def decode_figures(stores: dict[str, str], env: dict) -> dict:
 import json, statistics, time
 from concurrent.futures import ThreadPoolExecutor
 from ckptfs.store import Store
-from ckptfs.store.store import CACHE_BYTES, _ChunkCache
 stores = {{k: Store.open(p) for k, p in {stores!r}.items()}}
 ids = {{k: [bytes.fromhex(c) for e in s.walk("p", "r", "step-2") if e["type"] == "file"
             for c, _ in e["chunks"]] for k, s in stores.items()}}
@@ -135,7 +134,7 @@ for k, s in stores.items():
 for _ in range({DECODE_ROUNDS}):
     for k, s in stores.items():
         for threads in (1, 2):
-            s._cache = _ChunkCache(CACHE_BYTES)
+            s.reader.clear_cache()
             with ThreadPoolExecutor(threads) as pool:
                 wall, cpu = time.perf_counter(), time.process_time()
                 n = sum(len(d) for d in pool.map(lambda i: s.read_chunk(i, cache=False), ids[k]))

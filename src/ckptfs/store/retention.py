@@ -19,8 +19,10 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from .catalog import ALL_PROJECTS, is_checkpoint_kind, metric_value
+from .catalog import metric_value
 from .errors import RetentionError
+from .names import ALL_PROJECTS
+from .parentage import is_checkpoint_kind
 
 COUNT_RULES = ("keep_last", "keep_best")
 RULES = ("keep_last", "keep_best", "metric", "mode", "max_age_days")
