@@ -7,7 +7,8 @@ the entry is taken back: the journal never claims a change the caller reports as
 An index behind the journal (a commit that crashed after its append) catches up first.
 
 Parts that change something are given this object; none of them appends to the journal
-or writes catalog state into the index on its own.
+on its own. What parts write into the index directly is derived state the journal does
+not hold: chunk locations (gc's index switch, under this lock) and damage marks.
 """
 from functools import partial
 
