@@ -27,19 +27,24 @@ from .layout import (
     write_json_atomically,
 )
 
+# One sequence per process, from the time it started (ms): ids grow across restarts.
+_ids = itertools.count(int(time.time() * 1000))
+
 
 class Spool:
+    """STORE/spool of the store at `store_path` (its inbox/ made if missing)."""
+
     def __init__(self, store_path: str):
         self.path = spool_path(store_path)
         self.inbox = os.path.join(self.path, INBOX)
         make_private_dirs(self.inbox)
-        self._counter = itertools.count(int(time.time() * 1000))
 
     def area(self, name: str, *parts: str) -> str:
         return os.path.join(self.path, name, *parts)
 
     def new_id(self) -> str:
-        return f"{next(self._counter):x}"
+        """A name no other in this process gets (staging, batches, records)."""
+        return f"{next(_ids):x}"
 
     # -- what is spooled ----------------------------------------------------------------
     def runs(self) -> list[tuple[str, str]]:

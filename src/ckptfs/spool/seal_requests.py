@@ -19,7 +19,8 @@ from .layout import REQUESTS, read_json, write_json_atomically
 def request_seal(store_path: str, project: str, run: str, path: str) -> None:
     """Ask the running daemon to seal the unit at `path` of run p/r ("": all of it)."""
     spool = Spool(store_path)
-    write_json_atomically(spool.area(REQUESTS, spool.new_id() + ".json"),
+    # The pid too: two `ckptfs seal` started within a millisecond get the same id.
+    write_json_atomically(spool.area(REQUESTS, f"{spool.new_id()}-{os.getpid()}.json"),
                           {"project": project, "run": run, "path": path})
 
 
