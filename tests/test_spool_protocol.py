@@ -14,8 +14,12 @@ from ckptfs.spool import daemon as spool_daemon
 from ckptfs.spool import records
 from ckptfs.spool.directory import Spool
 from ckptfs.spool.layout import REQUESTS
-from ckptfs.spool.seal_requests import (nothing_waits, request_seal, spooled_units,
-                                        take_requests)
+from ckptfs.spool.seal_requests import (
+    nothing_waits,
+    request_seal,
+    spooled_units,
+    take_requests,
+)
 from ckptfs.store import Store
 
 DAEMON_LIBRARIES = ("pyfuse3", "trio")
@@ -34,7 +38,7 @@ def run_ckptfs_timing_imports(*args) -> tuple[subprocess.CompletedProcess, set[s
     """`python -X importtime -m ckptfs ARGS`: its result, and the top-level packages it
     imported."""
     proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "ckptfs", *args],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     imported = set(re.findall(r"^import time:.*\|\s+([\w]+)", proc.stderr, re.MULTILINE))
     assert "Traceback" not in proc.stderr, proc.stderr
     return proc, imported
@@ -53,7 +57,7 @@ def test_importing_the_spool_protocol_imports_neither_pyfuse3_nor_trio():
             "import ckptfs.cli, ckptfs.fs.offline, ckptfs.fs.mounts, ckptfs.fs.inbox_state\n"
             "loaded = [m for m in ('pyfuse3', 'trio') if m in sys.modules]\n"
             "assert not loaded, loaded\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
 
 
