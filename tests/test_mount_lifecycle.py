@@ -130,7 +130,7 @@ def test_a_second_foreground_daemon_is_refused_before_it_touches_the_spool(tmp_p
     os.makedirs(staging)  # what a live daemon's seal reads
     second = tmp_path / "second"
     second.mkdir()
-    from ckptfs.fs import daemonlock
+    from ckptfs.spool import daemon as daemonlock
     with pytest.raises(daemonlock.StoreBusy) as refused:
         daemonlock.acquire(store, "daemon", str(second))
     assert f"already mounted at {first}" in str(refused.value)
@@ -220,7 +220,7 @@ def test_mount_onto_a_dead_mount_of_another_store_is_refused(dead_mount, tmp_pat
 def test_an_offline_seal_holds_the_store_against_a_mount_and_another_seal(tmp_path):
     """`ckptfs seal` with no daemon seals in its own process: while it does, a daemon
     starting would recover (clear, discard) what it is using, so the mount waits its turn."""
-    from ckptfs.fs import daemonlock
+    from ckptfs.spool import daemon as daemonlock
     store = new_store(tmp_path)
     spooled = os.path.join(store, "spool", "inbox", "p", "r", "v1")
     os.makedirs(spooled)

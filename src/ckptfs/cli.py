@@ -485,15 +485,18 @@ def rebuild_index(store):
 @click.option("--ready-fd", type=int, hidden=True)
 def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, ready_fd):
     """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
-    from ckptfs.fs import daemon
+    from ckptfs.fs import mounts
+    from ckptfs.spool import daemon as spool_daemon
     Store.open(store).close()  # fail here, with a clear message, if it is not a store
-    if daemon.detach_dead_mount_of(store, mountpoint):
+    if mounts.detach_dead_mount_of(store, mountpoint):
         click.echo(f"detached the dead mount at {mountpoint} (a previous daemon for this "
                    "store died; what it left in the inbox is held: see `ckptfs status`)")
-    daemon.check_mountpoint(mountpoint)
+    mounts.check_mountpoint(mountpoint)
     check_store_outside(store, mountpoint)
-    daemon.check_store_free(store)
+    spool_daemon.check_free(store)
     if foreground:
+        # pyfuse3 and trio: only in the process that serves
+        from ckptfs.fs import daemon
         # Started by a background `mount` (ready_fd): the log file only, since the
         # parent stops reading our stderr once the mount is up.
         log_path = daemon.setup_logging(store, log_level, foreground=ready_fd is None)
@@ -572,9 +575,8 @@ def umount(mountpoint):
 def serving_daemon(store: str) -> dict | None:
     """What the mount daemon serving STORE recorded (pid, mountpoint), if one runs: the
     holder of its lock (a pid file could name a pid the system has given to another)."""
-    from ckptfs.fs import daemonlock
-    holder = daemonlock.holder(store)
-    return holder if holder is not None and holder.get("role") == daemonlock.DAEMON else None
+    from ckptfs.spool import daemon as spool_daemon
+    return spool_daemon.serving(store)
 
 
 @main.command()
@@ -589,24 +591,24 @@ def seal(store, ref, timeout):
     project, run, path = parse_inbox_ref(ref)
     with open_store(store) as s:
         s.authorize(None, project, "writer", "seal versions", ref)
-        from ckptfs.fs.offline import nothing_waits
+        from ckptfs.spool import daemon as spool_daemon
+        from ckptfs.spool.seal_requests import nothing_waits
         why = nothing_waits(s, project, run, path)
         if why and not path:  # a whole run: nothing left to seal is what was asked
             click.echo(f"{why}: everything written there is sealed")
             return
         if why:
             fail(why)
-        from ckptfs.fs import daemonlock
-        lock, holder = daemonlock.try_acquire(s.path, daemonlock.SEAL)
+        lock, holder = spool_daemon.try_acquire(s.path, spool_daemon.SEAL)
         if lock is not None:  # no daemon, and none starts meanwhile: the same seal, here
             with lock:
                 seal_here(s, project, run, path, ref)
             return
-        if holder.get("role") != daemonlock.DAEMON:
-            fail(daemonlock.busy_message(store, holder))
+        if holder.get("role") != spool_daemon.DAEMON:
+            fail(spool_daemon.busy_message(store, holder))
         start_seq = s.applied_seq()
     # A daemon serves this store: hand it the request and wait for the outcome.
-    from ckptfs.fs.offline import request_seal, wait_for_seal
+    from ckptfs.spool.seal_requests import request_seal, wait_for_seal
     request_seal(store, project, run, path)
     outcome = wait_for_seal(store, project, run, path, start_seq, timeout)
     if outcome.startswith("sealed"):
@@ -636,12 +638,12 @@ def parse_inbox_ref(ref: str) -> tuple[str, str, str]:
 
 
 def store_status_line(store: str) -> str:
-    from ckptfs.fs.inbox import RUNNING_MARKER
+    from ckptfs.spool import daemon as spool_daemon
     serving = serving_daemon(store)
     if serving:
         return (f"store {store}: mounted at {serving.get('mountpoint')} by daemon pid "
                 f"{serving.get('pid')}")
-    if os.path.exists(os.path.join(store, "spool", RUNNING_MARKER)):
+    if spool_daemon.last_daemon_died(store):
         return (f"store {store}: not mounted; its last daemon died (what it left in the "
                 "inbox is held until written again or sealed with `ckptfs seal`)")
     return f"store {store}: not mounted"
@@ -664,7 +666,7 @@ def status(target):
                    f"mount, {st['seal_failures']} seal failures, {st['read_errors']} read errors")
         pending = st["pending_inbox_versions"]
     else:
-        from ckptfs.fs.offline import spooled_units
+        from ckptfs.spool.seal_requests import spooled_units
         with open_store(target) as s:
             pending = spooled_units(s)
         click.echo(store_status_line(target))

@@ -1,7 +1,10 @@
 """Running the mount: `serve` mounts and serves until unmounted or signalled.
 
 `ckptfs mount` (background) starts `serve` in a new session and waits on a pipe until
-the file system is mounted, like sshfs; `-f` runs `serve` in the foreground.
+the file system is mounted, like sshfs; `-f` runs `serve` in the foreground. The checks
+before a mount (the mount point, a dead mount, a daemon already serving the store) are
+in mounts.py and ckptfs.spool.daemon, which need neither pyfuse3 nor trio; their names
+are here too.
 """
 import logging
 import os
@@ -10,12 +13,15 @@ import signal
 import pyfuse3
 import trio
 
-from ckptfs.store import Store, StoreError
+from ckptfs.spool import daemon as spool_daemon
+from ckptfs.store import Store
 from ckptfs.store.private import make_private_dirs, private_open
 
-from . import daemonlock, mounts
 from .inbox import Inbox
+from .mounts import check_mountpoint, dead_mount_message, detach_dead_mount_of  # noqa: F401
 from .ops import CkptfsOperations
+
+check_store_free = spool_daemon.check_free
 
 log = logging.getLogger("ckptfs.fs")
 
@@ -33,47 +39,6 @@ def setup_logging(store_path: str, level: str, foreground: bool) -> str:
     return log_path
 
 
-def check_mountpoint(mountpoint: str):
-    if mounts.is_dead(mountpoint):
-        raise StoreError(dead_mount_message(mountpoint))
-    if not os.path.isdir(mountpoint):
-        raise StoreError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise StoreError(f"{mountpoint} is already a mount point (unmount it first: "
-                         f"ckptfs umount {mountpoint})")
-
-
-def dead_mount_message(mountpoint: str) -> str:
-    entry = mounts.entry_at(mountpoint)
-    served = f" (it served {entry.store})" if entry and entry.store else ""
-    return (f"{mountpoint} is a dead mount: the daemon serving it died{served}; run "
-            f"`ckptfs umount {mountpoint}` first")
-
-
-def check_store_free(store_path: str):
-    """Refuse early, with the first mount point, if a daemon already serves the store
-    (the daemon's own lock decides; this only spares starting one)."""
-    holder = daemonlock.holder(store_path)
-    if holder is not None:
-        raise daemonlock.StoreBusy(daemonlock.busy_message(store_path, holder), holder)
-
-
-def detach_dead_mount_of(store_path: str, mountpoint: str) -> bool:
-    """A mount point left dead by a daemon of this same store is detached, so that
-    `ckptfs mount` after a crash just works; True if it was. A dead mount of anything
-    else is left alone (check_mountpoint then says so)."""
-    if not mounts.is_dead(mountpoint):
-        return False
-    entry = mounts.entry_at(mountpoint)
-    if entry is None or entry.store != os.path.abspath(store_path):
-        return False
-    why = mounts.detach(mountpoint)
-    if why:
-        raise StoreError(f"cannot detach the dead mount at {mountpoint}: {why}")
-    log.info("detached the dead mount of %s at %s", store_path, mountpoint)
-    return True
-
-
 def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0,
           ready_fd: int | None = None):
     """Mount STORE at MOUNTPOINT and serve until unmounted, SIGTERM or SIGINT."""
@@ -82,7 +47,7 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
     try:
         check_mountpoint(mountpoint)
         # Before the inbox recovers anything: the spool is this daemon's alone.
-        lock = daemonlock.acquire(store_path, daemonlock.DAEMON, os.path.abspath(mountpoint))
+        lock = spool_daemon.acquire(store_path, spool_daemon.DAEMON, os.path.abspath(mountpoint))
         inbox = Inbox(store, seal_after)
         inbox.mountpoint = os.path.realpath(mountpoint)
         ops = CkptfsOperations(store, inbox)

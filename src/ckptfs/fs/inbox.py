@@ -12,10 +12,11 @@ lays the spool over the run's sealed versions (workview.py), each where it was w
 A sealed checkpoint directory is read-only there (EROFS); a checkpoint file or a loose
 file can be written again (copied up into the spool: the next version of it). Removing
 sealed content only hides it from the working view; removing a unit that is not sealed
-yet seals it first. This module answers the file-system calls below `inbox/` and keeps
-the record of what happens to the spooled files (activity.py) that the sealer decides
-by; who writes each part of a run is recorded for its provenance, what each process
-reads for its lineage (reads.py).
+yet seals it first. This module answers the file-system calls below `inbox/`, over the
+inbox's state (inbox_state.py: the units, working views and provenance records of each
+run, the record of what happens to the spooled files that the sealer decides by); who
+creates each part of a run is noted here for its provenance, what each process reads
+for its lineage (reads.py). The files on disk are the spool's (ckptfs.spool).
 """
 import errno
 import json
@@ -24,7 +25,6 @@ import os
 import shutil
 import stat
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import pyfuse3
@@ -35,22 +35,18 @@ from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, SEAL_MARKER, Unit, classi
 from ckptfs.meta.provenance import describe_process
 from ckptfs.meta.seal import deep_merge, env_allow_list
 from ckptfs.meta.user import clean_document
-from ckptfs.store.access import request_actor
+from ckptfs.spool import daemon as spool_daemon
+from ckptfs.spool import records
+from ckptfs.spool.layout import ERROR_SUFFIX, INBOX, REMOVED
 from ckptfs.store.names import InvalidNameError, validate_name
-from ckptfs.store.private import private_opener
 
-from .activity import SpoolActivity
-from .reads import ReadTracker
+from .inbox_state import InboxState
+from .owners import change_owner, give_to_caller, refuse_foreign_chown
 from .sealer import UNSEALED, Sealer, UnitState
-from .spool import (ANNOTATIONS, ERROR_SUFFIX, INBOX, REMOVED, Spool, load_provenance_record,
-                    provenance_key, provenance_path, read_json, top_of, unit_key,
-                    write_json_atomically)
 from .tree import Node
-from .workview import RunView
 
 log = logging.getLogger("ckptfs.inbox")
 
-RUNNING_MARKER = "daemon.running"
 NAME_MAX = 255
 # The spool keeps a path at most this long: room left below PATH_MAX (4096 with its NUL)
 # for where the same path goes on its way to a seal (spool/removed/ is 2 bytes longer
@@ -64,54 +60,6 @@ XATTR_SEAL = b"user.ckptfs.seal"
 XATTR_ANNOTATE = b"user.ckptfs.annotate"
 XATTR_STATE = b"user.ckptfs.state"
 XATTR_VERSION = b"user.ckptfs.version"
-
-
-def give_to_caller(path: str, ctx):
-    """A daemon running as root makes what a user creates in the inbox that user's, as a
-    file system does: `ls -l inbox/…` shows who wrote it, and the kernel's permission
-    checks (default_permissions) see the real owner. The group is the caller's, or the
-    directory's when that has the set-group-ID bit (what ext4 did for us already)."""
-    if ctx is None or os.geteuid() != 0:
-        return
-    parent = os.lstat(os.path.dirname(path))
-    gid = parent.st_gid if parent.st_mode & stat.S_ISGID else ctx.gid
-    st = os.lstat(path)
-    if (st.st_uid, st.st_gid) == (ctx.uid, gid):
-        return
-    try:
-        os.lchown(path, ctx.uid, gid)
-    except OSError as e:
-        log.debug("could not give %s to uid %d: %s", path, ctx.uid, e)
-
-
-def change_owner(path_or_fd, attr, fields):
-    """chown: kept on the spool file itself, shown by the mount (the kernel has checked
-    that the caller may: default_permissions). A version does not archive ownership
-    (docs/mount.md): it is for the inbox's permission checks while a job writes."""
-    uid = attr.st_uid if fields.update_uid else -1
-    gid = attr.st_gid if fields.update_gid else -1
-    if isinstance(path_or_fd, int):
-        os.fchown(path_or_fd, uid, gid)
-    else:
-        os.chown(path_or_fd, uid, gid, follow_symlinks=False)
-
-
-def refuse_foreign_chown(st, attr, fields, ctx):
-    """chown(2)'s rules, applied here too: with roles enforced the mount has no
-    default_permissions and the kernel checks nothing, while the daemon changes owners
-    as root. Only root gives a file away; its owner may change its group to one of its
-    own groups."""
-    if ctx is None or ctx.uid == 0:
-        return
-    if fields.update_uid and (attr.st_uid != st.st_uid or st.st_uid != ctx.uid):
-        log.warning("refused chown by uid %d: only root gives a file away", ctx.uid)
-        raise pyfuse3.FUSEError(errno.EPERM)
-    if fields.update_gid and (st.st_uid != ctx.uid or (
-            attr.st_gid != st.st_gid and
-            attr.st_gid not in request_actor(ctx.uid, ctx.gid, ctx.pid)["gids"])):
-        log.warning("refused chgrp by uid %d: not its owner, or not a group of the caller",
-                    ctx.uid)
-        raise pyfuse3.FUSEError(errno.EPERM)
 
 
 def kind_of(mode: int) -> str:
@@ -136,27 +84,18 @@ class InboxFile:
     inode: int | None = None  # the mount's inode number of it (ops.py)
 
 
-class Inbox:
+class Inbox(InboxState):
+    """The file-system calls below `inbox/`, over the inbox's state (inbox_state.py) and
+    its sealer. `daemon` False: no running marker is kept (nothing serves the store)."""
+
     def __init__(self, store, seal_after: float = 5.0, daemon: bool = True):
-        self.store = store
-        self.spool = Spool(store.path)
-        self.root = self.spool.inbox
-        self.reads = ReadTracker()
-        self.activity = SpoolActivity()
-        self.daemon = daemon          # False: `ckptfs seal` with no daemon running
+        super().__init__(store)
+        self.daemon = daemon
         self.mountpoint: str | None = None
-        self.writers: dict[tuple, dict] = {}         # (p, r, top) -> provenance record
-        self._listings: dict[tuple, tuple[int, list[Unit]]] = {}
-        self._structure: dict[tuple, int] = {}      # (p, r) -> bumped by every structure change
-        self._hidden: dict[tuple, dict[str, set[str]]] = {}
-        self._views: dict[tuple, tuple[int, RunView]] = {}
-        self._view_entries = OrderedDict()
         self.sealer = Sealer(self, seal_after)
-        marker = os.path.join(self.spool.path, RUNNING_MARKER)
-        self.sealer.recover(crashed=daemon and os.path.exists(marker))
+        self.sealer.recover(crashed=daemon and spool_daemon.last_daemon_died(store.path))
         if daemon:
-            with open(marker, "w", opener=private_opener) as f:
-                f.write(str(os.getpid()))
+            spool_daemon.mark_running(store.path)
 
     # What the mount's stats and `ckptfs status` show.
     @property
@@ -169,10 +108,7 @@ class Inbox:
     def close(self):
         self.sealer.close(self.daemon)
         if self.daemon:
-            try:
-                os.unlink(os.path.join(self.spool.path, RUNNING_MARKER))
-            except FileNotFoundError:
-                pass
+            spool_daemon.mark_stopped(self.store.path)
 
     async def run(self):
         """The inbox's background work until cancelled: sealing, preparing, forgetting
@@ -180,9 +116,6 @@ class Inbox:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.sealer.run)
             nursery.start_soon(self._forget_dead_readers)
-
-    def forget_view(self, run: tuple):
-        self._views.pop(run, None)
 
     async def _forget_dead_readers(self):
         while True:
@@ -208,56 +141,7 @@ class Inbox:
     def spool_path(self, key: tuple) -> str:
         return os.path.join(self.root, key[1]) if key[1] else self.root
 
-    def run_path(self, run: tuple, rel: str) -> str:
-        return os.path.join(self.root, run[0], run[1], rel) if rel else \
-            os.path.join(self.root, run[0], run[1])
-
-    def bump_structure(self, run: tuple):
-        self._structure[run] = self._structure.get(run, 0) + 1
-
-    def units_of(self, p: str, r: str) -> list[Unit]:
-        generation = self._structure.get((p, r), 0)
-        cached = self._listings.get((p, r))
-        if cached is None or cached[0] != generation:
-            cached = self._listings[(p, r)] = (generation, self.spool.units(p, r))
-        return cached[1]
-
     # -- the working view of sealed versions -------------------------------------------------
-    def hidden(self, run: tuple) -> dict[str, set[str]]:
-        if run not in self._hidden:
-            self._hidden[run] = self.spool.hidden(*run)
-        return self._hidden[run]
-
-    def hide(self, run: tuple, version: str, inner: str):
-        hidden = self.hidden(run)
-        paths = hidden.setdefault(version, set())
-        if "" in paths:
-            return
-        if inner == "":
-            paths.clear()
-        paths.add(inner)
-        self.spool.save_hidden(*run, hidden)
-        self._views.pop(run, None)
-
-    def unhide(self, run: tuple, version: str):
-        """Forget what was hidden of `version` (a seal that hid its version ahead of its
-        commit, and then failed: the name is free again)."""
-        hidden = self.hidden(run)
-        if hidden.pop(version, None) is not None:
-            self.spool.save_hidden(*run, hidden)
-            self._views.pop(run, None)
-
-    def view(self, run: tuple) -> RunView:
-        """The sealed part of the run's working view, as of the catalog now."""
-        seq = self.store.applied_seq()
-        cached = self._views.get(run)
-        if cached is None or cached[0] != seq:
-            # A version's entries never change (names are never reused), so they are
-            # cached across catalog changes.
-            cached = self._views[run] = (seq, RunView(self.store, *run, self.hidden(run),
-                                                      self._view_entries))
-        return cached[1]
-
     def _sealed(self, run: tuple, rel: str):
         return self.view(run).lookup(rel) if rel else None
 
@@ -330,7 +214,7 @@ class Inbox:
     def _error_node(self, key: tuple) -> Node | None:
         if not key[1].endswith(ERROR_SUFFIX):
             return None
-        path = self.spool.area("errors", key[1])
+        path = self.spool.error_path(key[1][:-len(ERROR_SUFFIX)])
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
@@ -452,20 +336,13 @@ class Inbox:
         self.sealer.unit_changed(run, rel)
 
     # -- provenance: who writes each part of a run -------------------------------------------
-    def provenance_record(self, run: tuple, top: str) -> dict:
-        record = self.writers.get((*run, top))
-        if record is None:
-            record = self.writers[(*run, top)] = load_provenance_record(
-                provenance_path(self.spool.path, *run, top))
-        return record
-
     async def _note_writer(self, run: tuple, rel: str, ctx):
         """Record the process creating a file while it waits for our reply (so it cannot
         be gone yet): the first becomes the provenance of what it writes under this
         top-level entry of the run, a few more are listed. Kept in the spool."""
         if ctx is None:
             return
-        top = top_of(rel)
+        top = records.top_of(rel)
         record = self.provenance_record(run, top)
         if ctx.pid in record["seen"] or len(record["seen"]) > 4 * MAX_OTHER_WRITERS:
             return
@@ -480,18 +357,7 @@ class Inbox:
                 all(o.get("pid") != described.get("pid") for o in record["others"]) and \
                 len(record["others"]) < MAX_OTHER_WRITERS:
             record["others"].append({k: described.get(k) for k in ("pid", "executable", "command_line")})
-        write_json_atomically(provenance_path(self.spool.path, *run, top), record)
-
-    def forget_provenance(self, run: tuple, top: str):
-        """When nothing of the run under `top` is left to seal."""
-        if any(key[:2] == run and provenance_key(state.unit) == top
-               for key, state in self.sealer.units.items()):
-            return
-        self.writers.pop((*run, top), None)
-        try:
-            os.unlink(provenance_path(self.spool.path, *run, top))
-        except FileNotFoundError:
-            pass
+        self.save_provenance(run, top)
 
     # -- operations -----------------------------------------------------------------------------
     async def create(self, parent, name, mode, flags, ctx):
@@ -570,11 +436,6 @@ class Inbox:
         self.activity.created_by(run, rel, ctx)
         self._changed(run, rel)
         self.bump_structure(run)
-
-    def restore_file(self, entry: dict, target: str):
-        with open(target, "wb") as f:
-            for piece in self.store.iter_file_checked(entry):
-                f.write(piece)
 
     def _seal_before_overwrite(self, run: tuple, rel: str, ctx):
         """Another process is about to write a checkpoint file anew (a resumed job
@@ -999,8 +860,8 @@ class Inbox:
             log.warning("refused annotating inbox/%s: %s", key[1],
                         "; ".join(warnings) or "not a JSON object")
             raise pyfuse3.FUSEError(errno.EINVAL)
-        path = self.spool.area(ANNOTATIONS, *run, unit_key(unit.path) + ".json")
-        write_json_atomically(path, deep_merge(read_json(path, {}) or {}, clean))
+        earlier = records.load_annotations(self.spool, *run, unit.path) or {}
+        records.save_annotations(self.spool, *run, unit.path, deep_merge(earlier, clean))
         self._changed(run, rel)
 
     def getxattr(self, key: tuple, name: bytes) -> bytes:

@@ -5,11 +5,19 @@ answering: every `stat` of it fails with ENOTCONN ("Transport endpoint is not
 connected"), so it looks like neither a directory nor a mount point to `os.path`
 (once the kernel's cached attributes of the root expire; statfs fails at once).
 /proc/self/mountinfo still lists it, with the store it served (`fsname=ckptfs:STORE`).
+
+`ckptfs mount` checks its mount point here before it starts a daemon (no pyfuse3 or
+trio is imported for that), and detaches a dead mount its store's last daemon left.
 """
 import errno
+import logging
 import os
 import subprocess
 from dataclasses import dataclass
+
+from ckptfs.store import StoreError
+
+log = logging.getLogger("ckptfs.fs")
 
 FSNAME_PREFIX = "ckptfs:"
 DEAD_ERRNOS = (errno.ENOTCONN, errno.ECONNABORTED)
@@ -94,3 +102,36 @@ def detach(path: str) -> str | None:
             return None
         why = done.stderr.strip() or why
     return why
+
+
+def check_mountpoint(mountpoint: str):
+    if is_dead(mountpoint):
+        raise StoreError(dead_mount_message(mountpoint))
+    if not os.path.isdir(mountpoint):
+        raise StoreError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise StoreError(f"{mountpoint} is already a mount point (unmount it first: "
+                         f"ckptfs umount {mountpoint})")
+
+
+def dead_mount_message(mountpoint: str) -> str:
+    entry = entry_at(mountpoint)
+    served = f" (it served {entry.store})" if entry and entry.store else ""
+    return (f"{mountpoint} is a dead mount: the daemon serving it died{served}; run "
+            f"`ckptfs umount {mountpoint}` first")
+
+
+def detach_dead_mount_of(store_path: str, mountpoint: str) -> bool:
+    """A mount point left dead by a daemon of this same store is detached, so that
+    `ckptfs mount` after a crash just works; True if it was. A dead mount of anything
+    else is left alone (check_mountpoint then says so)."""
+    if not is_dead(mountpoint):
+        return False
+    entry = entry_at(mountpoint)
+    if entry is None or entry.store != os.path.abspath(store_path):
+        return False
+    why = detach(mountpoint)
+    if why:
+        raise StoreError(f"cannot detach the dead mount at {mountpoint}: {why}")
+    log.info("detached the dead mount of %s at %s", store_path, mountpoint)
+    return True

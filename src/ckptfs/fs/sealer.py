@@ -26,16 +26,15 @@ from ckptfs.meta.layout import (CHECKPOINT, FILES, GROUP, SEAL_MARKER, Unit,
                                 free_version_name, is_checkpoint_directory, unit_of,
                                 units_asked)
 from ckptfs.meta.seal import archive_directory
+from ckptfs.spool import records
+from ckptfs.spool.directory import inner_path, listing_of
+from ckptfs.spool.layout import REMOVED
+from ckptfs.spool.records import provenance_key, provenance_of_record
+from ckptfs.spool.seal_requests import take_requests
 from ckptfs.store import StoreError
-from ckptfs.store.private import private_opener
-
-from .spool import (ANNOTATIONS, ERROR_SUFFIX, REMOVED, REQUESTS, SEALING, inner_path,
-                    listing_of, provenance_key, provenance_of_record, read_json, unit_key,
-                    write_json_atomically)
 
 log = logging.getLogger("ckptfs.inbox")
 
-STAGED_PACKS = "staged-packs"   # ids of packs opened ahead of a seal, one per line (hex)
 FILES_QUIET_MIN, FILES_QUIET_FACTOR = 60.0, 12  # seconds; times --seal-after
 UNSEALED = "\0unit:"  # marks a read of a unit not sealed yet (never a version name)
 
@@ -66,6 +65,9 @@ class PrepareJob:
 
 
 class Sealer:
+    """Seals the units of `inbox` (an InboxState: the Inbox of the daemon, or a bare
+    state for `ckptfs seal` with no daemon) as they become due."""
+
     def __init__(self, inbox, seal_after: float):
         self.inbox = inbox
         self.store, self.spool, self.activity = inbox.store, inbox.spool, inbox.activity
@@ -112,10 +114,7 @@ class Sealer:
             ingest.abort()
         self.staged.clear()
         if daemon:
-            try:
-                os.unlink(os.path.join(self.spool.path, STAGED_PACKS))
-            except FileNotFoundError:
-                pass
+            records.forget_staged_packs(self.spool)
 
     async def run(self):
         """Sealing and preparing, until cancelled."""
@@ -138,12 +137,11 @@ class Sealer:
         return self.units.get((*run, unit.path, None)) if unit else None
 
     def finish_interrupted_seals(self):
-        base = self.spool.area(SEALING)
-        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            intent = read_json(os.path.join(base, name))
-            if not _whole_intent(intent):
+        for path, intent in records.interrupted_intents(self.spool):
+            if intent is None:
                 # Cut short or damaged: its unit is still in the spool, held; no clean-up.
-                log.warning("ignored the damaged seal record spool/sealing/%s", name)
+                log.warning("ignored the damaged seal record spool/sealing/%s",
+                            os.path.basename(path))
             elif self.store.version_record(
                     intent["project"], intent["run"], intent["version"]) is not None:
                 unit = Unit(intent["unit"], intent["shape"], intent["kind"], ())
@@ -153,23 +151,19 @@ class Sealer:
                     self.spool.drop_batch(intent["project"], intent["run"], intent["batch"])
                 log.info("finished the clean-up of %s/%s/%s, sealed before the daemon stopped",
                          intent["project"], intent["run"], intent["version"])
-            os.unlink(os.path.join(base, name))
+            records.drop_intent(path)
 
     def discard_packs_of_dead_daemon(self):
-        listing = os.path.join(self.spool.path, STAGED_PACKS)
-        try:
-            with open(listing) as f:
-                pack_ids = [int(line, 16) for line in f if line.strip()]
-        except FileNotFoundError:
+        pack_ids = records.staged_packs(self.spool)
+        if pack_ids is None:
             return
         dropped = [i for i in pack_ids if self.store.discard_unfinished_pack(i)]
         if dropped:
             log.info("removed %d unfinished pack(s) left by the daemon that died", len(dropped))
-        os.unlink(listing)
+        records.forget_staged_packs(self.spool)
 
     def _note_staged_pack(self, pack_id: int):
-        with open(os.path.join(self.spool.path, STAGED_PACKS), "a", opener=private_opener) as f:
-            f.write(f"{pack_id:08x}\n")
+        records.note_staged_pack(self.spool, pack_id)
 
     def error_rel(self, run: tuple, unit: Unit) -> str:
         where = unit.path or unit.name_hint
@@ -432,19 +426,20 @@ class Sealer:
 
     def _take_requests(self):
         """`ckptfs seal` run beside the daemon leaves its requests in spool/requests."""
-        base = self.spool.area(REQUESTS)
-        for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            request = read_json(os.path.join(base, name))
-            try:
-                os.unlink(os.path.join(base, name))
-            except FileNotFoundError:
-                continue
-            if not isinstance(request, dict):
-                continue
-            run, rel = (request.get("project"), request.get("run")), request.get("path", "")
-            for unit in units_asked(self.inbox.units_of(*run), rel):
-                state = self.units.setdefault((*run, unit.path, None), UnitState(unit))
-                state.requested, state.held = True, False
+        for project, run, rel in take_requests(self.spool):
+            self.request((project, run), rel)
+
+    def request(self, run: tuple, rel: str) -> list[tuple]:
+        """Seal the units at `rel` of the run now (all of them for ""), held or not:
+        `ckptfs seal`. Returns their keys, with those of the units removed there."""
+        keys = []
+        for unit in units_asked(self.inbox.units_of(*run), rel):
+            key = (*run, unit.path, None)
+            state = self.units.setdefault(key, UnitState(unit))
+            state.requested, state.held = True, False
+            keys.append(key)
+        return keys + [k for k in self.units if k[:2] == run and k[3] is not None
+                       and (not rel or k[2] == rel)]
 
     async def seal(self, key: tuple):
         # Shielded: an unmount or signal lets a seal that has begun finish (it is atomic
@@ -494,22 +489,21 @@ class Sealer:
             # again between the commit and the clean-up (a job that lists its checkpoints
             # right after removing one would find it back, and fail to remove it again).
             self.inbox.hide(run, version, "")
-        intent = self.spool.area(SEALING, self.spool.new_id() + ".json")
         parent, inputs = self.read_lineage(run, unit, state)
         read_lineage = {"inputs": inputs} if inputs else {}
         if parent:
             read_lineage["parent"] = parent
-        annotations_path = self.spool.area(ANNOTATIONS, *run, unit_key(unit.path) + ".json")
+        intent = None
         try:
             async with self.lane:
                 ingest = self.staged.pop(ingest_key, None)
                 if ingest is not None:
                     ingest.version = version
                     ingest.reconsider(unit.kind, parent)
-                write_json_atomically(intent, {"project": p, "run": r, "version": version,
-                                               "unit": unit.path, "shape": unit.shape,
-                                               "kind": unit.kind, "source": root,
-                                               "staged": staged, "batch": batch})
+                intent = records.write_intent(self.spool, {
+                    "project": p, "run": r, "version": version, "unit": unit.path,
+                    "shape": unit.shape, "kind": unit.kind, "source": root, "staged": staged,
+                    "batch": batch})
                 started = time.monotonic()
                 try:
                     report = await trio.to_thread.run_sync(functools.partial(
@@ -517,7 +511,7 @@ class Sealer:
                         provenance=provenance_of_record(self.inbox.provenance_record(run, provenance_key(unit))),
                         ingest=ingest, token_of=self.activity.token_of,
                         read_lineage=read_lineage,
-                        annotations=read_json(annotations_path, None),
+                        annotations=records.load_annotations(self.spool, p, r, unit.path),
                         system={"kind": unit.kind,
                                 "inbox": {"path": unit.path, "shape": unit.shape}}))
                 except SealRefused:
@@ -526,14 +520,14 @@ class Sealer:
                     raise
                 self.counters["ingest_seconds"] += time.monotonic() - started
         except (StoreError, OSError) as e:
-            if os.path.exists(intent):
-                os.unlink(intent)
+            if intent is not None:
+                records.drop_intent(intent)
             if hidden_ahead or state.removed_while_sealing:
                 self.inbox.unhide(run, version)  # no such version: the name is free again
             self._seal_failed(key, state, e)
             return
         await trio.to_thread.run_sync(self._release_sealed, key, state, root, staged, version)
-        os.unlink(intent)
+        records.drop_intent(intent)
         self._sealed_ok(key, state, version, report)
 
     def _carry_over(self, run: tuple, unit: Unit, staging: str):
@@ -575,10 +569,7 @@ class Sealer:
             self.spool.drop_removed_members(p, r, unit)
         if hide:
             self.inbox.hide(run, version, "")
-        try:
-            os.unlink(self.spool.area(ANNOTATIONS, p, r, unit_key(unit_path) + ".json"))
-        except FileNotFoundError:
-            pass
+        records.drop_annotations(self.spool, p, r, unit_path)
 
     def _sealed_ok(self, key, state: UnitState, version: str, report):
         p, r, unit_path, batch = key
@@ -594,7 +585,7 @@ class Sealer:
         self.units.pop(key, None)
         self.inbox.bump_structure(run)
         self.inbox.forget_view(run)
-        self.inbox.forget_provenance(run, provenance_key(state.unit))
+        self._forget_provenance_if_done(run, provenance_key(state.unit))
         self.counters["versions_sealed"] += 1
         self.last_sealed = f"{p}/{r}/{version}"
         self.counters["files_reused_at_seal"] += report.stats.prepared_files
@@ -607,6 +598,13 @@ class Sealer:
         self.requeue_deferred()
         if self.on_sealed:
             self.on_sealed(p, r, version, unit_path)
+
+    def _forget_provenance_if_done(self, run: tuple, top: str):
+        """The record of who wrote the run's part under `top` goes once nothing of that
+        part is left to seal."""
+        if not any(key[:2] == run and provenance_key(state.unit) == top
+                   for key, state in self.units.items()):
+            self.inbox.forget_provenance(run, top)
 
     def _seal_failed(self, key, state: UnitState, error: Exception):
         p, r, unit_path, batch = key
@@ -667,20 +665,11 @@ class Sealer:
                         "path": path, "kind": state.unit.kind,
                         "age_seconds": round(now - state.first_seen, 1),
                         "state": name, "error": state.error})
-        for rel in self._refusals():
-            out.append({"version": rel[:-len(ERROR_SUFFIX)], "path": None, "kind": None,
+        for rel in self.spool.refusals():
+            out.append({"version": rel, "path": None, "kind": None,
                         "age_seconds": None, "state": "refused",
-                        "error": _first_line(self.spool.area("errors", rel))})
+                        "error": self.spool.error_line(rel)})
         return out
-
-    def _refusals(self) -> list[str]:
-        """Error files of refused paths at the inbox and project levels."""
-        found = [name for name in self.spool.error_names("")]
-        base = self.spool.area("errors")
-        for entry in os.scandir(base) if os.path.isdir(base) else []:
-            if entry.is_dir():
-                found += [f"{entry.name}/{n}" for n in self.spool.error_names(entry.name)]
-        return found
 
     def run_state(self, run: tuple) -> dict:
         """The run directory's state: "sealed" once nothing of it waits in the spool."""
@@ -746,25 +735,6 @@ class Sealer:
         if state is not None and state.error:
             self.clear_error((*run, unit.path, None), state)
         self.discard_staged((*run, unit.path))
-
-
-INTENT_FIELDS = {"project": str, "run": str, "version": str, "unit": str, "shape": str,
-                 "kind": str, "source": str, "staged": dict}
-
-
-def _whole_intent(intent) -> bool:
-    """Does a spool/sealing record hold every field the clean-up needs?"""
-    return isinstance(intent, dict) and all(
-        isinstance(intent.get(key), kind) for key, kind in INTENT_FIELDS.items()) and all(
-        isinstance(intent["staged"].get(key), dict) for key in ("files", "links"))
-
-
-def _first_line(path: str) -> str | None:
-    try:
-        with open(path, errors="replace") as f:
-            return f.readline().strip()
-    except OSError:
-        return None
 
 
 def _claimed_elsewhere(units: list[Unit], group: Unit, rel: str) -> bool:

@@ -1,11 +1,16 @@
-"""One process at a time works on a store's spool: `STORE/spool/daemon.lock`.
+"""Who works on a store's spool, and did the last daemon die.
 
-The mount daemon holds an exclusive flock on it for its whole life; `ckptfs seal` with no
-daemon holds it while it seals. Two daemons on one store would share the spool (each
-clears the other's staging, discards the other's packs as a dead daemon's, seals the same
-unit twice), so the second is refused. The kernel releases the lock when its holder dies,
+One process at a time works on a store's spool: `STORE/spool/daemon.lock`. The mount
+daemon holds an exclusive flock on it for its whole life; `ckptfs seal` with no daemon
+holds it while it seals. Two daemons on one store would share the spool (each clears the
+other's staging, discards the other's packs as a dead daemon's, seals the same unit
+twice), so the second is refused. The kernel releases the lock when its holder dies,
 however it dies: a killed daemon never leaves a stale lock. The file says who holds it
 (pid, host, mount point), for the messages and for `ckptfs status`.
+
+`STORE/spool/daemon.running` (the daemon's pid) is written when a daemon starts and
+removed when it stops cleanly: found with no daemon holding the lock, it says the last
+one died, and the units it left are held until written again or sealed by hand.
 """
 import fcntl
 import json
@@ -14,9 +19,10 @@ import socket
 import time
 
 from ckptfs.store import StoreError
-from ckptfs.store.private import make_private_dirs, private_open
+from ckptfs.store.private import make_private_dirs, private_open, private_opener
 
-LOCK_NAME = "daemon.lock"
+from .layout import LOCK_NAME, RUNNING_MARKER, spool_path, unlink_if_present
+
 DAEMON, SEAL = "daemon", "seal"
 
 
@@ -47,7 +53,7 @@ class SpoolLock:
 
 
 def lock_path(store_path: str) -> str:
-    return os.path.join(store_path, "spool", LOCK_NAME)
+    return spool_path(store_path, LOCK_NAME)
 
 
 def try_acquire(store_path: str, role: str, mountpoint: str | None = None
@@ -103,6 +109,22 @@ def holder(store_path: str) -> dict | None:
         os.close(fd)
 
 
+def serving(store_path: str) -> dict | None:
+    """What the mount daemon serving the store recorded (pid, mountpoint), if one runs:
+    the holder of its lock (a pid file could name a pid the system has given to
+    another)."""
+    held_by = holder(store_path)
+    return held_by if held_by is not None and held_by.get("role") == DAEMON else None
+
+
+def check_free(store_path: str) -> None:
+    """StoreBusy, naming the holder, if a process works on the store's spool (`ckptfs
+    mount` asks before it starts a daemon; the daemon's own lock decides)."""
+    held_by = holder(store_path)
+    if held_by is not None:
+        raise StoreBusy(busy_message(store_path, held_by), held_by)
+
+
 def busy_message(store_path: str, holder: dict | None) -> str:
     holder = holder or {}
     who = f"pid {holder.get('pid', '?')}" + (f" on {holder['host']}"
@@ -124,3 +146,21 @@ def _read_record(fd: int) -> dict:
     except (OSError, ValueError):
         return {}
     return record if isinstance(record, dict) else {}
+
+
+# -- the running marker ----------------------------------------------------------------------
+def last_daemon_died(store_path: str) -> bool:
+    """Did a daemon start on this store and not stop cleanly? (Ask with its lock held,
+    or with no daemon serving: a running daemon has its marker too.)"""
+    return os.path.exists(spool_path(store_path, RUNNING_MARKER))
+
+
+def mark_running(store_path: str) -> None:
+    """A daemon starts (after it took the lock and looked at last_daemon_died)."""
+    with open(spool_path(store_path, RUNNING_MARKER), "w", opener=private_opener) as f:
+        f.write(str(os.getpid()))
+
+
+def mark_stopped(store_path: str) -> None:
+    """The daemon stops cleanly: what it leaves in the spool is in order."""
+    unlink_if_present(spool_path(store_path, RUNNING_MARKER))

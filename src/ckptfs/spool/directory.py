@@ -1,80 +1,50 @@
-"""The spool on disk: what the inbox holds that is not sealed yet, and the little state
-the working view of each run needs. No FUSE here: the daemon and `ckptfs seal` (with no
-daemon running) both use it.
-
-    STORE/spool/
-      inbox/<p>/<r>/<path…>        what jobs wrote and is not sealed yet, as they wrote it
-      removed/<p>/<r>/<path…>      files a job removed from a unit that is not sealed yet:
-                                   kept until that unit is sealed (if the job removes the
-                                   whole unit, it is sealed with them first)
-      removed/<p>/<r>/#<n>/…       a whole unit the job removed before its seal, and
-      removed/<p>/<r>/#<n>.json    what it is: sealed, then hidden from the working view
-      staging/<n>/                 a unit being sealed: hard links to its spooled files
-                                   (and files carried over from its previous version)
-      sealing/<n>.json             a seal under way: lets the next start finish a seal
-                                   whose daemon died between the commit and the clean-up
-      views/<p>/<r>.json           sealed entries the job removed from its working view
-      errors/<path>.error          why something was refused or failed (shown in the view)
-      provenance/<p>/<r>/<key>.json  who wrote what (see inbox.py)
-      requests/<n>.json            `ckptfs seal` asking a running daemon to seal a unit
-      annotations/<p>/<r>/<key>.json metadata given with `ckptfs.annotate` for a unit
-      daemon.lock                  held (flock) by the one process working on the spool
-                                   (daemonlock.py); daemon.running: a daemon started and
-                                   has not stopped cleanly (after a crash: units are held)
+"""`Spool`: the spooled files of a store, STORE/spool/ (the map is in
+ckptfs/spool/__init__.py). What the inbox holds that is not sealed yet and the units it
+makes, the whole units a job removed before their seal, the staging of a unit being
+sealed and the release of what it sealed, the working views' hidden entries, and the
+error files shown in the inbox. No FUSE here: the daemon and `ckptfs seal` / `status`
+(with no daemon running) both use it.
 """
 import itertools
-import json
 import os
 import shutil
 import stat
 import time
-from urllib.parse import quote
 
 from ckptfs.meta.layout import DIR, FILE, GROUP, Unit, classify
 from ckptfs.store.private import make_private_dirs, private_opener
 
-INBOX, REMOVED, STAGING, SEALING, VIEWS = "inbox", "removed", "staging", "sealing", "views"
-ERRORS, PROVENANCE, REQUESTS, ANNOTATIONS = "errors", "provenance", "requests", "annotations"
-ERROR_SUFFIX = ".error"
+from .layout import (
+    ERROR_SUFFIX,
+    ERRORS,
+    INBOX,
+    REMOVED,
+    STAGING,
+    VIEWS,
+    read_json,
+    spool_path,
+    unlink_if_present,
+    write_json_atomically,
+)
 
-
-def unit_key(unit_path: str) -> str:
-    """A unit's path as one file name (for provenance and annotation records)."""
-    return "u" + quote(unit_path, safe="")
-
-
-def write_json_atomically(path: str, doc) -> None:
-    make_private_dirs(os.path.dirname(path))
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", opener=private_opener) as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink(tmp)  # e.g. a full disk cut it short: no half record left in the spool
-        raise
-
-
-def read_json(path: str, default=None):
-    try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return default
+# One sequence per process, from the time it started (ms): ids grow across restarts.
+_ids = itertools.count(int(time.time() * 1000))
 
 
 class Spool:
+    """STORE/spool of the store at `store_path` (its inbox/ made if missing)."""
+
     def __init__(self, store_path: str):
-        self.path = os.path.join(store_path, "spool")
+        self.path = spool_path(store_path)
         self.inbox = os.path.join(self.path, INBOX)
         make_private_dirs(self.inbox)
-        self._counter = itertools.count(int(time.time() * 1000))
 
     def area(self, name: str, *parts: str) -> str:
         return os.path.join(self.path, name, *parts)
 
     def new_id(self) -> str:
-        return f"{next(self._counter):x}"
+        """A name no other in this process gets (staging, batches, records)."""
+        return f"{next(_ids):x}"
 
     # -- what is spooled ----------------------------------------------------------------
     def runs(self) -> list[tuple[str, str]]:
@@ -137,7 +107,7 @@ class Spool:
 
     def drop_batch(self, p: str, r: str, batch: str) -> None:
         shutil.rmtree(self.batch_root(p, r, batch), ignore_errors=True)
-        _unlink(os.path.join(self.run_dir(p, r, REMOVED), f"#{batch}.json"))
+        unlink_if_present(os.path.join(self.run_dir(p, r, REMOVED), f"#{batch}.json"))
 
     # -- the working view's removals of sealed content ---------------------------------
     def hidden(self, p: str, r: str) -> dict[str, set[str]]:
@@ -162,7 +132,7 @@ class Spool:
             f.write(text if text.endswith("\n") else text + "\n")
 
     def clear_error(self, inbox_rel: str) -> bool:
-        return _unlink(self.error_path(inbox_rel))
+        return unlink_if_present(self.error_path(inbox_rel))
 
     def error_names(self, inbox_rel_dir: str) -> list[str]:
         """Names of the error files shown in the inbox directory `inbox_rel_dir`."""
@@ -172,6 +142,30 @@ class Spool:
                           if e.is_file() and e.name.endswith(ERROR_SUFFIX))
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def error_line(self, inbox_rel: str) -> str | None:
+        """The first line of the error file shown as `inbox/<inbox_rel>.error`."""
+        return _first_line(self.error_path(inbox_rel))
+
+    def refusals(self) -> list[str]:
+        """The paths (relative to inbox/) refused at the inbox and project levels, whose
+        error files say why."""
+        found = [name for name in self.error_names("")]
+        base = self.area(ERRORS)
+        for entry in _scandir(base):
+            if entry.is_dir():
+                found += [f"{entry.name}/{n}" for n in self.error_names(entry.name)]
+        return [name[:-len(ERROR_SUFFIX)] for name in found]
+
+    def newest_error(self, run_rel: str, since: float) -> str | None:
+        """The first line of an error file below run `run_rel` ("p/r") written since
+        `since` (a time.time()), if there is one."""
+        for dirpath, _dirs, files in os.walk(self.area(ERRORS, run_rel)):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                if os.stat(full).st_mtime >= since:
+                    return _first_line(full)
+        return None
 
     # -- sealing a unit -------------------------------------------------------------------
     def stage(self, source_root: str, unit: Unit, members: list[str]) -> tuple[str, dict]:
@@ -298,19 +292,19 @@ def _scandir(base: str):
         return []
 
 
+def _first_line(path: str) -> str | None:
+    try:
+        with open(path, errors="replace") as f:
+            return f.readline().strip()
+    except OSError:
+        return None
+
+
 def _lstat(path: str):
     try:
         return os.lstat(path)
     except FileNotFoundError:
         return None
-
-
-def _unlink(path: str) -> bool:
-    try:
-        os.unlink(path)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def _remove_empty_dirs(root: str) -> None:
@@ -321,35 +315,3 @@ def _remove_empty_dirs(root: str) -> None:
         except OSError:
             pass
 
-
-# -- provenance records: who wrote what --------------------------------------------------
-def provenance_path(spool_path: str, project: str, run: str, top: str) -> str:
-    """Who wrote the part of run p/r under its top-level entry `top` ("": loose files)."""
-    return os.path.join(spool_path, PROVENANCE, project, run, unit_key(top) + ".json")
-
-
-def load_provenance_record(path: str) -> dict:
-    record = read_json(path)
-    if not isinstance(record, dict):
-        return {"writer": None, "others": [], "seen": []}
-    return record
-
-
-def provenance_of_record(record: dict) -> dict:
-    """The `provenance` a version's sidecar gets from its spooled record."""
-    provenance = dict(record.get("writer") or {"via": "mount", "unknown": True})
-    if record.get("others"):
-        provenance["other_writers"] = record["others"]
-    return provenance
-
-
-def top_of(rel: str) -> str:
-    """The provenance key of a path in a run directory: its top-level directory, or ""
-    for the files directly in the run directory."""
-    return rel.split("/", 1)[0] if "/" in rel else ""
-
-def provenance_key(unit: Unit) -> str:
-    """The provenance key of a unit's files (see top_of)."""
-    if unit.shape == DIR or (unit.shape == GROUP and unit.path):
-        return unit.path.split("/", 1)[0]
-    return top_of(unit.path)
