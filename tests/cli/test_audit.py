@@ -1,34 +1,13 @@
 """The journal as a tamper-evident audit log: `ckptfs audit`, `ckptfs audit verify` and
 MOUNT/.ckptfs/audit.jsonl (issue 6, first part)."""
 import json
-import os
-import shutil
-import subprocess
-
-import pytest
 
 from ckptfs.store import Store
-from conftest import run_cli_checked
-from samples import make_checkpoint
+from tests.helpers import audit as helpers
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.samples import make_checkpoint
 
-
-@pytest.fixture
-def audited(tmp_path):
-    """A store with six journal entries: its creator's admin grant, two seals, two alias
-    moves, one setting."""
-    store = str(tmp_path / "store")
-    with Store.init(store) as s:
-        s.import_directory(make_checkpoint(tmp_path / "a", step=1), "nlp", "run", "v1")
-        s.import_directory(make_checkpoint(tmp_path / "b", step=2), "nlp", "run", "v2")
-        s.set_alias("nlp", "run", "prod", "v1")
-        s.set_alias("nlp", "run", "prod", "v2")
-        s.update_project_settings("nlp", {"primary_metric": "loss"})
-    journal = os.path.join(store, "journal", "journal.jsonl")
-    shutil.copy(journal, tmp_path / "journal.orig")
-    with open(journal, "rb") as f:
-        lines = f.read().splitlines(keepends=True)
-    assert len(lines) == 6
-    return store, journal, lines
+audited = helpers.audited  # a fixture (tests/helpers/audit.py)
 
 
 def write_lines(path, lines):
@@ -104,24 +83,3 @@ def test_audit_lists_events_with_who_and_filters(audited, tmp_path):
     assert later == ""
     bad = run_cli_checked("audit", store, "--since", "yesterday", rc=2)
     assert "is not a date" in bad.stderr.decode()
-
-
-def test_audit_jsonl_in_the_mount_is_the_journal_and_read_only(audited, mount):
-    store, journal, _ = audited
-    mnt = mount(store)
-    view = os.path.join(mnt, ".ckptfs", "audit.jsonl")
-    assert sorted(os.listdir(os.path.join(mnt, ".ckptfs"))) == ["audit.jsonl", "deleted", "stats.json"]
-    run_dir = os.path.join(mnt, "projects", "nlp", "run")
-    subprocess.run(["ln", "-sfn", "v1", os.path.join(run_dir, "prod")], check=True)
-    with open(view, "rb") as f, open(journal, "rb") as g:
-        shown, actual = f.read(), g.read()
-    assert shown == actual
-    moved = [json.loads(line) for line in shown.splitlines()
-             if json.loads(line)["type"] == "alias.set"][-1]
-    assert (moved["alias"], moved["version"], moved["previous"]) == ("prod", "v1", "v2")
-    assert moved["uid"] == os.getuid() and moved["pid"] != 0
-    grep = subprocess.run(["grep", "-c", '"type":"alias.set"', view], capture_output=True, text=True)
-    assert grep.stdout.strip() == "4"  # two here, then ln -sfn: temporary alias, then prod
-    with pytest.raises(OSError) as refused:
-        open(view, "ab")
-    assert refused.value.errno in (30, 13)  # EROFS (or EACCES from the 0444 mode)

@@ -17,10 +17,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_cli_checked, run_cli_many
-from samples import make_checkpoint, tree_snapshot
-
 import ckptfs
+from tests.helpers.cli import run_cli_checked, run_cli_many
+from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 SUBDIRS = ("packs", "index", "journal", "spool")
 COMMANDS = ("init", "import", "ls", "cat", "get", "stats", "verify", "rebuild-index")

@@ -15,16 +15,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import run_cli_checked, run_cli_many
-from samples import make_checkpoint, make_hf_checkpoint, tree_snapshot
-
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
 from ckptfs.store.manifest import version_digest
+from tests.helpers import export as helpers
+from tests.helpers.cli import run_cli_many
+from tests.helpers.export import ck
+from tests.helpers.samples import make_hf_checkpoint, tree_snapshot
 
-
-def ck(*args, rc=0):
-    return run_cli_checked(*args, rc=rc)
+source = helpers.source  # a fixture (tests/helpers/export.py)
+target = helpers.target  # a fixture (tests/helpers/export.py)
 
 
 def out(proc) -> str:
@@ -49,34 +49,6 @@ def sums_of_files(directory, version) -> list[str]:
     """The lines of SHA256SUMS for the files (the sidecar's left out)."""
     with open(os.path.join(directory, "SHA256SUMS")) as f:
         return [line for line in f if line.split("  ", 1)[1].startswith(f"{version}/")]
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    """A store with p/r/v1 (subdirectory, symlink, empty file, mode 0640, an mtime to
-    the nanosecond) and nlp/run/step-100 -> step-200 (HF checkpoints with metrics and a
-    ckptfs.json; step-200 has the alias `production`)."""
-    root = tmp_path_factory.mktemp("source")
-    src = SimpleNamespace(root=root, store=str(root / "store"))
-    src.v1 = make_checkpoint(root / "src" / "v1", step=100)
-    src.step100 = make_hf_checkpoint(root / "src" / "step-100", step=100, eval_loss=0.7, user={
-        "tags": ["candidate"], "notes": "warmup fixed",
-        "lineage": {"data": {"name": "wiki", "version": "v3"}}})
-    src.step200 = make_hf_checkpoint(root / "src" / "step-200", step=200, eval_loss=0.4)
-    with Store.init(src.store) as store:
-        archive_directory(store, src.v1, "p", "r", "v1")
-        archive_directory(store, src.step100, "nlp", "run", "step-100")
-        archive_directory(store, src.step200, "nlp", "run", "step-200")
-        store.set_alias("nlp", "run", "production", "step-200")
-    return src
-
-
-@pytest.fixture
-def target(tmp_path):
-    """A second, empty store to import into."""
-    path = str(tmp_path / "target")
-    Store.init(path).close()
-    return path
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -433,6 +405,7 @@ def test_a_signed_partial_export_is_verified_through_its_sidecars_file_list(
               rc=3)
     assert "the file list in its sidecar does not give the digest it records" in err(proc)
 
+
 def test_a_forged_signed_export_is_refused(signed, tmp_path, target):
     dest = copy_export(signed, tmp_path)
     forge_eval_loss_everywhere(dest, "step-200", 0.01)
@@ -463,19 +436,3 @@ def test_a_signature_by_another_key_or_none_is_refused(signed, source, tmp_path,
               "nlp/run/step-200", rc=3)
     assert "it is not signed, but --public-key asks for a signature" in err(proc)
     assert out(ck("ls", target)) == ""
-
-
-# -- through the mount ----------------------------------------------------------------------
-def test_an_imported_version_reads_the_same_through_the_mount(source, tmp_path, target, mount):
-    ck("export", source.store, "p/r/v1", tmp_path / "v1.tar")
-    ck("import", target, tmp_path / "v1.tar", "p/r/v1")
-    there, here = mount(source.store), mount(target)
-    diff = subprocess.run(["diff", "-r", "--no-dereference", f"{there}/projects/p/r/v1",
-                           f"{here}/projects/p/r/v1"], capture_output=True, text=True)
-    assert diff.returncode == 0, diff.stdout + diff.stderr
-    with open(f"{here}/projects/p/r/v1.json") as f:
-        sidecar = json.load(f)
-    with open(f"{there}/projects/p/r/v1.json") as f:
-        original = json.load(f)
-    assert sidecar["digest"] == original["digest"] == sidecar["imported_from"]["digest"]
-    assert sidecar["imported_from"]["store"] == source.store

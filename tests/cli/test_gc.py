@@ -2,7 +2,6 @@
 kept version still restores byte for byte and `verify` passes, a gc killed at each step
 (and at a random moment of a bigger rewrite) that the next gc finishes, imports and
 readers racing a gc, leftover packs, and a gc while the store is mounted."""
-import errno
 import json
 import os
 import random
@@ -12,66 +11,22 @@ import sys
 import time
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from conftest import copy_store, run_cli_checked, run_cli_many
-from samples import make_checkpoint, tree_snapshot
-from test_mount_inbox import sh, wait_for
 
-from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
-from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, GcReport, intent_path, load_intent
+from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, intent_path, load_intent
 from ckptfs.store.pack import list_pack_ids, pack_path, scan_pack
+from tests.helpers import gc as helpers
+from tests.helpers.cli import run_cli_checked, run_cli_many
+from tests.helpers.gc import KEPT, assert_restores, build_store
+from tests.helpers.samples import tree_snapshot
+from tests.helpers.stores import copy_store
 
-# p/r: v0..v4, each a sample checkpoint (tensor blocks delta-coded against v0's) plus
-# own.bin (its own random bytes); p/ft/f0 is a fine-tune of p/r/v1; p/r/v2 has the alias
-# production. With keep_last=1 on p, gc deletes v0 and v3 and keeps v1 (explicit parent
-# of f0), v2 (alias) and v4 (latest). v0's pack keeps the chunks later versions share
-# and the delta bases of their tensors; v3's keeps only its manifest (a tombstone's file
-# list): both are rewritten.
-RUN = ["v0", "v1", "v2", "v3", "v4"]
-KEPT = ["p/r/v1", "p/r/v2", "p/r/v4", "p/ft/f0"]
+pristine = helpers.pristine  # a fixture (tests/helpers/gc.py)
+small = helpers.small  # a fixture (tests/helpers/gc.py)
+
+
 DELETED = ["p/r/v0", "p/r/v3"]
-
-
-def make_version(path, step: int, own_kb: int = 384, parent: str | None = None) -> str:
-    make_checkpoint(path, step=step)
-    os.makedirs(os.path.join(path, "chunks"), exist_ok=True)   # a name the index's JSON
-    with open(os.path.join(path, "chunks", "chunks"), "w") as f:  # also uses for a key
-        f.write(f'"chunks" of step {step}')
-    with open(os.path.join(path, "own.bin"), "wb") as f:
-        f.write(np.random.default_rng(step).bytes(own_kb << 10))
-    if parent:
-        with open(os.path.join(path, "ckptfs.json"), "w") as f:
-            json.dump({"lineage": {"parent": dict(zip(("project", "run", "version"),
-                                                      parent.split("/")))}}, f)
-    return str(path)
-
-
-def build_store(root, own_kb: int = 384, shared_kb: int = 0) -> tuple[str, dict]:
-    """The store above: (its path, {ref: source directory})."""
-    path = str(root / "store")
-    sources = {}
-    with Store.init(path) as store:
-        for i, v in enumerate(RUN):
-            src = make_version(root / "src" / v, 100 + i, own_kb if v == "v0" else 96)
-            if shared_kb:   # bytes v0 shares with every later version: live in v0's pack
-                with open(os.path.join(src, "shared.bin"), "wb") as f:
-                    f.write(np.random.default_rng(1).bytes(shared_kb << 10))
-            archive_directory(store, src, "p", "r", v)
-            sources[f"p/r/{v}"] = src
-        sources["p/ft/f0"] = make_version(root / "src" / "f0", 200, 96, parent="p/r/v1")
-        archive_directory(store, sources["p/ft/f0"], "p", "ft", "f0")
-        store.set_alias("p", "r", "production", "v2")
-        store.set_retention_policy("p", None, {"keep_last": 1})
-    return path, sources
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gc")
-    path, sources = build_store(root)
-    return SimpleNamespace(path=path, sources=sources, root=root)
 
 
 def pack_bytes(store: str) -> int:
@@ -93,16 +48,6 @@ def referenced_packs(store: str) -> set[int]:
 def stats(store: str) -> dict:
     with Store.open(store) as s:
         return s.stats()
-
-
-def assert_restores(store: str, refs, sources: dict, dest):
-    """Every version in `refs` restores to exactly its source tree (bytes, modes, mtimes)."""
-    with Store.open(store) as s:
-        for ref in refs:
-            out = os.path.join(str(dest), ref.replace("/", "_"))
-            report = s.restore(*ref.split("/"), out)
-            assert not report.damaged, (ref, report.damaged)
-            assert tree_snapshot(out) == tree_snapshot(sources[ref]), f"{ref} differs"
 
 
 @pytest.fixture(scope="module")
@@ -173,48 +118,6 @@ def test_a_second_gc_has_nothing_left_to_do(reference, tmp_path):
     assert report.deletions == [] and report.freed_chunks == 0
     assert report.packs_rewritten == report.packs_dropped == []
     assert pack_bytes(path) == reference.pack_bytes
-
-
-def test_dead_records_in_packs_above_the_threshold_stay_until_a_rebuild_brings_them_back(
-        pristine, tmp_path):
-    """With rewrite_below = 0 no pack is rewritten: the dead chunks leave the index but
-    their bytes stay. rebuild-index indexes every record it finds, so they come back
-    (unreferenced, harmless), and the next gc forgets them again."""
-    path = copy_store(pristine.path, tmp_path / "store")
-    toml = os.path.join(path, "ckptfs.toml")
-    with open(toml) as f:
-        settings = f.read()
-    assert "\n[gc]\nrewrite_below = 0.5\n" in settings      # what `init` writes
-    with open(toml, "w") as f:
-        f.write(settings.replace("rewrite_below = 0.5", "rewrite_below = 0.0"))
-    with Store.open(path) as s:
-        first = s.collect_garbage()
-        assert first.packs_rewritten == first.packs_dropped == [] and first.dead_bytes_left > 0
-        chunks = s.stats()["chunks"]
-        s.rebuild_index()
-        assert s.stats()["chunks"] > chunks and s.verify().ok
-        again = s.collect_garbage()
-        assert again.freed_chunks > 0 and again.deletions == []
-        assert s.stats()["chunks"] == chunks and s.verify().ok
-    assert_restores(path, KEPT, pristine.sources, tmp_path / "out")
-
-
-def test_rewrite_below_one_rewrites_only_packs_with_dead_records(pristine, tmp_path):
-    """rewrite_below = 1: every pack with a dead record is rewritten once; a pack whose
-    records are all live is left alone, so the next gc copies nothing."""
-    path = copy_store(pristine.path, tmp_path / "store")
-    toml = os.path.join(path, "ckptfs.toml")
-    with open(toml) as f:
-        settings = f.read()
-    with open(toml, "w") as f:
-        f.write(settings.replace("rewrite_below = 0.5", "rewrite_below = 1"))
-    with Store.open(path) as s:
-        first = s.collect_garbage()
-        assert first.packs_rewritten and first.dead_bytes_left == 0
-        again = s.collect_garbage()
-        assert again.packs_rewritten == again.new_packs == [] and again.bytes_copied == 0
-        assert s.verify().ok
-    assert_restores(path, KEPT, pristine.sources, tmp_path / "out")
 
 
 # -- killed mid-way ----------------------------------------------------------------------------
@@ -324,82 +227,6 @@ def test_gc_sigkilled_at_a_random_moment_of_a_bigger_rewrite(tmp_path_factory, t
     assert_finished_like_the_reference(path, reference, SimpleNamespace(sources=sources), tmp_path)
 
 
-# -- concurrency ---------------------------------------------------------------------------------
-@pytest.fixture
-def small(tmp_path):
-    """p/r/a and p/r/b (nothing in common but small files), keep_last=1 on p."""
-    path = str(tmp_path / "store")
-    with Store.init(path) as s:
-        for name, seed in (("a", 1), ("b", 2)):
-            src = make_checkpoint(tmp_path / "src" / name, step=100, seed=seed)
-            s.import_directory(src, "p", "r", name)
-        s.set_retention_policy("p", None, {"keep_last": 1})
-    return SimpleNamespace(path=path, src=str(tmp_path / "src" / "a"), tmp=tmp_path)
-
-
-def prepare_all(ingest, src: str) -> dict:
-    """Prepare every file of `src` in `ingest` (as the mount does as files close); returns
-    the token of each."""
-    tokens = {}
-    for dirpath, _dirs, files in os.walk(src):
-        for name in files:
-            full = os.path.join(dirpath, name)
-            if os.path.islink(full):
-                continue
-            rel = os.path.relpath(full, src)
-            assert ingest.prepare_file(rel, full, rel)
-            tokens[rel] = rel
-    return tokens
-
-
-def test_an_import_that_deduplicated_against_reclaimed_chunks_starts_over(small):
-    with Store.open(small.path) as s:
-        ingest = s.begin_ingest("p", "r2", "copy-of-a")   # the same bytes as p/r/a
-        tokens = prepare_all(ingest, small.src)
-        assert ingest.stats.new_chunks == 0               # all deduplicated against a
-        report = s.collect_garbage()                      # deletes a, reclaims its chunks
-        assert [d.ref for d in report.deletions] == ["p/r/a"] and report.freed_chunks
-        sealed = s.import_directory(small.src, "p", "r2", "copy-of-a", ingest=ingest,
-                                    token_of=lambda e: tokens.get(e.path))
-        assert sealed.retried and sealed.stats.new_chunks > 0
-        assert s.verify().ok
-    assert_restores(small.path, ["p/r2/copy-of-a"], {"p/r2/copy-of-a": small.src}, small.tmp / "out")
-
-
-def test_leftover_packs_go_only_when_no_ingest_is_under_way(small):
-    with Store.open(small.path) as s:
-        dead = s.begin_ingest("p", "r", "c")         # dies after writing a pack
-        prepare_all(dead, make_checkpoint(small.tmp / "src" / "c", step=7, seed=9))
-        dead.release()                                # (its process is gone: no lock)
-        leftovers = {w.pack_id for w in dead.writers}
-        alive = s.begin_ingest("p", "r", "d")         # another one, under way
-        kept = s.collect_garbage()
-        assert set(kept.leftovers_kept) == leftovers and not kept.leftovers_removed
-        assert kept.leftovers_reason == "an import or a mount is ingesting now"
-        alive.abort()
-        removed = s.collect_garbage()
-        assert set(removed.leftovers_removed) == leftovers
-        assert not any(os.path.exists(pack_path(s.packs_dir, p)) for p in leftovers)
-        assert s.verify().ok and not s.verify().leftover_packs
-
-
-def test_chunks_a_version_sealed_during_the_gc_uses_are_kept(small):
-    """A version sealed between gc's liveness snapshot and its index switch, using chunks
-    the snapshot found dead (a's, deleted meanwhile): the switch keeps them, and the old
-    pack that holds them."""
-    with Store.open(small.path) as s:
-        s.apply_retention()                           # a is deleted; its chunks are dead
-        liveness = s._liveness()
-        plan = s._plan_packs(liveness)
-        assert plan.drop or plan.rewrite
-        s.import_directory(small.src, "p", "r3", "again")   # dedups against a's chunks
-        report = GcReport(False, "", s.config.gc.rewrite_below)
-        s._reclaim(liveness, plan, report, None)
-        assert report.revived > 0 and report.old_packs_kept
-        assert s.verify().ok
-    assert_restores(small.path, ["p/r3/again"], {"p/r3/again": small.src}, small.tmp / "out")
-
-
 def test_a_reader_whose_pack_was_just_rewritten_looks_again(small):
     """The reader looks a chunk up; before it reads it, `ckptfs gc` in another process
     copies it to a new pack and deletes the old one."""
@@ -421,50 +248,3 @@ def test_a_reader_whose_pack_was_just_rewritten_looks_again(small):
         data = reader.read_chunk(chunk_id, cache=False)
         assert reader.chunk_id(data) == chunk_id
     assert len(seen) == 2 and seen[0] in old and seen[1] not in old   # looked up again
-
-
-# -- through a mount ---------------------------------------------------------------------------
-def test_gc_while_mounted(pristine, mount, tmp_path):
-    path = copy_store(pristine.path, tmp_path / "store")
-    mnt = mount(path)
-    run = os.path.join(mnt, "projects", "p", "r")
-    # the kernel caches these for an hour: the daemon must tell it they are gone
-    assert sorted(os.listdir(os.path.join(run, "v3"))) == sorted(os.listdir(pristine.sources["p/r/v3"]))
-    assert os.path.isfile(os.path.join(run, "v3.json"))
-    held = os.open(os.path.join(run, "v3", "own.bin"), os.O_RDONLY)   # opened, never read
-    try:
-        run_cli_checked("gc", path)
-        wait_for(lambda: not os.path.exists(os.path.join(run, "v3")), "v3 to leave the mount")
-        assert sorted(os.listdir(run)) == ["latest", "production", "run.json", "v1", "v1.json",
-                                           "v2", "v2.json", "v4", "v4.json"]
-        with pytest.raises(OSError) as failed:
-            os.pread(held, 4096, 0)                  # its chunks were reclaimed
-        assert failed.value.errno == errno.EIO
-    finally:
-        os.close(held)
-    deleted = os.path.join(mnt, ".ckptfs", "deleted", "p", "r")
-    assert sorted(os.listdir(deleted)) == ["v0.json", "v3.json"]
-    grep = sh(f"grep -c '\"sha256\"' {deleted}/v3.json && grep '\"reason\"' {deleted}/v3.json")
-    assert grep.returncode == 0
-    assert grep.stdout.splitlines()[1].strip() == '"reason": "not among the newest 1",'
-    tomb = json.loads(sh(f"cat {deleted}/v0.json").stdout)
-    assert tomb["deleted_at"] and tomb["deletion"]["policy"]["scope"] == "p"
-    assert {f["path"] for f in tomb["files"]} >= {"own.bin", "model.safetensors"}
-    with open(os.path.join(run, "run.json")) as f:
-        versions = {v["version"]: v for v in json.load(f)["versions"]}
-    assert list(versions) == RUN
-    assert versions["v0"]["deleted"] is True and versions["v0"]["deleted_at"] == tomb["deleted_at"]
-    assert versions["v3"]["deleted"] is True and "deleted" not in versions["v4"]
-    for ref in KEPT:      # the mount reads the kept versions, some now in new packs
-        rel = ref.split("/", 1)[1]
-        check = sh(f"cd {pristine.sources[ref]} && sha256sum model.safetensors own.bin "
-                   f"optimizer.pt > {tmp_path}/sums && cd {mnt}/projects/p/{rel} && "
-                   f"sha256sum -c {tmp_path}/sums")
-        assert check.returncode == 0, check.stdout + check.stderr
-    # The deleted version leaves the run's working view too; its name is never reused:
-    # a new v3 written there is sealed as v3~2.
-    assert "v3" not in os.listdir(f"{mnt}/inbox/p/r")
-    remade = sh(f"mkdir -p {mnt}/inbox/p/r/v3 && cp -r {pristine.sources['p/r/v3']}/. "
-                f"{mnt}/inbox/p/r/v3/ && touch {mnt}/inbox/p/r/v3/.seal")
-    assert remade.returncode == 0, remade.stderr
-    wait_for(lambda: os.path.isdir(os.path.join(run, "v3~2")), "v3 written again to be sealed")

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli_checked
-from samples import make_checkpoint, tree_snapshot
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 
 def ck(*args, rc=0):

@@ -4,19 +4,15 @@ chunk id key. Every test damages a real store the way a disk or a person would."
 import os
 import re
 import shutil
-import subprocess
-
-from conftest import run_cli_checked
-from samples import make_checkpoint
 
 from ckptfs.store import Store
+from tests.helpers.recovery import flip_payload_byte, ok, read_bytes, two_versions
+from tests.helpers.samples import make_checkpoint
 
 REF = "p/r/v1"
+
+
 EXIT_DAMAGE = 3
-
-
-def ok(*args, rc=0):
-    return run_cli_checked(*args, rc=rc)
 
 
 def out(proc) -> str:
@@ -27,46 +23,9 @@ def journal_path(store_path) -> str:
     return os.path.join(store_path, "journal", "journal.jsonl")
 
 
-def read_bytes(path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 def write_bytes(path, data: bytes):
     with open(path, "wb") as f:
         f.write(data)
-
-
-def two_versions(tmp_path, store_path) -> tuple[str, str]:
-    """A store with p/r/v1 and p/r/v2 (different data, each in its own packs)."""
-    src1 = make_checkpoint(tmp_path / "src1", step=100, seed=1)
-    src2 = make_checkpoint(tmp_path / "src2", step=200, seed=2)
-    ok("init", store_path)
-    ok("import", store_path, src1, "p/r/v1")
-    ok("import", store_path, src2, "p/r/v2")
-    return src1, src2
-
-
-def chunk_location(store_path, version: str, path: str, index: int = 0):
-    """(pack file, record offset, chunk id) of a file's `index`-th chunk."""
-    with Store.open(store_path) as s:
-        entry = s.entry("p", "r", version, path)
-        chunk_id = bytes.fromhex(entry["chunks"][index][0])
-        loc = s.index_location(chunk_id)
-    sub = f"{loc.pack_id >> 8:06x}"
-    return os.path.join(store_path, "packs", sub, f"{loc.pack_id:08x}.pack"), loc, chunk_id
-
-
-def flip_payload_byte(store_path, version: str, path: str, index: int = 0):
-    """Damage one byte in the payload of a file's chunk record (the record's checksum
-    then fails)."""
-    pack, loc, chunk_id = chunk_location(store_path, version, path, index)
-    with open(pack, "r+b") as f:
-        f.seek(loc.offset + 56 + loc.length // 2 - 28)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0xFF]))
-    return chunk_id
 
 
 def pack_of_version(store_path, version: str) -> str:
@@ -354,22 +313,6 @@ def test_rebuild_index_warns_about_an_incomplete_journal_tail(tmp_path, store_pa
     proc = ok("rebuild-index", store_path)
     assert "last line is incomplete (12 bytes" in out(proc)
     assert out(ok("ls", store_path, "p/r")).split() == ["v1", "v2"]
-
-
-def test_damage_a_mount_read_found_is_healed_by_an_import_while_mounted(tmp_path, store_path, mount):
-    """The mount's read fails with EIO and records the chunk as damaged; an import of the
-    original files then stores a fresh copy, and the same mount serves the file whole.
-    Reproduced: the import deduplicated against the damaged chunk; reads kept failing."""
-    src1, _ = two_versions(tmp_path, store_path)
-    flip_payload_byte(store_path, "v1", "optimizer.pt")
-    mnt = mount(store_path)
-    path = os.path.join(mnt, "projects", "p", "r", "v1", "optimizer.pt")
-    first = subprocess.run(["cat", path], capture_output=True, check=False)
-    assert first.returncode != 0 and b"Input/output error" in first.stderr
-    ok("import", store_path, src1, "p/r/v1-again")
-    again = subprocess.run(["cat", path], capture_output=True, check=False)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == read_bytes(os.path.join(src1, "optimizer.pt"))
 
 
 def test_altered_last_entry_keeps_reads_working_and_refuses_writes_in_one_line(tmp_path, store_path):

@@ -11,27 +11,38 @@ import tomllib
 from types import SimpleNamespace
 
 import pytest
-from conftest import copy_store, run_cli_checked, run_cli_many
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from samples import make_checkpoint
 
 from ckptfs.store.journal import GENESIS, encode_entry, entry_hash
+from tests.helpers.cli import run_cli_checked, run_cli_many
+from tests.helpers.samples import make_checkpoint
+from tests.helpers.signing import (
+    SIGNED_LABEL,
+    check_signature,
+    err,
+    journal,
+    out,
+    public_key_of,
+)
+from tests.helpers.stores import copy_store
 
-SIGNED_LABEL = b"ckptfs.version-signature/1\n"
 
-
-def err(proc) -> str:
-    return proc.stderr.decode(errors="replace")
-
-
-def out(proc) -> str:
-    return proc.stdout.decode(errors="replace")
-
-
-def journal(store: str) -> list[dict]:
-    with open(os.path.join(store, "journal", "journal.jsonl")) as f:
-        return [json.loads(line) for line in f]
+@pytest.fixture(scope="module")
+def signed(tmp_path_factory):
+    """A store with p/r/v0 sealed before any key, then `ckptfs key generate`, then p/r/v1
+    and p/r/v2 imported (signed). Tests that change it use a copy."""
+    root = tmp_path_factory.mktemp("signed")
+    store = str(root / "store")
+    srcs = [make_checkpoint(root / "src" / f"v{i}", step=100 * (i + 1)) for i in range(3)]
+    run_cli_checked("init", store)
+    run_cli_checked("import", store, srcs[0], "p/r/v0")
+    generated = out(run_cli_checked("key", "generate", store))
+    run_cli_checked("import", store, srcs[1], "p/r/v1")
+    run_cli_checked("import", store, srcs[2], "p/r/v2")
+    key_file = os.path.join(store, "keys", "signing.pem")
+    return SimpleNamespace(root=root, store=store, srcs=srcs, key_file=key_file,
+                           public_file=key_file + ".pub", generated=generated)
 
 
 def rewrite_journal(store: str, change):
@@ -53,46 +64,14 @@ def sealed_event(entries: list[dict], version: str) -> dict:
     return next(e for e in entries if e["type"] == "version.sealed" and e["version"] == version)
 
 
-def public_key_of(pem_path: str):
-    with open(pem_path, "rb") as f:
-        return serialization.load_pem_public_key(f.read())
-
-
 def raw_public(key) -> bytes:
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def check_signature(signature: dict, public_key, ref: str, digest: str) -> bool:
-    """The signature checked here, independently of ckptfs's own code."""
-    message = SIGNED_LABEL + ref.encode() + b"\n" + digest.encode() + b"\n"
-    try:
-        public_key.verify(base64.b64decode(signature["value"]), message)
-        return True
-    except Exception:
-        return False
 
 
 def openssl_ed25519_key(path: str):
     proc = subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", path],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-
-
-@pytest.fixture(scope="module")
-def signed(tmp_path_factory):
-    """A store with p/r/v0 sealed before any key, then `ckptfs key generate`, then p/r/v1
-    and p/r/v2 imported (signed). Tests that change it use a copy."""
-    root = tmp_path_factory.mktemp("signed")
-    store = str(root / "store")
-    srcs = [make_checkpoint(root / "src" / f"v{i}", step=100 * (i + 1)) for i in range(3)]
-    run_cli_checked("init", store)
-    run_cli_checked("import", store, srcs[0], "p/r/v0")
-    generated = out(run_cli_checked("key", "generate", store))
-    run_cli_checked("import", store, srcs[1], "p/r/v1")
-    run_cli_checked("import", store, srcs[2], "p/r/v2")
-    key_file = os.path.join(store, "keys", "signing.pem")
-    return SimpleNamespace(root=root, store=store, srcs=srcs, key_file=key_file,
-                           public_file=key_file + ".pub", generated=generated)
 
 
 def test_key_generate_writes_a_private_key_and_journals_its_public_key(signed):
@@ -226,40 +205,3 @@ def test_key_set_unset_and_rebuild_index_keep_the_key_history(signed, tmp_path):
         assert why in err(run_cli_checked("key", "set", store, path, rc=1))
     exists = run_cli_checked("key", "generate", store, rc=1)  # keys/signing.pem is there
     assert "already exists" in err(exists)
-
-
-def test_seals_through_the_mount_are_signed_and_a_missing_key_fails_the_seal(tmp_path, mount):
-    store = str(tmp_path / "store")
-    run_cli_checked("init", store)
-    keys = tmp_path / "keys"
-    keys.mkdir()
-    key_file = str(keys / "signing.pem")
-    run_cli_checked("key", "generate", store, "--key-file", key_file)
-    key_id = next(e for e in journal(store) if e["type"] == "key.set")["key_id"]
-    src = make_checkpoint(tmp_path / "src" / "v1", step=100)
-    mnt = mount(store, "--seal-after", "60")
-    os.makedirs(f"{mnt}/inbox/p/r")
-    # The key file goes missing: the seal fails and says why, nothing is sealed unsigned.
-    os.rename(key_file, str(tmp_path / "away.pem"))
-    assert subprocess.run(["cp", "-r", src, f"{mnt}/inbox/p/r/v1"]).returncode == 0
-    failed = run_cli_checked("seal", store, "p/r/v1", "--timeout", "30", rc=1)
-    message = f"signing key file {key_file} is missing"
-    assert message in err(failed)
-    with open(f"{mnt}/inbox/p/r/v1.error") as f:
-        error_text = f.read()
-    assert message in error_text and f"(key {key_id})" in error_text
-    assert "ckptfs key set" in error_text and not os.path.exists(f"{mnt}/projects/p")
-    imported = run_cli_checked("import", store, src, "p/r/direct", rc=1)
-    assert message in err(imported)
-    # Back in place: the next seal is signed, and the sidecar shows it.
-    os.rename(str(tmp_path / "away.pem"), key_file)
-    run_cli_checked("seal", store, "p/r/v1", "--timeout", "30")
-    with open(f"{mnt}/projects/p/r/v1.json") as f:
-        text = f.read()
-    sidecar = json.loads(text)
-    assert sidecar["signature"]["key_id"] == key_id and sidecar["signature"]["algorithm"] == "ed25519"
-    assert f'"key_id": "{key_id}"' in text  # greppable as written
-    public = public_key_of(key_file + ".pub")
-    assert check_signature(sidecar["signature"], public, "p/r/v1", sidecar["digest"])
-    verify = run_cli_checked("verify", "--signatures", store, "--public-key", key_file + ".pub")
-    assert "1 signed and valid, 0 unsigned, 0 invalid, 0 by an unknown key" in out(verify)

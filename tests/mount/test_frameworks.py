@@ -3,7 +3,7 @@ directory is `MOUNT/inbox/<project>/<run>` runs unchanged, ends with the right w
 and everything it wrote is archived byte-identical as the versions the inbox names.
 
 Each scenario is one store and one mount (module-scoped fixture) driving the scripts of
-tests/frameworks/ as subprocesses, two at a time, next to a reference run of the same
+tests/mount/frameworks/ as subprocesses, two at a time, next to a reference run of the same
 script on local disk; the tests then check what the jobs reported and what projects/
 holds. Waits are on events (a process ending, a version appearing under projects/, the
 inbox having nothing pending), never fixed sleeps.
@@ -35,9 +35,18 @@ import shutil
 
 import pytest
 import torch
-from framework_jobs import (Job, Scenario, inputs_of, parent_of, renamed, sha256_file,
-                            state_sha256, suffix_number)
 from safetensors.torch import load_file
+
+from tests.mount.framework_jobs import (
+    Job,
+    Scenario,
+    inputs_of,
+    parent_of,
+    renamed,
+    sha256_file,
+    state_sha256,
+    suffix_number,
+)
 
 if not os.path.exists("/dev/fuse"):
     pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)",

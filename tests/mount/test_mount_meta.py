@@ -14,29 +14,41 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-from conftest import run_cli_checked, run_cli_many, unmount
-from samples import HF_PARAMETERS, make_hf_checkpoint
-from test_mount_inbox import new_store, sh, stats, verify_ok, wait_for, wait_sealed
 
-from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
+from tests.helpers import mount_meta as helpers
+from tests.helpers.cli import run_cli_checked, run_cli_many
+from tests.helpers.inbox import sh, stats, verify_ok, wait_sealed
+from tests.helpers.mount_meta import (
+    HF_FILES,
+    PICKLES,
+    PLAIN_ENV,
+    SAFETENSORS,
+    git_repo,
+    ok,
+    paths,
+)
+from tests.helpers.mounts import unmount
+from tests.helpers.samples import make_hf_checkpoint
+from tests.helpers.stores import new_store
+from tests.helpers.waiting import wait_for
+
+known = helpers.known  # a fixture (tests/helpers/mount_meta.py)
+
 
 SEAL_AFTER = "0.5"
+
+
 CKPTFS = os.path.join(os.path.dirname(sys.executable), "ckptfs")
-PLAIN_ENV = {"PATH": os.environ["PATH"]}   # writers without allow-listed variables
-HF_FILES = ["ckptfs.json", "config.json", "model.safetensors", "optimizer.pt", "rng_state.pth",
-            "scheduler.pt", "tokenizer.json", "tokenizer_config.json", "trainer_state.json",
-            "training_args.json"]
+
+
 HYPERPARAMETERS = {  # what training_args.json of make_hf_checkpoint holds, seeds and the
     "output_dir": "out", "learning_rate": 5e-05, "weight_decay": 0.01,  # nested dict apart
     "per_device_train_batch_size": 16, "max_steps": 1000, "optim": "adamw_torch",
     "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "report_to": ["none"], "fp16": False,
 }
-PICKLES = {name: {"format": "torch-zip", "entries": 4, "pickles": [f"{stem}/data.pkl"]}
-           for name, stem in (("optimizer.pt", "optimizer"), ("rng_state.pth", "rng_state"),
-                              ("scheduler.pt", "scheduler"))}
-SAFETENSORS = {"model.safetensors": {"tensors": 3, "parameters": HF_PARAMETERS,
-                                     "dtypes": {"F32": 3}, "metadata": {"format": "pt"}}}
+
+
 CONFIG = {"path": "config.json", "architectures": ["BertModel"], "model_type": "bert",
           "transformers_version": "4.44.0"}
 
@@ -72,25 +84,6 @@ def journal(store: str) -> list[dict]:
     with open(os.path.join(store, "journal", "journal.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
 
-
-def ok(proc):
-    assert proc.returncode == 0, f"{proc.args}: {proc.stderr}"
-    return proc
-
-
-def git_repo(path) -> tuple[str, str]:
-    """A real git repository with one commit (train.py): (its path, HEAD)."""
-    os.makedirs(path)
-    ok(sh(f"git init -q {path}"))
-    with open(os.path.join(path, "train.py"), "w") as f:
-        f.write(WRITER_SCRIPT)
-    ok(sh("git add train.py && git -c user.email=t@example.com -c user.name=T "
-          "commit -qm 'train script'", cwd=path))
-    head = ok(sh("git rev-parse HEAD", cwd=path)).stdout.strip()
-    return os.path.realpath(path), head
-
-
-# -- 1. sidecars of Hugging Face checkpoints copied in with cp -r ---------------------------
 
 # ref -> (step, eval_loss, loss, eval_accuracy, data version, user tags)
 HF_VERSIONS = {
@@ -250,8 +243,6 @@ def test_run_json_lists_the_versions_in_sealing_order(hf):
         "checkpoint-300", "checkpoint-300.json", "latest", "run.json"]
 
 
-# -- a second mount for writers, merges, schemas and aliases --------------------------------
-
 @pytest.fixture(scope="module")
 def meta(tmp_path_factory, module_mount):
     root = tmp_path_factory.mktemp("meta")
@@ -260,18 +251,6 @@ def meta(tmp_path_factory, module_mount):
     return SimpleNamespace(store=store, mnt=mnt, root=root)
 
 
-# -- 2. provenance of a real writer ---------------------------------------------------------
-
-WRITER_SCRIPT = """\
-import json, os, sys
-import numpy
-dest = sys.argv[1]
-os.makedirs(dest)
-with open(os.path.join(dest, "weights.bin"), "wb") as f:
-    f.write(numpy.arange(4096, dtype=numpy.float32).tobytes())
-with open(os.path.join(dest, "ckptfs.json"), "w") as f:
-    json.dump({"step": 3, "metrics": {"eval_loss": 0.25}}, f)
-"""
 SECRET = "hf_secret_value_4af1c2"
 
 
@@ -359,8 +338,6 @@ def test_writers_working_inside_the_mount_do_not_hang_it(meta, tmp_path):
     assert scripted["cwd"] == os.path.realpath(f"{inbox}/v2")  # where it ran, as it was then
     assert scripted["git"] is None
 
-
-# -- 3. the user's ckptfs.json wins; malformed inputs never block a seal ----------------------
 
 def test_ckptfs_json_wins_over_extracted_facts_and_provenance(meta, tmp_path):
     repo, head = git_repo(tmp_path / "repo")
@@ -478,8 +455,6 @@ def test_malformed_inputs_never_block_the_seal(meta, tmp_path):
     assert stats(meta.mnt)["seal_failures"] == 0
 
 
-# -- 4. project schemas ----------------------------------------------------------------------
-
 SCHEMA = {
     "type": "object", "required": ["lineage"],
     "properties": {"lineage": {
@@ -489,7 +464,11 @@ SCHEMA = {
             "data": {"type": "object", "required": ["version"],
                      "properties": {"version": {"type": "string", "pattern": "^v[0-9]+$"}}}}}},
 }
+
+
 NOT_SATISFIED = {"lineage": {"code": {"branch": "main"}, "data": {"name": "wiki", "version": "three"}}}
+
+
 SATISFIED = {"lineage": {"code": {"branch": "main", "git_commit": "abc123"},
                          "data": {"name": "wiki", "version": "v7"}}}
 
@@ -569,8 +548,6 @@ def test_schema_commands(meta, tmp_path):
               if e["type"] == "project.schema" and e["project"] == "schemas"]
     assert events == [("schemas", SCHEMA), ("schemas", {"type": "object"}), ("schemas", None)]
 
-
-# -- 5. aliases through the mount -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def alias_run(meta, tmp_path_factory):
@@ -781,116 +758,6 @@ def test_the_meta_store_verifies(meta):
     verify_ok(meta.store)
 
 
-# -- 6, 7. find, log and lineage over a store with known versions ----------------------------
-
-# (project, run, version, eval_loss, data version, explicit parent, user tags), sealing order
-FIND_VERSIONS = [
-    ("nlp", "run-a", "step-1", 0.50, "v2", None, []),
-    ("nlp", "run-a", "step-2", 0.25, "v3", None, []),
-    ("nlp", "run-a", "step-3", 0.28, "v3.1", None, []),
-    ("vision", "ft-x", "ft-1", 0.10, "v3", "nlp/run-a/step-2", []),
-    ("nlp", "run-a", "step-4", 0.35, "v3", None, []),
-    ("vision", "base", "b-1", 0.20, "v1", None, ["baseline"]),
-    ("vision", "base", "b-2", 0.31, "v3", None, []),
-    ("vision", "ft-x", "ft-2", 0.40, "v4", None, []),
-]
-
-
-@pytest.fixture(scope="module")
-def known(tmp_path_factory):
-    """A store with FIND_VERSIONS sealed through `archive_directory` (the import's path) and
-    an alias production -> nlp/run-a/step-3; closed again, for the CLI."""
-    root = tmp_path_factory.mktemp("find")
-    path = str(root / "store")
-    with Store.init(path) as store:
-        for i, (p, r, v, eval_loss, data, parent, tags) in enumerate(FIND_VERSIONS):
-            user = {"lineage": {"data": {"name": "wiki", "version": data}}, "tags": tags}
-            if parent:
-                user["lineage"]["parent"] = parent
-            src = make_hf_checkpoint(root / "src" / p / r / v, 10 * (i + 1), seed=i,
-                                     eval_loss=eval_loss, user=user)
-            archive_directory(store, src, p, r, v)
-        store.set_alias("nlp", "run-a", "production", "step-3")
-        docs = sorted(store.catalog_documents(), key=lambda d: d["seq"])
-    return SimpleNamespace(store=path, sealed_at=[d["sealed_at"] for d in docs],
-                           order=[f"{d['project']}/{d['run']}/{d['version']}" for d in docs])
-
-
-def paths(*refs) -> list[str]:
-    return [f"projects/{ref}" for ref in refs]
-
-
-def test_the_find_store_was_sealed_in_order(known):
-    assert known.order == [f"{p}/{r}/{v}" for p, r, v, *_ in FIND_VERSIONS]
-    assert known.sealed_at == sorted(known.sealed_at)
-    assert len(set(known.sealed_at)) == len(FIND_VERSIONS)
-
-
-def test_find_selects_exactly(known):
-    since = known.sealed_at[4]  # nlp/run-a/step-4 and everything sealed after it
-    queries = {
-        "metrics.eval_loss < 0.3": paths(
-            "nlp/run-a/step-2", "nlp/run-a/step-3", "vision/base/b-1", "vision/ft-x/ft-1"),
-        'lineage.data.version ~ "v3*" and not tags == production': paths(
-            "nlp/run-a/step-2", "nlp/run-a/step-4", "vision/base/b-2", "vision/ft-x/ft-1"),
-        "has lineage.parent": paths(
-            "nlp/run-a/step-2", "nlp/run-a/step-3", "nlp/run-a/step-4", "vision/base/b-2",
-            "vision/ft-x/ft-1", "vision/ft-x/ft-2"),
-        f"sealed_at >= {since}": paths(
-            "nlp/run-a/step-4", "vision/base/b-1", "vision/base/b-2", "vision/ft-x/ft-2"),
-        "eval_loss < 0.3": paths(
-            "nlp/run-a/step-2", "nlp/run-a/step-3", "vision/base/b-1", "vision/ft-x/ft-1"),
-        'project == nlp or run ~ "ft-*"': paths(
-            "nlp/run-a/step-1", "nlp/run-a/step-2", "nlp/run-a/step-3", "nlp/run-a/step-4",
-            "vision/ft-x/ft-1", "vision/ft-x/ft-2"),
-        "tags == production": paths("nlp/run-a/step-3"),
-        "tags == latest and metrics.eval_loss >= 0.35": paths("nlp/run-a/step-4", "vision/ft-x/ft-2"),
-        'lineage.parent.source == explicit': paths("vision/ft-x/ft-1"),
-        "tags == baseline": paths("vision/base/b-1"),
-        "eval_loss > 1": [],
-        'files.path ~ "tokenizer*" and step < 30': paths("nlp/run-a/step-1", "nlp/run-a/step-2"),
-    }
-    results = run_cli_many(*[("find", known.store, expr, "--format", "paths") for expr in queries])
-    for (expr, expected), proc in zip(queries.items(), results):
-        assert proc.stdout.decode().splitlines() == expected, expr
-
-
-def test_find_table_sort_desc_limit(known):
-    proc = run_cli_checked("find", known.store, "--sort", "metrics.eval_loss", "--desc",
-                           "--limit", "2")
-    lines = proc.stdout.decode().splitlines()
-    assert [h.lower() for h in lines[0].split()] == ["path", "sealed_at", "step", "metrics.eval_loss"]
-    assert [line.split()[0] for line in lines[1:]] == paths("nlp/run-a/step-1", "vision/ft-x/ft-2")
-    assert [line.split()[-1] for line in lines[1:]] == ["0.5", "0.4"]
-    assert proc.stderr == b"2 versions\n"
-    ascending, by_text = run_cli_many(
-        ("find", known.store, "eval_loss < 0.3", "--sort", "eval_loss", "--format", "paths"),
-        ("find", known.store, "--sort", "lineage.data.version", "--format", "paths"))
-    assert ascending.stdout.decode().splitlines() == paths(
-        "vision/ft-x/ft-1", "vision/base/b-1", "nlp/run-a/step-2", "nlp/run-a/step-3")
-    # strings by code point; ties (the four v3) in store order
-    assert by_text.stdout.decode().splitlines() == paths(
-        "vision/base/b-1", "nlp/run-a/step-1", "nlp/run-a/step-2", "nlp/run-a/step-4",
-        "vision/base/b-2", "vision/ft-x/ft-1", "nlp/run-a/step-3", "vision/ft-x/ft-2")
-
-
-def test_find_json_has_tags_and_whole_documents(known):
-    proc = run_cli_checked("find", known.store, 'lineage.data.version ~ "v3*"', "--format", "json")
-    found = json.loads(proc.stdout)
-    assert [d["path"] for d in found] == paths(
-        "nlp/run-a/step-2", "nlp/run-a/step-3", "nlp/run-a/step-4", "vision/base/b-2",
-        "vision/ft-x/ft-1")
-    tags = {d["path"]: d["tags"] for d in found}
-    assert tags == {"projects/nlp/run-a/step-2": [], "projects/nlp/run-a/step-3": ["production"],
-                    "projects/nlp/run-a/step-4": ["latest"], "projects/vision/base/b-2": ["latest"],
-                    "projects/vision/ft-x/ft-1": []}
-    step3 = found[1]
-    assert step3["aliases"] == ["production"]
-    assert step3["metrics"] == {"eval_accuracy": 0.75, "eval_loss": 0.28, "loss": 1.0}
-    assert step3["lineage"]["data"] == {"name": "wiki", "version": "v3.1"}
-    assert step3["extracted"]["safetensors"] == SAFETENSORS
-
-
 def test_find_paths_feed_xargs_ls_in_the_mount(known, mount):
     mnt = mount(known.store)
     proc = sh(f"{CKPTFS} find {known.store} 'metrics.eval_loss < 0.3' --format paths "
@@ -902,134 +769,3 @@ def test_find_paths_feed_xargs_ls_in_the_mount(known, mount):
                  f"| (cd {mnt} && xargs -I{{}} ls {{}})")
     assert listing.returncode == 0, listing.stderr
     assert sorted(listing.stdout.split()) == sorted(HF_FILES)
-
-
-def test_find_malformed_expression_is_a_usage_error(known):
-    proc = run_cli_checked("find", known.store, "metrics.eval_loss <", rc=2)
-    error = proc.stderr.decode()
-    assert "expected a value after '<' at column 20:\n  metrics.eval_loss <\n" \
-           "                     ^" in error
-    proc = run_cli_checked("find", known.store, "metrics.eval_loss => 3", rc=2)
-    assert "unknown operator '=>' (did you mean '>='?) at column 19" in proc.stderr.decode()
-
-
-def test_log_lists_newest_first(known):
-    full, oneline, everything, fine_tune = run_cli_many(
-        ("log", known.store, "nlp/run-a"), ("log", known.store, "nlp/run-a", "--oneline"),
-        ("log", known.store, "--oneline"), ("log", known.store, "vision/ft-x"))
-    assert re.findall(r"^Parent: +(.*)$", fine_tune.stdout.decode(), re.M) == [
-        "vision/ft-x/ft-1", "nlp/run-a/step-2  (explicit)"]
-    text = full.stdout.decode()
-    headers = re.findall(r"^version (\S+)(.*)$", text, re.M)
-    assert headers == [("nlp/run-a/step-4", "  (latest)"), ("nlp/run-a/step-3", "  (production)"),
-                       ("nlp/run-a/step-2", ""), ("nlp/run-a/step-1", "")]
-    assert "Metrics:  eval_accuracy=0.75  eval_loss=0.28  loss=1" in text
-    assert "Parent:   nlp/run-a/step-1\n" in text
-    assert "Data:     wiki v3.1\n" in text
-    lines = oneline.stdout.decode().splitlines()
-    assert len(lines) == 4
-    assert [line.split(" ", 1)[1] for line in lines] == [
-        "nlp/run-a/step-4 (latest)", "nlp/run-a/step-3 (production)", "nlp/run-a/step-2",
-        "nlp/run-a/step-1"]
-    stamps = {ref: at for ref, at in zip(known.order, known.sealed_at)}
-    for line in lines:
-        stamp, ref = line.split(" ")[:2]
-        assert stamp == stamps[ref][:19] + "Z"
-    assert [line.split(" ")[1] for line in everything.stdout.decode().splitlines()] == \
-        list(reversed(known.order))
-
-
-def test_lineage_of_a_middle_version(known):
-    text, as_json, dot, mermaid = run_cli_many(*[
-        ("lineage", known.store, "nlp/run-a/step-2", "--format", fmt)
-        for fmt in ("text", "json", "dot", "mermaid")])
-    graph = json.loads(as_json.stdout)
-    assert graph["version"] == "nlp/run-a/step-2"
-    assert graph["ancestors"] == [{"ref": "nlp/run-a/step-1", "source": "previous", "missing": False}]
-    assert graph["descendants"] == [
-        {"ref": "nlp/run-a/step-3", "parent": "nlp/run-a/step-2", "source": "previous"},
-        {"ref": "vision/ft-x/ft-1", "parent": "nlp/run-a/step-2", "source": "explicit"},
-        {"ref": "nlp/run-a/step-4", "parent": "nlp/run-a/step-3", "source": "previous"},
-        {"ref": "vision/ft-x/ft-2", "parent": "vision/ft-x/ft-1", "source": "previous"}]
-    edges = {(a, b, s) for a, b, s in graph["edges"]}
-    assert edges == {("nlp/run-a/step-1", "nlp/run-a/step-2", "previous"),
-                     ("nlp/run-a/step-2", "nlp/run-a/step-3", "previous"),
-                     ("nlp/run-a/step-2", "vision/ft-x/ft-1", "explicit"),
-                     ("nlp/run-a/step-3", "nlp/run-a/step-4", "previous"),
-                     ("vision/ft-x/ft-1", "vision/ft-x/ft-2", "previous")}
-
-    lines = text.stdout.decode().splitlines()
-    assert lines[0].strip() == "nlp/run-a/step-1"
-    assert lines[1] == "* nlp/run-a/step-2"
-    assert any("nlp/run-a/step-3 [production]" in line for line in lines[2:])
-    assert any("vision/ft-x/ft-1" in line and "explicit" in line for line in lines[2:])
-    assert len(lines) == 6
-
-    source = dot.stdout.decode().strip()
-    assert re.fullmatch(r"digraph \w+ \{\n.*\n\}", source, re.S)
-    assert source.count("{") == source.count("}") == 1
-    dot_edges = set(re.findall(r'^\s*"([^"]+)" -> "([^"]+)"', source, re.M))
-    assert dot_edges == {(a, b) for a, b, _ in edges}
-    assert re.search(r'"nlp/run-a/step-2" -> "vision/ft-x/ft-1" \[style=dashed', source)
-
-    chart = mermaid.stdout.decode()
-    assert chart.startswith("graph TD\n")
-    assert chart.count("-->") + chart.count("-.->") == len(edges)
-    assert "-.->|explicit|" in chart
-
-    leaf = json.loads(run_cli_checked("lineage", known.store, "vision/ft-x/ft-2",
-                                      "--format", "json").stdout)
-    assert [a["ref"] for a in leaf["ancestors"]] == [
-        "vision/ft-x/ft-1", "nlp/run-a/step-2", "nlp/run-a/step-1"]
-    assert [a["source"] for a in leaf["ancestors"]] == ["previous", "explicit", "previous"]
-    assert leaf["descendants"] == []
-    proc = run_cli_checked("lineage", known.store, "nlp/run-a/nosuch", rc=1)
-    assert proc.stderr == b"ckptfs: error: no version nlp/run-a/nosuch in the store\n"
-
-
-# -- 9. ckptfs import goes the same way ----------------------------------------------------
-
-def test_import_records_its_provenance_and_the_extracted_facts(tmp_path):
-    store = new_store(tmp_path)
-    repo, head = git_repo(tmp_path / "repo")
-    src = make_hf_checkpoint(tmp_path / "src" / "step-1", 100, eval_loss=0.21, loss=0.4,
-                             eval_accuracy=0.9)
-    run_cli_checked("import", store, src, "nlp/r/step-1", cwd=repo, env=PLAIN_ENV)
-    shown = run_cli_checked("show", store, "nlp/r/step-1").stdout.decode()
-    assert shown.startswith('{\n  "schema": "ckptfs.version/1",\n  "project": "nlp",\n'
-                            '  "run": "r",\n  "version": "step-1",\n')
-    doc = json.loads(shown)
-    assert doc["provenance"]["via"] == "import"
-    assert "import" in doc["provenance"]["command_line"]
-    assert doc["provenance"]["cwd"] == repo
-    assert doc["step"] == 100
-    assert doc["metrics"] == {"eval_accuracy": 0.9, "eval_loss": 0.21, "loss": 0.4}
-    assert doc["extracted"]["safetensors"] == SAFETENSORS
-    assert doc["extracted"]["pickles"] == PICKLES
-    # the importing process's commit counts; its own Python and packages do not
-    assert doc["lineage"]["code"]["git_commit"] == head
-    assert doc["lineage"]["environment"] == {"host": socket.gethostname(),
-                                             "packages": {"transformers": "4.44.0"}}
-    assert doc["warnings"] == []
-    assert [f["path"] for f in doc["files"]] == sorted(set(HF_FILES) - {"ckptfs.json"})
-    missing = run_cli_checked("show", store, "nlp/r/nosuch", rc=1)
-    assert missing.stderr == b"ckptfs: error: no version nlp/r/nosuch in the store\n"
-
-
-def test_import_refuses_a_version_named_like_an_alias(tmp_path):
-    store = new_store(tmp_path)
-    src = make_hf_checkpoint(tmp_path / "src" / "a", 1)
-    run_cli_checked("import", store, src, "nlp/r/step-1")
-    run_cli_checked("tag", store, "nlp/r/step-1", "prod")
-    proc = run_cli_checked("import", store, src, "nlp/r/prod", rc=1)
-    assert proc.stderr.decode() == (
-        "ckptfs: error: nlp/r has an alias named 'prod': choose another version name "
-        "(or remove the alias with `ckptfs untag`)\n")
-    proc = run_cli_checked("import", store, src, "nlp/r/best", rc=1)
-    assert "nlp/r has an alias named 'best'" in proc.stderr.decode()
-    run_cli_checked("untag", store, "nlp/r", "prod")
-    run_cli_checked("import", store, src, "nlp/r/prod")
-    doc = json.loads(run_cli_checked("show", store, "nlp/r/prod").stdout)
-    assert doc["lineage"]["parent"] == {"project": "nlp", "run": "r", "version": "step-1",
-                                        "source": "previous"}
-    assert doc["tags"] == ["latest"]

@@ -4,7 +4,7 @@ import ast
 import re
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = re.compile(r"`((?:[\w/]+\.py)?::\w+)(?:\[[^\]]*\])?`")
 
 

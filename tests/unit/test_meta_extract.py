@@ -10,11 +10,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum
 from safetensors.numpy import save_file
 
 from ckptfs.meta.extract import extract_facts
 from ckptfs.meta.user import USER_METADATA_SCHEMA, read_user_metadata
+from tests.helpers.pickles import (
+    Torch,
+    stand_in_class,
+    stand_in_dict_class,
+    stand_in_enum,
+)
 
 TRAINER_STATE = {
     "best_metric": 0.412,
@@ -388,7 +393,7 @@ def test_user_metadata_broken_files(tmp_path):
 
 
 # -- pickled checkpoints: training_args.bin, Lightning, standalone torch files -----------------
-# Written with the stand-ins of tests/pickles.py (the frameworks' real GLOBAL names, without
+# Written with the stand-ins of tests/helpers/pickles.py (the frameworks' real GLOBAL names, without
 # the frameworks); test_meta_frameworks.py does the same with real framework checkpoints.
 
 @pytest.fixture

@@ -12,11 +12,10 @@ import pytest
 
 from ckptfs.meta.extract import extract_facts
 from ckptfs.meta.scan import scan_directory
-from ckptfs.meta.seal import archive_directory
-from ckptfs.meta.sidecar import sidecar_of
-from ckptfs.store import Store
+from tests.helpers import meta_frameworks as helpers
+from tests.helpers.meta_frameworks import SECRET
 
-SECRET = "hf_not_a_real_token"
+trainer_run = helpers.trainer_run  # a fixture (tests/helpers/meta_frameworks.py)
 
 
 def only(directory, *names, into) -> str:
@@ -33,37 +32,6 @@ def assert_scans_clean(directory):
     assert pickled, "no pickled file was scanned"
     assert scan == {"status": "clean", "findings": [], "files": scan["files"]}, scan
     assert set(pickled.values()) == {"clean"}
-
-
-# -- the Hugging Face Trainer ------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trainer_run(tmp_path_factory):
-    """A finished Trainer run: checkpoint-2 and checkpoint-4, and in the output directory
-    the final model, trainer_state.json and the result files."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    out = str(tmp_path_factory.mktemp("trainer") / "out")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
-                                     num_attention_heads=2, intermediate_size=37,
-                                     max_position_embeddings=16)
-    model = transformers.BertForSequenceClassification(config)
-    rows = [{"input_ids": torch.randint(0, 100, (8,)), "labels": torch.tensor(i % 2)}
-            for i in range(16)]
-    args = transformers.TrainingArguments(
-        output_dir=out, max_steps=4, save_steps=2, eval_strategy="steps", eval_steps=2,
-        logging_steps=1, per_device_train_batch_size=4, learning_rate=3e-4, seed=7,
-        data_seed=11, lr_scheduler_type="cosine", report_to=[], use_cpu=True,
-        hub_token=SECRET, disable_tqdm=True)
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=rows,
-                                   eval_dataset=rows[:8])
-    train = trainer.train()
-    trainer.save_model()
-    trainer.save_state()
-    trainer.save_metrics("train", train.metrics)
-    trainer.save_metrics("eval", trainer.evaluate())
-    return out, args
 
 
 def expected_hyperparameters(args) -> dict:
@@ -125,19 +93,6 @@ def test_trainer_checkpoints_scan_clean(trainer_run):
         assert_scans_clean(os.path.join(out, directory))
 
 
-def test_trainer_checkpoint_seals_clean_with_its_metadata(trainer_run, tmp_path):
-    out, args = trainer_run
-    with Store.init(str(tmp_path / "store")) as store:
-        archive_directory(store, os.path.join(out, "checkpoint-4"), "nlp", "bert", "step-4")
-        doc = sidecar_of(store, "nlp", "bert", "step-4")
-    assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
-    assert doc["step"] == 4
-    assert doc["lineage"]["seeds"] == {"seed": 7, "data_seed": 11}
-    assert doc["lineage"]["hyperparameters"]["lr_scheduler_type"] == "cosine"
-
-
-# -- accelerate ------------------------------------------------------------------------------
-
 @pytest.fixture(scope="module")
 def accelerate_state(tmp_path_factory):
     torch = pytest.importorskip("torch")
@@ -167,8 +122,6 @@ def test_accelerate_state_scans_clean(accelerate_state):
                                                      "scheduler.bin"]
     assert {p["format"] for p in facts["extracted"]["pickles"].values()} == {"torch-zip"}
 
-
-# -- Lightning --------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def lightning_run(tmp_path_factory):

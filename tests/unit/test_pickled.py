@@ -1,6 +1,6 @@
 """meta/pickled.py: the plain values of pickles read without unpickling them. Pickles
 written by the stdlib pickler (torch's and the frameworks' globals through the stand-ins
-of tests/pickles.py), and hostile ones: cycles, deep nesting, huge declared lengths,
+of tests/helpers/pickles.py), and hostile ones: cycles, deep nesting, huge declared lengths,
 truncated streams, a zip that claims a 1 TB member, out-of-band buffers, a pickle that
 would run os.system. Nothing is ever unpickled: the marker files prove it."""
 import collections
@@ -12,10 +12,16 @@ import time
 import zipfile
 
 import pytest
-from pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum, torch_zip
 
 from ckptfs.meta import pickled
 from ckptfs.meta.pickled import Unreadable, read_pickled
+from tests.helpers.pickles import (
+    Torch,
+    stand_in_class,
+    stand_in_dict_class,
+    stand_in_enum,
+    torch_zip,
+)
 
 
 def read_bytes(data: bytes, keys=None):

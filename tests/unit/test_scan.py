@@ -13,69 +13,52 @@ import argparse
 import collections
 import datetime
 import io
-import json
 import os
 import pickle
-import subprocess
 import tarfile
 import time
 import zipfile
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import run_cli_checked, unmount
-from pickles import (Torch, break_directory, patch_zip, stand_in_class, stand_in_dict_class,
-                     stand_in_enum, torch_zip, without_directory, zip_bytes)
-from samples import make_checkpoint, make_hf_checkpoint
-from test_mount_inbox import new_store, sh, stats, wait_for, wait_sealed
 
 from ckptfs.meta import scan
-from ckptfs.meta.scan import (Stream, UnsafePickleError, Walker, compat_name, scan_directory,
-                              scan_file, scan_warnings)
-from ckptfs.meta.seal import archive_directory
-from ckptfs.meta.sidecar import sidecar_of as sidecar_of_version
-from ckptfs.store import Store
+from ckptfs.meta.scan import (
+    Stream,
+    Walker,
+    compat_name,
+    scan_directory,
+    scan_file,
+    scan_warnings,
+)
+from tests.helpers import scan as helpers
+from tests.helpers.pickles import (
+    break_directory,
+    patch_zip,
+    torch_zip,
+    without_directory,
+    zip_bytes,
+)
+from tests.helpers.samples import make_checkpoint, make_hf_checkpoint
+from tests.helpers.scan import (
+    CallsOsSystem,
+    evil_state,
+    scanned,
+    training_args,
+    write,
+    zip_variants,
+)
+
+fake_torch = helpers.fake_torch  # a fixture (tests/helpers/scan.py)
+trainer_classes = helpers.trainer_classes  # a fixture (tests/helpers/scan.py)
+
 
 PROTOCOLS = range(0, pickle.HIGHEST_PROTOCOL + 1)
-
-
-class CallsOsSystem:
-    """Pickled as `os.system("echo pwned")`: what a malicious checkpoint holds."""
-
-    def __reduce__(self):
-        return os.system, ("echo pwned",)
-
-
-def evil_state(protocol: int = 2) -> bytes:
-    """An optimizer state_dict with the payload tucked inside."""
-    return pickle.dumps({"state": {0: {"step": 10}}, "param_groups": [{"lr": 0.1}],
-                         "hook": CallsOsSystem()}, protocol=protocol)
-
-
-def write(path, data: bytes) -> str:
-    with open(path, "wb") as f:
-        f.write(data)
-    return str(path)
-
-
-def scanned(tmp_path, data: bytes, name: str = "x.pkl"):
-    return scan_file(write(tmp_path / name, data), name)
 
 
 def globals_of(finding_list) -> list:
     return [f["global"] for f in finding_list]
 
-
-@pytest.fixture
-def fake_torch(monkeypatch):
-    """Stand-ins for torch's globals, so the real pickler writes the ones torch.save's
-    pickles name (tests/pickles.py): pickles made with them are what a real
-    state_dict's data.pkl holds."""
-    return Torch(monkeypatch)
-
-
-# -- the walk on real pickles ----------------------------------------------------------------
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_os_system_is_found_in_every_protocol(tmp_path, protocol):
@@ -323,41 +306,6 @@ def test_walk_sees_every_global_the_unpickler_would_import(fake_torch):
     assert checked > 500
 
 
-# -- what the frameworks write into their own checkpoints --------------------------------------
-
-class Touches:
-    """Unpickling this runs `touch MARKER`, through the callable given."""
-
-    def __init__(self, call, marker):
-        self.call, self.marker = call, marker
-
-    def __reduce__(self):
-        return self.call, (f"touch {self.marker}",)
-
-
-@pytest.fixture
-def trainer_classes(monkeypatch):
-    """Stand-ins for what a Trainer's training_args.bin names."""
-    return SimpleNamespace(
-        TrainingArguments=stand_in_class(monkeypatch,
-                                         "transformers.training_args.TrainingArguments"),
-        PartialState=stand_in_class(monkeypatch, "accelerate.state.PartialState"),
-        SchedulerType=stand_in_enum(monkeypatch, "transformers.trainer_utils.SchedulerType",
-                                    ["linear"]),
-        DistributedType=stand_in_enum(monkeypatch, "accelerate.utils.dataclasses.DistributedType",
-                                      ["NO"]),
-        AttributeDict=stand_in_dict_class(monkeypatch,
-                                          "lightning.fabric.utilities.data.AttributeDict"))
-
-
-def training_args(classes, **fields):
-    args, state = classes.TrainingArguments(), classes.PartialState()
-    state.__dict__.update(distributed_type=classes.DistributedType("NO"))
-    args.__dict__.update(lr_scheduler_type=classes.SchedulerType("linear"),
-                         distributed_state=state, hparams=classes.AttributeDict(lr=0.1), **fields)
-    return args
-
-
 @pytest.mark.parametrize("protocol", [2, 4, 5])
 def test_training_arguments_rebuilt_from_state_are_clean(tmp_path, fake_torch, trainer_classes,
                                                          protocol):
@@ -367,6 +315,8 @@ def test_training_arguments_rebuilt_from_state_are_clean(tmp_path, fake_torch, t
 
 
 TRAINING_ARGUMENTS = b"ctransformers.training_args\nTrainingArguments\n"
+
+
 CALLED = "used otherwise than rebuilt from saved state: loading it would run its code"
 
 
@@ -388,34 +338,6 @@ def test_training_arguments_called_are_unsafe(tmp_path, pickled):
     allowed = frozenset({"transformers.training_args.TrainingArguments"})
     assert scan_file(str(tmp_path / "training_args.bin"), "training_args.bin", allowed).status \
         == "clean"
-
-
-def test_dangerous_globals_in_framework_pickles_are_still_unsafe(tmp_path, fake_torch,
-                                                                trainer_classes):
-    marker = tmp_path / "RAN"
-    calls = [os.system, eval, exec, subprocess.call, subprocess.Popen, getattr]
-    evil = training_args(trainer_classes, hooks=[Touches(call, marker) for call in calls])
-    evil.hparams["callback"] = Touches(os.popen, marker)
-    version = tmp_path / "v"
-    version.mkdir()
-    torch_zip(version / "training_args.bin", {"training_args/data.pkl": pickle.dumps(evil, 2)})
-    fake_torch.save({"hyper_parameters": trainer_classes.AttributeDict(
-        x=Touches(os.system, marker))}, version / "last.ckpt")
-    result = scan_directory(str(version))
-    assert result["status"] == "unsafe"
-    assert {(f["file"], f["global"]) for f in result["findings"]} == {
-        ("training_args.bin", "posix.system"), ("training_args.bin", "builtins.eval"),
-        ("training_args.bin", "builtins.exec"), ("training_args.bin", "subprocess.call"),
-        ("training_args.bin", "subprocess.Popen"), ("training_args.bin", "builtins.getattr"),
-        ("training_args.bin", "os.popen"), ("last.ckpt", "posix.system")}
-    with Store.init(str(tmp_path / "store")) as store:
-        store.update_project_settings("p", {"unsafe_pickles": "refuse"})
-        with pytest.raises(UnsafePickleError):
-            archive_directory(store, str(version), "p", "r", "v1")
-        store.update_project_settings("p", {"unsafe_pickles": "warn"})
-        archive_directory(store, str(version), "p", "r", "v1")  # extraction reads them too
-        assert sidecar_of_version(store, "p", "r", "v1")["scan"]["status"] == "unsafe"
-    assert not marker.exists(), "a pickle was run"
 
 
 def test_scan_of_a_directory(tmp_path, fake_torch):
@@ -444,26 +366,6 @@ def test_scan_of_a_directory(tmp_path, fake_torch):
         assert scan_warnings(admitted) == [
             "allowed pickle: optimizer.pt [optimizer/data.pkl] imports posix.system (admitted "
             "by the project's pickle_allow: loading it may run code)"]
-
-
-# -- hostile containers: zip flags, CRC, directory; names; numpy -----------------------------
-
-def zip_variants(payload: bytes) -> dict[str, bytes]:
-    """A torch zip holding `payload` as archive/data.pkl, made unreadable to zipfile in
-    each way a permissive loader shrugs off."""
-    members = {"archive/data.pkl": payload, "archive/byteorder": b"little"}
-    stored, deflated = zip_bytes(members), zip_bytes(members, zipfile.ZIP_DEFLATED)
-    return {"encrypted flag": patch_zip(stored, flags=0x1),
-            "patched-data flag": patch_zip(stored, flags=0x20),
-            "deflated, encrypted flag": patch_zip(deflated, flags=0x1),
-            "bad CRC": patch_zip(stored, crc_xor=0xFFFF),
-            "deflated, bad CRC": patch_zip(deflated, crc_xor=0x1),
-            "bzip2, bad CRC": patch_zip(zip_bytes(members, zipfile.ZIP_BZIP2), crc_xor=0x1),
-            "local flags only": patch_zip(stored, flags=0x21, central=False),
-            # the local header names another file than the directory (zipfile refuses)
-            "names differ": stored.replace(b"archive/data.pkl", b"archive/data.txt", 1),
-            "broken central directory": break_directory(stored),
-            "no central directory": without_directory(deflated)}
 
 
 @pytest.mark.parametrize("variant", list(zip_variants(b"")))
@@ -626,49 +528,6 @@ def test_a_truncated_object_npy_is_unscanned_not_clean(tmp_path):
         "unscanned: numpy header that cannot be read (")
 
 
-def test_refuse_also_refuses_what_could_not_be_scanned(tmp_path):
-    store = new_store(tmp_path)
-    run_cli_checked("config", "set", store, "p", "unsafe_pickles=refuse")
-    src = make_hf_checkpoint(tmp_path / "src", 10)
-    ciphertext = np.random.default_rng(4).integers(0, 256, 400, dtype=np.uint8).tobytes()
-    write(os.path.join(src, "optimizer.pt"),
-          patch_zip(zip_bytes({"optimizer/data.pkl": ciphertext}), flags=0x1))
-    proc = run_cli_checked("import", store, src, "p/r/v1", rc=1)
-    error = proc.stderr.decode()
-    assert error.count("\n") == 1 and error.startswith(
-        "ckptfs: error: version p/r/v1 refused: files that may hold pickles could not be "
-        "scanned to the end: optimizer.pt: optimizer/data.pkl: encrypted member (it may hold "
-        "a pickle) (project p has unsafe_pickles=refuse). "), error
-    with Store.open(store) as s:
-        assert s.version_record("p", "r", "v1") is None
-    # under warn it is sealed, and says so
-    run_cli_checked("config", "set", store, "p", "unsafe_pickles=warn")
-    run_cli_checked("import", store, src, "p/r/v1")
-    with Store.open(store) as s:
-        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "unscanned"
-
-
-RISKY_RULES = ["builtins.*", "builtins.eval", "builtins.getattr", "os.*", "posix.system",
-               "subprocess.Popen", "torch.*", "torch.load", "__builtin__.*", "runpy._run_code",
-               "os.path.*", "os.path.join", "codecs.open"]
-
-
-def test_risky_allow_rules_need_force(tmp_path):
-    store = new_store(tmp_path)
-    for rule in RISKY_RULES:
-        proc = run_cli_checked("config", "set", store, "p", f"pickle_allow=mylib.Config,{rule}",
-                               rc=1)
-        error = proc.stderr.decode()
-        assert error.count("\n") == 1 and error.startswith(
-            f"ckptfs: error: pickle_allow rule {rule!r} admits globals that run code when a "
-            "pickle is loaded ("), error
-    with Store.open(store) as s:
-        assert "pickle_allow" not in s.project_settings("p")
-    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=" + ",".join(RISKY_RULES))
-    with Store.open(store) as s:
-        assert s.project_settings("p")["pickle_allow"] == RISKY_RULES
-
-
 def test_a_module_rule_admits_the_module_globals_not_attributes_of_its_classes(tmp_path):
     # STACK_GLOBAL 'pathlib' 'Path.write_text': a method reached through a trusted class
     method = (b"\x80\x04\x8c\x07pathlib\x8c\x0fPath.write_text\x93\x8c\x01x\x8c\x01y"
@@ -681,194 +540,3 @@ def test_a_module_rule_admits_the_module_globals_not_attributes_of_its_classes(t
     assert (exact.status, exact.findings) == ("allowed", [])
     assert exact.allowed == [{"file": "x.pkl", "pickle": None,
                               "global": "pathlib.Path.write_text"}]
-
-
-def test_harmless_and_malformed_allow_rules(tmp_path):
-    store = new_store(tmp_path)
-    run_cli_checked("config", "set", store, "p",
-                    "pickle_allow=mylib.Config,mylib.enums.*,builtins.set")
-    for rule in ("<computed>.*", "mylib.*.x", "os system.x"):
-        proc = run_cli_checked("config", "set", "--force", store, "p", f"pickle_allow={rule}",
-                               rc=1)
-        assert proc.stderr.decode() == \
-            f"ckptfs: error: pickle_allow rule {rule!r} is not MODULE.NAME or MODULE.*\n"
-
-
-def test_a_forced_risky_rule_seals_as_allowed_not_clean(tmp_path):
-    store = new_store(tmp_path)
-    src = make_hf_checkpoint(tmp_path / "src", 10)
-    write(os.path.join(src, "extra.pkl"), b"c__builtin__\neval\n(S'1+1'\ntR.")
-    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=builtins.*",
-                    "unsafe_pickles=refuse")
-    run_cli_checked("import", store, src, "p/r/v1")
-    with Store.open(store) as s:
-        doc = sidecar_of_version(s, "p", "r", "v1")
-    assert doc["scan"]["status"] == "allowed"
-    assert doc["scan"]["files"]["extra.pkl"] == "allowed"
-    assert doc["scan"]["allowed"] == [{"file": "extra.pkl", "pickle": None,
-                                       "global": "builtins.eval"}]
-    assert doc["warnings"] == [
-        "allowed pickle: extra.pkl imports builtins.eval (admitted by the project's "
-        "pickle_allow: loading it may run code)"]
-    # a computed name is never admitted by a rule
-    write(os.path.join(src, "extra.pkl"), b"\x80\x04\x8c\x08builtins\x8c\x03str\x93\x8c"
-          b"\x05posix\x85R\x8c\x06system\x93\x8c\x02ls\x85R.")
-    run_cli_checked("import", store, src, "p/r/v2", rc=1)
-
-
-# -- through the CLI and a real mount ----------------------------------------------------------
-
-def evil_checkpoint(path, step: int = 10) -> str:
-    """A Hugging Face Trainer checkpoint whose optimizer.pt (a torch zip) calls os.system."""
-    make_hf_checkpoint(path, step)
-    torch_zip(os.path.join(path, "optimizer.pt"), {"optimizer/data.pkl": evil_state()})
-    return str(path)
-
-
-def journal_bytes(store: str) -> bytes:
-    with open(os.path.join(store, "journal", "journal.jsonl"), "rb") as f:
-        return f.read()
-
-
-def test_import_refuses_an_unsafe_version_in_one_line(tmp_path):
-    store = new_store(tmp_path)
-    src = evil_checkpoint(tmp_path / "src")
-    proc = run_cli_checked("config", "set", store, "p", "unsafe_pickles=maybe", rc=1)
-    assert proc.stderr.decode() == \
-        "ckptfs: error: setting 'unsafe_pickles' must be 'warn' or 'refuse', not 'maybe'\n"
-    run_cli_checked("config", "set", store, "p", "unsafe_pickles=refuse")
-    before = journal_bytes(store)
-    proc = run_cli_checked("import", store, src, "p/r/v1", rc=1)
-    error = proc.stderr.decode()
-    assert error.count("\n") == 1 and error.startswith(
-        "ckptfs: error: version p/r/v1 refused: unsafe pickles: optimizer.pt "
-        "[optimizer/data.pkl] imports posix.system (project p has unsafe_pickles=refuse). ")
-    assert journal_bytes(store) == before, "a refused version was journaled"
-    with Store.open(store) as s:
-        assert s.version_record("p", "r", "v1") is None
-    # a global the project trusts is no finding; a risky one needs --force, and shows
-    proc = run_cli_checked("config", "set", store, "p", "pickle_allow=posix.system", rc=1)
-    assert proc.stderr.decode() == (
-        "ckptfs: error: pickle_allow rule 'posix.system' admits globals that run code when a "
-        "pickle is loaded (posix.system): name the exact globals you trust, or repeat with "
-        "--force to take the risk (versions using them then scan as 'allowed')\n")
-    run_cli_checked("config", "set", "--force", store, "p", "pickle_allow=posix.system")
-    run_cli_checked("import", store, src, "p/r/v1")
-    with Store.open(store) as s:  # the same ingest path, from Python
-        assert sidecar_of_version(s, "p", "r", "v1")["scan"]["status"] == "allowed"
-        s.update_project_settings("p", {}, unset=["pickle_allow"])
-        with pytest.raises(UnsafePickleError) as refused:
-            archive_directory(s, src, "p", "r", "v2")
-        assert refused.value.findings == [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
-                                           "global": "posix.system"}]
-        archive_directory(s, make_checkpoint(tmp_path / "raw"), "p", "r", "v3")
-        doc = sidecar_of_version(s, "p", "r", "v3")
-    # raw bytes named optimizer.pt hold no pickle: nothing to refuse
-    assert doc["scan"]["status"] == "clean"
-    assert doc["scan"]["files"]["optimizer.pt"].startswith("not a pickle (")
-
-
-@pytest.fixture(scope="module")
-def mounted(tmp_path_factory):
-    """One store and mount for the mount tests of this module (seal after 0.5 s quiet)."""
-    if not os.path.exists("/dev/fuse"):
-        pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)")
-    root = tmp_path_factory.mktemp("scan")
-    store = new_store(root)
-    mnt = str(root / "mnt")
-    os.mkdir(mnt)
-    run_cli_checked("mount", store, mnt, "--seal-after", "0.5")
-    yield SimpleNamespace(store=store, mnt=mnt, root=root)
-    unmount(mnt)
-
-
-def sidecar_of(mnt: str, ref: str) -> dict:
-    with open(os.path.join(mnt, "projects", ref + ".json")) as f:
-        return json.load(f)
-
-
-def test_mount_warns_and_seals_a_checkpoint_whose_optimizer_calls_os_system(mounted):
-    src = mounted.root / "warn"
-    evil_checkpoint(src / "v1")
-    make_hf_checkpoint(src / "v2", 20)
-    make_checkpoint(src / "v3")
-    inbox = f"{mounted.mnt}/inbox/warned/r"
-    copy = sh(f"mkdir -p {inbox} && cp -r {src}/v1 {src}/v2 {src}/v3 {inbox}/")
-    assert copy.returncode == 0, copy.stderr
-    for version in ("v1", "v2", "v3"):
-        wait_sealed(mounted.mnt, f"warned/r/{version}")
-    doc = sidecar_of(mounted.mnt, "warned/r/v1")
-    assert doc["scan"]["status"] == "unsafe"
-    assert doc["scan"]["findings"] == [{"file": "optimizer.pt", "pickle": "optimizer/data.pkl",
-                                        "global": "posix.system"}]
-    assert doc["scan"]["files"] == {"model.safetensors": "safe format", "optimizer.pt": "unsafe",
-                                    "rng_state.pth": "clean", "scheduler.pt": "clean"}
-    assert doc["warnings"] == ["unsafe pickle: optimizer.pt [optimizer/data.pkl] imports "
-                               "posix.system (not on the safe list: loading it may run code)"]
-    assert list(doc).index("scan") == list(doc).index("warnings") - 1
-    # greppable: which sealed versions hold unsafe pickles, and what they import
-    found = sh(f"grep -l '\"status\": \"unsafe\"' {mounted.mnt}/projects/warned/r/*.json")
-    assert found.stdout.split() == [f"{mounted.mnt}/projects/warned/r/v1.json"]
-    found = sh(f"grep -rh '\"global\":' {mounted.mnt}/projects/warned/r/")
-    assert found.stdout.strip() == '"global": "posix.system",'
-    assert sidecar_of(mounted.mnt, "warned/r/v2")["scan"]["status"] == "clean"
-    assert sidecar_of(mounted.mnt, "warned/r/v2")["warnings"] == []
-    raw = sidecar_of(mounted.mnt, "warned/r/v3")["scan"]
-    assert raw["status"] == "clean" and raw["findings"] == []  # raw bytes: no pickle
-    assert raw["files"]["optimizer.pt"].startswith("not a pickle (")
-    # the bytes sealed are those copied: the scan only reads
-    same = sh(f"cmp {src}/v1/optimizer.pt {mounted.mnt}/projects/warned/r/v1/optimizer.pt")
-    assert same.returncode == 0, same.stdout
-    found = run_cli_checked("find", mounted.store, 'scan.status = "unsafe"').stdout.decode()
-    assert "projects/warned/r/v1 " in found and "warned/r/v2" not in found
-
-
-def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
-    run_cli_checked("config", "set", mounted.store, "guarded", "unsafe_pickles=refuse")
-    src = evil_checkpoint(mounted.root / "refuse" / "v1")
-    inbox = f"{mounted.mnt}/inbox/guarded/r"
-    copy = sh(f"mkdir -p {inbox} && cp -r {src} {inbox}/")
-    assert copy.returncode == 0, copy.stderr
-    error_file = wait_for(lambda: os.path.exists(f"{inbox}/v1.error") and f"{inbox}/v1.error",
-                          "guarded/r/v1.error")
-    with open(error_file) as f:
-        error = f.read()
-    assert error.startswith("sealing guarded/r/v1 failed: version guarded/r/v1 refused: unsafe "
-                            "pickles: optimizer.pt [optimizer/data.pkl] imports posix.system "
-                            "(project guarded has unsafe_pickles=refuse). ")
-    assert sh(f"grep -c 'imports posix.system' {error_file}").stdout == "1\n"
-    assert sorted(os.listdir(inbox)) == ["v1", "v1.error"]
-    assert not os.path.exists(f"{mounted.mnt}/projects/guarded/r/v1")
-    status = run_cli_checked("status", mounted.mnt).stdout.decode()
-    assert "guarded/r/v1: failed" in status and "posix.system" in status
-
-    # the fix: a clean optimizer.pt copied over the unsafe one, through the mount; the
-    # other files, prepared before the refusal, are not read again
-    reused_before = stats(mounted.mnt)["files_reused_at_seal"]
-    clean = make_hf_checkpoint(mounted.root / "refuse" / "clean", 10)
-    copy = sh(f"cp {clean}/optimizer.pt {inbox}/v1/optimizer.pt")
-    assert copy.returncode == 0, copy.stderr
-    wait_sealed(mounted.mnt, "guarded/r/v1")
-    assert stats(mounted.mnt)["files_reused_at_seal"] - reused_before >= 8  # of 9
-    assert sorted(os.listdir(inbox)) == ["v1"]  # sealed, where it was written
-    doc = sidecar_of(mounted.mnt, "guarded/r/v1")
-    assert doc["scan"]["status"] == "clean" and doc["warnings"] == []
-    same = sh(f"cmp {clean}/optimizer.pt {mounted.mnt}/projects/guarded/r/v1/optimizer.pt")
-    assert same.returncode == 0, same.stdout
-
-
-def test_mount_refuses_a_pickle_hidden_by_zip_flags_and_names(mounted):
-    run_cli_checked("config", "set", mounted.store, "flags", "unsafe_pickles=refuse")
-    src = make_hf_checkpoint(mounted.root / "flags" / "v1", 10)
-    write(os.path.join(src, "optimizer.pt"), zip_variants(evil_state())["encrypted flag"])
-    write(os.path.join(src, "extra.dat"), evil_state(4))
-    inbox = f"{mounted.mnt}/inbox/flags/r"
-    copy = sh(f"mkdir -p {inbox} && cp -r {src} {inbox}/")
-    assert copy.returncode == 0, copy.stderr
-    error_file = wait_for(lambda: os.path.exists(f"{inbox}/v1.error") and f"{inbox}/v1.error",
-                          "flags/r/v1.error")
-    with open(error_file) as f:
-        error = f.read()
-    assert "extra.dat imports posix.system" in error, error
-    assert "optimizer.pt [archive/data.pkl] imports posix.system" in error, error
-    assert not os.path.exists(f"{mounted.mnt}/projects/flags/r/v1")

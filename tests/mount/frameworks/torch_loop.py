@@ -14,9 +14,8 @@ import os
 import re
 import sys
 
-from common import deterministic, features, sha256_file, state_sha256, write_report
-
 import torch  # noqa: E402
+from common import deterministic, features, sha256_file, state_sha256, write_report
 
 
 def batch(step: int):
