@@ -1,9 +1,7 @@
-"""Access control (issue 6): roles per project, enforced by the mount daemon and the CLI,
-refusals journaled. The mount tests share one store made with `init --shared` by root and
-mounted with --allow-other; other users are existing accounts (nobody 65534, group
-users 100, daemon 1), reached with `setpriv` (real tools) or a forked child that drops
-its ids (the CLI: the interpreter under /root is out of their reach). The machine's user
-database is not changed."""
+"""Access control through the real CLI (issue 6): `init --shared`, grants managed with
+`ckptfs access`, and commands run as another user (a forked child that drops its ids:
+the interpreter under /root is out of their reach) checking that user's role. The
+machine's user database is not changed. The mount: tests/mount/test_access.py."""
 import json
 import os
 import shutil

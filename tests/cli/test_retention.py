@@ -1,7 +1,6 @@
-"""Retention: policies and their validation, the plan (pure functions over catalog
-documents), and the catalog side of deletions on a real store: `ckptfs retention`,
-`ckptfs gc --dry-run`, `ckptfs delete`, tombstones, names never reused, lineage, log and
-audit of deleted versions, and a rebuilt index that agrees. Space reclaim is test_gc.py."""
+"""Retention through the real CLI: `ckptfs retention set/show/clear`, `ckptfs gc
+--dry-run` saying what would go and why, and `ckptfs delete` by hand with its rules and
+tombstone. The policies and the plan themselves: tests/unit/test_retention.py."""
 import json
 import os
 

@@ -1,14 +1,9 @@
-"""Pickle scanning at seal (meta/scan.py): real pickles made with the stdlib `pickle` in
-every protocol, torch's zip, legacy and tar layouts built by hand (torch is not
-installed), files that are not pickles, damaged and huge ones; then through a real
-mount and the real CLI: a checkpoint whose optimizer.pt calls os.system is sealed with
-`scan.status` unsafe under `unsafe_pickles=warn`, and kept in the inbox with the finding
-in its `.error` file under `refuse` until the file is replaced.
+"""The pickle scan through the real CLI: `unsafe_pickles=refuse` refuses an import in one
+line, also what could not be scanned; `pickle_allow` rules (risky ones need --force, and a
+forced one seals as `allowed`, not `clean`). The scan itself: tests/unit/test_scan.py.
 
 Nothing here ever loads a pickle it made: creating one whose __reduce__ names os.system
-does not run it. The only unpickling is the recording one in
-test_walk_sees_every_global_the_unpickler_would_import, whose find_class hands back a
-harmless stand-in instead of importing anything."""
+does not run it."""
 import os
 
 import numpy as np

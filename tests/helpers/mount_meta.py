@@ -1,4 +1,4 @@
-"""What the test_mount_meta.py files of several levels (mount, cli) share."""
+"""What tests/mount/test_mount_meta.py and tests/cli/test_meta_commands.py share."""
 import os
 from types import SimpleNamespace
 

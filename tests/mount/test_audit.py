@@ -1,5 +1,5 @@
-"""The journal as a tamper-evident audit log: `ckptfs audit`, `ckptfs audit verify` and
-MOUNT/.ckptfs/audit.jsonl (issue 6, first part)."""
+"""MOUNT/.ckptfs/audit.jsonl: the journal, read-only, through a real mount. The audit
+log's commands: tests/cli/test_audit.py."""
 import json
 import os
 import subprocess

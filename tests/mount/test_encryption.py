@@ -1,7 +1,6 @@
-"""Encryption at rest: `ckptfs init --encrypt --key-file PATH`, through the real CLI and a
-real mount. The packs of an encrypted store hold no plaintext (while a plain store's do,
-so the check can fail); without the right key every command stops with a clear error;
-damage in an encrypted record is reported, never served."""
+"""Encryption at rest through a real mount: an encrypted store serves and seals through
+it, and a missing key file stops every command, the mount included, with a clear error.
+The CLI: tests/cli/test_encryption.py."""
 import json
 import os
 import subprocess

@@ -1,9 +1,5 @@
-"""`ckptfs export` and `ckptfs import` of an export: real stores, the real `ckptfs`
-command, and the tools a recipient would use (sha256sum -c, tar -xf, diff -r).
-
-Most tests share one source store (module scope) and export from it; each import goes
-into a store of its own.
-"""
+"""A version imported from an export reads the same through a real mount as the original.
+Export and import themselves: tests/cli/test_export.py."""
 import json
 import subprocess
 

@@ -1,10 +1,9 @@
-"""Bad input and faults, through the real `ckptfs` command: a source that cannot be read,
-a full disk (a real, small tmpfs), two imports racing, a flipped byte in a pack, a torn
-journal tail, and an index that missed the last commit.
+"""A full disk (a real, small tmpfs, mounted for the test) under an import through the
+real `ckptfs` command: nothing is committed, a retry succeeds, and a disk filling up at
+any step fails cleanly. The other faults: tests/store/test_faults.py.
 
 Every command's stderr is checked for "Traceback": faults must come out as one
-`ckptfs: error: ...` line and an exit code.
-"""
+`ckptfs: error: ...` line and an exit code."""
 import os
 import re
 import shutil

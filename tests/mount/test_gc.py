@@ -1,7 +1,5 @@
-"""Garbage collection on real stores: what `ckptfs gc` deletes and reclaims, that every
-kept version still restores byte for byte and `verify` passes, a gc killed at each step
-(and at a random moment of a bigger rewrite) that the next gc finishes, imports and
-readers racing a gc, leftover packs, and a gc while the store is mounted."""
+"""A gc while the store is mounted: kept versions still read through the mount. Garbage
+collection itself: tests/cli/test_gc.py and tests/store/test_gc.py."""
 import errno
 import json
 import os

@@ -1,5 +1,6 @@
-"""Nothing leaked, nothing crashes: a store is private to its owner, sidecars keep no
-secrets, every name follows one rule, and no user error ends in a traceback (issue #13)."""
+"""Nothing leaked through a real mount: what the daemon creates in a store stays private
+whatever the umask, the inbox refuses a bad name with EINVAL and a log line, and a
+sidecar keeps no secrets of the writer. The CLI side: tests/cli/test_hygiene.py."""
 import errno
 import json
 import os

@@ -1,6 +1,5 @@
-"""Data loss and recovery in the store engine (issue #13): the journal's torn tail, a
-damaged pack or index, healing damaged chunks (re-import, `ckptfs repair`), a wrong
-chunk id key. Every test damages a real store the way a disk or a person would."""
+"""Damage a read through a real mount found is healed by an import while the store is
+mounted. The rest of recovery: tests/cli/test_recovery.py."""
 import os
 import subprocess
 

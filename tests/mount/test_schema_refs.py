@@ -1,8 +1,6 @@
-"""Project schemas are self-contained (meta/schema.py): `schema set` refuses a `$ref` to a
-file or URL, validation at seal retrieves nothing even for a schema stored without that
-check, and a schema that refers to itself without end, or a sidecar nested deeper than
-validation can follow, is a one-line validation failure, never a traceback, in the CLI
-and in the daemon's seal."""
+"""The daemon's seal against a project schema that refers to itself or a sidecar nested
+too deeply: the `.error` file gives the one-line reason and the daemon goes on sealing.
+The schema rules and the CLI: tests/cli/test_schema_refs.py."""
 import os
 
 from ckptfs.store import Store

@@ -1,7 +1,5 @@
-"""Ed25519 signatures of sealed versions: `ckptfs key generate/set/show/unset`, the
-signature in the journal, the catalog and the sidecar (also through a real mount), and
-`ckptfs verify --signatures`, which must catch a rewritten signature even when the
-journal's hash chain was rewritten to match."""
+"""Seals through a real mount are signed, and a missing signing key fails the seal in
+words, sealing nothing unsigned. Signatures and the CLI: tests/cli/test_signing.py."""
 import json
 import os
 import subprocess

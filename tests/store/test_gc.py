@@ -1,7 +1,6 @@
-"""Garbage collection on real stores: what `ckptfs gc` deletes and reclaims, that every
-kept version still restores byte for byte and `verify` passes, a gc killed at each step
-(and at a random moment of a bigger rewrite) that the next gc finishes, imports and
-readers racing a gc, leftover packs, and a gc while the store is mounted."""
+"""Garbage collection on a real store, in-process: dead records above the threshold, the
+rewrite threshold, an import racing a gc, leftover packs, and chunks a version sealed
+during the gc uses. Through the CLI: tests/cli/test_gc.py."""
 import os
 
 from ckptfs.store import Store

@@ -1,7 +1,7 @@
-"""Metadata and pickle scan of real checkpoints written by the Hugging Face Trainer,
-accelerate and Lightning: tiny models built from configs, trained a few steps on the CPU
-on synthetic data (nothing downloaded), one run per framework shared by the module's
-tests. Skipped where the framework is not installed."""
+"""A real Hugging Face Trainer checkpoint (a tiny model trained a few steps on the CPU,
+nothing downloaded) sealed into a store: clean scan, its metadata in the sidecar. Skipped
+where transformers is not installed. Metadata read from the files alone:
+tests/unit/test_meta_frameworks.py."""
 import os
 
 from ckptfs.meta.seal import archive_directory

@@ -1,7 +1,6 @@
-"""Retention: policies and their validation, the plan (pure functions over catalog
-documents), and the catalog side of deletions on a real store: `ckptfs retention`,
-`ckptfs gc --dry-run`, `ckptfs delete`, tombstones, names never reused, lineage, log and
-audit of deleted versions, and a rebuilt index that agrees. Space reclaim is test_gc.py."""
+"""Retention on a real store: deletions by policy and a rebuilt index agree, and a parent
+that was deleted is named so at seal. The policies and the plan as pure functions:
+tests/unit/test_retention.py; the CLI: tests/cli/test_retention.py."""
 from datetime import timedelta
 
 import pytest

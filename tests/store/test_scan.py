@@ -1,14 +1,5 @@
-"""Pickle scanning at seal (meta/scan.py): real pickles made with the stdlib `pickle` in
-every protocol, torch's zip, legacy and tar layouts built by hand (torch is not
-installed), files that are not pickles, damaged and huge ones; then through a real
-mount and the real CLI: a checkpoint whose optimizer.pt calls os.system is sealed with
-`scan.status` unsafe under `unsafe_pickles=warn`, and kept in the inbox with the finding
-in its `.error` file under `refuse` until the file is replaced.
-
-Nothing here ever loads a pickle it made: creating one whose __reduce__ names os.system
-does not run it. The only unpickling is the recording one in
-test_walk_sees_every_global_the_unpickler_would_import, whose find_class hands back a
-harmless stand-in instead of importing anything."""
+"""The pickle scan at seal on a real store: the dangerous globals of framework pickles are
+still found unsafe when the version is archived. The scan itself: tests/unit/test_scan.py."""
 import os
 import pickle
 import subprocess

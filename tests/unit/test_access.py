@@ -1,18 +1,10 @@
-"""Access control (issue 6): roles per project, enforced by the mount daemon and the CLI,
-refusals journaled. The mount tests share one store made with `init --shared` by root and
-mounted with --allow-other; other users are existing accounts (nobody 65534, group
-users 100, daemon 1), reached with `setpriv` (real tools) or a forked child that drops
-its ids (the CLI: the interpreter under /root is out of their reach). The machine's user
-database is not changed."""
+"""Who a request comes from: the groups of the calling process count only if the process
+is the caller's. Access control itself: tests/store/test_access.py."""
 import os
 import shutil
 
 import pytest
-import tqdm  # noqa: F401,E402
 
-# Imported lazily by the CLI (export, progress bars): the forked child of `cli_as_user`, as
-# nobody, cannot read Python's own files under /root, so they are imported here first.
-import ckptfs.meta.export  # noqa: F401,E402
 from ckptfs.store.access import process_actor, request_actor
 from tests.helpers.access import NOBODY
 

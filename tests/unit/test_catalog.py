@@ -1,6 +1,5 @@
-"""The catalog at store level (no mount): aliases, project settings and schemas, what
-survives an index rebuild, a journal replay and an index upgrade, and the rules that
-keep aliases apart from versions. Real packs, real LMDB, real journal."""
+"""The check a project schema passes before the catalog stores it: what is not a JSON
+Schema is refused. The catalog itself: tests/store/test_catalog.py."""
 
 import pytest
 

@@ -1,5 +1,5 @@
-"""Nothing leaked, nothing crashes: a store is private to its owner, sidecars keep no
-secrets, every name follows one rule, and no user error ends in a traceback (issue #13)."""
+"""The provenance of a process keeps no secrets (its environment and command line,
+redacted). The same in a sidecar written through a mount: tests/mount/test_hygiene.py."""
 import json
 import os
 import subprocess

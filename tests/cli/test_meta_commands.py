@@ -1,8 +1,6 @@
-"""Lineage metadata through a real mount and the real CLI: the version sidecar
-`projects/<p>/<r>/<v>.json` of checkpoints copied in with real tools, the provenance of the
-process that wrote them, the user's ckptfs.json over what the files say, project schemas,
-aliases made with `ln -s` / `ln -sfn` / `rm`, `run.json`, and `ckptfs find`, `log`,
-`lineage`, `show` and `import` over a store with known versions."""
+"""Metadata through the real CLI: `ckptfs find`, `log`, `lineage` and `show` over a store
+with known versions, and `ckptfs import` recording its provenance and the facts read from
+the files. The same metadata through a real mount: tests/mount/test_mount_meta.py."""
 import json
 import re
 import socket
