@@ -3,8 +3,10 @@ kernel: paths are walked with `lookup` from the root inode, files are opened, re
 written and released through their handles, directories listed with opendir/readdir.
 
 `Caller` has the shape of pyfuse3.RequestContext (uid, gid, pid, umask), whose fields
-only the kernel's request can set; a `FUSEError` comes out as the errno a process would
-see (`errno_of`)."""
+only the kernel's request can set; `Kernel` stands in for the kernel's side of the two
+calls the daemon makes outside a request; a `FUSEError` comes out as the errno a process
+would see (`errno_of`). Nothing else is stood in for: the store, the spool, the index
+and the daemon's code are the real ones."""
 import hashlib
 import json
 import os
@@ -12,6 +14,11 @@ from dataclasses import dataclass
 
 import pyfuse3
 import trio
+
+from ckptfs.fs import daemonlock
+from ckptfs.fs.inbox import Inbox
+from ckptfs.fs.ops import CkptfsOperations
+from ckptfs.store import Store
 
 SEAL_TIMEOUT = 60.0  # only catches a hang: every wait is on an event
 
@@ -29,11 +36,21 @@ def this_process() -> Caller:
     return Caller(os.getuid(), os.getgid(), os.getpid())
 
 
-def readdir_reply(token: list, name: bytes, attributes, next_id: int) -> bool:
-    """Stands in for pyfuse3.readdir_reply (the kernel's reply buffer): the token is a
-    list the entries are appended to; the buffer never fills."""
-    token.append((os.fsdecode(name), attributes))
-    return True
+class Kernel:
+    """Stands in for the two calls the daemon makes to the kernel outside a request:
+    readdir_reply (the reply buffer of a readdir: the token is a list the entries are
+    appended to, and it never fills) and invalidate_entry_async (a cache hint: noted)."""
+
+    def __init__(self):
+        self.invalidated: list[tuple[int, str]] = []
+
+    def invalidate_entry_async(self, parent: int, name: bytes, ignore_enoent: bool = False):
+        self.invalidated.append((parent, os.fsdecode(name)))
+
+    @staticmethod
+    def readdir_reply(token: list, name: bytes, attributes, next_id: int) -> bool:
+        token.append((os.fsdecode(name), attributes))
+        return True
 
 
 async def errno_of(call) -> int | None:
@@ -125,6 +142,14 @@ class Driver:
                     continue
                 await self.write(f"{here}/{name}", local_bytes(path))
 
+    async def rm_r(self, path: str):
+        """`rm -r`: what is below first, then the directory."""
+        if (await self.stat(path)).st_mode & 0o170000 != 0o040000:
+            return await self.unlink(path)
+        for name in await self.listdir(path):
+            await self.rm_r(f"{path}/{name}")
+        await self.ops.rmdir(*await self.parent_and_name(path), self.ctx)
+
     async def rename(self, old: str, new: str, flags: int = 0):
         old_parent, old_name = await self.parent_and_name(old)
         new_parent, new_name = await self.parent_and_name(new)
@@ -145,11 +170,10 @@ class Driver:
 
     async def wait_state(self, ref: str, done, what: str) -> dict:
         """Poll the state of inbox/<ref> until `done(state)`; that state."""
-        with trio.move_on_after(SEAL_TIMEOUT):
-            while not done(state := await self.inbox_state(ref)):
-                await trio.sleep(0.01)
-            return state
-        raise AssertionError(f"gave up after {SEAL_TIMEOUT:.0f} s waiting for {what}: {state}")
+        async def state_if_done():
+            state = await self.inbox_state(ref)
+            return state if done(state) else None
+        return await poll(state_if_done, what)
 
     async def wait_sealed(self, ref: str) -> dict:
         """Poll until the sealer reports inbox/<ref> sealed; its state (a seal that
@@ -159,16 +183,78 @@ class Driver:
             return state["state"] == "sealed"
         return await self.wait_state(ref, sealed, f"{ref} to be sealed")
 
+    async def wait_listed(self, directory: str, name: str):
+        """Poll until `name` is listed in `directory`."""
+        async def listed():
+            return name in await self.listdir(directory)
+        await poll(listed, f"{directory}/{name}")
+
+    async def wait_versions_sealed(self, count: int):
+        """Poll until this daemon has sealed `count` versions, its bookkeeping of each
+        done (which follows the moment a state says "sealed")."""
+        async def done():
+            return self.inbox.counters["versions_sealed"] >= count
+        await poll(done, f"{count} versions sealed")
+
     async def wait_sealer_rounds(self, rounds: int):
         """Poll until the sealer has been round `rounds` more times (each round looks at
         every unit): proof that it saw what was there before this call."""
         until = self.inbox.counters["sealer_rounds"] + rounds
-        with trio.move_on_after(SEAL_TIMEOUT):
-            while self.inbox.counters["sealer_rounds"] < until:
-                self.inbox.sealer.wake()
-                await trio.sleep(0.01)
+
+        async def done():
+            self.inbox.sealer.wake()
+            return self.inbox.counters["sealer_rounds"] >= until
+        await poll(done, f"{rounds} rounds of the sealer")
+
+
+async def poll(check, what: str):
+    """Await `check()` until it returns something true, and return that. The deadline
+    only catches a hang."""
+    with trio.move_on_after(SEAL_TIMEOUT):
+        while not (result := await check()):
+            await trio.sleep(0.01)
+        return result
+    raise AssertionError(f"gave up after {SEAL_TIMEOUT:.0f} s waiting for {what}")
+
+
+# -- the daemon's parts -----------------------------------------------------------------
+QUIET = 3600.0  # seconds: nothing is sealed for being quiet unless a test asks for it
+
+
+class Daemon:
+    """What serve() holds while it serves: open with `start`, closed with `stop`."""
+
+    def __init__(self, store_path: str, mountpoint: str):
+        self.store_path, self.mountpoint = store_path, mountpoint
+        self.store = self.inbox = self.ops = self.lock = None
+
+    def start(self, seal_after: float = QUIET) -> "Daemon":
+        self.store = Store.open(self.store_path)
+        self.lock = daemonlock.acquire(self.store_path, daemonlock.DAEMON, self.mountpoint)
+        self.inbox = Inbox(self.store, seal_after)
+        self.inbox.mountpoint = self.mountpoint
+        self.ops = CkptfsOperations(self.store, self.inbox)
+        return self
+
+    def stop(self, clean: bool = True):
+        """A clean stop, as serve() ends; `clean=False`: what a killed daemon leaves (the
+        inbox not closed: its spool, staged packs and running marker stay as they are;
+        the kernel frees the lock)."""
+        if self.store is None:
             return
-        raise AssertionError(f"gave up after {SEAL_TIMEOUT:.0f} s waiting for the sealer")
+        if clean:
+            self.inbox.close()
+        self.store.close()
+        self.lock.release()
+        self.store = self.inbox = self.ops = self.lock = None
+
+
+def serving(daemon: Daemon, nursery, seal_after: float) -> Driver:
+    """A Driver over the started daemon, whose background work (the sealer, the
+    preparer) runs until the test ends."""
+    daemon.start(seal_after)
+    nursery.start_soon(daemon.inbox.run)
+    return Driver(daemon.ops, daemon.inbox)
 
 
 def local_bytes(path: str) -> bytes:

@@ -9,8 +9,9 @@ import json
 import os
 
 import pytest
+import trio
 
-from tests.fs.driver import errno_of, local_bytes, sha256
+from tests.fs.driver import QUIET, errno_of, local_bytes, poll, serving, sha256
 from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 pytestmark = pytest.mark.trio
@@ -134,13 +135,7 @@ async def test_removing_a_sealed_checkpoint_only_hides_it_from_the_inbox(fs, sou
     await fs.copy_in(source, f"{RUN}/v2")
     await fs.write(f"{RUN}/v2/.seal", b"")
     await fs.wait_sealed("p/r/v2")
-    for name in await fs.listdir(f"{RUN}/v2"):  # rm -r, depth first
-        if name == "tokenizer":
-            await fs.unlink(f"{RUN}/v2/tokenizer/vocab.txt")
-            await fs.ops.rmdir(await fs.ino(f"{RUN}/v2"), b"tokenizer", fs.ctx)
-        else:
-            await fs.unlink(f"{RUN}/v2/{name}")
-    await fs.ops.rmdir(await fs.ino(RUN), b"v2", fs.ctx)
+    await fs.rm_r(f"{RUN}/v2")
     assert "v2" not in await fs.listdir(RUN)
     assert await sealed_files(fs, "p/r/v2") == files_of(source)
 
@@ -162,3 +157,88 @@ async def test_a_seal_that_fails_keeps_the_version_with_an_error_file_until_fixe
     await fs.setxattr(f"{RUN}/v2", b"user.ckptfs.seal")
     await fs.wait_sealed("p/r/v2")
     assert json.loads(await fs.read("projects/p/r/v2.json"))["lineage"]["data"]["version"] == "v7"
+
+
+async def test_the_kernel_is_told_to_forget_the_sealed_path(fs, kernel, source):
+    await fs.copy_in(source, f"{RUN}/v2")
+    await fs.write(f"{RUN}/v2/.seal", b"")
+    await fs.wait_sealed("p/r/v2")
+    # the job's next lookup of inbox/p/r/v2 must find the sealed version, not the cache
+    run = await fs.ino(RUN)
+
+    async def forgotten():
+        return (run, "v2") in kernel.invalidated
+    await poll(forgotten, "the kernel to be told")
+
+
+async def test_a_checkpoint_file_written_again_is_its_next_version(fs):
+    await fs.makedirs(RUN)
+    await fs.write(f"{RUN}/last.ckpt", b"epoch 1")
+    await fs.setxattr(f"{RUN}/last.ckpt", b"user.ckptfs.seal")
+    await fs.wait_sealed("p/r/last.ckpt")
+    assert await fs.getxattr(f"{RUN}/last.ckpt", b"user.ckptfs.version") == b"p/r/last"
+    # A seal asked for before the sealer has done its bookkeeping of the last one is
+    # lost (the unit's old state, popped when that ends, carried the request): wait.
+    await fs.wait_versions_sealed(1)
+    await fs.write(f"{RUN}/last.ckpt", b"epoch 2")  # O_TRUNC over a sealed file: fine
+    assert (await fs.inbox_state("p/r/last.ckpt"))["state"] != "sealed"
+    await fs.setxattr(f"{RUN}/last.ckpt", b"user.ckptfs.seal")
+    await fs.wait_sealed("p/r/last.ckpt")
+    assert await fs.read("projects/p/r/last/last.ckpt") == b"epoch 1"
+    assert await fs.read("projects/p/r/last~2/last.ckpt") == b"epoch 2"
+    assert await fs.read(f"{RUN}/last.ckpt") == b"epoch 2"
+    await fs.unlink(f"{RUN}/last.ckpt")
+    assert "last.ckpt" not in await fs.listdir(RUN)  # hidden: the older one does not show
+
+
+async def test_a_checkpoint_removed_before_its_seal_is_sealed_first(fs, source):
+    """A job rotating its checkpoints faster than the quiet period loses none."""
+    await fs.copy_in(source, f"{RUN}/v2")
+    await fs.rm_r(f"{RUN}/v2")
+    assert "v2" not in await fs.listdir(RUN)
+    await fs.wait_listed("projects/p/r", "v2")
+    assert await sealed_files(fs, "p/r/v2") == files_of(source)
+    assert "v2" not in await fs.listdir(RUN)  # still hidden from the working view
+
+
+async def test_the_version_a_process_read_is_the_parent_of_what_it_writes(fs):
+    await fs.read("projects/p/r/v1/model.safetensors")  # loads the base weights
+    await fs.makedirs("inbox/p/ft/step_1")
+    await fs.write("inbox/p/ft/step_1/model.safetensors", b"fine-tuned")
+    await fs.setxattr("inbox/p/ft/step_1", b"user.ckptfs.seal")
+    await fs.wait_sealed("p/ft/step_1")
+    lineage = json.loads(await fs.read("projects/p/ft/step_1.json"))["lineage"]
+    assert lineage["parent"] == {"project": "p", "run": "r", "version": "v1", "source": "read"}
+    assert lineage["inputs"] == [{"project": "p", "run": "r", "version": "v1"}]
+
+
+async def test_a_version_left_by_a_clean_stop_is_sealed_after_the_restart(daemon, source):
+    async with trio.open_nursery() as nursery:
+        fs = serving(daemon, nursery, QUIET)
+        await fs.copy_in(source, f"{RUN}/v2")
+        nursery.cancel_scope.cancel()
+    daemon.stop()
+    async with trio.open_nursery() as nursery:
+        fs = serving(daemon, nursery, 0.0)  # quiet since before the restart
+        await fs.wait_sealed("p/r/v2")
+        assert await sealed_files(fs, "p/r/v2") == files_of(source)
+        nursery.cancel_scope.cancel()
+
+
+async def test_after_a_crash_the_version_is_held_until_asked(daemon, source):
+    """Complete files stay in the spool; a copy may have been cut short, so the version
+    waits for more writes or an explicit seal."""
+    async with trio.open_nursery() as nursery:
+        fs = serving(daemon, nursery, QUIET)
+        await fs.copy_in(source, f"{RUN}/v2")
+        nursery.cancel_scope.cancel()
+    daemon.stop(clean=False)
+    async with trio.open_nursery() as nursery:
+        fs = serving(daemon, nursery, 0.0)
+        await fs.wait_sealer_rounds(3)
+        assert (await fs.inbox_state("p/r/v2"))["state"] != "sealed"
+        assert "v2" not in await fs.listdir("projects/p/r")
+        await fs.setxattr(f"{RUN}/v2", b"user.ckptfs.seal")
+        await fs.wait_sealed("p/r/v2")
+        assert await sealed_files(fs, "p/r/v2") == files_of(source)
+        nursery.cancel_scope.cancel()
