@@ -1,4 +1,4 @@
-"""What the test_faults.py files of several levels (store, mount) share."""
+"""What the test_faults.py files of several levels (cli, mount) share."""
 import glob
 import os
 

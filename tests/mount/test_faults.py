@@ -1,6 +1,6 @@
 """A full disk (a real, small tmpfs, mounted for the test) under an import through the
 real `ckptfs` command: nothing is committed, a retry succeeds, and a disk filling up at
-any step fails cleanly. The other faults: tests/store/test_faults.py.
+any step fails cleanly. The other faults: tests/cli/test_faults.py.
 
 Every command's stderr is checked for "Traceback": faults must come out as one
 `ckptfs: error: ...` line and an exit code."""
