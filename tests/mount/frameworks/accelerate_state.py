@@ -14,10 +14,11 @@ import argparse
 import os
 import sys
 
+from common import deterministic, features, hash_tree, state_sha256, write_report
+
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import ProjectConfiguration  # noqa: E402
-from common import deterministic, features, hash_tree, state_sha256, write_report
 
 
 def batch(step: int):

@@ -17,6 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
 from hashing import hash_tree, sha256_file, state_sha256  # noqa: E402,F401  (for the scripts)
 
 

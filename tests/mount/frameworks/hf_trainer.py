@@ -16,16 +16,12 @@ import argparse
 import os
 import sys
 
-import torch  # noqa: E402  (after common: it sets the thread and offline variables)
 from common import deterministic, hash_tree, sha256_file, state_sha256, write_report
+
+import torch  # noqa: E402  (after common: it sets the thread and offline variables)
 from transformers import (  # noqa: E402
-    AutoModelForSequenceClassification,
-    BertConfig,
-    BertForSequenceClassification,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+    AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification, Trainer,
+    TrainerCallback, TrainingArguments)
 
 PREEMPTED = 75  # the exit status of a job stopped on purpose (EX_TEMPFAIL)
 

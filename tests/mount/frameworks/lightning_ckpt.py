@@ -13,9 +13,10 @@ import argparse
 import os
 import sys
 
-import lightning.pytorch as pl  # noqa: E402
-import torch  # noqa: E402
 from common import deterministic, features, sha256_file, state_sha256, write_report
+
+import torch  # noqa: E402
+import lightning.pytorch as pl  # noqa: E402
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.plugins.io import TorchCheckpointIO  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402

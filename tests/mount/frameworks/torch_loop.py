@@ -14,8 +14,9 @@ import os
 import re
 import sys
 
-import torch  # noqa: E402
 from common import deterministic, features, sha256_file, state_sha256, write_report
+
+import torch  # noqa: E402
 
 
 def batch(step: int):
