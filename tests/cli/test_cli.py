@@ -17,9 +17,10 @@ from types import SimpleNamespace
 
 import pytest
 
-import ckptfs
 from tests.helpers.cli import run_cli_checked, run_cli_many
 from tests.helpers.samples import make_checkpoint, tree_snapshot
+
+import ckptfs
 
 SUBDIRS = ("packs", "index", "journal", "spool")
 COMMANDS = ("init", "import", "ls", "cat", "get", "stats", "verify", "rebuild-index")

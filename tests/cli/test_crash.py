@@ -7,9 +7,9 @@ import sys
 import time
 
 import pytest
+from tests.helpers.samples import tree_snapshot
 
 from ckptfs.store import Store
-from tests.helpers.samples import tree_snapshot
 
 
 def big_source(path, megabytes=96):

@@ -9,14 +9,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from ckptfs.store import Store
 from tests.helpers.cli import run_cli_checked
 from tests.helpers.mounts import unmount
+
+from ckptfs.store import Store
 
 SCRIPTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frameworks")
 sys.path.insert(0, SCRIPTS)
 from hashing import sha256_file, state_sha256  # noqa: E402,F401  (for test_frameworks)
-
 SEAL_TIMEOUT = 60.0   # for a version to appear under projects/ once its writer is done
 JOB_TIMEOUT = 240.0   # for one training script (a few seconds when the machine is idle)
 ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",

@@ -35,18 +35,9 @@ import shutil
 
 import pytest
 import torch
+from tests.mount.framework_jobs import (Job, Scenario, inputs_of, parent_of, renamed,
+                                        sha256_file, state_sha256, suffix_number)
 from safetensors.torch import load_file
-
-from tests.mount.framework_jobs import (
-    Job,
-    Scenario,
-    inputs_of,
-    parent_of,
-    renamed,
-    sha256_file,
-    state_sha256,
-    suffix_number,
-)
 
 if not os.path.exists("/dev/fuse"):
     pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)",

@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-
-from ckptfs.store import Store
 from tests.helpers.cli import run_cli_checked
 from tests.helpers.mounts import unmount
 from tests.helpers.waiting import wait_for
+
+from ckptfs.store import Store
 
 
 def new_store(tmp_path, name="store") -> str:

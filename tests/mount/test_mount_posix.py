@@ -9,9 +9,9 @@ import tempfile
 import time
 
 import pytest
+from tests.helpers.cli import run_cli_checked
 
 from ckptfs.store import Store
-from tests.helpers.cli import run_cli_checked
 
 NOBODY = 65534
 DEADLINE = 30.0

@@ -6,23 +6,15 @@ Real mounts driven by real tools; the figures come from MOUNT/.ckptfs/stats.json
 """
 import os
 
-from ckptfs.store import Store
-from ckptfs.store.pack import list_pack_ids
 from tests.helpers.cli import run_cli_checked
-from tests.helpers.inbox import (
-    REF,
-    assert_same_files,
-    copied_in,
-    empty_version,
-    read,
-    sh,
-    stats,
-    verify_ok,
-    wait_sealed,
-)
 from tests.helpers.samples import make_checkpoint
+from tests.helpers.inbox import (REF, assert_same_files, copied_in, empty_version, read, sh,
+                                 stats, verify_ok, wait_sealed)
 from tests.helpers.stores import new_store
 from tests.helpers.waiting import wait_for
+
+from ckptfs.store import Store
+from ckptfs.store.pack import list_pack_ids
 
 FILES_IN_SOURCE = 6  # regular files of samples.make_checkpoint (the symlink is not one)
 

@@ -8,10 +8,10 @@ import subprocess
 
 import numpy as np
 import pytest
+from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import Store
 from ckptfs.store.pack import pack_path
-from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 WRITE_BITS = 0o222
 

@@ -9,14 +9,14 @@ import sys
 
 import numpy as np
 import pytest
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.waiting import wait_for
 from safetensors.numpy import save_file
+from tests.helpers.stores import new_store
+from tests.helpers.inbox import read, verify_ok, write
 
 import ckptfs
 from ckptfs.store import Store
-from tests.helpers.cli import run_cli_checked
-from tests.helpers.inbox import read, verify_ok, write
-from tests.helpers.stores import new_store
-from tests.helpers.waiting import wait_for
 
 RUN = "p/r"
 

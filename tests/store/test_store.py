@@ -4,17 +4,11 @@ import random
 
 import numpy as np
 import pytest
-
-from ckptfs.store import (
-    InvalidNameError,
-    NotAStoreError,
-    NotFoundError,
-    Store,
-    StoreFormatError,
-    VersionExistsError,
-)
-from ckptfs.store.config import CONFIG_NAME, FORMAT_VERSION
 from tests.helpers.samples import make_checkpoint, tree_snapshot
+
+from ckptfs.store import (InvalidNameError, NotAStoreError, NotFoundError, Store,
+                          StoreFormatError, VersionExistsError)
+from ckptfs.store.config import CONFIG_NAME, FORMAT_VERSION
 
 
 def test_restore_gives_back_the_exact_tree(store, checkpoint, tmp_path):

@@ -9,12 +9,7 @@ from pyfastcdc import FastCDC
 
 from ckptfs.store import IntegrityError
 from ckptfs.store import codec as codecs
-from ckptfs.store.chunking import (
-    Chunker,
-    Segment,
-    parse_safetensors_header,
-    plan_segments,
-)
+from ckptfs.store.chunking import Chunker, Segment, parse_safetensors_header, plan_segments
 from ckptfs.store.journal import GENESIS, Journal
 from ckptfs.store.pack import KIND_CHUNK, PackWriter, parse_record, scan_pack
 

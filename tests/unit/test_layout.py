@@ -1,17 +1,7 @@
 """The rules that turn what a training job writes into versions (meta/layout.py), on the
 layouts real frameworks write."""
-from ckptfs.meta.layout import (
-    CHECKPOINT,
-    DIR,
-    FILE,
-    FILES,
-    GROUP,
-    classify,
-    free_version_name,
-    looks_like_job_output,
-    unit_of,
-    usable_name,
-)
+from ckptfs.meta.layout import (CHECKPOINT, DIR, FILE, FILES, GROUP, classify,
+                                free_version_name, looks_like_job_output, unit_of, usable_name)
 
 
 def tree(*paths: str) -> dict[str, str]:

@@ -10,16 +10,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from tests.helpers.pickles import Torch, stand_in_class, stand_in_dict_class, stand_in_enum
 from safetensors.numpy import save_file
 
 from ckptfs.meta.extract import extract_facts
 from ckptfs.meta.user import USER_METADATA_SCHEMA, read_user_metadata
-from tests.helpers.pickles import (
-    Torch,
-    stand_in_class,
-    stand_in_dict_class,
-    stand_in_enum,
-)
 
 TRAINER_STATE = {
     "best_metric": 0.412,

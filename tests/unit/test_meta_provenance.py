@@ -12,15 +12,8 @@ import numpy
 import pytest
 
 from ckptfs.meta.provenance import (
-    cuda_version,
-    describe_process,
-    describe_this_process,
-    git_info,
-    lineage_from_provenance,
-    mapped_package_versions,
-    python_version,
-    strip_url_credentials,
-)
+    cuda_version, describe_process, describe_this_process, git_info, lineage_from_provenance,
+    mapped_package_versions, python_version, strip_url_credentials)
 
 SHA_MAIN = "3f786850e387550fdab836ed7e6dc881de23001b"
 SHA_PACKED = "89e6c98d92887913cadf06b2adb97f26cde4849b"

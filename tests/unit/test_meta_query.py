@@ -4,14 +4,8 @@ import re
 
 import pytest
 
-from ckptfs.meta.query import (
-    MISSING,
-    QueryError,
-    compile_query,
-    field_value,
-    sort_documents,
-    sort_key,
-)
+from ckptfs.meta.query import (MISSING, QueryError, compile_query, field_value, sort_documents,
+                               sort_key)
 
 
 def sidecar(project, run, version, sealed_at, **fields):

@@ -12,16 +12,11 @@ import time
 import zipfile
 
 import pytest
+from tests.helpers.pickles import (Torch, stand_in_class, stand_in_dict_class, stand_in_enum,
+                                   torch_zip)
 
 from ckptfs.meta import pickled
 from ckptfs.meta.pickled import Unreadable, read_pickled
-from tests.helpers.pickles import (
-    Torch,
-    stand_in_class,
-    stand_in_dict_class,
-    stand_in_enum,
-    torch_zip,
-)
 
 
 def read_bytes(data: bytes, keys=None):
