@@ -191,6 +191,21 @@ async def test_a_checkpoint_file_written_again_is_its_next_version(fs):
     assert "last.ckpt" not in await fs.listdir(RUN)  # hidden: the older one does not show
 
 
+async def test_a_seal_asked_for_while_the_last_one_finishes_is_not_lost(fs):
+    """The job writes the file again and asks for its seal the moment the last seal's
+    spool copy is gone, before the sealer has done its bookkeeping of that seal: the
+    request passes to the new content (it was dropped with the old state, and the new
+    version then waited for its quiet period: here an hour). Several rounds, since the
+    window is short."""
+    await fs.makedirs(RUN)
+    for epoch in range(1, 9):
+        await fs.write(f"{RUN}/last.ckpt", b"epoch %d" % epoch)
+        await fs.setxattr(f"{RUN}/last.ckpt", b"user.ckptfs.seal")
+        await fs.wait_sealed("p/r/last.ckpt")
+    await fs.wait_versions_sealed(8)
+    assert await fs.read("projects/p/r/last~8/last.ckpt") == b"epoch 8"
+
+
 async def test_a_checkpoint_removed_before_its_seal_is_sealed_first(fs, source):
     """A job rotating its checkpoints faster than the quiet period loses none."""
     await fs.copy_in(source, f"{RUN}/v2")

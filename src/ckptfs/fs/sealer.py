@@ -453,6 +453,7 @@ class Sealer:
         state = self.units[key]
         unit = state.unit
         state.sealing = True
+        state.requested = False  # a request from now on asks for what is written next
         root, members = self.members_of(run, unit, batch)
         marker = [m for m in members if os.path.basename(m) == SEAL_MARKER]
         for m in marker:  # the marker itself is not archived
@@ -585,6 +586,7 @@ class Sealer:
         self.units.pop(key, None)
         self.inbox.bump_structure(run)
         self.inbox.forget_view(run)
+        self._keep_request_made_while_sealing(run, state)
         self._forget_provenance_if_done(run, provenance_key(state.unit))
         self.counters["versions_sealed"] += 1
         self.last_sealed = f"{p}/{r}/{version}"
@@ -598,6 +600,18 @@ class Sealer:
         self.requeue_deferred()
         if self.on_sealed:
             self.on_sealed(p, r, version, unit_path)
+
+    def _keep_request_made_while_sealing(self, run: tuple, sealed: UnitState):
+        """A job that wrote the unit again and asked for its seal while this seal was
+        under way asked it of the state just sealed: the request passes to what waits in
+        the spool at that path now, rather than being dropped with the old state."""
+        if not sealed.requested:
+            return
+        for unit in self.inbox.units_of(*run):
+            if unit.path == sealed.unit.path:
+                key = (*run, unit.path, None)
+                self.units.setdefault(key, UnitState(unit)).requested = True
+                self.wake()
 
     def _forget_provenance_if_done(self, run: tuple, top: str):
         """The record of who wrote the run's part under `top` goes once nothing of that
