@@ -44,7 +44,7 @@ def as_user(*command, uid=NOBODY, gid=NOBODY, groups=(), check=False):
 def cli_as_user(*args, uid=NOBODY, gid=NOBODY, groups=()):
     """`ckptfs ARGS` run by a forked child of this process that first takes the ids of
     another user: (exit code, output)."""
-    from ckptfs.cli import main
+    from ckptfs.cli.app import main
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest
