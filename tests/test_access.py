@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-# Imported lazily by the CLI (export, progress bars): the forked child of `cli_as_user`, as
-# nobody, cannot read Python's own files under /root, so they are imported here first.
+# Imported lazily by the CLI (export, find's queries, progress bars): the forked child of
+# `cli_as_user`, as nobody, cannot read Python's own files under /root, so they are
+# imported here first.
 import ckptfs.meta.export  # noqa: F401,E402
+import ckptfs.meta.query  # noqa: F401
 import tqdm  # noqa: F401,E402
 from ckptfs.store import AccessDeniedError, AccessError, NotFoundError, Store
 from ckptfs.store.access import process_actor, request_actor

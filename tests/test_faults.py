@@ -113,7 +113,7 @@ CHILD_AS_NOBODY = textwrap.dedent("""
     import os, sys
     import ckptfs.cli.app, ckptfs.store, ckptfs.store.store, ckptfs.store.ingest
     import ckptfs.store.codec, ckptfs.store.chunking, ckptfs.store.pack, ckptfs.store.journal
-    import ckptfs.meta.seal, ckptfs.meta.import_export, tqdm  # imported lazily by the CLI; nobody cannot read root's Python
+    import ckptfs.meta.seal, ckptfs.meta.import_export, tqdm, numpy  # imported lazily by the CLI; nobody cannot read root's Python
     os.setgroups([])
     os.setgid({uid})
     os.setuid({uid})

@@ -53,10 +53,10 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan's algorithm,
     iterative): each is a set of modules that import each other, directly or not."""
     index, low, on_stack, stack, found = {}, {}, set(), [], []
-    for root in graph:
+    for root, imports in graph.items():
         if root in index:
             continue
-        work = [(root, iter(sorted(graph[root])))]
+        work = [(root, iter(sorted(imports)))]
         index[root] = low[root] = len(index)
         stack.append(root)
         on_stack.add(root)

@@ -12,7 +12,6 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
 
 import click
 
@@ -148,12 +147,12 @@ def load_public_keys(paths) -> list | None:
 
 def parse_date(text: str):
     """A date or ISO 8601 moment given by the user; UTC unless it says otherwise."""
-    from datetime import datetime
+    from datetime import datetime, timezone
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 # -- output ---------------------------------------------------------------------------------

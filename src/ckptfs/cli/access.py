@@ -2,13 +2,7 @@
 needs admin: the store's `grant`, `revoke` and `set_enforcement` check it."""
 import click
 
-from ckptfs.cli._common import (
-    EVERY_PROJECT,
-    ROLES,
-    print_table,
-    settings_project,
-    with_store,
-)
+from ckptfs.cli._common import EVERY_PROJECT, ROLES, print_table, settings_project, with_store
 
 
 def shown_project(project: str | None, **_) -> str | None:

@@ -12,21 +12,23 @@ import sys
 
 import click
 
-# `import X as Y`, not `from ckptfs.cli import X`: this module depends on the topic
+# `import ckptfs.cli.X`, not `from ckptfs.cli import X`: this module depends on the topic
 # modules, never on the package (whose `main` comes from here).
-import ckptfs.cli.access as access
-import ckptfs.cli.audit as audit
-import ckptfs.cli.export as export
-import ckptfs.cli.keys as keys
-import ckptfs.cli.meta as meta
-import ckptfs.cli.mount as mount
-import ckptfs.cli.recovery as recovery
-import ckptfs.cli.retention as retention
-import ckptfs.cli.stores as stores
-import ckptfs.cli.versions as versions
+import ckptfs.cli.access
+import ckptfs.cli.audit
+import ckptfs.cli.export
+import ckptfs.cli.keys
+import ckptfs.cli.meta
+import ckptfs.cli.mount
+import ckptfs.cli.recovery
+import ckptfs.cli.retention
+import ckptfs.cli.stores
+import ckptfs.cli.versions
 from ckptfs.cli._common import EXIT_DAMAGE, fail
 
-TOPICS = (stores, versions, export, meta, access, audit, keys, retention, recovery, mount)
+TOPICS = (ckptfs.cli.stores, ckptfs.cli.versions, ckptfs.cli.export, ckptfs.cli.meta,
+          ckptfs.cli.access, ckptfs.cli.audit, ckptfs.cli.keys, ckptfs.cli.retention,
+          ckptfs.cli.recovery, ckptfs.cli.mount)
 
 
 class CkptfsGroup(click.Group):

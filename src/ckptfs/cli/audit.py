@@ -5,7 +5,6 @@ from datetime import datetime
 import click
 
 from ckptfs.cli._common import EXIT_DAMAGE, fail, parse_date, with_store
-from ckptfs.store.retention import describe_policy, describe_scope
 
 DETAIL_KEYS = ("alias", "version", "previous", "digest", "settings")
 
@@ -15,6 +14,7 @@ def entry_time(entry: dict) -> datetime:
 
 
 def describe(entry: dict) -> str:
+    from ckptfs.store.retention import describe_policy, describe_scope  # the catalog: not at start-up
     where = "/".join(entry[k] for k in ("project", "run") if entry.get(k))
     if entry["type"] == "version.sealed":
         where += f"/{entry['version']}"

@@ -1,6 +1,6 @@
 """`ckptfs export`: a version as files `sha256sum -c` can check anywhere, in a directory
 or a tar (docs/export.md). Its counterpart is `ckptfs import` of what it wrote, which
-`ckptfs import` (ckptfs.cli.versions) recognises."""
+recognises it (ckptfs.cli.versions)."""
 import click
 
 from ckptfs.cli._common import human_bytes, progress_bar, version_project, with_store

@@ -6,26 +6,10 @@ import sys
 
 import click
 
-from ckptfs.cli._common import (
-    EVERY_PROJECT,
-    echo_json,
-    human_bytes,
-    print_table,
-    run_project,
-    settings_project,
-    version_project,
-    with_store,
-)
+from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, print_table, run_project,
+                                settings_project, version_project, with_store)
 from ckptfs.meta import render
 from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
-from ckptfs.meta.query import (
-    MISSING,
-    QueryError,
-    compile_query,
-    field_value,
-    sort_documents,
-    split_field,
-)
 from ckptfs.meta.sidecar import file_list, sidecar_of
 from ckptfs.store import NotFoundError, SettingError, parse_version_ref
 from ckptfs.store.names import validate_name
@@ -89,6 +73,7 @@ def find(s, store, expr, sort_field, desc, limit, fmt):
     ckptfs find STORE 'metrics.eval_loss < 0.3 and lineage.data.version ~ "v3*"'
     ckptfs find STORE 'tags == production' --format paths | xargs ls
     """
+    from ckptfs.meta.query import QueryError, compile_query, sort_documents, split_field
     try:
         query = compile_query(expr) if expr.strip() else None
     except QueryError as e:
@@ -131,6 +116,7 @@ def readable(store, docs: list[dict]) -> list[dict]:
 
 def query_paths(fields) -> list[tuple]:
     """The catalog paths a query reads. A bare name may be a metric (docs/query.md)."""
+    from ckptfs.meta.query import split_field  # lark: only for the commands that query
     paths = []
     for field in fields:
         path = split_field(field)
@@ -141,6 +127,7 @@ def query_paths(fields) -> list[tuple]:
 
 
 def print_found(docs: list[dict], fmt: str, fields: list[str]):
+    from ckptfs.meta.query import field_value
     if fmt == "paths":
         for doc in docs:
             click.echo(version_path(doc))
@@ -155,6 +142,7 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
 
 
 def cell(value) -> str:
+    from ckptfs.meta.query import MISSING
     if value is MISSING or value is None:
         return "-"
     if isinstance(value, float):

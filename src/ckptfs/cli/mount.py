@@ -97,7 +97,6 @@ def umount(mountpoint):
     """Unmount a ckptfs mount (the daemon finishes in-flight work and exits); a mount
     left dead by a daemon that died is detached."""
     import subprocess
-
     from ckptfs.fs import mounts
     if mounts.is_dead(mountpoint):
         store = getattr(mounts.entry_at(mountpoint), "store", None)

@@ -2,14 +2,8 @@
 about it (docs/recovery.md); the reports of damage and of signatures they print."""
 import click
 
-from ckptfs.cli._common import (
-    EXIT_DAMAGE,
-    fail,
-    human_bytes,
-    load_public_keys,
-    progress_bar,
-    with_store,
-)
+from ckptfs.cli._common import (EXIT_DAMAGE, fail, human_bytes, load_public_keys, progress_bar,
+                                with_store)
 
 UNSIGNED_SHOWN = 10
 

@@ -1,27 +1,16 @@
 """`ckptfs retention set|show|clear`, `ckptfs gc` and `ckptfs delete`: retention
 policies, garbage collection and manual deletion (docs/retention.md). Changing a policy
 and deleting need maintainer on the project: the store's methods check it (gc on every
-project it would delete in)."""
+project it would delete in).
 
+The policies' own functions (ckptfs.store.retention, over the catalog) are imported by
+the commands that use them, not at start-up."""
 import click
 
-from ckptfs.cli._common import (
-    EVERY_PROJECT,
-    echo_json,
-    human_bytes,
-    parse_date,
-    progress_bar,
-    version_project,
-    with_store,
-)
+from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, parse_date, progress_bar,
+                                version_project, with_store)
 from ckptfs.store import parse_version_ref
 from ckptfs.store.names import validate_name
-from ckptfs.store.retention import (
-    describe_policy,
-    describe_scope,
-    parse_rules,
-    policy_scope,
-)
 
 
 def parse_scope(ref: str) -> tuple[str, str | None]:
@@ -72,6 +61,7 @@ def retention_set(s, store, scope, rules):
       mode=min|max       default: the project's mode
       max_age_days=D     versions sealed within the last D days
     """
+    from ckptfs.store.retention import describe_policy, describe_scope, parse_rules, policy_scope
     project, run = parse_scope(scope)
     old = s.retention_policy(project, run)
     policy = s.set_retention_policy(project, run, parse_rules(rules))
@@ -88,6 +78,7 @@ def retention_set(s, store, scope, rules):
 @with_store("maintainer", checked_by_store=True, project=scope_project)
 def retention_clear(s, store, scope):
     """Remove the policy set on exactly this project or run."""
+    from ckptfs.store.retention import describe_policy, describe_scope, policy_scope
     project, run = parse_scope(scope)
     old = s.clear_retention_policy(project, run)
     click.echo(f"retention of {describe_scope(policy_scope(project, run))} cleared "
@@ -101,6 +92,7 @@ def retention_clear(s, store, scope):
 @with_store("reader", "read retention policies", project=shown_project, path="scope")
 def retention_show(s, store, scope, as_json):
     """The policies set, and the policy in force for each run with where it comes from."""
+    from ckptfs.store.retention import describe_policy, describe_scope, policy_scope
     project, run = parse_scope(scope) if scope else (None, None)
     policies = s.retention_policies()
     projects = [project] if project and project != EVERY_PROJECT else \
@@ -131,6 +123,7 @@ def retention_show(s, store, scope, as_json):
 
 # -- gc ------------------------------------------------------------------------------------
 def deletion_line(decision, dry_run: bool) -> str:
+    from ckptfs.store.retention import describe_policy, describe_scope
     verb = "would delete" if dry_run else "deleted"
     policy = decision.policy or {}
     source = (f"  [{describe_policy(policy['rules'])}, from {describe_scope(policy['scope'])}]"

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 import blake3
-import numpy as np
 
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
@@ -1086,6 +1085,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             index += 1
         if len(out) == 1:
             return out[0]
+        import numpy as np  # here, not at start-up: most CLI commands never read data
         # numpy copies large buffers with the GIL released; bytes.join of memoryviews
         # would hold it, and the decoders on the other threads need it.
         joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)
