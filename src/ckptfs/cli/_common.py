@@ -29,7 +29,7 @@ def fail(message: str, code: int = EXIT_ERROR):
 
 def open_store(path: str, for_rebuild: bool = False):
     from ckptfs.store import Store  # the engine: loaded once a command needs it
-    return Store.open(path, for_rebuild=True) if for_rebuild else Store.open(path)
+    return Store.open(path, for_rebuild=for_rebuild)
 
 
 # -- a command's store and role ---------------------------------------------------------------
