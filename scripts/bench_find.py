@@ -28,7 +28,7 @@ import time
 
 import orjson
 
-from ckptfs.cli_meta import query_paths
+from ckptfs.cli.meta import query_paths
 from ckptfs.meta.query import compile_query, sort_documents
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store

@@ -1,3 +1,3 @@
-from ckptfs.cli import main
+from ckptfs.cli.app import main
 
 main()

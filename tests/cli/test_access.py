@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import tqdm  # noqa: F401,E402
 
-# Imported lazily by the CLI (export, progress bars): the forked child of `cli_as_user`, as
-# nobody, cannot read Python's own files under /root, so they are imported here first.
+# Imported lazily by the CLI (export, find's queries, progress bars): the forked child of
+# `cli_as_user`, as nobody, cannot read Python's own files under /root, so they are
+# imported here first.
 import ckptfs.meta.export  # noqa: F401,E402
+import ckptfs.meta.query  # noqa: F401
 from ckptfs.store import Store
 from tests.helpers.access import NOBODY, public_dir
 from tests.helpers.cli import run_cli_checked
@@ -27,7 +29,7 @@ pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None or os.getuid() !
 def cli_as_user(*args, uid=NOBODY, gid=NOBODY, groups=()):
     """`ckptfs ARGS` run by a forked child of this process that first takes the ids of
     another user: (exit code, output)."""
-    from ckptfs.cli import main
+    from ckptfs.cli.app import main
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into pytest

@@ -86,14 +86,14 @@ def test_fifo_inside_the_source_is_refused(store, tmp_path):
 
 CHILD_AS_NOBODY = textwrap.dedent("""
     import os, sys
-    import ckptfs.cli, ckptfs.store, ckptfs.store.store, ckptfs.store.ingest
+    import ckptfs.cli.app, ckptfs.store, ckptfs.store.store, ckptfs.store.ingest
     import ckptfs.store.codec, ckptfs.store.chunking, ckptfs.store.pack, ckptfs.store.journal
-    import ckptfs.meta.seal, ckptfs.meta.import_export, tqdm  # imported lazily by the CLI; nobody cannot read root's Python
+    import ckptfs.meta.seal, ckptfs.meta.import_export, tqdm, numpy  # imported lazily by the CLI; nobody cannot read root's Python
     os.setgroups([])
     os.setgid({uid})
     os.setuid({uid})
     assert os.geteuid() == {uid}
-    ckptfs.cli.main(sys.argv[1:], prog_name="ckptfs")   # exits (SystemExit) with its code
+    ckptfs.cli.app.main(sys.argv[1:], prog_name="ckptfs")   # exits (SystemExit) with its code
 """).format(uid=NOBODY)
 
 

@@ -8,7 +8,6 @@ from .errors import (AliasError, ChunksReclaimedError, DeletionRefusedError, GcB
                      StoreFormatError, StoreFullError, ReservedAliasError, SettingError,
                      VersionDeletedError, VersionExistsError)
 from .names import parse_version_ref, validate_name
-from .store import RestoreReport, Store, VerifyReport
 
 __all__ = ["Store", "RestoreReport", "VerifyReport", "StoreError", "NotAStoreError",
            "StoreFormatError", "InvalidNameError", "VersionExistsError", "NotFoundError",
@@ -20,3 +19,12 @@ __all__ = ["Store", "RestoreReport", "VerifyReport", "StoreError", "NotAStoreErr
 from .errors import AccessDeniedError, AccessError  # noqa: E402  (access control)
 
 __all__ += ["AccessDeniedError", "AccessError"]
+
+
+def __getattr__(name):
+    # The engine (store.py and all it imports, numpy among them) loads on first use:
+    # importing ckptfs.store.names or .errors, as `ckptfs --help` does, stays light.
+    if name in ("Store", "RestoreReport", "VerifyReport"):
+        from . import store
+        return getattr(store, name)
+    raise AttributeError(f"module 'ckptfs.store' has no attribute {name!r}")

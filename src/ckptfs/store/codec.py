@@ -13,11 +13,14 @@ Every record names its codec, so codecs can be added without a format change.
                an earlier checkpoint), then byte-grouped. Payload: base id (32 bytes),
                then a BYTEGROUP payload. The base is never itself a delta, so a read
                decodes at most two chunks.
+
+numpy is imported by the functions that use it, not with the module: the store (and every
+CLI command) imports this module, most commands never encode or decode a chunk, and numpy
+is the largest part of their start-up.
 """
 import struct
 import threading
 
-import numpy as np
 import zstandard
 
 from .errors import IntegrityError
@@ -67,6 +70,7 @@ class Encoder:
 
     def bytegroup(self, data, width: int) -> bytes:
         """BYTEGROUP payload of `data`, whose length is a multiple of `width`."""
+        import numpy as np
         planes = np.frombuffer(data, dtype=np.uint8).reshape(-1, width).T
         mask = 0
         bodies = []
@@ -112,6 +116,7 @@ class Encoder:
         """XOR_DELTA payload of `data` against `base`, or None if it is not worth it."""
         if len(base) != len(data) or width < 1 or len(data) % width:
             return None
+        import numpy as np
         xored = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8),
                                np.frombuffer(base, dtype=np.uint8))
         payload = base_id + self.bytegroup(xored.data, width)
@@ -128,6 +133,7 @@ def _decode_bytegroup(payload, raw_len: int) -> memoryview:
     lengths = struct.unpack_from(f"<{width}I", payload, 2)
     pos = 2 + 4 * width
     n = raw_len // width
+    import numpy as np
     out = np.empty((n, width), dtype=np.uint8)
     for i, length in enumerate(lengths):
         body = payload[pos:pos + length]
@@ -140,7 +146,7 @@ def _decode_bytegroup(payload, raw_len: int) -> memoryview:
     return _read_only_view(out)
 
 
-def _read_only_view(array: np.ndarray) -> memoryview:
+def _read_only_view(array: "numpy.ndarray") -> memoryview:  # noqa: F821
     flat = array.reshape(-1)
     flat.flags.writeable = False  # cached and shared between readers: nobody may change it
     return flat.data
@@ -160,6 +166,7 @@ def decode(codec: int, payload: bytes, raw_len: int, load_base=None) -> bytes | 
         elif codec == XOR_DELTA:
             base = load_base(payload[:32])
             xored = _decode_bytegroup(memoryview(payload)[32:], raw_len)
+            import numpy as np
             data = _read_only_view(np.bitwise_xor(np.frombuffer(xored, dtype=np.uint8),
                                                   np.frombuffer(base, dtype=np.uint8)))
         else:

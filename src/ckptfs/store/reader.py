@@ -15,8 +15,6 @@ import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
-
 from .codec import XOR_DELTA, decode, delta_base_id
 from .damage import note_damaged_chunk
 from .errors import IntegrityError, PackMissingError
@@ -321,6 +319,7 @@ class ChunkReader:
             index += 1
         if len(out) == 1:
             return out[0]
+        import numpy as np  # here, not at start-up: most CLI commands never read data
         # numpy copies large buffers with the GIL released; bytes.join of memoryviews
         # would hold it, and the decoders on the other threads need it.
         joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)

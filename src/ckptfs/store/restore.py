@@ -19,8 +19,6 @@ import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .errors import IntegrityError, NotFoundError, StoreError
 
 SPARSE_BLOCK = 4096
@@ -89,6 +87,7 @@ class SparseWriter:
         one pwrite per run of non-zero blocks."""
         if len(view) == 0:
             return
+        import numpy as np  # here, not at start-up: most CLI commands never restore
         blocks = np.frombuffer(view, dtype=np.uint64).reshape(-1, SPARSE_BLOCK // 8)
         nonzero = blocks.any(axis=1)
         if nonzero.all():

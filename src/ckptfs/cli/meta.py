@@ -1,18 +1,17 @@
 """`ckptfs` commands over the catalog: show, find, log, lineage, tag/untag/tags, config,
-schema. Registered on the main command group by `ckptfs.cli`."""
+schema. Changing aliases, settings and schemas needs maintainer: the store's methods
+check it."""
 import json
 import sys
 
 import click
 
-from ckptfs.cli import human_bytes, main, open_store
+from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, print_table, run_project,
+                                settings_project, version_project, with_store)
 from ckptfs.meta import render
 from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
-from ckptfs.meta.query import (MISSING, QueryError, compile_query, field_value, sort_documents,
-                               split_field)
 from ckptfs.meta.sidecar import file_list, sidecar_of
 from ckptfs.store import NotFoundError, SettingError, parse_version_ref
-from ckptfs.store.catalog import ALL_PROJECTS
 from ckptfs.store.names import validate_name
 
 
@@ -23,6 +22,11 @@ def split_project_run(ref: str) -> tuple[str | None, str | None]:
     for part, what in zip(parts, ("project", "run")):
         validate_name(part, what)
     return (parts + [None, None])[0], (parts + [None, None])[1]
+
+
+def logged_project(ref: str, **_) -> str | None:
+    """The project `log` shows (None: every project the caller may read)."""
+    return split_project_run(ref)[0]
 
 
 def require_known(s, project: str | None, run: str | None) -> None:
@@ -41,20 +45,19 @@ def version_path(doc: dict) -> str:
     return f"projects/{doc['project']}/{doc['run']}/{doc['version']}"
 
 
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
-def show(store, ref):
+@with_store("reader", "read", project=version_project, path="ref")
+def show(s, store, ref):
     """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows); of a deleted
     one, its tombstone (what MOUNT/.ckptfs/deleted/P/R/V.json shows)."""
     project, run, version = parse_version_ref(ref)
-    with open_store(store) as s:
-        s.authorize(None, project, "reader", "read", ref)
-        sys.stdout.buffer.write(render(sidecar_of(s, project, run, version, deleted=True)))
+    sys.stdout.buffer.write(render(sidecar_of(s, project, run, version, deleted=True)))
 
 
 # -- find --------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("expr", required=False, default="")
 @click.option("--sort", "sort_field", metavar="FIELD", help="Order by this field (missing values last).")
@@ -62,13 +65,15 @@ def show(store, ref):
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "paths"]), default="table",
               show_default=True)
-def find(store, expr, sort_field, desc, limit, fmt):
+@with_store("reader")  # over every project: leaves out those the caller cannot read
+def find(s, store, expr, sort_field, desc, limit, fmt):
     """Versions whose sidecar matches EXPR (all versions without one); docs/query.md.
 
     \b
     ckptfs find STORE 'metrics.eval_loss < 0.3 and lineage.data.version ~ "v3*"'
     ckptfs find STORE 'tags == production' --format paths | xargs ls
     """
+    from ckptfs.meta.query import QueryError, compile_query, sort_documents, split_field
     try:
         query = compile_query(expr) if expr.strip() else None
     except QueryError as e:
@@ -79,25 +84,24 @@ def find(store, expr, sort_field, desc, limit, fmt):
         raise click.UsageError(f"in --sort: {e}") from None
     wanted = set(query.fields if query else ()) | ({sort_field} if sort_field else set())
     shown = ["sealed_at", "step"] + sorted(wanted - {"project", "run", "version", "sealed_at", "step"})
-    with open_store(store) as s:
-        paths = query_paths(wanted) + ([("tags",)] if fmt == "json" else [])
-        docs = readable(s, s.catalog_documents(fields=paths))
-        if any(split_field(f)[0] == "files" for f in wanted):
-            for doc in docs:  # file lists are not in the catalog: only when asked for
-                doc["files"] = file_list(s.walk(doc["project"], doc["run"], doc["version"]))[0]
-        found = [d for d in docs if query is None or query.matches(d)]
-        found.sort(key=lambda d: (d["project"], d["run"], d["version"]))
-        if sort_field:
-            found = sort_documents(found, sort_field, descending=desc)
-        elif desc:
-            found.reverse()
-        if limit:
-            found = found[:limit]
-        if fmt == "json":  # whole documents, with the tags computed above
-            found = [{**s.catalog_document(d["project"], d["run"], d["version"]),
-                      "tags": d["tags"], "aliases": d["aliases"]} for d in found]
-        elif fmt == "table":
-            s.add_catalog_fields(found, query_paths(shown))
+    paths = query_paths(wanted) + ([("tags",)] if fmt == "json" else [])
+    docs = readable(s, s.catalog_documents(fields=paths))
+    if any(split_field(f)[0] == "files" for f in wanted):
+        for doc in docs:  # file lists are not in the catalog: only when asked for
+            doc["files"] = file_list(s.walk(doc["project"], doc["run"], doc["version"]))[0]
+    found = [d for d in docs if query is None or query.matches(d)]
+    found.sort(key=lambda d: (d["project"], d["run"], d["version"]))
+    if sort_field:
+        found = sort_documents(found, sort_field, descending=desc)
+    elif desc:
+        found.reverse()
+    if limit:
+        found = found[:limit]
+    if fmt == "json":  # whole documents, with the tags computed above
+        found = [{**s.catalog_document(d["project"], d["run"], d["version"]),
+                  "tags": d["tags"], "aliases": d["aliases"]} for d in found]
+    elif fmt == "table":
+        s.add_catalog_fields(found, query_paths(shown))
     print_found(found, fmt, shown)
 
 
@@ -112,6 +116,7 @@ def readable(store, docs: list[dict]) -> list[dict]:
 
 def query_paths(fields) -> list[tuple]:
     """The catalog paths a query reads. A bare name may be a metric (docs/query.md)."""
+    from ckptfs.meta.query import split_field  # lark: only for the commands that query
     paths = []
     for field in fields:
         path = split_field(field)
@@ -122,6 +127,7 @@ def query_paths(fields) -> list[tuple]:
 
 
 def print_found(docs: list[dict], fmt: str, fields: list[str]):
+    from ckptfs.meta.query import field_value
     if fmt == "paths":
         for doc in docs:
             click.echo(version_path(doc))
@@ -136,6 +142,7 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
 
 
 def cell(value) -> str:
+    from ckptfs.meta.query import MISSING
     if value is MISSING or value is None:
         return "-"
     if isinstance(value, float):
@@ -146,30 +153,22 @@ def cell(value) -> str:
     return text[:19] + "Z" if len(text) > 20 and text[4:5] == "-" and text.endswith("Z") else text
 
 
-def print_table(header: list[str], rows: list[list[str]]):
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in [header] + rows:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-
-
 # -- log -----------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]")
 @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--oneline", is_flag=True, help="One line per version.")
 @click.option("--deleted", is_flag=True, help="Deleted versions too, marked as such.")
-def log(store, ref, limit, oneline, deleted):
+@with_store("reader", "read", project=logged_project, path="ref")
+def log(s, store, ref, limit, oneline, deleted):
     """Sealed versions, newest first (like `git log`)."""
     project, run = split_project_run(ref)
-    with open_store(store) as s:
-        if project is not None:
-            s.authorize(None, project, "reader", "read", ref)
-        require_known(s, project, run)
-        docs = s.catalog_documents(project, run)
-        if deleted:
-            docs += [s.tombstone_document(t) for t in s.tombstones(project, run)]
-        docs = readable(s, docs)
+    require_known(s, project, run)
+    docs = s.catalog_documents(project, run)
+    if deleted:
+        docs += [s.tombstone_document(t) for t in s.tombstones(project, run)]
+    docs = readable(s, docs)
     docs.sort(key=lambda d: d["seq"], reverse=True)
     for doc in docs[:limit] if limit else docs:
         click.echo(log_oneline(doc) if oneline else log_entry(doc))
@@ -216,29 +215,27 @@ def log_entry(doc: dict) -> str:
 
 
 # -- lineage -------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
-def lineage(store, ref, fmt):
+@with_store("reader", "read", project=version_project, path="ref")
+def lineage(s, store, ref, fmt):
     """Ancestors and descendants of a version, across runs and projects."""
-    project = parse_version_ref(ref)[0]
-    with open_store(store) as s:
-        s.authorize(None, project, "reader", "read", ref)
-        graph = lineage_of(s, ref.strip("/"), can_read=lambda p: s.allowed(None, p, "reader"))
+    graph = lineage_of(s, ref.strip("/"), can_read=lambda p: s.allowed(None, p, "reader"))
     click.echo(RENDERERS[fmt](graph))
 
 
 # -- tags and aliases ------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.argument("name")
-def tag(store, ref, name):
+@with_store("maintainer", checked_by_store=True, project=version_project)
+def tag(s, store, ref, name):
     """Point alias NAME (production, staging, …) of the run at VERSION."""
     project, run, version = parse_version_ref(ref)
-    with open_store(store) as s:
-        event = s.set_alias(project, run, name, version)
+    event = s.set_alias(project, run, name, version)
     if event is None:
         click.echo(f"{project}/{run}/{name} already names {version}")
     elif event["previous"]:
@@ -247,34 +244,33 @@ def tag(store, ref, name):
         click.echo(f"{project}/{run}/{name} -> {version}")
 
 
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN")
 @click.argument("name")
-def untag(store, ref, name):
+@with_store("maintainer", checked_by_store=True, project=run_project)
+def untag(s, store, ref, name):
     """Remove alias NAME of a run."""
     project, run = parse_version_ref(ref, parts=2)
-    with open_store(store) as s:
-        event = s.remove_alias(project, run, name)
+    event = s.remove_alias(project, run, name)
     click.echo(f"removed {project}/{run}/{name} (was {event['version']})")
 
 
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN")
-def tags(store, ref):
+@with_store("reader", "read", project=run_project, path="ref")
+def tags(s, store, ref):
     """The aliases of a run (latest and best included)."""
     project, run = parse_version_ref(ref, parts=2)
-    with open_store(store) as s:
-        s.authorize(None, project, "reader", "read", ref)
-        require_known(s, project, run)
-        found = s.aliases(project, run)
+    require_known(s, project, run)
+    found = s.aliases(project, run)
     for name, version in sorted(found.items()):
         click.echo(f"{name} -> {version}")
 
 
 # -- project settings ----------------------------------------------------------------------
-@main.group()
+@click.group()
 def config():
     """Project settings: primary_metric, mode (min|max), env_allow (a,b,…),
     unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…; a rule admitting
@@ -290,20 +286,19 @@ def parse_setting(assignment: str) -> tuple[str, object]:
     return name, value
 
 
-def check_settings_project(project: str):
-    if project != ALL_PROJECTS:
-        validate_name(project, "project")
-
-
 @config.command("set")
 @click.argument("store")
 @click.argument("project")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
 @click.option("--force", is_flag=True,
               help="Accept a pickle_allow rule that admits globals able to run code.")
-def config_set(store, project, assignments, force):
+@with_store("maintainer", checked_by_store=True, project=settings_project)
+def config_set(s, store, project, assignments, force):
     """Set settings of PROJECT, e.g. `primary_metric=eval_loss mode=min`."""
-    check_settings_project(project)
+    echo_json(s.update_project_settings(project, changes_of(assignments, force)))
+
+
+def changes_of(assignments, force: bool) -> dict:
     changes = dict(parse_setting(a) for a in assignments)
     if "pickle_allow" in changes:
         from ckptfs.meta.scan import AllowRuleRefused, check_allow_rules
@@ -311,36 +306,30 @@ def config_set(store, project, assignments, force):
             check_allow_rules(changes["pickle_allow"], force)
         except AllowRuleRefused as e:
             raise SettingError(str(e)) from None
-    with open_store(store) as s:
-        settings = s.update_project_settings(project, changes)
-    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+    return changes
 
 
 @config.command("unset")
 @click.argument("store")
 @click.argument("project")
 @click.argument("names", nargs=-1, required=True)
-def config_unset(store, project, names):
+@with_store("maintainer", checked_by_store=True, project=settings_project)
+def config_unset(s, store, project, names):
     """Remove settings of PROJECT."""
-    check_settings_project(project)
-    with open_store(store) as s:
-        settings = s.update_project_settings(project, {}, unset=names)
-    click.echo(json.dumps(settings, indent=2, sort_keys=True))
+    echo_json(s.update_project_settings(project, {}, unset=names))
 
 
 @config.command("show")
 @click.argument("store")
 @click.argument("project")
-def config_show(store, project):
+@with_store("reader", "read settings", project=settings_project)
+def config_show(s, store, project):
     """Settings in force for PROJECT (its own over those of `*`)."""
-    check_settings_project(project)
-    with open_store(store) as s:
-        s.authorize(None, project, "reader", "read settings")
-        click.echo(json.dumps(s.project_settings(project), indent=2, sort_keys=True))
+    echo_json(s.project_settings(project))
 
 
 # -- project schema ------------------------------------------------------------------------
-@main.group()
+@click.group()
 def schema():
     """The JSON Schema every new version of a project must satisfy."""
 
@@ -349,46 +338,52 @@ def schema():
 @click.argument("store")
 @click.argument("project")
 @click.argument("schema_file", type=click.File("rb"), metavar="SCHEMA.json")
-def schema_set(store, project, schema_file):
+@with_store("maintainer", checked_by_store=True, project=settings_project)
+def schema_set(s, store, project, schema_file):
     """Attach SCHEMA.json (`-`: stdin) to PROJECT; checked at every seal from now on."""
-    check_settings_project(project)
+    s.set_project_schema(project, read_schema(schema_file))
+    click.echo(f"schema of {project} set: new versions are validated against it at seal")
+
+
+def read_schema(schema_file) -> dict:
+    """The JSON Schema in SCHEMA.json, checked to be one."""
     try:
         doc = json.loads(schema_file.read())
     except ValueError as e:
         raise SettingError(f"{schema_file.name} is not valid JSON: {e}") from None
     except RecursionError:
         raise SettingError(f"{schema_file.name} is nested too deeply to be a schema") from None
-    from ckptfs.meta.schema import check_schema  # jsonschema: only when needed (start-up time)
+    from ckptfs.meta.schema import (
+        check_schema,  # jsonschema: only when needed (start-up time)
+    )
     check_schema(doc)
-    with open_store(store) as s:
-        s.set_project_schema(project, doc)
-    click.echo(f"schema of {project} set: new versions are validated against it at seal")
+    return doc
 
 
 @schema.command("show")
 @click.argument("store")
 @click.argument("project")
-def schema_show(store, project):
+@with_store("reader", "read settings", project=settings_project)
+def schema_show(s, store, project):
     """Print the schema in force for PROJECT."""
-    check_settings_project(project)
-    with open_store(store) as s:
-        s.authorize(None, project, "reader", "read settings")
-        own, found = s.project_schema(project, inherited=False), s.project_schema(project)
+    own, found = s.project_schema(project, inherited=False), s.project_schema(project)
     if found is None:
         raise SettingError(f"project {project} has no schema")
     if own is None:
-        click.echo(f"# inherited from project {ALL_PROJECTS}", err=True)
+        click.echo(f"# inherited from project {EVERY_PROJECT}", err=True)
     click.echo(json.dumps(found, indent=2))
 
 
 @schema.command("clear")
 @click.argument("store")
 @click.argument("project")
-def schema_clear(store, project):
+@with_store("maintainer", checked_by_store=True, project=settings_project)
+def schema_clear(s, store, project):
     """Remove PROJECT's own schema."""
-    check_settings_project(project)
-    with open_store(store) as s:
-        if s.project_schema(project, inherited=False) is None:
-            raise SettingError(f"project {project} has no schema of its own")
-        s.set_project_schema(project, None)
+    if s.project_schema(project, inherited=False) is None:
+        raise SettingError(f"project {project} has no schema of its own")
+    s.set_project_schema(project, None)
     click.echo(f"schema of {project} cleared")
+
+
+COMMANDS = (show, find, log, lineage, tag, untag, tags, config, schema)

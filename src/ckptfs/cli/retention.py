@@ -1,23 +1,23 @@
 """`ckptfs retention set|show|clear`, `ckptfs gc` and `ckptfs delete`: retention
-policies, garbage collection and manual deletion (docs/retention.md). Registered on the
-main command group by `ckptfs.cli`."""
-import json
-from datetime import datetime, timezone
+policies, garbage collection and manual deletion (docs/retention.md). Changing a policy
+and deleting need maintainer on the project: the store's methods check it (gc on every
+project it would delete in).
 
+The policies' own functions (ckptfs.store.retention, over the catalog) are imported by
+the commands that use them, not at start-up."""
 import click
 
-from ckptfs.cli import human_bytes, main, open_store, progress_bar
+from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, parse_date, progress_bar,
+                                version_project, with_store)
 from ckptfs.store import parse_version_ref
-from ckptfs.store.catalog import ALL_PROJECTS
 from ckptfs.store.names import validate_name
-from ckptfs.store.retention import describe_policy, describe_scope, parse_rules, policy_scope
 
 
 def parse_scope(ref: str) -> tuple[str, str | None]:
     """PROJECT, PROJECT/RUN or * -> (project, run or None)."""
     parts = [p for p in ref.strip("/").split("/") if p] if ref else []
-    if ref.strip() == ALL_PROJECTS:
-        return ALL_PROJECTS, None
+    if ref.strip() == EVERY_PROJECT:
+        return EVERY_PROJECT, None
     if not 1 <= len(parts) <= 2:
         raise click.BadParameter(f"expected PROJECT, PROJECT/RUN or *, got {ref!r}")
     for part, what in zip(parts, ("project", "run")):
@@ -25,8 +25,19 @@ def parse_scope(ref: str) -> tuple[str, str | None]:
     return parts[0], parts[1] if len(parts) == 2 else None
 
 
+def scope_project(scope: str, **_) -> str:
+    return parse_scope(scope)[0]
+
+
+def shown_project(scope: str, **_) -> str | None:
+    """The project whose policies `retention show` shows (None: every project the caller
+    may read; `*` alone shows them too)."""
+    project = parse_scope(scope)[0] if scope else None
+    return None if project == EVERY_PROJECT else project
+
+
 # -- retention ------------------------------------------------------------------------------
-@main.group()
+@click.group()
 def retention():
     """Retention policies: which versions `ckptfs gc` deletes. Set on a run (P/R), a
     project (P), or `*` (the default of every project); the most specific one applies,
@@ -38,7 +49,8 @@ def retention():
 @click.argument("store")
 @click.argument("scope", metavar="PROJECT[/RUN]|*")
 @click.argument("rules", nargs=-1, required=True, metavar="RULE=VALUE...")
-def retention_set(store, scope, rules):
+@with_store("maintainer", checked_by_store=True, project=scope_project)
+def retention_set(s, store, scope, rules):
     """Set the policy of a project or run (replacing the one set there before).
 
     \b
@@ -49,10 +61,10 @@ def retention_set(store, scope, rules):
       mode=min|max       default: the project's mode
       max_age_days=D     versions sealed within the last D days
     """
+    from ckptfs.store.retention import describe_policy, describe_scope, parse_rules, policy_scope
     project, run = parse_scope(scope)
-    with open_store(store) as s:
-        old = s.retention_policy(project, run)
-        policy = s.set_retention_policy(project, run, parse_rules(rules))
+    old = s.retention_policy(project, run)
+    policy = s.set_retention_policy(project, run, parse_rules(rules))
     where = describe_scope(policy_scope(project, run))
     replaced = f" (replaces {describe_policy(old)})" if old and old != policy else ""
     click.echo(f"retention of {where}: {describe_policy(policy)}{replaced}")
@@ -63,11 +75,12 @@ def retention_set(store, scope, rules):
 @retention.command("clear")
 @click.argument("store")
 @click.argument("scope", metavar="PROJECT[/RUN]|*")
-def retention_clear(store, scope):
+@with_store("maintainer", checked_by_store=True, project=scope_project)
+def retention_clear(s, store, scope):
     """Remove the policy set on exactly this project or run."""
+    from ckptfs.store.retention import describe_policy, describe_scope, policy_scope
     project, run = parse_scope(scope)
-    with open_store(store) as s:
-        old = s.clear_retention_policy(project, run)
+    old = s.clear_retention_policy(project, run)
     click.echo(f"retention of {describe_scope(policy_scope(project, run))} cleared "
                f"(was {describe_policy(old)})")
 
@@ -76,30 +89,28 @@ def retention_clear(store, scope):
 @click.argument("store")
 @click.argument("scope", required=False, default="", metavar="[PROJECT[/RUN]]")
 @click.option("--json", "as_json", is_flag=True, help="As JSON.")
-def retention_show(store, scope, as_json):
+@with_store("reader", "read retention policies", project=shown_project, path="scope")
+def retention_show(s, store, scope, as_json):
     """The policies set, and the policy in force for each run with where it comes from."""
+    from ckptfs.store.retention import describe_policy, describe_scope, policy_scope
     project, run = parse_scope(scope) if scope else (None, None)
-    with open_store(store) as s:
-        policies = s.retention_policies()
-        if project not in (None, ALL_PROJECTS):
-            s.authorize(None, project, "reader", "read retention policies", scope)
-        projects = [project] if project and project != ALL_PROJECTS else \
-            s.readable_projects(None, s.projects())
-        runs = [(p, r) for p in projects for r in ([run] if run else s.runs(p))]
-        in_force = [(p, r, s.effective_retention(p, r)) for p, r in runs]
-    if project not in (None, ALL_PROJECTS):
+    policies = s.retention_policies()
+    projects = [project] if project and project != EVERY_PROJECT else \
+        s.readable_projects(None, s.projects())
+    runs = [(p, r) for p in projects for r in ([run] if run else s.runs(p))]
+    in_force = [(p, r, s.effective_retention(p, r)) for p, r in runs]
+    if project not in (None, EVERY_PROJECT):
         policies = {k: v for k, v in policies.items()
-                    if k in (ALL_PROJECTS, project, policy_scope(project, run))
+                    if k in (EVERY_PROJECT, project, policy_scope(project, run))
                     or (run is None and k.startswith(project + "/"))}
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "policies": policies,
             "runs": [{"project": p, "run": r, "policy": found[0] if found else None,
-                      "from": found[1] if found else None} for p, r, found in in_force]},
-            indent=2, sort_keys=True))
+                      "from": found[1] if found else None} for p, r, found in in_force]})
         return
     click.echo("policies set:" if policies else "no retention policy is set: gc deletes nothing")
-    for key in sorted(policies, key=lambda k: (k != ALL_PROJECTS, "/" in k, k)):
+    for key in sorted(policies, key=lambda k: (k != EVERY_PROJECT, "/" in k, k)):
         click.echo(f"  {describe_scope(key)}: {describe_policy(policies[key])}")
     if in_force:
         click.echo("in force:")
@@ -111,17 +122,8 @@ def retention_show(store, scope, as_json):
 
 
 # -- gc ------------------------------------------------------------------------------------
-def parse_as_of(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
 def deletion_line(decision, dry_run: bool) -> str:
+    from ckptfs.store.retention import describe_policy, describe_scope
     verb = "would delete" if dry_run else "deleted"
     policy = decision.policy or {}
     source = (f"  [{describe_policy(policy['rules'])}, from {describe_scope(policy['scope'])}]"
@@ -129,34 +131,34 @@ def deletion_line(decision, dry_run: bool) -> str:
     return f"{verb} {decision.ref}: {decision.reason}{source}"
 
 
-@main.command()
+@click.command()
 @click.argument("store")
 @click.option("--dry-run", is_flag=True, help="Change nothing: say what would be deleted and reclaimed.")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="With --dry-run: plan as if it were DATE (max_age_days counts from it).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
-def gc(store, dry_run, as_of, as_json):
+@with_store("maintainer", checked_by_store=True)  # on each project it deletes in
+def gc(s, store, dry_run, as_of, as_json):
     """Delete the versions retention policies do not keep, and reclaim the space of
     every chunk no version uses any more (crash-safe; docs/retention.md)."""
     if as_of and not dry_run:
         raise click.UsageError("--as-of plans for another date: it only goes with --dry-run")
-    now = parse_as_of(as_of)
-    with open_store(store) as s:
-        bar = progress_bar(desc="gc", disable=None, leave=False)
+    now = parse_date(as_of) if as_of is not None else None
+    bar = progress_bar(desc="gc", disable=None, leave=False)
 
-        def progress(phase, done, total):
-            bar.set_description(f"gc: {phase}")
-            bar.total, bar.n = total, done
-            bar.refresh() if done % 256 == 0 or done == total else None
-        try:
-            report = s.collect_garbage(dry_run=dry_run, now=now, progress=progress)
-        finally:
-            bar.close()
+    def progress(phase, done, total):
+        bar.set_description(f"gc: {phase}")
+        bar.total, bar.n = total, done
+        bar.refresh() if done % 256 == 0 or done == total else None
+    try:
+        report = s.collect_garbage(dry_run=dry_run, now=now, progress=progress)
+    finally:
+        bar.close()
     if as_json:
         out = dict(vars(report))
         out["deletions"] = [{"ref": d.ref, "digest": d.digest, "reason": d.reason,
                              "policy": d.policy} for d in report.deletions]
-        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        echo_json(out)
         return
     print_gc_report(report)
 
@@ -195,17 +197,20 @@ def print_gc_report(r):
 
 
 # -- delete --------------------------------------------------------------------------------
-@main.command()
+@click.command()
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.option("--reason", required=True, metavar="TEXT", help="Why (kept in the journal and the tombstone).")
-def delete(store, ref, reason):
+@with_store("maintainer", checked_by_store=True, project=version_project)
+def delete(s, store, ref, reason):
     """Delete one version by hand, under the rules retention keeps (refused if it has an
     alias or is the explicit parent of a live version). Its sidecar stays as a
     tombstone; its space is reclaimed by the next `ckptfs gc`."""
     project, run, version = parse_version_ref(ref)
-    with open_store(store) as s:
-        entry = s.delete_version(project, run, version, reason)
+    entry = s.delete_version(project, run, version, reason)
     click.echo(f"deleted {ref} ({entry['reason']}); its sidecar stays under "
                f".ckptfs/deleted/{ref}.json; its space is reclaimed by the next "
                f"`ckptfs gc {store}`")
+
+
+COMMANDS = (retention, gc, delete)

@@ -1,22 +1,12 @@
-"""`ckptfs audit`: the journal as an audit log, and the check of its hash chain.
-Registered on the main command group by `ckptfs.cli`."""
+"""`ckptfs audit`: the journal as an audit log, and the check of its hash chain."""
 import json
-from datetime import datetime, timezone
+from datetime import datetime
 
 import click
 
-from ckptfs.cli import EXIT_DAMAGE, fail, main, open_store
-from ckptfs.store.retention import describe_policy, describe_scope
+from ckptfs.cli._common import EXIT_DAMAGE, fail, parse_date, with_store
 
 DETAIL_KEYS = ("alias", "version", "previous", "digest", "settings")
-
-
-def parse_since(text: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def entry_time(entry: dict) -> datetime:
@@ -24,6 +14,7 @@ def entry_time(entry: dict) -> datetime:
 
 
 def describe(entry: dict) -> str:
+    from ckptfs.store.retention import describe_policy, describe_scope  # the catalog: not at start-up
     where = "/".join(entry[k] for k in ("project", "run") if entry.get(k))
     if entry["type"] == "version.sealed":
         where += f"/{entry['version']}"
@@ -71,38 +62,49 @@ def describe_access(entry: dict) -> str:
     return ""
 
 
-@main.command(context_settings={"ignore_unknown_options": False})
+def audited_store(words, **_) -> str:
+    """The STORE of `audit [verify] STORE`."""
+    if words[0] == "verify":
+        if len(words) != 2:
+            raise click.UsageError("usage: ckptfs audit verify STORE")
+        return words[1]
+    if len(words) != 1:
+        raise click.UsageError("usage: ckptfs audit STORE [--since DATE] [--project P]")
+    return words[0]
+
+
+@click.command(context_settings={"ignore_unknown_options": False})
 @click.argument("words", nargs=-1, required=True, metavar="[verify] STORE")
 @click.option("--since", metavar="DATE", help="Only events at or after DATE (UTC).")
 @click.option("--project", metavar="P", help="Only events of project P.")
 @click.option("--json", "as_json", is_flag=True, help="The entries as JSON lines.")
-def audit(words, since, project, as_json):
+# Each user sees the entries of the projects they can read (docs/access.md); the hash
+# chain shows no project's content.
+@with_store("reader", store=audited_store)
+def audit(s, words, since, project, as_json):
     """The store's audit log (every seal, alias move, setting, schema and access change,
     and refusal; when roles are enforced, of the projects you can read), or with
     `verify`, check its hash chain and name the first altered, removed or reordered
     entry (exit 3 if there is one)."""
     if words[0] == "verify":
-        if len(words) != 2:
-            raise click.UsageError("usage: ckptfs audit verify STORE")
-        return verify_journal(words[1])
-    if len(words) != 1:
-        raise click.UsageError("usage: ckptfs audit STORE [--since DATE] [--project P]")
-    start = parse_since(since) if since else None
-    with open_store(words[0]) as s:
-        for entry in s.journal_entries():
-            if start and entry_time(entry) < start:
-                continue
-            if project and entry.get("project") != project:
-                continue
-            if not s.entry_visible(None, entry):  # enforced: only projects you can read
-                continue
-            click.echo(json.dumps(entry, sort_keys=True) if as_json else describe(entry))
+        return verify_journal(s)
+    start = parse_date(since) if since else None
+    for entry in s.journal_entries():
+        if start and entry_time(entry) < start:
+            continue
+        if project and entry.get("project") != project:
+            continue
+        if not s.entry_visible(None, entry):  # enforced: only projects you can read
+            continue
+        click.echo(json.dumps(entry, sort_keys=True) if as_json else describe(entry))
 
 
-def verify_journal(store: str):
-    with open_store(store) as s:
-        report = s.check_journal()
+def verify_journal(s):
+    report = s.check_journal()
     if report["ok"]:
         click.echo(f"journal ok: {report['entries']} entries, hash chain intact")
         return
     fail(f"journal damaged at line {report['line']}: {report['problem']}", EXIT_DAMAGE)
+
+
+COMMANDS = (audit,)

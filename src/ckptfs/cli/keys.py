@@ -1,13 +1,11 @@
-"""`ckptfs key`: the Ed25519 key that signs sealed versions, and the signature report of
-`ckptfs verify --signatures`. Registered on the main command group by `ckptfs.cli`."""
+"""`ckptfs key`: the Ed25519 key that signs sealed versions (docs/security.md). Changing
+it needs admin on `*`: the store's signing methods check it."""
 import click
 
-from ckptfs.cli import fail, main, open_store
-
-UNSIGNED_SHOWN = 10
+from ckptfs.cli._common import fail, with_store
 
 
-@main.group()
+@click.group()
 def key():
     """The Ed25519 key that signs every sealed version (generate, set, show, unset)."""
 
@@ -17,10 +15,10 @@ def key():
 @click.option("--key-file", metavar="PATH",
               help="Where to write the private key (default STORE/keys/signing.pem; a disk "
                    "other than the store's protects it better).")
-def key_generate(store, key_file):
+@with_store("admin", checked_by_store=True)
+def key_generate(s, store, key_file):
     """Create a new signing key (PEM, mode 0600) and sign new versions with it."""
-    with open_store(store) as s:
-        result = s.generate_signing_key(key_file)
+    result = s.generate_signing_key(key_file)
     path = result["key_file"]
     click.echo(f"generated Ed25519 key {result['key_id']}: private key {path} (mode 0600), "
                f"public key {path}.pub")
@@ -31,10 +29,10 @@ def key_generate(store, key_file):
 @key.command("set")
 @click.argument("store")
 @click.argument("path")
-def key_set(store, path):
+@with_store("admin", checked_by_store=True)
+def key_set(s, store, path):
     """Sign new versions with the Ed25519 private key in PEM file PATH."""
-    with open_store(store) as s:
-        result = s.set_signing_key(path)
+    result = s.set_signing_key(path)
     if result["changed"]:
         click.echo(f"signing with key {result['key_id']} ({result['key_file']})")
     else:
@@ -45,11 +43,11 @@ def key_set(store, path):
 @key.command("show")
 @click.argument("store")
 @click.option("--pem", is_flag=True, help="Print the current public key as PEM.")
-def key_show(store, pem):
+@with_store("reader")  # store-wide, public keys only: not restricted
+def key_show(s, store, pem):
     """The signing key in use, and every public key ever set (from the journal)."""
-    with open_store(store) as s:
-        state = s.signing_state()
-        key_file = s.signing_key_file()
+    state = s.signing_state()
+    key_file = s.signing_key_file()
     current = state["current"]
     if pem:
         if current is None:
@@ -74,30 +72,12 @@ def key_show(store, pem):
 
 @key.command("unset")
 @click.argument("store")
-def key_unset(store):
+@with_store("admin", checked_by_store=True)
+def key_unset(s, store):
     """Stop signing new versions (signed versions keep their signatures)."""
-    with open_store(store) as s:
-        key_id = s.unset_signing_key()
+    key_id = s.unset_signing_key()
     click.echo(f"signing stopped (it used key {key_id}); versions sealed from now on are "
                "unsigned, and those signed keep their signatures")
 
 
-def print_signature_report(report, trusted_keys=None):
-    """The figures of `verify --signatures`, then each problem by version."""
-    from ckptfs.store.ed25519 import key_id_of
-    against = ""
-    if trusted_keys:
-        against = " against the given public key(s) " + ", ".join(
-            key_id_of(k) for k in trusted_keys)
-    click.echo(f"signatures{against}: {len(report.valid)} signed and valid, "
-               f"{len(report.unsigned)} unsigned, {len(report.invalid)} invalid, "
-               f"{len(report.unknown_key)} by an unknown key")
-    for name, why in report.invalid:
-        click.echo(f"invalid signature: {name}: {why}")
-    for name, key_id in report.unknown_key:
-        click.echo(f"unknown key: {name}: signed by key {key_id}, which no key.set event of "
-                   "the journal names (check it with --public-key)")
-    for name in report.unsigned[:UNSIGNED_SHOWN]:
-        click.echo(f"unsigned: {name}")
-    if len(report.unsigned) > UNSIGNED_SHOWN:
-        click.echo(f"unsigned: … and {len(report.unsigned) - UNSIGNED_SHOWN} more")
+COMMANDS = (key,)

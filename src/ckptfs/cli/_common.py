@@ -1,0 +1,182 @@
+"""What every topic module of the `ckptfs` command shares: opening a store for a command
+and checking the caller's role (`with_store`), the one-line error (`fail`), and the output
+helpers (sizes, tables, JSON, progress bars).
+
+Topic modules import this module and the layers below (store, meta, fs), never the group
+(`ckptfs.cli.app`) nor each other. The store engine is imported when a command opens a
+store, not when the command line is parsed: `ckptfs --help` stays fast.
+"""
+import functools
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+
+EXIT_ERROR = 1
+EXIT_DAMAGE = 3
+
+ROLES = ("reader", "writer", "maintainer", "admin")  # ckptfs.store.access.ROLES, by rank
+EVERY_PROJECT = "*"  # a role on `*` counts for every project (docs/access.md)
+
+
+def fail(message: str, code: int = EXIT_ERROR):
+    click.echo(f"ckptfs: error: {message}", err=True)
+    sys.exit(code)
+
+
+def open_store(path: str, for_rebuild: bool = False):
+    from ckptfs.store import Store  # the engine: loaded once a command needs it
+    return Store.open(path, for_rebuild=for_rebuild)
+
+
+# -- a command's store and role ---------------------------------------------------------------
+@dataclass(frozen=True)
+class StoreAccess:
+    """What a command does to a store, declared once by `with_store`.
+
+    `role` is what the command does, as a role: a reader reads, a writer archives, a
+    maintainer changes the catalog, an admin changes access. `project` names the
+    project the command works on: a function of the command's parameters (which checks
+    the argument, and gives None when the command names no project), or `*`. Where the
+    role is checked:
+    - `checked_by_store`: by the Store method the command calls (`grant`, `set_alias`,
+      `delete_version`, …), once, with its own words;
+    - else here, on the project, with `operation` as the words of a refusal and the
+      parameter `path` as its path;
+    - when the command names no project, nowhere: it shows only what the caller may
+      read (`readable_projects`, `entry_visible`) or no project's content (stats).
+    """
+    role: str
+    operation: str | None = None
+    project: Callable[..., str | None] | str | None = None
+    path: str | None = None
+    checked_by_store: bool = False
+
+    def project_of(self, params: dict) -> str | None:
+        """The project this call works on (None: it names none)."""
+        if self.project is None or isinstance(self.project, str):
+            return self.project
+        return self.project(**params)
+
+    def check(self, store, params: dict, project: str | None):
+        """Raise AccessDeniedError (journaled) unless the caller has the role, where it
+        is this decorator's to check."""
+        if project is not None and not self.checked_by_store:
+            store.authorize(None, project, self.role, self.operation,
+                            params[self.path] if self.path else None)
+
+
+def with_store(role: str, operation: str | None = None, *, project=None, path: str | None = None,
+               checked_by_store: bool = False, store: str | Callable[..., str] = "store",
+               for_rebuild: bool = False):
+    """Open the command's store, check the caller's role (see StoreAccess), run the
+    command with the open store as its first argument, and close the store. `store` is
+    the parameter holding the store's path (or a function of the parameters giving it).
+    The command's arguments are parsed (`project`, `store`) before the store opens, so a
+    malformed one is the error reported first."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    if project is not None and operation is None and not checked_by_store:
+        raise ValueError("a command that checks a project's role needs the words of a refusal")
+    access = StoreAccess(role, operation, project, path, checked_by_store)
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(**params):
+            project = access.project_of(params)
+            store_path = params[store] if isinstance(store, str) else store(**params)
+            with open_store(store_path, for_rebuild) as s:
+                access.check(s, params, project)
+                return command(s, **params)
+        run.store_access = access
+        return run
+    return decorate
+
+
+# -- arguments ------------------------------------------------------------------------------
+class Seconds(click.ParamType):
+    """A duration in seconds: a finite number, 0 or more (float() takes 'nan', '-5')."""
+    name = "seconds"
+
+    def convert(self, value, param, ctx):
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds < 0:
+            self.fail(f"{value!r} must be a finite number of seconds, 0 or more", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
+def version_project(ref: str, **_) -> str:
+    """The project of a PROJECT/RUN/VERSION argument `ref` (checked whole)."""
+    from ckptfs.store.names import parse_version_ref
+    return parse_version_ref(ref)[0]
+
+
+def run_project(ref: str, **_) -> str:
+    """The project of a PROJECT/RUN argument `ref` (checked whole)."""
+    from ckptfs.store.names import parse_version_ref
+    return parse_version_ref(ref, parts=2)[0]
+
+
+def settings_project(project: str, **_) -> str:
+    """A PROJECT argument of the settings commands: a project's name, or `*`."""
+    check_settings_project(project)
+    return project
+
+
+def check_settings_project(project: str):
+    if project != EVERY_PROJECT:
+        from ckptfs.store.names import validate_name
+        validate_name(project, "project")
+
+
+def load_public_keys(paths) -> list | None:
+    if not paths:
+        return None
+    from ckptfs.store.ed25519 import load_public_key
+    return [load_public_key(path) for path in paths]
+
+
+def parse_date(text: str):
+    """A date or ISO 8601 moment given by the user; UTC unless it says otherwise."""
+    from datetime import datetime, timezone
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a date (YYYY-MM-DD or ISO 8601)") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+# -- output ---------------------------------------------------------------------------------
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def print_table(header: list[str], rows: list[list[str]]):
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header] + rows:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+
+
+def echo_json(value):
+    """A document for people and `jq`: indented, keys sorted."""
+    click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def progress_bar(**options):
+    """A tqdm bar on stderr (tqdm is imported here: most commands never draw one, and
+    `find` must start fast)."""
+    from tqdm import tqdm
+    return tqdm(file=sys.stderr, **options)
