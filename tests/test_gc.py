@@ -20,8 +20,9 @@ from test_mount_inbox import sh, wait_for
 
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
+from ckptfs.store.backend import LocalBackend
 from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, GcReport, intent_path, load_intent
-from ckptfs.store.pack import list_pack_ids, pack_path, scan_pack
+from ckptfs.store.pack import list_pack_ids, pack_name, scan_pack
 
 # p/r: v0..v4, each a sample checkpoint (tensor blocks delta-coded against v0's) plus
 # own.bin (its own random bytes); p/ft/f0 is a fine-tune of p/r/v1; p/r/v2 has the alias
@@ -75,14 +76,13 @@ def pristine(tmp_path_factory):
 
 
 def pack_bytes(store: str) -> int:
-    return sum(os.path.getsize(pack_path(os.path.join(store, "packs"), p))
-               for p in list_pack_ids(os.path.join(store, "packs")))
+    backend = LocalBackend(store)
+    return sum(os.path.getsize(backend.path_of(pack_name(p))) for p in list_pack_ids(backend))
 
 
 def pack_record_ids(store: str) -> list[bytes]:
-    packs = os.path.join(store, "packs")
-    return [r.record_id for p in list_pack_ids(packs)
-            for r in scan_pack(pack_path(packs, p), p).records]
+    backend = LocalBackend(store)
+    return [r.record_id for p in list_pack_ids(backend) for r in scan_pack(backend, p).records]
 
 
 def referenced_packs(store: str) -> set[int]:
@@ -248,12 +248,12 @@ def assert_finished_like_the_reference(path: str, reference, pristine, tmp_path)
                                    "mid-old-pack-removal"])
 def test_gc_killed_at_each_step_is_finished_by_the_next(point, reference, pristine, tmp_path):
     path = copy_store(pristine.path, tmp_path / "store")
-    packs_before = set(list_pack_ids(os.path.join(path, "packs")))
+    packs_before = set(list_pack_ids(LocalBackend(path)))
     old = set(reference.dry["packs_rewritten"] + reference.dry["packs_dropped"])
     proc = gc_process(path, point)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == CRASH_EXIT, err.decode()
-    packs_now = set(list_pack_ids(os.path.join(path, "packs")))
+    packs_now = set(list_pack_ids(LocalBackend(path)))
     intent = load_intent(path)
     if point == "after-deletions":
         assert intent is None and packs_now == packs_before
@@ -311,9 +311,9 @@ def test_gc_sigkilled_at_a_random_moment_of_a_bigger_rewrite(tmp_path_factory, t
     while proc.poll() is None:
         assert time.monotonic() < deadline
         intent = load_intent(path) if os.path.exists(intent_path(path)) else None
-        sizes = [os.path.getsize(pack_path(os.path.join(path, "packs"), p))
+        sizes = [os.path.getsize(LocalBackend(path).path_of(pack_name(p)))
                  for p in (intent or {}).get("new", [])
-                 if os.path.exists(pack_path(os.path.join(path, "packs"), p))]
+                 if os.path.exists(LocalBackend(path).path_of(pack_name(p)))]
         if sum(sizes) >= kill_at:
             proc.send_signal(signal.SIGKILL)
             break
@@ -379,7 +379,7 @@ def test_leftover_packs_go_only_when_no_ingest_is_under_way(small):
         alive.abort()
         removed = s.collect_garbage()
         assert set(removed.leftovers_removed) == leftovers
-        assert not any(os.path.exists(pack_path(s.packs_dir, p)) for p in leftovers)
+        assert not any(os.path.exists(s.backend.path_of(pack_name(p))) for p in leftovers)
         assert s.verify().ok and not s.verify().leftover_packs
 
 

@@ -13,6 +13,7 @@ from test_mount_inbox import (REF, assert_same_files, copied_in, empty_version, 
                               wait_sealed)
 
 from ckptfs.store import Store
+from ckptfs.store.backend import LocalBackend
 from ckptfs.store.pack import list_pack_ids
 
 FILES_IN_SOURCE = 6  # regular files of samples.make_checkpoint (the symlink is not one)
@@ -23,7 +24,7 @@ def prepared(mnt: str) -> int:
 
 
 def pack_count(store: str) -> int:
-    return len(list_pack_ids(os.path.join(store, "packs")))
+    return len(list_pack_ids(LocalBackend(store)))
 
 
 def copied_and_prepared(tmp_path, mount, copy: str) -> tuple[str, str]:

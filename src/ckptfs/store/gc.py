@@ -54,10 +54,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import codec as codecs
+from .backend import fsync_dir
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
-from .pack import PackWriter, list_pack_ids, pack_path
+from .pack import PackWriter, list_pack_ids, pack_name, pack_sizes
 from .private import make_private_dirs, private_open, private_opener
 
 GC_DIR = "gc"
@@ -101,14 +102,6 @@ def intent_pack_ids(store_path: str) -> list[int]:
     return intent["old"] + intent["new"] if intent else []
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_intent(store_path: str, intent: dict) -> None:
     """Write the intent durably (temporary file, fsync, rename, fsync of gc/)."""
     path = intent_path(store_path)
@@ -119,7 +112,7 @@ def save_intent(store_path: str, intent: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.rename(tmp, path)
-    _fsync_dir(os.path.dirname(path))
+    fsync_dir(os.path.dirname(path))
 
 
 def remove_intent(store_path: str) -> None:
@@ -127,7 +120,7 @@ def remove_intent(store_path: str) -> None:
         os.unlink(intent_path(store_path))
     except FileNotFoundError:
         return
-    _fsync_dir(os.path.dirname(intent_path(store_path)))
+    fsync_dir(os.path.dirname(intent_path(store_path)))
 
 
 @dataclass
@@ -212,14 +205,8 @@ class GcReport:
     old_packs_kept: list = field(default_factory=list)  # ... and the old packs that hold them
 
 
-def pack_bytes_on_disk(packs_dir: str) -> int:
-    total = 0
-    for pack_id in list_pack_ids(packs_dir):
-        try:
-            total += os.path.getsize(pack_path(packs_dir, pack_id))
-        except FileNotFoundError:
-            pass
-    return total
+def pack_bytes_on_disk(backend) -> int:
+    return sum(pack_sizes(backend).values())
 
 
 class GcMixin:
@@ -238,14 +225,14 @@ class GcMixin:
             return self._dry_run(report, now, actor, progress)
         with self._gc_locked():
             report.recovered = self._finish_interrupted_gc()
-            report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
+            report.pack_bytes_before = pack_bytes_on_disk(self.backend)
             report.deletions = self.apply_retention(now, actor)
             crash_point("after-deletions")
             self._remove_leftover_packs(report)
             liveness = self._liveness(progress=progress)
             plan = self._plan_packs(liveness)
             self._reclaim(liveness, plan, report, progress)
-            report.pack_bytes_after = pack_bytes_on_disk(self.packs_dir)
+            report.pack_bytes_after = pack_bytes_on_disk(self.backend)
         return report
 
     def _dry_run(self, report: GcReport, now: datetime, actor, progress) -> GcReport:
@@ -267,13 +254,13 @@ class GcMixin:
         report.packs_rewritten, report.packs_dropped = packs.rewrite, packs.drop
         report.bytes_copied = packs.copy_bytes
         report.dead_bytes_left = packs.dead_bytes_left
-        report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
+        report.pack_bytes_before = pack_bytes_on_disk(self.backend)
         leftovers = self._unreferenced_packs()
         report.leftovers_kept = leftovers
         if leftovers and self._ingest_in_flight():
             report.leftovers_reason = "an import or a mount is ingesting now"
-        leftover_bytes = sum(os.path.getsize(pack_path(self.packs_dir, p)) for p in leftovers
-                             if os.path.exists(pack_path(self.packs_dir, p)))
+        sizes = pack_sizes(self.backend)
+        leftover_bytes = sum(sizes.get(p, 0) for p in leftovers)
         new_pack_count = -(-packs.copy_bytes // self.config.packs.target_size)
         report.pack_bytes_after = (report.pack_bytes_before
                                    - sum(packs.sizes[p] for p in packs.old) + packs.copy_bytes
@@ -352,7 +339,7 @@ class GcMixin:
         sizes = {}
         for pack_id in referenced:
             try:
-                sizes[pack_id] = os.path.getsize(pack_path(self.packs_dir, pack_id))
+                sizes[pack_id] = self.backend.stat(pack_name(pack_id))
             except FileNotFoundError:
                 pass  # damage `verify` reports: gc leaves it alone
         threshold = self.config.gc.rewrite_below
@@ -424,7 +411,7 @@ class GcMixin:
         pack_id = self.index.allocate_pack_id()
         intent["new"].append(pack_id)
         save_intent(self.path, intent)
-        return PackWriter(self.packs_dir, pack_id)
+        return PackWriter(self.backend, pack_id)
 
     def _switch_index(self, liveness: Liveness, moves: list[Move], report: GcReport) -> set[int]:
         """Re-point the copied records and forget the dead chunks, in one transaction
@@ -482,21 +469,13 @@ class GcMixin:
         """Delete the old packs no index entry points into any more."""
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
-        removed, dirs = [], set()
-        for pack_id in old:
-            if pack_id in referenced:
-                continue
-            path = pack_path(self.packs_dir, pack_id)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
+        removed = []
+        for pack_id in old:  # each deletion is durable before the intent goes
+            if pack_id in referenced or not self.backend.delete(pack_name(pack_id)):
                 continue
             removed.append(pack_id)
-            dirs.add(os.path.dirname(path))
             if len(removed) == 1:
                 crash_point("mid-old-pack-removal")
-        for d in dirs:  # the deletions are durable before the intent goes
-            _fsync_dir(d)
         return removed
 
     def _bump_gc_generation(self):
@@ -516,11 +495,8 @@ class GcMixin:
         removed_new = []
         if not switched:
             for pack_id in intent["new"]:  # unreferenced copies
-                try:
-                    os.unlink(pack_path(self.packs_dir, pack_id))
+                if self.backend.delete(pack_name(pack_id)):
                     removed_new.append(pack_id)
-                except FileNotFoundError:
-                    pass
         removed_old = self._remove_old_packs(intent["old"])
         remove_intent(self.path)
         self._bump_gc_generation()
@@ -536,7 +512,7 @@ class GcMixin:
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
         busy = set(intent_pack_ids(self.path))
-        return [p for p in list_pack_ids(self.packs_dir) if p not in referenced and p not in busy]
+        return [p for p in list_pack_ids(self.backend) if p not in referenced and p not in busy]
 
     def _ingest_in_flight(self) -> bool:
         fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
@@ -565,10 +541,7 @@ class GcMixin:
                 self._catch_up()  # a version journaled but not indexed names its packs
             leftovers = self._unreferenced_packs()
             for pack_id in leftovers:
-                try:
-                    os.unlink(pack_path(self.packs_dir, pack_id))
-                except FileNotFoundError:
-                    continue
-                report.leftovers_removed.append(pack_id)
+                if self.backend.delete(pack_name(pack_id)):
+                    report.leftovers_removed.append(pack_id)
         finally:
             os.close(fd)

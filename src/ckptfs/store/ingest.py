@@ -183,7 +183,7 @@ class Ingest:
         if w is None or w.size >= self.store.config.packs.target_size:
             if w is not None:
                 w.close()
-            w = PackWriter(self.store.packs_dir, self.store.index.allocate_pack_id())
+            w = PackWriter(self.store.backend, self.store.index.allocate_pack_id())
             self.writers.append(w)
             if self.on_new_pack:
                 self.on_new_pack(w.pack_id)

@@ -29,7 +29,7 @@ from .chunking import Chunker, FileReader
 from .errors import IntegrityError, StoreError
 from .index import Index, Location, version_key
 from .ingest import take_ingest_lock
-from .pack import FLAG_ENCRYPTED, KIND_CHUNK, PackWriter, list_pack_ids, pack_path, scan_pack
+from .pack import FLAG_ENCRYPTED, KIND_CHUNK, PackWriter, list_pack_ids, scan_pack
 
 KEY_CHECK_CONTEXT = "ckptfs 1 chunk id key check"
 LOST_FILE_LIST = "its file list (manifest) was lost"
@@ -236,9 +236,9 @@ class RepairMixin:
         garbage collection made) is as good as the original."""
         with self.index.read() as txn:
             current = {c: self.index.get_chunk(txn, c) for c in needed}
-        for pack_id in list_pack_ids(self.packs_dir):
+        for pack_id in list_pack_ids(self.backend):
             try:
-                scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+                scan = scan_pack(self.backend, pack_id)
             except OSError:
                 continue
             for rec in scan.records:
@@ -320,7 +320,7 @@ class RepairMixin:
         try:
             locations = {}
             if found:
-                writer = PackWriter(self.packs_dir, self.index.allocate_pack_id())
+                writer = PackWriter(self.backend, self.index.allocate_pack_id())
                 encoder = codecs.Encoder(self.config.compression.level,
                                          self.config.compression.min_saving)
                 for chunk_id, (data, _where) in found.items():

@@ -73,7 +73,7 @@ class SigningMixin:
     def signing_key_file(self) -> str | None:
         """The private key file ckptfs.toml names now (read afresh: another process, a
         `ckptfs key set`, may have changed it while this store is open)."""
-        signing = StoreConfig.load(self.path).signing
+        signing = StoreConfig.load(self.backend).signing
         return signing.key_file if signing else None
 
     def generate_signing_key(self, path: str | None = None, actor: dict | None = None) -> dict:
@@ -102,9 +102,9 @@ class SigningMixin:
         key_id = ed25519.key_id_of(key)
 
         def event():
-            config = StoreConfig.load(self.path)
+            config = StoreConfig.load(self.backend)
             config.signing = SigningSettings(key_file=path)
-            config.save(self.path)
+            config.save(self.backend)
             self.config.signing = config.signing
             if self.signing_state()["current"] == key_id:
                 return None  # the same key, perhaps moved: nothing to journal
@@ -121,9 +121,9 @@ class SigningMixin:
             current = self.signing_state()["current"]
             if current is None:
                 raise NotFoundError(f"store {self.path} has no signing key configured")
-            config = StoreConfig.load(self.path)
+            config = StoreConfig.load(self.backend)
             config.signing = None
-            config.save(self.path)
+            config.save(self.backend)
             self.config.signing = None
             return {"type": "key.unset", "key_id": current}
         return self._commit_catalog_event(event, actor)["key_id"]

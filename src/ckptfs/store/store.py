@@ -22,6 +22,7 @@ import numpy as np
 from . import codec as codecs
 from .chunking import parse_safetensors_header, safetensors_header_size
 from .access import AccessMixin
+from .backend import Backend, LocalBackend
 from .catalog import CatalogMixin, apply_catalog_event, is_checkpoint_kind, search_document
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
 from .deletion import RetentionMixin
@@ -32,12 +33,12 @@ from .errors import (ChunkKeyError, ChunksReclaimedError, IntegrityError, Journa
 from .gc import GcMixin, intent_pack_ids, load_intent
 from .index import INDEX_FORMAT, Index, Location, version_key
 from .ingest import Ingest, IngestReport
-from .journal import Journal, check_chain, encode_entry, entry_hash
+from .journal import Journal, encode_entry, entry_hash
 from .manifest import SCHEMA as MANIFEST_SCHEMA
 from .manifest import compress_manifest, decode_manifest, encode_manifest, version_digest
 from .names import validate_name, validate_version_name
 from .pack import (FLAG_ENCRYPTED, KIND_CHUNK, KIND_MANIFEST, PackReader, list_pack_ids,
-                   pack_path, scan_pack)
+                   pack_name, pack_sizes, scan_pack)
 from .private import PRIVATE_DIR, make_private_dirs, private_open
 from .repair import RepairMixin, chunk_key_fingerprint
 from .restore import RestoreReport, restore_entries
@@ -106,14 +107,14 @@ class _ChunkCache:
 
 class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, RepairMixin):
     def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None,
-                 for_rebuild: bool = False):
+                 for_rebuild: bool = False, backend: Backend | None = None):
         self.path = path
+        self.backend = backend or LocalBackend(path)  # packs, journal, settings
         self.config = config
         # First: without its key an encrypted store is refused before anything is opened.
         if cipher is None and config.encryption is not None:
             cipher = open_store_key(path, config.encryption.key_file, config.encryption.key_check)
         self.cipher = cipher
-        self.packs_dir = os.path.join(path, "packs")
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
         self._open_lock_fd = self._take_open_lock(path)
@@ -125,8 +126,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         except BaseException:
             os.close(self._open_lock_fd)
             raise
-        self.journal = Journal(os.path.join(path, "journal"))
-        self.packs = PackReader(self.packs_dir)
+        self.journal = Journal(self.backend.journal())
+        self.packs = PackReader(self.backend)
         self._cache = _ChunkCache(CACHE_BYTES)
         self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
         self._inflight_lock = threading.Lock()
@@ -168,8 +169,9 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         for sub in SUBDIRS:
             make_private_dirs(os.path.join(path, sub))
         config = StoreConfig.new(encryption)
-        config.save(path)
-        store = cls(path, config, cipher)
+        backend = LocalBackend(path)
+        config.save(backend)
+        store = cls(path, config, cipher, backend=backend)
         try:
             store._start_access(shared)
         except BaseException:
@@ -182,14 +184,15 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         """Open a store. `for_rebuild`: only to rebuild its index (`rebuild_index`): the
         store is taken exclusively, and an index that cannot be opened is moved aside."""
         path = os.path.abspath(path)
-        config = StoreConfig.load(path)
+        backend = LocalBackend(path)
+        config = StoreConfig.load(backend)
         for sub in ("packs", "journal"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
         # The index is derived: a missing one is recreated from the journal on open.
         make_private_dirs(os.path.join(path, "index"))
         make_private_dirs(os.path.join(path, "spool"))
-        return cls(path, config, for_rebuild=for_rebuild)
+        return cls(path, config, for_rebuild=for_rebuild, backend=backend)
 
     def _open_index(self, for_rebuild: bool) -> Index:
         """The LMDB index; for a rebuild, one that cannot be opened (garbage in data.mdb)
@@ -235,7 +238,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
 
     def _wrong_key_message(self, why: str) -> str:
         return (f"the chunk id key does not match this store ({why}): secret.chunk_id_key in "
-                f"{os.path.join(self.path, CONFIG_NAME)} is not the key its data was stored "
+                f"{self.backend.describe(CONFIG_NAME)} is not the key its data was stored "
                 "with; put back the store's own ckptfs.toml (nothing was changed)")
 
     def _key_verdict_of_manifests(self) -> bool | None:
@@ -271,7 +274,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         for pack_id in [] if loc else entry.get("packs") or []:
             try:  # no index yet: find the record in the packs the version wrote
                 places += [(pack_id, rec.offset, rec.length)
-                           for rec in scan_pack(pack_path(self.packs_dir, pack_id), pack_id).records
+                           for rec in scan_pack(self.backend, pack_id).records
                            if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id]
             except OSError:
                 continue
@@ -378,14 +381,12 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         """Delete pack `pack_id` if it is unfinished (no end record): the leftover of an
         ingest whose process died. Only for a pack the caller knows that process wrote:
         another process may be writing an unfinished pack right now."""
-        path = pack_path(self.packs_dir, pack_id)
         try:
-            if scan_pack(path, pack_id, verify=False).complete:
+            if scan_pack(self.backend, pack_id, verify=False).complete:
                 return False
-            os.unlink(path)
         except FileNotFoundError:
             return False
-        return True
+        return self.backend.delete(pack_name(pack_id))
 
     def newest_checkpoint(self, project: str, run: str) -> dict | None:
         """The catalog document of the run's newest version of kind `checkpoint`: the
@@ -676,7 +677,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
 
     def _index_pack(self, index: Index, txn, pack_id: int):
         try:
-            scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+            scan = scan_pack(self.backend, pack_id)
         except FileNotFoundError:
             return None  # a pack the journal names is gone: its versions show as damaged
         for rec in scan.records:
@@ -759,7 +760,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         index = Index(path)
         try:
             index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
-            for pack_id in list_pack_ids(self.packs_dir):
+            for pack_id in list_pack_ids(self.backend):
                 scan = index.commit(lambda txn: self._index_pack(index, txn, pack_id))
                 if scan is None:
                     continue  # deleted since it was listed (a gc of another process)
@@ -799,7 +800,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         altered, removed or reordered, against the chain and the index's last entry."""
         with self.index.read() as txn:
             committed = self.index.applied(txn)
-        return check_chain(self.journal.path, committed)
+        return self.journal.check_chain(committed)
 
     def journal_entries(self):
         """Every journal entry, oldest first, without stopping at a broken chain
@@ -1171,8 +1172,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             chunks = self.index.get_int(txn, b"chunk_count")
             unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
             stored = self.index.get_int(txn, b"chunk_stored_bytes")
-        pack_ids = list_pack_ids(self.packs_dir)
-        pack_bytes = sum(os.path.getsize(pack_path(self.packs_dir, p)) for p in pack_ids)
+        sizes = pack_sizes(self.backend)
+        pack_ids, pack_bytes = list(sizes), sum(sizes.values())
         logical = sum(v["logical_bytes"] for v in versions)
         return {
             "projects": len({v["project"] for v in versions}),
@@ -1212,11 +1213,11 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         in_use: dict[int, list[Location]] = {}
         for loc in located.values():
             in_use.setdefault(loc.pack_id, []).append(loc)
-        for pack_id in list_pack_ids(self.packs_dir):
-            scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+        for pack_id in list_pack_ids(self.backend):
+            scan = scan_pack(self.backend, pack_id)
             report.packs += 1
             self._judge_pack_scan(scan, in_use.get(pack_id, []), report)
-        for pack_id in referenced - set(list_pack_ids(self.packs_dir)):
+        for pack_id in referenced - set(list_pack_ids(self.backend)):
             report.damaged_packs[pack_id] = [f"pack {pack_id:08x} is missing"]
         self._cache = _ChunkCache(CACHE_BYTES)  # verify what is on disk, not what is cached
         with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-verify") as pool:
