@@ -173,6 +173,10 @@ class Journal:
     def last_seq(self) -> int:
         return self._tail()[0]
 
+    def raw(self) -> bytes:
+        """The journal as JSON lines, byte for byte (`.ckptfs/audit.jsonl` in the mount)."""
+        return self.log.raw()
+
     def check_chain(self, committed: tuple[int, str | None] | None = None) -> dict:
         """`check_chain` of this journal as it is now."""
         return check_chain(self.log.raw(), committed)
