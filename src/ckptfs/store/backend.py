@@ -242,7 +242,11 @@ class LocalBackend(Backend):
         path = self.path_of(name)
         mode = 0o600 if secret else file_mode_in(os.path.dirname(path))
         temp = self._write_temp(path, data, mode)
-        os.rename(temp, path)
+        try:
+            os.rename(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
         fsync_dir(os.path.dirname(path))
 
     @staticmethod
@@ -280,7 +284,9 @@ class LocalBackend(Backend):
         # Walk only the directory the prefix names (`packs/`), not the whole store.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         found = []
-        for dirpath, dirnames, filenames in os.walk(os.path.join(self.root, base)):
+        # followlinks: a fan-out directory may be a symlink to another disk.
+        for dirpath, dirnames, filenames in os.walk(os.path.join(self.root, base),
+                                                    followlinks=True):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
             for filename in filenames:
