@@ -38,7 +38,7 @@ MAX_PAYLOAD = 1 << 30  # sanity bound when scanning a damaged pack
 
 
 PACKS_PREFIX = "packs/"
-SCAN_WINDOW = 8 << 20  # bytes a scan asks the backend for at a time
+SCAN_WINDOW = 4 << 20  # bytes a scan asks the backend for at a time
 
 
 def pack_name(pack_id: int) -> str:
@@ -212,20 +212,22 @@ class PackScan:
 
 class _PackStream:
     """Sequential reads of one pack through a backend reader, a window at a time (one
-    reader: locally the file stays open for the whole scan, even if it is deleted)."""
+    reader: locally the file stays open for the whole scan, even if it is deleted).
+    Reads are views into the window, not copies."""
 
     def __init__(self, backend: Backend, pack_id: int):
         self._name = pack_name(pack_id)
         self._reader = backend.open_reader()
-        self._buf, self._pos, self._offset = b"", 0, 0  # window, position in it, its offset
+        self._window, self._start = b"", 0  # the bytes read last, and their offset
+        self._pos = 0                        # the offset of the next byte handed out
 
-    def read(self, n: int) -> bytes:
-        if self._pos + n > len(self._buf):
-            start = self._offset + self._pos
-            self._buf = self._buf[self._pos:] + self._reader.read(
-                self._name, start + len(self._buf) - self._pos, max(n, SCAN_WINDOW))
-            self._offset, self._pos = start, 0
-        data = self._buf[self._pos:self._pos + n]
+    def read(self, n: int) -> memoryview:
+        if self._pos + n > self._start + len(self._window):
+            # A piece that runs past the window starts the next one.
+            self._window = self._reader.read(self._name, self._pos, max(n, SCAN_WINDOW))
+            self._start = self._pos
+        at = self._pos - self._start
+        data = memoryview(self._window)[at:at + n]
         self._pos += len(data)
         return data
 
@@ -284,7 +286,7 @@ def _scan_records(f: _PackStream, pack_id: int, verify: bool) -> PackScan:
         intact = True
         if verify:
             try:
-                parse_record(header + payload, pack_id, offset)
+                parse_record(b"".join((header, payload)), pack_id, offset)
             except IntegrityError as e:
                 scan.damage.append(str(e))
                 scan.damaged_at.append(offset)
