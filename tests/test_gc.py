@@ -21,7 +21,7 @@ from test_mount_inbox import sh, wait_for
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
 from ckptfs.store.backend import LocalBackend
-from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, GcReport, intent_path, load_intent
+from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, GcReport, load_intent
 from ckptfs.store.pack import list_pack_ids, pack_name, scan_pack
 
 # p/r: v0..v4, each a sample checkpoint (tensor blocks delta-coded against v0's) plus
@@ -232,13 +232,13 @@ def assert_finished_like_the_reference(path: str, reference, pristine, tmp_path)
     verified = run_cli_checked("verify", path).stdout.decode()
     assert verified.splitlines()[-1].startswith("ok: "), verified
     assert ("note: a garbage collection was interrupted" in verified) == \
-        (load_intent(path) is not None)
+        (load_intent(LocalBackend(path)) is not None)
     assert_restores(path, KEPT, pristine.sources, tmp_path / "before")
     with Store.open(path) as s:
         s.collect_garbage()
         assert s.verify().ok
         assert [d["version"] for d in s.catalog_documents("p", "r")] == ["v1", "v2", "v4"]
-    assert load_intent(path) is None
+    assert load_intent(LocalBackend(path)) is None
     assert sorted(pack_record_ids(path)) == reference.records   # no old/new duplicates
     assert pack_bytes(path) == reference.pack_bytes
     assert_restores(path, KEPT, pristine.sources, tmp_path / "after")
@@ -254,7 +254,7 @@ def test_gc_killed_at_each_step_is_finished_by_the_next(point, reference, pristi
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == CRASH_EXIT, err.decode()
     packs_now = set(list_pack_ids(LocalBackend(path)))
-    intent = load_intent(path)
+    intent = load_intent(LocalBackend(path))
     if point == "after-deletions":
         assert intent is None and packs_now == packs_before
         with Store.open(path) as s:
@@ -310,7 +310,7 @@ def test_gc_sigkilled_at_a_random_moment_of_a_bigger_rewrite(tmp_path_factory, t
     deadline = time.monotonic() + 120
     while proc.poll() is None:
         assert time.monotonic() < deadline
-        intent = load_intent(path) if os.path.exists(intent_path(path)) else None
+        intent = load_intent(LocalBackend(path))
         sizes = [os.path.getsize(LocalBackend(path).path_of(pack_name(p)))
                  for p in (intent or {}).get("new", [])
                  if os.path.exists(LocalBackend(path).path_of(pack_name(p)))]

@@ -229,7 +229,9 @@ class LocalBackend(Backend):
 
     def put_if_absent(self, name: str, data: bytes) -> None:
         path = self.path_of(name)
-        temp = self._write_temp(path, data, file_mode_in(os.path.dirname(path)))
+        # A temporary name of its own: the writers racing for `name` must not share one.
+        temp = self._write_temp(path, data, file_mode_in(os.path.dirname(path)),
+                                f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         try:
             os.link(temp, path)  # unlike rename, link never replaces: it is put-if-absent
         except FileExistsError:
@@ -241,7 +243,8 @@ class LocalBackend(Backend):
     def put(self, name: str, data: bytes, secret: bool = False) -> None:
         path = self.path_of(name)
         mode = 0o600 if secret else file_mode_in(os.path.dirname(path))
-        temp = self._write_temp(path, data, mode)
+        # One temporary name per object: one a crash left behind is reused, not piled up.
+        temp = self._write_temp(path, data, mode, f".{os.path.basename(path)}.tmp")
         try:
             os.rename(temp, path)
         except BaseException:
@@ -250,12 +253,12 @@ class LocalBackend(Backend):
         fsync_dir(os.path.dirname(path))
 
     @staticmethod
-    def _write_temp(path: str, data: bytes, mode: int) -> str:
-        """A durable file beside `path` with a name no object can have (a leading dot)."""
+    def _write_temp(path: str, data: bytes, mode: int, temp_name: str) -> str:
+        """A durable file beside `path` named `temp_name`, which no object can have (it
+        starts with a dot)."""
         make_private_dirs(os.path.dirname(path))
-        temp = os.path.join(os.path.dirname(path),
-                            f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        temp = os.path.join(os.path.dirname(path), temp_name)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)

@@ -54,16 +54,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from . import codec as codecs
-from .backend import fsync_dir
+from .backend import Backend
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
 from .pack import PackWriter, list_pack_ids, pack_name, pack_sizes
-from .private import make_private_dirs, private_open, private_opener
+from .private import make_private_dirs, private_open
 
 GC_DIR = "gc"
 GC_LOCK = "lock"
-INTENT = "intent.json"
+INTENT_NAME = "gc/intent.json"  # a backend object (locally STORE/gc/intent.json)
 CRASH_ENV = "CKPTFS_GC_CRASH_AT"
 CRASH_POINTS = ("after-deletions", "after-new-packs", "after-index-switch",
                 "mid-old-pack-removal")
@@ -78,49 +78,32 @@ def crash_point(name: str) -> None:
         os._exit(CRASH_EXIT)
 
 
-def intent_path(store_path: str) -> str:
-    return os.path.join(store_path, GC_DIR, INTENT)
-
-
-def load_intent(store_path: str) -> dict | None:
+def load_intent(backend: Backend) -> dict | None:
     """The intent of an unfinished gc: {"old": [pack ids], "new": [pack ids]}, or None."""
     try:
-        with open(intent_path(store_path), "rb") as f:
-            intent = json.loads(f.read())
+        intent = json.loads(backend.get(INTENT_NAME))
     except FileNotFoundError:
         return None
     except ValueError:
-        # A torn intent cannot happen (it is renamed into place), so this is damage:
-        # refuse rather than guess which packs are which.
-        raise StoreError(f"{intent_path(store_path)} is not valid JSON: it records an "
+        # A torn intent cannot happen (it is put whole), so this is damage: refuse
+        # rather than guess which packs are which.
+        raise StoreError(f"{backend.describe(INTENT_NAME)} is not valid JSON: it records an "
                          "interrupted garbage collection; see docs/retention.md") from None
     return {"old": list(intent.get("old", [])), "new": list(intent.get("new", []))}
 
 
-def intent_pack_ids(store_path: str) -> list[int]:
-    intent = load_intent(store_path)
+def intent_pack_ids(backend: Backend) -> list[int]:
+    intent = load_intent(backend)
     return intent["old"] + intent["new"] if intent else []
 
 
-def save_intent(store_path: str, intent: dict) -> None:
-    """Write the intent durably (temporary file, fsync, rename, fsync of gc/)."""
-    path = intent_path(store_path)
-    make_private_dirs(os.path.dirname(path))
-    tmp = path + ".tmp"
-    with open(tmp, "wb", opener=private_opener) as f:
-        f.write(json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    fsync_dir(os.path.dirname(path))
+def save_intent(backend: Backend, intent: dict) -> None:
+    """Write the intent durably, replacing the last one whole."""
+    backend.put(INTENT_NAME, json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
 
 
-def remove_intent(store_path: str) -> None:
-    try:
-        os.unlink(intent_path(store_path))
-    except FileNotFoundError:
-        return
-    fsync_dir(os.path.dirname(intent_path(store_path)))
+def remove_intent(backend: Backend) -> None:
+    backend.delete(INTENT_NAME)
 
 
 @dataclass
@@ -242,7 +225,7 @@ class GcMixin:
             self.record_refusal(refused)
             raise refused
         report.deletions = plan.deletions
-        report.pending_recovery = load_intent(self.path) is not None
+        report.pending_recovery = load_intent(self.backend) is not None
         going = {version_key(d.project, d.run, d.version) for d in report.deletions}
         liveness = self._liveness(exclude=going, progress=progress)
         packs = self._plan_packs(liveness)
@@ -356,7 +339,7 @@ class GcMixin:
     # -- reclaiming -------------------------------------------------------------------------
     def _reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress):
         if plan.old:
-            save_intent(self.path, {"old": plan.old, "new": []})
+            save_intent(self.backend, {"old": plan.old, "new": []})
         moves = self._copy_live_records(liveness, plan, report, progress)
         crash_point("after-new-packs")
         keep_old = self._switch_index(liveness, moves, report)
@@ -366,7 +349,7 @@ class GcMixin:
         report.old_packs_kept = sorted(keep_old)
         report.dead_bytes_left = plan.dead_bytes_left
         self._remove_old_packs([p for p in plan.old if p not in keep_old])
-        remove_intent(self.path)
+        remove_intent(self.backend)
         self._bump_gc_generation()
 
     def _copy_live_records(self, liveness: Liveness, plan: PackPlan, report: GcReport,
@@ -397,7 +380,7 @@ class GcMixin:
         except BaseException as e:
             for w in writers:  # nothing points into them yet: they go, the old packs stay
                 w.abort()
-            remove_intent(self.path)
+            remove_intent(self.backend)
             if isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise StoreFullError("no space left on the store's disk while rewriting packs; "
                                      "nothing was reclaimed (the deletions stand): free some "
@@ -410,7 +393,7 @@ class GcMixin:
         """A new pack for copies, named in the intent before it exists."""
         pack_id = self.index.allocate_pack_id()
         intent["new"].append(pack_id)
-        save_intent(self.path, intent)
+        save_intent(self.backend, intent)
         return PackWriter(self.backend, pack_id)
 
     def _switch_index(self, liveness: Liveness, moves: list[Move], report: GcReport) -> set[int]:
@@ -486,7 +469,7 @@ class GcMixin:
     # -- an interrupted gc -------------------------------------------------------------------
     def _finish_interrupted_gc(self) -> str | None:
         """Finish what a gc that died left (its intent file); says what it did."""
-        intent = load_intent(self.path)
+        intent = load_intent(self.backend)
         if intent is None:
             return None
         with self.index.read() as txn:
@@ -498,7 +481,7 @@ class GcMixin:
                 if self.backend.delete(pack_name(pack_id)):
                     removed_new.append(pack_id)
         removed_old = self._remove_old_packs(intent["old"])
-        remove_intent(self.path)
+        remove_intent(self.backend)
         self._bump_gc_generation()
         if switched:
             return (f"finished an interrupted gc: its index switch was done; removed "
@@ -511,7 +494,7 @@ class GcMixin:
     def _unreferenced_packs(self) -> list[int]:
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
-        busy = set(intent_pack_ids(self.path))
+        busy = set(intent_pack_ids(self.backend))
         return [p for p in list_pack_ids(self.backend) if p not in referenced and p not in busy]
 
     def _ingest_in_flight(self) -> bool:

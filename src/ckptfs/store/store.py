@@ -722,7 +722,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
                 old = self.index.get_int(old_txn, b"next_pack_id", 1)
         except Exception:  # a damaged old index: the packs and the intent decide
             old = 1
-        floor = max([old] + [pack_id + 1 for pack_id in intent_pack_ids(self.path)])
+        floor = max([old] + [pack_id + 1 for pack_id in intent_pack_ids(self.backend)])
         if index.get_int(txn, b"next_pack_id", 1) < floor:
             index.put_int(txn, b"next_pack_id", floor)
 
@@ -1237,7 +1237,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
                                                  report.signatures)
         self._verify_tombstones(report)
         self._report_lost_versions(report)
-        report.gc_interrupted = load_intent(self.path) is not None
+        report.gc_interrupted = load_intent(self.backend) is not None
         if record:
             self.record_verify_findings(report, chunk_ids)
         return report
