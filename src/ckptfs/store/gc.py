@@ -188,7 +188,7 @@ class GcReport:
     old_packs_kept: list = field(default_factory=list)  # ... and the old packs that hold them
 
 
-def pack_bytes_on_disk(backend) -> int:
+def pack_bytes_on_disk(backend: Backend) -> int:
     return sum(pack_sizes(backend).values())
 
 
