@@ -1,14 +1,14 @@
 """The storage seam: where a store keeps its packs, its journal and its settings.
 
-The engine reaches those three only through a `Backend` (docs/backend.md says what an
-implementation must guarantee). A backend holds *objects*: named byte strings, written
-once and read back whole or by range, with names like `packs/000001/00000123.pack` or
-`ckptfs.toml` ("/" separates the parts of a name; no part starts with "."). Its methods
-are the ones an object store (S3) has:
+The engine reaches those (and a garbage collection's intent) only through a `Backend`
+(docs/backend.md says what an implementation must guarantee). A backend holds
+*objects*: named byte strings, written once and read back whole or by range, with
+names like `packs/000001/00000123.pack` or `ckptfs.toml` ("/" separates the parts of a
+name; no part starts with "."). Its methods are the ones an object store (S3) has:
 
     put_if_absent  create an object, refused if one of that name exists (S3's
                    conditional write, `If-None-Match: *`)
-    put            create or atomically replace an object (the store's settings)
+    put            create or atomically replace an object (the settings, a gc's intent)
     get / stat     an object's bytes (or a range of them), its size
     list, delete   the objects whose names start with a prefix; remove one
     open_writer    stream a big object (a pack) that becomes visible as a whole when it
