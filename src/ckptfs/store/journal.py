@@ -107,7 +107,9 @@ class Journal:
 
     def __init__(self, log: JournalLog):
         self.log = log
-        self.path = log.location  # for messages ("restore … from a backup")
+        # For messages ("restore … from a backup"); the mount serves the local journal
+        # file at this path as `.ckptfs/audit.jsonl` (fs/tree.py).
+        self.path = log.location
         self._last_append: str | None = None  # hash of the entry this process appended last
 
     def locked(self):
