@@ -15,8 +15,12 @@ import pytest
 from samples import make_checkpoint
 
 from ckptfs.store import Store
-from ckptfs.store.backend import (LocalBackend, ObjectExistsError, ObjectMissingError,
-                                  SeqTakenError)
+from ckptfs.store.backend import (
+    LocalBackend,
+    ObjectExistsError,
+    ObjectMissingError,
+    SeqTakenError,
+)
 from ckptfs.store.journal import Journal
 
 BACKENDS = {"local": lambda tmp_path: LocalBackend(str(tmp_path / "objects"))}
@@ -208,7 +212,7 @@ def run_with(src: str, script: str, *args: str) -> str:
     """Run `script` with ckptfs from `src` (a checkout's src/); returns its stdout."""
     env = {**os.environ, "PYTHONPATH": src}
     proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
-                          text=True)
+                          text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -243,7 +247,8 @@ def layout(store: str) -> dict:
             if rel.startswith("index" + os.sep) or os.path.isdir(full):
                 found[rel] = (mode, None)
             elif rel == os.path.join("journal", "journal.jsonl"):
-                lines = [json.loads(line) for line in open(full, "rb").read().splitlines()]
+                with open(full, "rb") as f:
+                    lines = [json.loads(line) for line in f.read().splitlines()]
                 found[rel] = (mode, [{k: v for k, v in e.items() if k not in ("time", "pid", "prev")}
                                      for e in lines])
             else:
@@ -257,7 +262,7 @@ def old_src(tmp_path_factory) -> str:
     """`src/` of the commit before the seam (skipped where the history is not at hand)."""
     dest = tmp_path_factory.mktemp("before-seam")
     archive = subprocess.run(["git", "-C", REPO, "archive", BEFORE_SEAM, "src"],
-                             capture_output=True)
+                             capture_output=True, check=False)
     if archive.returncode != 0:
         pytest.skip(f"commit {BEFORE_SEAM[:7]} is not in this checkout's history")
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
