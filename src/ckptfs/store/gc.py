@@ -412,8 +412,7 @@ class GcMixin:
                     self.index.move_record(txn, db, move.record_id, move.old, move.new)
                 freed = [loc for c, loc in dead.items() if self.index.remove_chunk(txn, c, loc)]
                 for manifest_id, loc in dead_manifests.items():
-                    if self.index.get_manifest(txn, manifest_id) == loc:
-                        txn.delete(manifest_id, db=self.index.manifests)
+                    self.index.remove_manifest(txn, manifest_id, loc)
                 return freed
             freed = self.index.commit(apply)
         report.freed_chunks = len(freed)

@@ -224,7 +224,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         new versions would be named with the wrong key. The index records the key's
         fingerprint; an index without one (older, or new) first checks a few manifests."""
         with self.index.read() as txn:
-            recorded = txn.get(KEY_CHECK, db=self.index.meta)
+            recorded = self.index.get_meta(txn, KEY_CHECK)
         mine = chunk_key_fingerprint(self._key)
         if recorded is not None and recorded.decode() != mine:
             raise ChunkKeyError(self._wrong_key_message("its fingerprint differs from the one "
@@ -234,7 +234,7 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             if verdict is False:
                 raise ChunkKeyError(self._wrong_key_message("no manifest matches its id"))
             if verdict:  # recorded only once confirmed: damage must not vouch for a key
-                self.index.commit(lambda txn: txn.put(KEY_CHECK, mine.encode(), db=self.index.meta))
+                self.index.commit(lambda txn: self.index.put_meta(txn, KEY_CHECK, mine.encode()))
 
     def _wrong_key_message(self, why: str) -> str:
         return (f"the chunk id key does not match this store ({why}): secret.chunk_id_key in "
@@ -576,8 +576,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
         """An index made by an older ckptfs lacks the catalog sub-databases: replay the
         journal into them (versions, aliases and settings are idempotent to re-apply)."""
         with self.index.read() as txn:
-            stored = txn.get(b"format", db=self.index.meta)
-            empty = txn.stat(self.index.versions)["entries"] == 0
+            stored = self.index.get_meta(txn, b"format")
+            empty = self.index.version_count(txn) == 0
         if stored is not None and int(stored) >= INDEX_FORMAT:
             return
         if stored is None and not empty:  # format 1 did not record its number
@@ -775,8 +775,8 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             index.commit(lambda txn: self._rebuilt_pack_counter(index, txn))
             summary["versions"] = self._replay(index, self.journal.entries())
             index.commit(lambda txn: self.record_missing_chunks(index, txn))
-            index.commit(lambda txn: txn.put(KEY_CHECK, chunk_key_fingerprint(self._key).encode(),
-                                             db=index.meta))
+            index.commit(lambda txn: index.put_meta(txn, KEY_CHECK,
+                                                    chunk_key_fingerprint(self._key).encode()))
             with index.read() as txn:
                 summary["damaged"] = list(index.iter_version_damage(txn))
         finally:
@@ -1206,9 +1206,9 @@ class Store(CatalogMixin, AccessMixin, RetentionMixin, GcMixin, SigningMixin, Re
             report.signatures = SignatureReport()
             known_keys = self.signing_state()["keys"]
         with self.index.read() as txn:
-            located = {bytes(k): Location.decode(v) for db in (self.index.chunks, self.index.manifests)
-                       for k, v in txn.cursor(db=db)}
-            chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
+            located = {record_id: loc for db in (self.index.chunks, self.index.manifests)
+                       for record_id, loc in self.index.iter_locations(txn, db)}
+            chunk_ids = [chunk_id for chunk_id, _loc in self.index.iter_locations(txn, self.index.chunks)]
         referenced = {loc.pack_id for loc in located.values()}
         in_use: dict[int, list[Location]] = {}
         for loc in located.values():
