@@ -17,7 +17,8 @@ import textwrap
 import pytest
 
 from ckptfs.store import Store, codec
-from ckptfs.store.pack import RECORD_HEADER, pack_path, scan_pack
+from ckptfs.store.backend import LocalBackend
+from ckptfs.store.pack import RECORD_HEADER, pack_name, scan_pack
 from tests.helpers import faults as helpers
 from tests.helpers.cli import run_cli_many
 from tests.helpers.faults import (
@@ -53,7 +54,7 @@ def journal_entries(store) -> list[dict]:
 
 def journaled_packs(store) -> set[str]:
     """Paths of every pack some sealed version refers to."""
-    return {pack_path(os.path.join(store, "packs"), pid)
+    return {LocalBackend(store).path_of(pack_name(pid))
             for e in journal_entries(store) if e["type"] == "version.sealed"
             for pid in e["packs"]}
 
@@ -215,7 +216,7 @@ def flip_byte_of_chunk(store, chunk_hex) -> tuple[int, str]:
     """Flip one byte in the middle of the chunk's payload; return (pack id, pack file)."""
     with Store.open(store) as s:
         loc = s.index_location(bytes.fromhex(chunk_hex))
-        path = pack_path(s.packs_dir, loc.pack_id)
+        path = s.backend.path_of(pack_name(loc.pack_id))
     at = loc.offset + RECORD_HEADER.size + (loc.length - RECORD_HEADER.size) // 2
     with open(path, "r+b") as f:
         f.seek(at)
@@ -296,7 +297,7 @@ def test_damaged_delta_base_is_blamed_on_its_own_pack_only(store, tmp_path):
     base_pack, _ = flip_byte_of_chunk(store, base)
     assert base_pack != delta_pack
     # the delta's own pack is intact, record for record
-    assert scan_pack(pack_path(os.path.join(store, "packs"), delta_pack), delta_pack).damage == []
+    assert scan_pack(LocalBackend(store), delta_pack).damage == []
     proc = ck("verify", store, rc=EXIT_DAMAGE)
     named = set(re.findall(r"^damaged pack ([0-9a-f]{8}):", out(proc), re.M))
     assert named == {f"{base_pack:08x}"}, out(proc)

@@ -14,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from ckptfs.store import Store
-from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, intent_path, load_intent
-from ckptfs.store.pack import list_pack_ids, pack_path, scan_pack
+from ckptfs.store.backend import LocalBackend
+from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, load_intent
+from ckptfs.store.pack import list_pack_ids, pack_name, scan_pack
 from tests.helpers import gc as helpers
 from tests.helpers.cli import run_cli_checked, run_cli_many
 from tests.helpers.gc import KEPT, assert_restores, build_store
@@ -30,14 +31,13 @@ DELETED = ["p/r/v0", "p/r/v3"]
 
 
 def pack_bytes(store: str) -> int:
-    return sum(os.path.getsize(pack_path(os.path.join(store, "packs"), p))
-               for p in list_pack_ids(os.path.join(store, "packs")))
+    backend = LocalBackend(store)
+    return sum(os.path.getsize(backend.path_of(pack_name(p))) for p in list_pack_ids(backend))
 
 
 def pack_record_ids(store: str) -> list[bytes]:
-    packs = os.path.join(store, "packs")
-    return [r.record_id for p in list_pack_ids(packs)
-            for r in scan_pack(pack_path(packs, p), p).records]
+    backend = LocalBackend(store)
+    return [r.record_id for p in list_pack_ids(backend) for r in scan_pack(backend, p).records]
 
 
 def referenced_packs(store: str) -> set[int]:
@@ -135,13 +135,13 @@ def assert_finished_like_the_reference(path: str, reference, pristine, tmp_path)
     verified = run_cli_checked("verify", path).stdout.decode()
     assert verified.splitlines()[-1].startswith("ok: "), verified
     assert ("note: a garbage collection was interrupted" in verified) == \
-        (load_intent(path) is not None)
+        (load_intent(LocalBackend(path)) is not None)
     assert_restores(path, KEPT, pristine.sources, tmp_path / "before")
     with Store.open(path) as s:
         s.collect_garbage()
         assert s.verify().ok
         assert [d["version"] for d in s.catalog_documents("p", "r")] == ["v1", "v2", "v4"]
-    assert load_intent(path) is None
+    assert load_intent(LocalBackend(path)) is None
     assert sorted(pack_record_ids(path)) == reference.records   # no old/new duplicates
     assert pack_bytes(path) == reference.pack_bytes
     assert_restores(path, KEPT, pristine.sources, tmp_path / "after")
@@ -151,13 +151,13 @@ def assert_finished_like_the_reference(path: str, reference, pristine, tmp_path)
                                    "mid-old-pack-removal"])
 def test_gc_killed_at_each_step_is_finished_by_the_next(point, reference, pristine, tmp_path):
     path = copy_store(pristine.path, tmp_path / "store")
-    packs_before = set(list_pack_ids(os.path.join(path, "packs")))
+    packs_before = set(list_pack_ids(LocalBackend(path)))
     old = set(reference.dry["packs_rewritten"] + reference.dry["packs_dropped"])
     proc = gc_process(path, point)
     _out, err = proc.communicate(timeout=120)
     assert proc.returncode == CRASH_EXIT, err.decode()
-    packs_now = set(list_pack_ids(os.path.join(path, "packs")))
-    intent = load_intent(path)
+    packs_now = set(list_pack_ids(LocalBackend(path)))
+    intent = load_intent(LocalBackend(path))
     if point == "after-deletions":
         assert intent is None and packs_now == packs_before
         with Store.open(path) as s:
@@ -213,10 +213,10 @@ def test_gc_sigkilled_at_a_random_moment_of_a_bigger_rewrite(tmp_path_factory, t
     deadline = time.monotonic() + 120
     while proc.poll() is None:
         assert time.monotonic() < deadline
-        intent = load_intent(path) if os.path.exists(intent_path(path)) else None
-        sizes = [os.path.getsize(pack_path(os.path.join(path, "packs"), p))
+        intent = load_intent(LocalBackend(path))
+        sizes = [os.path.getsize(LocalBackend(path).path_of(pack_name(p)))
                  for p in (intent or {}).get("new", [])
-                 if os.path.exists(pack_path(os.path.join(path, "packs"), p))]
+                 if os.path.exists(LocalBackend(path).path_of(pack_name(p)))]
         if sum(sizes) >= kill_at:
             proc.send_signal(signal.SIGKILL)
             break

@@ -14,6 +14,7 @@ from tests.helpers.stores import new_store
 from tests.helpers.waiting import wait_for
 
 from ckptfs.store import Store
+from ckptfs.store.backend import LocalBackend
 from ckptfs.store.pack import list_pack_ids
 
 FILES_IN_SOURCE = 6  # regular files of samples.make_checkpoint (the symlink is not one)
@@ -24,7 +25,7 @@ def prepared(mnt: str) -> int:
 
 
 def pack_count(store: str) -> int:
-    return len(list_pack_ids(os.path.join(store, "packs")))
+    return len(list_pack_ids(LocalBackend(store)))
 
 
 def copied_and_prepared(tmp_path, mount, copy: str) -> tuple[str, str]:

@@ -11,7 +11,8 @@ import pytest
 from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 from ckptfs.store import Store
-from ckptfs.store.pack import pack_path
+from ckptfs.store.backend import LocalBackend
+from ckptfs.store.pack import pack_name
 
 WRITE_BITS = 0o222
 
@@ -193,7 +194,7 @@ def test_a_damaged_chunk_gives_eio_and_a_log_line_never_wrong_bytes(archive, mou
     with Store.open(store) as s:
         entry = s.entry("bert", "run-1", "step-200", "optimizer.pt")
         loc = s.index_location(bytes.fromhex(entry["chunks"][0][0]))
-    with open(pack_path(os.path.join(store, "packs"), loc.pack_id), "r+b") as f:
+    with open(LocalBackend(store).path_of(pack_name(loc.pack_id)), "r+b") as f:
         f.seek(loc.offset + loc.length - 10)
         byte = f.read(1)
         f.seek(loc.offset + loc.length - 10)

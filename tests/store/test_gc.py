@@ -5,7 +5,7 @@ import os
 
 from ckptfs.store import Store
 from ckptfs.store.gc import GcReport
-from ckptfs.store.pack import pack_path
+from ckptfs.store.pack import pack_name
 from tests.helpers import gc as helpers
 from tests.helpers.gc import KEPT, assert_restores
 from tests.helpers.samples import make_checkpoint
@@ -99,7 +99,7 @@ def test_leftover_packs_go_only_when_no_ingest_is_under_way(small):
         alive.abort()
         removed = s.collect_garbage()
         assert set(removed.leftovers_removed) == leftovers
-        assert not any(os.path.exists(pack_path(s.packs_dir, p)) for p in leftovers)
+        assert not any(os.path.exists(s.backend.path_of(pack_name(p))) for p in leftovers)
         assert s.verify().ok and not s.verify().leftover_packs
 
 

@@ -9,9 +9,10 @@ from pyfastcdc import FastCDC
 
 from ckptfs.store import IntegrityError
 from ckptfs.store import codec as codecs
+from ckptfs.store.backend import LocalBackend
 from ckptfs.store.chunking import Chunker, Segment, parse_safetensors_header, plan_segments
 from ckptfs.store.journal import GENESIS, Journal
-from ckptfs.store.pack import KIND_CHUNK, PackWriter, parse_record, scan_pack
+from ckptfs.store.pack import KIND_CHUNK, PackWriter, pack_name, parse_record, scan_pack
 
 
 @pytest.mark.parametrize("data, width, expect", [
@@ -105,10 +106,11 @@ def test_malformed_safetensors_is_an_ordinary_file(mangle):
 
 
 def test_pack_record_checksum_catches_a_flipped_bit(tmp_path):
-    w = PackWriter(str(tmp_path), 7)
+    backend = LocalBackend(str(tmp_path))
+    w = PackWriter(backend, 7)
     off, length = w.append(KIND_CHUNK, codecs.RAW, b"i" * 32, 5, b"hello")
     w.close()
-    raw = bytearray(open(w.path, "rb").read())
+    raw = bytearray(backend.get(pack_name(7)))
     assert parse_record(bytes(raw[off:off + length]), 7, off).payload == b"hello"
     raw[off + length - 2] ^= 0x01
     with pytest.raises(IntegrityError, match="pack 00000007: checksum mismatch"):
@@ -116,33 +118,35 @@ def test_pack_record_checksum_catches_a_flipped_bit(tmp_path):
 
 
 def test_scan_skips_a_damaged_record_and_keeps_the_rest(tmp_path):
-    w = PackWriter(str(tmp_path), 1)
+    backend = LocalBackend(str(tmp_path))
+    w = PackWriter(backend, 1)
     offsets = [w.append(KIND_CHUNK, 0, bytes([i]) * 32, 100, os.urandom(100))[0] for i in range(3)]
     w.close()
-    with open(w.path, "r+b") as f:
+    with open(backend.path_of(pack_name(1)), "r+b") as f:
         f.seek(offsets[1] + 60)
         byte = f.read(1)
         f.seek(offsets[1] + 60)
         f.write(bytes([byte[0] ^ 0xFF]))
-    scan = scan_pack(w.path, 1)
+    scan = scan_pack(backend, 1)
     assert [r.record_id[0] for r in scan.records] == [0, 2]
     assert scan.complete and len(scan.damage) == 1
 
 
 def test_unfinished_pack_scans_up_to_its_last_whole_record(tmp_path):
-    w = PackWriter(str(tmp_path), 2)
+    backend = LocalBackend(str(tmp_path))
+    w = PackWriter(backend, 2)
     w.append(KIND_CHUNK, 0, b"a" * 32, 10, b"x" * 10)
     w.append(KIND_CHUNK, 0, b"b" * 32, 10, b"y" * 10)
-    w._file.flush()
-    size = os.path.getsize(w.path)
-    os.truncate(w.path, size - 3)
-    scan = scan_pack(w.path, 2)
+    w._out._file.flush()  # the unfinished pack as a crash would leave it
+    path = backend.path_of(pack_name(2))
+    os.truncate(path, os.path.getsize(path) - 3)
+    scan = scan_pack(backend, 2)
     assert [r.record_id for r in scan.records] == [b"a" * 32] and not scan.complete
     assert scan.damage == [] and "truncated record" in scan.tail
 
 
 def test_journal_chain_and_torn_tail(tmp_path):
-    j = Journal(str(tmp_path))
+    j = Journal(LocalBackend(str(tmp_path)).journal())
     with j.locked():
         first = j.append({"type": "x", "n": 1})
         second = j.append({"type": "x", "n": 2})
@@ -158,7 +162,7 @@ def test_journal_chain_and_torn_tail(tmp_path):
 
 
 def test_journal_detects_an_altered_entry(tmp_path):
-    j = Journal(str(tmp_path))
+    j = Journal(LocalBackend(str(tmp_path)).journal())
     with j.locked():
         for n in range(3):
             j.append({"type": "x", "n": n})
@@ -172,7 +176,7 @@ def test_journal_detects_an_altered_entry(tmp_path):
 
 
 def test_journal_rollback_removes_only_the_last_entry(tmp_path):
-    j = Journal(str(tmp_path))
+    j = Journal(LocalBackend(str(tmp_path)).journal())
     with j.locked():
         j.append({"type": "x", "n": 1})
         second = j.append({"type": "x", "n": 2})

@@ -200,7 +200,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if inbox:
             inbox.sealer.on_sealed = self.forget_sealed
         self.inodes = InodeTable()
-        self.journal_view = JournalView(store.journal.path)
+        self.journal_view = JournalView(store.journal.raw)
         self._handles: dict[int, object] = {}
         self._open_inbox: dict[int, set[int]] = {}  # inode -> handles of inbox files open
         self._next_fh = 1

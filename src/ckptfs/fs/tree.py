@@ -355,18 +355,14 @@ class JournalView:
     as in the journal. The journal only grows: its lines are indexed once, as it grows,
     by (start, end, project)."""
 
-    def __init__(self, path: str):
-        self.path = path
+    def __init__(self, read_journal):
+        self.read_journal = read_journal  # () -> the journal's bytes (Journal.raw)
         self._lines: list[tuple[int, int, str]] = []
         self._indexed = 0   # bytes of the journal indexed so far (whole lines only)
 
     def content(self, visible) -> bytes:
         """The lines whose project `visible(project)` accepts ("*" for store-wide ones)."""
-        try:
-            with open(self.path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return b""
+        data = self.read_journal()
         if len(data) < self._indexed:  # replaced (a restored backup): index it again
             self._lines, self._indexed = [], 0
         self._index(data)

@@ -16,7 +16,7 @@ from .damage import record_missing_chunks
 from .errors import IntegrityError, JournalDamagedError
 from .events import apply
 from .index import Index
-from .journal import Journal, check_chain
+from .journal import Journal
 
 
 class Committer:
@@ -116,7 +116,7 @@ class Committer:
         altered, removed or reordered, against the chain and the index's last entry."""
         with self.index.read() as txn:
             committed = self.index.applied(txn)
-        return check_chain(self.journal.path, committed)
+        return self.journal.check_chain(committed)
 
     def journal_entries(self):
         """Every journal entry, oldest first, without stopping at a broken chain

@@ -1,4 +1,4 @@
-"""The store's settings file, `STORE/ckptfs.toml`."""
+"""The store's settings file, `STORE/ckptfs.toml` (the backend's object `ckptfs.toml`)."""
 import os
 import re
 import secrets
@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import tomli_w
 
+from .backend import Backend, ObjectMissingError
 from .errors import NotAStoreError, StoreFormatError
 
 # Store formats: 1, the first; 2, pack records may be encrypted (docs/format.md). A store
@@ -108,17 +109,16 @@ class StoreConfig:
         return header + tomli_w.dumps(doc)
 
     @classmethod
-    def load(cls, store_path: str) -> "StoreConfig":
-        path = os.path.join(store_path, CONFIG_NAME)
-        if not os.path.isdir(store_path):
-            what = " is not a directory" if os.path.exists(store_path) else ": no such store"
-            raise NotAStoreError(f"{store_path}{what} (create a store with `ckptfs init`)")
+    def load(cls, backend: Backend) -> "StoreConfig":
+        path = backend.describe(CONFIG_NAME)
+        problem = backend.root_problem()
+        if problem:
+            raise NotAStoreError(f"{backend.location}{problem} (create a store with `ckptfs init`)")
         try:
-            with open(path, "rb") as f:
-                doc = tomllib.load(f)
-        except FileNotFoundError:
+            doc = tomllib.loads(backend.get(CONFIG_NAME).decode())
+        except ObjectMissingError:
             raise NotAStoreError(
-                f"{store_path} is not a ckptfs store: it has no {CONFIG_NAME} "
+                f"{backend.location} is not a ckptfs store: it has no {CONFIG_NAME} "
                 "(create one with `ckptfs init`)") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise StoreFormatError(f"{path} is not valid TOML: {e}") from None
@@ -127,7 +127,7 @@ class StoreConfig:
             raise StoreFormatError(f"{path} has no valid 'format' number")
         if fmt > FORMAT_VERSION:
             raise StoreFormatError(
-                f"{store_path} has store format {fmt}, newer than this ckptfs supports "
+                f"{backend.location} has store format {fmt}, newer than this ckptfs supports "
                 f"({FORMAT_VERSION}): upgrade ckptfs to use it")
         return cls._from_document(doc, fmt, path)
 
@@ -161,16 +161,10 @@ class StoreConfig:
             signing=None if signing is None else SigningSettings(**signing),
         )
 
-    def save(self, store_path: str) -> None:
-        """Write ckptfs.toml atomically (a new file renamed over the old), mode 0600: it
-        holds the chunk-id secret."""
-        tmp = os.path.join(store_path, CONFIG_NAME + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.to_toml())
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, os.path.join(store_path, CONFIG_NAME))
+    def save(self, backend: Backend) -> None:
+        """Write ckptfs.toml atomically (locally a new file renamed over the old), private
+        to the store's owner (mode 0600): it holds the chunk-id secret."""
+        backend.put(CONFIG_NAME, self.to_toml().encode(), secret=True)
 
 
 # -- checking settings ---------------------------------------------------------------------

@@ -9,7 +9,6 @@ reader (a read that fails), the journal replay (a lost manifest), verify and rep
 """
 import logging
 
-import orjson
 
 from .index import Index, version_key
 
@@ -52,15 +51,9 @@ def record_missing_chunks(index: Index, txn) -> None:
     """Every file with a chunk the index lacks (or knows damaged) is recorded damaged
     (after a replay that had to skip damaged records)."""
     found: dict[bytes, dict] = {}
-    for key, value in txn.cursor(db=index.entries):
-        if b'"chunks"' not in value:
-            continue
-        entry = orjson.loads(value)
-        if entry.get("chunks") is None:
-            continue  # a dir or symlink whose name holds the word
+    for vkey, entry in index.iter_file_entries(txn):
         problem = file_problem(index, txn, entry)
         if problem is not None:
-            vkey = bytes(key).split(b"\0", 1)[0]
             found.setdefault(vkey, {})[entry["path"]] = problem
     for vkey, files in found.items():
         record = index.get_version(txn, *vkey.decode("utf-8", "surrogateescape").split("/"))

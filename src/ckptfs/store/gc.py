@@ -55,15 +55,16 @@ from datetime import datetime, timezone
 
 from .codec import delta_base_id
 from .damage import note_damaged_chunk
+from .backend import Backend
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
-from .pack import PackWriter, list_pack_ids, pack_path
-from .private import make_private_dirs, private_open, private_opener
+from .pack import PackWriter, list_pack_ids, pack_name, pack_sizes
+from .private import make_private_dirs, private_open
 
 GC_DIR = "gc"
 GC_LOCK = "lock"
-INTENT = "intent.json"
+INTENT_NAME = "gc/intent.json"  # a backend object (locally STORE/gc/intent.json)
 CRASH_ENV = "CKPTFS_GC_CRASH_AT"
 CRASH_POINTS = ("after-deletions", "after-new-packs", "after-index-switch",
                 "mid-old-pack-removal")
@@ -78,57 +79,32 @@ def crash_point(name: str) -> None:
         os._exit(CRASH_EXIT)
 
 
-def intent_path(store_path: str) -> str:
-    return os.path.join(store_path, GC_DIR, INTENT)
-
-
-def load_intent(store_path: str) -> dict | None:
+def load_intent(backend: Backend) -> dict | None:
     """The intent of an unfinished gc: {"old": [pack ids], "new": [pack ids]}, or None."""
     try:
-        with open(intent_path(store_path), "rb") as f:
-            intent = json.loads(f.read())
+        intent = json.loads(backend.get(INTENT_NAME))
     except FileNotFoundError:
         return None
     except ValueError:
-        # A torn intent cannot happen (it is renamed into place), so this is damage:
-        # refuse rather than guess which packs are which.
-        raise StoreError(f"{intent_path(store_path)} is not valid JSON: it records an "
+        # A torn intent cannot happen (it is put whole), so this is damage: refuse
+        # rather than guess which packs are which.
+        raise StoreError(f"{backend.describe(INTENT_NAME)} is not valid JSON: it records an "
                          "interrupted garbage collection; see docs/retention.md") from None
     return {"old": list(intent.get("old", [])), "new": list(intent.get("new", []))}
 
 
-def intent_pack_ids(store_path: str) -> list[int]:
-    intent = load_intent(store_path)
+def intent_pack_ids(backend: Backend) -> list[int]:
+    intent = load_intent(backend)
     return intent["old"] + intent["new"] if intent else []
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def save_intent(backend: Backend, intent: dict) -> None:
+    """Write the intent durably, replacing the last one whole."""
+    backend.put(INTENT_NAME, json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
 
 
-def save_intent(store_path: str, intent: dict) -> None:
-    """Write the intent durably (temporary file, fsync, rename, fsync of gc/)."""
-    path = intent_path(store_path)
-    make_private_dirs(os.path.dirname(path))
-    tmp = path + ".tmp"
-    with open(tmp, "wb", opener=private_opener) as f:
-        f.write(json.dumps({"format": 1, **intent}, sort_keys=True).encode() + b"\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path)
-    _fsync_dir(os.path.dirname(path))
-
-
-def remove_intent(store_path: str) -> None:
-    try:
-        os.unlink(intent_path(store_path))
-    except FileNotFoundError:
-        return
-    _fsync_dir(os.path.dirname(intent_path(store_path)))
+def remove_intent(backend: Backend) -> None:
+    backend.delete(INTENT_NAME)
 
 
 @dataclass
@@ -213,29 +189,23 @@ class GcReport:
     old_packs_kept: list = field(default_factory=list)  # ... and the old packs that hold them
 
 
-def pack_bytes_on_disk(packs_dir: str) -> int:
-    total = 0
-    for pack_id in list_pack_ids(packs_dir):
-        try:
-            total += os.path.getsize(pack_path(packs_dir, pack_id))
-        except FileNotFoundError:
-            pass
-    return total
+def pack_bytes_on_disk(backend: Backend) -> int:
+    return sum(pack_sizes(backend).values())
 
 
 class GarbageCollector:
     """Garbage collection of the store at `store_path` (module docstring). Given the
-    index, the committer (its lock orders the index switch with every commit), the pack
-    files (`packs_dir`, read through `packs`), the reader (delta bases of live chunks),
-    the catalog (tombstones) and retention (what the policies delete)."""
+    index, the committer (its lock orders the index switch with every commit), the
+    backend (the pack objects, read through `packs`), the reader (delta bases of live
+    chunks), the catalog (tombstones) and retention (what the policies delete)."""
 
-    def __init__(self, store_path: str, config, index, committer, packs_dir: str, packs,
+    def __init__(self, store_path: str, config, index, committer, backend: Backend, packs,
                  reader, catalog, retention):
         self.path = store_path
         self.config = config
         self.index = index
         self.committer = committer
-        self.packs_dir = packs_dir
+        self.backend = backend
         self.packs = packs
         self.reader = reader
         self.catalog = catalog
@@ -253,21 +223,21 @@ class GarbageCollector:
             return self._dry_run(report, now, actor, progress)
         with self._gc_locked():
             report.recovered = self._finish_interrupted_gc()
-            report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
+            report.pack_bytes_before = pack_bytes_on_disk(self.backend)
             report.deletions = self.retention.apply_retention(now, actor)
             crash_point("after-deletions")
             self._remove_leftover_packs(report)
             liveness = self.liveness(progress=progress)
             plan = self.plan_packs(liveness)
             self.reclaim(liveness, plan, report, progress)
-            report.pack_bytes_after = pack_bytes_on_disk(self.packs_dir)
+            report.pack_bytes_after = pack_bytes_on_disk(self.backend)
         return report
 
     def _dry_run(self, report: GcReport, now: datetime, actor, progress) -> GcReport:
         plan = self.retention.plan_retention(now)
         self.retention.refuse_unless_allowed(plan.deletions, actor)  # a plan is for maintainers
         report.deletions = plan.deletions
-        report.pending_recovery = load_intent(self.path) is not None
+        report.pending_recovery = load_intent(self.backend) is not None
         going = {version_key(d.project, d.run, d.version) for d in report.deletions}
         liveness = self.liveness(exclude=going, progress=progress)
         packs = self.plan_packs(liveness)
@@ -279,13 +249,13 @@ class GarbageCollector:
         report.packs_rewritten, report.packs_dropped = packs.rewrite, packs.drop
         report.bytes_copied = packs.copy_bytes
         report.dead_bytes_left = packs.dead_bytes_left
-        report.pack_bytes_before = pack_bytes_on_disk(self.packs_dir)
+        report.pack_bytes_before = pack_bytes_on_disk(self.backend)
         leftovers = self._unreferenced_packs()
         report.leftovers_kept = leftovers
         if leftovers and self._ingest_in_flight():
             report.leftovers_reason = "an import or a mount is ingesting now"
-        leftover_bytes = sum(os.path.getsize(pack_path(self.packs_dir, p)) for p in leftovers
-                             if os.path.exists(pack_path(self.packs_dir, p)))
+        sizes = pack_sizes(self.backend)
+        leftover_bytes = sum(sizes.get(p, 0) for p in leftovers)
         new_pack_count = -(-packs.copy_bytes // self.config.packs.target_size)
         report.pack_bytes_after = (report.pack_bytes_before
                                    - sum(packs.sizes[p] for p in packs.old) + packs.copy_bytes
@@ -364,7 +334,7 @@ class GarbageCollector:
         sizes = {}
         for pack_id in referenced:
             try:
-                sizes[pack_id] = os.path.getsize(pack_path(self.packs_dir, pack_id))
+                sizes[pack_id] = self.backend.stat(pack_name(pack_id))
             except FileNotFoundError:
                 pass  # damage `verify` reports: gc leaves it alone
         threshold = self.config.gc.rewrite_below
@@ -381,7 +351,7 @@ class GarbageCollector:
     # -- reclaiming -------------------------------------------------------------------------
     def reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress):
         if plan.old:
-            save_intent(self.path, {"old": plan.old, "new": []})
+            save_intent(self.backend, {"old": plan.old, "new": []})
         moves = self._copy_live_records(liveness, plan, report, progress)
         crash_point("after-new-packs")
         keep_old = self._switch_index(liveness, moves, report)
@@ -391,7 +361,7 @@ class GarbageCollector:
         report.old_packs_kept = sorted(keep_old)
         report.dead_bytes_left = plan.dead_bytes_left
         self._remove_old_packs([p for p in plan.old if p not in keep_old])
-        remove_intent(self.path)
+        remove_intent(self.backend)
         self._bump_gc_generation()
 
     def _copy_live_records(self, liveness: Liveness, plan: PackPlan, report: GcReport,
@@ -422,7 +392,7 @@ class GarbageCollector:
         except BaseException as e:
             for w in writers:  # nothing points into them yet: they go, the old packs stay
                 w.abort()
-            remove_intent(self.path)
+            remove_intent(self.backend)
             if isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise StoreFullError("no space left on the store's disk while rewriting packs; "
                                      "nothing was reclaimed (the deletions stand): free some "
@@ -435,8 +405,8 @@ class GarbageCollector:
         """A new pack for copies, named in the intent before it exists."""
         pack_id = self.index.allocate_pack_id()
         intent["new"].append(pack_id)
-        save_intent(self.path, intent)
-        return PackWriter(self.packs_dir, pack_id)
+        save_intent(self.backend, intent)
+        return PackWriter(self.backend, pack_id)
 
     def _switch_index(self, liveness: Liveness, moves: list[Move], report: GcReport) -> set[int]:
         """Re-point the copied records and forget the dead chunks, in one transaction
@@ -454,8 +424,7 @@ class GarbageCollector:
                     self.index.move_record(txn, db, move.record_id, move.old, move.new)
                 freed = [loc for c, loc in dead.items() if self.index.remove_chunk(txn, c, loc)]
                 for manifest_id, loc in dead_manifests.items():
-                    if self.index.get_manifest(txn, manifest_id) == loc:
-                        txn.delete(manifest_id, db=self.index.manifests)
+                    self.index.remove_manifest(txn, manifest_id, loc)
                 return freed
             freed = self.index.commit(apply)
         report.freed_chunks = len(freed)
@@ -494,21 +463,13 @@ class GarbageCollector:
         """Delete the old packs no index entry points into any more."""
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
-        removed, dirs = [], set()
-        for pack_id in old:
-            if pack_id in referenced:
-                continue
-            path = pack_path(self.packs_dir, pack_id)
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
+        removed = []
+        for pack_id in old:  # each deletion is durable before the intent goes
+            if pack_id in referenced or not self.backend.delete(pack_name(pack_id)):
                 continue
             removed.append(pack_id)
-            dirs.add(os.path.dirname(path))
             if len(removed) == 1:
                 crash_point("mid-old-pack-removal")
-        for d in dirs:  # the deletions are durable before the intent goes
-            _fsync_dir(d)
         return removed
 
     def _bump_gc_generation(self):
@@ -519,7 +480,7 @@ class GarbageCollector:
     # -- an interrupted gc -------------------------------------------------------------------
     def _finish_interrupted_gc(self) -> str | None:
         """Finish what a gc that died left (its intent file); says what it did."""
-        intent = load_intent(self.path)
+        intent = load_intent(self.backend)
         if intent is None:
             return None
         with self.index.read() as txn:
@@ -528,13 +489,10 @@ class GarbageCollector:
         removed_new = []
         if not switched:
             for pack_id in intent["new"]:  # unreferenced copies
-                try:
-                    os.unlink(pack_path(self.packs_dir, pack_id))
+                if self.backend.delete(pack_name(pack_id)):
                     removed_new.append(pack_id)
-                except FileNotFoundError:
-                    pass
         removed_old = self._remove_old_packs(intent["old"])
-        remove_intent(self.path)
+        remove_intent(self.backend)
         self._bump_gc_generation()
         if switched:
             return (f"finished an interrupted gc: its index switch was done; removed "
@@ -547,8 +505,8 @@ class GarbageCollector:
     def _unreferenced_packs(self) -> list[int]:
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
-        busy = set(intent_pack_ids(self.path))
-        return [p for p in list_pack_ids(self.packs_dir) if p not in referenced and p not in busy]
+        busy = set(intent_pack_ids(self.backend))
+        return [p for p in list_pack_ids(self.backend) if p not in referenced and p not in busy]
 
     def _ingest_in_flight(self) -> bool:
         fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
@@ -577,10 +535,7 @@ class GarbageCollector:
                 self.committer.catch_up()  # a version journaled but not indexed names its packs
             leftovers = self._unreferenced_packs()
             for pack_id in leftovers:
-                try:
-                    os.unlink(pack_path(self.packs_dir, pack_id))
-                except FileNotFoundError:
-                    continue
-                report.leftovers_removed.append(pack_id)
+                if self.backend.delete(pack_name(pack_id)):
+                    report.leftovers_removed.append(pack_id)
         finally:
             os.close(fd)

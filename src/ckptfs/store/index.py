@@ -159,6 +159,13 @@ class Index:
     def add_int(self, txn, key: bytes, delta: int) -> None:
         self.put_int(txn, key, self.get_int(txn, key) + delta)
 
+    def get_meta(self, txn, key: bytes) -> bytes | None:
+        value = txn.get(key, db=self.meta)
+        return None if value is None else bytes(value)
+
+    def put_meta(self, txn, key: bytes, value: bytes) -> None:
+        txn.put(key, value, db=self.meta)
+
     def set_applied(self, txn, seq: int, entry_hash: str) -> None:
         """The index reflects the journal up to entry `seq`, whose line hashes to
         `entry_hash` (kept so `audit verify` can tell an altered last entry)."""
@@ -238,6 +245,11 @@ class Index:
 
     def add_manifest(self, txn, manifest_id: bytes, loc: Location) -> None:
         txn.put(manifest_id, loc.encode(), db=self.manifests, overwrite=False)
+
+    def remove_manifest(self, txn, manifest_id: bytes, loc: Location) -> None:
+        """Forget a manifest if the index still has it at `loc`."""
+        if self.get_manifest(txn, manifest_id) == loc:
+            txn.delete(manifest_id, db=self.manifests)
 
     def remove_chunk(self, txn, chunk_id: bytes, loc: Location) -> bool:
         """Forget a chunk if the index still has it at `loc` (counters updated)."""
@@ -351,16 +363,24 @@ class Index:
     def deleted_count(self, txn) -> int:
         return txn.stat(self.deleted)["entries"]
 
-    def iter_chunk_lists(self, txn, vkey: bytes | None = None):
-        """(version key, [[chunk id hex, length], …]) of every file entry, of one version
-        (`vkey`) or of all: what garbage collection counts as referenced."""
+    def version_count(self, txn) -> int:
+        return txn.stat(self.versions)["entries"]
+
+    def iter_file_entries(self, txn, vkey: bytes | None = None):
+        """(version key, entry) of every file entry, of one version (`vkey`) or of all."""
         rows = self._prefix_scan(txn, self.entries, vkey + b"\0") if vkey is not None \
             else txn.cursor(db=self.entries)
         for key, value in rows:
             if b'"chunks"' in value:   # cheap test first: dirs and symlinks have none
-                chunks = orjson.loads(value).get("chunks")
-                if chunks is not None:
-                    yield bytes(key).split(b"\0", 1)[0], chunks
+                entry = orjson.loads(value)
+                if entry.get("chunks") is not None:  # a dir or symlink whose name has the word
+                    yield bytes(key).split(b"\0", 1)[0], entry
+
+    def iter_chunk_lists(self, txn, vkey: bytes | None = None):
+        """(version key, [[chunk id hex, length], …]) of every file entry, of one version
+        (`vkey`) or of all: what garbage collection counts as referenced."""
+        for key, entry in self.iter_file_entries(txn, vkey):
+            yield key, entry["chunks"]
 
     def get_entry(self, txn, vkey: bytes, path: str) -> dict | None:
         value = txn.get(entry_key(vkey, path), db=self.entries)

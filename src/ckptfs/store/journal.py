@@ -5,19 +5,18 @@ One JSON object per line. Each entry carries `seq` (1, 2, …), `time` (UTC), `t
 bytes (64 zeros for the first). Together with the packs it is the store's truth: the
 LMDB index is rebuilt from the two.
 
-Writers take an exclusive flock on `journal/lock` for the whole commit (check, append,
-index update), which serialises commits between threads and processes.
+Writers hold the log's lock for the whole commit (check, append, index update), which
+serialises commits between threads and processes (locally an exclusive flock on
+`journal/lock`). Where the lines are kept is the backend's business (backend.py,
+`JournalLog`): this module builds entries and checks their chain.
 """
-import fcntl
 import hashlib
 import json
 import os
-import threading
-from contextlib import contextmanager
 from datetime import datetime, timezone
 
+from .backend import JournalLog, last_entry_seq
 from .errors import IntegrityError, StoreError
-from .private import private_open
 from .users import user_name
 
 GENESIS = "0" * 64
@@ -47,17 +46,14 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def check_chain(path: str, committed: tuple[int, str | None] | None = None) -> dict:
-    """Walk the journal and report the first entry that breaks the hash chain.
+def check_chain(journal: bytes, committed: tuple[int, str | None] | None = None) -> dict:
+    """Walk the journal (its JSON lines) and report the first entry that breaks the hash
+    chain.
 
     Returns {"entries": n, "ok": bool, "problem": text or None, "line": n or None}.
     `committed` is (seq, entry hash) of the last entry the index applied: it catches
     what the chain alone cannot, an altered or removed last entry."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")
-    except FileNotFoundError:
-        lines = [b""]
+    lines = journal.split(b"\n")
     torn = lines.pop()  # b"" after the final newline; else a torn append (or damage)
     parsed = []
     for number, line in enumerate(lines, 1):
@@ -100,124 +96,64 @@ def _broken(count: int, line: int, problem: str) -> dict:
 
 
 class Journal:
-    def __init__(self, journal_dir: str):
-        self.dir = journal_dir
-        self.path = os.path.join(journal_dir, "journal.jsonl")
-        self.lock_path = os.path.join(journal_dir, "lock")
-        self._thread_lock = threading.Lock()  # flock does not exclude threads of one process
+    """The journal's entries and their hash chain, kept in a backend's `JournalLog`."""
 
-    @contextmanager
+    def __init__(self, log: JournalLog):
+        self.log = log
+        # For messages ("restore … from a backup"); the mount serves the local journal
+        # file at this path as `.ckptfs/audit.jsonl` (fs/tree.py).
+        self.path = log.location
+        self._last_append: str | None = None  # hash of the entry this process appended last
+
     def locked(self):
-        with self._thread_lock:
-            fd = private_open(self.lock_path, os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)  # releases the flock
+        """Held for a whole commit (check, append, index update): one writer at a time."""
+        return self.log.locked()
 
-    def _tail(self) -> tuple[int, str, int]:
-        """(last seq, hash of last line, length of the valid journal).
-
-        A last line without its newline is a torn append from a crash: it is not part
-        of the journal, and the next append cuts it off. The store first makes sure
-        no committed entry is cut that way (`Store._settle_journal_tail`).
-        """
-        try:
-            size = os.path.getsize(self.path)
-        except FileNotFoundError:
-            return 0, GENESIS, 0
-        if size == 0:
-            return 0, GENESIS, 0
-        with open(self.path, "rb") as f:
-            window = 1 << 16
-            while True:
-                start = max(0, size - window)
-                f.seek(start)
-                data = f.read(size - start)
-                end = data.rfind(b"\n")
-                if end < 0:
-                    if start == 0:
-                        return 0, GENESIS, 0
-                    window *= 4
-                    continue
-                begin = data.rfind(b"\n", 0, end) + 1
-                if begin == 0 and start > 0:
-                    window *= 4
-                    continue
-                line = data[begin:end]
-                try:
-                    entry = json.loads(line)
-                    return entry["seq"], entry_hash(line), start + end + 1
-                except (ValueError, KeyError, TypeError):
-                    raise IntegrityError(
-                        "the journal's last entry is not a valid JSON entry: the journal was "
-                        "altered or damaged; nothing can be appended to it until it is restored "
-                        "from a backup (`ckptfs audit verify` names the damage)") from None
+    def _tail(self) -> tuple[int, str]:
+        """(last seq, hash of the last entry's line). A torn append (a crash) is not part
+        of the journal: the next append cuts it off. The store first makes sure no
+        committed entry is cut that way (`Committer.settle_journal_tail`)."""
+        line = self.log.last()
+        if line is None:
+            return 0, GENESIS
+        return last_entry_seq(line), entry_hash(line)
 
     def append(self, event: dict, actor: dict | None = None) -> dict:
         """Append one event; the caller holds `locked()`. Durable when this returns.
 
         `actor` ({"uid", "pid"}) is who asked for it when that is not this process (a
         user of the mount); it defaults to this process."""
-        seq, prev, valid_len = self._tail()
+        seq, prev = self._tail()
         entry = dict(event)
         uid = (actor or {}).get("uid", os.getuid())
         entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,
                      pid=(actor or {}).get("pid", os.getpid()), user=user_name(uid))
         check_text(entry)
-        line = encode_entry(entry) + b"\n"
-        fd = private_open(self.path, os.O_WRONLY | os.O_CREAT)
-        try:
-            if os.fstat(fd).st_size != valid_len:
-                os.ftruncate(fd, valid_len)
-            try:
-                os.pwrite(fd, line, valid_len)
-                os.fsync(fd)
-            except OSError:
-                os.ftruncate(fd, valid_len)  # never leave half an entry behind
-                raise
-        finally:
-            os.close(fd)
-        self._last_append = (entry_hash(line[:-1]), valid_len)
+        line = encode_entry(entry)
+        self.log.append(entry["seq"], line)
+        self._last_append = entry_hash(line)
         return entry
 
     def rollback(self, entry: dict) -> None:
         """Remove `entry`, the last one this process appended, while still holding the lock:
         used when the commit that wrote it could not finish (e.g. the index hit a full disk)."""
-        last_hash, offset = getattr(self, "_last_append", (None, None))
-        if last_hash != entry_hash(encode_entry(entry)):
+        if self._last_append != entry_hash(encode_entry(entry)):
             raise RuntimeError("rollback of an entry that was not the last one appended")
-        fd = os.open(self.path, os.O_WRONLY)
-        try:
-            os.ftruncate(fd, offset)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._last_append = (None, None)
+        self.log.remove_last(entry["seq"])
+        self._last_append = None
 
     def torn_tail(self) -> tuple[bytes, int] | None:
         """(the bytes after the last newline, where they start), or None when the
         journal ends with a newline (or is empty)."""
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, os.SEEK_END)
-                if size == 0:
-                    return None
-                f.seek(size - 1)
-                if f.read(1) == b"\n":
-                    return None
-        except FileNotFoundError:
-            return None
-        _seq, _prev, valid_len = self._tail()
-        with open(self.path, "rb") as f:
-            f.seek(valid_len)
-            return f.read(), valid_len
+        torn = self.log.torn_tail()
+        if torn is not None:
+            self._tail()  # a damaged last entry is named before anything is done to the tail
+        return torn
 
     def tail_is_whole_entry(self, tail: bytes) -> bool:
         """True if a torn tail is a whole entry that only lost its newline: it parses,
         and its `seq` and `prev` continue the chain."""
-        seq, prev, _valid_len = self._tail()
+        seq, prev = self._tail()
         try:
             entry = json.loads(tail)
         except ValueError:
@@ -227,36 +163,31 @@ class Journal:
 
     def restore_newline(self) -> None:
         """Give a whole last entry back its newline (the caller holds `locked()`)."""
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-        try:
-            os.write(fd, b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        self.log.mend_tail()
 
     def last_seq(self) -> int:
         return self._tail()[0]
 
+    def raw(self) -> bytes:
+        """The journal as JSON lines, byte for byte (`.ckptfs/audit.jsonl` in the mount)."""
+        return self.log.raw()
+
+    def check_chain(self, committed: tuple[int, str | None] | None = None) -> dict:
+        """`check_chain` of this journal as it is now."""
+        return check_chain(self.log.raw(), committed)
+
     def entries(self, after_seq: int = 0, verify_chain: bool = True):
         """Yield entries with seq > after_seq, checking the hash chain as it goes."""
-        try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with f:
-            prev = GENESIS
-            for number, line in enumerate(f, 1):
-                if not line.endswith(b"\n"):
-                    return  # torn tail: never committed
-                line = line[:-1]
-                try:
-                    entry = json.loads(line)
-                except ValueError:
-                    raise IntegrityError(f"journal line {number} is not valid JSON") from None
-                if verify_chain and entry.get("prev") != prev:
-                    raise IntegrityError(
-                        f"journal line {number} (seq {entry.get('seq')}) does not follow "
-                        "the previous entry: the journal was altered")
-                prev = entry_hash(line)
-                if entry["seq"] > after_seq:
-                    yield entry
+        prev = GENESIS
+        for number, line in enumerate(self.log.lines(), 1):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                raise IntegrityError(f"journal line {number} is not valid JSON") from None
+            if verify_chain and entry.get("prev") != prev:
+                raise IntegrityError(
+                    f"journal line {number} (seq {entry.get('seq')}) does not follow "
+                    "the previous entry: the journal was altered")
+            prev = entry_hash(line)
+            if entry["seq"] > after_seq:
+                yield entry

@@ -5,13 +5,14 @@ counter, starts a new pack when one reaches the target size, and encrypts every 
 (after compression) in an encrypted store: every record written goes through
 `PackSink.append`. `PackSinks` makes them for one store (it holds the cipher).
 """
+from .backend import Backend
 from .index import Location
 from .pack import FLAG_ENCRYPTED, PackWriter
 
 
 class PackSink:
-    def __init__(self, packs_dir: str, allocate_pack_id, cipher, target_size: int | None):
-        self.packs_dir = packs_dir
+    def __init__(self, backend: Backend, allocate_pack_id, cipher, target_size: int | None):
+        self.backend = backend
         self.allocate_pack_id = allocate_pack_id
         self.cipher = cipher
         self.target_size = target_size   # None: one pack, however large
@@ -37,7 +38,7 @@ class PackSink:
         if w is None or (self.target_size is not None and w.size >= self.target_size):
             if w is not None:
                 w.close()
-            w = PackWriter(self.packs_dir, self.allocate_pack_id())
+            w = PackWriter(self.backend, self.allocate_pack_id())
             self.writers.append(w)
             if self.on_new_pack:
                 self.on_new_pack(w.pack_id)
@@ -58,12 +59,12 @@ class PackSink:
 class PackSinks:
     """Makes the PackSinks of one store."""
 
-    def __init__(self, packs_dir: str, allocate_pack_id, cipher, target_size: int):
-        self.packs_dir = packs_dir
+    def __init__(self, backend: Backend, allocate_pack_id, cipher, target_size: int):
+        self.backend = backend
         self.allocate_pack_id = allocate_pack_id
         self.cipher = cipher
         self.target_size = target_size
 
     def __call__(self, single_pack: bool = False) -> PackSink:
-        return PackSink(self.packs_dir, self.allocate_pack_id, self.cipher,
+        return PackSink(self.backend, self.allocate_pack_id, self.cipher,
                         None if single_pack else self.target_size)

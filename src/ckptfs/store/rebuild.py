@@ -2,7 +2,7 @@
 to date, and rebuilding it from packs and journal alone (`ckptfs rebuild-index`).
 
 `IndexRebuilder` is given the store's path and chunk id key, the index, the journal and
-the committer (its lock; the journal's torn tail), the pack files (`packs_dir`), the
+the committer (its lock; the journal's torn tail), the pack files (`backend`), the
 reader (manifests, to check the key against) and the store's open lock (a rebuild takes
 the store exclusively).
 """
@@ -13,11 +13,12 @@ from functools import partial
 
 import blake3
 
+from .backend import Backend
 from .damage import record_missing_chunks
 from .errors import ChunkKeyError, IntegrityError, StoreError
 from .gc import intent_pack_ids
 from .index import INDEX_FORMAT, Index
-from .pack import KIND_MANIFEST, list_pack_ids, pack_path, scan_pack
+from .pack import KIND_MANIFEST, list_pack_ids, scan_pack
 from .private import private_open
 from .replay import PackRecords, index_pack, replay
 
@@ -55,14 +56,14 @@ class OpenLock:
 
 class IndexRebuilder:
     def __init__(self, store_path: str, chunk_key: bytes, config_path: str, index: Index,
-                 journal, committer, packs_dir: str, reader, open_lock: OpenLock):
+                 journal, committer, backend: Backend, reader, open_lock: OpenLock):
         self.path = store_path
         self.chunk_key = chunk_key
         self.config_path = config_path   # where the key is kept (named in the error)
         self.index = index
         self.journal = journal
         self.committer = committer
-        self.packs_dir = packs_dir
+        self.backend = backend
         self.reader = reader
         self.open_lock = open_lock
 
@@ -73,7 +74,7 @@ class IndexRebuilder:
         new versions would be named with the wrong key. The index records the key's
         fingerprint; an index without one (older, or new) first checks a few manifests."""
         with self.index.read() as txn:
-            recorded = txn.get(KEY_CHECK, db=self.index.meta)
+            recorded = self.index.get_meta(txn, KEY_CHECK)
         mine = chunk_key_fingerprint(self.chunk_key)
         if recorded is not None and recorded.decode() != mine:
             raise ChunkKeyError(self._wrong_key_message("its fingerprint differs from the one "
@@ -83,7 +84,7 @@ class IndexRebuilder:
             if verdict is False:
                 raise ChunkKeyError(self._wrong_key_message("no manifest matches its id"))
             if verdict:  # recorded only once confirmed: damage must not vouch for a key
-                self.index.commit(lambda txn: txn.put(KEY_CHECK, mine.encode(), db=self.index.meta))
+                self.index.commit(lambda txn: self.index.put_meta(txn, KEY_CHECK, mine.encode()))
 
     def _wrong_key_message(self, why: str) -> str:
         return (f"the chunk id key does not match this store ({why}): secret.chunk_id_key in "
@@ -123,7 +124,7 @@ class IndexRebuilder:
         for pack_id in [] if loc else entry.get("packs") or []:
             try:  # no index yet: find the record in the packs the version wrote
                 places += [(pack_id, rec.offset, rec.length)
-                           for rec in scan_pack(pack_path(self.packs_dir, pack_id), pack_id).records
+                           for rec in scan_pack(self.backend, pack_id).records
                            if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id]
             except OSError:
                 continue
@@ -140,8 +141,8 @@ class IndexRebuilder:
         """An index made by an older ckptfs lacks the catalog sub-databases: replay the
         journal into them (versions, aliases and settings are idempotent to re-apply)."""
         with self.index.read() as txn:
-            stored = txn.get(b"format", db=self.index.meta)
-            empty = txn.stat(self.index.versions)["entries"] == 0
+            stored = self.index.get_meta(txn, b"format")
+            empty = self.index.version_count(txn) == 0
         if stored is not None and int(stored) >= INDEX_FORMAT:
             return
         if stored is None and not empty:  # format 1 did not record its number
@@ -152,7 +153,7 @@ class IndexRebuilder:
 
     def _records(self) -> PackRecords:
         """The packs are indexed already: a replay reads the manifests from them."""
-        return PackRecords(self.packs_dir, self.reader, scan=False)
+        return PackRecords(self.backend, self.reader, scan=False)
 
     # -- rebuild-index ------------------------------------------------------------------
     def rebuild(self, moved_aside: str | None) -> dict:
@@ -190,7 +191,7 @@ class IndexRebuilder:
         index = Index(path)
         try:
             index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
-            for pack_id in list_pack_ids(self.packs_dir):
+            for pack_id in list_pack_ids(self.backend):
                 scan = index.commit(partial(self._index_pack, index, pack_id))
                 if scan is None:
                     continue  # deleted since it was listed (a gc of another process)
@@ -205,8 +206,8 @@ class IndexRebuilder:
             index.commit(lambda txn: self._rebuilt_pack_counter(index, txn))
             summary["versions"] = replay(index, self.journal.entries(), self._records())
             index.commit(lambda txn: record_missing_chunks(index, txn))
-            index.commit(lambda txn: txn.put(KEY_CHECK, chunk_key_fingerprint(self.chunk_key).encode(),
-                                             db=index.meta))
+            index.commit(lambda txn: index.put_meta(txn, KEY_CHECK,
+                                                    chunk_key_fingerprint(self.chunk_key).encode()))
             with index.read() as txn:
                 summary["damaged"] = list(index.iter_version_damage(txn))
         finally:
@@ -214,7 +215,7 @@ class IndexRebuilder:
         return summary
 
     def _index_pack(self, index: Index, pack_id: int, txn):
-        return index_pack(index, txn, self.packs_dir, pack_id)
+        return index_pack(index, txn, self.backend, pack_id)
 
     def _rebuilt_pack_counter(self, index: Index, txn) -> None:
         """Pack ids are never handed out twice: the rebuilt counter does not fall below the
@@ -224,7 +225,7 @@ class IndexRebuilder:
                 old = self.index.get_int(old_txn, b"next_pack_id", 1)
         except Exception:  # noqa: BLE001 - a damaged old index: the packs and the intent decide
             old = 1
-        floor = max([old] + [pack_id + 1 for pack_id in intent_pack_ids(self.path)])
+        floor = max([old] + [pack_id + 1 for pack_id in intent_pack_ids(self.backend)])
         if index.get_int(txn, b"next_pack_id", 1) < floor:
             index.put_int(txn, b"next_pack_id", floor)
 

@@ -21,7 +21,8 @@ from .errors import IntegrityError, StoreError
 from .events import store_repaired
 from .index import Index, version_key
 from .ingest import take_ingest_lock
-from .pack import KIND_CHUNK, list_pack_ids, pack_path, scan_pack
+from .backend import Backend
+from .pack import KIND_CHUNK, list_pack_ids, scan_pack
 
 
 def name_of(damage: dict) -> str:
@@ -45,18 +46,18 @@ class RepairReport:
 
 class Repair:
     """Repair of the store at `store_path`. Given the settings (chunking, compression),
-    the index, the committer (`store.repaired`), the pack files (`packs_dir`, read
+    the index, the committer (`store.repaired`), the backend (the pack objects, read
     through `packs`: intact copies of damaged chunks), the reader (records, decryption,
     the chunk id function), the verifier (what is damaged) and `new_sink` (packsink.py:
     where the recovered chunks are written)."""
 
-    def __init__(self, store_path: str, config, index, committer, packs_dir: str, packs,
+    def __init__(self, store_path: str, config, index, committer, backend: Backend, packs,
                  reader, verifier, new_sink):
         self.path = store_path
         self.config = config
         self.index = index
         self.committer = committer
-        self.packs_dir = packs_dir
+        self.backend = backend
         self.packs = packs
         self.reader = reader
         self.verifier = verifier
@@ -111,9 +112,9 @@ class Repair:
         garbage collection made) is as good as the original."""
         with self.index.read() as txn:
             current = {c: self.index.get_chunk(txn, c) for c in needed}
-        for pack_id in list_pack_ids(self.packs_dir):
+        for pack_id in list_pack_ids(self.backend):
             try:
-                scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+                scan = scan_pack(self.backend, pack_id)
             except OSError:
                 continue
             for rec in scan.records:

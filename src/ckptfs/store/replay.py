@@ -5,19 +5,20 @@ A catch-up after a crash indexes the packs each entry names as it goes (they may
 records the index never saw); `rebuild-index` indexes every pack first and then replays
 without scanning again.
 """
+from .backend import Backend
 from .errors import IntegrityError
 from .events import apply
 from .index import Index, Location
-from .pack import KIND_CHUNK, KIND_MANIFEST, pack_path, scan_pack
+from .pack import KIND_CHUNK, KIND_MANIFEST, scan_pack
 
 REPLAY_BATCH = 1000   # journal entries applied per index transaction
 
 
-def index_pack(index: Index, txn, packs_dir: str, pack_id: int):
+def index_pack(index: Index, txn, backend: Backend, pack_id: int):
     """Put every intact record of a pack into the index; returns its scan (None if the
     pack is gone)."""
     try:
-        scan = scan_pack(pack_path(packs_dir, pack_id), pack_id)
+        scan = scan_pack(backend, pack_id)
     except FileNotFoundError:
         return None  # a pack the journal names is gone: its versions show as damaged
     for rec in scan.records:
@@ -37,15 +38,15 @@ class PackRecords:
     """The records of the packs a journal entry names, read from the packs (`scan`:
     index those packs first)."""
 
-    def __init__(self, packs_dir: str, reader, scan: bool):
-        self.packs_dir = packs_dir
+    def __init__(self, backend: Backend, reader, scan: bool):
+        self.backend = backend
         self.reader = reader
         self.scan = scan
 
     def index_records(self, index: Index, txn, entry: dict) -> None:
         if self.scan:
             for pack_id in entry["packs"]:
-                index_pack(index, txn, self.packs_dir, pack_id)
+                index_pack(index, txn, self.backend, pack_id)
 
     def manifest(self, index: Index, txn, entry: dict) -> dict:
         manifest_id = bytes.fromhex(entry["manifest"])

@@ -22,6 +22,7 @@ The keys and signatures themselves are in ed25519.py, imported only where needed
 import os
 from dataclasses import dataclass, field
 
+from .backend import Backend
 from .config import SigningSettings, StoreConfig
 from .errors import NotFoundError, SigningKeyError
 from .events import SIGNING_SETTING, key_set, key_unset
@@ -48,12 +49,14 @@ class Signing:
     the private key file ckptfs.toml names (`config`, kept in step), key changes (admin
     of `*`, checked with `access`, journaled through `committer`), and signatures."""
 
-    def __init__(self, index, committer, access, config: StoreConfig, store_path: str):
+    def __init__(self, index, committer, access, config: StoreConfig, store_path: str,
+                 backend: Backend):
         self.index = index
         self.committer = committer
         self.access = access
         self.config = config
         self.path = store_path
+        self.backend = backend  # where ckptfs.toml is kept
 
     def signing_state(self) -> dict:
         """{"current": key id or None, "keys": {key id: {...}}} from the journaled events."""
@@ -64,7 +67,7 @@ class Signing:
     def signing_key_file(self) -> str | None:
         """The private key file ckptfs.toml names now (read afresh: another process, a
         `ckptfs key set`, may have changed it while this store is open)."""
-        signing = StoreConfig.load(self.path).signing
+        signing = StoreConfig.load(self.backend).signing
         return signing.key_file if signing else None
 
     def generate_signing_key(self, path: str | None = None, actor: dict | None = None) -> dict:
@@ -93,9 +96,9 @@ class Signing:
         key_id = key_id_of(key)
 
         def event():
-            config = StoreConfig.load(self.path)
+            config = StoreConfig.load(self.backend)
             config.signing = SigningSettings(key_file=path)
-            config.save(self.path)
+            config.save(self.backend)
             self.config.signing = config.signing
             if self.signing_state()["current"] == key_id:
                 return None  # the same key, perhaps moved: nothing to journal
@@ -111,9 +114,9 @@ class Signing:
             current = self.signing_state()["current"]
             if current is None:
                 raise NotFoundError(f"store {self.path} has no signing key configured")
-            config = StoreConfig.load(self.path)
+            config = StoreConfig.load(self.backend)
             config.signing = None
-            config.save(self.path)
+            config.save(self.backend)
             self.config.signing = None
             return key_unset(current)
         return self.committer.commit_event(event, actor)["key_id"]

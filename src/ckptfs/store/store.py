@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 import blake3
 
 from .access import AccessControl
+from .backend import Backend, LocalBackend
 from .catalog import Catalog, version_name
 from .commit import Committer
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
@@ -42,7 +43,7 @@ from .gc import GarbageCollector
 from .index import Index
 from .ingest import Ingest, IngestReport
 from .journal import Journal
-from .pack import PackReader, list_pack_ids, pack_path, scan_pack
+from .pack import PackReader, pack_name, pack_sizes, scan_pack
 from .packsink import PackSinks
 from .private import PRIVATE_DIR, make_private_dirs
 from .reader import ChunkReader
@@ -76,14 +77,14 @@ class delegate:
 
 class Store:
     def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None,
-                 for_rebuild: bool = False):
+                 for_rebuild: bool = False, backend: Backend | None = None):
         self.path = path
+        self.backend = backend or LocalBackend(path)  # packs, journal, settings
         self.config = config
         # First: without its key an encrypted store is refused before anything is opened.
         if cipher is None and config.encryption is not None:
             cipher = open_store_key(path, config.encryption.key_file, config.encryption.key_check)
         self.cipher = cipher
-        self.packs_dir = os.path.join(path, "packs")
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
         self._open_lock = OpenLock(path)
@@ -95,8 +96,8 @@ class Store:
         except BaseException:
             self._open_lock.close()
             raise
-        self.journal = Journal(os.path.join(path, "journal"))
-        self.packs = PackReader(self.packs_dir)
+        self.journal = Journal(self.backend.journal())
+        self.packs = PackReader(self.backend)
         self._open_parts()
         if for_rebuild:
             return  # rebuild_index checks the key and replays everything itself
@@ -112,27 +113,28 @@ class Store:
         """Each part, given what it works with (and nothing else)."""
         self.reader = ChunkReader(self.index, self.packs, self.chunk_id, self.cipher, self.path)
         self.committer = Committer(self.index, self.journal,
-                                   PackRecords(self.packs_dir, self.reader, scan=True))
+                                   PackRecords(self.backend, self.reader, scan=True))
         self.access = AccessControl(self.index, self.committer, self.path)
-        self.signing = Signing(self.index, self.committer, self.access, self.config, self.path)
+        self.signing = Signing(self.index, self.committer, self.access, self.config, self.path,
+                              self.backend)
         self.catalog = Catalog(self.index, self.committer, self.access, self.signing,
                                self.chunk_id)
         self.retention = Retention(self.index, self.committer, self.catalog, self.access,
                                    self.reader.read_manifest)
         self.collector = GarbageCollector(self.path, self.config, self.index, self.committer,
-                                          self.packs_dir, self.packs, self.reader, self.catalog,
+                                          self.backend, self.packs, self.reader, self.catalog,
                                           self.retention)
-        self.verifier = Verifier(self.path, self.index, self.packs_dir, self.reader,
+        self.verifier = Verifier(self.path, self.index, self.backend, self.reader,
                                  self.catalog, self.signing)
-        self.pack_sinks = PackSinks(self.packs_dir, self.index.allocate_pack_id, self.cipher,
+        self.pack_sinks = PackSinks(self.backend, self.index.allocate_pack_id, self.cipher,
                                     self.config.packs.target_size)
         self.repairer = Repair(self.path, self.config, self.index, self.committer,
-                               self.packs_dir, self.packs, self.reader, self.verifier,
+                               self.backend, self.packs, self.reader, self.verifier,
                                self.pack_sinks)
         self.deltas = DeltaBases(self.catalog, self.reader, self.config)
-        self.rebuilder = IndexRebuilder(self.path, self._key, os.path.join(self.path, CONFIG_NAME),
+        self.rebuilder = IndexRebuilder(self.path, self._key, self.backend.describe(CONFIG_NAME),
                                         self.index, self.journal, self.committer,
-                                        self.packs_dir, self.reader, self._open_lock)
+                                        self.backend, self.reader, self._open_lock)
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
@@ -160,8 +162,9 @@ class Store:
         for sub in SUBDIRS:
             make_private_dirs(os.path.join(path, sub))
         config = StoreConfig.new(encryption)
-        config.save(path)
-        store = cls(path, config, cipher)
+        backend = LocalBackend(path)
+        config.save(backend)
+        store = cls(path, config, cipher, backend=backend)
         try:
             store.access.start(shared)
         except BaseException:
@@ -174,14 +177,15 @@ class Store:
         """Open a store. `for_rebuild`: only to rebuild its index (`rebuild_index`): the
         store is taken exclusively, and an index that cannot be opened is moved aside."""
         path = os.path.abspath(path)
-        config = StoreConfig.load(path)
+        backend = LocalBackend(path)
+        config = StoreConfig.load(backend)
         for sub in ("packs", "journal"):
             if not os.path.isdir(os.path.join(path, sub)):
                 raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
         # The index is derived: a missing one is recreated from the journal on open.
         make_private_dirs(os.path.join(path, "index"))
         make_private_dirs(os.path.join(path, "spool"))
-        return cls(path, config, for_rebuild=for_rebuild)
+        return cls(path, config, for_rebuild=for_rebuild, backend=backend)
 
     def _open_index(self, for_rebuild: bool) -> Index:
         """The LMDB index; for a rebuild, one that cannot be opened (garbage in data.mdb)
@@ -285,14 +289,12 @@ class Store:
         """Delete pack `pack_id` if it is unfinished (no end record): the leftover of an
         ingest whose process died. Only for a pack the caller knows that process wrote:
         another process may be writing an unfinished pack right now."""
-        path = pack_path(self.packs_dir, pack_id)
         try:
-            if scan_pack(path, pack_id, verify=False).complete:
+            if scan_pack(self.backend, pack_id, verify=False).complete:
                 return False
-            os.unlink(path)
         except FileNotFoundError:
             return False
-        return True
+        return self.backend.delete(pack_name(pack_id))
 
     # -- restore ------------------------------------------------------------------------
     def select_entries(self, project, run, version, patterns=None) -> list[dict]:
@@ -318,8 +320,8 @@ class Store:
             chunks = self.index.get_int(txn, b"chunk_count")
             unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
             stored = self.index.get_int(txn, b"chunk_stored_bytes")
-        pack_ids = list_pack_ids(self.packs_dir)
-        pack_bytes = sum(os.path.getsize(pack_path(self.packs_dir, p)) for p in pack_ids)
+        sizes = pack_sizes(self.backend)
+        pack_ids, pack_bytes = list(sizes), sum(sizes.values())
         logical = sum(v["logical_bytes"] for v in versions)
         return {
             "projects": len({v["project"] for v in versions}),

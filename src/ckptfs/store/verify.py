@@ -2,20 +2,21 @@
 (and, if asked, every version's signature), and record what is damaged in the index.
 
 `Verifier` is given the store's path (an interrupted gc's intent), the index, the pack
-files (`packs_dir`), the reader (every chunk is read through it, uncached), the catalog
+files (`backend`), the reader (every chunk is read through it, uncached), the catalog
 (versions, tombstones, recorded damage) and signing (the journaled public keys).
 """
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .backend import Backend
 from .catalog import version_name
 from .damage import record_verify_findings
 from .errors import IntegrityError
 from .gc import load_intent
 from .index import Location
 from .manifest import version_digest
-from .pack import list_pack_ids, pack_path, scan_pack
+from .pack import list_pack_ids, scan_pack
 from .signing import SignatureReport
 
 
@@ -43,10 +44,10 @@ class VerifyReport:
 
 
 class Verifier:
-    def __init__(self, store_path: str, index, packs_dir: str, reader, catalog, signing):
+    def __init__(self, store_path: str, index, backend: Backend, reader, catalog, signing):
         self.path = store_path
         self.index = index
-        self.packs_dir = packs_dir
+        self.backend = backend
         self.reader = reader
         self.catalog = catalog
         self.signing = signing
@@ -65,18 +66,18 @@ class Verifier:
             report.signatures = SignatureReport()
             known_keys = self.signing.signing_state()["keys"]
         with self.index.read() as txn:
-            located = {bytes(k): Location.decode(v) for db in (self.index.chunks, self.index.manifests)
-                       for k, v in txn.cursor(db=db)}
-            chunk_ids = [bytes(k) for k in txn.cursor(db=self.index.chunks).iternext(values=False)]
+            located = {record_id: loc for db in (self.index.chunks, self.index.manifests)
+                       for record_id, loc in self.index.iter_locations(txn, db)}
+            chunk_ids = [chunk_id for chunk_id, _loc in self.index.iter_locations(txn, self.index.chunks)]
         referenced = {loc.pack_id for loc in located.values()}
         in_use: dict[int, list[Location]] = {}
         for loc in located.values():
             in_use.setdefault(loc.pack_id, []).append(loc)
-        for pack_id in list_pack_ids(self.packs_dir):
-            scan = scan_pack(pack_path(self.packs_dir, pack_id), pack_id)
+        for pack_id in list_pack_ids(self.backend):
+            scan = scan_pack(self.backend, pack_id)
             report.packs += 1
             self._judge_pack_scan(scan, in_use.get(pack_id, []), report)
-        for pack_id in referenced - set(list_pack_ids(self.packs_dir)):
+        for pack_id in referenced - set(list_pack_ids(self.backend)):
             report.damaged_packs[pack_id] = [f"pack {pack_id:08x} is missing"]
         self.reader.clear_cache()  # verify what is on disk, not what is cached
         with ThreadPoolExecutor(2, thread_name_prefix="ckptfs-verify") as pool:
@@ -96,7 +97,7 @@ class Verifier:
                                                          trusted_keys, report.signatures)
         self._verify_tombstones(report)
         self._report_lost_versions(report)
-        report.gc_interrupted = load_intent(self.path) is not None
+        report.gc_interrupted = load_intent(self.backend) is not None
         if record:
             record_verify_findings(self.index, report, chunk_ids)
         return report
