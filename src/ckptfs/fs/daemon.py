@@ -10,6 +10,10 @@ import logging
 import os
 import signal
 
+# numpy decodes chunks; the CLI imports it lazily (most commands never decode), but the
+# daemon will: loaded here, at start, a first read does not pay for it (about 100 ms with
+# a cold page cache: the cold read of a 91 MB file went from ~550 to ~330 MB/s).
+import numpy  # noqa: F401
 import pyfuse3
 import trio
 
