@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,7 +17,7 @@ import tqdm  # noqa: F401,E402
 import ckptfs.meta.export  # noqa: F401,E402
 import ckptfs.meta.query  # noqa: F401
 from ckptfs.store import Store
-from tests.helpers.access import NOBODY, public_dir
+from tests.helpers.access import NOBODY, cli_as_user, public_dir
 from tests.helpers.cli import run_cli_checked
 from tests.helpers.samples import make_checkpoint
 
@@ -26,40 +25,6 @@ pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None or os.getuid() !
                                 reason="needs root and setpriv (util-linux)")
 
 
-def cli_as_user(*args, uid=NOBODY, gid=NOBODY, groups=()):
-    """`ckptfs ARGS` run by a forked child of this process that first takes the ids of
-    another user: (exit code, output)."""
-    from ckptfs.cli.app import main
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 99
-        try:
-            os.dup2(write_end, 1)
-            os.dup2(write_end, 2)
-            sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")  # not pytest's capture
-            os.setgroups(list(groups))
-            os.setgid(gid)
-            os.setuid(uid)
-            os.chdir("/")
-            try:
-                main([str(a) for a in args], prog_name="ckptfs")
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    output = b""
-    while chunk := os.read(read_end, 1 << 16):
-        output += chunk
-    os.close(read_end)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), output.decode()
-
-
-# -- the CLI ------------------------------------------------------------------------------------
 def test_init_shared_enforces_and_access_commands_manage_grants(tmp_path):
     store = str(tmp_path / "store")
     out = run_cli_checked("init", "--shared", store).stdout.decode()
@@ -88,22 +53,6 @@ def test_init_shared_enforces_and_access_commands_manage_grants(tmp_path):
         "access.granted", "access.enforcement", "access.granted", "access.granted",
         "access.revoked", "access.enforcement"]
     assert "vision  user:nobody (was reader)" in log[4]
-
-
-@pytest.fixture
-def open_store(tmp_path):
-    """A store whose files everyone may read and write (how several users share one for
-    the CLI, docs/access.md), enforced, with two projects; nobody reads `vision`."""
-    base = public_dir()
-    store = os.path.join(base, "open")
-    with Store.init(store) as s:
-        s.import_directory(make_checkpoint(tmp_path / "a", step=1), "vision", "r", "v1")
-        s.import_directory(make_checkpoint(tmp_path / "b", step=2), "nlp", "r", "v1")
-        s.grant("vision", "user:nobody", "reader")
-        s.set_enforcement(True)
-    subprocess.run(["chmod", "-R", "a+rwX", store], check=True)
-    yield store
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def test_cli_commands_as_another_user_check_their_role(open_store):
@@ -160,3 +109,17 @@ def test_governance_commands_check_their_role(open_store, tmp_path):
     assert code == 0, out
     sums = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=dest, capture_output=True)
     assert sums.returncode == 0, sums.stdout
+
+
+def test_status_of_a_store_lists_only_the_inbox_of_readable_projects(open_store):
+    """`ckptfs status STORE` with no daemon lists what waits in the inbox: a user sees the
+    runs of the projects they may read, as in the mount's stats.json, not the others."""
+    for project in ("vision", "nlp"):
+        spooled = os.path.join(open_store, "spool", "inbox", project, "r", "v2", "model.bin")
+        os.makedirs(os.path.dirname(spooled))
+        with open(spooled, "wb") as f:
+            f.write(b"weights")
+    subprocess.run(["chmod", "-R", "a+rwX", open_store], check=True)
+    code, out = cli_as_user("status", open_store)
+    assert code == 0 and "vision/r/v2" in out and "nlp" not in out
+    assert "nlp/r/v2" in run_cli_checked("status", open_store).stdout.decode()  # root: both

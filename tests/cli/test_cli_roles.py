@@ -17,9 +17,7 @@ from ckptfs.cli.app import main
 from ckptfs.store import Store
 from ckptfs.store.access import ALL
 from ckptfs.store.access import ROLES as STORE_ROLES
-from tests.cli.test_access import cli_as_user, open_store  # noqa: F401  (a fixture)
-from tests.helpers.access import NOBODY
-from tests.mount.test_access import readable_checkpoint, refusals
+from tests.helpers.access import NOBODY, cli_as_user, readable_checkpoint, refusals
 
 # Commands with no `with_store`, and why. A new command that opens a store must declare
 # its role instead of joining this list.

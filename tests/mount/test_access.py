@@ -16,7 +16,15 @@ import tqdm  # noqa: F401,E402
 # nobody, cannot read Python's own files under /root, so they are imported here first.
 import ckptfs.meta.export  # noqa: F401,E402
 from ckptfs.store import Store
-from tests.helpers.access import NOBODY, USERS_GROUP, grant, public_dir
+from tests.helpers.access import (
+    NOBODY,
+    USERS_GROUP,
+    grant,
+    journal,
+    public_dir,
+    readable_checkpoint,
+    refusals,
+)
 from tests.helpers.cli import run_cli_checked
 from tests.helpers.mounts import unmount
 from tests.helpers.samples import make_checkpoint
@@ -27,12 +35,6 @@ pytestmark = pytest.mark.skipif(shutil.which("setpriv") is None or os.getuid() !
 
 
 # -- the mount ------------------------------------------------------------------------------------
-def readable_checkpoint(path, step) -> str:
-    src = make_checkpoint(path, step=step)
-    subprocess.run(["chmod", "-R", "a+rX", src], check=True)  # config.json is 0640
-    return src
-
-
 @pytest.fixture(scope="module")
 def shared():
     """Root's `init --shared` store with vision/r/v1 and nlp/r/v1, mounted --allow-other
@@ -77,16 +79,6 @@ def as_user(*command, uid=NOBODY, gid=NOBODY, groups=(), check=False):
     if check:
         assert proc.returncode == 0, f"{command} as uid {uid}: {proc.stderr}"
     return proc
-
-
-def journal(store_path: str) -> list[dict]:
-    with Store.open(store_path) as s:
-        return list(s.journal_entries())
-
-
-def refusals(store_path: str, uid=NOBODY, **fields) -> list[dict]:
-    return [e for e in journal(store_path) if e["type"] == "access.refused" and e["uid"] == uid
-            and all(e.get(k) == v for k, v in fields.items())]
 
 
 def test_without_a_grant_a_user_sees_no_project_and_is_refused(mounted):

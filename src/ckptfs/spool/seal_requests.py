@@ -95,10 +95,15 @@ def _written_at(doc: dict, path: str) -> bool:
 
 
 def spooled_units(store) -> list[dict]:
-    """What waits in the inbox of a store no daemon serves (for `ckptfs status`)."""
+    """What waits in the inbox of a store no daemon serves (for `ckptfs status`): of the
+    projects the caller may read, as the mount's stats.json shows them."""
     spool = Spool(store.path)
+    runs = spool.runs()
+    readable = set(store.readable_projects(None, sorted({p for p, _ in runs})))
     out = []
-    for p, r in spool.runs():
+    for p, r in runs:
+        if p not in readable:
+            continue
         for unit in spool.units(p, r):
             out.append({"version": f"{p}/{r}/{unit.path}".rstrip("/"), "kind": unit.kind,
                         "state": "spooled", "age_seconds": None, "error": None})
