@@ -15,10 +15,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
-from ckptfs.spool import daemon as daemonlock
-from ckptfs.fs.inbox import Inbox
-from ckptfs.fs.ops import CkptfsOperations
-from ckptfs.store import Store
+from ckptfs.fs.daemon import DaemonParts
 
 SEAL_TIMEOUT = 60.0  # only catches a hang: every wait is on an event
 
@@ -222,31 +219,28 @@ QUIET = 3600.0  # seconds: nothing is sealed for being quiet unless a test asks 
 
 
 class Daemon:
-    """What serve() holds while it serves: open with `start`, closed with `stop`."""
+    """What serve() holds while it serves (ckptfs.fs.daemon.DaemonParts, built the same
+    way): open with `start`, closed with `stop`."""
 
     def __init__(self, store_path: str, mountpoint: str):
         self.store_path, self.mountpoint = store_path, mountpoint
-        self.store = self.inbox = self.ops = self.lock = None
+        self.parts = None
+        self.store = self.inbox = self.ops = None
 
     def start(self, seal_after: float = QUIET) -> "Daemon":
-        self.store = Store.open(self.store_path)
-        self.lock = daemonlock.acquire(self.store_path, daemonlock.DAEMON, self.mountpoint)
-        self.inbox = Inbox(self.store, seal_after)
-        self.inbox.mountpoint = self.mountpoint
-        self.ops = CkptfsOperations(self.store, self.inbox)
+        self.parts = DaemonParts(self.store_path, self.mountpoint, seal_after)
+        self.store, self.inbox, self.ops = self.parts.store, self.parts.inbox, self.parts.ops
         return self
 
     def stop(self, clean: bool = True):
         """A clean stop, as serve() ends; `clean=False`: what a killed daemon leaves (the
         inbox not closed: its spool, staged packs and running marker stay as they are;
         the kernel frees the lock)."""
-        if self.store is None:
+        if self.parts is None:
             return
-        if clean:
-            self.inbox.close()
-        self.store.close()
-        self.lock.release()
-        self.store = self.inbox = self.ops = self.lock = None
+        self.parts.close(clean)
+        self.parts = None
+        self.store = self.inbox = self.ops = None
 
 
 def serving(daemon: Daemon, nursery, seal_after: float) -> Driver:

@@ -43,46 +43,64 @@ def setup_logging(store_path: str, level: str, foreground: bool) -> str:
     return log_path
 
 
+class DaemonParts:
+    """What a daemon holds while it serves a store: the store, the spool's lock, the inbox
+    (with its sealer) and the file-system operations. `serve` builds them, and so do the
+    in-process tests of the operations (tests/fs), the same way."""
+
+    def __init__(self, store_path: str, mountpoint: str, seal_after: float):
+        self.store = Store.open(store_path)
+        self.lock = self.inbox = None
+        try:
+            # Before the inbox recovers anything: the spool is this daemon's alone.
+            self.lock = spool_daemon.acquire(store_path, spool_daemon.DAEMON,
+                                             os.path.abspath(mountpoint))
+            self.inbox = Inbox(self.store, seal_after)
+            self.inbox.mountpoint = os.path.realpath(mountpoint)
+            self.ops = CkptfsOperations(self.store, self.inbox)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self, clean: bool = True) -> None:
+        """Close in order: the inbox, the store, then the lock (the spool is left in
+        order). `clean=False` leaves the inbox as a killed daemon would (its spool,
+        staged packs and running marker stay; the next start recovers them)."""
+        if clean and self.inbox is not None:
+            self.inbox.close()
+        self.store.close()
+        if self.lock is not None:
+            self.lock.release()
+
+
 def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0,
           ready_fd: int | None = None):
     """Mount STORE at MOUNTPOINT and serve until unmounted, SIGTERM or SIGINT."""
-    store = Store.open(store_path)
-    lock = inbox = None
+    check_mountpoint(mountpoint)
+    parts = DaemonParts(store_path, mountpoint, seal_after)
     try:
-        check_mountpoint(mountpoint)
-        # Before the inbox recovers anything: the spool is this daemon's alone.
-        lock = spool_daemon.acquire(store_path, spool_daemon.DAEMON, os.path.abspath(mountpoint))
-        inbox = Inbox(store, seal_after)
-        inbox.mountpoint = os.path.realpath(mountpoint)
-        ops = CkptfsOperations(store, inbox)
         options = set(pyfuse3.default_options)
         options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}
         if allow_other:
             options.add("allow_other")
-        if store.enforcing():
+        if parts.store.enforcing():
             # Roles decide (docs/access.md), not the modes the mount shows: the kernel
             # must not refuse a writer's mkdir in a root-owned inbox directory first.
             options.discard("default_permissions")
             log.info("roles are enforced: the daemon checks every request")
-        pyfuse3.init(ops, mountpoint, options)
+        pyfuse3.init(parts.ops, mountpoint, options)
     except BaseException:
-        if inbox is not None:
-            inbox.close()
-        store.close()
-        if lock is not None:
-            lock.release()
+        parts.close()
         raise
     log.info("mounted %s at %s", store_path, mountpoint)
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
     try:
-        trio.run(_main_loop, inbox, ops, mountpoint)
+        trio.run(_main_loop, parts.inbox, parts.ops, mountpoint)
     finally:
         pyfuse3.close(unmount=True)
-        inbox.close()
-        store.close()
-        lock.release()  # last: the spool is left in order
+        parts.close()
         log.info("unmounted %s", mountpoint)
 
 
