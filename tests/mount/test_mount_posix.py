@@ -10,6 +10,8 @@ import time
 
 import pytest
 from tests.helpers.cli import run_cli_checked
+from tests.helpers.inbox import stats
+from tests.helpers.waiting import wait_for
 
 from ckptfs.store import Store
 
@@ -200,6 +202,21 @@ def test_times_are_kept_apart(run_dir):
         os.chmod(name, 0o600 if os.stat(name).st_mode & 0o044 else 0o644)
     st = os.stat(name)
     assert st.st_ctime_ns > ctime and st.st_mtime_ns == 2_000_000_000
+
+
+def test_reading_a_file_ahead_keeps_the_atime_the_job_set(run_dir):
+    """Once a file is closed the daemon reads it into the store ahead of its seal; that
+    read is not a use of the file and must not move the atime the job set (with relatime
+    it did, since the atime was older than the mtime: test_times_are_kept_apart failed
+    when the read came between its utime and its stat)."""
+    path, _ = run_dir
+    mnt = path.split("/inbox/")[0]
+    name = os.path.join(path, "weights.bin")
+    with open(name, "wb") as f:
+        f.write(b"w" * 100_000)
+        os.utime(f.fileno(), ns=(1_000_000_000, 2_000_000_000))
+    wait_for(lambda: stats(mnt)["files_prepared"] >= 1, "the file prepared ahead")
+    assert os.stat(name).st_atime_ns == 1_000_000_000
 
 
 def test_directory_times_are_its_own(run_dir):

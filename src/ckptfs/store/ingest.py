@@ -96,6 +96,19 @@ class IngestReport:
         return s.new_raw_bytes / s.new_stored_bytes if s.new_stored_bytes else 1.0
 
 
+def open_without_atime(path: str) -> int:
+    """Open a file to read it without changing its access time (O_NOATIME): reading a
+    source is not a use of it, and the mount's inbox shows a spooled file's atime, which
+    the job may have set (`touch -a`) just before the prepare-ahead reads it. Only the
+    file's owner (or root) may ask that; for anyone else, a plain open."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOATIME)
+    except PermissionError as e:
+        if e.errno != errno.EPERM:
+            raise
+        return os.open(path, os.O_RDONLY)
+
+
 @dataclass
 class PreparedVersion:
     """A version an ingest has stored and not committed yet: its entries, and the records
@@ -337,7 +350,7 @@ class Ingest:
 
     def _ingest_file(self, src: SourceEntry, pool, hasher) -> dict:
         try:
-            fd = os.open(src.abs_path, os.O_RDONLY)
+            fd = open_without_atime(src.abs_path)
         except PermissionError:
             raise SourceError(f"{src.abs_path}: permission denied") from None
         except OSError as e:
