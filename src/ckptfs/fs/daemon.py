@@ -3,8 +3,7 @@
 `ckptfs mount` (background) starts `serve` in a new session and waits on a pipe until
 the file system is mounted, like sshfs; `-f` runs `serve` in the foreground. The checks
 before a mount (the mount point, a dead mount, a daemon already serving the store) are
-in mounts.py and ckptfs.spool.daemon, which need neither pyfuse3 nor trio; their names
-are here too.
+in mounts.py and ckptfs.spool.daemon, which need neither pyfuse3 nor trio.
 """
 import logging
 import os
@@ -22,10 +21,8 @@ from ckptfs.store import Store
 from ckptfs.store.private import make_private_dirs, private_open
 
 from .inbox import Inbox
-from .mounts import check_mountpoint, dead_mount_message, detach_dead_mount_of  # noqa: F401
+from .mounts import check_mountpoint
 from .ops import CkptfsOperations
-
-check_store_free = spool_daemon.check_free
 
 log = logging.getLogger("ckptfs.fs")
 
