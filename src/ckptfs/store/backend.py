@@ -59,6 +59,7 @@ class SeqTakenError(ObjectExistsError):
 class ObjectInfo:
     name: str
     size: int
+    mtime: float | None = None  # when it was written (epoch seconds), where known
 
 
 class ObjectWriter(ABC):
@@ -110,6 +111,9 @@ class JournalLog(ABC):
     and tries the next. A local log keeps one file and serialises writers with flock."""
 
     location: str  # where the journal is, for messages
+    # Whether entries carry a random `nonce`: on an object store a writer whose PUT's
+    # reply was lost reads the entry back and knows by it whether it was its own.
+    wants_nonce: bool = False
 
     @contextmanager
     def locked(self):
@@ -131,8 +135,8 @@ class JournalLog(ABC):
         that could not finish); the caller still holds `locked()`."""
 
     @abstractmethod
-    def lines(self):
-        """Every entry's line, oldest first."""
+    def lines(self, after_seq: int = 0):
+        """The lines of the entries with seq > `after_seq`, oldest first."""
 
     @abstractmethod
     def raw(self) -> bytes:
@@ -152,6 +156,10 @@ class Backend(ABC):
     """The objects of one store (module docstring; docs/backend.md has the contract)."""
 
     location: str  # the store's place (a directory, a bucket), for messages
+    # Shared: many machines write it at once, each with its own index (an object
+    # store). Then pack ids are random, not counted; each pack has an index object;
+    # garbage collection journals its changes and deletes only after a grace period.
+    shared: bool = False
 
     @abstractmethod
     def put_if_absent(self, name: str, data: bytes) -> None:
@@ -196,6 +204,14 @@ class Backend(ABC):
     def describe(self, name: str) -> str:
         """Where object `name` is, for messages."""
         return f"{self.location}/{name}"
+
+    def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort uploads begun more than `older_than` seconds ago and never finished (an
+        object store's multipart uploads of a killed writer); returns how many."""
+        return 0
+
+    def close(self) -> None:
+        """Release connections and threads."""
 
     def root_problem(self) -> str | None:
         """Why there is no store at `location` at all (" is not a directory"), or None."""
@@ -297,7 +313,8 @@ class LocalBackend(Backend):
                 if filename.startswith(".") or not name.startswith(prefix):
                     continue
                 try:
-                    found.append(ObjectInfo(name, os.path.getsize(os.path.join(dirpath, filename))))
+                    st = os.stat(os.path.join(dirpath, filename))
+                    found.append(ObjectInfo(name, st.st_size, st.st_mtime))
                 except FileNotFoundError:
                     continue  # deleted while listed
         return sorted(found, key=lambda info: info.name)
@@ -509,13 +526,15 @@ class _LocalJournal(JournalLog):
             os.close(fd)
         self._appended = None
 
-    def lines(self):
+    def lines(self, after_seq: int = 0):
+        # Entry n is line n: the lines before `after_seq` are skipped unparsed.
         try:
             with open(self.path, "rb") as f:
-                for line in f:
+                for number, line in enumerate(f, 1):
                     if not line.endswith(b"\n"):
                         return  # torn tail: never committed
-                    yield line[:-1]
+                    if number > after_seq:
+                        yield line[:-1]
         except FileNotFoundError:
             return
 

@@ -563,8 +563,10 @@ class Catalog:
         p, r, v = prepared.project, prepared.run, prepared.version
         entries = prepared.entries
         digest = version_digest(entries)
-        with self.committer.locked():
-            self.committer.catch_up()
+        stats = prepared.stats
+
+        def seal():
+            # Made again whenever another writer took the journal seq first (attempt).
             if self.version_record(p, r, v) is not None:
                 raise VersionExistsError(
                     f"version {version_name(p, r, v)} was created by another import meanwhile; "
@@ -584,7 +586,7 @@ class Catalog:
             with self.index.read() as txn:
                 fresh = {cid: loc for cid, loc in prepared.new_chunks.items()
                          if not self.index.sound_chunk(txn, cid)}
-            stats, parent = prepared.stats, prepared.delta_parent
+            parent = prepared.delta_parent
             event = version_sealed(
                 p, r, v, manifest=manifest_id.hex(), digest=digest, packs=prepared.pack_ids,
                 files=sum(1 for e in entries if e["type"] == "file"),
@@ -593,8 +595,9 @@ class Catalog:
                 new_stored_bytes=sum(loc.length for loc in fresh.values()) + manifest_loc.length,
                 delta_parent=version_name(parent["project"], parent["run"], parent["version"])
                 if parent else None, signature=signature)
-            entry = self.committer.journal_and_index(
+            return self.committer.journal_and_index(
                 event, actor, NewVersionRecords(manifest, manifest_id, manifest_loc, fresh))
+        entry = self.committer.attempt(seal)
         return IngestReport(p, r, v, entry["files"], len(entries), digest, 0.0, stats,
                             entry["delta_parent"])
 

@@ -12,6 +12,7 @@ not hold: chunk locations (gc's index switch, under this lock) and damage marks.
 """
 from functools import partial
 
+from .backend import SeqTakenError
 from .damage import record_missing_chunks
 from .errors import IntegrityError, JournalDamagedError
 from .events import apply
@@ -32,12 +33,24 @@ class Committer:
     def commit_event(self, make_event, actor: dict | None = None) -> dict | None:
         """Journal the event `make_event()` returns (None: nothing to change) and apply it,
         both under the journal lock, so checks and change see the same state."""
-        with self.locked():
-            self.catch_up()
+        def journal_it():
             event = make_event()
-            if event is None:
-                return None
-            return self.journal_and_index(event, actor)
+            return None if event is None else self.journal_and_index(event, actor)
+        return self.attempt(journal_it)
+
+    def attempt(self, body):
+        """Run `body` (checks, then `journal_and_index`) under the journal lock on an
+        index that has caught up, and again whenever another writer took the journal
+        seq it wanted (an object store: no lock spans machines, the conditional create
+        of the entry decides). Each try sees the entries it lost to, so its checks
+        ("the name is still free") are made again. Returns what `body` returns."""
+        with self.locked():
+            while True:
+                self.catch_up()
+                try:
+                    return body()
+                except SeqTakenError:
+                    continue
 
     def journal_and_index(self, event: dict, actor: dict | None, records=None) -> dict:
         """Append `event` to the journal (the caller holds its lock), then apply it to the
@@ -72,8 +85,8 @@ class Committer:
         the truth, the index follows it. An index recreated from nothing (its directory
         was removed) also learns which files lost chunks to damaged packs."""
         with self.index.read() as txn:
-            applied = self.index.get_int(txn, b"journal_seq")
-        for entry in self.journal.entries(after_seq=applied):
+            applied, head = self.index.applied(txn)
+        for entry in self.journal.entries(after_seq=applied, after_hash=head if applied else None):
             self.index.commit(partial(self._apply, entry))
         if applied == 0:
             self.index.commit(lambda txn: record_missing_chunks(self.index, txn))

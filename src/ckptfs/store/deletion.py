@@ -108,14 +108,16 @@ class Retention:
         is exact (no seal or alias change slips in between): one `version.deleted` event
         per version. Returns the decisions carried out. Needs maintainer on every project
         it deletes from (enforced): otherwise nothing is deleted."""
-        with self.committer.locked():
-            self.committer.catch_up()
+        def delete_planned():
+            # Planned again on every try: one that lost a journal seq sees the winner's.
             deletions = self.plan_retention(now).deletions
             refused = self.refusal(deletions, actor)
             for decision in deletions if refused is None else ():
                 self.committer.journal_and_index(version_deleted(
                     decision.project, decision.run, decision.version, digest=decision.digest,
                     reason=decision.reason, policy=decision.policy, manual=False), actor)
+            return deletions, refused
+        deletions, refused = self.committer.attempt(delete_planned)
         if refused is not None:  # journaled outside the lock: the refusal is a commit too
             self.access.record_refusal(refused)
             raise refused

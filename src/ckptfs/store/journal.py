@@ -13,6 +13,7 @@ serialises commits between threads and processes (locally an exclusive flock on
 import hashlib
 import json
 import os
+import secrets
 from datetime import datetime, timezone
 
 from .backend import JournalLog, last_entry_seq
@@ -128,6 +129,8 @@ class Journal:
         uid = (actor or {}).get("uid", os.getuid())
         entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,
                      pid=(actor or {}).get("pid", os.getpid()), user=user_name(uid))
+        if self.log.wants_nonce:
+            entry["nonce"] = secrets.token_hex(12)
         check_text(entry)
         line = encode_entry(entry)
         self.log.append(entry["seq"], line)
@@ -176,10 +179,13 @@ class Journal:
         """`check_chain` of this journal as it is now."""
         return check_chain(self.log.raw(), committed)
 
-    def entries(self, after_seq: int = 0, verify_chain: bool = True):
-        """Yield entries with seq > after_seq, checking the hash chain as it goes."""
-        prev = GENESIS
-        for number, line in enumerate(self.log.lines(), 1):
+    def entries(self, after_seq: int = 0, verify_chain: bool = True,
+                after_hash: str | None = None):
+        """Yield entries with seq > after_seq, checking the hash chain as it goes: from
+        `after_hash`, the hash of entry `after_seq` (the index's head), when it is given,
+        else from the first entry (the whole journal is read)."""
+        start, prev = (after_seq, after_hash) if after_hash is not None else (0, GENESIS)
+        for number, line in enumerate(self.log.lines(start), start + 1):
             try:
                 entry = json.loads(line)
             except ValueError:

@@ -35,7 +35,10 @@ class PackSink:
 
     def _writer(self) -> PackWriter:
         w = self.writers[-1] if self.writers else None
-        if w is None or (self.target_size is not None and w.size >= self.target_size):
+        # A closed last pack: a commit that lost its journal seq writes its manifest
+        # again (its parent may have changed), into a pack of its own.
+        if w is None or w.closed or (self.target_size is not None
+                                     and w.size >= self.target_size):
             if w is not None:
                 w.close()
             w = PackWriter(self.backend, self.allocate_pack_id())

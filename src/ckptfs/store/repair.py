@@ -205,11 +205,9 @@ class Repair:
                                                       payload)
                 sink.close()
                 report.pack_id = sink.pack_ids[0]
-            with self.committer.locked():
-                self.committer.catch_up()
-                self.committer.journal_and_index(
-                    store_repaired(sink.pack_ids, len(found), len(lost)), None,
-                    RepairedRecords(locations, bases, lost))
+            self.committer.attempt(lambda: self.committer.journal_and_index(
+                store_repaired(sink.pack_ids, len(found), len(lost)), None,
+                RepairedRecords(locations, bases, lost)))
         except BaseException:
             sink.abort()
             raise
