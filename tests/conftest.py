@@ -28,3 +28,28 @@ def checkpoint(tmp_path):
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# -- object storage: a real S3 server (moto_server) -------------------------------------------
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    from tests.helpers.s3 import MotoServer
+    server = MotoServer(str(tmp_path_factory.mktemp("moto") / "moto_server.log"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The endpoint and credentials in the environment (for this process and the
+    `ckptfs` processes it starts), as a user would set them."""
+    from tests.helpers.s3 import s3_environment
+    for name, value in s3_environment(s3_server.endpoint).items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_store_url(s3_env):
+    """`s3://BUCKET/store`: a prefix in a bucket of this test's own, not yet a store."""
+    return f"s3://{s3_env.new_bucket()}/store"

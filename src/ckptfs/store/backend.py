@@ -51,6 +51,11 @@ class ObjectMissingError(FileNotFoundError):
     """No object has that name."""
 
 
+class BackendUnavailableError(ConnectionError):
+    """The storage cannot be reached (an object store's endpoint is down): nothing was
+    changed that the caller does not know of; the same call may succeed later."""
+
+
 class SeqTakenError(ObjectExistsError):
     """The journal already holds an entry with that seq: another writer took it first."""
 
