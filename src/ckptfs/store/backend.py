@@ -99,6 +99,11 @@ class ObjectReader:
     def will_need(self, name: str, offset: int, length: int) -> None:
         """A hint that a range is read soon (a backend may start fetching it)."""
 
+    def drop(self, name: str, offset: int, length: int) -> bool:
+        """Forget any copy of the range this reader keeps (a check found the bytes it read
+        damaged); True if there was one, so that a read again may get other bytes."""
+        return False
+
     def forget_deleted(self) -> None:
         """Let go of objects that were deleted (e.g. descriptors that keep disk space)."""
 
