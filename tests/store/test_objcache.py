@@ -9,8 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from ckptfs.store.backend import BackendUnavailableError, LocalBackend, ObjectMissingError
+from ckptfs.store.config import StoreConfig
 from ckptfs.store.objcache import CachingReader
 from ckptfs.store.pack import KIND_CHUNK, PackReader, PackWriter, pack_name
+from ckptfs.store.store import Store
+from tests.helpers.samples import tree_snapshot
 from tests.helpers.waiting import wait_for
 
 BLOCK = 64 << 10
@@ -336,3 +339,23 @@ def test_blocks_are_private(backend, reader, cache_dir):
     for path in block_files(cache_dir):
         assert os.stat(path).st_mode & 0o777 == 0o600
     assert os.stat(cache_dir).st_mode & 0o077 == 0
+
+
+def test_a_store_reads_its_versions_through_the_cache(tmp_path, checkpoint):
+    path = str(tmp_path / "store")
+    Store.init(path).close()
+    backend = CachedLocalBackend(path)
+    backend.cache_dir = str(tmp_path / "cache")
+    store = Store(path, StoreConfig.load(backend), backend=backend)
+    try:
+        store.import_directory(checkpoint, "p", "r", "v")
+        store.restore("p", "r", "v", str(tmp_path / "cold"))
+        assert [g for g in backend.gets if g[0].startswith("packs/")]
+        backend.gets.clear()
+        store.reader.clear_cache()
+        store.restore("p", "r", "v", str(tmp_path / "warm"))
+        assert [g for g in backend.gets if g[0].startswith("packs/")] == []
+    finally:
+        store.close()
+    assert tree_snapshot(tmp_path / "cold") == tree_snapshot(checkpoint)
+    assert tree_snapshot(tmp_path / "warm") == tree_snapshot(checkpoint)
