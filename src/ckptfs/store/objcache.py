@@ -57,6 +57,7 @@ LAST_SUFFIX = ".last"
 USAGE_FILE = "usage"
 USAGE = struct.Struct("<q")
 LENGTH = struct.Struct("<Q")  # after an object's last block: its length
+HINTED_BLOCKS = 1024  # cached blocks remembered as already read ahead
 STALE_TEMP_SECONDS = 3600  # a temporary file this old was left by a process that died
 
 
@@ -88,6 +89,7 @@ class CachingReader(ObjectReader):
         self._lru: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()  # the flock does not exclude this process's threads
         self._last_stamp = 0
+        self._hinted: OrderedDict[tuple[str, int], bool] = OrderedDict()  # read ahead lately
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-objcache")
         self._closed = False
         make_private_dirs(self.root)
@@ -126,8 +128,10 @@ class CachingReader(ObjectReader):
         if self._closed:
             return
         wanted = [index for index, _lo, _hi in self._spans(offset, length)]
-        claimed, _waiting, _cached = self._claim(name, wanted)
+        claimed, _waiting, cached = self._claim(name, wanted)
         self._fetch_in_background(name, _runs(sorted(claimed)), claimed)
+        for index in cached:
+            self._hint_cached(name, index)
 
     def drop(self, name: str, offset: int, length: int) -> bool:
         dropped = False
@@ -140,8 +144,9 @@ class CachingReader(ObjectReader):
         """Nothing is held open: a deleted pack is not asked for again and ages out."""
 
     def close(self) -> None:
-        self._closed = True
+        # Fetches under way finish (and keep their blocks); those not started are dropped.
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._closed = True
         with self._inflight_lock:
             stranded = list(self._inflight.values())  # their fetch was cancelled
             self._inflight.clear()
@@ -181,7 +186,7 @@ class CachingReader(ObjectReader):
                 continue
             try:
                 size = self._block_length(fd, last)
-                data = os.pread(fd, max(0, min(hi, size) - lo), lo) if size else None
+                data = os.pread(fd, max(0, min(hi, size) - lo), lo) if size is not None else None
             except OSError:
                 data = None
             finally:
@@ -197,7 +202,8 @@ class CachingReader(ObjectReader):
     def _block_length(self, fd: int, last: bool) -> int | None:
         """The length of the block in a cache file, None if the file is not a whole block:
         a full block is exactly one long; an object's last, shorter block is followed by
-        its length, so that a truncated one is seen too."""
+        its length, so that a truncated one is seen too (0: the object ended before this
+        block, a marker that saves asking for what is not there)."""
         size = os.fstat(fd).st_size
         if not last:
             return size if size == self.block_size else None
@@ -205,7 +211,31 @@ class CachingReader(ObjectReader):
         if len(trailer) != LENGTH.size:
             return None
         length = LENGTH.unpack(trailer)[0]
-        return length if length == size - LENGTH.size and 0 < length < self.block_size else None
+        return length if length == size - LENGTH.size and length < self.block_size else None
+
+    def _hint_cached(self, name: str, index: int) -> None:
+        """Start reading a cached block from the disk (each read opens its block anew,
+        which leaves the kernel no sequence to read ahead on); a block is hinted once."""
+        key = (name, index)
+        with self._lock:
+            if key in self._hinted:
+                self._hinted.move_to_end(key)
+                return
+            self._hinted[key] = True
+            if len(self._hinted) > HINTED_BLOCKS:
+                self._hinted.popitem(last=False)
+        for last in (False, True):
+            try:
+                fd = os.open(self._block_path(name, index, last), os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass  # a hint
+            finally:
+                os.close(fd)
+            return
 
     def _fetch(self, name: str, indexes: list[int]) -> dict:
         """The whole bytes of blocks that were not cached: fetched here (the first run in
@@ -268,9 +298,10 @@ class CachingReader(ObjectReader):
             future.set_result(block)
         try:
             for index, block in zip(run, blocks):
-                if len(block):
-                    self.stats.fetched += 1
-                    self._keep(name, index, block)
+                self.stats.fetched += 1
+                self._keep(name, index, block)
+                if len(block) < size:
+                    break  # the object ends in this block: the next ones are not there
         finally:
             self._settle(name, run)
 
