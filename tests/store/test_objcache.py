@@ -104,6 +104,16 @@ def test_a_second_read_makes_no_backend_call(backend, reader):
     assert len(backend.gets) == before
 
 
+def test_what_lies_past_an_object_end_is_asked_for_once(backend, reader):
+    objects = put_objects(backend, {"packs/a": 2 * BLOCK})
+    assert reader.read("packs/a", 2 * BLOCK - 10, 3 * BLOCK) == objects["packs/a"][-10:]
+    assert backend.gets == [("packs/a", BLOCK, 4 * BLOCK)]
+    reader.will_need("packs/a", BLOCK, 4 * BLOCK)
+    assert reader.read("packs/a", 2 * BLOCK - 10, 3 * BLOCK) == objects["packs/a"][-10:]
+    reader.close()  # waits for the read-ahead's fetches, if any
+    assert backend.gets == [("packs/a", BLOCK, 4 * BLOCK)]
+
+
 def test_missing_neighbouring_blocks_come_in_one_request_per_run(backend, reader):
     objects = put_objects(backend, {"packs/a": 8 * BLOCK})
     reader.read("packs/a", 3 * BLOCK, 1)   # block 3 cached

@@ -119,8 +119,9 @@ class CachingReader(ObjectReader):
                     parts[index] = blocks[index][lo:hi]
         out = []
         for index, lo, hi in spans:
-            out.append(parts[index])
-            if len(parts[index]) < hi - lo:
+            part = parts.get(index, b"")  # none: past the object's end, found cached
+            out.append(part)
+            if len(part) < hi - lo:
                 break  # the object ends here
         return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
 
@@ -172,8 +173,11 @@ class CachingReader(ObjectReader):
         return os.path.join(self.root, fan,
                             f"{quote(name, safe='')}.{index}{LAST_SUFFIX if last else ''}")
 
-    def _is_cached(self, name: str, index: int) -> bool:
-        return any(os.path.exists(self._block_path(name, index, last)) for last in (False, True))
+    def _cached_as(self, name: str, index: int) -> str | None:
+        """"block" or "last" (the object's last) if the cache has block `index`, else None."""
+        if os.path.exists(self._block_path(name, index, False)):
+            return "block"
+        return "last" if os.path.exists(self._block_path(name, index, True)) else None
 
     def _from_cache(self, name: str, index: int, lo: int, hi: int) -> bytes | None:
         """Bytes [lo, hi) of a cached block (fewer where its object ends), or None if it
@@ -207,7 +211,7 @@ class CachingReader(ObjectReader):
         size = os.fstat(fd).st_size
         if not last:
             return size if size == self.block_size else None
-        trailer = os.pread(fd, LENGTH.size, size - LENGTH.size) if size > LENGTH.size else b""
+        trailer = os.pread(fd, LENGTH.size, size - LENGTH.size) if size >= LENGTH.size else b""
         if len(trailer) != LENGTH.size:
             return None
         length = LENGTH.unpack(trailer)[0]
@@ -265,15 +269,18 @@ class CachingReader(ObjectReader):
 
     def _claim(self, name: str, indexes: list[int]) -> tuple[dict, dict, list]:
         """({block: a new future this caller fetches}, {block: a fetch under way},
-        [blocks cached since the caller looked])."""
+        [blocks cached since the caller looked]); none past a cached end of the object."""
         claimed, waiting, cached = {}, {}, []
         with self._inflight_lock:
-            for index in indexes:
+            for index in sorted(indexes):
                 future = self._inflight.get((name, index))
+                cached_as = None if future is not None else self._cached_as(name, index)
                 if future is not None:
                     waiting[index] = future
-                elif self._is_cached(name, index):
+                elif cached_as is not None:
                     cached.append(index)
+                    if cached_as == "last":
+                        break
                 else:
                     future = self._inflight[(name, index)] = Future()
                     claimed[index] = future
