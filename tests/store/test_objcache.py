@@ -320,6 +320,40 @@ def test_two_readers_share_one_cache_dir(tmp_path, cache_dir):
         assert int.from_bytes(f.read(), "little") == cached_bytes(cache_dir)
 
 
+READER_PROCESS = """
+import hashlib, sys
+from ckptfs.store.backend import LocalBackend
+from ckptfs.store.objcache import CachingReader
+root, cache, block, order = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+reader = CachingReader(LocalBackend(root), cache, 8 * block, block_size=block)
+for name in order * 3:
+    data = reader.read(name, 0, 2 * block)
+    print(name, hashlib.sha256(data).hexdigest())
+reader.close()
+"""
+
+
+def test_two_processes_share_one_cache_dir(backend, cache_dir):
+    import hashlib
+    import subprocess
+    import sys
+    objects = put_objects(backend, {f"packs/{n}": 2 * BLOCK for n in range(10)})
+    names = sorted(objects)
+    children = [subprocess.Popen([sys.executable, "-c", READER_PROCESS, backend.root, cache_dir,
+                                  str(BLOCK), *order], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                for order in (names, names[::-1])]
+    for child in children:
+        out, _ = child.communicate(timeout=120)
+        assert child.returncode == 0
+        for line in out.splitlines():
+            name, digest = line.split()
+            assert digest == hashlib.sha256(objects[name]).hexdigest()
+    assert cached_bytes(cache_dir) <= 8 * BLOCK
+    with open(os.path.join(cache_dir, f"blocks-{BLOCK}", "usage"), "rb") as f:
+        assert int.from_bytes(f.read(), "little") == cached_bytes(cache_dir)
+
+
 def test_many_threads_read_at_once(backend, cache_dir):
     objects = put_objects(backend, {f"packs/{n}": 3 * BLOCK + n * 1000 for n in range(6)})
     reader = CachingReader(backend, cache_dir, 10 * BLOCK, block_size=BLOCK)

@@ -42,7 +42,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -151,9 +151,7 @@ class CachingReader(ObjectReader):
         with self._inflight_lock:
             stranded = list(self._inflight.values())  # their fetch was cancelled
             self._inflight.clear()
-        for future in stranded:
-            if not future.done():
-                future.set_exception(RuntimeError("the chunk cache was closed"))
+        _fail(stranded, RuntimeError("the chunk cache was closed"))
         if self._usage_fd >= 0:
             os.close(self._usage_fd)
             self._usage_fd = -1
@@ -263,8 +261,7 @@ class CachingReader(ObjectReader):
             try:
                 self._pool.submit(self._fetch_run, name, run, futures)
             except RuntimeError as e:  # closed meanwhile
-                for future in futures:
-                    future.set_exception(e)
+                _fail(futures, e)
                 self._settle(name, run)
 
     def _claim(self, name: str, indexes: list[int]) -> tuple[dict, dict, list]:
@@ -293,8 +290,7 @@ class CachingReader(ObjectReader):
         try:
             data = memoryview(self._backend.get(name, run[0] * size, len(run) * size))
         except BaseException as e:
-            for future in futures:
-                future.set_exception(e)
+            _fail(futures, e)
             self._settle(name, run)
             if not isinstance(e, Exception):
                 raise
@@ -302,7 +298,10 @@ class CachingReader(ObjectReader):
         self.stats.requests += 1
         blocks = [data[k * size:(k + 1) * size] for k in range(len(run))]
         for future, block in zip(futures, blocks):
-            future.set_result(block)
+            try:
+                future.set_result(block)
+            except InvalidStateError:
+                pass  # failed by `close` meanwhile
         try:
             for index, block in zip(run, blocks):
                 self.stats.fetched += 1
@@ -366,8 +365,8 @@ class CachingReader(ObjectReader):
         stamp = self._stamp()
         try:
             os.utime(path, ns=(stamp, stamp))
-        except FileNotFoundError:
-            return  # evicted meanwhile: the bytes read are still right
+        except OSError:
+            return  # evicted meanwhile (the bytes read are still right), or not ours
         with self._lock:
             self._lru[path] = stamp
             self._lru.move_to_end(path)
@@ -380,10 +379,14 @@ class CachingReader(ObjectReader):
             return self._last_stamp
 
     def _discard(self, path: str) -> bool:
-        """Remove a cached block (damaged, or dropped by a failed check)."""
-        with self._locked():
-            self._lru.pop(path, None)
-            removed = self._unlink_counted(path)
+        """Remove a cached block (damaged, or dropped by a failed check). One that cannot
+        be removed stays: it is found damaged, and fetched, at every read."""
+        try:
+            with self._locked():
+                self._lru.pop(path, None)
+                removed = self._unlink_counted(path)
+        except OSError:
+            return False
         if removed:
             self.stats.dropped += 1
         return removed
@@ -475,6 +478,14 @@ class _FlockAndLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._thread_lock.release()
+
+
+def _fail(futures: list[Future], error: BaseException) -> None:
+    for future in futures:
+        try:
+            future.set_exception(error)
+        except InvalidStateError:
+            pass  # settled already
 
 
 def _runs(indexes: list[int]) -> list[list[int]]:
