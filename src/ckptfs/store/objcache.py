@@ -53,6 +53,8 @@ BLOCK_SIZE = 4 << 20
 MAX_RUN_BLOCKS = 4     # one ranged get covers at most this many blocks; longer runs go in
                        # parallel requests (an object store serves several faster than one)
 WORKERS = 8
+READ_AHEAD = 32 << 20  # at most this far past the hints of a sequential reader
+STREAMS = 64           # objects whose sequential reading is followed
 LAST_SUFFIX = ".last"
 USAGE_FILE = "usage"
 USAGE = struct.Struct("<q")
@@ -70,13 +72,21 @@ class CacheStats:
     joined: int = 0         # blocks a read waited for while another fetch brought them
     dropped: int = 0        # blocks found damaged and removed
 
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def add(self, what: str, n: int = 1) -> None:
+        with self._lock:  # counted from many threads
+            setattr(self, what, getattr(self, what) + n)
+
 
 class CachingReader(ObjectReader):
     """Ranges of immutable objects through a size-capped local block cache (module
     docstring). Safe for many threads; several processes may share `cache_dir`."""
 
     def __init__(self, backend: Backend, cache_dir: str, capacity_bytes: int,
-                 block_size: int = BLOCK_SIZE, workers: int = WORKERS):
+                 block_size: int = BLOCK_SIZE, workers: int = WORKERS,
+                 read_ahead: int = READ_AHEAD):
         super().__init__(backend)
         self.block_size = block_size
         self.capacity = capacity_bytes
@@ -90,6 +100,10 @@ class CachingReader(ObjectReader):
         self._lock = threading.Lock()  # the flock does not exclude this process's threads
         self._last_stamp = 0
         self._hinted: OrderedDict[tuple[str, int], bool] = OrderedDict()  # read ahead lately
+        self.read_ahead = read_ahead
+        # Objects read sequentially: name -> (first, last block of the last hint, blocks
+        # fetched ahead of it).
+        self._streams: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-objcache")
         self._closed = False
         make_private_dirs(self.root)
@@ -129,10 +143,29 @@ class CachingReader(ObjectReader):
         if self._closed:
             return
         wanted = [index for index, _lo, _hi in self._spans(offset, length)]
+        if not wanted:
+            return
+        wanted += range(wanted[-1] + 1, wanted[-1] + 1 + self._ahead_of(name, wanted))
         claimed, _waiting, cached = self._claim(name, wanted)
         self._fetch_in_background(name, _runs(sorted(claimed)), claimed)
         for index in cached:
             self._hint_cached(name, index)
+
+    def _ahead_of(self, name: str, wanted: list[int]) -> int:
+        """How many blocks past a hint to fetch too: none for a first hint on an object;
+        for hints that follow each other (a sequential reader), a window that doubles up
+        to `read_ahead`, so that several requests are in flight (a request to an object
+        store takes a while to start; a few in parallel hide that)."""
+        with self._lock:
+            previous = self._streams.pop(name, None)
+            ahead = 0
+            if previous is not None and previous[0] <= wanted[0] <= previous[1] + 1:
+                ahead = min(self.read_ahead // self.block_size,
+                            max(MAX_RUN_BLOCKS, 2 * previous[2]))
+            self._streams[name] = (wanted[0], wanted[-1], ahead)
+            if len(self._streams) > STREAMS:
+                self._streams.popitem(last=False)
+            return ahead
 
     def drop(self, name: str, offset: int, length: int) -> bool:
         dropped = False
@@ -197,7 +230,7 @@ class CachingReader(ObjectReader):
                 self._discard(path)
                 return None
             self._touch(path)
-            self.stats.hits += 1
+            self.stats.add("hits")
             return data
         return None
 
@@ -248,7 +281,7 @@ class CachingReader(ObjectReader):
         self._fetch_in_background(name, runs[1:], claimed)
         if runs:
             self._fetch_run(name, runs[0], [claimed[i] for i in runs[0]])
-        self.stats.joined += len(waiting)
+        self.stats.add("joined", len(waiting))
         blocks = {index: future.result() for index, future in {**claimed, **waiting}.items()}
         for index in cached:
             block = self._from_cache(name, index, 0, self.block_size)
@@ -295,7 +328,7 @@ class CachingReader(ObjectReader):
             if not isinstance(e, Exception):
                 raise
             return
-        self.stats.requests += 1
+        self.stats.add("requests")
         blocks = [data[k * size:(k + 1) * size] for k in range(len(run))]
         for future, block in zip(futures, blocks):
             try:
@@ -304,7 +337,7 @@ class CachingReader(ObjectReader):
                 pass  # failed by `close` meanwhile
         try:
             for index, block in zip(run, blocks):
-                self.stats.fetched += 1
+                self.stats.add("fetched")
                 self._keep(name, index, block)
                 if len(block) < size:
                     break  # the object ends in this block: the next ones are not there
@@ -388,7 +421,7 @@ class CachingReader(ObjectReader):
         except OSError:
             return False
         if removed:
-            self.stats.dropped += 1
+            self.stats.add("dropped")
         return removed
 
     # -- capacity (callers hold _locked) ------------------------------------------------
