@@ -61,9 +61,11 @@ def put_objects(backend, sizes: dict[str, int], seed: int = 1) -> dict[str, byte
 
 def cached_bytes(cache_dir: str) -> int:
     total = 0
-    for dirpath, _dirs, files in os.walk(cache_dir):
-        total += sum(os.path.getsize(os.path.join(dirpath, f)) for f in files
-                     if not f.startswith(".") and f != "usage")
+    for path in block_files(cache_dir):
+        try:
+            total += os.path.getsize(path)
+        except FileNotFoundError:
+            pass  # evicted meanwhile
     return total
 
 
@@ -169,6 +171,7 @@ def test_capacity_keeps_the_least_recently_used_out(backend, cache_dir):
         for name in ("packs/a", "packs/b", "packs/c", "packs/a", "packs/d"):
             reader.read(name, 0, BLOCK)
             assert cached_bytes(cache_dir) <= 3 * BLOCK
+        reader.flush()  # blocks are written, and others evicted, after the read
         backend.gets.clear()
         for name in ("packs/a", "packs/c", "packs/d"):
             reader.read(name, 0, BLOCK)
@@ -192,6 +195,7 @@ def test_a_restart_keeps_the_cache_and_its_order(backend, cache_dir):
         assert again.read("packs/b", 0, BLOCK) == objects["packs/b"]
         assert backend.gets == []
         again.read("packs/d", 0, BLOCK)  # c is now the least recently used
+        again.flush()
         backend.gets.clear()
         for name in ("packs/a", "packs/b", "packs/d"):
             again.read(name, 0, BLOCK)
@@ -217,6 +221,8 @@ def test_a_smaller_capacity_at_open_evicts_at_once(backend, cache_dir):
 def test_a_block_of_the_wrong_size_is_fetched_again(backend, reader, cache_dir, damage):
     objects = put_objects(backend, {"packs/a": 2 * BLOCK + 10})
     reader.read("packs/a", 0, 2 * BLOCK + 10)
+    reader.flush()
+    assert len(block_files(cache_dir)) == 3
     for path in block_files(cache_dir):
         with open(path, "r+b") as f:
             if damage == "truncate":
@@ -229,6 +235,7 @@ def test_a_block_of_the_wrong_size_is_fetched_again(backend, reader, cache_dir, 
     backend.gets.clear()
     assert reader.read("packs/a", 0, 2 * BLOCK + 10) == objects["packs/a"]
     assert backend.gets  # fetched again
+    reader.flush()
     backend.gets.clear()
     assert reader.read("packs/a", 0, 2 * BLOCK + 10) == objects["packs/a"]
     assert backend.gets == []  # and kept again, whole
@@ -240,7 +247,8 @@ class CachedLocalBackend(CountingBackend):
     cache_dir = ""
 
     def open_reader(self):
-        return CachingReader(self, self.cache_dir, 100 * BLOCK, block_size=BLOCK)
+        self.reader = CachingReader(self, self.cache_dir, 100 * BLOCK, block_size=BLOCK)
+        return self.reader
 
 
 def test_a_record_altered_in_the_cache_is_read_again_from_the_backend(tmp_path):
@@ -253,6 +261,8 @@ def test_a_record_altered_in_the_cache_is_read_again_from_the_backend(tmp_path):
     packs = PackReader(backend)
     try:
         assert bytes(packs.read(1, offset, length).payload) == payload
+        backend.reader.flush()
+        assert block_files(backend.cache_dir)
         for path in block_files(backend.cache_dir):  # same sizes, other bytes
             with open(path, "r+b") as f:
                 f.seek(100)
@@ -262,6 +272,7 @@ def test_a_record_altered_in_the_cache_is_read_again_from_the_backend(tmp_path):
         backend.gets.clear()
         assert bytes(packs.read(1, offset, length).payload) == payload
         assert len(backend.gets) == 1  # once, from the backend
+        backend.reader.flush()
         backend.gets.clear()
         assert bytes(packs.read_raw(1, offset, length)[-len(payload):]) == payload
         assert backend.gets == []  # the cache holds the right bytes again
@@ -317,6 +328,7 @@ def test_two_readers_share_one_cache_dir(tmp_path, cache_dir):
     two = CachingReader(backend_two, cache_dir, 8 * BLOCK, block_size=BLOCK)
     try:
         one.read("packs/0", 0, 2 * BLOCK)
+        one.flush()
         assert two.read("packs/0", 0, 2 * BLOCK) == objects["packs/0"]
         assert backend_two.gets == []  # what one fetched, two reads from the cache
 
@@ -396,6 +408,7 @@ def test_many_threads_read_at_once(backend, cache_dir):
 def test_blocks_are_private(backend, reader, cache_dir):
     put_objects(backend, {"packs/a": BLOCK + 1})
     reader.read("packs/a", 0, BLOCK + 1)
+    reader.flush()
     assert len(block_files(cache_dir)) == 2
     for path in block_files(cache_dir):
         assert os.stat(path).st_mode & 0o777 == 0o600

@@ -34,6 +34,7 @@ on purpose: a block a crash damaged is dropped by its size, or by the pack's own
 checksums through `drop`.
 """
 import fcntl
+import heapq
 import os
 import secrets
 import shutil
@@ -55,6 +56,7 @@ MAX_RUN_BLOCKS = 4     # one ranged get covers at most this many blocks; longer 
 WORKERS = 8
 READ_AHEAD = 32 << 20  # at most this far past the hints of a sequential reader
 STREAMS = 64           # objects whose sequential reading is followed
+WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written, at most
 LAST_SUFFIX = ".last"
 USAGE_FILE = "usage"
 USAGE = struct.Struct("<q")
@@ -71,6 +73,7 @@ class CacheStats:
     requests: int = 0       # ranged gets those took
     joined: int = 0         # blocks a read waited for while another fetch brought them
     dropped: int = 0        # blocks found damaged and removed
+    unwritten: int = 0      # blocks not cached because the disk was behind
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -94,9 +97,9 @@ class CachingReader(ObjectReader):
         self.stats = CacheStats()
         self._inflight: dict[tuple[str, int], Future] = {}  # blocks being fetched
         self._inflight_lock = threading.Lock()
-        # Recency of the blocks this process knows (path -> mtime_ns), oldest first; the
-        # files' mtimes are the truth other processes share.
-        self._lru: OrderedDict[str, int] = OrderedDict()
+        # Recency of the blocks this process knows; the files' mtimes are the truth
+        # other processes share.
+        self._recency = _Recency()
         self._lock = threading.Lock()  # the flock does not exclude this process's threads
         self._last_stamp = 0
         self._hinted: OrderedDict[tuple[str, int], bool] = OrderedDict()  # read ahead lately
@@ -105,6 +108,8 @@ class CachingReader(ObjectReader):
         # fetched ahead of it).
         self._streams: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-objcache")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="ckptfs-objcache-write")
+        self._backlog = 0  # bytes fetched and not yet written
         self._closed = False
         make_private_dirs(self.root)
         self._usage_fd = os.open(os.path.join(self.root, USAGE_FILE),
@@ -178,8 +183,10 @@ class CachingReader(ObjectReader):
         """Nothing is held open: a deleted pack is not asked for again and ages out."""
 
     def close(self) -> None:
-        # Fetches under way finish (and keep their blocks); those not started are dropped.
+        # Fetches under way finish and their blocks are written; those not started are
+        # dropped.
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)
         self._closed = True
         with self._inflight_lock:
             stranded = list(self._inflight.values())  # their fetch was cancelled
@@ -283,6 +290,8 @@ class CachingReader(ObjectReader):
             self._fetch_run(name, runs[0], [claimed[i] for i in runs[0]])
         self.stats.add("joined", len(waiting))
         blocks = {index: future.result() for index, future in {**claimed, **waiting}.items()}
+        for index in waiting:  # used now, and written (stamped) perhaps only later
+            self._touch_after_write(name, index)
         for index in cached:
             block = self._from_cache(name, index, 0, self.block_size)
             blocks[index] = block if block is not None else self._fetch(name, [index])[index]
@@ -317,8 +326,9 @@ class CachingReader(ObjectReader):
         return claimed, waiting, cached
 
     def _fetch_run(self, name: str, run: list[int], futures: list[Future]) -> None:
-        """Fetch contiguous blocks with one ranged get; hand each to its future, then keep
-        it. Never raises: a backend's error goes to whoever waits for the blocks."""
+        """Fetch contiguous blocks with one ranged get, hand each to its future, and have
+        them written to the cache. Never raises: a backend's error goes to whoever waits
+        for the blocks."""
         size = self.block_size
         try:
             data = memoryview(self._backend.get(name, run[0] * size, len(run) * size))
@@ -335,21 +345,66 @@ class CachingReader(ObjectReader):
                 future.set_result(block)
             except InvalidStateError:
                 pass  # failed by `close` meanwhile
+        kept = []
+        used = self._stamp()  # its recency: now, not when the writer gets to it
+        for index, block in zip(run, blocks):
+            kept.append((index, block, used))
+            if len(block) < size:
+                break  # the object ends in this block: the next ones are not there
+        self.stats.add("fetched", len(kept))
+        self._write_later(name, run, kept)
+
+    def _write_later(self, name: str, run: list[int], blocks: list) -> None:
+        """Hand fetched blocks to the writer thread; until they are written, their futures
+        stay in flight (a read finds their bytes there). Writing never holds up a read:
+        when the disk is behind by WRITE_BACKLOG bytes, blocks are not cached."""
+        size = sum(len(block) for _index, block, _used in blocks)
+        with self._inflight_lock:
+            accepted = self._backlog + size <= WRITE_BACKLOG
+            if accepted:
+                self._backlog += size
+        if accepted:
+            try:
+                self._writer.submit(self._write_blocks, name, run, blocks, size)
+                return
+            except RuntimeError:  # closed
+                with self._inflight_lock:
+                    self._backlog -= size
+        self.stats.add("unwritten", len(blocks))
+        self._settle(name, run)
+
+    def _write_blocks(self, name: str, run: list[int], blocks: list, size: int) -> None:
         try:
-            for index, block in zip(run, blocks):
-                self.stats.add("fetched")
-                self._keep(name, index, block)
-                if len(block) < size:
-                    break  # the object ends in this block: the next ones are not there
+            for index, block, used in blocks:
+                self._keep(name, index, block, used)
         finally:
+            with self._inflight_lock:
+                self._backlog -= size
             self._settle(name, run)
+
+    def _touch_after_write(self, name: str, index: int) -> None:
+        """Mark a block used once the writer has written it (its queue is in order)."""
+        def touch():
+            for last in (False, True):
+                self._touch(self._block_path(name, index, last))
+        try:
+            self._writer.submit(touch)
+        except RuntimeError:
+            pass  # closed
+
+    def flush(self) -> None:
+        """Wait until the blocks fetched so far are written to the cache (or given up)."""
+        try:
+            self._writer.submit(lambda: None).result()
+        except RuntimeError:
+            pass  # closed: nothing is being written
 
     def _settle(self, name: str, run: list[int]) -> None:
         with self._inflight_lock:
             for index in run:
                 self._inflight.pop((name, index), None)
 
-    def _keep(self, name: str, index: int, block: memoryview) -> None:
+    def _keep(self, name: str, index: int, block: memoryview, used: int) -> None:
         """Put a fetched block in the cache if it fits (a cache that cannot write, a full
         disk say, only caches less)."""
         last = len(block) < self.block_size
@@ -362,7 +417,7 @@ class CachingReader(ObjectReader):
                             f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
         try:
             make_private_dirs(os.path.dirname(path))
-            stamp = self._write_temp(temp, block, trailer)
+            self._write_temp(temp, block, trailer, used)
             with self._locked():
                 if not self._make_room(size):
                     return
@@ -370,7 +425,7 @@ class CachingReader(ObjectReader):
                     os.link(temp, path)  # never replaces: another process may have it
                 except FileExistsError:
                     return
-                self._lru[path] = stamp
+                self._recency.used(path, used)
                 self._write_usage(self._read_usage() + size)
         except OSError:
             pass
@@ -380,18 +435,17 @@ class CachingReader(ObjectReader):
             except FileNotFoundError:
                 pass
 
-    def _write_temp(self, temp: str, block, trailer: bytes) -> int:
-        """Write `block` to a new private file; its mtime is its recency stamp."""
+    @staticmethod
+    def _write_temp(temp: str, block, trailer: bytes, used: int) -> None:
+        """Write `block` to a new private file; its mtime is when it was last used."""
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb", closefd=False) as f:
                 f.write(block)
                 f.write(trailer)
-            stamp = self._stamp()
-            os.utime(fd, ns=(stamp, stamp))
+            os.utime(fd, ns=(used, used))
         finally:
             os.close(fd)
-        return stamp
 
     def _touch(self, path: str) -> None:
         """Mark a block just used (its mtime, so other processes and restarts see it)."""
@@ -401,8 +455,7 @@ class CachingReader(ObjectReader):
         except OSError:
             return  # evicted meanwhile (the bytes read are still right), or not ours
         with self._lock:
-            self._lru[path] = stamp
-            self._lru.move_to_end(path)
+            self._recency.used(path, stamp)
 
     def _stamp(self) -> int:
         """Now in ns, strictly increasing in this process (blocks used in one clock tick
@@ -416,7 +469,7 @@ class CachingReader(ObjectReader):
         be removed stays: it is found damaged, and fetched, at every read."""
         try:
             with self._locked():
-                self._lru.pop(path, None)
+                self._recency.forget(path)
                 removed = self._unlink_counted(path)
         except OSError:
             return False
@@ -451,20 +504,21 @@ class CachingReader(ObjectReader):
         cannot (other processes filled the cache with blocks in use)."""
         rescanned = False
         while self._read_usage() + needed > self.capacity:
-            if not self._lru:
+            oldest = self._recency.pop_oldest()
+            if oldest is None:
                 if rescanned:
                     return False
                 # Blocks other processes added are not in our list: count them all again.
                 self._write_usage(self._scan())
                 rescanned = True
                 continue
-            path, stamp = self._lru.popitem(last=False)
+            path, stamp = oldest
             try:
                 mtime = os.stat(path).st_mtime_ns
             except FileNotFoundError:
                 continue
             if mtime != stamp:  # another process used it since: it is newer than we knew
-                self._lru[path] = mtime
+                self._recency.used(path, mtime)
                 continue
             self._unlink_counted(path)
         return True
@@ -487,9 +541,36 @@ class CachingReader(ObjectReader):
                 except FileNotFoundError:
                     continue
                 found.append((st.st_mtime_ns, entry.path, st.st_size))
-        found.sort()
-        self._lru = OrderedDict((path, mtime) for mtime, path, _size in found)
+        self._recency = _Recency({path: mtime for mtime, path, _size in found})
         return sum(size for _mtime, _path, size in found)
+
+
+class _Recency:
+    """When each block was last used (ns), and which was used least recently: a heap
+    whose entries a later use makes stale (skipped when they come up). Blocks can be
+    noted out of order (a block is noted when written, stamped when it was fetched)."""
+
+    def __init__(self, stamps: dict[str, int] | None = None):
+        self._stamps = dict(stamps or {})
+        self._heap = [(stamp, path) for path, stamp in self._stamps.items()]
+        heapq.heapify(self._heap)
+
+    def used(self, path: str, stamp: int) -> None:
+        self._stamps[path] = stamp
+        heapq.heappush(self._heap, (stamp, path))
+        if len(self._heap) > 2 * len(self._stamps) + 64:  # mostly stale: start again
+            self.__init__(self._stamps)
+
+    def forget(self, path: str) -> None:
+        self._stamps.pop(path, None)
+
+    def pop_oldest(self) -> tuple[str, int] | None:
+        while self._heap:
+            stamp, path = heapq.heappop(self._heap)
+            if self._stamps.get(path) == stamp:
+                del self._stamps[path]
+                return path, stamp
+        return None
 
 
 class _FlockAndLock:
