@@ -56,7 +56,7 @@ MAX_RUN_BLOCKS = 4     # one ranged get covers at most this many blocks; longer 
 WORKERS = 8
 READ_AHEAD = 32 << 20  # at most this far past the hints of a sequential reader
 STREAMS = 64           # objects whose sequential reading is followed
-WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written, at most
+WRITE_BACKLOG = 256 << 20  # fetched bytes waiting to be written, at most
 LAST_SUFFIX = ".last"
 USAGE_FILE = "usage"
 USAGE = struct.Struct("<q")
@@ -73,7 +73,6 @@ class CacheStats:
     requests: int = 0       # ranged gets those took
     joined: int = 0         # blocks a read waited for while another fetch brought them
     dropped: int = 0        # blocks found damaged and removed
-    unwritten: int = 0      # blocks not cached because the disk was behind
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -110,6 +109,7 @@ class CachingReader(ObjectReader):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-objcache")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ckptfs-objcache-write")
         self._backlog = 0  # bytes fetched and not yet written
+        self._backlog_changed = threading.Condition()
         self._closed = False
         make_private_dirs(self.root)
         self._usage_fd = os.open(os.path.join(self.root, USAGE_FILE),
@@ -356,31 +356,31 @@ class CachingReader(ObjectReader):
 
     def _write_later(self, name: str, run: list[int], blocks: list) -> None:
         """Hand fetched blocks to the writer thread; until they are written, their futures
-        stay in flight (a read finds their bytes there). Writing never holds up a read:
-        when the disk is behind by WRITE_BACKLOG bytes, blocks are not cached."""
+        stay in flight (a read finds their bytes there), so reads never wait for the
+        disk. A fetch waits only when the writer is behind by WRITE_BACKLOG bytes (the
+        memory they hold)."""
         size = sum(len(block) for _index, block, _used in blocks)
-        with self._inflight_lock:
-            accepted = self._backlog + size <= WRITE_BACKLOG
-            if accepted:
-                self._backlog += size
-        if accepted:
-            try:
-                self._writer.submit(self._write_blocks, name, run, blocks, size)
-                return
-            except RuntimeError:  # closed
-                with self._inflight_lock:
-                    self._backlog -= size
-        self.stats.add("unwritten", len(blocks))
-        self._settle(name, run)
+        with self._backlog_changed:
+            self._backlog_changed.wait_for(lambda: self._backlog + size <= WRITE_BACKLOG
+                                           or self._backlog == 0)
+            self._backlog += size
+        try:
+            self._writer.submit(self._write_blocks, name, run, blocks, size)
+        except RuntimeError:  # closed
+            self._written(name, run, size)
 
     def _write_blocks(self, name: str, run: list[int], blocks: list, size: int) -> None:
         try:
             for index, block, used in blocks:
                 self._keep(name, index, block, used)
         finally:
-            with self._inflight_lock:
-                self._backlog -= size
-            self._settle(name, run)
+            self._written(name, run, size)
+
+    def _written(self, name: str, run: list[int], size: int) -> None:
+        with self._backlog_changed:
+            self._backlog -= size
+            self._backlog_changed.notify_all()
+        self._settle(name, run)
 
     def _touch_after_write(self, name: str, index: int) -> None:
         """Mark a block used once the writer has written it (its queue is in order)."""
