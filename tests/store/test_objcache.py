@@ -33,8 +33,8 @@ class CountingBackend(LocalBackend):
     def get(self, name, offset=0, length=None):
         with self._count_lock:
             self.gets.append((name, offset, length))
-        if self.gate is not None:
-            self.gate.wait(60)
+        if self.gate is not None and not self.gate.wait(60):
+            raise AssertionError("a get was held back and never let go")
         if self.down:
             raise BackendUnavailableError("the object store cannot be reached")
         return super().get(name, offset, length)
@@ -433,3 +433,15 @@ def test_a_store_reads_its_versions_through_the_cache(tmp_path, checkpoint):
         store.close()
     assert tree_snapshot(tmp_path / "cold") == tree_snapshot(checkpoint)
     assert tree_snapshot(tmp_path / "warm") == tree_snapshot(checkpoint)
+
+
+def test_recency_sorts_blocks_noted_out_of_order():
+    # A block is noted when the writer has written it, with the time it was fetched.
+    from ckptfs.store.objcache import _Recency
+    recency = _Recency({"x": 5})
+    for path, stamp in (("a", 40), ("b", 20), ("c", 30), ("x", 50), ("b", 60)):
+        recency.used(path, stamp)
+    recency.used("d", 1)
+    recency.forget("d")
+    assert [recency.pop_oldest() for _ in range(5)] == [("c", 30), ("a", 40), ("x", 50),
+                                                        ("b", 60), None]
