@@ -1,0 +1,728 @@
+"""A store on object storage: `S3Backend`, the `Backend` of `s3://BUCKET/PREFIX`.
+
+Every object of the store is the S3 object `PREFIX/NAME` in BUCKET (docs/format.md,
+"Object storage layout"); many machines share it, each with its own index. What makes
+that safe is S3's conditional create (`If-None-Match: *`): of two machines creating one
+name, exactly one succeeds. Packs are created that way (one `PutObject`, or a multipart
+upload completed with the condition), and so is every journal entry, which is its own
+object named by its seq (`S3JournalLog`): the writer that loses a seq catches up and
+tries the next one, as in the Delta Lake protocol. Every SEGMENT entries are also kept
+as one object, so that a new machine reads a long journal in few requests.
+
+Endpoint, credentials and region come the standard way (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_PROFILE, ~/.aws/config),
+read by boto3 itself; CKPTFS_S3_MAX_ATTEMPTS and CKPTFS_S3_CONNECT_TIMEOUT tune the
+retries (docs/backend.md). No botocore exception leaves this module: a server that
+cannot be reached is `BackendUnavailableError`, refused credentials `PermissionError`,
+a missing bucket `NoSuchBucketError`, a missing object `ObjectMissingError`.
+"""
+import errno
+import fcntl
+import os
+import random
+import re
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
+
+import boto3
+import botocore.exceptions as boto_errors
+from botocore.config import Config
+
+from .backend import (
+    Backend,
+    BackendUnavailableError,
+    JournalLog,
+    ObjectExistsError,
+    ObjectInfo,
+    ObjectMissingError,
+    ObjectWriter,
+    SeqTakenError,
+    check_object_name,
+)
+from .errors import NotAStoreError, StoreError
+from .private import make_private_dirs, private_open
+
+SCHEME = "s3://"
+# A writer sends a multipart upload's parts as they fill (S3 wants at least 5 MiB for
+# every part but the last); an object smaller than one part is one PutObject.
+PART_SIZE = 16 << 20
+SEGMENT = 1000  # journal entries per segment object
+PARALLEL_GETS = 16  # GETs at once when many journal objects are read
+MAX_POOL_CONNECTIONS = 64
+ENV_MAX_ATTEMPTS = "CKPTFS_S3_MAX_ATTEMPTS"
+ENV_CONNECT_TIMEOUT = "CKPTFS_S3_CONNECT_TIMEOUT"
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 60.0
+# AWS may answer a create racing another create of the same name with 409
+# ConditionalRequestConflict: try again after these pauses (seconds, jittered).
+CONFLICT_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8)
+# A journal PUT whose reply was lost and that is not there when read back is sent
+# again, this many times in all.
+JOURNAL_PUT_TRIES = 3
+
+ENTRIES_DIR = "journal/entries"
+SEGMENTS_DIR = "journal/segments"
+JOURNAL_LOCK_FILE = "journal.lock"
+PROBE_DIR = "probe"
+
+# A bucket name S3 accepts (the general-purpose rules): 3-63 lowercase letters, digits,
+# dots and hyphens, a letter or digit at both ends, no "..", not an IP address.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+_ENTRY_RE = re.compile(r"^(\d{20})\.json$")
+_SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.jsonl$")
+_CONNECTION_ERRORS = (boto_errors.ConnectionError, boto_errors.HTTPClientError)
+_CREDENTIAL_ERRORS = (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError)
+_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
+                 "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3ConfigError(StoreError, ValueError):
+    """A store URL or an S3 setting that cannot be used."""
+
+    errno = errno.EINVAL
+
+
+class NoSuchBucketError(NotAStoreError):
+    """The store's bucket does not exist (at this endpoint)."""
+
+
+class _ConditionalConflict(Exception):
+    """409 ConditionalRequestConflict: a create raced another; try again."""
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://BUCKET/PREFIX`; the prefix may be empty or nested
+    (`a/b`), without slashes at its ends. S3ConfigError for anything else."""
+    if not url.startswith(SCHEME):
+        raise S3ConfigError(f"not an S3 store URL: {url!r} (give s3://BUCKET/PREFIX)")
+    bucket, _, prefix = url[len(SCHEME):].partition("/")
+    if not bucket:
+        raise S3ConfigError(f"{url!r} names no bucket (give s3://BUCKET/PREFIX)")
+    if not _BUCKET_RE.match(bucket) or ".." in bucket or _IP_RE.match(bucket):
+        raise S3ConfigError(
+            f"{bucket!r} in {url!r} is not a bucket name S3 accepts: 3 to 63 lowercase "
+            "letters, digits, dots and hyphens, beginning and ending with a letter or digit")
+    prefix = prefix.rstrip("/")
+    if prefix:
+        try:
+            check_object_name(prefix)
+        except ValueError:
+            raise S3ConfigError(
+                f"the prefix {prefix!r} in {url!r} has an empty part or a part that is "
+                "'.', '..' or starts with '.'") from None
+    return bucket, prefix
+
+
+def _env_number(name: str, default: float, kind):
+    text = os.environ.get(name)
+    if text is None or text == "":
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise S3ConfigError(f"{name}={text!r} is not a positive {kind.__name__}")
+    return value
+
+
+def client_config() -> Config:
+    """The botocore settings of every client: checksums only where S3 requires them
+    (the default CRC costs 10-25 % of a PUT's speed), standard retries, timeouts and a
+    connection pool big enough for parallel reads."""
+    return Config(
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard",
+                 "max_attempts": _env_number(ENV_MAX_ATTEMPTS, DEFAULT_MAX_ATTEMPTS, int)},
+        connect_timeout=_env_number(ENV_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, float),
+        read_timeout=READ_TIMEOUT,
+        max_pool_connections=MAX_POOL_CONNECTIONS,
+        tcp_keepalive=True,
+    )
+
+
+class S3Backend(Backend):
+    """The objects of a store under `s3://BUCKET/PREFIX` (module docstring).
+
+    `local_dir` is this machine's directory of the store (index, spool, locks): the
+    journal's lock file goes there, so that processes of one machine catch up one at
+    a time."""
+
+    shared = True
+
+    def __init__(self, url: str, local_dir: str | None = None):
+        self.bucket, self.prefix = parse_s3_url(url)
+        self.location = url.rstrip("/")
+        self.local_dir = local_dir
+        self.part_size = PART_SIZE
+        self._root = f"{self.prefix}/" if self.prefix else ""
+        self._client = boto3.session.Session().client("s3", config=client_config())
+        self.endpoint = self._client.meta.endpoint_url
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    # -- names and requests ------------------------------------------------------------
+    def key(self, name: str) -> str:
+        """The S3 key of object `name`."""
+        check_object_name(name)
+        return self._root + name
+
+    def call(self, operation: str, name: str | None = None, tolerate: tuple = (),
+             **params) -> dict | None:
+        """The S3 request `operation` on this store's bucket, its errors turned into the
+        backend's (`name`: the object it is about, for messages); None for an error
+        whose code is in `tolerate`."""
+        try:
+            return getattr(self._client, operation)(Bucket=self.bucket, **params)
+        except boto_errors.ClientError as e:
+            if e.response.get("Error", {}).get("Code") in tolerate:
+                return None
+            raise self._client_error(e, operation, name) from None
+        except _CONNECTION_ERRORS as e:
+            raise self.unavailable(e) from None
+        except _CREDENTIAL_ERRORS as e:
+            raise PermissionError(errno.EACCES, f"{self.location}: {e}: set AWS_ACCESS_KEY_ID "
+                                  "and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE") from None
+        except boto_errors.BotoCoreError as e:
+            raise OSError(errno.EIO, f"{self.location}: {operation} failed: {e}") from None
+
+    def unavailable(self, cause) -> BackendUnavailableError:
+        return BackendUnavailableError(
+            errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: {cause})")
+
+    def _client_error(self, e, operation: str, name: str | None) -> Exception:
+        error = e.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        what = self.describe(name) if name else self.location
+        if code == "NoSuchBucket":
+            return self.no_such_bucket()
+        if code in _MISSING_CODES:
+            if operation == "head_object" and self._bucket_missing():
+                return self.no_such_bucket()  # a HEAD's 404 says not which is missing
+            return ObjectMissingError(f"{what} is missing")
+        if code == "PreconditionFailed" or status == 412:
+            exists = ObjectExistsError(f"{what} exists")
+            # botocore sent the request again: an earlier try may have made the object
+            exists.retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+            return exists
+        if code == "ConditionalRequestConflict" or status == 409:
+            return _ConditionalConflict(what)
+        if code in _DENIED_CODES:
+            return PermissionError(
+                errno.EACCES, f"{what}: access denied ({code}): check the credentials "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and what "
+                "the bucket's policy grants them")
+        message = f"{code}: {error.get('Message', '')}".rstrip(": ")
+        if status >= 500:
+            return BackendUnavailableError(
+                errno.EIO, f"{self.location}: the server at {self.endpoint} failed ({message})")
+        return OSError(errno.EIO, f"{what}: {operation} was refused ({message})")
+
+    def _bucket_missing(self) -> bool:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except boto_errors.ClientError as e:
+            return str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket")
+        except (boto_errors.BotoCoreError, OSError):
+            return False
+        return False
+
+    def no_such_bucket(self) -> NoSuchBucketError:
+        return NoSuchBucketError(f"{self.location}: no such bucket {self.bucket!r} at "
+                                 f"{self.endpoint} (create it first)")
+
+    def pool(self) -> ThreadPoolExecutor:
+        """Threads for parallel GETs (boto3's client is thread-safe)."""
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(PARALLEL_GETS, thread_name_prefix="ckptfs-s3")
+            return self._pool
+
+    # -- objects -------------------------------------------------------------------------
+    def put_if_absent(self, name: str, data: bytes) -> None:
+        self.create(name, data)
+
+    def create(self, name: str, data: bytes) -> str | None:
+        """`put_if_absent`; returns the new object's ETag (None where not known)."""
+        key = self.key(name)
+
+        def send():
+            return self.call("put_object", name, Key=key, Body=data, IfNoneMatch="*")
+        try:
+            return retry_conflicts(send).get("ETag")
+        except ObjectExistsError as e:
+            # A reply lost and the request sent again: the object may be our own.
+            if getattr(e, "retried", False) and self._holds(name, data):
+                return None
+            raise
+
+    def _holds(self, name: str, data: bytes) -> bool:
+        try:
+            return self.get(name) == data
+        except ObjectMissingError:
+            return False
+
+    def put(self, name: str, data: bytes, secret: bool = False) -> None:
+        # `secret`: who may read the bucket is its policy's business, not the object's.
+        self.call("put_object", name, Key=self.key(name), Body=data)
+
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        key = self.key(name)
+        if length == 0:
+            self.stat(name)  # a missing object is still an error
+            return b""
+        params = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            params["Range"] = f"bytes={offset}-{end}"
+        response = self.call("get_object", name, tolerate=("InvalidRange",), Key=key, **params)
+        if response is None:
+            return b""  # the range starts at or after the object's end
+        return self._read_body(response)
+
+    def _read_body(self, response) -> bytes:
+        try:
+            return response["Body"].read()
+        except _CONNECTION_ERRORS as e:
+            raise self.unavailable(e) from None
+        except boto_errors.BotoCoreError as e:
+            raise OSError(errno.EIO, f"{self.location}: reading an object failed: {e}") from None
+
+    def stat(self, name: str) -> int:
+        return self.call("head_object", name, Key=self.key(name))["ContentLength"]
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        found = [ObjectInfo(item["Key"][len(self._root):], item["Size"],
+                            item["LastModified"].timestamp())
+                 for item in self.list_keys(self._root + prefix)]
+        return sorted(found, key=lambda info: info.name)
+
+    def list_keys(self, key_prefix: str, start_after: str | None = None):
+        """The listing entries (Key, Size, ETag, LastModified) of the keys starting with
+        `key_prefix`, after `start_after`, in key order."""
+        params = {"Bucket": self.bucket, "Prefix": key_prefix}
+        if start_after:
+            params["StartAfter"] = start_after
+        pages = self._client.get_paginator("list_objects_v2").paginate(**params)
+        try:
+            for page in pages:
+                yield from page.get("Contents", [])
+        except boto_errors.ClientError as e:
+            raise self._client_error(e, "list_objects_v2", None) from None
+        except _CONNECTION_ERRORS as e:
+            raise self.unavailable(e) from None
+        except boto_errors.BotoCoreError as e:
+            raise OSError(errno.EIO, f"{self.location}: listing failed: {e}") from None
+
+    def delete(self, name: str) -> bool:
+        key = self.key(name)
+        try:
+            self.call("head_object", name, Key=key)
+        except ObjectMissingError:
+            return False
+        self.call("delete_object", name, Key=key)
+        return True
+
+    def open_writer(self, name: str) -> ObjectWriter:
+        return S3Writer(self, name)
+
+    def journal(self) -> JournalLog:
+        return S3JournalLog(self, self.local_dir)
+
+    # -- upkeep, checks, life cycle -----------------------------------------------------------
+    def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort the multipart uploads under the prefix begun more than `older_than`
+        seconds ago (by the server's clock, which dates the uploads)."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=self._root)
+        aborted = 0
+        try:
+            for page in pages:
+                now = _server_time(page)
+                for upload in page.get("Uploads", []):
+                    if now - upload["Initiated"].timestamp() > older_than:
+                        aborted += self._abort_upload(upload["Key"], upload["UploadId"])
+        except boto_errors.ClientError as e:
+            raise self._client_error(e, "list_multipart_uploads", None) from None
+        except _CONNECTION_ERRORS as e:
+            raise self.unavailable(e) from None
+        return aborted
+
+    def _abort_upload(self, key: str, upload_id: str) -> int:
+        """1 if the upload was aborted, 0 if it had finished or gone meanwhile."""
+        done = self.call("abort_multipart_upload", tolerate=("NoSuchUpload",), Key=key,
+                         UploadId=upload_id)
+        return 0 if done is None else 1
+
+    def root_problem(self) -> str | None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except boto_errors.ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                return ": no such bucket"
+            if code in _DENIED_CODES:
+                return ": access denied"
+            return f": the server refused ({code})"
+        except _CONNECTION_ERRORS as e:
+            return f" cannot be reached ({self.endpoint}: {e})"
+        except _CREDENTIAL_ERRORS as e:
+            return f": {e} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+        except boto_errors.BotoCoreError as e:
+            return f" cannot be used ({e})"
+        return None
+
+    def probe_conditional_writes(self) -> str | None:
+        """None if the server refuses a second create of one name, as the store needs;
+        else the problem in words. A server that ignores `If-None-Match: *` would let two
+        machines overwrite each other's journal entries."""
+        name = f"{PROBE_DIR}/{secrets.token_hex(8)}"
+        try:
+            self.put_if_absent(name, b"first")
+            try:
+                self.put_if_absent(name, b"second")
+            except ObjectExistsError:
+                return None
+            return (f"{self.location} does not honour conditional writes (If-None-Match: *): "
+                    "two machines could overwrite each other's commits, so ckptfs refuses "
+                    "it as a store")
+        finally:
+            self.delete(name)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._client.close()
+
+
+def retry_conflicts(send):
+    """`send()`, again after a short pause while the server answers 409
+    ConditionalRequestConflict (a racing create of the same name still under way);
+    ObjectExistsError when it never settles: the other create is taken to have won."""
+    for pause in CONFLICT_PAUSES + (None,):
+        try:
+            return send()
+        except _ConditionalConflict as e:
+            if pause is None:
+                raise ObjectExistsError(f"{e} is being created by another writer") from None
+            time.sleep(pause * (1 + random.random()))
+
+
+def _server_time(response: dict) -> float:
+    """The time by the server's clock, from the Date header of its reply (this
+    machine's clock when there is none)."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).timestamp()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+class S3Writer(ObjectWriter):
+    """A new object, invisible until `commit`. Up to one part is kept in memory: a
+    small object is sent at `commit` with one PutObject, a bigger one as a multipart
+    upload whose parts go as they fill, completed at `commit` with `If-None-Match: *`."""
+
+    def __init__(self, backend: S3Backend, name: str):
+        self._backend = backend
+        self.name = name
+        self._key = backend.key(name)
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict] = []
+        self.size = 0
+        self._done = False
+
+    def write(self, data) -> None:
+        self._buffer += data
+        self.size += len(data)
+        part_size = self._backend.part_size
+        while len(self._buffer) >= part_size:
+            part = bytes(self._buffer[:part_size])
+            del self._buffer[:part_size]
+            self._send_part(part)
+
+    def _send_part(self, data: bytes) -> None:
+        call = self._backend.call
+        if self._upload_id is None:
+            self._upload_id = call("create_multipart_upload", self.name,
+                                   Key=self._key)["UploadId"]
+        number = len(self._parts) + 1
+        reply = call("upload_part", self.name, Key=self._key, UploadId=self._upload_id,
+                     PartNumber=number, Body=data)
+        self._parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+
+    def commit(self) -> None:
+        try:
+            if self._upload_id is None:
+                self._backend.put_if_absent(self.name, bytes(self._buffer))
+            else:
+                if self._buffer:
+                    self._send_part(bytes(self._buffer))
+                self._complete()
+        except BaseException:
+            try:
+                self.abort()
+            except OSError:
+                pass  # the error that stopped the commit is the one to tell
+            raise
+        self._buffer = bytearray()
+        self._done = True
+
+    def _complete(self) -> None:
+        def send():
+            return self._backend.call(
+                "complete_multipart_upload", self.name, Key=self._key,
+                UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
+                IfNoneMatch="*")
+        retry_conflicts(send)
+        self._upload_id = None
+
+    def abort(self) -> None:
+        self._buffer = bytearray()
+        self._done = True
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            self._backend._abort_upload(self._key, upload_id)
+
+
+# -- the journal -----------------------------------------------------------------------------
+def entry_name(seq: int) -> str:
+    return f"{ENTRIES_DIR}/{seq:020d}.json"
+
+
+def segment_name(first: int, last: int) -> str:
+    return f"{SEGMENTS_DIR}/{first:020d}-{last:020d}.jsonl"
+
+
+class S3JournalLog(JournalLog):
+    """The journal as objects: entry `seq` is `journal/entries/<seq, 20 digits>.json`
+    (its line), created with put-if-absent, so the listing is in seq order and two
+    writers can never take one seq; entries k*SEGMENT+1 … (k+1)*SEGMENT are also one
+    object `journal/segments/<first>-<last>.jsonl` (their lines joined by newlines).
+
+    A PUT whose reply was lost is resolved by reading the entry back: the same bytes
+    (the entry's nonce makes them unique) are this writer's."""
+
+    wants_nonce = True
+
+    def __init__(self, backend: S3Backend, local_dir: str | None = None):
+        self._backend = backend
+        self.location = f"{backend.location}/{ENTRIES_DIR}"
+        self._root = backend.key(ENTRIES_DIR) + "/"
+        self._segment_root = backend.key(SEGMENTS_DIR) + "/"
+        self._lock_path = os.path.join(local_dir, JOURNAL_LOCK_FILE) if local_dir else None
+        self._thread_lock = threading.Lock()
+        self._known: tuple[int, str | None, bytes] | None = None  # (seq, ETag, line) of the last
+        self._appended: tuple[int, str | None, bytes] | None = None  # what this log appended last
+
+    @contextmanager
+    def locked(self):
+        """This process's threads, and this machine's processes (flock on a file in its
+        local directory), one at a time; other machines are kept apart by the
+        conditional create of each entry, not by a lock."""
+        with self._thread_lock:
+            if self._lock_path is None:
+                yield
+                return
+            make_private_dirs(os.path.dirname(self._lock_path))
+            fd = private_open(self._lock_path, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    # -- the end of the journal ----------------------------------------------------------
+    def last(self) -> bytes | None:
+        known = self._known
+        if known is not None:
+            start = known[0] - 1  # the known last entry is listed too: is it still there?
+        else:
+            start = max(self._segment_ends(0), default=1) - 1
+        newest = None
+        for item in self._backend.list_keys(self._root, self._start_key(start)):
+            if _ENTRY_RE.match(item["Key"][len(self._root):]):
+                newest = item
+        if newest is None:
+            if known is None and start == 0:
+                return None
+            self._known = None  # the entry it knew was taken back: look from the start
+            return self._last_from_start()
+        seq = int(newest["Key"][len(self._root):][:20])
+        if known is not None and known[0] == seq and known[1] == newest.get("ETag"):
+            return known[2]
+        line = self._backend.get(entry_name(seq))
+        self._known = (seq, newest.get("ETag"), line)
+        return line
+
+    def _last_from_start(self) -> bytes | None:
+        items = [item for item in self._backend.list_keys(self._root)
+                 if _ENTRY_RE.match(item["Key"][len(self._root):])]
+        if not items:
+            return None
+        seq = int(items[-1]["Key"][len(self._root):][:20])
+        line = self._backend.get(entry_name(seq))
+        self._known = (seq, items[-1].get("ETag"), line)
+        return line
+
+    def _start_key(self, after_seq: int) -> str | None:
+        """Where a listing of the entries after `after_seq` starts (after that key)."""
+        return self._backend.key(entry_name(after_seq)) if after_seq > 0 else None
+
+    # -- appending -----------------------------------------------------------------------
+    def append(self, seq: int, line: bytes) -> None:
+        etag = self._create_entry(seq, line)
+        self._known = self._appended = (seq, etag, line)
+        if seq % SEGMENT == 0:
+            self._write_segment_quietly(seq - SEGMENT + 1, seq)
+
+    def _create_entry(self, seq: int, line: bytes) -> str | None:
+        """Create entry `seq`; its ETag (None: unknown). A lost reply is resolved by
+        reading the entry back."""
+        name = entry_name(seq)
+        for _try in range(JOURNAL_PUT_TRIES):
+            try:
+                return self._backend.create(name, line)
+            except ObjectExistsError:
+                if self._stored(name) == line:
+                    return None  # ours: an earlier try of this PUT made it
+                raise SeqTakenError(f"journal entry {seq} exists in {self.location}") from None
+            except BackendUnavailableError:
+                stored = self._stored(name)  # unreachable still: that error goes up
+                if stored == line:
+                    return None
+                if stored is not None:
+                    raise SeqTakenError(
+                        f"journal entry {seq} exists in {self.location}") from None
+                # not there: the PUT never arrived; send it again
+        raise self._backend.unavailable(f"journal entry {seq} could not be stored")
+
+    def _stored(self, name: str) -> bytes | None:
+        try:
+            return self._backend.get(name)
+        except ObjectMissingError:
+            return None
+
+    def remove_last(self, seq: int) -> None:
+        if self._appended is None or self._appended[0] != seq:
+            raise RuntimeError("rollback of an entry that was not the last one appended")
+        _seq, _etag, line = self._appended
+        self._refuse_if_followed(seq)
+        if seq % SEGMENT == 0:
+            self._backend.delete(segment_name(seq - SEGMENT + 1, seq))
+        self._backend.delete(entry_name(seq))
+        self._appended = self._known = None
+        try:
+            self._refuse_if_followed(seq)
+        except StoreError:
+            # Another writer appended after the entry while it was being removed: put it
+            # back, or that writer's entry would follow nothing.
+            self._backend.put_if_absent(entry_name(seq), line)
+            raise
+
+    def _refuse_if_followed(self, seq: int) -> None:
+        for item in self._backend.list_keys(self._root, self._start_key(seq)):
+            if _ENTRY_RE.match(item["Key"][len(self._root):]):
+                raise StoreError(
+                    f"journal entry {seq} cannot be taken back: another writer has "
+                    f"appended {item['Key'][len(self._root):]} after it in {self.location}; "
+                    "the entry stays, and the index applies it when it next catches up")
+
+    # -- reading -------------------------------------------------------------------------
+    def lines(self, after_seq: int = 0):
+        covered = after_seq
+        for first, segment_lines in self._segments_from(after_seq):
+            for seq, line in enumerate(segment_lines, first):
+                if seq > after_seq:
+                    yield line
+            covered = first + len(segment_lines) - 1
+        yield from self._entries_after(covered)
+
+    def _segment_ends(self, after_seq: int) -> list[int]:
+        """The last seqs of the segments from the one holding `after_seq` + 1 on."""
+        return [last for _first, last in self._segment_spans(after_seq)]
+
+    def _segment_spans(self, after_seq: int) -> list[tuple[int, int]]:
+        """(first, last) of the whole segments that continue one another from the one
+        holding entry `after_seq` + 1."""
+        expected = after_seq // SEGMENT * SEGMENT + 1
+        start = self._segment_root + f"{expected - 1:020d}" if expected > 1 else None
+        spans = []
+        for item in self._backend.list_keys(self._segment_root, start):
+            match = _SEGMENT_RE.match(item["Key"][len(self._segment_root):])
+            if not match:
+                continue
+            first, last = int(match[1]), int(match[2])
+            if first != expected or last != first + SEGMENT - 1:
+                break  # a segment missing: the entries' own objects are read from here
+            spans.append((first, last))
+            expected = last + 1
+        return spans
+
+    def _segments_from(self, after_seq: int):
+        """(first seq, its lines) of the segments that cover entries after `after_seq`,
+        fetched in parallel; stops at a segment that is not whole."""
+        spans = self._segment_spans(after_seq)
+        fetched = self._backend.pool().map(
+            lambda span: self._backend.get(segment_name(*span)), spans)
+        for (first, last), data in zip(spans, fetched):
+            segment_lines = data.split(b"\n")
+            if len(segment_lines) != last - first + 1:
+                return  # damaged: the entries' own objects are read instead
+            yield first, segment_lines
+
+    def _entries_after(self, after_seq: int):
+        seqs = []
+        for item in self._backend.list_keys(self._root, self._start_key(after_seq)):
+            match = _ENTRY_RE.match(item["Key"][len(self._root):])
+            if match:
+                seqs.append(int(match[1]))
+        fetched = self._backend.pool().map(
+            lambda seq: self._backend.get(entry_name(seq)), seqs)
+        by_seq = {}
+        for seq, line in zip(seqs, fetched):
+            by_seq[seq] = line
+            yield line
+        self._write_missing_segments(by_seq, seqs[-1] if seqs else 0)
+
+    def _write_missing_segments(self, by_seq: dict[int, bytes], newest: int) -> None:
+        """Write the segments a reader found missing: whole ones it has every line of,
+        that end before the journal's last entry (which its writer may still take back)."""
+        first = min(by_seq, default=0)
+        first = (first - 1) // SEGMENT * SEGMENT + 1 if first else 0
+        while first and first + SEGMENT - 1 < newest:
+            last = first + SEGMENT - 1
+            if all(seq in by_seq for seq in range(first, last + 1)):
+                self._put_segment(first, last, [by_seq[s] for s in range(first, last + 1)])
+            first += SEGMENT
+
+    def _write_segment_quietly(self, first: int, last: int) -> None:
+        """The segment the writer of its last entry writes (best effort: a reader that
+        finds it missing writes it later)."""
+        try:
+            names = [entry_name(seq) for seq in range(first, last + 1)]
+            lines = list(self._backend.pool().map(self._backend.get, names))
+        except OSError:
+            return
+        self._put_segment(first, last, lines)
+
+    def _put_segment(self, first: int, last: int, lines: list[bytes]) -> None:
+        try:
+            self._backend.put_if_absent(segment_name(first, last), b"\n".join(lines))
+        except OSError:
+            pass  # there already, or not allowed (a reader's credentials): the entries serve
+
+    def raw(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines())
