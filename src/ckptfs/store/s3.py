@@ -164,8 +164,8 @@ class S3Backend(Backend):
         self.local_dir = local_dir
         self.part_size = PART_SIZE
         self._root = f"{self.prefix}/" if self.prefix else ""
-        self._client = boto3.session.Session().client("s3", config=client_config())
-        self.endpoint = self._client.meta.endpoint_url
+        self.client = boto3.session.Session().client("s3", config=client_config())
+        self.endpoint = self.client.meta.endpoint_url
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -181,7 +181,7 @@ class S3Backend(Backend):
         backend's (`name`: the object it is about, for messages); None for an error
         whose code is in `tolerate`."""
         try:
-            return getattr(self._client, operation)(Bucket=self.bucket, **params)
+            return getattr(self.client, operation)(Bucket=self.bucket, **params)
         except boto_errors.ClientError as e:
             if e.response.get("Error", {}).get("Code") in tolerate:
                 return None
@@ -229,7 +229,7 @@ class S3Backend(Backend):
 
     def _bucket_missing(self) -> bool:
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            self.client.head_bucket(Bucket=self.bucket)
         except boto_errors.ClientError as e:
             return str(e.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket")
         except (boto_errors.BotoCoreError, OSError):
@@ -312,7 +312,7 @@ class S3Backend(Backend):
         params = {"Bucket": self.bucket, "Prefix": key_prefix}
         if start_after:
             params["StartAfter"] = start_after
-        pages = self._client.get_paginator("list_objects_v2").paginate(**params)
+        pages = self.client.get_paginator("list_objects_v2").paginate(**params)
         try:
             for page in pages:
                 yield from page.get("Contents", [])
@@ -342,7 +342,7 @@ class S3Backend(Backend):
     def abort_stale_uploads(self, older_than: float) -> int:
         """Abort the multipart uploads under the prefix begun more than `older_than`
         seconds ago (by the server's clock, which dates the uploads)."""
-        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self._root)
         aborted = 0
         try:
@@ -365,7 +365,7 @@ class S3Backend(Backend):
 
     def root_problem(self) -> str | None:
         try:
-            self._client.head_bucket(Bucket=self.bucket)
+            self.client.head_bucket(Bucket=self.bucket)
         except boto_errors.ClientError as e:
             code = str(e.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket"):
@@ -403,7 +403,7 @@ class S3Backend(Backend):
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
-        self._client.close()
+        self.client.close()
 
 
 def retry_conflicts(send):
@@ -443,6 +443,11 @@ class S3Writer(ObjectWriter):
         self._parts: list[dict] = []
         self.size = 0
         self._done = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in memory, not sent yet (less than a part after each write)."""
+        return len(self._buffer)
 
     def write(self, data) -> None:
         self._buffer += data
