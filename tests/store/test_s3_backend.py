@@ -239,6 +239,11 @@ def test_a_machine_sees_an_entry_taken_back_elsewhere(machines, monkeypatch):
     mine.remove_last(2)
     assert theirs.last() == line(1, "one")
     assert first.list("journal/segments/") == []
+    mine.append(2, line(2, "two again"))
+    assert theirs.last() == line(2, "two again")
+    mine.remove_last(2)
+    mine.append(2, line(2, "two, third time"))  # the same seq, other bytes: another ETag
+    assert theirs.last() == line(2, "two, third time")
 
 
 # -- writers --------------------------------------------------------------------------------------

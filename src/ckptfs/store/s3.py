@@ -442,7 +442,6 @@ class S3Writer(ObjectWriter):
         self._upload_id: str | None = None
         self._parts: list[dict] = []
         self.size = 0
-        self._done = False
 
     @property
     def buffered(self) -> int:
@@ -483,7 +482,6 @@ class S3Writer(ObjectWriter):
                 pass  # the error that stopped the commit is the one to tell
             raise
         self._buffer = bytearray()
-        self._done = True
 
     def _complete(self) -> None:
         def send():
@@ -496,7 +494,6 @@ class S3Writer(ObjectWriter):
 
     def abort(self) -> None:
         self._buffer = bytearray()
-        self._done = True
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             self._backend._abort_upload(self._key, upload_id)
