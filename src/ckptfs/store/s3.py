@@ -93,7 +93,7 @@ class NoSuchBucketError(NotAStoreError):
     """The store's bucket does not exist (at this endpoint)."""
 
 
-class _ConditionalConflict(Exception):
+class _ConditionalConflict(OSError):
     """409 ConditionalRequestConflict: a create raced another; try again."""
 
 
@@ -180,11 +180,20 @@ class S3Backend(Backend):
         """The S3 request `operation` on this store's bucket, its errors turned into the
         backend's (`name`: the object it is about, for messages); None for an error
         whose code is in `tolerate`."""
+        with self.translated(operation, name):
+            try:
+                return getattr(self.client, operation)(Bucket=self.bucket, **params)
+            except boto_errors.ClientError as e:
+                if e.response.get("Error", {}).get("Code") in tolerate:
+                    return None
+                raise
+
+    @contextmanager
+    def translated(self, operation: str, name: str | None = None):
+        """botocore's exceptions in the block turned into the backend's errors."""
         try:
-            return getattr(self.client, operation)(Bucket=self.bucket, **params)
+            yield
         except boto_errors.ClientError as e:
-            if e.response.get("Error", {}).get("Code") in tolerate:
-                return None
             raise self._client_error(e, operation, name) from None
         except _CONNECTION_ERRORS as e:
             raise self.unavailable(e) from None
@@ -214,8 +223,9 @@ class S3Backend(Backend):
             # botocore sent the request again: an earlier try may have made the object
             exists.retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
             return exists
-        if code == "ConditionalRequestConflict" or status == 409:
-            return _ConditionalConflict(what)
+        if code == "ConditionalRequestConflict":
+            return _ConditionalConflict(errno.EAGAIN, f"{what} is being created by another "
+                                        "writer at the same time")
         if code in _DENIED_CODES:
             return PermissionError(
                 errno.EACCES, f"{what}: access denied ({code}): check the credentials "
@@ -290,12 +300,8 @@ class S3Backend(Backend):
         return self._read_body(response)
 
     def _read_body(self, response) -> bytes:
-        try:
+        with self.translated("get_object"):
             return response["Body"].read()
-        except _CONNECTION_ERRORS as e:
-            raise self.unavailable(e) from None
-        except boto_errors.BotoCoreError as e:
-            raise OSError(errno.EIO, f"{self.location}: reading an object failed: {e}") from None
 
     def stat(self, name: str) -> int:
         return self.call("head_object", name, Key=self.key(name))["ContentLength"]
@@ -313,15 +319,9 @@ class S3Backend(Backend):
         if start_after:
             params["StartAfter"] = start_after
         pages = self.client.get_paginator("list_objects_v2").paginate(**params)
-        try:
+        with self.translated("list_objects_v2"):
             for page in pages:
                 yield from page.get("Contents", [])
-        except boto_errors.ClientError as e:
-            raise self._client_error(e, "list_objects_v2", None) from None
-        except _CONNECTION_ERRORS as e:
-            raise self.unavailable(e) from None
-        except boto_errors.BotoCoreError as e:
-            raise OSError(errno.EIO, f"{self.location}: listing failed: {e}") from None
 
     def delete(self, name: str) -> bool:
         key = self.key(name)
@@ -345,16 +345,12 @@ class S3Backend(Backend):
         pages = self.client.get_paginator("list_multipart_uploads").paginate(
             Bucket=self.bucket, Prefix=self._root)
         aborted = 0
-        try:
+        with self.translated("list_multipart_uploads"):
             for page in pages:
                 now = _server_time(page)
                 for upload in page.get("Uploads", []):
                     if now - upload["Initiated"].timestamp() > older_than:
                         aborted += self._abort_upload(upload["Key"], upload["UploadId"])
-        except boto_errors.ClientError as e:
-            raise self._client_error(e, "list_multipart_uploads", None) from None
-        except _CONNECTION_ERRORS as e:
-            raise self.unavailable(e) from None
         return aborted
 
     def _abort_upload(self, key: str, upload_id: str) -> int:
@@ -415,7 +411,7 @@ def retry_conflicts(send):
             return send()
         except _ConditionalConflict as e:
             if pause is None:
-                raise ObjectExistsError(f"{e} is being created by another writer") from None
+                raise ObjectExistsError(e.strerror) from None
             time.sleep(pause * (1 + random.random()))
 
 
