@@ -122,15 +122,22 @@ def test_two_machines_racing_for_a_seq_exactly_one_wins(machines):
     assert [json.loads(x)["seq"] for x in logs[1].lines()] == list(range(1, 11))
 
 
-def test_entries_and_segments_read_back_in_order(machines, monkeypatch):
-    """35 entries with a segment every 10: three segments are written, and a machine
-    with no journal of its own reads 3 segments and 5 entries, not 35 objects."""
+def machines_with_a_journal(machines, monkeypatch, entries: int):
+    """(writer, reader): the first machine appends `entries` entries, a segment every
+    10; the second has not read the journal yet."""
     monkeypatch.setattr(s3, "SEGMENT", 10)
     writer, reader = machines(2)
     journal = Journal(writer.journal())
     with journal.locked():
-        for n in range(35):
+        for n in range(entries):
             journal.append({"type": "x", "n": n})
+    return writer, reader
+
+
+def test_entries_and_segments_read_back_in_order(machines, monkeypatch):
+    """35 entries with a segment every 10: three segments are written, and a machine
+    with no journal of its own reads 3 segments and 5 entries, not 35 objects."""
+    writer, reader = machines_with_a_journal(machines, monkeypatch, 35)
     assert [info.name for info in writer.list("journal/segments/")] == [
         "journal/segments/00000000000000000001-00000000000000000010.jsonl",
         "journal/segments/00000000000000000011-00000000000000000020.jsonl",
@@ -146,12 +153,7 @@ def test_entries_and_segments_read_back_in_order(machines, monkeypatch):
 
 
 def test_a_missing_segment_is_read_from_the_entries_and_written_again(machines, monkeypatch):
-    monkeypatch.setattr(s3, "SEGMENT", 10)
-    writer, reader = machines(2)
-    journal = Journal(writer.journal())
-    with journal.locked():
-        for n in range(25):
-            journal.append({"type": "x", "n": n})
+    writer, reader = machines_with_a_journal(machines, monkeypatch, 25)
     segment = "journal/segments/00000000000000000011-00000000000000000020.jsonl"
     whole = writer.get(segment)
     writer.delete(segment)
