@@ -21,7 +21,7 @@ from ckptfs.store.backend import (
     ObjectMissingError,
     SeqTakenError,
 )
-from ckptfs.store.errors import StoreError
+from ckptfs.store.errors import IntegrityError, StoreError
 from ckptfs.store.journal import Journal
 from ckptfs.store.s3 import NoSuchBucketError, S3Backend, S3ConfigError, parse_s3_url
 from tests.helpers.s3 import free_port
@@ -161,6 +161,31 @@ def test_a_missing_segment_is_read_from_the_entries_and_written_again(machines, 
     assert writer.get(segment) == whole  # the reader wrote it again
 
 
+def test_an_entry_taken_back_while_it_is_read_ends_the_journal(machines, s3_env):
+    writer, reader = machines(2)
+    log = writer.journal()
+    for seq in (1, 2, 3):
+        log.append(seq, line(seq, str(seq)))
+
+    def take_back_once(params, **kwargs):
+        if not taken and params["url_path"].endswith(s3.entry_name(3)):
+            taken.append(True)
+            log.remove_last(3)  # between the reader's listing and its GETs
+    taken = []
+    reader.client.meta.events.register("before-call.s3.GetObject", take_back_once)
+    assert list(reader.journal().lines()) == [line(1, "1"), line(2, "2")]
+    assert taken
+
+
+def test_an_entry_missing_inside_the_journal_is_damage(backend):
+    log = backend.journal()
+    for seq in (1, 2, 3):
+        log.append(seq, line(seq, str(seq)))
+    backend.delete(s3.entry_name(2))
+    with pytest.raises(IntegrityError, match="journal entry 2 is missing"):
+        list(log.lines())
+
+
 def test_a_lost_reply_to_an_entry_put_that_was_stored_is_ours(backend):
     """The server stores the entry, the reply is lost: read back, the same bytes (the
     nonce makes them unique) say it was this writer's."""
@@ -195,6 +220,25 @@ def test_a_lost_reply_with_the_server_gone_is_unavailable(backend):
     lose_reply(backend, "before-call.s3.GetObject")
     with pytest.raises(BackendUnavailableError, match="cannot be reached"):
         backend.journal().append(1, line(1, "ours"))
+
+
+def test_a_create_retried_by_botocore_after_its_first_try_landed_is_ours(backend, s3_env):
+    """The first try stores the object and its reply is lost; botocore sends the PUT
+    again, which the server refuses (412): the object holds these bytes, so the
+    create succeeded. Another writer's bytes would still be refused."""
+    def land_then_lose(request, **kwargs):
+        if not landed:
+            landed.append(request.url)
+            key = request.url.split(f"/{backend.bucket}/", 1)[1]
+            s3_env.client().put_object(Bucket=backend.bucket, Key=key, Body=request.body)
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url=backend.endpoint)
+        return None
+    landed = []
+    backend.client.meta.events.register("before-send.s3.PutObject", land_then_lose)
+    backend.put_if_absent("packs/000000/00000001.pack", b"ours")
+    assert landed and backend.get("packs/000000/00000001.pack") == b"ours"
+    with pytest.raises(ObjectExistsError):
+        backend.put_if_absent("packs/000000/00000001.pack", b"theirs")
 
 
 def test_a_racing_create_answered_409_is_tried_again(backend):

@@ -43,7 +43,7 @@ from .backend import (
     SeqTakenError,
     check_object_name,
 )
-from .errors import NotAStoreError, StoreError
+from .errors import IntegrityError, NotAStoreError, StoreError
 from .private import make_private_dirs, private_open
 
 SCHEME = "s3://"
@@ -687,10 +687,15 @@ class S3JournalLog(JournalLog):
             match = _ENTRY_RE.match(item["Key"][len(self._root):])
             if match:
                 seqs.append(int(match[1]))
-        fetched = self._backend.pool().map(
-            lambda seq: self._backend.get(entry_name(seq)), seqs)
+        fetched = self._backend.pool().map(self._stored, map(entry_name, seqs))
         by_seq = {}
-        for seq, line in zip(seqs, fetched):
+        for expected, (seq, line) in enumerate(zip(seqs, fetched), after_seq + 1):
+            if line is None and seq == seqs[-1]:
+                return  # the last entry, taken back by its writer since it was listed
+            if line is None or seq != expected:
+                raise IntegrityError(f"journal entry {expected} is missing from "
+                                     f"{self.location}, though later ones are there: the "
+                                     "journal was damaged")
             by_seq[seq] = line
             yield line
         self._write_missing_segments(by_seq, seqs[-1] if seqs else 0)
