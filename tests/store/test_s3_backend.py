@@ -318,6 +318,16 @@ def test_an_aborted_multipart_writer_leaves_nothing(backend, s3_env):
     assert backend.list("") == [] and uploads(s3_env, backend) == []
 
 
+def test_a_part_that_cannot_be_sent_fails_the_commit_and_leaves_nothing(backend, s3_env):
+    backend.part_size = 5 * MiB
+    lose_reply(backend, "before-call.s3.UploadPart")
+    writer = backend.open_writer("packs/000000/00000001.pack")
+    writer.write(b"x" * (6 * MiB))  # the part fails in the background
+    with pytest.raises(BackendUnavailableError, match="cannot be reached"):
+        writer.commit()
+    assert backend.list("") == [] and uploads(s3_env, backend) == []
+
+
 def test_a_multipart_commit_never_replaces_an_object(backend, s3_env):
     backend.part_size = 5 * MiB
     writer = backend.open_writer("packs/000000/00000001.pack")

@@ -24,6 +24,7 @@ import re
 import secrets
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
@@ -52,6 +53,8 @@ SCHEME = "s3://"
 PART_SIZE = 16 << 20
 SEGMENT = 1000  # journal entries per segment object
 PARALLEL_GETS = 16  # GETs at once when many journal objects are read
+UPLOAD_THREADS = 8  # parts of all the writers of a backend sent at once
+PARTS_IN_FLIGHT = 2  # parts of one writer being sent while it fills the next
 MAX_POOL_CONNECTIONS = 64
 ENV_MAX_ATTEMPTS = "CKPTFS_S3_MAX_ATTEMPTS"
 ENV_CONNECT_TIMEOUT = "CKPTFS_S3_CONNECT_TIMEOUT"
@@ -166,7 +169,7 @@ class S3Backend(Backend):
         self._root = f"{self.prefix}/" if self.prefix else ""
         self.client = boto3.session.Session().client("s3", config=client_config())
         self.endpoint = self.client.meta.endpoint_url
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
 
     # -- names and requests ------------------------------------------------------------
@@ -252,10 +255,19 @@ class S3Backend(Backend):
 
     def pool(self) -> ThreadPoolExecutor:
         """Threads for parallel GETs (boto3's client is thread-safe)."""
+        return self._lazy_pool("get", PARALLEL_GETS)
+
+    def upload_pool(self) -> ThreadPoolExecutor:
+        """Threads that send the parts of multipart uploads (apart from the GETs': a
+        reader of the journal never waits behind a pack's parts)."""
+        return self._lazy_pool("upload", UPLOAD_THREADS)
+
+    def _lazy_pool(self, kind: str, workers: int) -> ThreadPoolExecutor:
         with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(PARALLEL_GETS, thread_name_prefix="ckptfs-s3")
-            return self._pool
+            if kind not in self._pools:
+                self._pools[kind] = ThreadPoolExecutor(
+                    workers, thread_name_prefix=f"ckptfs-s3-{kind}")
+            return self._pools[kind]
 
     # -- objects -------------------------------------------------------------------------
     def put_if_absent(self, name: str, data: bytes) -> None:
@@ -350,10 +362,10 @@ class S3Backend(Backend):
                 now = _server_time(page)
                 for upload in page.get("Uploads", []):
                     if now - upload["Initiated"].timestamp() > older_than:
-                        aborted += self._abort_upload(upload["Key"], upload["UploadId"])
+                        aborted += self.abort_upload(upload["Key"], upload["UploadId"])
         return aborted
 
-    def _abort_upload(self, key: str, upload_id: str) -> int:
+    def abort_upload(self, key: str, upload_id: str) -> int:
         """1 if the upload was aborted, 0 if it had finished or gone meanwhile."""
         done = self.call("abort_multipart_upload", tolerate=("NoSuchUpload",), Key=key,
                          UploadId=upload_id)
@@ -396,9 +408,9 @@ class S3Backend(Backend):
 
     def close(self) -> None:
         with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
+            pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=True)
         self.client.close()
 
 
@@ -426,9 +438,10 @@ def _server_time(response: dict) -> float:
 
 
 class S3Writer(ObjectWriter):
-    """A new object, invisible until `commit`. Up to one part is kept in memory: a
-    small object is sent at `commit` with one PutObject, a bigger one as a multipart
-    upload whose parts go as they fill, completed at `commit` with `If-None-Match: *`."""
+    """A new object, invisible until `commit`. A small object is sent at `commit` with
+    one PutObject; a bigger one is a multipart upload whose parts are sent as they fill,
+    in the background (at most PARTS_IN_FLIGHT at once, so memory stays bounded by a
+    few parts whatever the size), completed at `commit` with `If-None-Match: *`."""
 
     def __init__(self, backend: S3Backend, name: str):
         self._backend = backend
@@ -436,7 +449,8 @@ class S3Writer(ObjectWriter):
         self._key = backend.key(name)
         self._buffer = bytearray()
         self._upload_id: str | None = None
-        self._parts: list[dict] = []
+        self._sending: deque = deque()  # (part number, Future of its ETag), oldest first
+        self._parts: list[dict] = []  # the parts sent: PartNumber, ETag
         self.size = 0
 
     @property
@@ -454,14 +468,24 @@ class S3Writer(ObjectWriter):
             self._send_part(part)
 
     def _send_part(self, data: bytes) -> None:
-        call = self._backend.call
         if self._upload_id is None:
-            self._upload_id = call("create_multipart_upload", self.name,
-                                   Key=self._key)["UploadId"]
-        number = len(self._parts) + 1
-        reply = call("upload_part", self.name, Key=self._key, UploadId=self._upload_id,
-                     PartNumber=number, Body=data)
-        self._parts.append({"PartNumber": number, "ETag": reply["ETag"]})
+            self._upload_id = self._backend.call("create_multipart_upload", self.name,
+                                                 Key=self._key)["UploadId"]
+        while len(self._sending) >= PARTS_IN_FLIGHT:
+            self._settle_oldest()
+        number = len(self._parts) + len(self._sending) + 1
+        future = self._backend.upload_pool().submit(self._upload_part, number, data)
+        self._sending.append((number, future))
+
+    def _upload_part(self, number: int, data: bytes) -> str:
+        return self._backend.call("upload_part", self.name, Key=self._key,
+                                  UploadId=self._upload_id, PartNumber=number,
+                                  Body=data)["ETag"]
+
+    def _settle_oldest(self) -> None:
+        """Wait for the oldest part being sent; its error, if it failed."""
+        number, future = self._sending.popleft()
+        self._parts.append({"PartNumber": number, "ETag": future.result()})
 
     def commit(self) -> None:
         try:
@@ -470,6 +494,8 @@ class S3Writer(ObjectWriter):
             else:
                 if self._buffer:
                     self._send_part(bytes(self._buffer))
+                while self._sending:
+                    self._settle_oldest()
                 self._complete()
         except BaseException:
             try:
@@ -490,9 +516,15 @@ class S3Writer(ObjectWriter):
 
     def abort(self) -> None:
         self._buffer = bytearray()
+        while self._sending:
+            _number, future = self._sending.popleft()
+            if not future.cancel():
+                # Sent already: let it end, or the part could land after the abort
+                # and keep the upload alive. Its error does not matter any more.
+                future.exception()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
-            self._backend._abort_upload(self._key, upload_id)
+            self._backend.abort_upload(self._key, upload_id)
 
 
 # -- the journal -----------------------------------------------------------------------------
