@@ -14,7 +14,7 @@ import botocore.exceptions
 import pytest
 from botocore.awsrequest import AWSResponse
 
-from ckptfs.store import s3
+from ckptfs.store import s3journal
 from ckptfs.store.backend import (
     BackendUnavailableError,
     ObjectExistsError,
@@ -125,7 +125,7 @@ def test_two_machines_racing_for_a_seq_exactly_one_wins(machines):
 def machines_with_a_journal(machines, monkeypatch, entries: int):
     """(writer, reader): the first machine appends `entries` entries, a segment every
     10; the second has not read the journal yet."""
-    monkeypatch.setattr(s3, "SEGMENT", 10)
+    monkeypatch.setattr(s3journal, "SEGMENT", 10)
     writer, reader = machines(2)
     journal = Journal(writer.journal())
     with journal.locked():
@@ -168,7 +168,7 @@ def test_an_entry_taken_back_while_it_is_read_ends_the_journal(machines, s3_env)
         log.append(seq, line(seq, str(seq)))
 
     def take_back_once(params, **kwargs):
-        if not taken and params["url_path"].endswith(s3.entry_name(3)):
+        if not taken and params["url_path"].endswith(s3journal.entry_name(3)):
             taken.append(True)
             log.remove_last(3)  # between the reader's listing and its GETs
     taken = []
@@ -181,7 +181,7 @@ def test_an_entry_missing_inside_the_journal_is_damage(backend):
     log = backend.journal()
     for seq in (1, 2, 3):
         log.append(seq, line(seq, str(seq)))
-    backend.delete(s3.entry_name(2))
+    backend.delete(s3journal.entry_name(2))
     with pytest.raises(IntegrityError, match="journal entry 2 is missing"):
         list(log.lines())
 
@@ -205,7 +205,7 @@ def test_a_lost_reply_to_a_refused_entry_put_is_a_taken_seq(machines):
     lose_reply(second, "after-call.s3.PutObject")
     with pytest.raises(SeqTakenError):
         second.journal().append(1, line(1, "ours"))
-    assert first.get(s3.entry_name(1)) == line(1, "theirs")
+    assert first.get(s3journal.entry_name(1)) == line(1, "theirs")
 
 
 def test_a_put_that_never_arrived_is_sent_again(backend):
@@ -275,7 +275,7 @@ def test_the_last_entry_is_taken_back_only_while_it_is_last(machines):
 def test_a_machine_sees_an_entry_taken_back_elsewhere(machines, monkeypatch):
     """The last entry a machine knew is taken back by its writer: `last` notices,
     and so does the segment that ended with it."""
-    monkeypatch.setattr(s3, "SEGMENT", 2)
+    monkeypatch.setattr(s3journal, "SEGMENT", 2)
     first, second = machines(2)
     mine, theirs = first.journal(), second.journal()
     mine.append(1, line(1, "one"))

@@ -5,9 +5,8 @@ Every object of the store is the S3 object `PREFIX/NAME` in BUCKET (docs/format.
 that safe is S3's conditional create (`If-None-Match: *`): of two machines creating one
 name, exactly one succeeds. Packs are created that way (one `PutObject`, or a multipart
 upload completed with the condition), and so is every journal entry, which is its own
-object named by its seq (`S3JournalLog`): the writer that loses a seq catches up and
-tries the next one, as in the Delta Lake protocol. Every SEGMENT entries are also kept
-as one object, so that a new machine reads a long journal in few requests.
+object named by its seq (`S3JournalLog`, s3journal.py): the writer that loses a seq
+catches up and tries the next one, as in the Delta Lake protocol.
 
 Endpoint, credentials and region come the standard way (AWS_ENDPOINT_URL,
 AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_PROFILE, ~/.aws/config),
@@ -17,7 +16,6 @@ cannot be reached is `BackendUnavailableError`, refused credentials `PermissionE
 a missing bucket `NoSuchBucketError`, a missing object `ObjectMissingError`.
 """
 import errno
-import fcntl
 import os
 import random
 import re
@@ -41,17 +39,15 @@ from .backend import (
     ObjectInfo,
     ObjectMissingError,
     ObjectWriter,
-    SeqTakenError,
     check_object_name,
 )
-from .errors import IntegrityError, NotAStoreError, StoreError
-from .private import make_private_dirs, private_open
+from .errors import NotAStoreError, StoreError
+from .s3journal import S3JournalLog
 
 SCHEME = "s3://"
 # A writer sends a multipart upload's parts as they fill (S3 wants at least 5 MiB for
 # every part but the last); an object smaller than one part is one PutObject.
 PART_SIZE = 16 << 20
-SEGMENT = 1000  # journal entries per segment object
 PARALLEL_GETS = 16  # GETs at once when many journal objects are read
 UPLOAD_THREADS = 8  # parts of all the writers of a backend sent at once
 PARTS_IN_FLIGHT = 2  # parts of one writer being sent while it fills the next
@@ -64,21 +60,12 @@ READ_TIMEOUT = 60.0
 # AWS may answer a create racing another create of the same name with 409
 # ConditionalRequestConflict: try again after these pauses (seconds, jittered).
 CONFLICT_PAUSES = (0.05, 0.1, 0.2, 0.4, 0.8)
-# A journal PUT whose reply was lost and that is not there when read back is sent
-# again, this many times in all.
-JOURNAL_PUT_TRIES = 3
-
-ENTRIES_DIR = "journal/entries"
-SEGMENTS_DIR = "journal/segments"
-JOURNAL_LOCK_FILE = "journal.lock"
 PROBE_DIR = "probe"
 
 # A bucket name S3 accepts (the general-purpose rules): 3-63 lowercase letters, digits,
 # dots and hyphens, a letter or digit at both ends, no "..", not an IP address.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _IP_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
-_ENTRY_RE = re.compile(r"^(\d{20})\.json$")
-_SEGMENT_RE = re.compile(r"^(\d{20})-(\d{20})\.jsonl$")
 _CONNECTION_ERRORS = (boto_errors.ConnectionError, boto_errors.HTTPClientError)
 _CREDENTIAL_ERRORS = (boto_errors.NoCredentialsError, boto_errors.PartialCredentialsError)
 _DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403",
@@ -525,239 +512,3 @@ class S3Writer(ObjectWriter):
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is not None:
             self._backend.abort_upload(self._key, upload_id)
-
-
-# -- the journal -----------------------------------------------------------------------------
-def entry_name(seq: int) -> str:
-    return f"{ENTRIES_DIR}/{seq:020d}.json"
-
-
-def segment_name(first: int, last: int) -> str:
-    return f"{SEGMENTS_DIR}/{first:020d}-{last:020d}.jsonl"
-
-
-class S3JournalLog(JournalLog):
-    """The journal as objects: entry `seq` is `journal/entries/<seq, 20 digits>.json`
-    (its line), created with put-if-absent, so the listing is in seq order and two
-    writers can never take one seq; entries k*SEGMENT+1 … (k+1)*SEGMENT are also one
-    object `journal/segments/<first>-<last>.jsonl` (their lines joined by newlines).
-
-    A PUT whose reply was lost is resolved by reading the entry back: the same bytes
-    (the entry's nonce makes them unique) are this writer's."""
-
-    wants_nonce = True
-
-    def __init__(self, backend: S3Backend, local_dir: str | None = None):
-        self._backend = backend
-        self.location = f"{backend.location}/{ENTRIES_DIR}"
-        self._root = backend.key(ENTRIES_DIR) + "/"
-        self._segment_root = backend.key(SEGMENTS_DIR) + "/"
-        self._lock_path = os.path.join(local_dir, JOURNAL_LOCK_FILE) if local_dir else None
-        self._thread_lock = threading.Lock()
-        self._known: tuple[int, str | None, bytes] | None = None  # (seq, ETag, line) of the last
-        self._appended: tuple[int, str | None, bytes] | None = None  # what this log appended last
-
-    @contextmanager
-    def locked(self):
-        """This process's threads, and this machine's processes (flock on a file in its
-        local directory), one at a time; other machines are kept apart by the
-        conditional create of each entry, not by a lock."""
-        with self._thread_lock:
-            if self._lock_path is None:
-                yield
-                return
-            make_private_dirs(os.path.dirname(self._lock_path))
-            fd = private_open(self._lock_path, os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                yield
-            finally:
-                os.close(fd)
-
-    # -- the end of the journal ----------------------------------------------------------
-    def last(self) -> bytes | None:
-        known = self._known
-        if known is not None:
-            start = known[0] - 1  # the known last entry is listed too: is it still there?
-        else:
-            start = max(self._segment_ends(0), default=1) - 1
-        newest = None
-        for item in self._backend.list_keys(self._root, self._start_key(start)):
-            if _ENTRY_RE.match(item["Key"][len(self._root):]):
-                newest = item
-        if newest is None:
-            if known is None and start == 0:
-                return None
-            self._known = None  # the entry it knew was taken back: look from the start
-            return self._last_from_start()
-        seq = int(newest["Key"][len(self._root):][:20])
-        if known is not None and known[0] == seq and known[1] == newest.get("ETag"):
-            return known[2]
-        line = self._backend.get(entry_name(seq))
-        self._known = (seq, newest.get("ETag"), line)
-        return line
-
-    def _last_from_start(self) -> bytes | None:
-        items = [item for item in self._backend.list_keys(self._root)
-                 if _ENTRY_RE.match(item["Key"][len(self._root):])]
-        if not items:
-            return None
-        seq = int(items[-1]["Key"][len(self._root):][:20])
-        line = self._backend.get(entry_name(seq))
-        self._known = (seq, items[-1].get("ETag"), line)
-        return line
-
-    def _start_key(self, after_seq: int) -> str | None:
-        """Where a listing of the entries after `after_seq` starts (after that key)."""
-        return self._backend.key(entry_name(after_seq)) if after_seq > 0 else None
-
-    # -- appending -----------------------------------------------------------------------
-    def append(self, seq: int, line: bytes) -> None:
-        etag = self._create_entry(seq, line)
-        self._known = self._appended = (seq, etag, line)
-        if seq % SEGMENT == 0:
-            self._write_segment_quietly(seq - SEGMENT + 1, seq)
-
-    def _create_entry(self, seq: int, line: bytes) -> str | None:
-        """Create entry `seq`; its ETag (None: unknown). A lost reply is resolved by
-        reading the entry back."""
-        name = entry_name(seq)
-        for _try in range(JOURNAL_PUT_TRIES):
-            try:
-                return self._backend.create(name, line)
-            except ObjectExistsError:
-                if self._stored(name) == line:
-                    return None  # ours: an earlier try of this PUT made it
-                raise SeqTakenError(f"journal entry {seq} exists in {self.location}") from None
-            except BackendUnavailableError:
-                stored = self._stored(name)  # unreachable still: that error goes up
-                if stored == line:
-                    return None
-                if stored is not None:
-                    raise SeqTakenError(
-                        f"journal entry {seq} exists in {self.location}") from None
-                # not there: the PUT never arrived; send it again
-        raise self._backend.unavailable(f"journal entry {seq} could not be stored")
-
-    def _stored(self, name: str) -> bytes | None:
-        try:
-            return self._backend.get(name)
-        except ObjectMissingError:
-            return None
-
-    def remove_last(self, seq: int) -> None:
-        if self._appended is None or self._appended[0] != seq:
-            raise RuntimeError("rollback of an entry that was not the last one appended")
-        _seq, _etag, line = self._appended
-        self._refuse_if_followed(seq)
-        if seq % SEGMENT == 0:
-            self._backend.delete(segment_name(seq - SEGMENT + 1, seq))
-        self._backend.delete(entry_name(seq))
-        self._appended = self._known = None
-        try:
-            self._refuse_if_followed(seq)
-        except StoreError:
-            # Another writer appended after the entry while it was being removed: put it
-            # back, or that writer's entry would follow nothing.
-            self._backend.put_if_absent(entry_name(seq), line)
-            raise
-
-    def _refuse_if_followed(self, seq: int) -> None:
-        for item in self._backend.list_keys(self._root, self._start_key(seq)):
-            if _ENTRY_RE.match(item["Key"][len(self._root):]):
-                raise StoreError(
-                    f"journal entry {seq} cannot be taken back: another writer has "
-                    f"appended {item['Key'][len(self._root):]} after it in {self.location}; "
-                    "the entry stays, and the index applies it when it next catches up")
-
-    # -- reading -------------------------------------------------------------------------
-    def lines(self, after_seq: int = 0):
-        covered = after_seq
-        for first, segment_lines in self._segments_from(after_seq):
-            for seq, line in enumerate(segment_lines, first):
-                if seq > after_seq:
-                    yield line
-            covered = first + len(segment_lines) - 1
-        yield from self._entries_after(covered)
-
-    def _segment_ends(self, after_seq: int) -> list[int]:
-        """The last seqs of the segments from the one holding `after_seq` + 1 on."""
-        return [last for _first, last in self._segment_spans(after_seq)]
-
-    def _segment_spans(self, after_seq: int) -> list[tuple[int, int]]:
-        """(first, last) of the whole segments that continue one another from the one
-        holding entry `after_seq` + 1."""
-        expected = after_seq // SEGMENT * SEGMENT + 1
-        start = self._segment_root + f"{expected - 1:020d}" if expected > 1 else None
-        spans = []
-        for item in self._backend.list_keys(self._segment_root, start):
-            match = _SEGMENT_RE.match(item["Key"][len(self._segment_root):])
-            if not match:
-                continue
-            first, last = int(match[1]), int(match[2])
-            if first != expected or last != first + SEGMENT - 1:
-                break  # a segment missing: the entries' own objects are read from here
-            spans.append((first, last))
-            expected = last + 1
-        return spans
-
-    def _segments_from(self, after_seq: int):
-        """(first seq, its lines) of the segments that cover entries after `after_seq`,
-        fetched in parallel; stops at a segment that is not whole."""
-        spans = self._segment_spans(after_seq)
-        fetched = self._backend.pool().map(
-            lambda span: self._backend.get(segment_name(*span)), spans)
-        for (first, last), data in zip(spans, fetched):
-            segment_lines = data.split(b"\n")
-            if len(segment_lines) != last - first + 1:
-                return  # damaged: the entries' own objects are read instead
-            yield first, segment_lines
-
-    def _entries_after(self, after_seq: int):
-        seqs = []
-        for item in self._backend.list_keys(self._root, self._start_key(after_seq)):
-            match = _ENTRY_RE.match(item["Key"][len(self._root):])
-            if match:
-                seqs.append(int(match[1]))
-        fetched = self._backend.pool().map(self._stored, map(entry_name, seqs))
-        by_seq = {}
-        for expected, (seq, line) in enumerate(zip(seqs, fetched), after_seq + 1):
-            if line is None and seq == seqs[-1]:
-                return  # the last entry, taken back by its writer since it was listed
-            if line is None or seq != expected:
-                raise IntegrityError(f"journal entry {expected} is missing from "
-                                     f"{self.location}, though later ones are there: the "
-                                     "journal was damaged")
-            by_seq[seq] = line
-            yield line
-        self._write_missing_segments(by_seq, seqs[-1] if seqs else 0)
-
-    def _write_missing_segments(self, by_seq: dict[int, bytes], newest: int) -> None:
-        """Write the segments a reader found missing: whole ones it has every line of,
-        that end before the journal's last entry (which its writer may still take back)."""
-        first = min(by_seq, default=0)
-        first = (first - 1) // SEGMENT * SEGMENT + 1 if first else 0
-        while first and first + SEGMENT - 1 < newest:
-            last = first + SEGMENT - 1
-            if all(seq in by_seq for seq in range(first, last + 1)):
-                self._put_segment(first, last, [by_seq[s] for s in range(first, last + 1)])
-            first += SEGMENT
-
-    def _write_segment_quietly(self, first: int, last: int) -> None:
-        """The segment the writer of its last entry writes (best effort: a reader that
-        finds it missing writes it later)."""
-        try:
-            names = [entry_name(seq) for seq in range(first, last + 1)]
-            lines = list(self._backend.pool().map(self._backend.get, names))
-        except OSError:
-            return
-        self._put_segment(first, last, lines)
-
-    def _put_segment(self, first: int, last: int, lines: list[bytes]) -> None:
-        try:
-            self._backend.put_if_absent(segment_name(first, last), b"\n".join(lines))
-        except OSError:
-            pass  # there already, or not allowed (a reader's credentials): the entries serve
-
-    def raw(self) -> bytes:
-        return b"".join(line + b"\n" for line in self.lines())
