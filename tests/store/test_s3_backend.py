@@ -388,6 +388,47 @@ def test_a_missing_bucket_is_a_clear_error(s3_env):
         backend.close()
 
 
+@pytest.mark.parametrize("status, code, error", [
+    (403, "AccessDenied", PermissionError),
+    (403, "InvalidAccessKeyId", PermissionError),
+    (403, "SignatureDoesNotMatch", PermissionError),
+    (503, "SlowDown", BackendUnavailableError),
+    (400, "InvalidArgument", OSError),
+])
+def test_refusals_are_the_backend_s_errors(machines, monkeypatch, status, code, error):
+    """Replies moto does not give (it takes any credentials) are made at the client:
+    each is one clear error, never a botocore exception."""
+    monkeypatch.setenv("CKPTFS_S3_MAX_ATTEMPTS", "1")  # botocore would try a 503 again
+    backend = machines(1)[0]
+    answer(backend, "GetObject", status, code)
+    with pytest.raises(error) as raised:
+        backend.get("ckptfs.toml")
+    assert not isinstance(raised.value, botocore.exceptions.BotoCoreError)
+    assert backend.location in str(raised.value)
+    if error is PermissionError:
+        assert "AWS_ACCESS_KEY_ID" in str(raised.value)
+
+
+def test_an_access_denied_bucket_is_the_root_problem(backend):
+    answer(backend, "HeadBucket", 403, "AccessDenied")
+    assert backend.root_problem() == ": access denied"
+
+
+def test_no_credentials_is_a_permission_error(s3_store_url, monkeypatch, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no network beyond loopback
+    backend = S3Backend(s3_store_url)
+    try:
+        with pytest.raises(PermissionError, match="Unable to locate credentials"):
+            backend.get("ckptfs.toml")
+        assert "credentials" in backend.root_problem()
+    finally:
+        backend.close()
+
+
 def test_a_reachable_bucket_has_no_problem(backend):
     assert backend.root_problem() is None
     with pytest.raises(ObjectMissingError):
@@ -429,6 +470,16 @@ class _Raw:
 
     def stream(self, *args, **kwargs):
         yield self.body
+
+
+def answer(backend: S3Backend, operation: str, status: int, code: str) -> None:
+    """Every `operation` of the backend is answered at the client with S3's error
+    `code`, however often botocore tries."""
+    def reply(request, **kwargs):
+        body = (f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+                f"<Message>made by the test</Message></Error>").encode()
+        return AWSResponse(request.url, status, {}, _Raw(body))
+    backend.client.meta.events.register(f"before-send.s3.{operation}", reply)
 
 
 def lose_reply(backend: S3Backend, event: str) -> None:
