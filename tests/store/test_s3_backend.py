@@ -150,6 +150,9 @@ def test_entries_and_segments_read_back_in_order(machines, monkeypatch):
     assert [json.loads(x)["seq"] for x in reader.journal().lines(30)] == list(range(31, 36))
     assert fresh.check_chain((35, None))["ok"]
     assert fresh.last_seq() == 35
+    listed_after = start_afters(reader)
+    assert json.loads(reader.journal().last())["seq"] == 35  # a log that knows nothing
+    assert listed_after == [None, f"store/{s3journal.entry_name(29)}"]  # segments, entries
 
 
 def test_a_missing_segment_is_read_from_the_entries_and_written_again(machines, monkeypatch):
@@ -499,6 +502,15 @@ def count_requests(backend: S3Backend, operation: str) -> list:
     backend.client.meta.events.register(f"before-call.s3.{operation}",
                                         lambda **kwargs: sent.append(1))
     return sent
+
+
+def start_afters(backend: S3Backend) -> list:
+    """The StartAfter of each listing the backend sends from now on."""
+    seen = []
+    backend.client.meta.events.register(
+        "before-call.s3.ListObjectsV2",
+        lambda params, **kwargs: seen.append(params["query_string"].get("start-after")))
+    return seen
 
 
 def uploads(s3_env, backend: S3Backend) -> list[str]:

@@ -118,7 +118,7 @@ def _env_number(name: str, default: float, kind):
         value = kind(text)
     except ValueError:
         value = None
-    if value is None or value <= 0:
+    if value is None or not 0 < value < float("inf"):
         raise S3ConfigError(f"{name}={text!r} is not a positive {kind.__name__}")
     return value
 

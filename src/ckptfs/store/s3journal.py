@@ -81,35 +81,38 @@ class S3JournalLog(JournalLog):
     # -- the end of the journal ----------------------------------------------------------
     def last(self) -> bytes | None:
         known = self._known
-        if known is not None:
-            start = known[0] - 1  # the known last entry is listed too: is it still there?
+        for start in self._last_search_starts(known):
+            newest = None
+            for newest in self._listed(start):
+                pass
+            if newest is not None:
+                break
         else:
-            start = max(self._segment_ends(0), default=1) - 1
-        newest = None
-        for item in self._backend.list_keys(self._root, self._start_key(start)):
-            if _ENTRY_RE.match(item["Key"][len(self._root):]):
-                newest = item
-        if newest is None:
-            if known is None and start == 0:
-                return None
-            self._known = None  # the entry it knew was taken back: look from the start
-            return self._last_from_start()
-        seq = int(newest["Key"][len(self._root):][:20])
-        if known is not None and known[0] == seq and known[1] == newest.get("ETag"):
-            return known[2]
-        line = self._backend.get(entry_name(seq))
-        self._known = (seq, newest.get("ETag"), line)
+            self._known = None
+            return None
+        if known is not None and known[:2] == newest:
+            return known[2]  # listed with the same ETag: the entry it knew
+        line = self._backend.get(entry_name(newest[0]))
+        self._known = (*newest, line)
         return line
 
-    def _last_from_start(self) -> bytes | None:
-        items = [item for item in self._backend.list_keys(self._root)
-                 if _ENTRY_RE.match(item["Key"][len(self._root):])]
-        if not items:
-            return None
-        seq = int(items[-1]["Key"][len(self._root):][:20])
-        line = self._backend.get(entry_name(seq))
-        self._known = (seq, items[-1].get("ETag"), line)
-        return line
+    def _last_search_starts(self, known):
+        """After which seqs to list for the last entry: just before the one this log
+        knows (listed too, to see it is still there: a writer may take its entry back),
+        else before the last segment's end, and from the start if those are gone."""
+        if known is not None:
+            yield known[0] - 1
+        ends = self._segment_ends(0)
+        if ends:
+            yield ends[-1] - 1
+        yield 0
+
+    def _listed(self, after_seq: int = 0):
+        """(seq, ETag) of the entries after `after_seq`, in seq order, as listed."""
+        for item in self._backend.list_keys(self._root, self._start_key(after_seq)):
+            match = _ENTRY_RE.match(item["Key"][len(self._root):])
+            if match:
+                yield int(match[1]), item.get("ETag")
 
     def _start_key(self, after_seq: int) -> str | None:
         """Where a listing of the entries after `after_seq` starts (after that key)."""
@@ -167,12 +170,11 @@ class S3JournalLog(JournalLog):
             raise
 
     def _refuse_if_followed(self, seq: int) -> None:
-        for item in self._backend.list_keys(self._root, self._start_key(seq)):
-            if _ENTRY_RE.match(item["Key"][len(self._root):]):
-                raise StoreError(
-                    f"journal entry {seq} cannot be taken back: another writer has "
-                    f"appended {item['Key'][len(self._root):]} after it in {self.location}; "
-                    "the entry stays, and the index applies it when it next catches up")
+        for later, _etag in self._listed(seq):
+            raise StoreError(
+                f"journal entry {seq} cannot be taken back: another writer has appended "
+                f"entry {later} after it in {self.location}; the entry stays, and the "
+                "index applies it when it next catches up")
 
     # -- reading -------------------------------------------------------------------------
     def lines(self, after_seq: int = 0):
@@ -218,11 +220,7 @@ class S3JournalLog(JournalLog):
             yield first, segment_lines
 
     def _entries_after(self, after_seq: int):
-        seqs = []
-        for item in self._backend.list_keys(self._root, self._start_key(after_seq)):
-            match = _ENTRY_RE.match(item["Key"][len(self._root):])
-            if match:
-                seqs.append(int(match[1]))
+        seqs = [seq for seq, _etag in self._listed(after_seq)]
         fetched = self._backend.pool().map(self._stored, map(entry_name, seqs))
         by_seq = {}
         for expected, (seq, line) in enumerate(zip(seqs, fetched), after_seq + 1):
@@ -253,14 +251,14 @@ class S3JournalLog(JournalLog):
         try:
             names = [entry_name(seq) for seq in range(first, last + 1)]
             lines = list(self._backend.pool().map(self._backend.get, names))
-        except OSError:
-            return
+        except (OSError, StoreError):
+            return  # the entry is stored: its commit must not fail for its segment
         self._put_segment(first, last, lines)
 
     def _put_segment(self, first: int, last: int, lines: list[bytes]) -> None:
         try:
             self._backend.put_if_absent(segment_name(first, last), b"\n".join(lines))
-        except OSError:
+        except (OSError, StoreError):
             pass  # there already, or not allowed (a reader's credentials): the entries serve
 
     def raw(self) -> bytes:
