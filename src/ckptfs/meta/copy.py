@@ -72,8 +72,8 @@ def check_roles(src, dst, versions: list[dict]):
     """Reader on every project copied from SRC, writer on it in DST (each store checks
     its own rules and journals a refusal); before anything is copied."""
     for project in sorted({record["project"] for record in versions}):
-        src.authorize(None, project, "reader", "copy versions out of", project)
-        dst.authorize(None, project, "writer", "copy versions into", project)
+        src.authorize(None, project, "reader", "read versions (to copy them)", project)
+        dst.authorize(None, project, "writer", "archive versions (a copy)", project)
 
 
 # -- the outcome ------------------------------------------------------------------------------
