@@ -18,12 +18,13 @@ import pytest
 # read Python's own files under /root, so they are imported here first.
 import ckptfs.cli.copy  # noqa: F401
 import ckptfs.meta.copy  # noqa: F401
-from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
 from tests.helpers.access import NOBODY, cli_as_user, public_dir, refusals
 from tests.helpers.cli import run_cli_checked, run_cli_many
 from tests.helpers.encryption import CONFIG_TEXT, env_with, grep_packs
-from tests.helpers.samples import make_checkpoint, make_hf_checkpoint, tree_snapshot
+from tests.helpers.export import archive_sample_versions
+from tests.helpers.recovery import flip_payload_byte, two_versions
+from tests.helpers.samples import make_checkpoint, tree_snapshot
 from tests.helpers.signing import check_signature, public_key_of
 
 # What a copy seals anew in DST; everything else of a sidecar is SRC's.
@@ -68,17 +69,9 @@ def spool_copy_dirs(store) -> list[str]:
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("copy-source")
     src = SimpleNamespace(root=root, store=str(root / "store"), key=str(root / "sign.pem"))
-    src.v1 = make_checkpoint(root / "src" / "v1", step=100)
-    src.step100 = make_hf_checkpoint(root / "src" / "step-100", step=100, eval_loss=0.7, user={
-        "tags": ["candidate"], "notes": "warmup fixed",
-        "lineage": {"data": {"name": "wiki", "version": "v3"}}})
-    src.step200 = make_hf_checkpoint(root / "src" / "step-200", step=200, eval_loss=0.4)
     with Store.init(src.store) as store:
         store.generate_signing_key(src.key)
-        archive_directory(store, src.v1, "p", "r", "v1")
-        archive_directory(store, src.step100, "nlp", "run", "step-100")
-        archive_directory(store, src.step200, "nlp", "run", "step-200")
-        store.set_alias("nlp", "run", "production", "step-200")
+        archive_sample_versions(store, src)  # the versions of test_export.py's source
         for name, step in (("tmp1", 1), ("tmp2", 2)):
             store.import_directory(make_checkpoint(root / "src" / name, step=step),
                                    "p", "scratch", name)
@@ -289,3 +282,18 @@ def test_roles_reader_in_src_and_writer_in_dst(open_store):  # the fixture of co
         assert versions_in(dst) == ["vision/r/v1"]
     finally:
         shutil.rmtree(os.path.dirname(dst), ignore_errors=True)
+
+
+def test_a_version_damaged_in_src_fails_with_exit_3_and_the_others_copy(tmp_path):
+    src = str(tmp_path / "src")
+    two_versions(tmp_path, src)
+    flip_payload_byte(src, "v1", "optimizer.pt")  # not shared with v2
+    dst = new_store(tmp_path / "dst")
+    proc = ck("copy", src, dst, rc=3)
+    lines = out(proc).splitlines()
+    assert lines[0].startswith("failed: p/r/v1: damaged in SRC: optimizer.pt: ")
+    assert lines[1].startswith("copied: p/r/v2")
+    assert err(proc) == "ckptfs: error: 1 of 2 version(s) were not copied (see above)\n"
+    assert versions_in(dst) == ["p/r/v2"]
+    assert spool_copy_dirs(dst) == []
+    ck("verify", dst)
