@@ -201,7 +201,7 @@ def test_a_name_taken_by_other_content_fails_that_version_only(source, tmp_path)
     assert show(dst, "p/r/v1")["digest"] != show(source.store, "p/r/v1")["digest"]
 
 
-def test_into_an_encrypted_store(source, tmp_path):
+def test_into_and_out_of_an_encrypted_store(source, tmp_path):
     env = env_with()
     dst = str(tmp_path / "dst")
     ck("init", "--encrypt", "--key-file", tmp_path / "dst.key", dst, env=env)
@@ -210,6 +210,12 @@ def test_into_an_encrypted_store(source, tmp_path):
     assert grep_packs(dst, CONFIG_TEXT) == 0  # the packs hold no plaintext
     ck("get", dst, "p/r/v1", tmp_path / "got", env=env)
     assert tree_snapshot(tmp_path / "got") == tree_snapshot(source.v1)
+    # and on, from the encrypted store into a plain one
+    plain = new_store(tmp_path / "plain")
+    ck("copy", dst, plain, env=env)
+    ck("get", plain, "p/r/v1", tmp_path / "got-again")
+    assert tree_snapshot(tmp_path / "got-again") == tree_snapshot(source.v1)
+    assert grep_packs(plain, CONFIG_TEXT) > 0
 
 
 def test_a_copy_killed_half_way_leaves_dst_sound_and_a_rerun_finishes(tmp_path):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ckptfs.store import IntegrityError, StoreError
-from ckptfs.store.catalog import DERIVED_ALIASES
+from ckptfs.store.catalog import DERIVED_ALIASES, version_name
 from ckptfs.store.names import validate_name
 
 from .export import utc_now
@@ -135,7 +135,7 @@ def copy_versions(src, dst, versions: list[dict], dry_run: bool = False,
 
 
 def ref_of(record: dict) -> str:
-    return f"{record['project']}/{record['run']}/{record['version']}"
+    return version_name(record["project"], record["run"], record["version"])
 
 
 class VersionCopier:
@@ -166,7 +166,6 @@ class VersionCopier:
         except StoreError as e:
             outcome.state, outcome.notes = FAILED, [str(e)]
             outcome.damaged = isinstance(e, IntegrityError)
-            outcome.new_stored_bytes = 0
         return outcome
 
     def _already_decided(self, record: dict) -> CopyOutcome | None:
