@@ -205,6 +205,7 @@ class CkptfsOperations(pyfuse3.Operations):
         self._open_inbox: dict[int, set[int]] = {}  # inode -> handles of inbox files open
         self._next_fh = 1
         self.read_errors = 0
+        self.follower = None  # a JournalFollower, on a store other machines write
 
     def forget_sealed(self, project: str, run: str, version: str, unit_path: str):
         """A unit of the inbox was sealed: the kernel must ask again what its path is now
@@ -266,7 +267,10 @@ class CkptfsOperations(pyfuse3.Operations):
             "files_prepared": counters.get("files_prepared", 0),
             "files_reused_at_seal": counters.get("files_reused_at_seal", 0),
             "sealer_rounds": counters.get("sealer_rounds", 0),
+            "seal_retries": counters.get("seal_retries", 0),
             "read_errors": self.read_errors,
+            "store": self.follower.status() if self.follower else
+            {"location": self.store.location, "reachable": True},
             "pending_inbox_versions": pending,
         }
 
