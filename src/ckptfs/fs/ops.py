@@ -14,6 +14,7 @@ import pyfuse3
 import trio
 
 from ckptfs.store import AccessDeniedError, IntegrityError, StoreError
+from ckptfs.store.backend import BackendUnavailableError
 from ckptfs.store.access import ALL, request_actor
 from ckptfs.store.catalog import DERIVED_ALIASES
 
@@ -495,7 +496,9 @@ class CkptfsOperations(pyfuse3.Operations):
             if data is None:
                 data = await trio.to_thread.run_sync(self.store.read_view, handle.entry, off, size)
             return data
-        except IntegrityError as e:
+        except (IntegrityError, BackendUnavailableError) as e:
+            # Damage, or bytes that are neither cached nor reachable (the object store
+            # is down): the read fails, the daemon goes on.
             self.read_errors += 1
             log.error("read of %s failed: %s", "/".join(handle.key[1:]), e)
             raise pyfuse3.FUSEError(errno.EIO) from None
