@@ -108,7 +108,7 @@ def with_two_stores(role: str, source: str, dest: str):
     def decorate(command):
         @functools.wraps(command)
         def run(**params):
-            if os.path.realpath(params[source]) == os.path.realpath(params[dest]):
+            if same_store(params[source], params[dest]):
                 fail(f"{source.upper()} and {dest.upper()} are the same store "
                      f"({params[source]})")
             with open_store(params[source]) as src, open_store(params[dest]) as dst:
@@ -116,6 +116,17 @@ def with_two_stores(role: str, source: str, dest: str):
         run.store_access = access
         return run
     return decorate
+
+
+def same_store(a: str, b: str) -> bool:
+    """Do two STORE arguments name one store (a directory by any path, a URL with or
+    without its trailing slash)? Checked before opening: one process must not open a
+    store's index twice."""
+    from ckptfs.store.location import is_object_store
+
+    def canonical(store: str) -> str:
+        return store.rstrip("/") if is_object_store(store) else os.path.realpath(store)
+    return canonical(a) == canonical(b)
 
 
 # -- arguments ------------------------------------------------------------------------------

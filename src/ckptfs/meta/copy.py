@@ -64,7 +64,7 @@ def select_versions(src, pattern: str) -> list[dict]:
               if all(fnmatch.fnmatchcase(name, glob) for name, glob
                      in zip((record["project"], record["run"], record["version"]), globs))]
     if not chosen:
-        raise CopyError(f"no version of {src.backend.location} matches {pattern!r}")
+        raise CopyError(f"no version of {src.location} matches {pattern!r}")
     return sorted(chosen, key=lambda record: record["seq"])
 
 
@@ -236,7 +236,7 @@ class VersionCopier:
         recorded = recorded_metadata(sidecar, False, len(sidecar["files"]), checks)
         origin = imported_from(sidecar, partial=False)
         del origin["exported_at"], origin["partial"]
-        origin.update(store=self.src.backend.location, copied_at=utc_now(), via="copy",
+        origin.update(store=self.src.location, copied_at=utc_now(), via="copy",
                       checks=checks.record())
         recorded["imported_from"] = origin
         return recorded
