@@ -321,6 +321,29 @@ def test_an_aborted_multipart_writer_leaves_nothing(backend, s3_env):
     assert backend.list("") == [] and uploads(s3_env, backend) == []
 
 
+def test_a_completion_whose_first_try_landed_is_ours(backend, s3_env):
+    """The first CompleteMultipartUpload completes the object and its reply is lost;
+    botocore sends it again and is refused (as AWS may: 412): the object's ETag is the
+    one this upload's parts make, so the commit succeeded."""
+    def land_then_refuse(request, **kwargs):
+        tries.append(request.url)
+        if len(tries) == 1:
+            backend.client._endpoint.http_session.send(request)  # the real server
+            raise botocore.exceptions.ConnectionClosedError(endpoint_url=backend.endpoint)
+        body = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>PreconditionFailed"
+                b"</Code><Message>exists</Message></Error>")
+        return AWSResponse(request.url, 412, {}, _Raw(body))
+    tries = []
+    backend.client.meta.events.register("before-send.s3.CompleteMultipartUpload",
+                                        land_then_refuse)
+    backend.part_size = 5 * MiB
+    writer = backend.open_writer("packs/000000/00000001.pack")
+    writer.write(b"x" * (6 * MiB))
+    writer.commit()
+    assert len(tries) == 2
+    assert backend.get("packs/000000/00000001.pack") == b"x" * (6 * MiB)
+
+
 def test_a_part_that_cannot_be_sent_fails_the_commit_and_leaves_nothing(backend, s3_env):
     backend.part_size = 5 * MiB
     lose_reply(backend, "before-call.s3.UploadPart")

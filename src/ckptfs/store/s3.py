@@ -16,6 +16,7 @@ cannot be reached is `BackendUnavailableError`, refused credentials `PermissionE
 a missing bucket `NoSuchBucketError`, a missing object `ObjectMissingError`.
 """
 import errno
+import hashlib
 import os
 import random
 import re
@@ -198,6 +199,14 @@ class S3Backend(Backend):
             errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: {cause})")
 
     def _client_error(self, e, operation: str, name: str | None) -> Exception:
+        """The backend's error for S3's refusal `e`; its `retried` says whether botocore
+        had sent the request before (then an earlier try may have done what was asked:
+        made the object, completed the upload)."""
+        translated = self._error_for(e, operation, name)
+        translated.retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
+        return translated
+
+    def _error_for(self, e, operation: str, name: str | None) -> Exception:
         error = e.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -209,10 +218,7 @@ class S3Backend(Backend):
                 return self.no_such_bucket()  # a HEAD's 404 says not which is missing
             return ObjectMissingError(f"{what} is missing")
         if code == "PreconditionFailed" or status == 412:
-            exists = ObjectExistsError(f"{what} exists")
-            # botocore sent the request again: an earlier try may have made the object
-            exists.retried = e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0) > 0
-            return exists
+            return ObjectExistsError(f"{what} exists")
         if code == "ConditionalRequestConflict":
             return _ConditionalConflict(errno.EAGAIN, f"{what} is being created by another "
                                         "writer at the same time")
@@ -498,8 +504,28 @@ class S3Writer(ObjectWriter):
                 "complete_multipart_upload", self.name, Key=self._key,
                 UploadId=self._upload_id, MultipartUpload={"Parts": self._parts},
                 IfNoneMatch="*")
-        retry_conflicts(send)
+        try:
+            retry_conflicts(send)
+        except OSError as e:
+            # botocore sent the completion again (the reply to the first was lost) and
+            # it was refused (412, or NoSuchUpload): the first may have made the object.
+            if not (getattr(e, "retried", False) and self._completed_by_this_upload()):
+                raise
         self._upload_id = None
+
+    def _completed_by_this_upload(self) -> bool:
+        """Whether the object is the one this upload's parts make: S3's ETag of a
+        multipart object is the MD5 of its parts' MD5s, "-", their count (where part
+        ETags are MD5s: not with SSE-KMS, which then counts as not ours)."""
+        try:
+            digests = b"".join(bytes.fromhex(part["ETag"].strip('"')) for part in self._parts)
+        except ValueError:
+            return False  # a server whose part ETags are not hex digests
+        expected = f'"{hashlib.md5(digests).hexdigest()}-{len(self._parts)}"'
+        try:
+            return self._backend.call("head_object", self.name, Key=self._key)["ETag"] == expected
+        except ObjectMissingError:
+            return False
 
     def abort(self) -> None:
         self._buffer = bytearray()
