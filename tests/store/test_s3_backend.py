@@ -87,6 +87,14 @@ def test_a_bad_retry_setting_is_a_clear_error(s3_store_url, monkeypatch):
         S3Backend(s3_store_url)
 
 
+def test_a_profile_that_is_not_there_is_a_clear_error(s3_store_url, monkeypatch, tmp_path):
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_PROFILE", "nobody")
+    with pytest.raises(S3ConfigError, match="nobody"):
+        S3Backend(s3_store_url)
+
+
 def test_objects_are_keys_under_the_prefix(backend, s3_env):
     backend.put_if_absent("packs/000000/00000001.pack", b"p")
     keys = [item["Key"] for item in s3_env.client().list_objects_v2(

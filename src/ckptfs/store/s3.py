@@ -155,7 +155,10 @@ class S3Backend(Backend):
         self.local_dir = local_dir
         self.part_size = PART_SIZE
         self._root = f"{self.prefix}/" if self.prefix else ""
-        self.client = boto3.session.Session().client("s3", config=client_config())
+        try:
+            self.client = boto3.session.Session().client("s3", config=client_config())
+        except boto_errors.BotoCoreError as e:  # e.g. AWS_PROFILE names no profile
+            raise S3ConfigError(f"{self.location}: {e}") from None
         self.endpoint = self.client.meta.endpoint_url
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
