@@ -140,6 +140,16 @@ def client_config() -> Config:
     )
 
 
+def connection_problem(cause) -> str:
+    """botocore's words for a failed connection, without the request's whole URL."""
+    text = str(cause)
+    for known in ("Could not connect to the endpoint URL", "Connect timeout",
+                  "Read timeout", "Connection was closed"):
+        if text.startswith(known):
+            return known[0].lower() + known[1:]
+    return text
+
+
 class S3Backend(Backend):
     """The objects of a store under `s3://BUCKET/PREFIX` (module docstring).
 
@@ -199,7 +209,8 @@ class S3Backend(Backend):
 
     def unavailable(self, cause) -> BackendUnavailableError:
         return BackendUnavailableError(
-            errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: {cause})")
+            errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: "
+                       f"{connection_problem(cause)})")
 
     def _client_error(self, e, operation: str, name: str | None) -> Exception:
         """The backend's error for S3's refusal `e`; its `retried` says whether botocore
