@@ -129,6 +129,12 @@ def test_a_signed_version_stays_verifiable_in_dst(source, tmp_path):
     # Checked here with SRC's public key alone, over the name and DST's own digest.
     assert check_signature(origin["signature"], public_key_of(source.key + ".pub"),
                            "nlp/run/step-200", copied["digest"])
+    # DST signs nothing itself: the version keeps SRC's signature, which DST's verify
+    # checks with SRC's public key (DST has never journaled that key).
+    assert copied["signature"] == origin["signature"]
+    report = out(ck("verify", "--signatures", "--public-key", source.key + ".pub", dst))
+    assert "1 signed and valid" in report, report
+    assert "1 by an unknown key" in out(ck("verify", "--signatures", dst, rc=None))
 
 
 def test_a_second_copy_is_a_no_op(source, tmp_path):
