@@ -628,7 +628,8 @@ class GarbageCollector:
                 return [], sorted(unreferenced), "an import or a mount is ingesting now"
             return sorted(unreferenced), [], None
         cutoff = time.time() - self.grace
-        old = sorted(p for p, mtime in unreferenced.items() if mtime is not None and mtime <= cutoff)
+        old = sorted(p for p, mtime in unreferenced.items()
+                     if mtime is not None and mtime <= cutoff)
         young = sorted(p for p in unreferenced if p not in old)
         why = (f"younger than the grace period ({self.grace:g} s): an import on another "
                "machine may be writing them") if young else None
