@@ -11,6 +11,8 @@ from datetime import datetime
 import pytest
 
 from ckptfs.cli.retention import print_gc_report
+from ckptfs.store import Store
+from ckptfs.store.errors import StoreFormatError
 from ckptfs.store.gc import CRASH_ENV, CRASH_EXIT, GcReport
 from ckptfs.store.pack import list_pack_ids, pack_name
 from tests.helpers.gc import make_version
@@ -279,3 +281,18 @@ def test_a_gc_killed_at_each_step_on_a_shared_store_is_finished_by_the_next(
     assert set(list_pack_ids(a.backend)) == referenced    # no copies, no old packs left
     assert a.verify().ok and b.verify().ok
     assert_reads(b, "v2", w.sources["v2"], tmp_path / "out")
+
+
+def test_the_grace_period_is_a_day_on_a_shared_store_none_locally_and_checked(tmp_path):
+    root = str(tmp_path / "bucket")
+    shared_store(root)
+    local = Store.open(root)                 # the same directory as a local store
+    shared = open_machine(root, str(tmp_path / "m"))
+    try:
+        assert local.collector.grace == 0 and shared.collector.grace == 24 * 3600
+    finally:
+        local.close()
+        shared.close()
+    set_grace(root, "'a day'")
+    with pytest.raises(StoreFormatError, match=r"gc\.grace_seconds must be a number from 0"):
+        open_machine(root, str(tmp_path / "m"))
