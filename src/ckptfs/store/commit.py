@@ -8,7 +8,7 @@ An index behind the journal (a commit that crashed after its append) catches up 
 
 Parts that change something are given this object; none of them appends to the journal
 on its own. What parts write into the index directly is derived state the journal does
-not hold: chunk locations (gc's index switch, under this lock) and damage marks.
+not hold: damage marks, and which retired packs this machine's gc has deleted.
 """
 import threading
 from contextlib import contextmanager
