@@ -56,6 +56,12 @@ def local_dir_of(store: str, cache_dir: str | None = None) -> str:
     return os.path.abspath(store)
 
 
+def store_label(store: str) -> str:
+    """The store as mount tables and messages name it: a URL as given, a directory as
+    an absolute path."""
+    return store if is_object_store(store) else os.path.abspath(store)
+
+
 def open_backend(store: str, cache_dir: str | None = None) -> tuple[str, Backend]:
     """(the local directory, the backend) of `store`."""
     local = local_dir_of(store, cache_dir)

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import blake3
 
 from .access import AccessControl
-from .backend import Backend, LocalBackend
+from .backend import Backend, BackendUnavailableError, LocalBackend
 from .catalog import Catalog, version_name
 from .commit import Committer
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
@@ -372,8 +372,11 @@ class Store:
             chunks = self.index.get_int(txn, b"chunk_count")
             unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
             stored = self.index.get_int(txn, b"chunk_stored_bytes")
-        sizes = pack_sizes(self.backend)
-        pack_ids, pack_bytes = list(sizes), sum(sizes.values())
+        try:
+            sizes = pack_sizes(self.backend)
+        except BackendUnavailableError:
+            sizes = None  # the object store is down: the index's figures are still known
+        pack_ids, pack_bytes = list(sizes or ()), sum((sizes or {}).values())
         logical = sum(v["logical_bytes"] for v in versions)
         return {
             "projects": len({v["project"] for v in versions}),
