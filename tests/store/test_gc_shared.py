@@ -228,6 +228,29 @@ def test_an_ingest_on_another_machine_racing_gc_starts_over(world, tmp_path):
         assert tree_snapshot(str(tmp_path / out)) == tree_snapshot(w.sources["v1"])
 
 
+def test_a_version_another_machine_seals_during_the_gc_keeps_its_chunks(world, tmp_path):
+    """b seals a copy of v1 after a's gc found v1's chunks dead and before its switch:
+    the switch, checked again on a's index caught up with b's entry, keeps them (and
+    the pack that holds them)."""
+    w = world(grace=0)
+    a, b = w.machines[0], w.machine("b")
+    a.apply_retention()                       # v0, v1 deleted: v1's own chunks are dead
+    liveness = a.collector.liveness()
+    plan = a.collector.plan_packs(liveness)
+    b.committer.catch_up_if_behind()
+    b.import_directory(w.sources["v1"], "p", "copy", "of-v1")   # dedups against v1's
+    report = GcReport(False, "", a.config.gc.rewrite_below)
+    a.collector.reclaim(liveness, plan, report, None)
+    assert report.revived > 0 and report.old_packs_kept
+    retired = {p for entry in rewrites(a) for p in entry["retired"]}
+    assert not set(report.old_packs_kept) & retired
+    assert set(report.old_packs_kept) <= set(list_pack_ids(a.backend))
+    b.committer.catch_up_if_behind()
+    assert locations(b) == locations(a) and a.verify().ok and b.verify().ok
+    b.restore("p", "copy", "of-v1", str(tmp_path / "out"))
+    assert tree_snapshot(str(tmp_path / "out")) == tree_snapshot(w.sources["v1"])
+
+
 def test_a_gc_whose_view_another_gc_changed_drops_its_switch(world, tmp_path):
     w = world(grace=0)
     a, b = w.machines[0], w.machine("b")
