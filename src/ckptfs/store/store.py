@@ -116,7 +116,10 @@ class Store:
         """Each part, given what it works with (and nothing else)."""
         self.reader = ChunkReader(self.index, self.packs, self.chunk_id, self.cipher, self.location)
         self.committer = Committer(self.index, self.journal,
-                                   PackRecords(self.backend, self.reader, scan=True))
+                                   PackRecords(self.backend, self.reader, scan=True,
+                                               journal=self.journal))
+        if self.backend.shared:  # a pack gone: another machine's gc deleted it (gc.py)
+            self.reader.catch_up = self.committer.catch_up_for_reader
         self.access = AccessControl(self.index, self.committer, self.location)
         self.signing = Signing(self.index, self.committer, self.access, self.config, self.path,
                               self.backend)
@@ -126,7 +129,7 @@ class Store:
                                    self.reader.read_manifest)
         self.collector = GarbageCollector(self.path, self.config, self.index, self.committer,
                                           self.backend, self.packs, self.reader, self.catalog,
-                                          self.retention)
+                                          self.retention, self.allocate_pack_id)
         self.verifier = Verifier(self.path, self.index, self.backend, self.reader,
                                  self.catalog, self.signing)
         self.pack_sinks = PackSinks(self.backend, self.allocate_pack_id, self.cipher,
