@@ -215,6 +215,11 @@ class Backend(ABC):
         """Where object `name` is, for messages."""
         return f"{self.location}/{name}"
 
+    def probe_conditional_writes(self) -> str | None:
+        """Why this storage cannot be a store many writers share (it does not refuse a
+        second create of one name), or None. A directory always refuses (link())."""
+        return None
+
     def abort_stale_uploads(self, older_than: float) -> int:
         """Abort uploads begun more than `older_than` seconds ago and never finished (an
         object store's multipart uploads of a killed writer); returns how many."""
@@ -226,6 +231,14 @@ class Backend(ABC):
     def root_problem(self) -> str | None:
         """Why there is no store at `location` at all (" is not a directory"), or None."""
         return None
+
+
+def check_object_name(name: str) -> None:
+    """ValueError unless `name` is an object name: parts separated by "/", none empty,
+    "." or "..", none starting with "." (those are free for a backend's own files)."""
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"not an object name: {name!r}")
 
 
 # -- the local directory ---------------------------------------------------------------------
@@ -240,10 +253,8 @@ class LocalBackend(Backend):
 
     def path_of(self, name: str) -> str:
         """The file holding object `name` (local only: tests and messages use it)."""
-        parts = name.split("/")
-        if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-            raise ValueError(f"not an object name: {name!r}")
-        return os.path.join(self.root, *parts)
+        check_object_name(name)
+        return os.path.join(self.root, *name.split("/"))
 
     def describe(self, name: str) -> str:
         return self.path_of(name)

@@ -8,8 +8,11 @@ An index behind the journal (a commit that crashed after its append) catches up 
 
 Parts that change something are given this object; none of them appends to the journal
 on its own. What parts write into the index directly is derived state the journal does
-not hold: chunk locations (gc's index switch, under this lock) and damage marks.
+not hold: damage marks, and which retired packs this machine's gc has deleted.
 """
+import os
+import threading
+from contextlib import contextmanager
 from functools import partial
 
 from .backend import SeqTakenError
@@ -20,15 +23,45 @@ from .index import Index
 from .journal import Journal
 
 
+COMMIT_CRASH_ENV = "CKPTFS_COMMIT_CRASH_AT"
+COMMIT_CRASH_POINTS = ("before-journal", "after-journal")
+COMMIT_CRASH_EXIT = 98
+
+
+def commit_crash_point(name: str) -> None:
+    """Test hook: die here, without cleaning up, if CKPTFS_COMMIT_CRASH_AT names this
+    point (a writer killed between its packs and its journal entry, or after it)."""
+    if os.environ.get(COMMIT_CRASH_ENV) == name:
+        os._exit(COMMIT_CRASH_EXIT)
+
+
 class Committer:
     def __init__(self, index: Index, journal: Journal, records):
         self.index = index
         self.journal = journal
         self.records = records  # replay.PackRecords (scanning): for a catch-up
+        self._holder: int | None = None  # the thread holding the commit lock
 
+    @contextmanager
     def locked(self):
         """The commit lock (the journal's flock), for a check and its change together."""
-        return self.journal.locked()
+        with self.journal.locked():
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    def catch_up_for_reader(self) -> None:
+        """Catch up for a reader that found a pack gone (a gc on another machine deleted
+        it; the index learns where its records went). Never waits for a thread of this
+        process that holds the lock: it catches up itself, and may be waiting for this
+        reader (gc reads delta bases on a pool under the lock)."""
+        holder = self._holder
+        if holder == threading.get_ident():
+            self.catch_up()
+        elif holder is None:
+            self.catch_up_if_behind()
 
     def commit_event(self, make_event, actor: dict | None = None) -> dict | None:
         """Journal the event `make_event()` returns (None: nothing to change) and apply it,
@@ -57,7 +90,9 @@ class Committer:
         index (`records`: what its packs hold) in one transaction that also records it
         as applied. If the index update fails the entry is taken back."""
         self.settle_journal_tail(strict=True)
+        commit_crash_point("before-journal")
         entry = self.journal.append(event, actor)
+        commit_crash_point("after-journal")
         try:
             self.index.commit(lambda txn: apply(self.index, txn, entry, records))
         except BaseException:

@@ -82,6 +82,9 @@ class ChunkReader:
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
         self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
+        # Set on a shared backend: brings the index up to the journal before a chunk
+        # whose pack is gone is looked up again (Store; Committer.catch_up_for_reader).
+        self.catch_up = None
 
     def close(self) -> None:
         if self._prefetcher is not None:
@@ -127,11 +130,14 @@ class ChunkReader:
 
         A garbage collection in another process may move the record to a new pack and
         delete the old one between our lookup and our read: on a missing pack, look
-        the location up again and read once more."""
+        the location up again (on a shared backend after catching up with the journal,
+        where the gc's switch is) and read once more."""
         loc = self._locate(locate, what, chunk_id)
         try:
             return loc, self.packs.read(loc.pack_id, loc.offset, loc.length)
         except PackMissingError:
+            if self.catch_up is not None:
+                self.catch_up()
             again = self._locate(locate, what, chunk_id)
             if again == loc:
                 raise
