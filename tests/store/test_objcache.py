@@ -12,7 +12,9 @@ from ckptfs.store.backend import BackendUnavailableError, LocalBackend, ObjectMi
 from ckptfs.store.config import StoreConfig
 from ckptfs.store.objcache import CachingReader
 from ckptfs.store.pack import KIND_CHUNK, PackReader, PackWriter, pack_name
+from ckptfs.store.s3 import S3Backend
 from ckptfs.store.store import Store
+from tests.helpers.s3 import free_port
 from tests.helpers.samples import tree_snapshot
 from tests.helpers.waiting import wait_for
 
@@ -445,3 +447,49 @@ def test_recency_sorts_blocks_noted_out_of_order():
     recency.forget("d")
     assert [recency.pop_oldest() for _ in range(5)] == [("c", 30), ("a", 40), ("x", 50),
                                                         ("b", 60), None]
+
+
+# -- over the S3 backend (moto_server) ------------------------------------------------------
+class CountingS3Backend(S3Backend):
+    def __init__(self, url, local_dir):
+        super().__init__(url, local_dir)
+        self.gets = []
+
+    def get(self, name, offset=0, length=None):
+        self.gets.append((name, offset, length))
+        return super().get(name, offset, length)
+
+
+def test_over_s3_reads_are_the_objects_and_cached_ones_survive_the_server_down(
+        s3_store_url, tmp_path, monkeypatch):
+    s3 = CountingS3Backend(s3_store_url, str(tmp_path / "local"))
+    objects = {"packs/000000/00000001.pack": random.Random(5).randbytes(5 * BLOCK + 77),
+               "packs/000000/00000002.pack": random.Random(6).randbytes(BLOCK)}
+    for name, data in objects.items():
+        s3.put_if_absent(name, data)
+    cache = str(tmp_path / "local" / "cache")
+    reader = CachingReader(s3, cache, 100 * BLOCK, block_size=BLOCK)
+    try:
+        one, two = sorted(objects)
+        reader.will_need(one, 0, 8 * BLOCK)  # past the end: S3 answers 416 there
+        assert reader.read(one, 0, 8 * BLOCK) == objects[one]
+        assert reader.read(one, BLOCK + 3, 2 * BLOCK) == objects[one][BLOCK + 3:3 * BLOCK + 3]
+        reader.flush()
+        s3.gets.clear()
+        assert reader.read(one, 0, 8 * BLOCK) == objects[one]
+        assert s3.gets == []
+    finally:
+        reader.close()
+    # The same store seen while its server cannot be reached: nothing listens there.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CKPTFS_S3_MAX_ATTEMPTS", "1")
+    down = S3Backend(s3_store_url, str(tmp_path / "local"))
+    reader = CachingReader(down, cache, 100 * BLOCK, block_size=BLOCK)
+    try:
+        assert reader.read(one, 2 * BLOCK - 1, 4 * BLOCK) == objects[one][2 * BLOCK - 1:]
+        with pytest.raises(BackendUnavailableError):
+            reader.read(two, 0, BLOCK)
+        reader.will_need(two, 0, BLOCK)  # a hint: never raises
+    finally:
+        reader.close()
+        down.close()
