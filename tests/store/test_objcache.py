@@ -385,6 +385,21 @@ def test_two_processes_share_one_cache_dir(backend, cache_dir):
         assert int.from_bytes(f.read(), "little") == cached_bytes(cache_dir)
 
 
+def test_handles_share_one_cache_and_closing_one_keeps_it(backend, reader):
+    objects = put_objects(backend, {"packs/a": 2 * BLOCK})
+    first, second = reader.handle(), reader.handle()
+    assert first.read("packs/a", 0, 2 * BLOCK) == objects["packs/a"]
+    first.close()
+    reader.flush()
+    backend.gets.clear()
+    second.will_need("packs/a", 0, 2 * BLOCK)
+    assert second.read("packs/a", 5, BLOCK) == objects["packs/a"][5:BLOCK + 5]
+    assert backend.gets == []  # what the first fetched, through the one cache
+    assert second.drop("packs/a", 0, BLOCK)
+    assert second.read("packs/a", 0, 2 * BLOCK) == objects["packs/a"]
+    assert backend.gets == [("packs/a", 0, BLOCK)]
+
+
 def test_many_threads_read_at_once(backend, cache_dir):
     objects = put_objects(backend, {f"packs/{n}": 3 * BLOCK + n * 1000 for n in range(6)})
     reader = CachingReader(backend, cache_dir, 10 * BLOCK, block_size=BLOCK)

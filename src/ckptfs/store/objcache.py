@@ -182,6 +182,12 @@ class CachingReader(ObjectReader):
     def forget_deleted(self) -> None:
         """Nothing is held open: a deleted pack is not asked for again and ages out."""
 
+    def handle(self) -> ObjectReader:
+        """A reader through this cache whose `close` leaves the cache open: what a
+        backend's `open_reader` hands out when one cache serves all its readers (the
+        chunk reader's, every pack scan's); the backend closes the cache itself."""
+        return _Handle(self)
+
     def close(self) -> None:
         # Fetches under way finish and their blocks are written; those not started are
         # dropped.
@@ -543,6 +549,23 @@ class CachingReader(ObjectReader):
                 found.append((st.st_mtime_ns, entry.path, st.st_size))
         self._recency = _Recency({path: mtime for mtime, path, _size in found})
         return sum(size for _mtime, _path, size in found)
+
+
+class _Handle(ObjectReader):
+    """`CachingReader.handle`: its reads go through the cache; closing it does not."""
+
+    def __init__(self, cache: CachingReader):
+        super().__init__(cache._backend)
+        self._cache = cache
+
+    def read(self, name: str, offset: int, length: int) -> bytes:
+        return self._cache.read(name, offset, length)
+
+    def will_need(self, name: str, offset: int, length: int) -> None:
+        self._cache.will_need(name, offset, length)
+
+    def drop(self, name: str, offset: int, length: int) -> bool:
+        return self._cache.drop(name, offset, length)
 
 
 class _Recency:
