@@ -157,6 +157,23 @@ def test_a_sequential_reader_is_read_further_ahead(backend, cache_dir):
     assert fetched == {"packs/a": list(range(0, 11)), "packs/b": [3, 10]}
 
 
+def test_sequential_reads_without_hints_are_read_ahead_too(backend, cache_dir):
+    objects = put_objects(backend, {"packs/a": 20 * BLOCK, "packs/b": 20 * BLOCK})
+    reader = CachingReader(backend, cache_dir, 100 * BLOCK, block_size=BLOCK,
+                           read_ahead=8 * BLOCK)
+    for index in range(3):  # a restore reads record after record, with no hint
+        assert reader.read("packs/a", index * BLOCK, BLOCK) == \
+            objects["packs/a"][index * BLOCK:(index + 1) * BLOCK]
+    for index in (10, 3):
+        reader.read("packs/b", index * BLOCK, BLOCK)
+    wait_for(lambda: reader.stats.fetched >= 13, "the read-ahead's fetches")
+    reader.close()
+    fetched = {name: sorted({i for _n, offset, length in backend.gets if _n == name
+                             for i in range(offset // BLOCK, (offset + length) // BLOCK)})
+               for name in ("packs/a", "packs/b")}
+    assert fetched == {"packs/a": list(range(0, 11)), "packs/b": [3, 10]}
+
+
 def test_read_ahead_of_cached_blocks_asks_nothing(backend, reader):
     put_objects(backend, {"packs/a": 2 * BLOCK})
     reader.read("packs/a", 0, 2 * BLOCK)

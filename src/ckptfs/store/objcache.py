@@ -103,9 +103,11 @@ class CachingReader(ObjectReader):
         self._last_stamp = 0
         self._hinted: OrderedDict[tuple[str, int], bool] = OrderedDict()  # read ahead lately
         self.read_ahead = read_ahead
-        # Objects read sequentially: name -> (first, last block of the last hint, blocks
-        # fetched ahead of it).
-        self._streams: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        # Objects read sequentially: name -> (first, last block of the last hint, or
+        # read, blocks fetched ahead of it). Hints (the mount's read-ahead) and reads (a
+        # restore's, which gives no hints) are followed apart.
+        self._hint_streams: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
+        self._read_streams: OrderedDict[str, tuple[int, int, int]] = OrderedDict()
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-objcache")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="ckptfs-objcache-write")
         self._backlog = 0  # bytes fetched and not yet written
@@ -122,6 +124,9 @@ class CachingReader(ObjectReader):
     # -- ObjectReader ---------------------------------------------------------------------
     def read(self, name: str, offset: int, length: int) -> bytes:
         spans = self._spans(offset, length)
+        if spans:
+            self._prefetch(name, [index for index, _lo, _hi in spans], self._read_streams,
+                           with_wanted=False)
         parts = {}
         for at, (index, lo, hi) in enumerate(spans):
             part = self._from_cache(name, index, lo, hi)
@@ -145,31 +150,42 @@ class CachingReader(ObjectReader):
         return out[0] if len(out) == 1 and isinstance(out[0], bytes) else b"".join(out)
 
     def will_need(self, name: str, offset: int, length: int) -> None:
+        wanted = [index for index, _lo, _hi in self._spans(offset, length)]
+        if wanted:
+            self._prefetch(name, wanted, self._hint_streams, with_wanted=True)
+
+    def _prefetch(self, name: str, wanted: list[int], streams: OrderedDict,
+                  with_wanted: bool) -> None:
+        """Start fetching the blocks `wanted` (if `with_wanted`) and, for a sequential
+        reader, the blocks after them, in the background."""
         if self._closed:
             return
-        wanted = [index for index, _lo, _hi in self._spans(offset, length)]
-        if not wanted:
+        ahead = self._ahead_of(name, wanted, streams)
+        blocks = (wanted if with_wanted else []) + list(
+            range(wanted[-1] + 1, wanted[-1] + 1 + ahead))
+        if not blocks:
             return
-        wanted += range(wanted[-1] + 1, wanted[-1] + 1 + self._ahead_of(name, wanted))
-        claimed, _waiting, cached = self._claim(name, wanted)
+        claimed, _waiting, cached = self._claim(name, blocks)
         self._fetch_in_background(name, _runs(sorted(claimed)), claimed)
         for index in cached:
             self._hint_cached(name, index)
 
-    def _ahead_of(self, name: str, wanted: list[int]) -> int:
-        """How many blocks past a hint to fetch too: none for a first hint on an object;
-        for hints that follow each other (a sequential reader), a window that doubles up
-        to `read_ahead`, so that several requests are in flight (a request to an object
-        store takes a while to start; a few in parallel hide that)."""
+    def _ahead_of(self, name: str, wanted: list[int], streams: OrderedDict) -> int:
+        """How many blocks past `wanted` to fetch too: none for a first hint (or read) of
+        an object; for ones that follow each other (a sequential reader), a window that
+        doubles up to `read_ahead`, so that several requests are in flight (a request to
+        an object store takes a while to start; a few in parallel hide that)."""
         with self._lock:
-            previous = self._streams.pop(name, None)
+            previous = streams.pop(name, None)
             ahead = 0
-            if previous is not None and previous[0] <= wanted[0] <= previous[1] + 1:
+            if previous is not None and wanted[0] == previous[0]:
+                ahead = previous[2]  # the same place again: neither on nor away
+            elif previous is not None and previous[0] < wanted[0] <= previous[1] + 1:
                 ahead = min(self.read_ahead // self.block_size,
                             max(MAX_RUN_BLOCKS, 2 * previous[2]))
-            self._streams[name] = (wanted[0], wanted[-1], ahead)
-            if len(self._streams) > STREAMS:
-                self._streams.popitem(last=False)
+            streams[name] = (wanted[0], wanted[-1], ahead)
+            if len(streams) > STREAMS:
+                streams.popitem(last=False)
             return ahead
 
     def drop(self, name: str, offset: int, length: int) -> bool:
