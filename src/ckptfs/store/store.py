@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import blake3
 
 from .access import AccessControl
-from .backend import Backend, BackendUnavailableError, LocalBackend
+from .backend import Backend, BackendUnavailableError, LocalBackend, ObjectMissingError
 from .catalog import Catalog, version_name
 from .commit import Committer
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
@@ -318,9 +318,28 @@ class Store:
         started = time.monotonic()
         with ingest.aborted_on_error():
             prepared = ingest.prepare_version(src, token_of)
+            self._check_own_packs_stored(prepared)
             report = self.catalog.commit(prepared, metadata, actor)
         report.seconds = time.monotonic() - started
         return report
+
+    def _check_own_packs_stored(self, prepared) -> None:
+        """On a shared store, another machine's gc removes packs nothing references once
+        they are older than the grace period: an ingest prepared longer ago than that
+        (a mount's prepare-ahead of a very long write) may have lost its own packs. It
+        starts over rather than journal a version that names a pack that is gone."""
+        if not self.backend.shared:
+            return
+        uploaded = [w.pack_id for w in prepared.sink.writers if w.closed]  # the last: at commit
+        for pack_id in uploaded:
+            try:
+                self.backend.stat(pack_name(pack_id))
+            except ObjectMissingError:
+                name = version_name(prepared.project, prepared.run, prepared.version)
+                raise ChunksReclaimedError(
+                    f"pack {pack_id:08x} of {name} was removed as a leftover (older than "
+                    "gc.grace_seconds) before its commit; nothing was committed: import it "
+                    "again") from None
 
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
         """An ingest of PROJECT/RUN/VERSION to feed file by file (`Ingest.prepare_file`)
