@@ -9,11 +9,14 @@ a pack that gc deleted is simply never asked for again and its blocks age out.
     read(name, offset, length)   the blocks of the range: from the cache directory, else
                                  fetched, one ranged `get` per contiguous run of missing
                                  blocks (neighbouring records come in one request), the
-                                 runs in parallel; each block is kept as it goes by
+                                 runs in parallel; a writer thread keeps them
     will_need(...)               the same fetches, started in the background; a `read` of
-                                 a block on its way waits for that fetch (one per block)
+                                 a block on its way waits for that fetch (one per block);
+                                 hints (and reads) that move on through an object fetch
+                                 further ahead, so that several requests are in flight
     drop(name, offset, length)   forget the cached blocks of a range that failed its
                                  check (the pack reader then reads once more)
+    handle()                     a reader of this cache whose `close` leaves it open
 
 Layout of the cache directory (docs/backend.md, "The chunk cache"):
 
@@ -23,13 +26,14 @@ Layout of the cache directory (docs/backend.md, "The chunk cache"):
                                             exactly a block long; <xx> spreads the
                                             objects over 256 directories
     blocks-<block size>/<xx>/<name>.<n>.last  the object's last block, shorter, then its
-                                            length (8 bytes, little-endian)
+                                            length (8 bytes, little-endian); length 0:
+                                            the object ended before this block
 
 Several processes of one machine (the mount, a CLI command) may share a directory: a
 block appears whole under its name or not at all (written aside, then linked: never
 replaced), the byte count is changed only under the flock, and an eviction tolerates a
-block another process already removed. Recency is each block's mtime (set when it is
-written and when it is read), so the order survives a restart. Nothing here is durable
+block another process already removed. Recency is each block's mtime (when it was
+fetched, and read since), so the order survives a restart. Nothing here is durable
 on purpose: a block a crash damaged is dropped by its size, or by the pack's own record
 checksums through `drop`.
 """
@@ -92,6 +96,7 @@ class CachingReader(ObjectReader):
         super().__init__(backend)
         self.block_size = block_size
         self.capacity = capacity_bytes
+        self.read_ahead = read_ahead
         self.root = os.path.join(cache_dir, f"blocks-{block_size}")
         self.stats = CacheStats()
         self._inflight: dict[tuple[str, int], Future] = {}  # blocks being fetched
@@ -102,7 +107,6 @@ class CachingReader(ObjectReader):
         self._lock = threading.Lock()  # the flock does not exclude this process's threads
         self._last_stamp = 0
         self._hinted: OrderedDict[tuple[str, int], bool] = OrderedDict()  # read ahead lately
-        self.read_ahead = read_ahead
         # Objects read sequentially: name -> (first, last block of the last hint, or
         # read, blocks fetched ahead of it). Hints (the mount's read-ahead) and reads (a
         # restore's, which gives no hints) are followed apart.
