@@ -205,7 +205,9 @@ class Backend(ABC):
         """A writer of a new object `name` (module docstring). May raise ObjectExistsError
         now if the name is taken; `commit` raises it in any case."""
 
-    def open_reader(self) -> ObjectReader:
+    def open_reader(self, cached: bool = True) -> ObjectReader:
+        """`cached=False`: the storage's own bytes, never a local cache's (verify,
+        rebuild and repair scan packs to judge what the store holds)."""
         return ObjectReader(self)
 
     @abstractmethod
@@ -352,7 +354,7 @@ class LocalBackend(Backend):
     def open_writer(self, name: str) -> ObjectWriter:
         return _LocalWriter(self.path_of(name))
 
-    def open_reader(self) -> ObjectReader:
+    def open_reader(self, cached: bool = True) -> ObjectReader:
         return _LocalReader(self)
 
     def journal(self) -> JournalLog:

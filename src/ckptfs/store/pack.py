@@ -264,7 +264,7 @@ class _PackStream:
 
     def __init__(self, backend: Backend, pack_id: int):
         self._name = pack_name(pack_id)
-        self._reader = backend.open_reader()
+        self._reader = backend.open_reader(cached=False)  # what the store holds
         self._window, self._start = b"", 0  # the bytes read last, and their offset
         self._pos = 0                        # the offset of the next byte handed out
 
