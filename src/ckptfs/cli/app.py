@@ -25,6 +25,7 @@ import ckptfs.cli.retention
 import ckptfs.cli.stores
 import ckptfs.cli.versions
 from ckptfs.cli._common import EXIT_DAMAGE, fail
+from ckptfs.cli.default_store import accept_default_store
 
 TOPICS = (ckptfs.cli.stores, ckptfs.cli.versions, ckptfs.cli.export, ckptfs.cli.meta,
           ckptfs.cli.access, ckptfs.cli.audit, ckptfs.cli.keys, ckptfs.cli.retention,
@@ -76,12 +77,24 @@ def exit_for_user_error(e: Exception):
 
 @click.group(cls=CkptfsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ckptfs")
-def main():
-    """ckptfs: a versioned, deduplicated archive for ML checkpoints."""
+@click.option("--cache-dir", metavar="DIR", envvar="CKPTFS_CACHE_DIR",
+              help="For a store on object storage: this machine's index, chunk cache and "
+                   "spool (default: one per store under ~/.cache/ckptfs/; env "
+                   "CKPTFS_CACHE_DIR).")
+def main(cache_dir):
+    """ckptfs: a versioned, deduplicated archive for ML checkpoints.
+
+    STORE is a directory or s3://BUCKET/PREFIX (endpoint and credentials from
+    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION or
+    AWS_PROFILE). With CKPTFS_STORE set, commands may leave STORE out."""
+    if cache_dir:
+        # In the environment: the mount daemon, started as a child, uses it too.
+        os.environ["CKPTFS_CACHE_DIR"] = os.path.abspath(cache_dir)
 
 
 for topic in TOPICS:
     for command in topic.COMMANDS:
+        accept_default_store(command)
         main.add_command(command)
 
 if __name__ == "__main__":

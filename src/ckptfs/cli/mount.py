@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import click
@@ -27,8 +28,11 @@ if TYPE_CHECKING:
               help="Quiet period after which an inbox version is sealed.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--poll-interval", type=SECONDS, default=2.0, show_default=True, metavar="SECONDS",
+              help="On object storage: how often to look for versions other machines sealed.")
 @click.option("--ready-fd", type=int, hidden=True)
-def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, ready_fd):
+def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, poll_interval,
+          ready_fd):
     """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
     from ckptfs.fs import mounts
     from ckptfs.spool import daemon as spool_daemon
@@ -47,16 +51,19 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, rea
         log_path = daemon.setup_logging(store, log_level, foreground=ready_fd is None)
         try:
             daemon.serve(store, mountpoint, allow_other=allow_other, seal_after=seal_after,
-                         ready_fd=ready_fd)
+                         ready_fd=ready_fd, poll_interval=poll_interval)
         except RuntimeError as e:  # pyfuse3.init: the kernel refused the mount
             fail(f"cannot mount {mountpoint}: {e} (see {log_path})")
         return
-    start_background_mount(store, mountpoint, allow_other, seal_after, log_level)
+    start_background_mount(store, mountpoint, allow_other, seal_after, log_level, poll_interval)
 
 
 def check_store_outside(store: str, mountpoint: str):
     """A mount over the store, or inside it, would hide the store's files from its own
     daemon, which would then wait on itself for ever."""
+    from ckptfs.store.location import is_object_store
+    if is_object_store(store):
+        return
     store_path, mount_path = os.path.realpath(store), os.path.realpath(mountpoint)
     common = os.path.commonpath([store_path, mount_path])
     if common == mount_path:
@@ -67,15 +74,17 @@ def check_store_outside(store: str, mountpoint: str):
              "(choose a mount point outside the store's directory)")
 
 
-def start_background_mount(store, mountpoint, allow_other, seal_after, log_level):
+def start_background_mount(store, mountpoint, allow_other, seal_after, log_level, poll_interval):
     """Start `mount -f` in a new session and wait until it says the mount is up."""
     import subprocess
     read_end, write_end = os.pipe()
     args = [sys.executable, "-m", "ckptfs", "mount", "-f", store, mountpoint,
-            "--seal-after", str(seal_after), "--log-level", log_level, "--ready-fd", str(write_end)]
+            "--seal-after", str(seal_after), "--log-level", log_level,
+            "--poll-interval", str(poll_interval), "--ready-fd", str(write_end)]
     if allow_other:
         args.append("--allow-other")
-    log_path = os.path.join(store, "logs", "mount.log")
+    from ckptfs.store.location import local_dir_of
+    log_path = os.path.join(local_dir_of(store), "logs", "mount.log")
     make_private_dirs(os.path.dirname(log_path))
     with open(os.devnull, "rb") as devnull, \
             open(log_path, "ab", opener=private_opener) as log_file:
@@ -194,6 +203,16 @@ def store_status_line(store: str) -> str:
     return f"store {store}: not mounted"
 
 
+def store_reachability_line(store: dict) -> str:
+    """What `status` says of the store the mount serves (stats.json's `store`)."""
+    where = store.get("location", "the store")
+    if store.get("reachable", True):
+        return f"store {where}: reachable"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(store["unreachable_since"]))
+    return (f"store {where}: UNREACHABLE since {since} ({store.get('problem')}); cached data "
+            "is still served, seals wait and retry, the inbox keeps everything")
+
+
 @click.command()
 @click.argument("target", metavar="MOUNTPOINT|STORE")
 def status(target):
@@ -209,6 +228,8 @@ def status(target):
             st = json.load(f)
         click.echo(f"mounted: {st['versions']} versions, {st['versions_sealed']} sealed since "
                    f"mount, {st['seal_failures']} seal failures, {st['read_errors']} read errors")
+        if "poll_interval" in (st.get("store") or {}):  # a store other machines write
+            click.echo(store_reachability_line(st["store"]))
         pending = st["pending_inbox_versions"]
     else:
         from ckptfs.spool.seal_requests import spooled_units

@@ -18,7 +18,8 @@ from ckptfs.cli._common import human_bytes, with_store
               help="With --encrypt: the key file; created with a new random key (mode 0600) "
                    "if it does not exist. Keep it off the store's disk, and keep a copy.")
 def init(store, shared, encrypt, key_file):
-    """Create a new, empty store in directory STORE; you are its admin."""
+    """Create a new, empty store in STORE (a new or empty directory, or a new prefix
+    s3://BUCKET/PREFIX of a bucket that exists); you are its admin."""
     from ckptfs.store import Store
     if key_file is not None and not encrypt:
         raise click.UsageError("--key-file goes with --encrypt")
@@ -27,7 +28,7 @@ def init(store, shared, encrypt, key_file):
     key_existed = key_file is not None and os.path.exists(key_file)
     with Store.init(store, shared=shared, key_file=key_file) as s:
         kind = "encrypted store" if encrypt else "store"
-        click.echo(f"created {kind} {s.path}" + (" (shared: roles enforced; grant them with "
+        click.echo(f"created {kind} {s.location}" + (" (shared: roles enforced; grant them with "
                                                  "`ckptfs access grant`)" if shared else ""))
         if not encrypt:
             return

@@ -18,8 +18,10 @@ import trio
 
 from ckptfs.spool import daemon as spool_daemon
 from ckptfs.store import Store
+from ckptfs.store.location import local_dir_of, store_label
 from ckptfs.store.private import make_private_dirs, private_open
 
+from .follow import DEFAULT_POLL_INTERVAL, JournalFollower
 from .inbox import Inbox
 from .mounts import check_mountpoint
 from .ops import CkptfsOperations
@@ -28,7 +30,7 @@ log = logging.getLogger("ckptfs.fs")
 
 
 def setup_logging(store_path: str, level: str, foreground: bool) -> str:
-    log_dir = os.path.join(store_path, "logs")
+    log_dir = os.path.join(local_dir_of(store_path), "logs")
     make_private_dirs(log_dir)
     log_path = os.path.join(log_dir, "mount.log")
     os.close(private_open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND))
@@ -45,7 +47,8 @@ class DaemonParts:
     (with its sealer) and the file-system operations. `serve` builds them, and so do the
     in-process tests of the operations (tests/fs), the same way."""
 
-    def __init__(self, store_path: str, mountpoint: str, seal_after: float):
+    def __init__(self, store_path: str, mountpoint: str, seal_after: float,
+                 poll_interval: float = DEFAULT_POLL_INTERVAL):
         self.store = Store.open(store_path)
         self.lock = self.inbox = None
         try:
@@ -55,6 +58,8 @@ class DaemonParts:
             self.inbox = Inbox(self.store, seal_after)
             self.inbox.mountpoint = os.path.realpath(mountpoint)
             self.ops = CkptfsOperations(self.store, self.inbox)
+            if self.store.backend.shared:  # others write it too: follow their commits
+                self.ops.follower = JournalFollower(self.store, poll_interval)
         except BaseException:
             self.close()
             raise
@@ -71,13 +76,13 @@ class DaemonParts:
 
 
 def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0,
-          ready_fd: int | None = None):
+          ready_fd: int | None = None, poll_interval: float = DEFAULT_POLL_INTERVAL):
     """Mount STORE at MOUNTPOINT and serve until unmounted, SIGTERM or SIGINT."""
     check_mountpoint(mountpoint)
-    parts = DaemonParts(store_path, mountpoint, seal_after)
+    parts = DaemonParts(store_path, mountpoint, seal_after, poll_interval)
     try:
         options = set(pyfuse3.default_options)
-        options |= {"fsname=ckptfs:" + os.path.abspath(store_path), "subtype=ckptfs"}
+        options |= {"fsname=ckptfs:" + store_label(store_path), "subtype=ckptfs"}
         if allow_other:
             options.add("allow_other")
         if parts.store.enforcing():
@@ -109,6 +114,8 @@ async def _main_loop(inbox, ops, mountpoint):
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(inbox.run)
         nursery.start_soon(ops.watch_deletions)
+        if ops.follower is not None:
+            nursery.start_soon(ops.follower.run)
         nursery.start_soon(_raise_read_ahead, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

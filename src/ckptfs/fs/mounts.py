@@ -16,6 +16,7 @@ import subprocess
 from dataclasses import dataclass
 
 from ckptfs.store import StoreError
+from ckptfs.store.location import store_label
 
 log = logging.getLogger("ckptfs.fs")
 
@@ -85,7 +86,7 @@ def is_dead(path: str) -> bool:
 
 def dead_mounts_of(store_path: str) -> list[str]:
     """Mount points of `store_path` left dead by a daemon that died."""
-    store = os.path.abspath(store_path)
+    store = store_label(store_path)
     return [e.mountpoint for e in mount_table() if e.store == store and is_dead(e.mountpoint)]
 
 
@@ -128,7 +129,7 @@ def detach_dead_mount_of(store_path: str, mountpoint: str) -> bool:
     if not is_dead(mountpoint):
         return False
     entry = entry_at(mountpoint)
-    if entry is None or entry.store != os.path.abspath(store_path):
+    if entry is None or entry.store != store_label(store_path):
         return False
     why = detach(mountpoint)
     if why:

@@ -14,6 +14,7 @@ import pyfuse3
 import trio
 
 from ckptfs.store import AccessDeniedError, IntegrityError, StoreError
+from ckptfs.store.backend import BackendUnavailableError
 from ckptfs.store.access import ALL, request_actor
 from ckptfs.store.catalog import DERIVED_ALIASES
 
@@ -205,6 +206,7 @@ class CkptfsOperations(pyfuse3.Operations):
         self._open_inbox: dict[int, set[int]] = {}  # inode -> handles of inbox files open
         self._next_fh = 1
         self.read_errors = 0
+        self.follower = None  # a JournalFollower, on a store other machines write
 
     def forget_sealed(self, project: str, run: str, version: str, unit_path: str):
         """A unit of the inbox was sealed: the kernel must ask again what its path is now
@@ -266,7 +268,10 @@ class CkptfsOperations(pyfuse3.Operations):
             "files_prepared": counters.get("files_prepared", 0),
             "files_reused_at_seal": counters.get("files_reused_at_seal", 0),
             "sealer_rounds": counters.get("sealer_rounds", 0),
+            "seal_retries": counters.get("seal_retries", 0),
             "read_errors": self.read_errors,
+            "store": self.follower.status() if self.follower else
+            {"location": self.store.location, "reachable": True},
             "pending_inbox_versions": pending,
         }
 
@@ -491,7 +496,9 @@ class CkptfsOperations(pyfuse3.Operations):
             if data is None:
                 data = await trio.to_thread.run_sync(self.store.read_view, handle.entry, off, size)
             return data
-        except IntegrityError as e:
+        except (IntegrityError, BackendUnavailableError) as e:
+            # Damage, or bytes that are neither cached nor reachable (the object store
+            # is down): the read fails, the daemon goes on.
             self.read_errors += 1
             log.error("read of %s failed: %s", "/".join(handle.key[1:]), e)
             raise pyfuse3.FUSEError(errno.EIO) from None

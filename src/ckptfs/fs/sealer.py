@@ -32,6 +32,7 @@ from ckptfs.spool.layout import REMOVED
 from ckptfs.spool.records import provenance_key, provenance_of_record
 from ckptfs.spool.seal_requests import take_requests
 from ckptfs.store import StoreError
+from ckptfs.store.backend import BackendUnavailableError
 
 log = logging.getLogger("ckptfs.inbox")
 
@@ -53,6 +54,11 @@ class UnitState:
     version: str | None = None   # the name its seal under way gives it
     # Failed or held once: if the job removes it, it is let go rather than sealed.
     troubled: bool = False
+    # The store could not be reached (an object store down): tried again at retry_at
+    # (time.monotonic()), waiting longer after each failure; the inbox keeps the data.
+    retry_at: float | None = None
+    retries: int = 0
+    waiting_for: str | None = None
 
     def __post_init__(self):
         self.troubled = self.troubled or self.held
@@ -77,7 +83,8 @@ class Sealer:
         self.units: dict[tuple, UnitState] = {}       # (p, r, unit path, batch) -> state
         self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
                          "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0,
-                         "files_prepared": 0, "files_reused_at_seal": 0, "sealer_rounds": 0}
+                         "files_prepared": 0, "files_reused_at_seal": 0, "sealer_rounds": 0,
+                         "seal_retries": 0}
         self.on_sealed = None  # callback(p, r, version, unit path) for cache invalidation
         self.last_sealed: str | None = None
         # Lineage (reads.py): which version each unit became, in the order of its writes.
@@ -346,7 +353,7 @@ class Sealer:
         return self.spool.run_dir(*run), list(unit_now.members) if unit_now else []
 
     def _due(self, run: tuple, key: tuple, state: UnitState, now: float) -> bool:
-        if state.sealing:
+        if state.sealing or (state.retry_at is not None and now < state.retry_at):
             return False
         root, members = self.members_of(run, state.unit, key[3])
         if key[3] is None and not members:
@@ -525,7 +532,10 @@ class Sealer:
                 records.drop_intent(intent)
             if hidden_ahead or state.removed_while_sealing:
                 self.inbox.unhide(run, version)  # no such version: the name is free again
-            self._seal_failed(key, state, e)
+            if isinstance(e, BackendUnavailableError):
+                self._seal_deferred(key, state, e)
+            else:
+                self._seal_failed(key, state, e)
             return
         await trio.to_thread.run_sync(self._release_sealed, key, state, root, staged, version)
         records.drop_intent(intent)
@@ -620,6 +630,19 @@ class Sealer:
                    for key, state in self.units.items()):
             self.inbox.forget_provenance(run, top)
 
+    def _seal_deferred(self, key, state: UnitState, error: Exception):
+        """The store could not be reached: nothing is lost (the unit stays in the inbox,
+        as it was) and the seal is tried again, 2, 4, 8 … up to 60 s later."""
+        state.sealing = False
+        state.version = None
+        state.retries += 1
+        state.retry_at = time.monotonic() + min(60.0, 2.0 ** state.retries)
+        state.waiting_for = str(error)
+        self.counters["seal_retries"] += 1
+        log.warning("sealing %s waits: %s (try %d; again in %.0f s)", "/".join(key[:3]),
+                    error, state.retries, state.retry_at - time.monotonic())
+        self.requeue_deferred()
+
     def _seal_failed(self, key, state: UnitState, error: Exception):
         p, r, unit_path, batch = key
         state.sealing = False
@@ -656,6 +679,7 @@ class Sealer:
     @staticmethod
     def state_name(state: UnitState) -> str:
         return ("sealing" if state.sealing else "failed" if state.error else "held" if state.held
+                else "waiting for the store" if state.retry_at is not None
                 else "removed" if state.batch else "pending")
 
     def public_state(self, run: tuple, state: UnitState, batch: str | None = None) -> str:
@@ -678,7 +702,7 @@ class Sealer:
             out.append({"version": f"{p}/{r}/{path}".rstrip("/") if path else f"{p}/{r}",
                         "path": path, "kind": state.unit.kind,
                         "age_seconds": round(now - state.first_seen, 1),
-                        "state": name, "error": state.error})
+                        "state": name, "error": state.error or state.waiting_for})
         for rel in self.spool.refusals():
             out.append({"version": rel, "path": None, "kind": None,
                         "age_seconds": None, "state": "refused",

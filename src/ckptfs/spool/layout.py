@@ -5,6 +5,7 @@ import json
 import os
 from urllib.parse import quote
 
+from ckptfs.store.location import local_dir_of
 from ckptfs.store.private import make_private_dirs, private_opener
 
 SPOOL = "spool"
@@ -17,8 +18,10 @@ RUNNING_MARKER = "daemon.running"
 
 
 def spool_path(store_path: str, *parts: str) -> str:
-    """STORE/spool, or a path below it."""
-    return os.path.join(store_path, SPOOL, *parts)
+    """STORE/spool, or a path below it. `store_path` is a store as users name it (a
+    directory, or an s3:// URL whose spool is in this machine's cache directory) or
+    the directory of its local state (`Store.path`)."""
+    return os.path.join(local_dir_of(store_path), SPOOL, *parts)
 
 
 def unit_key(unit_path: str) -> str:

@@ -210,6 +210,11 @@ class Backend(ABC):
         """Where object `name` is, for messages."""
         return f"{self.location}/{name}"
 
+    def probe_conditional_writes(self) -> str | None:
+        """Why this storage cannot be a store many writers share (it does not refuse a
+        second create of one name), or None. A directory always refuses (link())."""
+        return None
+
     def abort_stale_uploads(self, older_than: float) -> int:
         """Abort uploads begun more than `older_than` seconds ago and never finished (an
         object store's multipart uploads of a killed writer); returns how many."""

@@ -10,6 +10,7 @@ Parts that change something are given this object; none of them appends to the j
 on its own. What parts write into the index directly is derived state the journal does
 not hold: chunk locations (gc's index switch, under this lock) and damage marks.
 """
+import os
 from functools import partial
 
 from .backend import SeqTakenError
@@ -18,6 +19,18 @@ from .errors import IntegrityError, JournalDamagedError
 from .events import apply
 from .index import Index
 from .journal import Journal
+
+
+COMMIT_CRASH_ENV = "CKPTFS_COMMIT_CRASH_AT"
+COMMIT_CRASH_POINTS = ("before-journal", "after-journal")
+COMMIT_CRASH_EXIT = 98
+
+
+def commit_crash_point(name: str) -> None:
+    """Test hook: die here, without cleaning up, if CKPTFS_COMMIT_CRASH_AT names this
+    point (a writer killed between its packs and its journal entry, or after it)."""
+    if os.environ.get(COMMIT_CRASH_ENV) == name:
+        os._exit(COMMIT_CRASH_EXIT)
 
 
 class Committer:
@@ -57,7 +70,9 @@ class Committer:
         index (`records`: what its packs hold) in one transaction that also records it
         as applied. If the index update fails the entry is taken back."""
         self.settle_journal_tail(strict=True)
+        commit_crash_point("before-journal")
         entry = self.journal.append(event, actor)
+        commit_crash_point("after-journal")
         try:
             self.index.commit(lambda txn: apply(self.index, txn, entry, records))
         except BaseException:

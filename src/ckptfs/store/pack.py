@@ -11,12 +11,13 @@ encrypted), raw length, payload length, id and an xxh3-64 over the header and th
 payload as stored, checked on every read. Scanning the records
 of every pack is enough to rebuild the chunk index: the pack carries what is needed.
 """
+import secrets
 import struct
 from dataclasses import dataclass, field
 
 import xxhash
 
-from .backend import Backend, ObjectMissingError
+from .backend import Backend, ObjectExistsError, ObjectMissingError
 from .errors import IntegrityError, PackMissingError
 
 PACK_MAGIC = b"CKPTPACK"
@@ -45,6 +46,21 @@ def pack_name(pack_id: int) -> str:
     """The backend object of a pack (locally `STORE/packs/…`). Packs are fanned out 256
     to a directory so no directory grows huge."""
     return f"{PACKS_PREFIX}{pack_id >> 8:06x}/{pack_id:08x}.pack"
+
+
+def pack_index_name(pack_id: int) -> str:
+    """The object listing a pack's records, beside it (shared backends: pack indexes)."""
+    return f"{PACKS_PREFIX}{pack_id >> 8:06x}/{pack_id:08x}.idx"
+
+
+def random_pack_id() -> int:
+    """A pack id for a shared backend, where many machines write packs at once and no
+    counter spans them: random, so two writers pick the same id about once in 2^32
+    packs; then the second one's upload is refused (put-if-absent), never overwrites."""
+    while True:
+        pack_id = secrets.randbits(32)
+        if pack_id:
+            return pack_id
 
 
 def pack_id_from_name(name: str) -> int | None:
@@ -83,10 +99,14 @@ class PackWriter:
 
     def __init__(self, backend: Backend, pack_id: int):
         self.pack_id = pack_id
+        self._backend = backend
         self._out = backend.open_writer(pack_name(pack_id))
         self._out.write(PACK_HEADER.pack(PACK_MAGIC, PACK_FORMAT, 0, pack_id))
         self.records = 0
         self.closed = False
+        # On a shared backend the pack gets an index object, so that another machine's
+        # index learns its records without downloading the pack.
+        self._listed: list[ScannedRecord] | None = [] if backend.shared else None
 
     @property
     def size(self) -> int:
@@ -104,7 +124,13 @@ class PackWriter:
         self._out.write(struct.pack("<Q", checksum))
         self._out.write(payload)
         self.records += 1
+        self._list(ScannedRecord(offset, RECORD_HEADER.size + len(payload), kind, codec,
+                                 raw_len, record_id, flags))
         return offset, RECORD_HEADER.size + len(payload)
+
+    def _list(self, record: "ScannedRecord") -> None:
+        if self._listed is not None and record.kind != KIND_END:
+            self._listed.append(record)
 
     def append_raw(self, record: bytes) -> tuple[int, int]:
         """Append a whole record as read from another pack (header, checksum and payload:
@@ -112,6 +138,9 @@ class PackWriter:
         offset = self.size
         self._out.write(record)
         self.records += 1
+        _magic, kind, codec, flags, raw_len, _len, record_id, _sum = \
+            RECORD_HEADER.unpack_from(record)
+        self._list(ScannedRecord(offset, len(record), kind, codec, raw_len, record_id, flags))
         return offset, len(record)
 
     def close(self) -> None:
@@ -122,6 +151,14 @@ class PackWriter:
         self.append(KIND_END, 0, b"\0" * 32, 0, struct.pack("<I", self.records))
         self._out.commit()
         self.closed = True
+        if self._listed is not None:
+            # After the pack (data before references); a writer killed in between
+            # leaves a pack without index object: readers then scan the pack.
+            try:
+                self._backend.put_if_absent(pack_index_name(self.pack_id),
+                                            encode_pack_index(self.pack_id, self._listed))
+            except ObjectExistsError:
+                pass  # written by an earlier try; the pack's records are the same
 
     def abort(self) -> None:
         """Drop an unfinished pack: nothing refers to it yet."""
@@ -299,6 +336,64 @@ def _scan_records(f: _PackStream, pack_id: int, verify: bool) -> PackScan:
                                               flags))
         offset += length
         scan.scanned_to = offset
+
+
+# -- pack index objects (shared backends) ------------------------------------------------------
+PACK_INDEX_MAGIC = b"CKPTPIDX"
+PACK_INDEX_HEAD = struct.Struct("<8sHHII")   # magic, format, flags, pack id, record count
+PACK_INDEX_ENTRY = struct.Struct("<QIBBHI32s")  # offset, length, kind, codec, flags, raw_len, id
+
+
+def encode_pack_index(pack_id: int, records: list[ScannedRecord]) -> bytes:
+    """A pack's records as one small object: header, one entry per record, xxh3-64 of
+    all that (docs/format.md, "Object storage layout")."""
+    parts = [PACK_INDEX_HEAD.pack(PACK_INDEX_MAGIC, 1, 0, pack_id, len(records))]
+    parts.extend(PACK_INDEX_ENTRY.pack(r.offset, r.length, r.kind, r.codec, r.flags, r.raw_len,
+                                       r.record_id) for r in records)
+    body = b"".join(parts)
+    return body + struct.pack("<Q", xxhash.xxh3_64_intdigest(body))
+
+
+def decode_pack_index(data: bytes, pack_id: int) -> PackScan | None:
+    """The scan a pack index object stands for; None if it is damaged or not this
+    pack's (the caller scans the pack itself then)."""
+    if len(data) < PACK_INDEX_HEAD.size + 8:
+        return None
+    body, (checksum,) = data[:-8], struct.unpack("<Q", data[-8:])
+    if xxhash.xxh3_64_intdigest(body) != checksum:
+        return None
+    magic, fmt, _flags, stored_id, count = PACK_INDEX_HEAD.unpack_from(body)
+    if magic != PACK_INDEX_MAGIC or fmt != 1 or stored_id != pack_id or \
+            len(body) != PACK_INDEX_HEAD.size + count * PACK_INDEX_ENTRY.size:
+        return None
+    records = []
+    for at in range(PACK_INDEX_HEAD.size, len(body), PACK_INDEX_ENTRY.size):
+        offset, length, kind, codec, flags, raw_len, record_id = \
+            PACK_INDEX_ENTRY.unpack_from(body, at)
+        records.append(ScannedRecord(offset, length, kind, codec, raw_len, record_id, flags))
+    return PackScan(pack_id, records, True, [])
+
+
+def pack_records(backend: Backend, pack_id: int) -> PackScan:
+    """What a pack holds, for indexing it: from its index object on a shared backend
+    (one small GET instead of the whole pack), else by scanning it. Raises
+    ObjectMissingError for a pack that is not there."""
+    if backend.shared:
+        try:
+            listed = decode_pack_index(backend.get(pack_index_name(pack_id)), pack_id)
+        except ObjectMissingError:
+            listed = None
+        if listed is not None:
+            return listed
+    return scan_pack(backend, pack_id)
+
+
+def delete_pack(backend: Backend, pack_id: int) -> bool:
+    """Delete a pack (and its index object, if it has one); whether the pack was there."""
+    removed = backend.delete(pack_name(pack_id))
+    if backend.shared:
+        backend.delete(pack_index_name(pack_id))
+    return removed
 
 
 def pack_sizes(backend: Backend) -> dict[int, int]:

@@ -9,7 +9,7 @@ from .backend import Backend
 from .errors import IntegrityError
 from .events import apply
 from .index import Index, Location
-from .pack import KIND_CHUNK, KIND_MANIFEST, scan_pack
+from .pack import KIND_CHUNK, KIND_MANIFEST, pack_records
 
 REPLAY_BATCH = 1000   # journal entries applied per index transaction
 
@@ -18,7 +18,7 @@ def index_pack(index: Index, txn, backend: Backend, pack_id: int):
     """Put every intact record of a pack into the index; returns its scan (None if the
     pack is gone)."""
     try:
-        scan = scan_pack(backend, pack_id)
+        scan = pack_records(backend, pack_id)
     except FileNotFoundError:
         return None  # a pack the journal names is gone: its versions show as damaged
     for rec in scan.records:
@@ -29,7 +29,7 @@ def index_pack(index: Index, txn, backend: Backend, pack_id: int):
                 index.replace_chunk(txn, rec.record_id, loc)  # a fresh copy heals it
         elif rec.kind == KIND_MANIFEST:
             index.add_manifest(txn, rec.record_id, loc)
-    if index.get_int(txn, b"next_pack_id", 1) <= pack_id:
+    if not backend.shared and index.get_int(txn, b"next_pack_id", 1) <= pack_id:
         index.put_int(txn, b"next_pack_id", pack_id + 1)
     return scan
 

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import blake3
 
 from .access import AccessControl
-from .backend import Backend, LocalBackend
+from .backend import Backend, BackendUnavailableError, LocalBackend
 from .catalog import Catalog, version_name
 from .commit import Committer
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
@@ -43,7 +43,8 @@ from .gc import GarbageCollector
 from .index import Index
 from .ingest import Ingest, IngestReport
 from .journal import Journal
-from .pack import PackReader, pack_name, pack_sizes, scan_pack
+from .location import bind_cache, is_object_store, open_backend, store_id
+from .pack import PackReader, pack_name, pack_sizes, random_pack_id, scan_pack
 from .packsink import PackSinks
 from .private import PRIVATE_DIR, make_private_dirs
 from .reader import ChunkReader
@@ -78,12 +79,14 @@ class delegate:
 class Store:
     def __init__(self, path: str, config: StoreConfig, cipher: RecordCipher | None = None,
                  for_rebuild: bool = False, backend: Backend | None = None):
-        self.path = path
+        self.path = path  # this machine's state: the store's directory, or its cache dir
         self.backend = backend or LocalBackend(path)  # packs, journal, settings
+        self.location = self.backend.location  # the store, as users name it
         self.config = config
         # First: without its key an encrypted store is refused before anything is opened.
         if cipher is None and config.encryption is not None:
-            cipher = open_store_key(path, config.encryption.key_file, config.encryption.key_check)
+            cipher = open_store_key(self.location, config.encryption.key_file,
+                                    config.encryption.key_check)
         self.cipher = cipher
         self.spool_dir = os.path.join(path, "spool")
         self._key = config.chunk_id_key
@@ -111,10 +114,10 @@ class Store:
 
     def _open_parts(self) -> None:
         """Each part, given what it works with (and nothing else)."""
-        self.reader = ChunkReader(self.index, self.packs, self.chunk_id, self.cipher, self.path)
+        self.reader = ChunkReader(self.index, self.packs, self.chunk_id, self.cipher, self.location)
         self.committer = Committer(self.index, self.journal,
                                    PackRecords(self.backend, self.reader, scan=True))
-        self.access = AccessControl(self.index, self.committer, self.path)
+        self.access = AccessControl(self.index, self.committer, self.location)
         self.signing = Signing(self.index, self.committer, self.access, self.config, self.path,
                               self.backend)
         self.catalog = Catalog(self.index, self.committer, self.access, self.signing,
@@ -126,7 +129,7 @@ class Store:
                                           self.retention)
         self.verifier = Verifier(self.path, self.index, self.backend, self.reader,
                                  self.catalog, self.signing)
-        self.pack_sinks = PackSinks(self.backend, self.index.allocate_pack_id, self.cipher,
+        self.pack_sinks = PackSinks(self.backend, self.allocate_pack_id, self.cipher,
                                     self.config.packs.target_size)
         self.repairer = Repair(self.path, self.config, self.index, self.committer,
                                self.backend, self.packs, self.reader, self.verifier,
@@ -138,31 +141,23 @@ class Store:
 
     # -- lifecycle --------------------------------------------------------------------
     @classmethod
-    def init(cls, path: str, shared: bool = False, key_file: str | None = None) -> "Store":
-        """A new store in `path`; its creator is its admin. `shared`: roles are enforced,
-        and the directory is private to its owner (others come in through the mount).
-        With `key_file`, an encrypted store whose key is in that file (read if it exists,
-        else created with a new random key)."""
-        path = os.path.abspath(path)
-        if os.path.exists(os.path.join(path, CONFIG_NAME)):
-            raise StoreError(f"{path} is already a ckptfs store")
-        if os.path.isdir(path) and os.listdir(path):
-            raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise StoreError(f"{path} exists and is not a directory")
+    def init(cls, path: str, shared: bool = False, key_file: str | None = None,
+             cache_dir: str | None = None) -> "Store":
+        """A new store in `path` (a directory, or `s3://BUCKET/PREFIX` with this
+        machine's state in `cache_dir`, location.py); its creator is its admin.
+        `shared`: roles are enforced, and the directory is private to its owner (others
+        come in through the mount). With `key_file`, an encrypted store whose key is in
+        that file (read if it exists, else created with a new random key)."""
         encryption = cipher = None
         if key_file is not None:
             key_path, key = obtain_key_file(key_file)
             encryption = EncryptionSettings(key_file=key_path, key_check=key_check(key))
             cipher = RecordCipher(key)  # this key, whatever CKPTFS_KEY_FILE names
-        # Private, shared or not: the store holds every version's data and sidecars, and
-        # others come in through the mount (docs/format.md, "Permissions").
-        make_private_dirs(path)
-        os.chmod(path, PRIVATE_DIR)  # also an empty directory that existed
-        for sub in SUBDIRS:
-            make_private_dirs(os.path.join(path, sub))
         config = StoreConfig.new(encryption)
-        backend = LocalBackend(path)
+        if is_object_store(path):
+            path, backend = cls._init_object_store(path, cache_dir, config)
+        else:
+            path, backend = cls._init_directory(path)
         config.save(backend)
         store = cls(path, config, cipher, backend=backend)
         try:
@@ -172,20 +167,68 @@ class Store:
             raise
         return store
 
-    @classmethod
-    def open(cls, path: str, for_rebuild: bool = False) -> "Store":
-        """Open a store. `for_rebuild`: only to rebuild its index (`rebuild_index`): the
-        store is taken exclusively, and an index that cannot be opened is moved aside."""
+    @staticmethod
+    def _init_directory(path: str) -> tuple[str, Backend]:
         path = os.path.abspath(path)
-        backend = LocalBackend(path)
-        config = StoreConfig.load(backend)
-        for sub in ("packs", "journal"):
-            if not os.path.isdir(os.path.join(path, sub)):
-                raise StoreFormatError(f"{path} is damaged: its {sub}/ directory is missing")
-        # The index is derived: a missing one is recreated from the journal on open.
-        make_private_dirs(os.path.join(path, "index"))
-        make_private_dirs(os.path.join(path, "spool"))
-        return cls(path, config, for_rebuild=for_rebuild, backend=backend)
+        if os.path.exists(os.path.join(path, CONFIG_NAME)):
+            raise StoreError(f"{path} is already a ckptfs store")
+        if os.path.isdir(path) and os.listdir(path):
+            raise StoreError(f"{path} exists and is not empty: choose a new or empty directory")
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise StoreError(f"{path} exists and is not a directory")
+        # Private, shared or not: the store holds every version's data and sidecars, and
+        # others come in through the mount (docs/format.md, "Permissions").
+        make_private_dirs(path)
+        os.chmod(path, PRIVATE_DIR)  # also an empty directory that existed
+        for sub in SUBDIRS:
+            make_private_dirs(os.path.join(path, sub))
+        return path, LocalBackend(path)
+
+    @staticmethod
+    def _init_object_store(url: str, cache_dir: str | None,
+                           config: StoreConfig) -> tuple[str, Backend]:
+        """Check the bucket (reachable, nothing under the prefix, conditional writes
+        honoured) and bind this machine's cache directory to the new store."""
+        local, backend = open_backend(url, cache_dir)
+        try:
+            problem = backend.root_problem()
+            if problem:
+                raise StoreError(f"{url}{problem}")
+            if backend.list(""):
+                what = "is already a ckptfs store" if backend.list(CONFIG_NAME) else \
+                    "is not empty: choose a new prefix"
+                raise StoreError(f"{url} {what}")
+            problem = backend.probe_conditional_writes()
+            if problem:
+                raise StoreError(problem)
+            bind_cache(local, url, store_id(config.chunk_id_key))
+        except BaseException:
+            backend.close()
+            raise
+        return local, backend
+
+    @classmethod
+    def open(cls, path: str, for_rebuild: bool = False, cache_dir: str | None = None) -> "Store":
+        """Open a store (a directory, or `s3://BUCKET/PREFIX` with this machine's state
+        in `cache_dir`). `for_rebuild`: only to rebuild its index (`rebuild_index`): the
+        store is taken exclusively, and an index that cannot be opened is moved aside."""
+        local, backend = open_backend(path, cache_dir)
+        try:
+            config = StoreConfig.load(backend)
+            if backend.shared:
+                bind_cache(local, backend.location, store_id(config.chunk_id_key))
+            else:
+                for sub in ("packs", "journal"):
+                    if not os.path.isdir(os.path.join(local, sub)):
+                        raise StoreFormatError(
+                            f"{local} is damaged: its {sub}/ directory is missing")
+            # The index is derived: a missing one is recreated from the journal on open.
+            make_private_dirs(os.path.join(local, "index"))
+            make_private_dirs(os.path.join(local, "spool"))
+            return cls(local, config, for_rebuild=for_rebuild, backend=backend)
+        except BaseException:
+            backend.close()
+            raise
 
     def _open_index(self, for_rebuild: bool) -> Index:
         """The LMDB index; for a rebuild, one that cannot be opened (garbage in data.mdb)
@@ -208,6 +251,7 @@ class Store:
         self.packs.close()
         self.index.close()
         self._open_lock.close()
+        self.backend.close()
 
     def __enter__(self):
         return self
@@ -220,6 +264,11 @@ class Store:
         return self.rebuilder.rebuild(self.index_moved_aside)
 
     # -- writing: the one-way path ------------------------------------------------------
+    def allocate_pack_id(self) -> int:
+        """A new pack's id: the index's counter, or a random one on a shared backend
+        (many machines, no counter spans them: pack.random_pack_id)."""
+        return random_pack_id() if self.backend.shared else self.index.allocate_pack_id()
+
     def chunk_id(self, data) -> bytes:
         return blake3.blake3(data, key=self._key).digest()
 
@@ -320,8 +369,11 @@ class Store:
             chunks = self.index.get_int(txn, b"chunk_count")
             unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
             stored = self.index.get_int(txn, b"chunk_stored_bytes")
-        sizes = pack_sizes(self.backend)
-        pack_ids, pack_bytes = list(sizes), sum(sizes.values())
+        try:
+            sizes = pack_sizes(self.backend)
+        except BackendUnavailableError:
+            sizes = None  # the object store is down: the index's figures are still known
+        pack_ids, pack_bytes = list(sizes or ()), sum((sizes or {}).values())
         logical = sum(v["logical_bytes"] for v in versions)
         return {
             "projects": len({v["project"] for v in versions}),
