@@ -63,7 +63,7 @@ def seaweed_server(tmp_path_factory):
     from tests.helpers.seaweed import SeaweedServer
     server = SeaweedServer(str(tmp_path_factory.mktemp("seaweed")))
     yield server
-    server.stop()
+    server.discard()
 
 
 @pytest.fixture

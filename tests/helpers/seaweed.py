@@ -209,6 +209,12 @@ class SeaweedServer:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def discard(self) -> None:
+        """The end of a server whose data is thrown away: no need to wait for a clean
+        shutdown (which takes seconds, up to half a minute on a busy machine)."""
+        self.kill()
+        self._remove_sockets()
+
     def restart(self) -> None:
         """Stop (if running) and start again on the same ports and data: clients keep
         their endpoint."""
