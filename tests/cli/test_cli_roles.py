@@ -60,7 +60,7 @@ def test_the_roles_follow_what_each_command_does():
     maintainer, access admin (some checked by the store's methods themselves)."""
     roles = {name: access.role for name, access in declared_roles().items()}
     by_role = {role: sorted(n for n, r in roles.items() if r == role) for role in STORE_ROLES}
-    assert by_role["writer"] == ["import"]
+    assert by_role["writer"] == ["copy", "import"]
     assert by_role["maintainer"] == ["config set", "config unset", "delete", "gc",
                                      "retention clear", "retention set", "schema clear",
                                      "schema set", "tag", "untag"]

@@ -23,7 +23,16 @@ from ckptfs.store.backend import (
 from ckptfs.store.journal import Journal
 from tests.helpers.samples import make_checkpoint
 
-BACKENDS = {"local": lambda tmp_path: LocalBackend(str(tmp_path / "objects"))}
+
+
+def s3_backend(tmp_path, request):
+    """A store's prefix in a fresh bucket of the test's moto_server (tests/helpers/s3.py)."""
+    from ckptfs.store.s3 import S3Backend
+    return S3Backend(request.getfixturevalue("s3_store_url"), str(tmp_path / "local"))
+
+
+BACKENDS = {"local": lambda tmp_path, request: LocalBackend(str(tmp_path / "objects")),
+            "s3": s3_backend}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 THIS_SRC = os.path.join(REPO, "src")
 # The last commit before the storage seam: stores its code made must read the same.
@@ -32,7 +41,9 @@ BEFORE_SEAM = "2f73dc1889d60757f9b5035af1e245044b9efdce"
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request, tmp_path):
-    return BACKENDS[request.param](tmp_path)
+    made = BACKENDS[request.param](tmp_path, request)
+    yield made
+    made.close()
 
 
 # -- objects ---------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ store, not when the command line is parsed: `ckptfs --help` stays fast.
 import functools
 import json
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,38 @@ def with_store(role: str, operation: str | None = None, *, project=None, path: s
         run.store_access = access
         return run
     return decorate
+
+
+def with_two_stores(role: str, source: str, dest: str):
+    """`with_store` for a command between two stores (`copy`): open the stores named by
+    the parameters `source` and `dest` (refused if they are one), run the command with
+    both (source first), and close them. Its projects are known only once it has looked
+    into the source, so the command checks the roles itself, reader in the source and
+    `role` in the destination, through each store's `authorize` (journaled there)."""
+    access = StoreAccess(role, checked_by_store=True)
+
+    def decorate(command):
+        @functools.wraps(command)
+        def run(**params):
+            if same_store(params[source], params[dest]):
+                fail(f"{source.upper()} and {dest.upper()} are the same store "
+                     f"({params[source]})")
+            with open_store(params[source]) as src, open_store(params[dest]) as dst:
+                return command(src, dst, **params)
+        run.store_access = access
+        return run
+    return decorate
+
+
+def same_store(a: str, b: str) -> bool:
+    """Do two STORE arguments name one store (a directory by any path, a URL with or
+    without its trailing slash)? Checked before opening: one process must not open a
+    store's index twice."""
+    from ckptfs.store.location import is_object_store
+
+    def canonical(store: str) -> str:
+        return store.rstrip("/") if is_object_store(store) else os.path.realpath(store)
+    return canonical(a) == canonical(b)
 
 
 # -- arguments ------------------------------------------------------------------------------

@@ -470,18 +470,27 @@ def imported_from(sidecar: dict, partial: bool) -> dict:
 def unpacked_tar(store, tar_path: str, progress=None):
     """Unpack `tar_path` into a new directory in the store's spool; yields (its top
     directory, {path under the top: SHA-256 of each file}). Removed afterwards."""
-    _remove_stale_unpack_dirs(store.spool_dir)
-    workdir = tempfile.mkdtemp(prefix=f"{UNPACK_PREFIX}{os.getpid()}-", dir=store.spool_dir)
-    try:
+    with spool_workdir(store, UNPACK_PREFIX) as workdir:
         yield _unpack(tar_path, workdir, progress)
+
+
+@contextmanager
+def spool_workdir(store, prefix: str):
+    """A new directory `<prefix><pid>-<random>` in the store's spool (on the store's own
+    disk), removed afterwards, also on error. Those a killed process left behind (same
+    prefix, a pid that is gone) are removed first."""
+    _remove_stale_workdirs(store.spool_dir, prefix)
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=store.spool_dir)
+    try:
+        yield workdir
     finally:
         remove_path(workdir)
 
 
-def _remove_stale_unpack_dirs(spool: str):
-    """Unpack directories of imports whose process died (killed mid-way)."""
+def _remove_stale_workdirs(spool: str, prefix: str):
+    """Work directories of imports (or copies) whose process died (killed mid-way)."""
     for name in os.listdir(spool):
-        pid = name[len(UNPACK_PREFIX):].split("-", 1)[0] if name.startswith(UNPACK_PREFIX) else ""
+        pid = name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
         if pid.isdigit() and not _process_exists(int(pid)):
             remove_path(os.path.join(spool, name))
 

@@ -228,6 +228,14 @@ class Backend(ABC):
         return None
 
 
+def check_object_name(name: str) -> None:
+    """ValueError unless `name` is an object name: parts separated by "/", none empty,
+    "." or "..", none starting with "." (those are free for a backend's own files)."""
+    parts = name.split("/")
+    if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
+        raise ValueError(f"not an object name: {name!r}")
+
+
 # -- the local directory ---------------------------------------------------------------------
 class LocalBackend(Backend):
     """Objects as files below a directory (the store's): the name's parts are its path.
@@ -240,10 +248,8 @@ class LocalBackend(Backend):
 
     def path_of(self, name: str) -> str:
         """The file holding object `name` (local only: tests and messages use it)."""
-        parts = name.split("/")
-        if not name or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-            raise ValueError(f"not an object name: {name!r}")
-        return os.path.join(self.root, *parts)
+        check_object_name(name)
+        return os.path.join(self.root, *name.split("/"))
 
     def describe(self, name: str) -> str:
         return self.path_of(name)

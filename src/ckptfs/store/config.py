@@ -113,7 +113,9 @@ class StoreConfig:
         path = backend.describe(CONFIG_NAME)
         problem = backend.root_problem()
         if problem:
-            raise NotAStoreError(f"{backend.location}{problem} (create a store with `ckptfs init`)")
+            # Only where there is nothing: not when the storage is down or refuses us.
+            hint = " (create a store with `ckptfs init`)" if "no such" in problem else ""
+            raise NotAStoreError(f"{backend.location}{problem}{hint}")
         try:
             doc = tomllib.loads(backend.get(CONFIG_NAME).decode())
         except ObjectMissingError:
