@@ -1,8 +1,12 @@
 """The SeaweedFS fixture is the server the S3 backend's second tier needs: it refuses a
 second create of a name (the journal's commit relies on it), checks signatures, and keeps
-objects across a clean restart and across a kill."""
+objects across a clean restart and across a kill; a store on it outlives the server's
+death."""
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
+
+from ckptfs.store import Store
+from tests.helpers.samples import tree_snapshot
 
 
 def _bucket_and_prefix(url: str) -> tuple[str, str]:
@@ -79,3 +83,17 @@ def test_objects_outlive_a_restart_and_a_kill(seaweed_server, seaweed_store_url)
     assert seaweed_server.endpoint == endpoint
     assert client.get_object(Bucket=bucket, Key=prefix + "before-restart")["Body"].read() == b"r"
     assert client.get_object(Bucket=bucket, Key=prefix + "before-kill")["Body"].read() == b"k"
+
+
+def test_a_store_outlives_the_server_killed(seaweed_server, seaweed_store_url, checkpoint,
+                                            tmp_path):
+    """A version imported on one machine, the server killed and started again: another
+    machine, with a new cache directory, lists it and reads it byte for byte."""
+    with Store.init(seaweed_store_url, cache_dir=str(tmp_path / "machine-a")) as store:
+        store.import_directory(checkpoint, "p", "r", "v1")
+    seaweed_server.kill()
+    seaweed_server.restart()
+    with Store.open(seaweed_store_url, cache_dir=str(tmp_path / "machine-b")) as other:
+        assert [v["version"] for v in other.all_versions()] == ["v1"]
+        other.restore("p", "r", "v1", str(tmp_path / "got"))
+    assert tree_snapshot(tmp_path / "got") == tree_snapshot(checkpoint)
