@@ -149,12 +149,18 @@ def test_a_sequential_reader_is_read_further_ahead(backend, cache_dir):
     reader.will_need("packs/a", 2 * BLOCK, BLOCK)  # and the next: 8 (the most) more
     reader.will_need("packs/b", 10 * BLOCK, BLOCK)
     reader.will_need("packs/b", 3 * BLOCK, BLOCK)  # not after the last hint: just that
+    assert blocks_read_ahead(reader, backend) == {"packs/a": list(range(0, 11)),
+                                                  "packs/b": [3, 10]}
+
+
+def blocks_read_ahead(reader, backend) -> dict:
+    """Once the 13 fetches the two read-ahead tests cause are done: the blocks of
+    packs/a and packs/b that were asked of the backend."""
     wait_for(lambda: reader.stats.fetched >= 13, "the read-ahead's fetches")
     reader.close()
-    fetched = {name: sorted({i for _n, offset, length in backend.gets if _n == name
-                             for i in range(offset // BLOCK, (offset + length) // BLOCK)})
-               for name in ("packs/a", "packs/b")}
-    assert fetched == {"packs/a": list(range(0, 11)), "packs/b": [3, 10]}
+    return {name: sorted({i for _n, offset, length in backend.gets if _n == name
+                          for i in range(offset // BLOCK, (offset + length) // BLOCK)})
+            for name in ("packs/a", "packs/b")}
 
 
 def test_sequential_reads_without_hints_are_read_ahead_too(backend, cache_dir):
@@ -166,12 +172,8 @@ def test_sequential_reads_without_hints_are_read_ahead_too(backend, cache_dir):
             objects["packs/a"][index * BLOCK:(index + 1) * BLOCK]
     for index in (10, 3):
         reader.read("packs/b", index * BLOCK, BLOCK)
-    wait_for(lambda: reader.stats.fetched >= 13, "the read-ahead's fetches")
-    reader.close()
-    fetched = {name: sorted({i for _n, offset, length in backend.gets if _n == name
-                             for i in range(offset // BLOCK, (offset + length) // BLOCK)})
-               for name in ("packs/a", "packs/b")}
-    assert fetched == {"packs/a": list(range(0, 11)), "packs/b": [3, 10]}
+    assert blocks_read_ahead(reader, backend) == {"packs/a": list(range(0, 11)),
+                                                  "packs/b": [3, 10]}
 
 
 def test_read_ahead_of_cached_blocks_asks_nothing(backend, reader):
