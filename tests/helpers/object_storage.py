@@ -1,0 +1,154 @@
+"""Many machines on one store on object storage, as the tests play them on one host: each
+"machine" is a cache directory of its own (`ckptfs --cache-dir`), the store is a prefix
+in a bucket of the real S3 server (tests/helpers/s3.py), and the bucket is looked at
+directly with boto3 to see which objects a writer left behind."""
+import os
+import socket
+import threading
+
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.mounts import unmount
+
+
+class Machine:
+    """One machine of a store on object storage: the store's URL and this machine's cache
+    directory; `ckptfs(...)` runs a command as this machine does."""
+
+    def __init__(self, url: str, cache_dir: str):
+        self.url, self.cache_dir = url, str(cache_dir)
+
+    def ckptfs(self, command: str, *args, rc=0, **kw):
+        """`ckptfs --cache-dir CACHE COMMAND STORE ARGS…` (checked: no traceback)."""
+        return run_cli_checked("--cache-dir", self.cache_dir, command, self.url, *args,
+                               rc=rc, **kw)
+
+    def out(self, command: str, *args) -> str:
+        return self.ckptfs(command, *args).stdout.decode()
+
+
+def machines(url: str, tmp_path, *names: str) -> list[Machine]:
+    return [Machine(url, tmp_path / f"cache-{name}") for name in names]
+
+
+class Mounts:
+    """`ckptfs mount` of a machine, each taken down by `unmount_all` (in a fixture's
+    teardown, even after a failure)."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path, self.mounted = tmp_path, []
+
+    def mount(self, machine: Machine, *options, **kw) -> str:
+        mountpoint = self.tmp_path / f"mnt{len(self.mounted)}"
+        mountpoint.mkdir()
+        self.mounted.append(str(mountpoint))
+        run_cli_checked("--cache-dir", machine.cache_dir, "mount", machine.url,
+                        mountpoint, *options, **kw)
+        return str(mountpoint)
+
+    def unmount_all(self):
+        for mountpoint in self.mounted:
+            unmount(mountpoint)
+
+
+def bucket_and_prefix(url: str) -> tuple[str, str]:
+    bucket, _, prefix = url[len("s3://"):].partition("/")
+    return bucket, prefix
+
+
+def object_names(server, url: str) -> list[str]:
+    """Every object under the store's prefix, relative to it (straight from the server)."""
+    bucket, prefix = bucket_and_prefix(url)
+    names = []
+    pages = server.client().get_paginator("list_objects_v2")
+    for page in pages.paginate(Bucket=bucket, Prefix=prefix + "/"):
+        names += [item["Key"][len(prefix) + 1:] for item in page.get("Contents", [])]
+    return sorted(names)
+
+
+def multipart_uploads(server, url: str) -> list[str]:
+    """The keys of the unfinished multipart uploads under the store's prefix."""
+    bucket, prefix = bucket_and_prefix(url)
+    listed = server.client().list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/")
+    return [upload["Key"] for upload in listed.get("Uploads", [])]
+
+
+def packs_and_indexes(names: list[str]) -> tuple[set[str], set[str]]:
+    """The pack ids of the `.pack` objects, and those of the `.idx` objects."""
+    def ids(suffix):
+        return {n[:-len(suffix)] for n in names if n.startswith("packs/") and n.endswith(suffix)}
+    return ids(".pack"), ids(".idx")
+
+
+def journal_entry_names(names: list[str]) -> list[str]:
+    return [n for n in names if n.startswith("journal/")]
+
+
+class Outage:
+    """A TCP relay on a loopback port of its own in front of the S3 server: the store's
+    endpoint as machines see it. `down()` closes the port and cuts every connection (the
+    server seems gone: connections are refused); `up()` listens on the same port again.
+    The server behind it keeps its data, as a real one restarted would."""
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self._connections: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._serve()
+
+    def _serve(self):
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+
+    def down(self):
+        self._listener.close()
+        with self._lock:
+            for conn in self._connections:
+                _close(conn)
+            self._connections.clear()
+
+    def up(self):
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._serve()
+
+    def close(self):
+        self.down()
+
+
+def _pipe(src: socket.socket, dst: socket.socket):
+    try:
+        while data := src.recv(65536):
+            dst.sendall(data)
+    except OSError:
+        pass
+    _close(src)
+    _close(dst)
+
+
+def _close(conn: socket.socket):
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
+def environment_with(**variables) -> dict:
+    return {**os.environ, **{k: str(v) for k, v in variables.items()}}

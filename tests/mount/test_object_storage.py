@@ -1,0 +1,77 @@
+"""Mounts of one store on object storage (a bucket of the real S3 server), each with a
+cache directory of its own, as many machines mount it: what one seals the others see
+and read, a name two of them seal at once, the server going down under a mount."""
+import json
+import os
+
+import pytest
+
+from tests.helpers.inbox import assert_sha256sum_checks, inbox_state, sh, stats
+from tests.helpers.object_storage import Mounts, machines
+from tests.helpers.samples import make_checkpoint
+from tests.helpers.waiting import wait_for
+
+POLL = "0.5"
+
+
+@pytest.fixture
+def mounts(tmp_path):
+    if not os.path.exists("/dev/fuse"):
+        pytest.skip("/dev/fuse is missing: FUSE tests need it (they run in CI as root)")
+    made = Mounts(tmp_path)
+    yield made
+    made.unmount_all()
+
+
+def seal_by_copy(mnt: str, src: str, project: str, run: str, step: str):
+    """`cp -a` a checkpoint into the inbox, then a `.seal` marker: seal now."""
+    os.makedirs(f"{mnt}/inbox/{project}/{run}", exist_ok=True)
+    copied = sh(f"cp -a {src} {mnt}/inbox/{project}/{run}/{step}")
+    assert copied.returncode == 0, copied.stderr
+    open(f"{mnt}/inbox/{project}/{run}/{step}/.seal", "w").close()
+
+
+def listed(mnt: str, ref: str) -> bool:
+    """`ls` of the version's run lists it (what a user on that machine sees)."""
+    project, run, version = ref.split("/")
+    out = sh(f"ls {mnt}/projects/{project}/{run}")
+    return out.returncode == 0 and version in out.stdout.split()
+
+
+def wait_listed(mnt: str, ref: str):
+    wait_for(lambda: listed(mnt, ref), f"{ref} to be listed in {mnt}")
+
+
+def sealed_in(mnt: str, ref: str) -> bool:
+    state = inbox_state(mnt, ref)
+    return listed(mnt, ref) and (state is None or state["state"] == "sealed")
+
+
+def sidecar(mnt: str, ref: str) -> dict:
+    with open(os.path.join(mnt, "projects", ref + ".json")) as f:
+        return json.load(f)
+
+
+def test_three_machines_see_and_read_what_each_seals(mounts, s3_store_url, tmp_path):
+    a, b, c = machines(s3_store_url, tmp_path, "a", "b", "c")
+    a.ckptfs("init")
+    mnt_a, mnt_b, mnt_c = (mounts.mount(m, "--poll-interval", POLL) for m in (a, b, c))
+    first = make_checkpoint(tmp_path / "src" / "step-100", step=100)
+    seal_by_copy(mnt_a, first, "p", "r", "step-100")
+    wait_for(lambda: sealed_in(mnt_a, "p/r/step-100"), "A's seal of step-100")
+
+    for mnt in (mnt_b, mnt_c):
+        wait_listed(mnt, "p/r/step-100")
+        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-100", first)
+
+    second = make_checkpoint(tmp_path / "src" / "step-200", step=200)
+    seal_by_copy(mnt_b, second, "p", "r", "step-200")
+    wait_for(lambda: sealed_in(mnt_b, "p/r/step-200"), "B's seal of step-200")
+    for mnt in (mnt_a, mnt_c):
+        wait_listed(mnt, "p/r/step-200")
+        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-200", second)
+    parent = sidecar(mnt_c, "p/r/step-200")["lineage"]["parent"]
+    assert (parent["project"], parent["run"], parent["version"]) == ("p", "r", "step-100")
+    assert parent["source"] == "previous"
+    # each machine's own cache: B's mount read A's version from the bucket, not A's disk
+    assert a.cache_dir != b.cache_dir and os.listdir(b.cache_dir)
