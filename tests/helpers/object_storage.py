@@ -3,6 +3,8 @@
 in a bucket of the real S3 server (tests/helpers/s3.py), and the bucket is looked at
 directly with boto3 to see which objects a writer left behind."""
 import os
+import re
+import sys
 import socket
 import threading
 
@@ -18,8 +20,9 @@ class Machine:
         self.url, self.cache_dir = url, str(cache_dir)
 
     def ckptfs(self, command: str, *args, rc=0, **kw):
-        """`ckptfs --cache-dir CACHE COMMAND STORE ARGS…` (checked: no traceback)."""
-        return run_cli_checked("--cache-dir", self.cache_dir, command, self.url, *args,
+        """`ckptfs --cache-dir CACHE COMMAND STORE ARGS…` (checked: no traceback); COMMAND
+        may be two words (`audit verify`)."""
+        return run_cli_checked("--cache-dir", self.cache_dir, *command.split(), self.url, *args,
                                rc=rc, **kw)
 
     def out(self, command: str, *args) -> str:
@@ -152,3 +155,19 @@ def _close(conn: socket.socket):
 
 def environment_with(**variables) -> dict:
     return {**os.environ, **{k: str(v) for k, v in variables.items()}}
+
+
+def requests_to(server, url: str) -> list[tuple[str, str]]:
+    """(method, key) of every request the S3 server logged for the store's bucket so far
+    (moto_server logs each request it answers, one line each)."""
+    bucket, _ = bucket_and_prefix(url)
+    request = re.compile(rf"\b(GET|PUT|POST|HEAD|DELETE) /{re.escape(bucket)}/([^ ?]+)")
+    with open(server._log.name, errors="replace") as f:
+        return [m.groups() for m in map(request.search, f) if m]
+
+
+def barrier_command(go_file: str, *args) -> list[str]:
+    """A `ckptfs …` command that starts only once `go_file` exists: processes started
+    with it begin together when the test creates that file."""
+    wait = f'while [ ! -e "{go_file}" ]; do sleep 0.01; done; exec "$0" "$@"'
+    return ["sh", "-c", wait, sys.executable, "-m", "ckptfs", *map(str, args)]

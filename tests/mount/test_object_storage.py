@@ -75,3 +75,43 @@ def test_three_machines_see_and_read_what_each_seals(mounts, s3_store_url, tmp_p
     assert parent["source"] == "previous"
     # each machine's own cache: B's mount read A's version from the bucket, not A's disk
     assert a.cache_dir != b.cache_dir and os.listdir(b.cache_dir)
+
+
+def settled(mnt: str, ref: str):
+    """The unit's end: sealed, or failed with an `.error` beside it (its state then)."""
+    project, run, version = ref.split("/")
+    if os.path.exists(f"{mnt}/inbox/{project}/{run}/{version}.error"):
+        return "error"
+    state = inbox_state(mnt, ref)
+    return (state is None or state["state"] == "sealed") and listed(mnt, ref) and "sealed"
+
+
+def test_one_name_sealed_on_two_machines_at_once_is_one_version(mounts, s3_store_url, tmp_path):
+    """Exactly one machine's seal makes the version; the other's unit keeps its data in
+    its inbox with an `.error` saying why (it is not given another name)."""
+    a, b = machines(s3_store_url, tmp_path, "a", "b")
+    a.ckptfs("init")
+    mnt_a, mnt_b = (mounts.mount(m, "--poll-interval", POLL) for m in (a, b))
+    src_a = make_checkpoint(tmp_path / "src-a" / "step-1", step=1, seed=1)
+    src_b = make_checkpoint(tmp_path / "src-b" / "step-1", step=1, seed=2)
+    for mnt, src in ((mnt_a, src_a), (mnt_b, src_b)):
+        os.makedirs(f"{mnt}/inbox/p/r", exist_ok=True)
+        assert sh(f"cp -a {src} {mnt}/inbox/p/r/step-1").returncode == 0
+    for mnt in (mnt_a, mnt_b):  # both markers as close together as two writes can be
+        open(f"{mnt}/inbox/p/r/step-1/.seal", "w").close()
+    ends = [wait_for(lambda mnt=mnt: settled(mnt, "p/r/step-1"), f"the seal in {mnt}")
+            for mnt in (mnt_a, mnt_b)]
+    assert sorted(ends) == ["error", "sealed"], ends
+    (winner, src_won), (loser, src_lost) = sorted(
+        ((mnt_a, src_a), (mnt_b, src_b)), key=lambda pair: ends[[mnt_a, mnt_b].index(pair[0])],
+        reverse=True)
+    with open(f"{loser}/inbox/p/r/step-1.error") as f:
+        error = f.read()
+    assert "created by another import meanwhile" in error or "already exists" in error, error
+    # one version, the winner's bytes, on both machines; the loser's data kept in its inbox
+    wait_listed(loser, "p/r/step-1")
+    for mnt in (winner, loser):
+        assert sh(f"ls {mnt}/projects/p/r").stdout.split() == ["latest", "run.json", "step-1",
+                                                               "step-1.json"]
+        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-1", src_won)
+    assert_sha256sum_checks(f"{loser}/inbox/p/r/step-1", src_lost)

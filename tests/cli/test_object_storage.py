@@ -1,0 +1,98 @@
+"""`ckptfs` processes of many machines on one store on object storage (a bucket of the
+real S3 server; each machine a cache directory of its own): a cache rebuilt from the
+bucket answers like the original, writers killed mid-upload or between their packs and
+their journal entry leave nothing visible, two writers racing for one name, and the
+errors of `init` (no bucket, a store already there, no server)."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.object_storage import (
+    Machine, barrier_command, environment_with, journal_entry_names, machines, multipart_uploads,
+    object_names, packs_and_indexes, requests_to)
+from tests.helpers.s3 import free_port
+from tests.helpers.samples import make_checkpoint
+from tests.helpers.waiting import wait_for
+
+
+def one_line_error(proc) -> str:
+    """The error a user sees: exactly one `ckptfs: error: …` line."""
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ckptfs: error: "), lines
+    return lines[0]
+
+
+# -- init -------------------------------------------------------------------------------------
+def test_init_of_a_bucket_that_does_not_exist(s3_env, tmp_path):
+    machine = Machine("s3://no-such-bucket-ckptfs/store", tmp_path / "cache")
+    error = one_line_error(machine.ckptfs("init", rc=1))
+    assert "no-such-bucket-ckptfs" in error and "no such bucket" in error
+
+
+def test_init_of_a_prefix_that_already_holds_a_store(s3_server, s3_store_url, tmp_path):
+    a, b = machines(s3_store_url, tmp_path, "a", "b")
+    a.ckptfs("init")
+    a.ckptfs("import", make_checkpoint(tmp_path / "src" / "v1", step=1), "p/r/v1")
+    before = object_names(s3_server, s3_store_url)
+    error = one_line_error(b.ckptfs("init", rc=1))
+    assert s3_store_url in error and "already" in error
+    assert object_names(s3_server, s3_store_url) == before
+    assert "p/r/v1" in b.out("log")
+
+
+def test_init_of_an_endpoint_that_does_not_answer(s3_store_url, tmp_path):
+    env = environment_with(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
+                           CKPTFS_S3_MAX_ATTEMPTS=1, CKPTFS_S3_CONNECT_TIMEOUT=2)
+    proc = Machine(s3_store_url, tmp_path / "cache").ckptfs("init", rc=1, env=env)
+    error = one_line_error(proc)
+    assert "cannot be reached" in error and "127.0.0.1" in error
+
+
+# -- a cache rebuilt from the bucket ----------------------------------------------------------
+def test_a_cache_rebuilt_from_the_bucket_answers_like_the_original(s3_server, s3_store_url,
+                                                                   tmp_path):
+    original, rebuilt = machines(s3_store_url, tmp_path, "original", "rebuilt")
+    original.ckptfs("init")
+    for step in (1, 2, 3):
+        src = make_checkpoint(tmp_path / "src" / f"v{step}", step=step)
+        original.ckptfs("import", src, f"p/r/v{step}")
+    original.ckptfs("import", make_checkpoint(tmp_path / "src" / "w1", step=7), "p/w/v1")
+    original.ckptfs("tag", "p/r/v2", "production")
+    original.ckptfs("delete", "p/r/v1", "--reason", "superseded")
+    queries = [("ls",), ("ls", "p"), ("ls", "p/r"), ("ls", "p/r/v2"), ("show", "p/r/v3"),
+               ("find", "--json"), ("log",), ("tags", "p/r"), ("audit",), ("audit verify",)]
+    before = len(requests_to(s3_server, s3_store_url))
+    answers = [rebuilt.out(command, *args) for command, *args in queries]
+    reads = requests_to(s3_server, s3_store_url)[before:]
+    assert answers == [original.out(command, *args) for command, *args in queries]
+    assert "production" in answers[7] and "v1" not in answers[2].split()
+    assert any(key.endswith(".idx") for method, key in reads if method == "GET")
+    assert not [key for method, key in reads if method == "GET" and key.endswith(".pack")], \
+        "the new cache downloaded packs to answer"
+
+
+# -- writers racing for one name ----------------------------------------------------------------
+def test_two_imports_racing_for_one_name_one_wins(s3_server, s3_store_url, tmp_path):
+    a, b = machines(s3_store_url, tmp_path, "a", "b")
+    a.ckptfs("init")
+    go = tmp_path / "go"
+    racers = [subprocess.Popen(barrier_command(go, "--cache-dir", m.cache_dir, "import", m.url,
+                                               make_checkpoint(tmp_path / f"src-{m.cache_dir[-1]}"
+                                                               / "v1", step=1, seed=seed),
+                                               "p/r/v1"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+              for seed, m in enumerate((a, b))]
+    go.touch()
+    results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in racers]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    error = next(err for code, err in results if code == 1)
+    assert "Traceback" not in error and len(error.strip().splitlines()) == 1, error
+    assert "already exists" in error or "created by another import meanwhile" in error, error
+    # one version, and every machine sees the same one; the chain has no second seal
+    assert a.out("log") == b.out("log") and a.out("log").count("version p/r/v1") == 1
+    assert a.out("audit verify").startswith("journal ok: 2 entries")

@@ -1,0 +1,45 @@
+"""The engine on a store on object storage (a bucket of the real S3 server) used by
+several machines at once, each a `Store` with a cache directory of its own: what the
+conditional commit decides when their commits interleave."""
+import pytest
+
+from ckptfs.store import Store, VersionExistsError
+from tests.helpers.samples import make_checkpoint
+
+
+@pytest.fixture
+def two_machines(s3_store_url, tmp_path):
+    Store.init(s3_store_url, cache_dir=str(tmp_path / "cache-a")).close()
+    opened = [Store.open(s3_store_url, cache_dir=str(tmp_path / f"cache-{name}"))
+              for name in ("a", "b")]
+    yield opened
+    for machine in opened:
+        machine.close()
+
+
+def test_a_name_taken_between_a_catch_up_and_the_append_is_refused(two_machines, tmp_path):
+    """A seals p/r/v1 while B's commit of the same name is past its checks (B caught up
+    before A's entry landed): B's append must not chain onto A's entry, but catch up,
+    check again and refuse the name."""
+    a, b = two_machines
+    src_a = make_checkpoint(tmp_path / "src-a" / "v1", step=1, seed=1)
+    src_b = make_checkpoint(tmp_path / "src-b" / "v1", step=1, seed=2)
+    signing = b.catalog.signing
+    checked = signing.seal_signature  # called by B's commit after its "name is free" check
+
+    def a_commits_meanwhile(*args):
+        signing.seal_signature = checked  # once
+        a.import_directory(src_a, "p", "r", "v1")
+        return checked(*args)
+    signing.seal_signature = a_commits_meanwhile
+    with pytest.raises(VersionExistsError, match="created by another import meanwhile"):
+        b.import_directory(src_b, "p", "r", "v1")
+    assert signing.seal_signature is checked, "A's commit did not run inside B's"
+    entries = list(b.committer.journal_entries())
+    assert [e["version"] for e in entries if e.get("type") == "version.sealed"] == ["v1"]
+    assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+    for machine in (a, b):
+        machine.committer.catch_up_if_behind()
+        assert [v["version"] for v in machine.versions("p", "r")] == ["v1"]
+        assert machine.version_record("p", "r", "v1")["digest"] == \
+            a.version_record("p", "r", "v1")["digest"]
