@@ -3,7 +3,6 @@
 in a bucket of the real S3 server (tests/helpers/s3.py), and the bucket is looked at
 directly with boto3 to see which objects a writer left behind."""
 import os
-import re
 import sys
 import socket
 import threading
@@ -25,8 +24,8 @@ class Machine:
         return run_cli_checked("--cache-dir", self.cache_dir, *command.split(), self.url, *args,
                                rc=rc, **kw)
 
-    def out(self, command: str, *args) -> str:
-        return self.ckptfs(command, *args).stdout.decode()
+    def out(self, command: str, *args, **kw) -> str:
+        return self.ckptfs(command, *args, **kw).stdout.decode()
 
 
 def machines(url: str, tmp_path, *names: str) -> list[Machine]:
@@ -58,14 +57,18 @@ def bucket_and_prefix(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def object_names(server, url: str) -> list[str]:
-    """Every object under the store's prefix, relative to it (straight from the server)."""
+def listing(server, url: str) -> list[dict]:
+    """ListObjectsV2's items under the store's prefix (straight from the server)."""
     bucket, prefix = bucket_and_prefix(url)
-    names = []
     pages = server.client().get_paginator("list_objects_v2")
-    for page in pages.paginate(Bucket=bucket, Prefix=prefix + "/"):
-        names += [item["Key"][len(prefix) + 1:] for item in page.get("Contents", [])]
-    return sorted(names)
+    return [item for page in pages.paginate(Bucket=bucket, Prefix=prefix + "/")
+            for item in page.get("Contents", [])]
+
+
+def object_names(server, url: str) -> list[str]:
+    """Every object under the store's prefix, relative to it."""
+    _, prefix = bucket_and_prefix(url)
+    return sorted(item["Key"][len(prefix) + 1:] for item in listing(server, url))
 
 
 def multipart_uploads(server, url: str) -> list[str]:
@@ -86,11 +89,12 @@ def journal_entry_names(names: list[str]) -> list[str]:
     return [n for n in names if n.startswith("journal/")]
 
 
-class Outage:
+class Relay:
     """A TCP relay on a loopback port of its own in front of the S3 server: the store's
-    endpoint as machines see it. `down()` closes the port and cuts every connection (the
-    server seems gone: connections are refused); `up()` listens on the same port again.
-    The server behind it keeps its data, as a real one restarted would."""
+    endpoint as machines see it. It counts the bytes the server sent (`bytes_down`).
+    `down()` closes the port and cuts every connection (the server seems gone:
+    connections are refused); `up()` listens on the same port again. The server behind
+    it keeps its data, as a real one restarted would."""
 
     def __init__(self, target_port: int):
         self.target_port = target_port
@@ -99,6 +103,7 @@ class Outage:
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self._connections: list[socket.socket] = []
         self._lock = threading.Lock()
+        self.bytes_down = 0
         self._serve()
 
     def _serve(self):
@@ -117,8 +122,20 @@ class Outage:
                 continue
             with self._lock:
                 self._connections += [client, server]
-            for a, b in ((client, server), (server, client)):
-                threading.Thread(target=_pipe, args=(a, b), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(client, server), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, counted: bool = False):
+        try:
+            while data := src.recv(65536):
+                if counted:
+                    with self._lock:
+                        self.bytes_down += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        _close(src)
+        _close(dst)
 
     def down(self):
         self._listener.close()
@@ -135,16 +152,6 @@ class Outage:
         self.down()
 
 
-def _pipe(src: socket.socket, dst: socket.socket):
-    try:
-        while data := src.recv(65536):
-            dst.sendall(data)
-    except OSError:
-        pass
-    _close(src)
-    _close(dst)
-
-
 def _close(conn: socket.socket):
     try:
         conn.shutdown(socket.SHUT_RDWR)
@@ -155,15 +162,6 @@ def _close(conn: socket.socket):
 
 def environment_with(**variables) -> dict:
     return {**os.environ, **{k: str(v) for k, v in variables.items()}}
-
-
-def requests_to(server, url: str) -> list[tuple[str, str]]:
-    """(method, key) of every request the S3 server logged for the store's bucket so far
-    (moto_server logs each request it answers, one line each)."""
-    bucket, _ = bucket_and_prefix(url)
-    request = re.compile(rf"\b(GET|PUT|POST|HEAD|DELETE) /{re.escape(bucket)}/([^ ?]+)")
-    with open(server._log.name, errors="replace") as f:
-        return [m.groups() for m in map(request.search, f) if m]
 
 
 def barrier_command(go_file: str, *args) -> list[str]:
