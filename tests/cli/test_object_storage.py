@@ -8,9 +8,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
-
-from tests.helpers.cli import run_cli_checked
 from tests.helpers.object_storage import (
     Machine, barrier_command, environment_with, journal_entry_names, machines, multipart_uploads,
     Relay, listing, object_names, packs_and_indexes)
@@ -107,3 +104,63 @@ def test_two_imports_racing_for_one_name_one_wins(s3_server, s3_store_url, tmp_p
     # one version, and every machine sees the same one; the chain has no second seal
     assert a.out("log") == b.out("log") and a.out("log").count("version p/r/v1") == 1
     assert a.out("audit verify").startswith("journal ok: 2 entries")
+
+
+# -- writers killed ----------------------------------------------------------------------------
+def big_checkpoint(path, megabytes: int) -> str:
+    """Random bytes (nothing to compress or deduplicate): a pack big enough to be sent
+    as a multipart upload (parts of 16 MiB)."""
+    os.makedirs(path)
+    with open(os.path.join(path, "model.bin"), "wb") as f:
+        for _ in range(megabytes):
+            f.write(os.urandom(1 << 20))
+    return str(path)
+
+
+def assert_nothing_visible(server, url: str, versions_before: int = 0):
+    """No version but those before, every pack whole (with its index object), and the
+    journal holds only the entries before (init and the `versions_before` seals)."""
+    names = object_names(server, url)
+    packs, indexes = packs_and_indexes(names)
+    assert packs == indexes, names
+    assert len(journal_entry_names(names)) == 1 + versions_before, names
+
+
+def test_a_writer_killed_mid_upload_leaves_no_version_and_no_partial_object(s3_server,
+                                                                              s3_store_url,
+                                                                              tmp_path):
+    writer, reader = machines(s3_store_url, tmp_path, "writer", "reader")
+    writer.ckptfs("init")
+    src = big_checkpoint(tmp_path / "big" / "v1", megabytes=48)
+    proc = subprocess.Popen([sys.executable, "-m", "ckptfs", "--cache-dir", writer.cache_dir,
+                             "import", s3_store_url, src, "p/r/v1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: proc.poll() is not None or multipart_uploads(s3_server, s3_store_url),
+                 "a multipart upload of the import's pack")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the import ended before its upload was seen"
+    assert_nothing_visible(s3_server, s3_store_url)
+    assert not packs_and_indexes(object_names(s3_server, s3_store_url))[0]
+    assert multipart_uploads(s3_server, s3_store_url)  # unfinished: for gc to abort
+    assert "p/r/v1" not in reader.out("log")
+    one_line_error(reader.ckptfs("ls", "p/r/v1", rc=1))
+
+
+def test_a_writer_killed_between_its_packs_and_its_journal_entry(s3_server, s3_store_url,
+                                                                 tmp_path):
+    writer, reader = machines(s3_store_url, tmp_path, "writer", "reader")
+    writer.ckptfs("init")
+    writer.ckptfs("import", make_checkpoint(tmp_path / "src" / "v1", step=1), "p/r/v1")
+    crashed = writer.ckptfs("import", make_checkpoint(tmp_path / "src" / "v2", step=2),
+                            "p/r/v2", rc=98, env=environment_with(
+                                CKPTFS_COMMIT_CRASH_AT="before-journal"))
+    assert crashed.returncode == 98
+    assert_nothing_visible(s3_server, s3_store_url, versions_before=1)
+    packs, _ = packs_and_indexes(object_names(s3_server, s3_store_url))
+    assert len(packs) == 2  # v1's, and v2's orphan
+    for machine in (writer, reader):
+        assert machine.out("ls", "p/r").split() == ["v1"]
+    assert reader.out("audit verify").startswith("journal ok: 2 entries")
