@@ -169,3 +169,36 @@ def barrier_command(go_file: str, *args) -> list[str]:
     with it begin together when the test creates that file."""
     wait = f'while [ ! -e "{go_file}" ]; do sleep 0.01; done; exec "$0" "$@"'
     return ["sh", "-c", wait, sys.executable, "-m", "ckptfs", *map(str, args)]
+
+
+def commit_versions(url: str, cache_dir: str, writer: int, count: int, go_file: str):
+    """One writer process of many (run as `python -c`): once `go_file` exists, import
+    `count` small versions p/w<writer>/v<i>, each a file of its own bytes, through the
+    Store API with this machine's cache directory."""
+    import tempfile
+    import time
+
+    from ckptfs.store import Store
+    store = Store.open(url, cache_dir=cache_dir)
+    try:
+        while not os.path.exists(go_file):
+            time.sleep(0.01)
+        for i in range(count):
+            with tempfile.TemporaryDirectory() as src:
+                with open(os.path.join(src, "data.bin"), "wb") as f:
+                    f.write(version_bytes(writer, i))
+                store.import_directory(src, "p", f"w{writer}", f"v{i}")
+    finally:
+        store.close()
+
+
+def version_bytes(writer: int, i: int) -> bytes:
+    return f"writer {writer} version {i}\n".encode() * 100
+
+
+def python_in_tests(code: str) -> list[str]:
+    """`python -c CODE` that can import `tests.helpers` (run it with cwd=REPO_ROOT)."""
+    return [sys.executable, "-c", code]
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,9 +1,12 @@
 """The engine on a store on object storage (a bucket of the real S3 server) used by
 several machines at once, each a `Store` with a cache directory of its own: what the
 conditional commit decides when their commits interleave."""
+import subprocess
+
 import pytest
 
 from ckptfs.store import Store, VersionExistsError
+from tests.helpers.object_storage import REPO_ROOT, python_in_tests, version_bytes
 from tests.helpers.samples import make_checkpoint
 
 
@@ -43,3 +46,38 @@ def test_a_name_taken_between_a_catch_up_and_the_append_is_refused(two_machines,
         assert [v["version"] for v in machine.versions("p", "r")] == ["v1"]
         assert machine.version_record("p", "r", "v1")["digest"] == \
             a.version_record("p", "r", "v1")["digest"]
+
+
+def test_eight_processes_committing_25_versions_each_keep_one_intact_chain(s3_store_url,
+                                                                         tmp_path):
+    """Each a machine of its own (its cache directory), all started together: every
+    commit lands once, in one chain without gaps, each entry its writer's (its nonce)."""
+    writers, count = 8, 25
+    Store.init(s3_store_url, cache_dir=str(tmp_path / "cache-init")).close()
+    go = tmp_path / "go"
+    procs = [subprocess.Popen(python_in_tests(
+        f"from tests.helpers.object_storage import commit_versions; "
+        f"commit_versions({s3_store_url!r}, {str(tmp_path / f'cache-{n}')!r}, {n}, {count}, "
+        f"{str(go)!r})"), cwd=REPO_ROOT, stderr=subprocess.PIPE) for n in range(writers)]
+    go.touch()
+    errors = [(p.wait(timeout=600), p.stderr.read().decode()) for p in procs]
+    assert all(code == 0 for code, _ in errors), errors
+
+    store = Store.open(s3_store_url, cache_dir=str(tmp_path / "cache-check"))
+    try:
+        for n in range(writers):
+            assert sorted(v["version"] for v in store.versions("p", f"w{n}")) == \
+                sorted(f"v{i}" for i in range(count))
+        entries = list(store.committer.journal_entries())
+        assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
+        assert len(entries) == 1 + writers * count
+        nonces = [e["nonce"] for e in entries]
+        assert len(set(nonces)) == len(nonces)
+        chain = store.committer.check_journal()  # what `ckptfs audit verify` reports
+        assert chain["ok"] and chain["entries"] == len(entries), chain
+        for n, i in ((0, 0), (writers - 1, count - 1), (3, 12)):
+            out = tmp_path / f"out-{n}-{i}"
+            store.restore("p", f"w{n}", f"v{i}", str(out))
+            assert (out / "data.bin").read_bytes() == version_bytes(n, i)
+    finally:
+        store.close()
