@@ -12,7 +12,7 @@ import pytest
 
 from ckptfs.store.config import GcSettings
 from tests.helpers.object_storage import (
-    Machine, barrier_command, bucket_and_prefix, environment_with, journal_entry_names, machines, multipart_uploads,
+    Machine, barrier_command, set_gc_grace, environment_with, journal_entry_names, machines, multipart_uploads,
     Relay, listing, object_names, packs_and_indexes)
 from tests.helpers.s3 import free_port
 from tests.helpers.samples import make_checkpoint
@@ -167,16 +167,6 @@ def test_a_writer_killed_between_its_packs_and_its_journal_entry(s3_server, s3_s
     for machine in (writer, reader):
         assert machine.out("ls", "p/r").split() == ["v1"]
     assert reader.out("audit verify").startswith("journal ok: 2 entries")
-
-
-def set_gc_grace(server, url: str, seconds: float):
-    """gc.grace_seconds in the store's ckptfs.toml in the bucket (as an operator edits it)."""
-    bucket, prefix = bucket_and_prefix(url)
-    key = f"{prefix}/ckptfs.toml"
-    settings = server.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
-    assert "[gc]\n" in settings
-    server.client().put_object(Bucket=bucket, Key=key, Body=settings.replace(
-        "[gc]\n", f"[gc]\ngrace_seconds = {seconds}\n").encode())
 
 
 # TODO(lead): runs once gc.grace_seconds (branch i15-gc) is merged; skipped before.

@@ -202,3 +202,38 @@ def python_in_tests(code: str) -> list[str]:
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def import_all(url: str, cache_dir: str, sources: list[str], go_file: str):
+    """A writer process (run as `python -c`): once `go_file` exists, import each source
+    directory as p/r/<its name>, through the Store API with this machine's cache."""
+    import time
+
+    from ckptfs.store import Store
+    store = Store.open(url, cache_dir=cache_dir)
+    try:
+        while not os.path.exists(go_file):
+            time.sleep(0.01)
+        for src in sources:
+            store.import_directory(src, "p", "r", os.path.basename(src))
+    finally:
+        store.close()
+
+
+def after(go_file: str, *commands: list[str]) -> list[str]:
+    """A shell command line that waits for `go_file`, then runs the commands in turn
+    (stopping at the first that fails)."""
+    import shlex
+    steps = " && ".join(shlex.join(map(str, c)) for c in commands)
+    return ["sh", "-c", f'while [ ! -e {shlex.quote(str(go_file))} ]; do sleep 0.01; done; '
+            + steps]
+
+
+def set_gc_grace(server, url: str, seconds: float):
+    """gc.grace_seconds in the store's ckptfs.toml in the bucket (as an operator edits it)."""
+    bucket, prefix = bucket_and_prefix(url)
+    key = f"{prefix}/ckptfs.toml"
+    settings = server.client().get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+    assert "[gc]\n" in settings
+    server.client().put_object(Bucket=bucket, Key=key, Body=settings.replace(
+        "[gc]\n", f"[gc]\ngrace_seconds = {seconds}\n").encode())

@@ -1,12 +1,17 @@
 """The engine on a store on object storage (a bucket of the real S3 server) used by
 several machines at once, each a `Store` with a cache directory of its own: what the
 conditional commit decides when their commits interleave."""
+import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
 from ckptfs.store import Store, VersionExistsError
-from tests.helpers.object_storage import REPO_ROOT, python_in_tests, version_bytes
+from ckptfs.store.config import GcSettings
+from tests.helpers.object_storage import (
+    REPO_ROOT, after, python_in_tests, set_gc_grace, version_bytes)
 from tests.helpers.samples import make_checkpoint
 
 
@@ -81,3 +86,51 @@ def test_eight_processes_committing_25_versions_each_keep_one_intact_chain(s3_st
             assert (out / "data.bin").read_bytes() == version_bytes(n, i)
     finally:
         store.close()
+
+
+# TODO(lead): runs once gc.grace_seconds (branch i15-gc) is merged; skipped before.
+@pytest.mark.skipif(not hasattr(GcSettings(), "grace_seconds"),
+                    reason="gc.grace_seconds is not merged yet (branch i15-gc)")
+def test_imports_that_deduplicate_against_a_version_gc_is_reclaiming(s3_server, s3_store_url,
+                                                                     tmp_path):
+    """Machine I imports versions sharing every chunk of `base` while machine G deletes
+    `base` and runs gc with no grace period: each import either still finds its chunks
+    or starts over; none fails, and every version reads back as written."""
+    base = make_checkpoint(tmp_path / "src" / "base", step=1, scale=2)
+    sources = []
+    for i in range(4):
+        copy = tmp_path / "src" / f"v{i}"
+        shutil.copytree(base, copy, symlinks=True)
+        (copy / "note.txt").write_text(f"version {i}\n")
+        sources.append(str(copy))
+    with Store.init(s3_store_url, cache_dir=str(tmp_path / "cache-i")) as store:
+        store.import_directory(base, "p", "r", "base")
+    set_gc_grace(s3_server, s3_store_url, 0)
+    go = tmp_path / "go"
+    importer = subprocess.Popen(python_in_tests(
+        f"from tests.helpers.object_storage import import_all; import_all("
+        f"{s3_store_url!r}, {str(tmp_path / 'cache-i')!r}, {sources!r}, {str(go)!r})"),
+        cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    ckptfs = [sys.executable, "-m", "ckptfs", "--cache-dir", tmp_path / "cache-g"]
+    collector = subprocess.Popen(after(
+        go, [*ckptfs, "delete", s3_store_url, "p/r/base", "--reason", "old"],
+        [*ckptfs, "gc", s3_store_url], [*ckptfs, "gc", s3_store_url]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    go.touch()
+    assert importer.wait(timeout=300) == 0, importer.stderr.read().decode()
+    assert collector.wait(timeout=300) == 0, collector.stderr.read().decode()
+
+    with Store.open(s3_store_url, cache_dir=str(tmp_path / "cache-check")) as store:
+        assert sorted(v["version"] for v in store.versions("p", "r")) == \
+            [f"v{i}" for i in range(4)]
+        for src in sources:
+            out = tmp_path / "out" / os.path.basename(src)
+            store.restore("p", "r", os.path.basename(src), str(out))
+            assert file_contents(out) == file_contents(src)
+        assert store.verify().ok
+
+
+def file_contents(root) -> dict:
+    return {os.path.relpath(os.path.join(d, n), root): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(root) for n in names
+            if not os.path.islink(os.path.join(d, n))}
