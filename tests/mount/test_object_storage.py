@@ -7,7 +7,8 @@ import os
 import pytest
 
 from tests.helpers.inbox import assert_sha256sum_checks, inbox_state, sh, stats
-from tests.helpers.object_storage import Mounts, machines
+from tests.helpers.cli import run_cli_checked
+from tests.helpers.object_storage import Mounts, Relay, environment_with, machines
 from tests.helpers.samples import make_checkpoint
 from tests.helpers.waiting import wait_for
 
@@ -115,3 +116,42 @@ def test_one_name_sealed_on_two_machines_at_once_is_one_version(mounts, s3_store
                                                                "step-1.json"]
         assert_sha256sum_checks(f"{mnt}/projects/p/r/step-1", src_won)
     assert_sha256sum_checks(f"{loser}/inbox/p/r/step-1", src_lost)
+
+
+@pytest.fixture
+def relay(s3_server):
+    """The S3 server behind a relay the test can take down and bring back (its data
+    kept, as a real server restarted keeps it)."""
+    made = Relay(s3_server.port)
+    yield made
+    made.close()
+
+
+def test_the_server_down_under_a_mount(mounts, relay, s3_store_url, tmp_path):
+    """Reads of cached data go on; a new checkpoint waits in the inbox and `status` says
+    why; once the server is back the seal happens and reads back."""
+    env = environment_with(AWS_ENDPOINT_URL=relay.endpoint)
+    machine = machines(s3_store_url, tmp_path, "a")[0]
+    machine.ckptfs("init", env=env)
+    first = make_checkpoint(tmp_path / "src" / "step-1", step=1)
+    machine.ckptfs("import", first, "p/r/step-1", env=env)
+    mnt = mounts.mount(machine, "--poll-interval", POLL, env=env)
+    assert_sha256sum_checks(f"{mnt}/projects/p/r/step-1", first)  # now in the chunk cache
+
+    relay.down()
+    wait_for(lambda: not stats(mnt)["store"]["reachable"], "the mount to find the store gone")
+    assert_sha256sum_checks(f"{mnt}/projects/p/r/step-1", first)
+    second = make_checkpoint(tmp_path / "src" / "step-2", step=2)
+    seal_by_copy(mnt, second, "p", "r", "step-2")
+    wait_for(lambda: (inbox_state(mnt, "p/r/step-2") or {}).get("state") ==
+             "waiting for the store", "the seal to wait for the store")
+    status = run_cli_checked("status", mnt).stdout.decode()
+    assert f"store {s3_store_url}: UNREACHABLE since" in status, status
+    assert "step-2" in status and "waiting for the store" in status, status
+    assert_sha256sum_checks(f"{mnt}/inbox/p/r/step-2", second)  # kept, readable
+
+    relay.up()
+    wait_for(lambda: sealed_in(mnt, "p/r/step-2"), "the seal once the store is back", 120)
+    assert stats(mnt)["store"]["reachable"]
+    assert_sha256sum_checks(f"{mnt}/projects/p/r/step-2", second)
+    assert "reachable" in run_cli_checked("status", mnt).stdout.decode()
