@@ -78,44 +78,59 @@ def test_three_machines_see_and_read_what_each_seals(mounts, s3_store_url, tmp_p
     assert a.cache_dir != b.cache_dir and os.listdir(b.cache_dir)
 
 
-def settled(mnt: str, ref: str):
-    """The unit's end: sealed, or failed with an `.error` beside it (its state then)."""
-    project, run, version = ref.split("/")
-    if os.path.exists(f"{mnt}/inbox/{project}/{run}/{version}.error"):
+def outcome(mnt: str) -> str | None:
+    """How this mount's seal of p/r/step-1 ended: "error" (an `.error` beside the unit),
+    "sealed" (the mount sealed a version), None while it has not ended."""
+    if os.path.exists(f"{mnt}/inbox/p/r/step-1.error"):
         return "error"
-    state = inbox_state(mnt, ref)
-    return (state is None or state["state"] == "sealed") and listed(mnt, ref) and "sealed"
+    return "sealed" if stats(mnt)["versions_sealed"] else None
 
 
 def test_one_name_sealed_on_two_machines_at_once_is_one_version(mounts, s3_store_url, tmp_path):
-    """Exactly one machine's seal makes the version; the other's unit keeps its data in
-    its inbox with an `.error` saying why (it is not given another name)."""
+    """Both machines seal p/r/step-1 at once. What the sealer does: a machine that
+    already knows the other's version when its seal starts names its own `step-1~2`; a
+    machine whose commit loses the race for the name keeps its data in the inbox with
+    an `.error`. Either way one version is named step-1 and nothing is lost."""
     a, b = machines(s3_store_url, tmp_path, "a", "b")
     a.ckptfs("init")
     mnt_a, mnt_b = (mounts.mount(m, "--poll-interval", POLL) for m in (a, b))
-    src_a = make_checkpoint(tmp_path / "src-a" / "step-1", step=1, seed=1)
-    src_b = make_checkpoint(tmp_path / "src-b" / "step-1", step=1, seed=2)
-    for mnt, src in ((mnt_a, src_a), (mnt_b, src_b)):
+    sources = {mnt_a: make_checkpoint(tmp_path / "src-a" / "step-1", step=1, seed=1),
+               mnt_b: make_checkpoint(tmp_path / "src-b" / "step-1", step=1, seed=2)}
+    for mnt, src in sources.items():
         os.makedirs(f"{mnt}/inbox/p/r", exist_ok=True)
         assert sh(f"cp -a {src} {mnt}/inbox/p/r/step-1").returncode == 0
-    for mnt in (mnt_a, mnt_b):  # both markers as close together as two writes can be
+    for mnt in sources:  # both markers as close together as two writes can be
         open(f"{mnt}/inbox/p/r/step-1/.seal", "w").close()
-    ends = [wait_for(lambda mnt=mnt: settled(mnt, "p/r/step-1"), f"the seal in {mnt}")
-            for mnt in (mnt_a, mnt_b)]
-    assert sorted(ends) == ["error", "sealed"], ends
-    (winner, src_won), (loser, src_lost) = sorted(
-        ((mnt_a, src_a), (mnt_b, src_b)), key=lambda pair: ends[[mnt_a, mnt_b].index(pair[0])],
-        reverse=True)
-    with open(f"{loser}/inbox/p/r/step-1.error") as f:
-        error = f.read()
-    assert "created by another import meanwhile" in error or "already exists" in error, error
-    # one version, the winner's bytes, on both machines; the loser's data kept in its inbox
-    wait_listed(loser, "p/r/step-1")
-    for mnt in (winner, loser):
-        assert sh(f"ls {mnt}/projects/p/r").stdout.split() == ["latest", "run.json", "step-1",
-                                                               "step-1.json"]
-        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-1", src_won)
-    assert_sha256sum_checks(f"{loser}/inbox/p/r/step-1", src_lost)
+    ends = {mnt: wait_for(lambda mnt=mnt: outcome(mnt), f"the seal in {mnt} to end")
+            for mnt in sources}
+    assert sorted(ends.values()) in (["error", "sealed"], ["sealed", "sealed"]), ends
+    sealed = [mnt for mnt, end in ends.items() if end == "sealed"]
+    names = ["step-1"] if len(sealed) == 1 else ["step-1", "step-1~2"]
+    for mnt in sources:
+        wait_for(lambda mnt=mnt: all(listed(mnt, f"p/r/{n}") for n in names),
+                 f"{names} listed in {mnt}")
+        versions = [n for n in sh(f"ls {mnt}/projects/p/r").stdout.split()
+                    if not n.endswith(".json") and n != "latest"]
+        assert versions == names
+    # every source is in exactly one version, or (its seal refused) still in its inbox
+    versions_of = {}
+    for name in names:
+        owner = next(m for m in sealed if sha256_of(f"{mnt_a}/projects/p/r/{name}") ==
+                     sha256_of(sources[m]))
+        versions_of[owner] = name
+    assert sorted(versions_of) == sorted(sealed)
+    for mnt in set(sources) - set(sealed):
+        with open(f"{mnt}/inbox/p/r/step-1.error") as f:
+            error = f.read()
+        assert "created by another import meanwhile" in error or "already exists" in error, error
+        assert_sha256sum_checks(f"{mnt}/inbox/p/r/step-1", sources[mnt])
+
+
+def sha256_of(tree: str) -> str:
+    """sha256sum of every file of a tree, by relative path (one text)."""
+    out = sh("find . -type f ! -name .seal -print0 | sort -z | xargs -0 sha256sum", cwd=tree)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 @pytest.fixture
