@@ -6,14 +6,13 @@ errors of `init` (no bucket, a store already there, no server)."""
 import os
 import signal
 import subprocess
-import sys
 
 import pytest
 
 from ckptfs.store.config import GcSettings
 from tests.helpers.object_storage import (
-    Machine, barrier_command, set_gc_grace, environment_with, journal_entry_names, machines, multipart_uploads,
-    Relay, listing, object_names, packs_and_indexes)
+    Machine, Relay, after, environment_with, journal_entry_names, listing, machines,
+    multipart_uploads, object_names, packs_and_indexes, set_gc_grace)
 from tests.helpers.s3 import free_port
 from tests.helpers.samples import make_checkpoint
 from tests.helpers.waiting import wait_for
@@ -91,12 +90,11 @@ def test_two_imports_racing_for_one_name_one_wins(s3_server, s3_store_url, tmp_p
     a, b = machines(s3_store_url, tmp_path, "a", "b")
     a.ckptfs("init")
     go = tmp_path / "go"
-    racers = [subprocess.Popen(barrier_command(go, "--cache-dir", m.cache_dir, "import", m.url,
-                                               make_checkpoint(tmp_path / f"src-{m.cache_dir[-1]}"
-                                                               / "v1", step=1, seed=seed),
-                                               "p/r/v1"),
+    sources = [make_checkpoint(tmp_path / f"src-{seed}" / "v1", step=1, seed=seed)
+               for seed in (1, 2)]
+    racers = [subprocess.Popen(after(go, machine.command_line("import", src, "p/r/v1")),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-              for seed, m in enumerate((a, b))]
+              for machine, src in zip((a, b), sources)]
     go.touch()
     results = [(p.wait(timeout=120), p.stderr.read().decode()) for p in racers]
     codes = sorted(code for code, _ in results)
@@ -135,8 +133,7 @@ def test_a_writer_killed_mid_upload_leaves_no_version_and_no_partial_object(s3_s
     writer, reader = machines(s3_store_url, tmp_path, "writer", "reader")
     writer.ckptfs("init")
     src = big_checkpoint(tmp_path / "big" / "v1", megabytes=48)
-    proc = subprocess.Popen([sys.executable, "-m", "ckptfs", "--cache-dir", writer.cache_dir,
-                             "import", s3_store_url, src, "p/r/v1"],
+    proc = subprocess.Popen(writer.command_line("import", src, "p/r/v1"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: proc.poll() is not None or multipart_uploads(s3_server, s3_store_url),
@@ -181,8 +178,7 @@ def test_gc_removes_what_killed_writers_left_and_aborts_their_uploads(s3_server,
     writer.ckptfs("import", make_checkpoint(tmp_path / "src" / "v2", step=2), "p/r/v2",
                   rc=98, env=environment_with(CKPTFS_COMMIT_CRASH_AT="before-journal"))
     big = big_checkpoint(tmp_path / "big" / "v3", megabytes=24)
-    proc = subprocess.Popen([sys.executable, "-m", "ckptfs", "--cache-dir", writer.cache_dir,
-                             "import", s3_store_url, big, "p/r/v3"],
+    proc = subprocess.Popen(writer.command_line("import", big, "p/r/v3"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: proc.poll() is not None or multipart_uploads(s3_server, s3_store_url),

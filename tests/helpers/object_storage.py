@@ -27,6 +27,11 @@ class Machine:
     def out(self, command: str, *args, **kw) -> str:
         return self.ckptfs(command, *args, **kw).stdout.decode()
 
+    def command_line(self, command: str, *args) -> list[str]:
+        """The same command as an argv, for a process the test starts itself."""
+        return [sys.executable, "-m", "ckptfs", "--cache-dir", self.cache_dir,
+                *command.split(), self.url, *map(str, args)]
+
 
 def machines(url: str, tmp_path, *names: str) -> list[Machine]:
     return [Machine(url, tmp_path / f"cache-{name}") for name in names]
@@ -164,25 +169,16 @@ def environment_with(**variables) -> dict:
     return {**os.environ, **{k: str(v) for k, v in variables.items()}}
 
 
-def barrier_command(go_file: str, *args) -> list[str]:
-    """A `ckptfs …` command that starts only once `go_file` exists: processes started
-    with it begin together when the test creates that file."""
-    wait = f'while [ ! -e "{go_file}" ]; do sleep 0.01; done; exec "$0" "$@"'
-    return ["sh", "-c", wait, sys.executable, "-m", "ckptfs", *map(str, args)]
-
-
 def commit_versions(url: str, cache_dir: str, writer: int, count: int, go_file: str):
     """One writer process of many (run as `python -c`): once `go_file` exists, import
     `count` small versions p/w<writer>/v<i>, each a file of its own bytes, through the
     Store API with this machine's cache directory."""
     import tempfile
-    import time
 
     from ckptfs.store import Store
     store = Store.open(url, cache_dir=cache_dir)
     try:
-        while not os.path.exists(go_file):
-            time.sleep(0.01)
+        _wait_for_file(go_file)
         for i in range(count):
             with tempfile.TemporaryDirectory() as src:
                 with open(os.path.join(src, "data.bin"), "wb") as f:
@@ -192,13 +188,23 @@ def commit_versions(url: str, cache_dir: str, writer: int, count: int, go_file: 
         store.close()
 
 
+def _wait_for_file(path: str):
+    """Wait (in a process of its own, no deadline: the test's wait on it has one) for
+    the test to create `path`: the start signal of processes meant to race."""
+    import time
+    while not os.path.exists(path):
+        time.sleep(0.01)
+
+
 def version_bytes(writer: int, i: int) -> bytes:
     return f"writer {writer} version {i}\n".encode() * 100
 
 
-def python_in_tests(code: str) -> list[str]:
-    """`python -c CODE` that can import `tests.helpers` (run it with cwd=REPO_ROOT)."""
-    return [sys.executable, "-c", code]
+def helper_process(function: str, *args) -> list[str]:
+    """The argv of a process that runs FUNCTION(*args) of this module (start it with
+    cwd=REPO_ROOT, so that it imports `tests.helpers`)."""
+    return [sys.executable, "-c",
+            f"from tests.helpers.object_storage import {function}; {function}(*{args!r})"]
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -207,13 +213,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 def import_all(url: str, cache_dir: str, sources: list[str], go_file: str):
     """A writer process (run as `python -c`): once `go_file` exists, import each source
     directory as p/r/<its name>, through the Store API with this machine's cache."""
-    import time
-
     from ckptfs.store import Store
     store = Store.open(url, cache_dir=cache_dir)
     try:
-        while not os.path.exists(go_file):
-            time.sleep(0.01)
+        _wait_for_file(go_file)
         for src in sources:
             store.import_directory(src, "p", "r", os.path.basename(src))
     finally:

@@ -4,14 +4,13 @@ conditional commit decides when their commits interleave."""
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from ckptfs.store import Store, VersionExistsError
 from ckptfs.store.config import GcSettings
 from tests.helpers.object_storage import (
-    REPO_ROOT, after, python_in_tests, set_gc_grace, version_bytes)
+    REPO_ROOT, Machine, after, helper_process, set_gc_grace, version_bytes)
 from tests.helpers.samples import make_checkpoint
 
 
@@ -60,10 +59,9 @@ def test_eight_processes_committing_25_versions_each_keep_one_intact_chain(s3_st
     writers, count = 8, 25
     Store.init(s3_store_url, cache_dir=str(tmp_path / "cache-init")).close()
     go = tmp_path / "go"
-    procs = [subprocess.Popen(python_in_tests(
-        f"from tests.helpers.object_storage import commit_versions; "
-        f"commit_versions({s3_store_url!r}, {str(tmp_path / f'cache-{n}')!r}, {n}, {count}, "
-        f"{str(go)!r})"), cwd=REPO_ROOT, stderr=subprocess.PIPE) for n in range(writers)]
+    procs = [subprocess.Popen(helper_process("commit_versions", s3_store_url,
+                                             str(tmp_path / f"cache-{n}"), n, count, str(go)),
+                              cwd=REPO_ROOT, stderr=subprocess.PIPE) for n in range(writers)]
     go.touch()
     errors = [(p.wait(timeout=600), p.stderr.read().decode()) for p in procs]
     assert all(code == 0 for code, _ in errors), errors
@@ -107,15 +105,13 @@ def test_imports_that_deduplicate_against_a_version_gc_is_reclaiming(s3_server, 
         store.import_directory(base, "p", "r", "base")
     set_gc_grace(s3_server, s3_store_url, 0)
     go = tmp_path / "go"
-    importer = subprocess.Popen(python_in_tests(
-        f"from tests.helpers.object_storage import import_all; import_all("
-        f"{s3_store_url!r}, {str(tmp_path / 'cache-i')!r}, {sources!r}, {str(go)!r})"),
-        cwd=REPO_ROOT, stderr=subprocess.PIPE)
-    ckptfs = [sys.executable, "-m", "ckptfs", "--cache-dir", tmp_path / "cache-g"]
+    importer = subprocess.Popen(helper_process("import_all", s3_store_url,
+                                               str(tmp_path / "cache-i"), sources, str(go)),
+                                cwd=REPO_ROOT, stderr=subprocess.PIPE)
+    g = Machine(s3_store_url, tmp_path / "cache-g")
     collector = subprocess.Popen(after(
-        go, [*ckptfs, "delete", s3_store_url, "p/r/base", "--reason", "old"],
-        [*ckptfs, "gc", s3_store_url], [*ckptfs, "gc", s3_store_url]),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        go, g.command_line("delete", "p/r/base", "--reason", "old"), g.command_line("gc"),
+        g.command_line("gc")), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     go.touch()
     assert importer.wait(timeout=300) == 0, importer.stderr.read().decode()
     assert collector.wait(timeout=300) == 0, collector.stderr.read().decode()
