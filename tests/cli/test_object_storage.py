@@ -118,6 +118,19 @@ def big_checkpoint(path, megabytes: int) -> str:
     return str(path)
 
 
+def kill_mid_upload(server, writer: Machine, src: str, ref: str):
+    """`ckptfs import` killed (SIGKILL) once its pack's multipart upload has begun."""
+    proc = subprocess.Popen(writer.command_line("import", src, ref),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: proc.poll() is not None or multipart_uploads(server, writer.url),
+                 "a multipart upload of the import's pack")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the import ended before its upload was seen"
+
+
 def assert_nothing_visible(server, url: str, versions_before: int = 0):
     """No version but those before, every pack whole (with its index object), and the
     journal holds only the entries before (init and the `versions_before` seals)."""
@@ -132,16 +145,8 @@ def test_a_writer_killed_mid_upload_leaves_no_version_and_no_partial_object(s3_s
                                                                               tmp_path):
     writer, reader = machines(s3_store_url, tmp_path, "writer", "reader")
     writer.ckptfs("init")
-    src = big_checkpoint(tmp_path / "big" / "v1", megabytes=48)
-    proc = subprocess.Popen(writer.command_line("import", src, "p/r/v1"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: proc.poll() is not None or multipart_uploads(s3_server, s3_store_url),
-                 "a multipart upload of the import's pack")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the import ended before its upload was seen"
+    kill_mid_upload(s3_server, writer, big_checkpoint(tmp_path / "big" / "v1", megabytes=48),
+                    "p/r/v1")
     assert_nothing_visible(s3_server, s3_store_url)
     assert not packs_and_indexes(object_names(s3_server, s3_store_url))[0]
     assert multipart_uploads(s3_server, s3_store_url)  # unfinished: for gc to abort
@@ -177,15 +182,8 @@ def test_gc_removes_what_killed_writers_left_and_aborts_their_uploads(s3_server,
     writer.ckptfs("import", src, "p/r/v1")
     writer.ckptfs("import", make_checkpoint(tmp_path / "src" / "v2", step=2), "p/r/v2",
                   rc=98, env=environment_with(CKPTFS_COMMIT_CRASH_AT="before-journal"))
-    big = big_checkpoint(tmp_path / "big" / "v3", megabytes=24)
-    proc = subprocess.Popen(writer.command_line("import", big, "p/r/v3"),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: proc.poll() is not None or multipart_uploads(s3_server, s3_store_url),
-                 "a multipart upload of the import's pack")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    kill_mid_upload(s3_server, writer, big_checkpoint(tmp_path / "big" / "v3", megabytes=24),
+                    "p/r/v3")
     assert len(packs_and_indexes(object_names(s3_server, s3_store_url))[0]) == 2
     set_gc_grace(s3_server, s3_store_url, 0)
 

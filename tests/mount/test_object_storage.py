@@ -48,6 +48,17 @@ def sealed_in(mnt: str, ref: str) -> bool:
     return listed(mnt, ref) and (state is None or state["state"] == "sealed")
 
 
+def seal_and_see(sealer: str, others: list[str], src: str):
+    """Seal `src` (a step directory) as p/r/<its name> through the mount `sealer`; every
+    other mount lists it (its poll of the journal) and reads the same bytes."""
+    ref = f"p/r/{os.path.basename(src)}"
+    seal_by_copy(sealer, src, *ref.split("/"))
+    wait_for(lambda: sealed_in(sealer, ref), f"the seal of {ref} in {sealer}")
+    for mnt in others:
+        wait_listed(mnt, ref)
+        assert_sha256sum_checks(f"{mnt}/projects/{ref}", src)
+
+
 def sidecar(mnt: str, ref: str) -> dict:
     with open(os.path.join(mnt, "projects", ref + ".json")) as f:
         return json.load(f)
@@ -57,20 +68,8 @@ def test_three_machines_see_and_read_what_each_seals(mounts, s3_store_url, tmp_p
     a, b, c = machines(s3_store_url, tmp_path, "a", "b", "c")
     a.ckptfs("init")
     mnt_a, mnt_b, mnt_c = (mounts.mount(m, "--poll-interval", POLL) for m in (a, b, c))
-    first = make_checkpoint(tmp_path / "src" / "step-100", step=100)
-    seal_by_copy(mnt_a, first, "p", "r", "step-100")
-    wait_for(lambda: sealed_in(mnt_a, "p/r/step-100"), "A's seal of step-100")
-
-    for mnt in (mnt_b, mnt_c):
-        wait_listed(mnt, "p/r/step-100")
-        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-100", first)
-
-    second = make_checkpoint(tmp_path / "src" / "step-200", step=200)
-    seal_by_copy(mnt_b, second, "p", "r", "step-200")
-    wait_for(lambda: sealed_in(mnt_b, "p/r/step-200"), "B's seal of step-200")
-    for mnt in (mnt_a, mnt_c):
-        wait_listed(mnt, "p/r/step-200")
-        assert_sha256sum_checks(f"{mnt}/projects/p/r/step-200", second)
+    seal_and_see(mnt_a, [mnt_b, mnt_c], make_checkpoint(tmp_path / "src" / "step-100", step=100))
+    seal_and_see(mnt_b, [mnt_a, mnt_c], make_checkpoint(tmp_path / "src" / "step-200", step=200))
     parent = sidecar(mnt_c, "p/r/step-200")["lineage"]["parent"]
     assert (parent["project"], parent["run"], parent["version"]) == ("p", "r", "step-100")
     assert parent["source"] == "previous"
