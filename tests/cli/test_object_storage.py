@@ -51,6 +51,26 @@ def test_init_of_an_endpoint_that_does_not_answer(s3_store_url, tmp_path):
     assert "cannot be reached" in error and "127.0.0.1" in error
 
 
+def test_commands_of_a_machine_whose_server_is_down(s3_server, s3_store_url, tmp_path):
+    """Each a one-line error that says the server cannot be reached (and not that the
+    store should be created)."""
+    relay = Relay(s3_server.port)
+    try:
+        env = environment_with(AWS_ENDPOINT_URL=relay.endpoint, CKPTFS_S3_MAX_ATTEMPTS=1)
+        machine = Machine(s3_store_url, tmp_path / "cache")
+        machine.ckptfs("init", env=env)
+        src = make_checkpoint(tmp_path / "src" / "v1", step=1)
+        machine.ckptfs("import", src, "p/r/v1", env=env)
+        relay.down()
+        for command, *args in (("ls", "p/r"), ("cat", "p/r/v1/config.json"),
+                               ("import", src, "p/r/v2"), ("tag", "p/r/v1", "production")):
+            error = one_line_error(machine.ckptfs(command, *args, rc=1, env=env))
+            assert f"{s3_store_url} cannot be reached ({relay.endpoint}" in error, error
+            assert "ckptfs init" not in error, error
+    finally:
+        relay.close()
+
+
 # -- a cache rebuilt from the bucket ----------------------------------------------------------
 def test_a_cache_rebuilt_from_the_bucket_answers_like_the_original(s3_server, s3_store_url,
                                                                    tmp_path):

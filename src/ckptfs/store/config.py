@@ -112,8 +112,9 @@ class StoreConfig:
     def load(cls, backend: Backend) -> "StoreConfig":
         path = backend.describe(CONFIG_NAME)
         problem = backend.root_problem()
-        if problem:
-            raise NotAStoreError(f"{backend.location}{problem} (create a store with `ckptfs init`)")
+        if problem:  # on object storage: a server down, a bucket missing, access denied…
+            advice = "" if backend.shared else " (create a store with `ckptfs init`)"
+            raise NotAStoreError(f"{backend.location}{problem}{advice}")
         try:
             doc = tomllib.loads(backend.get(CONFIG_NAME).decode())
         except ObjectMissingError:
