@@ -43,6 +43,18 @@ def test_init_of_a_prefix_that_already_holds_a_store(s3_server, s3_store_url, tm
     assert "p/r/v1" in b.out("log")
 
 
+def test_init_with_a_wrong_secret_key(request, tmp_path):
+    """On SeaweedFS, which checks signatures (moto accepts any key); skipped where its
+    fixture is not there."""
+    try:
+        url = request.getfixturevalue("seaweed_store_url")
+    except pytest.FixtureLookupError:
+        pytest.skip("the SeaweedFS fixture (seaweed_store_url) is not there")
+    env = environment_with(AWS_SECRET_ACCESS_KEY="not-the-secret")
+    error = one_line_error(Machine(url, tmp_path / "cache").ckptfs("init", rc=1, env=env))
+    assert url in error and ("access denied" in error or "SignatureDoesNotMatch" in error), error
+
+
 def test_init_of_an_endpoint_that_does_not_answer(s3_store_url, tmp_path):
     env = environment_with(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}",
                            CKPTFS_S3_MAX_ATTEMPTS=1, CKPTFS_S3_CONNECT_TIMEOUT=2)

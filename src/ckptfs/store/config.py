@@ -112,9 +112,10 @@ class StoreConfig:
     def load(cls, backend: Backend) -> "StoreConfig":
         path = backend.describe(CONFIG_NAME)
         problem = backend.root_problem()
-        if problem:  # on object storage: a server down, a bucket missing, access denied…
-            advice = "" if backend.shared else " (create a store with `ckptfs init`)"
-            raise NotAStoreError(f"{backend.location}{problem}{advice}")
+        if problem:
+            # Only where there is nothing: not when the storage is down or refuses us.
+            hint = " (create a store with `ckptfs init`)" if "no such" in problem else ""
+            raise NotAStoreError(f"{backend.location}{problem}{hint}")
         try:
             doc = tomllib.loads(backend.get(CONFIG_NAME).decode())
         except ObjectMissingError:
