@@ -121,9 +121,10 @@ class Mounts:
             time.sleep(0.05)
         raise BenchError(f"{mnt} was not mounted within {timeout} s")
 
-    def ckptfs(self, ckptfs, store, mnt, seal_after):
+    def ckptfs(self, ckptfs, store, mnt, seal_after, cache_dir=None):
         os.makedirs(mnt, exist_ok=True)
-        _, out = self.R.run([ckptfs, "mount", store, mnt, "--seal-after", str(seal_after)],
+        cache = ["--cache-dir", cache_dir] if cache_dir else []   # a store on S3
+        _, out = self.R.run([ckptfs, *cache, "mount", store, mnt, "--seal-after", str(seal_after)],
                             f"ckptfs mount {os.path.basename(store)}")
         m = re.search(r"daemon pid (\d+)", out)
         pid = int(m.group(1)) if m else None

@@ -53,3 +53,36 @@ def s3_env(s3_server, monkeypatch):
 def s3_store_url(s3_env):
     """`s3://BUCKET/store`: a prefix in a bucket of this test's own, not yet a store."""
     return f"s3://{s3_env.new_bucket()}/store"
+
+
+# -- object storage: a persistent S3 server that checks signatures (SeaweedFS) -----------------
+@pytest.fixture(scope="session")
+def seaweed_server(tmp_path_factory):
+    """`weed mini` on free loopback ports, its data in a directory of the session; a test
+    may stop, kill and restart it (the fixture leaves it running for the next test)."""
+    from tests.helpers.seaweed import SeaweedServer
+    server = SeaweedServer(str(tmp_path_factory.mktemp("seaweed")))
+    yield server
+    server.discard()
+
+
+@pytest.fixture
+def seaweed_env(seaweed_server, monkeypatch):
+    """SeaweedFS's endpoint and the credentials it checks, in the environment (for this
+    process and the `ckptfs` processes it starts), as a user would set them."""
+    if not seaweed_server.running:
+        seaweed_server.restart()
+    for name, value in seaweed_server.s3_environment().items():
+        monkeypatch.setenv(name, value)
+    return seaweed_server
+
+
+@pytest.fixture
+def seaweed_store_url(seaweed_env):
+    """`s3://BUCKET/store` on SeaweedFS: a prefix in a bucket of this test's own, not yet
+    a store. The bucket goes at the end (its volumes are freed for the next tests)."""
+    bucket = seaweed_env.new_bucket()
+    yield f"s3://{bucket}/store"
+    if not seaweed_env.running:
+        seaweed_env.restart()
+    seaweed_env.delete_bucket(bucket)

@@ -129,6 +129,12 @@ def test_a_signed_version_stays_verifiable_in_dst(source, tmp_path):
     # Checked here with SRC's public key alone, over the name and DST's own digest.
     assert check_signature(origin["signature"], public_key_of(source.key + ".pub"),
                            "nlp/run/step-200", copied["digest"])
+    # DST signs nothing itself: the version keeps SRC's signature, which DST's verify
+    # checks with SRC's public key (DST has never journaled that key).
+    assert copied["signature"] == origin["signature"]
+    report = out(ck("verify", "--signatures", "--public-key", source.key + ".pub", dst))
+    assert "1 signed and valid" in report, report
+    assert "1 by an unknown key" in out(ck("verify", "--signatures", dst, rc=None))
 
 
 def test_a_second_copy_is_a_no_op(source, tmp_path):
@@ -303,3 +309,21 @@ def test_a_version_damaged_in_src_fails_with_exit_3_and_the_others_copy(tmp_path
     assert versions_in(dst) == ["p/r/v2"]
     assert spool_copy_dirs(dst) == []
     ck("verify", dst)
+
+
+def test_a_local_store_moves_to_object_storage_and_back(source, s3_store_url, tmp_path):
+    """The way to move a store to S3: copy into a store on a bucket, then read it from
+    another machine's cache (and copy it back), every file byte for byte."""
+    cache = ["--cache-dir", tmp_path / "cache-a"]
+    ck(*cache, "init", s3_store_url)
+    ck(*cache, "copy", source.store, s3_store_url)
+    with Store.open(s3_store_url, cache_dir=str(tmp_path / "cache-b")) as other_machine:
+        assert versions_in(source.store) == sorted(
+            f"{v['project']}/{v['run']}/{v['version']}" for v in other_machine.all_versions())
+    back = new_store(tmp_path / "back")
+    ck("--cache-dir", tmp_path / "cache-c", "copy", s3_store_url, back)
+    for ref in versions_in(source.store):
+        assert show(back, ref)["digest"] == show(source.store, ref)["digest"]
+    ck("get", back, "nlp/run/step-200", tmp_path / "got")
+    ck("get", source.store, "nlp/run/step-200", tmp_path / "want")
+    assert tree_snapshot(tmp_path / "got") == tree_snapshot(tmp_path / "want")

@@ -107,3 +107,30 @@ def test_a_fresh_index_built_from_the_store_answers_like_the_original(machines, 
         assert os.listdir(tmp_path / "out")
     finally:
         fresh.close()
+
+
+def test_a_rebuilt_index_ignores_packs_no_journal_entry_names(machines, tmp_path):
+    """Another machine's ingest under way has written a pack with copies of records a
+    sealed version has elsewhere: a rebuild indexes only the journaled places."""
+    a, _b, c = machines
+    src = make_checkpoint(tmp_path / "src" / "v1", step=1)
+    c_ingest = c.begin_ingest("p", "r", "v-later")  # c has not seen v1: it dedups nothing
+    a.import_directory(src, "p", "r", "v1")
+    c.pack_sinks.allocate_pack_id = lambda: 1  # sorts before a's random pack ids
+    c_sink = c_ingest.sink
+    c_sink.allocate_pack_id = c.pack_sinks.allocate_pack_id
+    for name in sorted(os.listdir(src)):
+        path = os.path.join(src, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            assert c_ingest.prepare_file(name, path, token=name)
+    c_sink.close()  # the copies are in a complete pack that no entry names
+    assert 1 in {int(info.name.rsplit("/", 1)[1][:8], 16) for info in a.backend.list("packs/")
+                 if info.name.endswith(".pack")}
+    with a.index.read() as txn:
+        before = dict(a.index.iter_locations(txn, a.index.chunks))
+    a.rebuild_index()
+    with a.index.read() as txn:
+        after = dict(a.index.iter_locations(txn, a.index.chunks))
+        assert 1 not in a.index.referenced_pack_ids(txn)
+    assert after == before
+    c_ingest.abort()

@@ -36,7 +36,11 @@ def mount(store, mountpoint, foreground, allow_other, seal_after, log_level, pol
     """Mount STORE at MOUNTPOINT; returns once mounted and serves in the background."""
     from ckptfs.fs import mounts
     from ckptfs.spool import daemon as spool_daemon
-    open_store(store).close()  # fail here, with a clear message, if it is not a store
+    with open_store(store) as s:  # fail here, with a clear message, if it is not a store
+        # Many machines write a shared store: only through conditional creates.
+        problem = s.backend.probe_conditional_writes() if s.backend.shared else None
+    if problem:
+        fail(problem)
     if mounts.detach_dead_mount_of(store, mountpoint):
         click.echo(f"detached the dead mount at {mountpoint} (a previous daemon for this "
                    "store died; what it left in the inbox is held: see `ckptfs status`)")

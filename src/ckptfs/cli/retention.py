@@ -183,9 +183,18 @@ def print_gc_report(r):
                f"{len(r.packs_dropped)} {would}dropped{kept} (rewrite_below={r.threshold})")
     if r.dead_bytes_left > 0:
         click.echo(f"  {human_bytes(r.dead_bytes_left)} of dead records stay in packs above the "
-                   "threshold (the index no longer names them)")
+                   "threshold")
+    if r.superseded:
+        click.echo("another gc changed the packs meanwhile: this one's copies were dropped; "
+                   "run gc again")
+    if r.retired_deleted:
+        click.echo(f"deleted {len(r.retired_deleted)} retired pack(s)")
+    if r.retired_waiting:
+        click.echo(f"{len(r.retired_waiting)} pack(s) retired, deleted after {r.delete_after} "
+                   f"(gc.grace_seconds={r.grace_seconds:g}: a later gc deletes them)")
     if r.leftovers_removed:
-        click.echo(f"removed {len(r.leftovers_removed)} pack(s) left by interrupted imports")
+        verb = "would remove" if r.dry_run else "removed"
+        click.echo(f"{verb} {len(r.leftovers_removed)} pack(s) left by interrupted imports")
     if r.leftovers_kept:
         verb = "would remove" if r.dry_run and not r.leftovers_reason else "kept"
         why = f": {r.leftovers_reason}, and they may be its packs" if r.leftovers_reason else ""

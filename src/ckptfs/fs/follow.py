@@ -40,11 +40,11 @@ class JournalFollower:
             if self.unreachable_since is None:
                 self.unreachable_since = time.time()
                 log.warning("the store cannot be reached: %s (cached data is still served; "
-                            "seals wait)", e)
-            self.problem = str(e)
+                            "seals wait)", e.strerror or e)
+            self.problem = e.strerror or str(e)
             return
         except (StoreError, OSError) as e:
-            self.problem = str(e)
+            self.problem = getattr(e, "strerror", None) or str(e)
             log.warning("following the journal failed: %s", e)
             return
         if self.unreachable_since is not None:

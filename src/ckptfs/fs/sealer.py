@@ -637,7 +637,7 @@ class Sealer:
         state.version = None
         state.retries += 1
         state.retry_at = time.monotonic() + min(60.0, 2.0 ** state.retries)
-        state.waiting_for = str(error)
+        state.waiting_for = getattr(error, "strerror", None) or str(error)
         self.counters["seal_retries"] += 1
         log.warning("sealing %s waits: %s (try %d; again in %.0f s)", "/".join(key[:3]),
                     error, state.retries, state.retry_at - time.monotonic())

@@ -99,6 +99,11 @@ class ObjectReader:
     def will_need(self, name: str, offset: int, length: int) -> None:
         """A hint that a range is read soon (a backend may start fetching it)."""
 
+    def drop(self, name: str, offset: int, length: int) -> bool:
+        """Forget any copy of the range this reader keeps (a check found the bytes it read
+        damaged); True if there was one, so that a read again may get other bytes."""
+        return False
+
     def forget_deleted(self) -> None:
         """Let go of objects that were deleted (e.g. descriptors that keep disk space)."""
 
@@ -200,7 +205,9 @@ class Backend(ABC):
         """A writer of a new object `name` (module docstring). May raise ObjectExistsError
         now if the name is taken; `commit` raises it in any case."""
 
-    def open_reader(self) -> ObjectReader:
+    def open_reader(self, cached: bool = True) -> ObjectReader:
+        """`cached=False`: the storage's own bytes, never a local cache's (verify,
+        rebuild and repair scan packs to judge what the store holds)."""
         return ObjectReader(self)
 
     @abstractmethod
@@ -347,7 +354,7 @@ class LocalBackend(Backend):
     def open_writer(self, name: str) -> ObjectWriter:
         return _LocalWriter(self.path_of(name))
 
-    def open_reader(self) -> ObjectReader:
+    def open_reader(self, cached: bool = True) -> ObjectReader:
         return _LocalReader(self)
 
     def journal(self) -> JournalLog:

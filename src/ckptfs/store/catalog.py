@@ -574,7 +574,8 @@ class Catalog:
             self.check_name_not_deleted(p, r, v)
             self._check_chunks_still_stored(prepared)
             # Under the lock: the key is the one configured at the moment of the seal.
-            signature = self.signing.seal_signature(p, r, v, digest)
+            signature = self.signing.seal_signature(p, r, v, digest) or \
+                self.signing.carried_signature(metadata, p, r, v, digest)
             # Written under the lock: the parent it names must be the newest version
             # of the run at the moment of the commit.
             manifest = {"schema": MANIFEST_SCHEMA, "project": p, "run": r, "version": v,

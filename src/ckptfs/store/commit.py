@@ -8,9 +8,11 @@ An index behind the journal (a commit that crashed after its append) catches up 
 
 Parts that change something are given this object; none of them appends to the journal
 on its own. What parts write into the index directly is derived state the journal does
-not hold: chunk locations (gc's index switch, under this lock) and damage marks.
+not hold: damage marks, and which retired packs this machine's gc has deleted.
 """
 import os
+import threading
+from contextlib import contextmanager
 from functools import partial
 
 from .backend import SeqTakenError
@@ -38,10 +40,28 @@ class Committer:
         self.index = index
         self.journal = journal
         self.records = records  # replay.PackRecords (scanning): for a catch-up
+        self._holder: int | None = None  # the thread holding the commit lock
 
+    @contextmanager
     def locked(self):
         """The commit lock (the journal's flock), for a check and its change together."""
-        return self.journal.locked()
+        with self.journal.locked():
+            self._holder = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._holder = None
+
+    def catch_up_for_reader(self) -> None:
+        """Catch up for a reader that found a pack gone (a gc on another machine deleted
+        it; the index learns where its records went). Never waits for a thread of this
+        process that holds the lock: it catches up itself, and may be waiting for this
+        reader (gc reads delta bases on a pool under the lock)."""
+        holder = self._holder
+        if holder == threading.get_ident():
+            self.catch_up()
+        elif holder is None:
+            self.catch_up_if_behind()
 
     def commit_event(self, make_event, actor: dict | None = None) -> dict | None:
         """Journal the event `make_event()` returns (None: nothing to change) and apply it,

@@ -48,6 +48,9 @@ class PackSettings:
     target_size: int = 128 * 1024 * 1024
 
 
+SHARED_GRACE_SECONDS = 24 * 3600  # like kopia's (24 h) and rustic's (23 h) safety margin
+
+
 @dataclass
 class GcSettings:
     # `ckptfs gc` rewrites a pack whose live records fill less than this fraction of it
@@ -55,6 +58,18 @@ class GcSettings:
     # its dead records on disk until more of it dies. 0 never rewrites (only packs with
     # nothing live are dropped); 1 rewrites every pack with any dead record.
     rewrite_below: float = 0.5
+    # Seconds a pack gc retired (its records copied elsewhere, or all dead) stays before
+    # a later gc deletes it, and the age a pack nothing references must reach before gc
+    # takes it for the leftover of a writer that died. None: the default of the backend
+    # (`grace_for`): a day on a shared backend (S3: many machines, whose indexes and
+    # readers may still point into a retired pack, and whose ingests write packs that
+    # no journal entry names yet), none on a local store (its gc sees every ingest).
+    grace_seconds: float | None = None
+
+    def grace_for(self, shared: bool) -> float:
+        if self.grace_seconds is not None:
+            return float(self.grace_seconds)
+        return SHARED_GRACE_SECONDS if shared else 0.0
 
 
 @dataclass
@@ -97,7 +112,7 @@ class StoreConfig:
             "chunking": vars(self.chunking),
             "compression": vars(self.compression),
             "packs": vars(self.packs),
-            "gc": vars(self.gc),
+            "gc": {k: v for k, v in vars(self.gc).items() if v is not None},
             "secret": {"chunk_id_key": self.chunk_id_key.hex()},
         }
         if self.encryption is not None:
@@ -209,7 +224,7 @@ SETTING_TABLES = {
     "compression": {"level": _int_in(-7, 22), "min_saving": _number_in(0, 1),
                     "delta": BOOLEAN},
     "packs": {"target_size": _int_in(1 * MiB, 64 * GiB)},
-    "gc": {"rewrite_below": _number_in(0, 1)},
+    "gc": {"rewrite_below": _number_in(0, 1), "grace_seconds": _number_in(0, 30 * 24 * 3600)},
     "encryption": {"key_file": ABSOLUTE_PATH, "key_check": HEX_TEXT, "cipher": CIPHER_NAME},
     "signing": {"key_file": ABSOLUTE_PATH},
 }

@@ -6,9 +6,10 @@ An entry is the event's own fields (`EVENT_FIELDS`) plus what the journal adds (
 `prev`, `time`, `uid`, `pid`, `user`). docs/format.md lists the same table; a test
 (tests/test_format_events.py) checks that the two agree.
 
-Two types name packs (`version.sealed`, `store.repaired`): applying them needs the
-records those packs hold, which `apply` gets from a `Records` (replay.py reads them from
-the packs; a commit gives the ones it has just written).
+Three types name packs (`version.sealed`, `store.repaired`, `packs.rewritten`): applying
+them needs the records those packs hold, which `apply` gets from a `Records` (replay.py
+reads them from the packs or their index objects; a commit gives the ones it has just
+written).
 """
 from typing import Protocol
 
@@ -38,6 +39,7 @@ EVENT_FIELDS = {
     "key.set": ("algorithm", "key_id", "public_key"),
     "key.unset": ("key_id",),
     "store.repaired": ("packs", "restored", "lost"),
+    "packs.rewritten": ("packs", "retired"),
 }
 OPTIONAL_FIELDS = {"version.sealed": ("signature",)}
 
@@ -115,6 +117,12 @@ def store_repaired(packs: list, restored: int, lost: int) -> dict:
     return _event("store.repaired", packs=packs, restored=restored, lost=lost)
 
 
+def packs_rewritten(packs: list, retired: list) -> dict:
+    """A garbage collection's switch: the live records of the `retired` packs were
+    copied into `packs` (new); every other record of the retired packs is dead."""
+    return _event("packs.rewritten", packs=packs, retired=retired)
+
+
 # -- applying ----------------------------------------------------------------------------------
 class Records(Protocol):
     """The records of the packs an entry names, for applying it."""
@@ -124,6 +132,10 @@ class Records(Protocol):
 
     def manifest(self, index: Index, txn, entry: dict) -> dict:
         """The manifest of a sealed version (IntegrityError if it is lost)."""
+
+    def index_packs(self, index: Index, txn, pack_ids: list) -> None:
+        """Put every record of these packs into the index where it lacks the record,
+        whether or not the entry's packs are scanned (a gc's new packs)."""
 
 
 def apply(index: Index, txn, entry: dict, records: Records | None = None) -> None:
@@ -150,6 +162,21 @@ def _apply_sealed(index: Index, txn, entry: dict, records: Records) -> None:
 
 def _apply_repaired(index: Index, txn, entry: dict, records: Records) -> None:
     records.index_records(index, txn, entry)
+
+
+def _apply_rewritten(index: Index, txn, entry: dict, records: Records) -> None:
+    """A gc's switch, the same in every index (the gc's own, another machine's catching
+    up, a rebuilt one): whatever it finds in a retired pack is forgotten, then the new
+    packs' records are indexed where it lacks them, so a copied record points at its
+    copy and a dead one is gone. The retired packs are remembered with the entry's time:
+    a gc deletes them once the grace period has passed (gc.py)."""
+    retired = set(entry["retired"])
+    index.forget_packs(txn, retired)
+    records.index_packs(index, txn, entry["packs"])
+    known = index.retired_packs(txn)
+    known.update({pack_id: (entry["time"], entry["seq"]) for pack_id in retired})
+    index.put_retired_packs(txn, known)
+    index.put_int(txn, b"rewritten_seq", entry["seq"])
 
 
 def put_version(index: Index, txn, entry: dict, manifest: dict) -> None:
@@ -264,7 +291,8 @@ def _apply_key(index: Index, txn, entry: dict) -> None:
     index.put_setting(txn, ALL_PROJECTS, SIGNING_SETTING, state)
 
 
-_NAME_PACKS = {"version.sealed": _apply_sealed, "store.repaired": _apply_repaired}
+_NAME_PACKS = {"version.sealed": _apply_sealed, "store.repaired": _apply_repaired,
+               "packs.rewritten": _apply_rewritten}
 _APPLIERS = {
     "alias.set": _apply_alias_set,
     "alias.removed": _apply_alias_removed,

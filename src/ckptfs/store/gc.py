@@ -1,53 +1,68 @@
 """Garbage collection: versions deleted by retention policy, then the space of what no
-version uses any more, reclaimed so that a crash at any moment leaves a sound store.
+version uses any more, reclaimed so that a crash at any moment leaves a sound store,
+on a local store and on a shared one (S3: many machines, each with its own index that
+learns changes only from the journal, and no lock service).
 
 `ckptfs gc STORE` is `Store.collect_garbage()`, which is `GarbageCollector.collect`:
 
-1. One gc at a time: an exclusive flock on `STORE/gc/lock`.
-2. An interrupted gc is finished first (its intent file, see below).
+1. One gc at a time on this machine: an exclusive flock on `gc/lock` (local state).
+2. An interrupted gc's intent is finished first (a local store, below).
 3. Deletions: the retention plan, made again under the journal lock so it is exact, one
    `version.deleted` journal event per version (deletion.py).
-4. Leftover packs: packs no index entry points into were left by imports that died, or
-   belong to an ingest under way in another process (the mount writes packs long before
-   a seal). They are removed only when no ingest is under way anywhere: every ingest
-   holds `STORE/ingest.lock` shared; gc takes it exclusively, without waiting.
+4. Leftover packs: packs no index entry points into, left by imports that died, or
+   belonging to an ingest under way (the mount writes packs long before a seal). On a
+   local store they go only when no ingest is under way (every ingest holds
+   `ingest.lock` shared; gc takes it exclusively, without waiting). On a shared store
+   that lock sees this machine only: a pack goes once its object is older than the
+   grace period, and multipart uploads older than it are aborted.
 5. Liveness: the live chunks are those the entries of live versions name, plus the base
    of every live chunk stored as an XOR-delta (read through `ChunkReader.read_record`,
    the one place that may decrypt). The live manifests are those of live AND deleted
-   versions (a tombstone's file list comes from its manifest). Every other chunk the
-   index knows is dead.
+   versions (a tombstone's file list comes from its manifest).
 6. Packs whose live records fill less than `gc.rewrite_below` of them (ckptfs.toml) are
    rewritten: their live records copied byte for byte, not decoded (a record holds
-   nothing that depends on where it sits), into new packs, fsync'd and closed. Packs
-   with nothing live are simply dropped.
-7. The index switch, in one LMDB transaction under the journal lock: the copied records
-   re-pointed to their new places, every dead chunk forgotten (counters updated).
-8. The old packs deleted (each only if no index entry points into it), then the intent.
+   nothing that depends on where it sits), into new packs, closed. Packs with nothing
+   live are simply dropped. Both are *retired*.
+7. The switch is a journal entry, `packs.rewritten` (new packs, retired packs), made
+   through `Committer.attempt` like every commit, and applied by events.apply in every
+   index alike: what an index finds in a retired pack is forgotten, the new packs'
+   records are indexed. Dead records in packs that stay are not forgotten (no index
+   could learn that without the list of them in the journal): they are dead bytes
+   until their pack is retired.
+8. Retired packs are deleted by a gc once their retiring entry is older than
+   `gc.grace_seconds` (a day on a shared store, 0 locally: the same gc), each only if no
+   index entry points into it. Until then a reader whose index has not caught up still
+   finds the old pack; one that finds a pack gone catches up and looks again.
 
-Crash safety. Before its first new pack, gc writes `STORE/gc/intent.json` with the old
-pack ids, and adds each new pack id before that pack is created (written to a temporary
-file, fsync'd, renamed). What is on disk then decides at every step: if no index entry
-points into any new pack, the switch never happened and the new packs are unreferenced
-copies (they go); if one does, it happened. Either way an old pack goes only once no
-index entry points into it. The index never points at a record that is not on disk, so
-`verify` passes after a crash anywhere, and the next gc finishes the job.
-
-Concurrency with imports and the mount (both may run while gc does):
-- An ingest may deduplicate against a chunk gc is about to declare dead. The switch and
-  every commit take the journal lock, so they are ordered: a commit before the switch
-  is seen by the switch (chunks of versions sealed since the liveness snapshot, and
-  their delta bases, are "revived": they keep their index entry, and the old pack they
-  are in is kept), and a commit after it finds the chunk gone (`Catalog.commit` checks)
-  and the ingest starts over (`Store.import_directory`).
+Concurrency:
+- An ingest may deduplicate against a chunk gc retires. The switch and every commit go
+  through the journal (locally under its lock, on a shared store by the conditional
+  create of the entry): a version sealed first is seen by the switch (its chunks that
+  the liveness snapshot found dead are "revived", and the old packs holding them are not
+  retired); a commit after it finds the chunk gone once its index has applied the switch
+  (`Catalog.commit` checks) and the ingest starts over (`Store.import_directory`).
+- Two gcs (on two machines): the second to reach the journal finds a `packs.rewritten`
+  entry newer than its liveness snapshot and drops its own new packs (never named
+  anywhere) instead of journaling a switch made on a stale view.
 - A reader may have looked up a location in an old pack just before gc deleted it: a
   missing pack makes `ChunkReader.read_record` look the chunk up again, once.
-- The test hook CKPTFS_GC_CRASH_AT=after-deletions|after-new-packs|after-index-switch|
-  mid-old-pack-removal makes gc exit abruptly at that point (os._exit), so tests can
-  check that the next gc finishes what a killed one started.
+
+Crash safety. Until the journal entry, new packs are unreferenced: a local gc writes
+`gc/intent.json` (the old pack ids; each new pack id before that pack is created) so
+the next gc deletes them at once; on a shared store (one intent object could not serve
+many machines) they are leftovers that go after the grace period. After the entry, the
+retired packs are known to every index that applied it (`retired_packs` in the index)
+and the next gc deletes them when due. The index never points at a record that is not
+there, so `verify` passes after a crash anywhere.
+
+The test hook CKPTFS_GC_CRASH_AT=after-deletions|after-new-packs|after-index-switch|
+mid-old-pack-removal makes gc exit abruptly at that point (os._exit), so tests can
+check that the next gc finishes what a killed one started.
 """
 import fcntl
 import json
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -57,10 +72,13 @@ from .codec import delta_base_id
 from .damage import note_damaged_chunk
 from .backend import Backend
 from .errors import GcBusyError, IntegrityError, StoreError, StoreFullError
+from .events import packs_rewritten
 from .index import Location, version_key
 from .ingest import INGEST_LOCK
-from .pack import PackWriter, list_pack_ids, pack_name, pack_sizes
+from .pack import PACKS_PREFIX, PackWriter, delete_pack, pack_id_from_name, pack_name, \
+    pack_sizes
 from .private import make_private_dirs, private_open
+from .replay import index_record
 
 GC_DIR = "gc"
 GC_LOCK = "lock"
@@ -187,6 +205,12 @@ class GcReport:
     leftovers_reason: str | None = None
     revived: int = 0                  # dead chunks a concurrent import started using
     old_packs_kept: list = field(default_factory=list)  # ... and the old packs that hold them
+    grace_seconds: float = 0.0        # gc.grace_seconds in force
+    retired_waiting: list = field(default_factory=list)  # retired packs kept for the grace period
+    delete_after: str | None = None   # ... until then (the latest of them)
+    retired_deleted: list = field(default_factory=list)  # retired packs deleted by this gc
+    superseded: bool = False          # another gc's switch came first: this one's was dropped
+    uploads_aborted: int = 0          # stale multipart uploads (object stores)
 
 
 def pack_bytes_on_disk(backend: Backend) -> int:
@@ -200,7 +224,7 @@ class GarbageCollector:
     chunks), the catalog (tombstones) and retention (what the policies delete)."""
 
     def __init__(self, store_path: str, config, index, committer, backend: Backend, packs,
-                 reader, catalog, retention):
+                 reader, catalog, retention, allocate_pack_id):
         self.path = store_path
         self.config = config
         self.index = index
@@ -210,6 +234,13 @@ class GarbageCollector:
         self.reader = reader
         self.catalog = catalog
         self.retention = retention
+        self.allocate_pack_id = allocate_pack_id  # random on a shared backend
+
+    @property
+    def grace(self) -> float:
+        """Seconds a retired pack is kept, and the age of a leftover pack on a shared
+        store (gc.grace_seconds, or the backend's default)."""
+        return self.config.gc.grace_for(self.backend.shared)
 
     # -- the whole run ------------------------------------------------------------------
     def collect(self, dry_run: bool = False, now: datetime | None = None,
@@ -221,6 +252,7 @@ class GarbageCollector:
         report = GcReport(dry_run, now.isoformat(), self.config.gc.rewrite_below)
         if dry_run:
             return self._dry_run(report, now, actor, progress)
+        report.grace_seconds = self.grace
         with self._gc_locked():
             report.recovered = self._finish_interrupted_gc()
             report.pack_bytes_before = pack_bytes_on_disk(self.backend)
@@ -229,7 +261,7 @@ class GarbageCollector:
             self._remove_leftover_packs(report)
             liveness = self.liveness(progress=progress)
             plan = self.plan_packs(liveness)
-            self.reclaim(liveness, plan, report, progress)
+            self.reclaim(liveness, plan, report, progress, actor)
             report.pack_bytes_after = pack_bytes_on_disk(self.backend)
         return report
 
@@ -238,10 +270,12 @@ class GarbageCollector:
         self.retention.refuse_unless_allowed(plan.deletions, actor)  # a plan is for maintainers
         report.deletions = plan.deletions
         report.pending_recovery = load_intent(self.backend) is not None
+        report.grace_seconds = self.grace
         going = {version_key(d.project, d.run, d.version) for d in report.deletions}
         liveness = self.liveness(exclude=going, progress=progress)
         packs = self.plan_packs(liveness)
-        dead = liveness.dead_chunks()
+        old = set(packs.old)
+        dead = {c: loc for c, loc in liveness.dead_chunks().items() if loc.pack_id in old}
         report.freed_chunks = len(dead)
         report.freed_bytes = sum(loc.length for loc in dead.values())
         report.freed_by_deletions = sum(loc.length for c, loc in dead.items()
@@ -250,17 +284,19 @@ class GarbageCollector:
         report.bytes_copied = packs.copy_bytes
         report.dead_bytes_left = packs.dead_bytes_left
         report.pack_bytes_before = pack_bytes_on_disk(self.backend)
-        leftovers = self._unreferenced_packs()
-        report.leftovers_kept = leftovers
-        if leftovers and self._ingest_in_flight():
-            report.leftovers_reason = "an import or a mount is ingesting now"
+        removable, kept, reason = self._leftovers()
+        report.leftovers_removed = removable   # would be
+        report.leftovers_kept, report.leftovers_reason = kept, reason
         sizes = pack_sizes(self.backend)
-        leftover_bytes = sum(sizes.get(p, 0) for p in leftovers)
+        due, waiting = self._retired_due()
+        if self.grace and old:   # what this gc retires waits too
+            waiting.update({p: time.time() + self.grace for p in old})
+        self._note_waiting(report, waiting)
+        gone = sum(sizes.get(p, 0) for p in removable) + sum(sizes.get(p, 0) for p in due)
         new_pack_count = -(-packs.copy_bytes // self.config.packs.target_size)
-        report.pack_bytes_after = (report.pack_bytes_before
-                                   - sum(packs.sizes[p] for p in packs.old) + packs.copy_bytes
-                                   + new_pack_count * PACK_OVERHEAD
-                                   - (0 if report.leftovers_reason else leftover_bytes))
+        leaving = 0 if self.grace else sum(packs.sizes[p] for p in old)
+        report.pack_bytes_after = (report.pack_bytes_before - leaving - gone + packs.copy_bytes
+                                   + new_pack_count * PACK_OVERHEAD)
         return report
 
     @contextmanager
@@ -349,29 +385,29 @@ class GarbageCollector:
         return PackPlan(rewrite, drop, sizes, live_bytes)
 
     # -- reclaiming -------------------------------------------------------------------------
-    def reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress):
-        if plan.old:
-            save_intent(self.backend, {"old": plan.old, "new": []})
-        moves = self._copy_live_records(liveness, plan, report, progress)
+    def reclaim(self, liveness: Liveness, plan: PackPlan, report: GcReport, progress,
+                actor: dict | None = None):
+        # A local store's intent names the new packs so that a crash's go at once; on a
+        # shared one they are leftovers (one intent object cannot serve many machines).
+        intent = {"old": plan.old, "new": []} if not self.backend.shared else None
+        if plan.old and intent is not None:
+            save_intent(self.backend, intent)
+        moves = self._copy_live_records(liveness, plan, report, progress, intent)
         crash_point("after-new-packs")
-        keep_old = self._switch_index(liveness, moves, report)
+        self._switch(liveness, plan, moves, report, actor)
         crash_point("after-index-switch")
-        report.packs_rewritten = [p for p in plan.rewrite if p not in keep_old]
-        report.packs_dropped = [p for p in plan.drop if p not in keep_old]
-        report.old_packs_kept = sorted(keep_old)
-        report.dead_bytes_left = plan.dead_bytes_left
-        self._remove_old_packs([p for p in plan.old if p not in keep_old])
-        remove_intent(self.backend)
-        self._bump_gc_generation()
+        self._delete_retired_packs(report)
+        if intent is not None:
+            remove_intent(self.backend)
 
     def _copy_live_records(self, liveness: Liveness, plan: PackPlan, report: GcReport,
-                           progress) -> list[Move]:
-        """Copy the live records of the packs to rewrite into new packs (closed, fsync'd)."""
+                           progress, intent: dict | None) -> list[Move]:
+        """Copy the live records of the packs to rewrite into new packs (closed, durable)."""
         rewrite = set(plan.rewrite)
         records = sorted(((loc.pack_id, loc.offset), manifest, record_id, loc)
                          for manifest, record_id, loc in liveness.live_records()
                          if loc.pack_id in rewrite)
-        moves, writers, intent = [], [], {"old": plan.old, "new": []}
+        moves, writers = [], []
         try:
             for _order, manifest, record_id, loc in records:
                 writer = writers[-1] if writers else None
@@ -391,8 +427,12 @@ class GarbageCollector:
                 writers[-1].close()
         except BaseException as e:
             for w in writers:  # nothing points into them yet: they go, the old packs stay
-                w.abort()
-            remove_intent(self.backend)
+                if w.closed:
+                    delete_pack(self.backend, w.pack_id)
+                else:
+                    w.abort()
+            if intent is not None:
+                remove_intent(self.backend)
             if isinstance(e, OSError) and e.errno in (28, 122):  # ENOSPC, EDQUOT
                 raise StoreFullError("no space left on the store's disk while rewriting packs; "
                                      "nothing was reclaimed (the deletions stand): free some "
@@ -401,38 +441,64 @@ class GarbageCollector:
         report.new_packs = [w.pack_id for w in writers]
         return moves
 
-    def _new_gc_pack(self, intent: dict) -> PackWriter:
-        """A new pack for copies, named in the intent before it exists."""
-        pack_id = self.index.allocate_pack_id()
-        intent["new"].append(pack_id)
-        save_intent(self.backend, intent)
+    def _new_gc_pack(self, intent: dict | None) -> PackWriter:
+        """A new pack for copies (named in a local store's intent before it exists)."""
+        pack_id = self.allocate_pack_id()
+        if intent is not None:
+            intent["new"].append(pack_id)
+            save_intent(self.backend, intent)
         return PackWriter(self.backend, pack_id)
 
-    def _switch_index(self, liveness: Liveness, moves: list[Move], report: GcReport) -> set[int]:
-        """Re-point the copied records and forget the dead chunks, in one transaction
-        under the journal lock. Returns the old packs that must stay (they hold chunks a
-        version sealed meanwhile uses)."""
-        with self.committer.locked():
-            self.committer.catch_up()
+    def _switch(self, liveness: Liveness, plan: PackPlan, moves: list[Move],
+                report: GcReport, actor) -> None:
+        """Journal the switch (`packs.rewritten`) through the committer: checked again
+        on each try, on an index that has caught up. Packs holding chunks a version
+        sealed meanwhile uses are not retired. Another gc's switch since our liveness
+        snapshot, or new packs gone meanwhile, drop ours."""
+        def journal_switch():
+            with self.index.read() as txn:
+                if self.index.get_int(txn, b"rewritten_seq") > liveness.seq:
+                    return None
+            if not all(self._exists(p) for p in report.new_packs):
+                return None  # another machine's gc took them for leftovers
             revived = self._revived_since(liveness)
-            dead = {c: loc for c, loc in liveness.dead_chunks().items() if c not in revived}
-            dead_manifests = liveness.dead_manifests()
+            keep = {liveness.chunks[c].pack_id for c in revived if c in liveness.chunks}
+            retired = [p for p in plan.old if p not in keep]
+            if retired:
+                self.committer.journal_and_index(packs_rewritten(report.new_packs, retired),
+                                                 actor, CopiedRecords(moves))
+            return revived, keep, retired
+        outcome = self.committer.attempt(journal_switch)
+        if outcome is None or not outcome[2]:
+            for pack_id in report.new_packs:   # named nowhere: they go at once
+                delete_pack(self.backend, pack_id)
+            report.new_packs = []
+        if outcome is None:
+            report.superseded = True
+            return
+        self._report_switch(liveness, plan, report, *outcome)
 
-            def apply(txn):
-                for move in moves:
-                    db = self.index.manifests if move.manifest else self.index.chunks
-                    self.index.move_record(txn, db, move.record_id, move.old, move.new)
-                freed = [loc for c, loc in dead.items() if self.index.remove_chunk(txn, c, loc)]
-                for manifest_id, loc in dead_manifests.items():
-                    self.index.remove_manifest(txn, manifest_id, loc)
-                return freed
-            freed = self.index.commit(apply)
-        report.freed_chunks = len(freed)
-        report.freed_bytes = sum(loc.length for loc in freed)
+    def _exists(self, pack_id: int) -> bool:
+        try:
+            self.backend.stat(pack_name(pack_id))
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _report_switch(self, liveness: Liveness, plan: PackPlan, report: GcReport,
+                       revived: set[bytes], keep: set[int], retired: list[int]) -> None:
+        gone = set(retired)
+        dead = {c: loc for c, loc in liveness.dead_chunks().items()
+                if loc.pack_id in gone and c not in revived}
+        report.freed_chunks = len(dead)
+        report.freed_bytes = sum(loc.length for loc in dead.values())
         deleted_refs = self._chunks_of_tombstoned(report.deletions)
         report.freed_by_deletions = sum(loc.length for c, loc in dead.items() if c in deleted_refs)
         report.revived = len(revived & liveness.chunks.keys())
-        return {liveness.chunks[c].pack_id for c in revived if c in liveness.chunks}
+        report.packs_rewritten = [p for p in plan.rewrite if p in gone]
+        report.packs_dropped = [p for p in plan.drop if p in gone]
+        report.old_packs_kept = sorted(keep & set(plan.old))
+        report.dead_bytes_left = plan.dead_bytes_left
 
     def _chunks_of_tombstoned(self, decisions) -> set[bytes]:
         refs = set()
@@ -459,18 +525,53 @@ class GarbageCollector:
         new = refs - liveness.live_chunks
         return new | self._delta_bases(new)
 
-    def _remove_old_packs(self, old: list[int]) -> list[int]:
-        """Delete the old packs no index entry points into any more."""
+    # -- retired packs ----------------------------------------------------------------------
+    def _retired_due(self) -> tuple[list[int], dict[int, float]]:
+        """The retired packs whose grace period is over, and {pack id: when it is over}
+        of the others."""
+        with self.index.read() as txn:
+            retired = self.index.retired_packs(txn)
+        now, due, waiting = time.time(), [], {}
+        for pack_id, (when, _seq) in sorted(retired.items()):
+            until = datetime.fromisoformat(when).timestamp() + self.grace
+            if until <= now:
+                due.append(pack_id)
+            else:
+                waiting[pack_id] = until
+        return due, waiting
+
+    def _delete_retired_packs(self, report: GcReport) -> None:
+        """Delete the retired packs whose grace period is over, each only if no index
+        entry points into it (each deletion is durable before the next)."""
+        due, waiting = self._retired_due()
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
-        removed = []
-        for pack_id in old:  # each deletion is durable before the intent goes
-            if pack_id in referenced or not self.backend.delete(pack_name(pack_id)):
+        gone = []
+        for pack_id in due:
+            if pack_id in referenced:
                 continue
-            removed.append(pack_id)
-            if len(removed) == 1:
-                crash_point("mid-old-pack-removal")
-        return removed
+            if delete_pack(self.backend, pack_id):
+                report.retired_deleted.append(pack_id)
+                if len(report.retired_deleted) == 1:
+                    crash_point("mid-old-pack-removal")
+            gone.append(pack_id)
+
+        def forget(txn):
+            retired = self.index.retired_packs(txn)
+            for pack_id in gone:
+                retired.pop(pack_id, None)
+            self.index.put_retired_packs(txn, retired)
+        if gone:
+            self.index.commit(forget)   # derived state: the packs are gone
+        self._note_waiting(report, waiting)
+        self._bump_gc_generation()
+
+    @staticmethod
+    def _note_waiting(report: GcReport, waiting: dict[int, float]) -> None:
+        report.retired_waiting = sorted(waiting)
+        if waiting:
+            report.delete_after = datetime.fromtimestamp(
+                max(waiting.values()), timezone.utc).isoformat(timespec="seconds")
 
     def _bump_gc_generation(self):
         """Tell readers (the mount, in another process) that packs were deleted, so they
@@ -479,34 +580,60 @@ class GarbageCollector:
 
     # -- an interrupted gc -------------------------------------------------------------------
     def _finish_interrupted_gc(self) -> str | None:
-        """Finish what a gc that died left (its intent file); says what it did."""
+        """Finish what a local gc that died left (its intent file); says what it did. Its
+        retired packs, if its switch was journaled, go with the others (when due)."""
         intent = load_intent(self.backend)
         if intent is None:
             return None
+        with self.committer.locked():
+            self.committer.catch_up()   # a switch journaled but not yet applied
         with self.index.read() as txn:
             referenced = self.index.referenced_pack_ids(txn)
         switched = any(p in referenced for p in intent["new"])
         removed_new = []
         if not switched:
             for pack_id in intent["new"]:  # unreferenced copies
-                if self.backend.delete(pack_name(pack_id)):
+                if delete_pack(self.backend, pack_id):
                     removed_new.append(pack_id)
-        removed_old = self._remove_old_packs(intent["old"])
         remove_intent(self.backend)
         self._bump_gc_generation()
         if switched:
-            return (f"finished an interrupted gc: its index switch was done; removed "
-                    f"{len(removed_old)} old pack(s)")
-        return (f"finished an interrupted gc: its index switch was not done; removed "
-                f"{len(removed_new)} unused new pack(s) and {len(removed_old)} old pack(s) "
-                "nothing pointed into")
+            return "finished an interrupted gc: its switch was journaled"
+        return (f"finished an interrupted gc: its switch was not journaled; removed "
+                f"{len(removed_new)} unused new pack(s)")
 
     # -- leftover packs --------------------------------------------------------------------
-    def _unreferenced_packs(self) -> list[int]:
+    def _unreferenced_packs(self) -> dict[int, float | None]:
+        """{pack id: its object's mtime} of the packs no index entry points into and that
+        no gc is busy with (retired ones awaiting deletion, an intent's)."""
         with self.index.read() as txn:
-            referenced = self.index.referenced_pack_ids(txn)
-        busy = set(intent_pack_ids(self.backend))
-        return [p for p in list_pack_ids(self.backend) if p not in referenced and p not in busy]
+            busy = self.index.referenced_pack_ids(txn) | set(self.index.retired_packs(txn))
+        busy.update(intent_pack_ids(self.backend))
+        found = {}
+        for info in self.backend.list(PACKS_PREFIX):
+            pack_id = pack_id_from_name(info.name)
+            if pack_id is not None and info.name == pack_name(pack_id) and pack_id not in busy:
+                found[pack_id] = info.mtime
+        return found
+
+    def _leftovers(self, ingest_locked: bool = False) -> tuple[list[int], list[int], str | None]:
+        """(the leftover packs gc may remove now, those it keeps, why). A local store:
+        all of them, unless an ingest is under way (it may own them; `ingest_locked`:
+        the caller holds `ingest.lock`, so none is). A shared store:
+        those older than the grace period (an ingest on another machine may be writing
+        the younger ones; no lock spans machines)."""
+        unreferenced = self._unreferenced_packs()
+        if not self.backend.shared:
+            if unreferenced and not ingest_locked and self._ingest_in_flight():
+                return [], sorted(unreferenced), "an import or a mount is ingesting now"
+            return sorted(unreferenced), [], None
+        cutoff = time.time() - self.grace
+        old = sorted(p for p, mtime in unreferenced.items()
+                     if mtime is not None and mtime <= cutoff)
+        young = sorted(p for p in unreferenced if p not in old)
+        why = (f"younger than the grace period ({self.grace:g} s): an import on another "
+               "machine may be writing them") if young else None
+        return old, young, why
 
     def _ingest_in_flight(self) -> bool:
         fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
@@ -520,22 +647,35 @@ class GarbageCollector:
 
     def _remove_leftover_packs(self, report: GcReport) -> None:
         """Remove packs nothing points into (complete or unfinished), left by imports that
-        died, but only while no ingest is under way anywhere: one under way owns such
-        packs until it commits."""
+        died (`_leftovers` says which may go), and an object store's stale uploads. On a
+        local store `ingest.lock` is held meanwhile, so no ingest starts."""
+        report.uploads_aborted = self.backend.abort_stale_uploads(self.grace)
         fd = private_open(os.path.join(self.path, INGEST_LOCK), os.O_RDWR | os.O_CREAT)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                report.leftovers_kept = self._unreferenced_packs()
-                if report.leftovers_kept:
-                    report.leftovers_reason = "an import or a mount is ingesting now"
-                return
+                if not self.backend.shared:   # an ingest is under way: nothing goes
+                    _none, report.leftovers_kept, report.leftovers_reason = self._leftovers()
+                    return
             with self.committer.locked():
                 self.committer.catch_up()  # a version journaled but not indexed names its packs
-            leftovers = self._unreferenced_packs()
-            for pack_id in leftovers:
-                if self.backend.delete(pack_name(pack_id)):
+            removable, report.leftovers_kept, report.leftovers_reason = \
+                self._leftovers(ingest_locked=True)
+            for pack_id in removable:
+                if delete_pack(self.backend, pack_id):
                     report.leftovers_removed.append(pack_id)
         finally:
             os.close(fd)
+
+
+class CopiedRecords:
+    """The records a gc has just copied into its new packs (events.Records): indexed as
+    reading those packs back would, without reading them."""
+
+    def __init__(self, moves: list[Move]):
+        self.moves = moves
+
+    def index_packs(self, index, txn, pack_ids) -> None:
+        for move in self.moves:
+            index_record(index, txn, move.manifest, move.record_id, move.new)

@@ -275,6 +275,32 @@ class Index:
         for key, value in txn.cursor(db=db):
             yield bytes(key), Location.decode(value)
 
+    def forget_packs(self, txn, pack_ids: set[int]) -> None:
+        """Forget every chunk and manifest whose record lies in one of `pack_ids` (packs
+        a garbage collection retired; counters updated). One pass over both databases:
+        the index has no way from a pack to its records."""
+        for db in (self.chunks, self.manifests):
+            doomed = [(bytes(key), Location.decode(value)) for key, value in txn.cursor(db=db)
+                      if LOCATION.unpack_from(value)[0] in pack_ids]
+            for record_id, loc in doomed:
+                if db is self.chunks:
+                    self.remove_chunk(txn, record_id, loc)
+                else:
+                    txn.delete(record_id, db=db)
+
+    # Packs a gc retired and that may still be on the store: {pack id: [journal time of
+    # the retiring entry, its seq]} (JSON in meta), until a gc deletes them.
+    def retired_packs(self, txn) -> dict[int, tuple[str, int]]:
+        value = txn.get(b"retired_packs", db=self.meta)
+        return {} if value is None else {int(k): tuple(v) for k, v in orjson.loads(value).items()}
+
+    def put_retired_packs(self, txn, retired: dict[int, tuple[str, int]]) -> None:
+        if retired:
+            txn.put(b"retired_packs", orjson.dumps({str(k): list(v) for k, v in
+                                                    sorted(retired.items())}), db=self.meta)
+        else:
+            txn.delete(b"retired_packs", db=self.meta)
+
     def referenced_pack_ids(self, txn) -> set[int]:
         """Every pack some chunk or manifest of the index lies in."""
         return {loc.pack_id for db in (self.chunks, self.manifests)

@@ -207,14 +207,24 @@ class PackReader:
             pass
 
     def read(self, pack_id: int, offset: int, length: int) -> Record:
-        return parse_record(self._read(pack_id, offset, length), pack_id, offset)
+        return self._read_checked(pack_id, offset, length)[1]
 
     def read_raw(self, pack_id: int, offset: int, length: int) -> bytes:
         """A whole record's bytes, checked (magic, xxh3) but not decoded: what garbage
         collection copies into a new pack."""
+        return self._read_checked(pack_id, offset, length)[0]
+
+    def _read_checked(self, pack_id: int, offset: int, length: int) -> tuple[bytes, Record]:
         buf = self._read(pack_id, offset, length)
-        parse_record(buf, pack_id, offset)
-        return buf
+        try:
+            return buf, parse_record(buf, pack_id, offset)
+        except IntegrityError:
+            # A reader's local copy (an object store's chunk cache) may be what is damaged:
+            # without it, the storage's own bytes are read and checked once more.
+            if not self._reader.drop(pack_name(pack_id), offset, length):
+                raise
+        buf = self._read(pack_id, offset, length)
+        return buf, parse_record(buf, pack_id, offset)
 
     def forget_deleted(self) -> None:
         """Stop holding packs that were deleted (a garbage collection removed them): an
@@ -254,7 +264,7 @@ class _PackStream:
 
     def __init__(self, backend: Backend, pack_id: int):
         self._name = pack_name(pack_id)
-        self._reader = backend.open_reader()
+        self._reader = backend.open_reader(cached=False)  # what the store holds
         self._window, self._start = b"", 0  # the bytes read last, and their offset
         self._pos = 0                        # the offset of the next byte handed out
 

@@ -24,6 +24,21 @@ from .pack import FLAG_ENCRYPTED, PackReader
 
 READ_AHEAD_CHUNKS = 8
 CACHE_BYTES = 64 << 20
+READ_AHEAD_GAP = 1 << 20  # records this close are read ahead together, the gap with them
+
+
+def merged_ranges(locations, gap: int = READ_AHEAD_GAP) -> list[tuple[int, int, int]]:
+    """(pack id, offset, length) covering the records at `locations`, neighbours (at most
+    `gap` bytes apart) of one pack merged: one read-ahead request each, not one a record
+    (on an object store, a ranged GET each)."""
+    merged: list[list[int]] = []
+    for loc in sorted(locations, key=lambda loc: (loc.pack_id, loc.offset)):
+        last = merged[-1] if merged else None
+        if last and last[0] == loc.pack_id and loc.offset <= last[1] + last[2] + gap:
+            last[2] = max(last[2], loc.offset + loc.length - last[1])
+        else:
+            merged.append([loc.pack_id, loc.offset, loc.length])
+    return [tuple(m) for m in merged]
 
 
 class ChunkCache:
@@ -67,6 +82,9 @@ class ChunkReader:
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
         self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
+        # Set on a shared backend: brings the index up to the journal before a chunk
+        # whose pack is gone is looked up again (Store; Committer.catch_up_for_reader).
+        self.catch_up = None
 
     def close(self) -> None:
         if self._prefetcher is not None:
@@ -112,11 +130,14 @@ class ChunkReader:
 
         A garbage collection in another process may move the record to a new pack and
         delete the old one between our lookup and our read: on a missing pack, look
-        the location up again and read once more."""
+        the location up again (on a shared backend after catching up with the journal,
+        where the gc's switch is) and read once more."""
         loc = self._locate(locate, what, chunk_id)
         try:
             return loc, self.packs.read(loc.pack_id, loc.offset, loc.length)
         except PackMissingError:
+            if self.catch_up is not None:
+                self.catch_up()
             again = self._locate(locate, what, chunk_id)
             if again == loc:
                 raise
@@ -224,9 +245,8 @@ class ChunkReader:
     def _will_need(self, chunk_ids: list[bytes]):
         with self.index.read() as txn:
             locations = [self.index.get_chunk(txn, chunk_id) for chunk_id in chunk_ids]
-        for loc in locations:
-            if loc is not None:
-                self.packs.will_need(loc.pack_id, loc.offset, loc.length)
+        for pack_id, offset, length in merged_ranges(loc for loc in locations if loc is not None):
+            self.packs.will_need(pack_id, offset, length)
 
     def _prefetch_one(self, chunk_id: bytes) -> bytes:
         try:

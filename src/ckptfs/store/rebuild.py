@@ -187,12 +187,14 @@ class IndexRebuilder:
         summary = {"packs": 0, "damaged_packs": [], "unfinished_packs": [], "versions": 0,
                    "damaged": [], "moved_aside": moved_aside,
                    "torn_tail": len(torn[0]) if torn else 0}
-        sealed_in = {pack_id for e in self.journal.entries() if e["type"] == "version.sealed"
+        entries = list(self.journal.entries())
+        sealed_in = {pack_id for e in entries if e["type"] == "version.sealed"
                      for pack_id in e["packs"]}
+        named = {pack_id for e in entries for pack_id in e.get("packs") or ()}
         index = Index(path)
         try:
             index.commit(lambda txn: index.put_int(txn, b"format", INDEX_FORMAT))
-            for pack_id in list_pack_ids(self.backend):
+            for pack_id in self._packs_to_index(named):
                 scan = index.commit(partial(self._index_pack, index, pack_id))
                 if scan is None:
                     continue  # deleted since it was listed (a gc of another process)
@@ -214,6 +216,14 @@ class IndexRebuilder:
         finally:
             index.close()
         return summary
+
+    def _packs_to_index(self, named: set[int]) -> list[int]:
+        """Every pack of a local store (the index has always held what any pack holds).
+        On a shared store only those the journal names: another machine's ingest under
+        way, or a gc killed midway, leaves packs with copies of records whose journaled
+        place is elsewhere, and indexing a copy would make the original look unused."""
+        packs = list_pack_ids(self.backend)
+        return [p for p in packs if p in named] if self.backend.shared else packs
 
     def _index_pack(self, index: Index, pack_id: int, txn):
         return index_pack(index, txn, self.backend, pack_id)

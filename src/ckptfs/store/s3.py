@@ -39,6 +39,7 @@ from .backend import (
     ObjectExistsError,
     ObjectInfo,
     ObjectMissingError,
+    ObjectReader,
     ObjectWriter,
     check_object_name,
 )
@@ -140,6 +141,38 @@ def client_config() -> Config:
     )
 
 
+CHUNK_CACHE_DIR = "cache"
+ENV_CACHE_SIZE = "CKPTFS_CACHE_SIZE"
+DEFAULT_CACHE_SIZE = 10 << 30
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def cache_capacity() -> int:
+    """The chunk cache's cap in bytes: CKPTFS_CACHE_SIZE (`500M`, `20G`, bytes) or 10G."""
+    text = os.environ.get(ENV_CACHE_SIZE, "").strip().upper().removesuffix("B")
+    if not text:
+        return DEFAULT_CACHE_SIZE
+    number, unit = (text[:-1], text[-1]) if text[-1] in SIZE_UNITS else (text, "")
+    try:
+        size = float(number) * SIZE_UNITS[unit]
+    except ValueError:
+        raise S3ConfigError(f"{ENV_CACHE_SIZE}={os.environ[ENV_CACHE_SIZE]!r} is not a size "
+                            "(e.g. 500M, 20G)") from None
+    if size < 0:
+        raise S3ConfigError(f"{ENV_CACHE_SIZE} must not be negative")
+    return int(size)
+
+
+def connection_problem(cause) -> str:
+    """botocore's words for a failed connection, without the request's whole URL."""
+    text = str(cause)
+    for known in ("Could not connect to the endpoint URL", "Connect timeout",
+                  "Read timeout", "Connection was closed"):
+        if text.startswith(known):
+            return known[0].lower() + known[1:]
+    return text
+
+
 class S3Backend(Backend):
     """The objects of a store under `s3://BUCKET/PREFIX` (module docstring).
 
@@ -162,6 +195,7 @@ class S3Backend(Backend):
         self.endpoint = self.client.meta.endpoint_url
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._pool_lock = threading.Lock()
+        self._chunk_cache = None  # one CachingReader, opened at the first read
 
     # -- names and requests ------------------------------------------------------------
     def key(self, name: str) -> str:
@@ -199,7 +233,8 @@ class S3Backend(Backend):
 
     def unavailable(self, cause) -> BackendUnavailableError:
         return BackendUnavailableError(
-            errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: {cause})")
+            errno.EIO, f"{self.location} cannot be reached ({self.endpoint}: "
+                       f"{connection_problem(cause)})")
 
     def _client_error(self, e, operation: str, name: str | None) -> Exception:
         """The backend's error for S3's refusal `e`; its `retried` says whether botocore
@@ -402,9 +437,29 @@ class S3Backend(Backend):
         finally:
             self.delete(name)
 
+    def open_reader(self, cached: bool = True) -> ObjectReader:
+        """Reads of packs go through this machine's chunk cache (objcache.py) in
+        `local_dir/cache`, capped at CKPTFS_CACHE_SIZE (default 10G): one cache for the
+        backend, a handle per reader."""
+        if not cached or self.local_dir is None:
+            return ObjectReader(self)
+        with self._pool_lock:
+            if self._chunk_cache is None:
+                from .objcache import CachingReader
+                try:
+                    self._chunk_cache = CachingReader(
+                        self, os.path.join(self.local_dir, CHUNK_CACHE_DIR), cache_capacity())
+                except OSError as e:
+                    raise OSError(e.errno, f"cannot use the chunk cache in {self.local_dir}: "
+                                           f"{e.strerror or e}") from None
+            return self._chunk_cache.handle()
+
     def close(self) -> None:
         with self._pool_lock:
             pools, self._pools = self._pools, {}
+            cache, self._chunk_cache = self._chunk_cache, None
+        if cache is not None:
+            cache.close()
         for pool in pools.values():
             pool.shutdown(wait=True)
         self.client.close()

@@ -154,6 +154,21 @@ class Signing:
         return sign_version(key, project, run, version, digest)
 
     @staticmethod
+    def carried_signature(metadata: dict | None, project: str, run: str, version: str,
+                          digest: str) -> dict | None:
+        """The signature a version brings from the store it was copied or exported from
+        (its `imported_from`), when it signs this same name and digest: the version
+        keeps it where this store signs nothing of its own, and `verify --signatures`
+        checks it like any other (with --public-key, or a journaled key of its id)."""
+        origin = (metadata or {}).get("imported_from")
+        if not isinstance(origin, dict) or origin.get("partial"):
+            return None
+        same = (origin.get("project"), origin.get("run"), origin.get("version"),
+                origin.get("digest")) == (project, run, version, digest)
+        signature = origin.get("signature")
+        return signature if same and isinstance(signature, dict) else None
+
+    @staticmethod
     def check_version_signature(record: dict, digest: str, keys: dict,
                                 trusted: list | None,
                                 report: SignatureReport) -> None:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 import blake3
 
 from .access import AccessControl
-from .backend import Backend, BackendUnavailableError, LocalBackend
+from .backend import Backend, BackendUnavailableError, LocalBackend, ObjectMissingError
 from .catalog import Catalog, version_name
 from .commit import Committer
 from .config import CONFIG_NAME, EncryptionSettings, StoreConfig
@@ -116,7 +116,10 @@ class Store:
         """Each part, given what it works with (and nothing else)."""
         self.reader = ChunkReader(self.index, self.packs, self.chunk_id, self.cipher, self.location)
         self.committer = Committer(self.index, self.journal,
-                                   PackRecords(self.backend, self.reader, scan=True))
+                                   PackRecords(self.backend, self.reader, scan=True,
+                                               journal=self.journal))
+        if self.backend.shared:  # a pack gone: another machine's gc deleted it (gc.py)
+            self.reader.catch_up = self.committer.catch_up_for_reader
         self.access = AccessControl(self.index, self.committer, self.location)
         self.signing = Signing(self.index, self.committer, self.access, self.config, self.path,
                               self.backend)
@@ -126,7 +129,7 @@ class Store:
                                    self.reader.read_manifest)
         self.collector = GarbageCollector(self.path, self.config, self.index, self.committer,
                                           self.backend, self.packs, self.reader, self.catalog,
-                                          self.retention)
+                                          self.retention, self.allocate_pack_id)
         self.verifier = Verifier(self.path, self.index, self.backend, self.reader,
                                  self.catalog, self.signing)
         self.pack_sinks = PackSinks(self.backend, self.allocate_pack_id, self.cipher,
@@ -315,9 +318,28 @@ class Store:
         started = time.monotonic()
         with ingest.aborted_on_error():
             prepared = ingest.prepare_version(src, token_of)
+            self._check_own_packs_stored(prepared)
             report = self.catalog.commit(prepared, metadata, actor)
         report.seconds = time.monotonic() - started
         return report
+
+    def _check_own_packs_stored(self, prepared) -> None:
+        """On a shared store, another machine's gc removes packs nothing references once
+        they are older than the grace period: an ingest prepared longer ago than that
+        (a mount's prepare-ahead of a very long write) may have lost its own packs. It
+        starts over rather than journal a version that names a pack that is gone."""
+        if not self.backend.shared:
+            return
+        uploaded = [w.pack_id for w in prepared.sink.writers if w.closed]  # the last: at commit
+        for pack_id in uploaded:
+            try:
+                self.backend.stat(pack_name(pack_id))
+            except ObjectMissingError:
+                name = version_name(prepared.project, prepared.run, prepared.version)
+                raise ChunksReclaimedError(
+                    f"pack {pack_id:08x} of {name} was removed as a leftover (older than "
+                    "gc.grace_seconds) before its commit; nothing was committed: import it "
+                    "again") from None
 
     def begin_ingest(self, project: str, run: str, version: str) -> Ingest:
         """An ingest of PROJECT/RUN/VERSION to feed file by file (`Ingest.prepare_file`)
