@@ -131,7 +131,8 @@ class IndexRebuilder:
                 continue
         for pack_id, offset, length in places:
             try:
-                raw = self.reader.decoded_at(pack_id, offset, length)
+                raw = self.reader.decoded(self._records().record_at(pack_id, offset, length),
+                                          pack_id)
             except (OSError, StoreError, ValueError):
                 continue
             return self.reader.chunk_id(raw) == manifest_id
