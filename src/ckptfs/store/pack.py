@@ -190,7 +190,7 @@ class PackReader:
     few pack files kept open)."""
 
     def __init__(self, backend: Backend, cached: bool = True):
-        self._reader = backend.open_reader(cached=cached)
+        self._reader = backend.open_reader() if cached else backend.open_reader(cached=False)
 
     def _read(self, pack_id: int, offset: int, length: int) -> bytes:
         try:

@@ -11,7 +11,7 @@ one offline for longer than the gc grace period) replays it: a later gc retired 
 deleted it. Its live records are in the packs that gc wrote: the catch-up looks ahead
 in the journal for them, so the version's manifest is found.
 """
-from .backend import Backend
+from .backend import Backend, LocalBackend
 from .errors import IntegrityError
 from .events import apply
 from .index import Index, Location
@@ -101,10 +101,11 @@ class PackRecords:
         return self.reader.decode_manifest(manifest_id, loc, record)
 
     def record_at(self, pack_id: int, offset: int, length: int):
-        """The record at a place (checked, not decoded). On a shared backend by one exact
+        """The record at a place (checked, not decoded). On an object store by one exact
         ranged GET: through the chunk cache each version's manifest would cost a whole
-        cache block (4 MiB) when a new cache builds its index."""
-        if not self.backend.shared:
+        cache block (4 MiB) when a new cache builds its index. A directory has no such
+        cache (and the reader's open files are what it would reuse)."""
+        if isinstance(self.backend, LocalBackend):
             return self.reader.packs.read(pack_id, offset, length)
         if self._exact is None:
             self._exact = PackReader(self.backend, cached=False)
