@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-from ckptfs.store.config import GcSettings
 from tests.helpers.object_storage import (
     Machine, Relay, after, environment_with, journal_entry_names, listing, machines,
     multipart_uploads, object_names, packs_and_indexes, set_gc_grace)
@@ -203,9 +202,6 @@ def test_a_writer_killed_between_its_packs_and_its_journal_entry(s3_server, s3_s
     assert reader.out("audit verify").startswith("journal ok: 2 entries")
 
 
-# TODO(lead): runs once gc.grace_seconds (branch i15-gc) is merged; skipped before.
-@pytest.mark.skipif(not hasattr(GcSettings(), "grace_seconds"),
-                    reason="gc.grace_seconds is not merged yet (branch i15-gc)")
 def test_gc_removes_what_killed_writers_left_and_aborts_their_uploads(s3_server, s3_store_url,
                                                                       tmp_path):
     writer, other = machines(s3_store_url, tmp_path, "writer", "other")

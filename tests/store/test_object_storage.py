@@ -8,7 +8,6 @@ import subprocess
 import pytest
 
 from ckptfs.store import Store, VersionExistsError
-from ckptfs.store.config import GcSettings
 from tests.helpers.object_storage import (
     REPO_ROOT, Machine, after, helper_process, set_gc_grace, version_bytes)
 from tests.helpers.samples import make_checkpoint
@@ -86,9 +85,6 @@ def test_eight_processes_committing_25_versions_each_keep_one_intact_chain(s3_st
         store.close()
 
 
-# TODO(lead): runs once gc.grace_seconds (branch i15-gc) is merged; skipped before.
-@pytest.mark.skipif(not hasattr(GcSettings(), "grace_seconds"),
-                    reason="gc.grace_seconds is not merged yet (branch i15-gc)")
 def test_imports_that_deduplicate_against_a_version_gc_is_reclaiming(s3_server, s3_store_url,
                                                                      tmp_path):
     """Machine I imports versions sharing every chunk of `base` while machine G deletes
