@@ -91,7 +91,9 @@ class Committer:
         as applied. If the index update fails the entry is taken back."""
         self.settle_journal_tail(strict=True)
         commit_crash_point("before-journal")
-        entry = self.journal.append(event, actor)
+        with self.index.read() as txn:
+            checked_against = self.index.get_int(txn, b"journal_seq")
+        entry = self.journal.append(event, actor, after_seq=checked_against)
         commit_crash_point("after-journal")
         try:
             self.index.commit(lambda txn: apply(self.index, txn, entry, records))

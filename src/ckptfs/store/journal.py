@@ -16,7 +16,7 @@ import os
 import secrets
 from datetime import datetime, timezone
 
-from .backend import JournalLog, last_entry_seq
+from .backend import JournalLog, SeqTakenError, last_entry_seq
 from .errors import IntegrityError, StoreError
 from .users import user_name
 
@@ -119,12 +119,18 @@ class Journal:
             return 0, GENESIS
         return last_entry_seq(line), entry_hash(line)
 
-    def append(self, event: dict, actor: dict | None = None) -> dict:
+    def append(self, event: dict, actor: dict | None = None,
+               after_seq: int | None = None) -> dict:
         """Append one event; the caller holds `locked()`. Durable when this returns.
 
         `actor` ({"uid", "pid"}) is who asked for it when that is not this process (a
-        user of the mount); it defaults to this process."""
+        user of the mount); it defaults to this process. `after_seq`: the last entry the
+        caller's checks saw; SeqTakenError if the journal has gone past it since (on a
+        shared store another machine's entry can land between a catch-up and this append,
+        and chaining onto it would commit a change checked against an older state)."""
         seq, prev = self._tail()
+        if after_seq is not None and seq != after_seq:
+            raise SeqTakenError(f"journal entry {after_seq + 1} was taken by another writer")
         entry = dict(event)
         uid = (actor or {}).get("uid", os.getuid())
         entry.update(seq=seq + 1, prev=prev, time=utc_now(), uid=uid,

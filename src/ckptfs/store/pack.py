@@ -189,8 +189,8 @@ class PackReader:
     """Reads records by (pack id, offset, length) through one backend reader (locally a
     few pack files kept open)."""
 
-    def __init__(self, backend: Backend):
-        self._reader = backend.open_reader()
+    def __init__(self, backend: Backend, cached: bool = True):
+        self._reader = backend.open_reader() if cached else backend.open_reader(cached=False)
 
     def _read(self, pack_id: int, offset: int, length: int) -> bytes:
         try:

@@ -164,10 +164,10 @@ class ChunkReader:
                     "or `ckptfs repair --from DIR`, to heal it")
         return f"{what} is not in the index (lost with a damaged pack?)"
 
-    def decoded_at(self, pack_id: int, offset: int, length: int):
-        """The decoded bytes of the record at a place, not checked against its id (to
-        tell whether it matches: with which key, say)."""
-        record = self.decrypted(self.packs.read(pack_id, offset, length), pack_id)
+    def decoded(self, record, pack_id: int):
+        """The decoded bytes of a record read from pack `pack_id`, not checked against its
+        id (to tell whether it matches: with which key, say)."""
+        record = self.decrypted(record, pack_id)
         return decode(record.codec, record.payload, record.raw_len)
 
     def index_location(self, chunk_id: bytes) -> Location | None:

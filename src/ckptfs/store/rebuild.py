@@ -18,7 +18,7 @@ from .damage import record_missing_chunks
 from .errors import ChunkKeyError, IntegrityError, StoreError
 from .gc import intent_pack_ids
 from .index import INDEX_FORMAT, Index
-from .pack import KIND_MANIFEST, list_pack_ids, scan_pack
+from .pack import KIND_MANIFEST, list_pack_ids, pack_records
 from .private import private_open
 from .replay import PackRecords, index_pack, replay
 
@@ -122,15 +122,17 @@ class IndexRebuilder:
             loc = self.index.get_manifest(txn, manifest_id)
         places = [(loc.pack_id, loc.offset, loc.length)] if loc else []
         for pack_id in [] if loc else entry.get("packs") or []:
-            try:  # no index yet: find the record in the packs the version wrote
+            try:  # no index yet: find the record in the packs the version wrote (from
+                # their index objects on a shared backend: a new cache downloads no pack)
                 places += [(pack_id, rec.offset, rec.length)
-                           for rec in scan_pack(self.backend, pack_id).records
+                           for rec in pack_records(self.backend, pack_id).records
                            if rec.kind == KIND_MANIFEST and rec.record_id == manifest_id]
             except OSError:
                 continue
         for pack_id, offset, length in places:
             try:
-                raw = self.reader.decoded_at(pack_id, offset, length)
+                raw = self.reader.decoded(self._records().record_at(pack_id, offset, length),
+                                          pack_id)
             except (OSError, StoreError, ValueError):
                 continue
             return self.reader.chunk_id(raw) == manifest_id
