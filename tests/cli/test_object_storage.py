@@ -63,8 +63,9 @@ def test_init_of_an_endpoint_that_does_not_answer(s3_store_url, tmp_path):
 
 
 def test_commands_of_a_machine_whose_server_is_down(s3_server, s3_store_url, tmp_path):
-    """Each a one-line error that says the server cannot be reached (and not that the
-    store should be created)."""
+    """What the machine's cache can answer is answered (its index, the chunk cache);
+    everything else is a one-line error that says the server cannot be reached (and not
+    that the store should be created)."""
     relay = Relay(s3_server.port)
     try:
         env = environment_with(AWS_ENDPOINT_URL=relay.endpoint, CKPTFS_S3_MAX_ATTEMPTS=1)
@@ -72,12 +73,20 @@ def test_commands_of_a_machine_whose_server_is_down(s3_server, s3_store_url, tmp
         machine.ckptfs("init", env=env)
         src = make_checkpoint(tmp_path / "src" / "v1", step=1)
         machine.ckptfs("import", src, "p/r/v1", env=env)
+        config = machine.ckptfs("cat", "p/r/v1/config.json", env=env).stdout  # now cached
+        machine.ckptfs("import", make_checkpoint(tmp_path / "src" / "v2", step=2), "p/r/v2",
+                       env=env)  # written, never read: not in the chunk cache
         relay.down()
-        for command, *args in (("ls", "p/r"), ("cat", "p/r/v1/config.json"),
-                               ("import", src, "p/r/v2"), ("tag", "p/r/v1", "production")):
-            error = one_line_error(machine.ckptfs(command, *args, rc=1, env=env))
+        assert "v1" in machine.ckptfs("ls", "p/r", env=env).stdout.decode()
+        assert machine.ckptfs("cat", "p/r/v1/config.json", env=env).stdout == config
+        for command, *args in (("cat", "p/r/v2/optimizer.pt"), ("import", src, "p/r/v3"),
+                               ("tag", "p/r/v1", "production")):
+            error = one_line_error(machine.ckptfs(command, *args, rc=None, env=env))
             assert f"{s3_store_url} cannot be reached ({relay.endpoint}" in error, error
             assert "ckptfs init" not in error, error
+        fresh = Machine(s3_store_url, tmp_path / "fresh")  # nothing cached: nothing to say
+        error = one_line_error(fresh.ckptfs("ls", "p/r", rc=1, env=env))
+        assert f"{s3_store_url} cannot be reached" in error and "ckptfs init" not in error
     finally:
         relay.close()
 

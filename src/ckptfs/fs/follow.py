@@ -35,7 +35,7 @@ class JournalFollower:
 
     def poll(self) -> None:
         try:
-            self.store.committer.catch_up_if_behind()
+            self.store.committer.catch_up_if_behind(when_unreachable="raise")
         except BackendUnavailableError as e:
             if self.unreachable_since is None:
                 self.unreachable_since = time.time()

@@ -231,7 +231,8 @@ class Backend(ABC):
         """Release connections and threads."""
 
     def root_problem(self) -> str | None:
-        """Why there is no store at `location` at all (" is not a directory"), or None."""
+        """Why there is no store at `location` at all (" is not a directory"), or None.
+        Raises BackendUnavailableError when the storage cannot be reached to tell."""
         return None
 
 

@@ -15,7 +15,7 @@ import threading
 from contextlib import contextmanager
 from functools import partial
 
-from .backend import SeqTakenError
+from .backend import BackendUnavailableError, SeqTakenError
 from .damage import record_missing_chunks
 from .errors import IntegrityError, JournalDamagedError
 from .events import apply
@@ -103,13 +103,20 @@ class Committer:
         return entry
 
     # -- an index behind the journal ---------------------------------------------------
-    def catch_up_if_behind(self) -> None:
+    def catch_up_if_behind(self, when_unreachable: str = "go on") -> None:
+        """Apply what others committed since. An object store that cannot be reached
+        is not an error when opening a store (`go on`: reads are answered from the
+        index and the chunk cache) but is for the mount's poll (`raise`: it says so)."""
         with self.index.read() as txn:
             applied = self.index.get_int(txn, b"journal_seq")
         try:
             behind = self.journal.last_seq() > applied or self.journal.torn_tail() is not None
         except IntegrityError:
             return  # a damaged last entry: reads go on from the index, writes are refused
+        except BackendUnavailableError:
+            if when_unreachable == "raise":
+                raise
+            return  # the object store is down: reads go on from the index and the cache
         if behind:
             with self.locked():
                 self.settle_journal_tail(strict=False)

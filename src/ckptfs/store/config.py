@@ -149,6 +149,13 @@ class StoreConfig:
         return cls._from_document(doc, fmt, path)
 
     @classmethod
+    def from_file(cls, path: str) -> "StoreConfig":
+        """Settings from a local copy of a store's ckptfs.toml (a cache dir's)."""
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+        return cls._from_document(doc, doc["format"], path)
+
+    @classmethod
     def _from_document(cls, doc: dict, fmt: int, path: str) -> "StoreConfig":
         """Every setting checked against its rule (SETTING_RULES); the first that breaks
         one is named in the error, with the rule."""

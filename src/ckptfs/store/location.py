@@ -19,7 +19,7 @@ import os
 import re
 from datetime import datetime, timezone
 
-from .backend import Backend, LocalBackend
+from .backend import Backend, BackendUnavailableError, LocalBackend
 from .errors import StoreError
 from .private import make_private_dirs
 
@@ -27,6 +27,7 @@ OBJECT_STORE_SCHEMES = ("s3://",)
 ENV_STORE = "CKPTFS_STORE"
 ENV_CACHE_DIR = "CKPTFS_CACHE_DIR"
 CACHE_RECORD = "cache.json"
+SETTINGS_COPY = "settings.toml"  # the store's ckptfs.toml, as last read from the bucket
 
 
 def is_object_store(store: str) -> bool:
@@ -69,6 +70,33 @@ def open_backend(store: str, cache_dir: str | None = None) -> tuple[str, Backend
         from .s3 import S3Backend  # boto3: loaded only for a store that needs it
         return local, S3Backend(store, local)
     return local, LocalBackend(local)
+
+
+def load_settings(backend: Backend, local: str):
+    """The store's settings from the bucket, kept in the cache dir as well; when the
+    bucket cannot be reached, the copy, so that a machine goes on answering from its
+    index and its chunk cache (writes still need the bucket, and say so)."""
+    from .config import StoreConfig
+    copy = os.path.join(local, SETTINGS_COPY)
+    try:
+        config = StoreConfig.load(backend)
+    except BackendUnavailableError:
+        if not os.path.exists(copy):
+            raise
+        return StoreConfig.from_file(copy)
+    make_private_dirs(local)
+    text = config.to_toml()
+    try:
+        with open(copy) as f:
+            unchanged = f.read() == text
+    except OSError:
+        unchanged = False
+    if not unchanged:
+        fd = os.open(copy + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(copy + ".tmp", copy)
+    return config
 
 
 def store_id(chunk_id_key: bytes) -> str:

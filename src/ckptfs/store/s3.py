@@ -413,7 +413,8 @@ class S3Backend(Backend):
                 return ": access denied"
             return f": the server refused ({code})"
         except _CONNECTION_ERRORS as e:
-            return f" cannot be reached ({self.endpoint}: {e})"
+            # Not "no store here": a machine may go on from its cache (Store.open).
+            raise self.unavailable(e) from None
         except _CREDENTIAL_ERRORS as e:
             return f": {e} (set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
         except boto_errors.BotoCoreError as e:

@@ -43,7 +43,7 @@ from .gc import GarbageCollector
 from .index import Index
 from .ingest import Ingest, IngestReport
 from .journal import Journal
-from .location import bind_cache, is_object_store, open_backend, store_id
+from .location import bind_cache, is_object_store, load_settings, open_backend, store_id
 from .pack import PackReader, pack_name, pack_sizes, random_pack_id, scan_pack
 from .packsink import PackSinks
 from .private import PRIVATE_DIR, make_private_dirs
@@ -217,7 +217,8 @@ class Store:
         store is taken exclusively, and an index that cannot be opened is moved aside."""
         local, backend = open_backend(path, cache_dir)
         try:
-            config = StoreConfig.load(backend)
+            config = load_settings(backend, local) if is_object_store(path) else \
+                StoreConfig.load(backend)
             if backend.shared:
                 bind_cache(local, backend.location, store_id(config.chunk_id_key))
             else:
