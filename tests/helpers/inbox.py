@@ -87,6 +87,14 @@ def stats(mnt: str) -> dict:
         return json.load(f)
 
 
+def stats_once_counted(mnt: str, sealed: int) -> dict:
+    """stats.json once the sealer has counted `sealed` versions since the mount: a
+    version shows under projects/ (and in the inbox as sealed) from its commit on, a
+    moment before the sealer's counters include it."""
+    return wait_for(lambda: (st := stats(mnt))["versions_sealed"] >= sealed and st,
+                    f"{sealed} seal(s) to be counted in stats.json")
+
+
 def read(path) -> bytes:
     with open(path, "rb") as f:
         return f.read()

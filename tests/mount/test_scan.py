@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.helpers.cli import run_cli_checked
-from tests.helpers.inbox import sh, stats, wait_sealed
+from tests.helpers.inbox import sh, stats, stats_once_counted, wait_sealed
 from tests.helpers.mounts import unmount
 from tests.helpers.samples import make_checkpoint, make_hf_checkpoint
 from tests.helpers.scan import evil_checkpoint, evil_state, write, zip_variants
@@ -96,12 +96,13 @@ def test_mount_refuses_it_with_the_finding_in_the_error_file(mounted):
 
     # the fix: a clean optimizer.pt copied over the unsafe one, through the mount; the
     # other files, prepared before the refusal, are not read again
-    reused_before = stats(mounted.mnt)["files_reused_at_seal"]
+    before = stats(mounted.mnt)
     clean = make_hf_checkpoint(mounted.root / "refuse" / "clean", 10)
     copy = sh(f"cp {clean}/optimizer.pt {inbox}/v1/optimizer.pt")
     assert copy.returncode == 0, copy.stderr
     wait_sealed(mounted.mnt, "guarded/r/v1")
-    assert stats(mounted.mnt)["files_reused_at_seal"] - reused_before >= 8  # of 9
+    after = stats_once_counted(mounted.mnt, before["versions_sealed"] + 1)
+    assert after["files_reused_at_seal"] - before["files_reused_at_seal"] >= 8  # of 9
     assert sorted(os.listdir(inbox)) == ["v1"]  # sealed, where it was written
     doc = sidecar_of(mounted.mnt, "guarded/r/v1")
     assert doc["scan"]["status"] == "clean" and doc["warnings"] == []

@@ -537,6 +537,9 @@ class Sealer:
             else:
                 self._seal_failed(key, state, e)
             return
+        # Counted before the spool lets go of it: whoever sees the unit leave the inbox
+        # (it shows under projects/ already) finds it in stats.json too.
+        self._count_sealed(key, version, report)
         await trio.to_thread.run_sync(self._release_sealed, key, state, root, staged, version)
         records.drop_intent(intent)
         self._sealed_ok(key, state, version, report)
@@ -582,6 +585,14 @@ class Sealer:
             self.inbox.hide(run, version, "")
         records.drop_annotations(self.spool, p, r, unit_path)
 
+    def _count_sealed(self, key, version: str, report):
+        p, r, _unit_path, _batch = key
+        self.counters["versions_sealed"] += 1
+        self.last_sealed = f"{p}/{r}/{version}"
+        self.counters["files_reused_at_seal"] += report.stats.prepared_files
+        self.counters["bytes_stored"] += report.stats.new_stored_bytes
+        self.counters["bytes_sealed"] += report.stats.logical_bytes
+
     def _sealed_ok(self, key, state: UnitState, version: str, report):
         p, r, unit_path, batch = key
         run = (p, r)
@@ -598,11 +609,6 @@ class Sealer:
         self.inbox.forget_view(run)
         self._keep_request_made_while_sealing(run, state)
         self._forget_provenance_if_done(run, provenance_key(state.unit))
-        self.counters["versions_sealed"] += 1
-        self.last_sealed = f"{p}/{r}/{version}"
-        self.counters["files_reused_at_seal"] += report.stats.prepared_files
-        self.counters["bytes_stored"] += report.stats.new_stored_bytes
-        self.counters["bytes_sealed"] += report.stats.logical_bytes
         log.info("sealed %s/%s/%s (written at inbox/%s/%s/%s): %d files (%d prepared ahead), "
                  "%d bytes, %d new stored", p, r, version, p, r, unit_path, report.files,
                  report.stats.prepared_files, report.stats.logical_bytes,
