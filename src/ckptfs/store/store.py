@@ -387,16 +387,25 @@ class Store:
 
     # -- stats --------------------------------------------------------------------------
     def stats(self) -> dict:
+        """The store's figures: the index's (`index_stats`) and its packs' on storage."""
+        st = self.index_stats()
+        try:
+            sizes = pack_sizes(self.backend)
+        except BackendUnavailableError:
+            sizes = None  # the object store is down: the index's figures are still known
+        pack_bytes = sum((sizes or {}).values())
+        st.update(packs=len(sizes or ()), pack_bytes=pack_bytes,
+                  total_ratio=st["logical_bytes"] / pack_bytes if pack_bytes else 1.0)
+        return st
+
+    def index_stats(self) -> dict:
+        """The figures the index alone knows, without listing the packs (a walk of the
+        packs' directory, or LIST requests to an object store): the mount's stats.json."""
         versions = self.catalog.all_versions()
         with self.index.read() as txn:
             chunks = self.index.get_int(txn, b"chunk_count")
             unique_raw = self.index.get_int(txn, b"chunk_raw_bytes")
             stored = self.index.get_int(txn, b"chunk_stored_bytes")
-        try:
-            sizes = pack_sizes(self.backend)
-        except BackendUnavailableError:
-            sizes = None  # the object store is down: the index's figures are still known
-        pack_ids, pack_bytes = list(sizes or ()), sum((sizes or {}).values())
         logical = sum(v["logical_bytes"] for v in versions)
         return {
             "projects": len({v["project"] for v in versions}),
@@ -408,11 +417,8 @@ class Store:
             "chunks": chunks,
             "unique_bytes": unique_raw,
             "stored_bytes": stored,
-            "packs": len(pack_ids),
-            "pack_bytes": pack_bytes,
             "dedup_ratio": logical / unique_raw if unique_raw else 1.0,
             "compression_ratio": unique_raw / stored if stored else 1.0,
-            "total_ratio": logical / pack_bytes if pack_bytes else 1.0,
         }
 
     # -- the parts' methods ---------------------------------------------------------------
