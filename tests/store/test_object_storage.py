@@ -97,8 +97,14 @@ def test_imports_that_deduplicate_against_a_version_gc_is_reclaiming(s3_server, 
         shutil.copytree(base, copy, symlinks=True)
         (copy / "note.txt").write_text(f"version {i}\n")
         sources.append(str(copy))
+    newer = tmp_path / "src" / "newer"
+    newer.mkdir()
+    (newer / "note.txt").write_text("a later version, so that `base` is not the newest\n")
     with Store.init(s3_store_url, cache_dir=str(tmp_path / "cache-i")) as store:
-        store.import_directory(base, "p", "r", "base")
+        # `base` lives in a run of its own with a newer version after it: whichever of
+        # the delete and the imports comes first, `base` may be deleted
+        store.import_directory(base, "p", "old", "base")
+        store.import_directory(newer, "p", "old", "newer")
     set_gc_grace(s3_server, s3_store_url, 0)
     go = tmp_path / "go"
     importer = subprocess.Popen(helper_process("import_all", s3_store_url,
@@ -106,7 +112,7 @@ def test_imports_that_deduplicate_against_a_version_gc_is_reclaiming(s3_server, 
                                 cwd=REPO_ROOT, stderr=subprocess.PIPE)
     g = Machine(s3_store_url, tmp_path / "cache-g")
     collector = subprocess.Popen(after(
-        go, g.command_line("delete", "p/r/base", "--reason", "old"), g.command_line("gc"),
+        go, g.command_line("delete", "p/old/base", "--reason", "old"), g.command_line("gc"),
         g.command_line("gc")), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     go.touch()
     assert importer.wait(timeout=300) == 0, importer.stderr.read().decode()
