@@ -6,20 +6,33 @@ boundaries: the header is one segment, and each tensor's data is cut into fixed 
 aligned to the tensor's start, so a tensor that did not change between checkpoints
 dedups whole, and block i of a tensor lines up with block i of the same tensor in the
 previous checkpoint (which the XOR-delta codec relies on).
+
+A zip archive (what `torch.save` writes: each tensor's storage is a stored, uncompressed
+entry) is cut on its stored entries' boundaries the same way, in fixed blocks aligned to
+each entry's data, so every chunk of a storage starts on an element and the codec can
+group its numbers; the codec guesses their type (fp32, most of an optimizer's state).
+Everything else of the archive (headers, the pickle, the central directory) is cut by
+content.
 """
+import io
 import json
 import os
 import struct
+import zipfile
 from dataclasses import dataclass
 
 from pyfastcdc import FastCDC
 
 # Element width of safetensors dtypes whose bytes group by significance (floats).
-FLOAT_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+FLOAT_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1}
 DTYPE_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                 "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
                 "F8_E4M3": 1, "F8_E5M2": 1}
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
+ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")   # signature, ..., name length, extra length
+MIN_ZIP_FILE = 1 << 20       # smaller archives are cut by content alone
+MIN_ZIP_ENTRY = 64 * 1024    # smaller entries stay in the content-defined segments
 
 
 @dataclass(frozen=True)
@@ -29,6 +42,7 @@ class Segment:
     fixed_block: int = 0      # >0: cut into blocks of this size; 0: content-defined
     width: int = 0            # element width of a float tensor (for the codec), else 0
     tensor: str | None = None # tensor name, for safetensors data segments
+    dtype: str | None = None  # the tensor's safetensors dtype (for the codec), if known
 
 
 @dataclass(frozen=True)
@@ -95,11 +109,59 @@ def plan_segments(layout: SafetensorsLayout | None, file_size: int, tensor_block
             width = FLOAT_WIDTHS.get(dtype, 0)
             item = DTYPE_WIDTHS.get(dtype, 1)
             block = max(item, tensor_block - tensor_block % item)
-            segments.append(Segment(start, end - start, fixed_block=block, width=width, tensor=name))
+            segments.append(Segment(start, end - start, fixed_block=block, width=width,
+                                    tensor=name, dtype=dtype))
         pos = end
     if pos < file_size:
         segments.append(Segment(pos, file_size - pos))
     return segments
+
+
+def plan_zip_segments(entries: list[tuple[int, int]], file_size: int,
+                      tensor_block: int) -> list[Segment]:
+    """Cover [0, file_size) with segments: each (start, end) of `entries` (sorted, not
+    overlapping) in fixed blocks of a multiple of 8 bytes, the rest by content."""
+    block = max(8, tensor_block - tensor_block % 8)
+    segments = []
+    pos = 0
+    for start, end in entries:
+        if start > pos:
+            segments.append(Segment(pos, start - pos))
+        segments.append(Segment(start, end - start, fixed_block=block))
+        pos = end
+    if pos < file_size:
+        segments.append(Segment(pos, file_size - pos))
+    return segments
+
+
+def stored_zip_entries(file, file_size: int) -> list[tuple[int, int]]:
+    """(start, end) of the data of every large stored entry of the zip archive in the
+    binary `file`, sorted; [] if it is not a zip archive `zipfile` can read. Entries
+    whose local header or data lie outside the file, or overlap, make it [] too: then
+    the file is cut by content like any other, so a damaged archive is stored as is."""
+    try:
+        with zipfile.ZipFile(file) as archive:
+            infos = [i for i in archive.infolist()
+                     if i.compress_type == zipfile.ZIP_STORED and i.file_size >= MIN_ZIP_ENTRY]
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        return []
+    entries = []
+    for info in infos:
+        file.seek(info.header_offset)
+        local = file.read(ZIP_LOCAL_HEADER.size)
+        if len(local) != ZIP_LOCAL_HEADER.size:
+            return []
+        signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(local)
+        start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
+        end = start + info.compress_size
+        if signature != ZIP_LOCAL_SIGNATURE or info.compress_size != info.file_size \
+                or end > file_size:
+            return []
+        entries.append((start, end))
+    entries.sort()
+    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(entries, entries[1:])):
+        return []
+    return entries
 
 
 class Chunker:
@@ -198,8 +260,27 @@ class FileReader:
             return parse_safetensors_header(self.read(0, header_size), self.size)
         return None
 
+    def zip_entries(self) -> list[tuple[int, int]]:
+        """The large stored entries of a zip archive (a torch.save file), else []."""
+        if self.size < MIN_ZIP_FILE or self.read(0, 4) != ZIP_LOCAL_SIGNATURE:
+            return []
+        try:
+            with io.FileIO(os.dup(self.fd), "rb") as file:
+                entries = stored_zip_entries(file, self.size)
+        except OSError as e:
+            raise self._failed(e) from None
+        return entries
+
+    def segments(self, layout, tensor_block: int) -> list[Segment]:
+        """How the file is cut: by its tensors, a zip archive's entries, or content."""
+        if layout is None:
+            entries = self.zip_entries()
+            if entries:
+                return plan_zip_segments(entries, self.size, tensor_block)
+        return plan_segments(layout, self.size, tensor_block)
+
     def chunks(self, chunker, layout, tensor_block: int):
         """(segment, offset, bytes) of every chunk of the file, in order."""
-        for segment in plan_segments(layout, self.size, tensor_block):
+        for segment in self.segments(layout, tensor_block):
             for offset, data in chunker.cut(segment, self.read, self.readinto):
                 yield segment, offset, data

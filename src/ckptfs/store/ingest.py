@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from .chunking import Chunker, FileReader
-from .codec import XOR_DELTA, ZSTD, Encoder, delta_base_id
+from .codec import ZSTD, Encoder, delta_base_id, is_delta
 from .errors import SourceError, StoreFullError
 from .index import Location
 from .pack import KIND_CHUNK, KIND_MANIFEST
@@ -383,7 +383,7 @@ class Ingest:
                 self.stats.logical_bytes += len(data)  # totals are redone at the end
                 if not self._is_stored(chunk_id):
                     base = delta_bases.get(offset)
-                    future = pool.submit(self._encode, data, segment.width, base)
+                    future = pool.submit(self._encode, data, segment.width, base, segment.dtype)
                     inflight.append((chunk_id, len(data), future))
                     self.pending_ids.add(chunk_id)
                     while len(inflight) > MAX_INFLIGHT:
@@ -412,20 +412,21 @@ class Ingest:
         return (chunk_id in self.session_chunks or chunk_id in self.pending_ids
                 or self.is_stored(chunk_id))
 
-    def _encode(self, data, width: int, base_chunk_id):
-        """Runs on a worker: the smallest of a delta against the base and a plain encode."""
+    def _encode(self, data, width: int, base_chunk_id, dtype: str | None = None):
+        """Runs on a worker: the smallest of a delta against the base and a plain encode.
+        `width` and `dtype` are the chunk's element size and type, when known."""
         if base_chunk_id is not None:
             keyframe = self.deltas.keyframe(base_chunk_id)
             if keyframe is not None:
                 base_id, base_bytes = keyframe
-                delta = self.encoder.encode_delta(data, base_bytes, base_id, width or 4)
+                delta = self.encoder.encode_delta(data, base_bytes, base_id, width or 4, dtype)
                 if delta is not None and len(delta[1]) < 0.6 * len(data):
                     return delta
-                plain = self.encoder.encode(data, width)
+                plain = self.encoder.encode(data, width, dtype)
                 if delta is not None and len(delta[1]) < len(plain[1]):
                     return delta
                 return plain
-        return self.encoder.encode(data, width)
+        return self.encoder.encode(data, width, dtype)
 
     def _write_encoded(self, chunk_id, raw_len, future):
         codec_id, payload = future.result()
@@ -435,6 +436,6 @@ class Ingest:
         self.stats.new_chunks += 1
         self.stats.new_raw_bytes += raw_len
         self.stats.new_stored_bytes += loc.length
-        if codec_id == XOR_DELTA:
+        if is_delta(codec_id):
             self.stats.delta_chunks += 1
             self.delta_base_of[chunk_id] = delta_base_id(codec_id, payload)

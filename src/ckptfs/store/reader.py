@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 
-from .codec import XOR_DELTA, decode, delta_base_id
+from .codec import decode, delta_base_id, is_delta
 from .damage import note_damaged_chunk
 from .errors import IntegrityError, PackMissingError
 from .index import Index, Location
@@ -278,7 +278,7 @@ class ChunkReader:
 
     def _decode_record(self, chunk_id: bytes, record, cache: bool) -> bytes:
         base = None
-        if record.codec == XOR_DELTA:
+        if is_delta(record.codec):
             # Outside the try below: damage in the base is the base's pack's, not ours.
             base = self._read_delta_base(delta_base_id(record.codec, record.payload))
         try:
@@ -299,7 +299,7 @@ class ChunkReader:
         # Decoded from the record read here (not by read_chunk: it would read and decrypt
         # the record a second time).
         record = self.read_record(base_id)
-        if record.codec == XOR_DELTA:
+        if is_delta(record.codec):
             raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
         return self._decode_record(base_id, record, cache=True)
 

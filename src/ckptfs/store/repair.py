@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass, field
 
 from .chunking import Chunker, FileReader
-from .codec import XOR_DELTA, Encoder, decode, delta_base_id
+from .codec import Encoder, decode, delta_base_id, is_delta
 from .damage import refresh_version_damage
 from .errors import IntegrityError, StoreError
 from .events import store_repaired
@@ -132,7 +132,7 @@ class Repair:
         try:
             record = self.reader.decrypted(self.packs.read(pack_id, rec.offset, rec.length),
                                            pack_id)
-            if record.codec == XOR_DELTA:
+            if is_delta(record.codec):
                 return None  # its base may be the damaged chunk: only plain copies are taken
             data = bytes(decode(record.codec, record.payload, record.raw_len))
         except (OSError, StoreError, ValueError):
