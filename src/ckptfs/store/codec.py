@@ -21,25 +21,25 @@ FLOAT. A float's top 16 bits hold its sign, its exponent and its top mantissa bi
 (bf16 is just those 16 bits; fp32 adds two mantissa bytes, fp64 six). Byte grouping
 puts the sign and 7 exponent bits in one byte and the last exponent bit with the
 mantissa in the next, which doubles the exponent byte's alphabet and spoils the
-mantissa's. FLOAT instead rotates each element left by `rotate` bits so that its top
-byte is the *exponent byte*: for fp32 and bf16 (rotate 3) the low 6 exponent bits and
-the top 2 mantissa bits; fp16 (rotate 1) all 5 exponent bits and 3 mantissa bits; fp64
-(rotate 6) the low 6 of 11 exponent bits and 2 mantissa bits. Trained weights and
-optimizer states use a few dozen exponents, so the exponent's top bits are nearly
-constant and are better left out of that byte (they and the sign wrap round into the
-lowest byte, above the lowest mantissa bits), and the top mantissa bits depend on the
-exponent, so a Huffman code of the exponent byte codes them jointly. The rotated
-elements are then byte-grouped, most significant byte first, and each plane is
-Huffman-coded by zstd (matches of 7 bytes at least: shorter ones cost more than the
-literals they replace) if that saves anything. fp8 is one plane, unrotated: the Huffman
-code of its byte already is the joint code of sign, exponent and mantissa. A rotation
-is a bijection and commutes with XOR, so FLOAT_DELTA decodes the XOR of the rotated
-elements and applies the base while rotating back.
+mantissa's. FLOAT instead rotates each element's top 16 bits left by `rotate` bits so
+that its top byte is the *exponent byte*: for fp32 and bf16 (rotate 3) the low 6
+exponent bits and the top 2 mantissa bits; fp16 (rotate 1) all 5 exponent bits and 3
+mantissa bits; fp64 (rotate 6) the low 6 of 11 exponent bits and 2 mantissa bits.
+Trained weights and optimizer states use a few dozen exponents, so the exponent's top
+bits are nearly constant and are better left out of that byte (they and the sign wrap
+round into the next byte, above the mantissa bits that follow the exponent byte), and
+the top mantissa bits depend on the exponent, so a Huffman code of the exponent byte
+codes them jointly. The elements are then byte-grouped, most significant byte first,
+and each plane is Huffman-coded by zstd (matches of 7 bytes at least: shorter ones
+cost more than the literals they replace) if that saves anything. fp8 is one plane, not
+rotated: the Huffman code of its byte already is the joint code of sign, exponent and
+mantissa. A rotation is a bijection and commutes with XOR, so FLOAT_DELTA decodes the
+XOR of the rotated elements and applies the base as it puts each plane in place.
 
     FLOAT payload: width u8, rotate u8, mask u8 (bit i: plane i is zstd), tail u8 (the
     bytes after the last whole element, 0..width-1), `width` u32 plane lengths, the
-    planes (byte width-1 of every rotated element, then byte width-2, ..., byte 0),
-    then the tail bytes as they are.
+    planes (byte width-1 of every element after the rotation, then byte width-2, ...,
+    byte 0), then the tail bytes as they are.
 
 numpy is imported by the functions that use it, not with the module: the store (and every
 CLI command) imports this module, most commands never encode or decode a chunk, and numpy
@@ -63,8 +63,8 @@ CODEC_NAMES = {RAW: "raw", ZSTD: "zstd", BYTEGROUP: "bytegroup", XOR_DELTA: "xor
 DELTA_CODECS = frozenset({XOR_DELTA, FLOAT_DELTA})
 BASE_ID_BYTES = 32
 
-# A float type's (width in bytes, left rotation that makes its top byte the exponent
-# byte: the exponent's low 6 bits, or all of them if fewer, then top mantissa bits).
+# A float type's (width in bytes, left rotation of its top 16 bits that makes its top
+# byte the exponent byte: the exponent's low 6 bits, or all if fewer, then mantissa).
 FLOAT_LAYOUTS = {"F64": (8, 6), "F32": (4, 3), "BF16": (2, 3), "F16": (2, 1),
                  "F8_E4M3": (1, 0), "F8_E5M2": (1, 0)}
 # The layout taken for numbers of a known width and unknown type (a guess: IEEE-like).
@@ -122,11 +122,24 @@ def _float_planes(data, width: int, rotate: int) -> list:
     """The FLOAT planes of the whole elements of `data` (numpy uint8 arrays)."""
     import numpy as np
     n = len(data) // width
-    elems = np.frombuffer(data, dtype=_uint(width), count=n)
-    if rotate:
-        elems = (elems << rotate) | (elems >> (8 * width - rotate))
-    grouped = elems.view(np.uint8).reshape(n, width)
-    return [grouped[:, i] for i in range(width - 1, -1, -1)]
+    grouped = np.frombuffer(data, dtype=np.uint8, count=n * width).reshape(n, width)
+    if width == 1:
+        return [grouped[:, 0]]
+    top = grouped[:, width - 2:].view("<u2")[:, 0]
+    top = (top << rotate) | (top >> (16 - rotate))
+    planes = [(top >> 8).astype(np.uint8), top.astype(np.uint8)]
+    return planes + [grouped[:, i] for i in range(width - 3, -1, -1)]
+
+
+def _scratch(n: int):
+    """This thread's scratch arrays: two of `n` uint16 and one of `n` uint8 (fresh arrays
+    for every temporary cost as much as the arithmetic)."""
+    import numpy as np
+    held = getattr(_local, "scratch", None)
+    if held is None or len(held[2]) < n:
+        held = _local.scratch = (np.empty(n, dtype=np.uint16), np.empty(n, dtype=np.uint16),
+                                 np.empty(n, dtype=np.uint8))
+    return held[0][:n], held[1][:n], held[2][:n]
 
 
 class Encoder:
@@ -231,7 +244,7 @@ def _decode_bytegroup(payload, raw_len: int) -> memoryview:
 def _float_plane_bodies(payload: memoryview, raw_len: int):
     """(width, rotate, decoded planes, tail bytes) of a FLOAT payload."""
     width, rotate, mask, tail = _FLOAT_HEAD.unpack_from(payload)
-    if width not in (1, 2, 4, 8) or rotate >= 8 * width or tail != raw_len % width:
+    if width not in (1, 2, 4, 8) or rotate > (8 if width > 1 else 0) or tail != raw_len % width:
         raise ValueError("bad float header")
     lengths = struct.unpack_from(f"<{width}I", payload, _FLOAT_HEAD.size)
     pos = _FLOAT_HEAD.size + 4 * width
@@ -255,32 +268,60 @@ def _float_plane_bodies(payload: memoryview, raw_len: int):
 
 
 def _decode_float(payload, raw_len: int, base=None) -> memoryview:
-    """The raw bytes of a FLOAT payload, XORed with `base` (same length) if given: the
-    XOR is one of the steps that rotate the elements back, not a pass of its own."""
+    """The raw bytes of a FLOAT payload, XORed with `base` (same length) if given: each
+    plane is XORed as it is put in place, not in a pass of its own."""
     import numpy as np
     width, rotate, planes, tail = _float_plane_bodies(memoryview(payload), raw_len)
     n = raw_len // width
     flat = np.empty(raw_len, dtype=np.uint8)
     grouped = flat[:n * width].reshape(n, width)
-    for plane, column in zip(planes, range(width - 1, -1, -1)):
-        grouped[:, column] = np.frombuffer(plane, dtype=np.uint8)
-    elems = flat[:n * width].view(_uint(width))
-    based = None if base is None else np.frombuffer(base, dtype=_uint(width), count=n)
-    if rotate:
-        wrapped = elems << (8 * width - rotate)  # the bits that went round, back on top
-        elems >>= rotate
-        if based is None:
-            elems |= wrapped
-        else:
-            wrapped ^= based  # (a | b) ^ c == a ^ (b ^ c) when a and b share no bit
-            elems ^= wrapped
-    elif based is not None:
-        elems ^= based
+    based = None if base is None else \
+        np.frombuffer(base, dtype=np.uint8, count=n * width).reshape(n, width)
+    columns = range(width - 1, -1, -1)
+    if width > 1:
+        _put_top16(grouped, based, planes[0], planes[1], rotate)
+        planes, columns = planes[2:], columns[2:]
+    for plane, column in zip(planes, columns):
+        _put(grouped[:, column], np.frombuffer(plane, dtype=np.uint8),
+             None if based is None else based[:, column])
     if len(tail):
-        flat[n * width:] = np.frombuffer(tail, dtype=np.uint8)
-        if base is not None:
-            flat[n * width:] ^= np.frombuffer(base, dtype=np.uint8)[n * width:]
+        _put(flat[n * width:], np.frombuffer(tail, dtype=np.uint8),
+             None if base is None else np.frombuffer(base, dtype=np.uint8)[n * width:])
     return _read_only_view(flat)
+
+
+def _put(target, values, base) -> None:
+    """target = values, or values XOR base."""
+    if base is None:
+        target[...] = values
+    else:
+        import numpy as np
+        np.bitwise_xor(values, base, out=target)
+
+
+def _put_top16(grouped, based, exponent_plane, rest_plane, rotate: int) -> None:
+    """Each element's top 16 bits (XOR the base's) from its two top planes: the 16 bits
+    exponent byte << 8 | rest byte, rotated right by `rotate`, computed as three shifts
+    of the planes so that no array of the 16-bit values is made first."""
+    import numpy as np
+    width = grouped.shape[1]
+    top = grouped[:, width - 2:].view("<u2")[:, 0]
+    exponent_byte = np.frombuffer(exponent_plane, dtype=np.uint8)
+    rest = np.frombuffer(rest_plane, dtype=np.uint8)
+    acc, wrapped, low = _scratch(len(rest))
+    # Arithmetic on a strided array is three times slower: wider elements are computed
+    # in a scratch array and copied into place in the last step.
+    if width == 2:
+        acc = top
+    np.left_shift(exponent_byte, 8 - rotate, out=acc, dtype=np.uint16)
+    np.left_shift(rest, 16 - rotate, out=wrapped, dtype=np.uint16)  # u16: bits beyond go
+    acc |= wrapped
+    np.right_shift(rest, rotate, out=low)
+    if based is not None:
+        acc |= low
+        np.bitwise_xor(acc, based[:, width - 2:].view("<u2")[:, 0], out=top)
+    else:
+        np.bitwise_or(acc, low, out=top)
 
 
 def _read_only_view(array: "numpy.ndarray") -> memoryview:  # noqa: F821
