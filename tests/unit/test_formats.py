@@ -15,38 +15,7 @@ from ckptfs.store.journal import GENESIS, Journal
 from ckptfs.store.pack import KIND_CHUNK, PackWriter, pack_name, parse_record, scan_pack
 
 
-@pytest.mark.parametrize("data, width, expect", [
-    (b"", 0, codecs.RAW),
-    (os.urandom(1 << 20), 0, codecs.RAW),
-    (b"checkpoint " * 50_000, 0, codecs.ZSTD),
-    (np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32).tobytes(), 4, codecs.BYTEGROUP),
-    (np.random.default_rng(1).standard_normal(1 << 18).astype(np.float32).tobytes(), 0, codecs.BYTEGROUP),
-    (np.random.default_rng(2).standard_normal(1 << 18).astype(np.float16).tobytes(), 2, codecs.BYTEGROUP),
-    (np.random.default_rng(3).standard_normal(1 << 17).astype(np.float64).tobytes(), 8, codecs.BYTEGROUP),
-])
-def test_codec_round_trip_and_choice(data, width, expect):
-    codec_id, payload = codecs.Encoder().encode(data, width)
-    assert codec_id == expect
-    assert codecs.decode(codec_id, payload, len(data)) == data
-    assert len(payload) <= len(data)
-
-
-def test_float_mantissa_planes_stay_raw():
-    data = np.random.default_rng(0).standard_normal(1 << 18).astype(np.float32).tobytes()
-    _, payload = codecs.Encoder().encode(data, 4)
-    mask = payload[1]
-    assert mask == 0b1000  # only the sign/exponent plane is compressed
-
-
-def test_xor_delta_round_trip():
-    rng = np.random.default_rng(0)
-    base = rng.standard_normal(1 << 18).astype(np.float32)
-    new = base + rng.standard_normal(base.shape).astype(np.float32) * 1e-4
-    codec_id, payload = codecs.Encoder().encode_delta(new.tobytes(), base.tobytes(), b"B" * 32, 4)
-    assert codec_id == codecs.XOR_DELTA and len(payload) < 0.6 * new.nbytes
-    loaded = []
-    out = codecs.decode(codec_id, payload, new.nbytes, lambda i: loaded.append(i) or base.tobytes())
-    assert out == new.tobytes() and loaded == [b"B" * 32]
+# The codecs themselves: tests/unit/test_codec.py.
 
 
 def test_damaged_payload_never_decodes_to_wrong_bytes():

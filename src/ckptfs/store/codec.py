@@ -193,6 +193,12 @@ class Encoder:
             layout = GUESSED_LAYOUT
         if layout is not None:
             payload = self.float_payload(data, *layout)
+            if len(payload) * 2 < n:
+                # Unusually compressible for floats (a constant, padding, text): zstd's
+                # matches may do better than Huffman codes of the planes.
+                packed = _compressor(self.level).compress(data)
+                if len(packed) < len(payload):
+                    return ZSTD, packed
             if len(payload) <= n * self.keep_ratio:
                 return FLOAT, payload
         packed = self._zstd_or_none(data)
