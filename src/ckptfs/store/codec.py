@@ -274,25 +274,35 @@ def _float_plane_bodies(payload: memoryview, raw_len: int):
 
 
 def _decode_float(payload, raw_len: int, base=None) -> memoryview:
-    """The raw bytes of a FLOAT payload, XORed with `base` (same length) if given: each
-    plane is XORed as it is put in place, not in a pass of its own."""
+    """The raw bytes of a FLOAT payload, XORed with `base` (same length) if given.
+
+    The XOR is fused where the output is written contiguously (elements of 1 or 2 bytes:
+    it is the step that writes them). Wider elements are written a byte plane at a time
+    on a stride, and XORing the base in there too (reading the base on the same stride)
+    was measured slower than one contiguous in-place XOR over the output once the planes
+    are in: 1.3 against 1.2 ms per MiB of fp32. Either way no array is made besides the
+    output."""
     import numpy as np
     width, rotate, planes, tail = _float_plane_bodies(memoryview(payload), raw_len)
     n = raw_len // width
     flat = np.empty(raw_len, dtype=np.uint8)
     grouped = flat[:n * width].reshape(n, width)
-    based = None if base is None else \
-        np.frombuffer(base, dtype=np.uint8, count=n * width).reshape(n, width)
-    columns = range(width - 1, -1, -1)
-    if width > 1:
+    base_bytes = None if base is None else np.frombuffer(base, dtype=np.uint8)
+    fused = base_bytes if width <= 2 else None
+    based = None if fused is None else base_bytes[:n * width].reshape(n, width)
+    if width == 1:
+        _put(flat[:n], np.frombuffer(planes[0], dtype=np.uint8), fused)
+    else:
         _put_top16(grouped, based, planes[0], planes[1], rotate)
-        planes, columns = planes[2:], columns[2:]
-    for plane, column in zip(planes, columns):
-        _put(grouped[:, column], np.frombuffer(plane, dtype=np.uint8),
-             None if based is None else based[:, column])
+    for plane, column in zip(planes[2:], range(width - 3, -1, -1)):
+        grouped[:, column] = np.frombuffer(plane, dtype=np.uint8)
     if len(tail):
-        _put(flat[n * width:], np.frombuffer(tail, dtype=np.uint8),
-             None if base is None else np.frombuffer(base, dtype=np.uint8)[n * width:])
+        flat[n * width:] = np.frombuffer(tail, dtype=np.uint8)
+    if base_bytes is not None:
+        if fused is None:
+            flat ^= base_bytes
+        elif len(tail):
+            flat[n * width:] ^= base_bytes[n * width:]
     return _read_only_view(flat)
 
 
