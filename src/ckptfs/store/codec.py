@@ -12,10 +12,11 @@ decodes (the store's records are on disk).
     XOR_DELTA    (read only) the chunk XOR a base chunk of the same length, then
                  byte-grouped. Payload: base id (32 bytes), then a BYTEGROUP payload.
     FLOAT        floats split into an exponent plane and mantissa planes (below).
-    FLOAT_DELTA  the chunk XOR a base chunk of the same length (the same tensor block
-                 in an earlier checkpoint), FLOAT-coded. Payload: base id (32 bytes),
-                 then a FLOAT payload. A base is never itself a delta, so a read
-                 decodes at most two chunks.
+    FLOAT_DELTA  the chunk's difference from a base chunk of the same length (the same
+                 tensor block in an earlier checkpoint): each element minus the base's,
+                 as integers, zigzag-coded, then FLOAT-coded without rotation. Payload:
+                 base id (32 bytes), then that FLOAT payload. A base is never itself a
+                 delta, so a read decodes at most two chunks.
 
 FLOAT. A float's top 16 bits hold its sign, its exponent and its top mantissa bits
 (bf16 is just those 16 bits; fp32 adds two mantissa bytes, fp64 six). Byte grouping
@@ -33,8 +34,13 @@ codes them jointly. The elements are then byte-grouped, most significant byte fi
 and each plane is Huffman-coded by zstd (matches of 7 bytes at least: shorter ones
 cost more than the literals they replace) if that saves anything. fp8 is one plane, not
 rotated: the Huffman code of its byte already is the joint code of sign, exponent and
-mantissa. A rotation is a bijection and commutes with XOR, so FLOAT_DELTA decodes the
-XOR of the rotated elements and applies the base as it puts each plane in place.
+mantissa.
+
+A difference rather than an XOR for deltas: an update that carries into a higher bit
+flips all the bits between in an XOR and changes the difference by one; zigzag coding
+keeps a small negative difference's high bytes zero as well. Measured on the corpus's
+fine-tuning checkpoints: deltas 19 % smaller than FLOAT-coded XORs, for one more pass
+over the output when decoding (un-zigzag and add: four numpy steps).
 
     FLOAT payload: width u8, rotate u8, mask u8 (bit i: plane i is zstd), tail u8 (the
     bytes after the last whole element, 0..width-1), `width` u32 plane lengths, the
@@ -218,10 +224,9 @@ class Encoder:
         layout = float_layout(dtype, width)
         if len(base) != len(data) or layout is None:
             return None
-        import numpy as np
-        xored = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8),
-                               np.frombuffer(base, dtype=np.uint8))
-        return FLOAT_DELTA, base_id + self.float_payload(xored.data, *layout)
+        width = layout[0]
+        difference = _zigzag_difference(data, base, width)
+        return FLOAT_DELTA, base_id + self.float_payload(difference, width, 0)
 
 
 def _decode_bytegroup(payload, raw_len: int) -> memoryview:
@@ -273,52 +278,28 @@ def _float_plane_bodies(payload: memoryview, raw_len: int):
     return width, rotate, planes, payload[pos:]
 
 
-def _decode_float(payload, raw_len: int, base=None) -> memoryview:
-    """The raw bytes of a FLOAT payload, XORed with `base` (same length) if given.
-
-    The XOR is fused where the output is written contiguously (elements of 1 or 2 bytes:
-    it is the step that writes them). Wider elements are written a byte plane at a time
-    on a stride, and XORing the base in there too (reading the base on the same stride)
-    was measured slower than one contiguous in-place XOR over the output once the planes
-    are in: 1.3 against 1.2 ms per MiB of fp32. Either way no array is made besides the
-    output."""
+def _decode_float(payload, raw_len: int):
+    """The raw bytes of a FLOAT payload, as a writable array."""
     import numpy as np
     width, rotate, planes, tail = _float_plane_bodies(memoryview(payload), raw_len)
     n = raw_len // width
     flat = np.empty(raw_len, dtype=np.uint8)
     grouped = flat[:n * width].reshape(n, width)
-    base_bytes = None if base is None else np.frombuffer(base, dtype=np.uint8)
-    fused = base_bytes if width <= 2 else None
-    based = None if fused is None else base_bytes[:n * width].reshape(n, width)
     if width == 1:
-        _put(flat[:n], np.frombuffer(planes[0], dtype=np.uint8), fused)
+        flat[:n] = np.frombuffer(planes[0], dtype=np.uint8)
     else:
-        _put_top16(grouped, based, planes[0], planes[1], rotate)
+        _put_top16(grouped, planes[0], planes[1], rotate)
     for plane, column in zip(planes[2:], range(width - 3, -1, -1)):
         grouped[:, column] = np.frombuffer(plane, dtype=np.uint8)
     if len(tail):
         flat[n * width:] = np.frombuffer(tail, dtype=np.uint8)
-    if base_bytes is not None:
-        if fused is None:
-            flat ^= base_bytes
-        elif len(tail):
-            flat[n * width:] ^= base_bytes[n * width:]
-    return _read_only_view(flat)
+    return flat, width
 
 
-def _put(target, values, base) -> None:
-    """target = values, or values XOR base."""
-    if base is None:
-        target[...] = values
-    else:
-        import numpy as np
-        np.bitwise_xor(values, base, out=target)
-
-
-def _put_top16(grouped, based, exponent_plane, rest_plane, rotate: int) -> None:
-    """Each element's top 16 bits (XOR the base's) from its two top planes: the 16 bits
-    exponent byte << 8 | rest byte, rotated right by `rotate`, computed as three shifts
-    of the planes so that no array of the 16-bit values is made first."""
+def _put_top16(grouped, exponent_plane, rest_plane, rotate: int) -> None:
+    """Each element's top 16 bits from its two top planes: the 16 bits exponent byte << 8
+    | rest byte, rotated right by `rotate`, computed as three shifts of the planes so that
+    no array of the 16-bit values is made first."""
     import numpy as np
     width = grouped.shape[1]
     top = grouped[:, width - 2:].view("<u2")[:, 0]
@@ -333,11 +314,50 @@ def _put_top16(grouped, based, exponent_plane, rest_plane, rotate: int) -> None:
     np.left_shift(rest, 16 - rotate, out=wrapped, dtype=np.uint16)  # u16: bits beyond go
     acc |= wrapped
     np.right_shift(rest, rotate, out=low)
-    if based is not None:
-        acc |= low
-        np.bitwise_xor(acc, based[:, width - 2:].view("<u2")[:, 0], out=top)
-    else:
-        np.bitwise_or(acc, low, out=top)
+    np.bitwise_or(acc, low, out=top)
+
+
+def _zigzag_difference(data, base, width: int) -> bytes:
+    """FLOAT_DELTA's transform: each element minus the base's (as integers, wrapping),
+    zigzag-coded (0, -1, 1, -2, ... become 0, 1, 2, 3, ...: a small change has zero high
+    bytes whatever its sign); the bytes after the last whole element XOR the base's."""
+    import numpy as np
+    n = len(data) // width
+    ints = f"<i{width}"
+    new = np.frombuffer(data, dtype=ints, count=n)
+    old = np.frombuffer(base, dtype=ints, count=n)
+    with np.errstate(over="ignore"):
+        diff = new - old
+    zigzag = (diff << 1) ^ (diff >> (8 * width - 1))
+    tail = np.bitwise_xor(np.frombuffer(data, dtype=np.uint8)[n * width:],
+                          np.frombuffer(base, dtype=np.uint8)[n * width:])
+    return zigzag.tobytes() + tail.tobytes()
+
+
+def _add_zigzag_difference(flat, width: int, base) -> None:
+    """Undo `_zigzag_difference` in place: `flat` holds the coded difference and becomes
+    the chunk (four passes over the elements, one scratch array)."""
+    import numpy as np
+    n = len(flat) // width
+    elems = flat[:n * width].view(_uint(width))
+    sign = _scratch_elements(n, width)
+    np.bitwise_and(elems, 1, out=sign)
+    np.negative(sign, out=sign)  # 0 or all ones
+    elems >>= 1
+    elems ^= sign
+    elems += np.frombuffer(base, dtype=_uint(width), count=n)
+    flat[n * width:] ^= np.frombuffer(base, dtype=np.uint8)[n * width:]
+
+
+def _scratch_elements(n: int, width: int):
+    import numpy as np
+    held = getattr(_local, "elements", None)
+    if held is None:
+        held = _local.elements = {}
+    array = held.get(width)
+    if array is None or len(array) < n:
+        array = held[width] = np.empty(n, dtype=_uint(width))
+    return array[:n]
 
 
 def _read_only_view(array: "numpy.ndarray") -> memoryview:  # noqa: F821
@@ -362,10 +382,12 @@ def decode(codec: int, payload: bytes, raw_len: int, load_base=None) -> bytes | 
         elif codec == ZSTD:
             data = _decompressor().decompress(payload, max_output_size=raw_len)
         elif codec == FLOAT:
-            data = _decode_float(payload, raw_len)
+            data = _read_only_view(_decode_float(payload, raw_len)[0])
         elif codec == FLOAT_DELTA:
-            data = _decode_float(memoryview(payload)[BASE_ID_BYTES:], raw_len,
-                                 _delta_base(load_base, payload, raw_len))
+            base = _delta_base(load_base, payload, raw_len)
+            flat, width = _decode_float(memoryview(payload)[BASE_ID_BYTES:], raw_len)
+            _add_zigzag_difference(flat, width, base)
+            data = _read_only_view(flat)
         elif codec == BYTEGROUP:
             data = _decode_bytegroup(payload, raw_len)
         elif codec == XOR_DELTA:
