@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ckptfs.store import codec as codecs
-from ckptfs.store.chunking import Chunker, FileReader, stored_zip_entries
+from ckptfs.store.chunking import Chunker, FileReader, ZipLayout, zip_layout
 
 TENSOR_BLOCK = 256 * 1024
 
@@ -32,7 +32,9 @@ def cut(path):
     try:
         reader = FileReader(fd, path, size)
         chunker = Chunker(64 * 1024, 256 * 1024, 1024 * 1024)
-        return [(s, off, data) for s, off, data in reader.chunks(chunker, None, TENSOR_BLOCK)]
+        layout = reader.tensor_layout()
+        assert layout is None or isinstance(layout, ZipLayout)
+        return [(s, off, data) for s, off, data in reader.chunks(chunker, layout, TENSOR_BLOCK)]
     finally:
         os.close(fd)
 
@@ -49,6 +51,7 @@ def test_each_large_storage_is_cut_in_blocks_from_its_first_byte(tmp_path):
             whole = content[segment.offset:segment.offset + segment.length]
             found[storages[whole]] = segment
             assert (offset - segment.offset) % TENSOR_BLOCK == 0
+            assert segment.tensor.startswith("optimizer/data/")  # the entry's name
     assert sorted(found) == ["exp_avg", "exp_avg_sq"]  # "step" is too small to bother
 
 
@@ -70,8 +73,9 @@ def test_a_zip_with_deflated_entries_cuts_only_the_stored_ones(tmp_path):
         z.writestr("a/big-deflated", os.urandom(1_200_000), compress_type=zipfile.ZIP_DEFLATED)
     content = open(path, "rb").read()
     with open(path, "rb") as f:
-        entries = stored_zip_entries(f, len(content))
-    assert [content[a:b] for a, b in entries] == [stored]
+        layout = zip_layout(f, len(content))
+    assert {name: content[a:b] for name, (a, b, _) in layout.tensors.items()} == \
+        {"a/stored": stored}
     assert b"".join(data for _, _, data in cut(path)) == content
 
 
@@ -84,7 +88,7 @@ def test_a_damaged_archive_is_cut_by_content(tmp_path, damage):
         content = content[:-30]  # the end of central directory record is gone
     elif damage == "local header":
         with open(path, "rb") as f:
-            start, _ = stored_zip_entries(f, len(content))[0]
+            start = min(a for a, _, _ in zip_layout(f, len(content)).tensors.values())
         # The local header of the first storage: its signature, 30 + name + extra before.
         header = content.rfind(b"PK\x03\x04", 0, start)
         content[header:header + 4] = b"XXXX"

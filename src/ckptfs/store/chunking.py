@@ -117,51 +117,63 @@ def plan_segments(layout: SafetensorsLayout | None, file_size: int, tensor_block
     return segments
 
 
-def plan_zip_segments(entries: list[tuple[int, int]], file_size: int,
-                      tensor_block: int) -> list[Segment]:
-    """Cover [0, file_size) with segments: each (start, end) of `entries` (sorted, not
-    overlapping) in fixed blocks of a multiple of 8 bytes, the rest by content."""
+@dataclass(frozen=True)
+class ZipLayout:
+    """The large stored entries of a zip archive (a torch.save file: each tensor's
+    storage is one), by name: (absolute start, end, dtype) as in a SafetensorsLayout,
+    the dtype unknown ("")."""
+    tensors: dict[str, tuple[int, int, str]]
+
+
+def plan_zip_segments(layout: ZipLayout, file_size: int, tensor_block: int) -> list[Segment]:
+    """Cover [0, file_size) with segments: each entry of `layout` in fixed blocks of a
+    multiple of 8 bytes, the rest by content."""
     block = max(8, tensor_block - tensor_block % 8)
     segments = []
     pos = 0
-    for start, end in entries:
+    for name, (start, end, _dtype) in sorted(layout.tensors.items(), key=lambda t: t[1][0]):
         if start > pos:
             segments.append(Segment(pos, start - pos))
-        segments.append(Segment(start, end - start, fixed_block=block))
+        segments.append(Segment(start, end - start, fixed_block=block, tensor=name))
         pos = end
     if pos < file_size:
         segments.append(Segment(pos, file_size - pos))
     return segments
 
 
-def stored_zip_entries(file, file_size: int) -> list[tuple[int, int]]:
-    """(start, end) of the data of every large stored entry of the zip archive in the
-    binary `file`, sorted; [] if it is not a zip archive `zipfile` can read. Entries
-    whose local header or data lie outside the file, or overlap, make it [] too: then
-    the file is cut by content like any other, so a damaged archive is stored as is."""
+def is_zip_start(first4: bytes, file_size: int) -> bool:
+    """Whether a file of this size starting with these bytes is worth reading as a zip."""
+    return file_size >= MIN_ZIP_FILE and first4 == ZIP_LOCAL_SIGNATURE
+
+
+def zip_layout(file, file_size: int) -> ZipLayout | None:
+    """The large stored entries of the zip archive in the binary `file` (seekable), or
+    None if it is not a zip archive `zipfile` can read or has none. Entries whose local
+    header or data lie outside the file, or overlap, make it None too: then the file is
+    cut by content like any other, so a damaged archive is stored as it is."""
     try:
         with zipfile.ZipFile(file) as archive:
             infos = [i for i in archive.infolist()
                      if i.compress_type == zipfile.ZIP_STORED and i.file_size >= MIN_ZIP_ENTRY]
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
-        return []
-    entries = []
+        return None
+    entries = {}
     for info in infos:
         file.seek(info.header_offset)
         local = file.read(ZIP_LOCAL_HEADER.size)
         if len(local) != ZIP_LOCAL_HEADER.size:
-            return []
+            return None
         signature, name_len, extra_len = ZIP_LOCAL_HEADER.unpack(local)
         start = info.header_offset + ZIP_LOCAL_HEADER.size + name_len + extra_len
         end = start + info.compress_size
         if signature != ZIP_LOCAL_SIGNATURE or info.compress_size != info.file_size \
-                or end > file_size:
-            return []
-        entries.append((start, end))
-    entries.sort()
-    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(entries, entries[1:])):
-        return []
-    return entries
+                or end > file_size or info.filename in entries:
+            return None
+        entries[info.filename] = (start, end, "")
+    spans = sorted((start, end) for start, end, _ in entries.values())
+    if not spans or any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
+        return None
+    return ZipLayout(entries)
 
 
 class Chunker:
@@ -253,30 +265,30 @@ class FileReader:
                 raise self._changed()
             done += got
 
-    def tensor_layout(self):
-        """The tensors of a safetensors file (None for any other file)."""
-        header_size = safetensors_header_size(self.read(0, 8)) if self.size >= 10 else 0
+    def tensor_layout(self) -> "SafetensorsLayout | ZipLayout | None":
+        """The tensors of a safetensors file, or the stored entries of a zip archive
+        (a torch.save file); None for any other file."""
+        if self.size < 10:
+            return None
+        first8 = self.read(0, 8)
+        header_size = safetensors_header_size(first8)
         if header_size and header_size <= self.size:
-            return parse_safetensors_header(self.read(0, header_size), self.size)
-        return None
-
-    def zip_entries(self) -> list[tuple[int, int]]:
-        """The large stored entries of a zip archive (a torch.save file), else []."""
-        if self.size < MIN_ZIP_FILE or self.read(0, 4) != ZIP_LOCAL_SIGNATURE:
-            return []
+            layout = parse_safetensors_header(self.read(0, header_size), self.size)
+            if layout is not None:
+                return layout
+        if not is_zip_start(first8[:4], self.size):
+            return None
         try:
             with io.FileIO(os.dup(self.fd), "rb") as file:
-                entries = stored_zip_entries(file, self.size)
+                return zip_layout(file, self.size)
         except OSError as e:
             raise self._failed(e) from None
-        return entries
 
     def segments(self, layout, tensor_block: int) -> list[Segment]:
-        """How the file is cut: by its tensors, a zip archive's entries, or content."""
-        if layout is None:
-            entries = self.zip_entries()
-            if entries:
-                return plan_zip_segments(entries, self.size, tensor_block)
+        """How the file is cut: by its tensors (`layout` from `tensor_layout`), or by
+        content."""
+        if isinstance(layout, ZipLayout):
+            return plan_zip_segments(layout, self.size, tensor_block)
         return plan_segments(layout, self.size, tensor_block)
 
     def chunks(self, chunker, layout, tensor_block: int):

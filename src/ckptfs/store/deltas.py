@@ -1,12 +1,15 @@
 """Delta bases for an ingest: which stored version a new version's tensors are
-XOR-delta coded against, which of its chunks hold the same tensor blocks, and the
-keyframe (non-delta chunk) a delta is taken against.
+delta coded against, which of its chunks hold the same tensor blocks (of a safetensors
+file, or of a torch.save zip's stored entries: chunking.py), and the keyframe (non-delta
+chunk) a delta is taken against.
 
 Given the catalog (the parent version and its file entries), the reader (the parent's
 safetensors headers, keyframes) and the store's settings (delta coding on or off, the
 tensor block size).
 """
-from .chunking import parse_safetensors_header, safetensors_header_size
+import io
+
+from .chunking import is_zip_start, parse_safetensors_header, safetensors_header_size, zip_layout
 from .codec import delta_base_id
 from .errors import IntegrityError, NotFoundError
 from .parentage import is_checkpoint_kind
@@ -42,9 +45,7 @@ class DeltaBases:
         if old["type"] != "file":
             return {}
         try:
-            head_size = safetensors_header_size(self.reader.read_range(old, 0, 8))
-            old_layout = parse_safetensors_header(self.reader.read_range(old, 0, head_size),
-                                                  old["size"]) if head_size else None
+            old_layout = self._stored_layout(old)
         except IntegrityError:
             return {}
         if old_layout is None:
@@ -65,6 +66,21 @@ class DeltaBases:
                     bases[start + k] = found[0]
         return bases
 
+    def _stored_layout(self, entry: dict):
+        """The tensor layout of a stored file, as FileReader.tensor_layout finds it."""
+        size = entry["size"]
+        if size < 10:
+            return None
+        first8 = self.reader.read_range(entry, 0, 8)
+        head_size = safetensors_header_size(first8)
+        if head_size:
+            layout = parse_safetensors_header(self.reader.read_range(entry, 0, head_size), size)
+            if layout is not None:
+                return layout
+        if not is_zip_start(first8[:4], size):
+            return None
+        return zip_layout(io.BufferedReader(StoredFile(self.reader, entry)), size)
+
     def keyframe(self, chunk_id: bytes) -> tuple[bytes, bytes] | None:
         """(id, raw bytes) of the non-delta chunk a delta against `chunk_id` should use."""
         try:
@@ -74,3 +90,32 @@ class DeltaBases:
             return key, self.reader.read_chunk(key, cache=False)  # each keyframe serves one delta
         except IntegrityError:
             return None
+
+
+class StoredFile(io.RawIOBase):
+    """A stored file entry as a read-only seekable binary file (for zipfile)."""
+
+    def __init__(self, reader, entry: dict):
+        self.reader, self.entry, self.pos = reader, entry, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.entry["size"]}[whence]
+        if base + offset < 0:
+            raise OSError("seek before the start of the file")
+        self.pos = base + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        data = self.reader.read_range(self.entry, self.pos, len(buffer))
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
