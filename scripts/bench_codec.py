@@ -28,10 +28,13 @@ multi-threaded decoder is not flattered), the best of --repeat runs (default 3);
 decoded chunk is kept until the file is done, as a read's cache keeps it, so each
 decode writes fresh memory (as ZipNN's and zstd's whole-file outputs are).
 
-Unless --no-delta, the XOR-delta codecs are measured too: each checkpoint-2 weights file
-against checkpoint-1 of its run, block by block as an import pairs them (the same
-tensor's block at the same offset), old XOR_DELTA against new FLOAT_DELTA; decode includes
-the XOR with the base (already decoded, as a cached keyframe would be).
+Unless --no-delta, the delta codecs are measured too: each checkpoint-2 weights and
+optimizer file against checkpoint-1's, block by block as an import pairs them (the same
+tensor's or zip entry's block at the same offset; the old chunking cut a zip by content,
+so it had no pairs there), old XOR_DELTA against new FLOAT_DELTA, each block kept as a
+delta only if that is smaller than its plain encoding; blocks equal to the base are left
+out (deduplicated). Decode includes applying the base (already decoded, as a cached
+keyframe would be).
 
 MB are 10^6 bytes. The run prints a table and writes JSON (--json, default
 bench-out/bench_codec.json) with the git commit of the code measured.
@@ -57,9 +60,8 @@ DEFAULT_FILES = ["full-ft/checkpoint-1/model.safetensors", "full-ft/checkpoint-1
                  "partial-ft/checkpoint-1/model.safetensors",
                  "partial-ft/checkpoint-1/optimizer.pt",
                  "export/fp32/model.safetensors", "export/bf16/model.safetensors"]
-DELTA_PAIRS = [("full-ft/checkpoint-2/model.safetensors", "full-ft/checkpoint-1/model.safetensors"),
-               ("partial-ft/checkpoint-2/model.safetensors",
-                "partial-ft/checkpoint-1/model.safetensors")]
+DELTA_PAIRS = [(f"{run}/checkpoint-2/{name}", f"{run}/checkpoint-1/{name}")
+               for run in ("full-ft", "partial-ft") for name in ("model.safetensors", "optimizer.pt")]
 ZIPNN_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
@@ -300,7 +302,8 @@ def main():
     print("ratio: stored / raw bytes; MB/s: decode, MB of raw output per CPU second")
     print_table(rows, ["old", "new", "ZipNN", "zstd -3"])
     if deltas:
-        print("\nXOR deltas against checkpoint-1 (dedup'd blocks left out of the decode figure)")
+        print("\ndeltas against checkpoint-1 (ratio: stored / file bytes; blocks equal to the "
+              "base left out)")
         print_table(deltas, ["old", "new"])
     os.makedirs(os.path.dirname(a.json), exist_ok=True)
     with open(a.json, "w") as f:
