@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ckptfs.store import codec as codecs
-from tests.helpers.samples import tree_snapshot
+from tests.helpers.samples import make_checkpoint, tree_snapshot
 
 
 def optimizer_checkpoint(path, step: int) -> str:
@@ -45,3 +45,26 @@ def test_optimizer_states_are_delta_coded_against_the_parent(store, tmp_path):
     store.restore("p", "r", "step-2", str(tmp_path / "out"))
     assert tree_snapshot(tmp_path / "out") == tree_snapshot(second)
     assert store.verify().ok
+
+
+def test_a_runs_first_checkpoint_is_delta_coded_against_the_projects_newest(store, tmp_path):
+    store.import_directory(make_checkpoint(tmp_path / "a1", step=100, scale=8), "p", "a", "v1")
+    store.import_directory(make_checkpoint(tmp_path / "a2", step=200, scale=8), "p", "a", "v2")
+    src = make_checkpoint(tmp_path / "b1", step=300, scale=8)
+    report = store.import_directory(src, "p", "b", "v1")
+    assert report.delta_parent == "p/a/v2" and report.stats.delta_chunks > 0
+    store.restore("p", "b", "v1", str(tmp_path / "out"))
+    assert tree_snapshot(tmp_path / "out") == tree_snapshot(src)
+    # another project's versions are never its bases
+    other = store.import_directory(make_checkpoint(tmp_path / "c1", step=400, scale=8),
+                                   "q", "c", "v1")
+    assert other.delta_parent is None and other.stats.delta_chunks == 0
+
+
+def test_a_first_checkpoint_of_another_model_is_coded_on_its_own(store, tmp_path):
+    store.import_directory(optimizer_checkpoint(tmp_path / "a1", step=1), "p", "a", "v1")
+    src = make_checkpoint(tmp_path / "b1", step=100, scale=8)
+    report = store.import_directory(src, "p", "b", "v1")
+    assert report.delta_parent == "p/a/v1" and report.stats.delta_chunks == 0
+    store.restore("p", "b", "v1", str(tmp_path / "out"))
+    assert tree_snapshot(tmp_path / "out") == tree_snapshot(src)

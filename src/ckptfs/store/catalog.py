@@ -458,10 +458,11 @@ class Catalog:
             visit("")
         return out
 
-    def newest_checkpoint(self, project: str, run: str) -> dict | None:
+    def newest_checkpoint(self, project: str, run: str | None) -> dict | None:
         """The catalog document of the run's newest version of kind `checkpoint`: the
-        parent and delta base of its next version. `files` versions (logs, metrics) are
-        never either (docs/mount.md)."""
+        parent and delta base of its next version (run None: the project's newest, the
+        delta base of a new run's first). `files` versions (logs, metrics) are never
+        either (docs/mount.md)."""
         docs = self.catalog_documents(project, run, fields=[("kind",)])
         checkpoints = [d for d in docs if is_checkpoint_kind(d)]
         return max(checkpoints, key=lambda d: d["seq"]) if checkpoints else None
