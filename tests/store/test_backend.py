@@ -245,22 +245,30 @@ with Store.open(sys.argv[1]) as s:
 """
 
 
-def layout(store: str) -> dict:
+# What the codec changes (issue 16: packs hold the new codecs' records, so a version's
+# stored bytes and the manifest that counts them differ from the old code's).
+CODEC_DEPENDENT = ("manifest", "new_stored_bytes")
+
+
+def layout(store: str, codec_dependent: bool = True) -> dict:
     """{path: (mode, bytes)} of a store: packs and settings byte for byte; journal lines
     without what differs between two runs (time, pid and so the chain's hashes); the
-    index (a derived cache) only by name."""
+    index (a derived cache) only by name. Without `codec_dependent`: packs only by name
+    and mode, journal lines without the fields that count stored bytes."""
+    ignored = ("time", "pid", "prev") + (() if codec_dependent else CODEC_DEPENDENT)
     found = {}
     for dirpath, dirnames, names in os.walk(store):
         for name in dirnames + names:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, store)
             mode = stat.S_IMODE(os.lstat(full).st_mode)
-            if rel.startswith("index" + os.sep) or os.path.isdir(full):
+            if rel.startswith("index" + os.sep) or os.path.isdir(full) or \
+                    (not codec_dependent and rel.startswith("packs" + os.sep)):
                 found[rel] = (mode, None)
             elif rel == os.path.join("journal", "journal.jsonl"):
                 with open(full, "rb") as f:
                     lines = [json.loads(line) for line in f.read().splitlines()]
-                found[rel] = (mode, [{k: v for k, v in e.items() if k not in ("time", "pid", "prev")}
+                found[rel] = (mode, [{k: v for k, v in e.items() if k not in ignored}
                                      for e in lines])
             else:
                 with open(full, "rb") as f:
@@ -314,15 +322,16 @@ def digest(path: str) -> str:
 
 def test_a_new_store_is_laid_out_as_before(tmp_path, sources, old_src):
     """One store made by the old code, copied: the old code fills one copy and this code
-    the other, with the same versions. Packs and settings are byte for byte the same,
-    and so is every file's name and mode; journal entries differ only in time and pid."""
+    the other, with the same versions. Settings are byte for byte the same, and so is
+    every file's name and mode; journal entries differ only in time and pid and in what
+    the codecs changed since (issue 16: the packs' records and so the stored bytes)."""
     old = str(tmp_path / "old")
     run_with(old_src, INIT, old)
     new = str(tmp_path / "new")
     subprocess.run(["cp", "-a", old, new], check=True)
     run_with(old_src, IMPORT, old, *sources)
     run_with(THIS_SRC, IMPORT, new, *sources)
-    assert layout(new) == layout(old)
+    assert layout(new, codec_dependent=False) == layout(old, codec_dependent=False)
 
 
 def test_init_writes_the_settings_as_before(tmp_path, old_src):
