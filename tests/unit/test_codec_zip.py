@@ -6,6 +6,7 @@ import zipfile
 import numpy as np
 import pytest
 
+from ckptfs.store import chunking
 from ckptfs.store import codec as codecs
 from ckptfs.store.chunking import Chunker, FileReader, ZipLayout, zip_layout
 
@@ -98,3 +99,15 @@ def test_a_damaged_archive_is_cut_by_content(tmp_path, damage):
     chunks = cut(path)
     assert b"".join(data for _, _, data in chunks) == bytes(content)
     assert not any(segment.fixed_block for segment, _, _ in chunks)
+
+
+def test_an_archive_of_too_many_entries_is_cut_by_content(tmp_path, monkeypatch):
+    # zipfile would hold a record of every entry in memory: past the limit, the archive
+    # is an ordinary file.
+    path = str(tmp_path / "optimizer.pt")
+    torch_file(path)
+    entries = len(zipfile.ZipFile(path).infolist())
+    monkeypatch.setattr(chunking, "MAX_ZIP_ENTRIES", entries - 1)
+    assert not any(segment.fixed_block for segment, _, _ in cut(path))
+    monkeypatch.setattr(chunking, "MAX_ZIP_ENTRIES", entries)
+    assert any(segment.fixed_block for segment, _, _ in cut(path))

@@ -31,6 +31,9 @@ DTYPE_WIDTHS = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I1
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 ZIP_LOCAL_SIGNATURE = b"PK\x03\x04"
 ZIP_LOCAL_HEADER = struct.Struct("<4s22xHH")   # signature, ..., name length, extra length
+ZIP_END_SIGNATURE = b"PK\x05\x06"
+ZIP_END_RECORD = struct.Struct("<4s6xH10x")     # signature, ..., total entries, ...
+MAX_ZIP_ENTRIES = 0xFFFE     # more (zip64) would hold too many records in memory to read
 MIN_ZIP_FILE = 1 << 20       # smaller archives are cut by content alone
 MIN_ZIP_ENTRY = 64 * 1024    # smaller entries stay in the content-defined segments
 
@@ -152,11 +155,32 @@ def zip_layout(file, file_size: int) -> ZipLayout | None:
     header or data lie outside the file, or overlap, make it None too: then the file is
     cut by content like any other, so a damaged archive is stored as it is."""
     try:
+        if not 0 < _zip_entry_count(file, file_size) <= MAX_ZIP_ENTRIES:
+            return None  # zipfile holds every entry's record in memory
         with zipfile.ZipFile(file) as archive:
             infos = [i for i in archive.infolist()
                      if i.compress_type == zipfile.ZIP_STORED and i.file_size >= MIN_ZIP_ENTRY]
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error):
+        entries = _entry_spans(file, infos, file_size)
+    except Exception:  # noqa: BLE001 -- any archive it cannot read is just a file
         return None
+    return ZipLayout(entries) if entries else None
+
+
+def _zip_entry_count(file, file_size: int) -> int:
+    """The entry count of the archive's end of central directory record (0 if none is
+    found; 0xFFFF when a zip64 record holds the real count)."""
+    tail = min(file_size, ZIP_END_RECORD.size + 0xFFFF)  # the record and its comment
+    file.seek(file_size - tail)
+    data = file.read(tail)
+    at = data.rfind(ZIP_END_SIGNATURE)
+    if at < 0 or at + ZIP_END_RECORD.size > len(data):
+        return 0
+    return ZIP_END_RECORD.unpack_from(data, at)[1]
+
+
+def _entry_spans(file, infos, file_size: int) -> dict | None:
+    """{name: (start, end, "")} of the data of `infos`, from their local headers; None
+    if any lies outside the file or overlaps another."""
     entries = {}
     for info in infos:
         file.seek(info.header_offset)
@@ -171,9 +195,9 @@ def zip_layout(file, file_size: int) -> ZipLayout | None:
             return None
         entries[info.filename] = (start, end, "")
     spans = sorted((start, end) for start, end, _ in entries.values())
-    if not spans or any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
+    if any(a_end > b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:])):
         return None
-    return ZipLayout(entries)
+    return entries
 
 
 class Chunker:
