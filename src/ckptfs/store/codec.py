@@ -96,8 +96,9 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
 def _plane_compressor() -> zstandard.ZstdCompressor:
     """zstd tuned for the Huffman code of a byte plane: the fastest strategy with the
     longest minimum match, so nearly everything is coded as literals. Measured on the
-    exponent bytes of trained weights: 2 % of raw smaller than level 3 (whose short
-    matches cost more than the literals), as small as level 19, and fast."""
+    exponent bytes of trained bf16 weights: a fifth smaller than level 3's (whose short
+    matches cost more than the literals they replace), as small as level 19's, and
+    faster than both."""
     c = getattr(_local, "plane_compressor", None)
     if c is None:
         params = zstandard.ZstdCompressionParameters(
@@ -279,7 +280,7 @@ def _float_plane_bodies(payload: memoryview, raw_len: int):
 
 
 def _decode_float(payload, raw_len: int):
-    """The raw bytes of a FLOAT payload, as a writable array."""
+    """(the raw bytes of a FLOAT payload as a fresh uint8 array, the element width)."""
     import numpy as np
     width, rotate, planes, tail = _float_plane_bodies(memoryview(payload), raw_len)
     n = raw_len // width
