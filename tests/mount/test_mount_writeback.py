@@ -20,6 +20,7 @@ from tests.helpers.inbox import (a_quiet_period_passes, empty_version, inbox_sta
 from tests.helpers.access import grant, public_dir
 from tests.helpers.cli import run_cli_checked
 from tests.helpers.mounts import unmount
+from tests.helpers.waiting import wait_for
 
 OLD_MTIME_NS = 1_600_000_000_123_456_789   # 2020-09-13, with nanoseconds
 TOUCHED_MTIME_NS = 1_500_000_000 * 10**9   # `touch -d @1500000000`
@@ -169,20 +170,52 @@ def test_a_file_its_writer_may_not_read_is_still_written_through_the_cache(tmp_p
         shutil.rmtree(base, ignore_errors=True)
 
 
+def as_nobody(script: str):
+    done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           "sh", "-c", script], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr
+
+
 def written_by_nobody_unreadable(mnt: str):
     version = f"{mnt}/inbox/p/r/v1"
     sh(f"setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups mkdir -p {version}")
     path = f"{version}/secret.bin"
-    script = (f"umask 0577 && head -c 10000 /dev/zero | tr '\\0' a > {path} && "  # mode 0200
-              # O_WRONLY, 100 bytes inside a page: the kernel reads that page first
-              f"head -c 100 /dev/zero | tr '\\0' b | "
+    as_nobody(f"umask 0577 && head -c 10000 /dev/zero | tr '\\0' a > {path}")  # mode 0200
+    fd = os.open(path, os.O_RDONLY)  # (root may)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # its pages leave the page cache
+    os.close(fd)
+    # O_WRONLY, 100 bytes inside a page the kernel no longer has: it reads it first
+    as_nobody(f"head -c 100 /dev/zero | tr '\\0' b | "
               f"dd of={path} bs=100 seek=50 conv=notrunc status=none")
-    done = subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                           "sh", "-c", script], capture_output=True, text=True, cwd="/")
-    assert done.returncode == 0, done.stderr
     expected = b"a" * 5000 + b"b" * 100 + b"a" * 4900
     assert os.stat(f"{version}/secret.bin").st_mode & 0o777 == 0o200
     assert read(f"{version}/secret.bin") == expected
     open(f"{version}/.seal", "w").close()
     wait_sealed(mnt)
     assert_sealed_as(mnt, {"secret.bin": expected})
+
+
+def test_a_sealed_file_appended_to_and_asked_again_is_copied_up_only_when_written(
+        tmp_path, mount):
+    """Appending to a sealed loose file copies it into the spool; the kernel then reads,
+    through the job's write-only handle, the page its first write lands in. A seal request
+    (setxattr) on a sealed file changes its ctime in the kernel, which sends the cached
+    times back later (a SETATTR with the same mtime): that alone is no change of it."""
+    _store, mnt, run = empty_version(tmp_path, mount, "60")
+    run = os.path.dirname(run)  # inbox/p/r: a loose file of the run
+    first = random_bytes(10_000, seed=30)
+    with open(f"{run}/notes.bin", "wb") as f:
+        f.write(first)
+    os.setxattr(f"{run}/notes.bin", "user.ckptfs.seal", b"")
+    wait_for(lambda: inbox_state(mnt, "p/r/notes.bin")["state"] == "sealed", "the first seal")
+    os.setxattr(f"{run}/notes.bin", "user.ckptfs.seal", b"")  # asked again: already sealed
+    os.sync()  # the kernel writes its dirty inodes back: the ctime, as a SETATTR
+    assert inbox_state(mnt, "p/r/notes.bin")["state"] == "sealed"
+    with open(f"{run}/notes.bin", "ab") as f:
+        f.write(b"appended")
+    assert read(f"{run}/notes.bin") == first + b"appended"
+    os.setxattr(f"{run}/notes.bin", "user.ckptfs.seal", b"")
+    wait_for(lambda: inbox_state(mnt, "p/r/notes.bin")["state"] == "sealed", "the second seal")
+    versions = sorted(v for v in os.listdir(f"{mnt}/projects/p/r") if not v.endswith(".json")
+                      and v not in ("latest", "run.json"))
+    assert len(versions) == 2, versions
