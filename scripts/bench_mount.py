@@ -45,7 +45,7 @@ order each repetition), every baseline in the same run:
            mount, page cache dropped) and warm (the same command again). Target: ckptfs
            within 3 x the plain directory.
   memory   one --big-mb (default 2048) MiB file of random bytes copied with
-           `dd bs=1M` into MNT/inbox/big/run/v1 and sealed; the daemon's VmRSS
+           `dd bs=1M` into MNT/inbox/big/run/v1/data.bin and sealed (as big/run/data); the daemon's VmRSS
            (/proc/PID/status, PID from STORE/spool/daemon.running) sampled every 0.2 s
            from before the copy until the version is sealed; peak reported, with VmHWM.
            Target: peak under 300 MB. Write rate baselines in the same phase: the same
@@ -811,7 +811,8 @@ def phase_memory(R, ctx, rep):
             t_copy_start = time.perf_counter() - sampler.t0
             copy_s = dd(big, os.path.join(dest_dir, "data.bin"))
             t_copy_end = time.perf_counter() - sampler.t0
-            t_sealed = wait_for(os.path.join(mnt, "projects", "big", "run", "v1"), timeout=1800) - t0
+            # A lone weights file is a checkpoint file: its version is named after it.
+            t_sealed = wait_for(os.path.join(mnt, "projects", "big", "run", "data"), timeout=1800) - t0
             time.sleep(1.0)   # the spool removal after the seal
             sampler.stop()
             final = sampler.status()
