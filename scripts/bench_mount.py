@@ -45,9 +45,10 @@ order each repetition), every baseline in the same run:
            mount, page cache dropped) and warm (the same command again). Target: ckptfs
            within 3 x the plain directory.
   memory   one --big-mb (default 2048) MiB file of random bytes copied with
-           `dd bs=1M` into MNT/inbox/big/run/v1/data.bin and sealed (as big/run/data); the daemon's VmRSS
-           (/proc/PID/status, PID from STORE/spool/daemon.running) sampled every 0.2 s
-           from before the copy until the version is sealed; peak reported, with VmHWM.
+           `dd bs=1M` into MNT/inbox/big/run/v1/data.bin and sealed (as big/run/data);
+           the daemon's VmRSS (/proc/PID/status, PID from STORE/spool/daemon.running)
+           sampled every 0.2 s from before the copy until the version is sealed; peak
+           reported, with VmHWM.
            Target: peak under 300 MB. Write rate baselines in the same phase: the same
            dd into noopfs's `sink` (discarded, and appended to a spool file; spooled
            again with the kernel's writeback cache on, as ckptfs runs) and to the local
