@@ -201,8 +201,9 @@ def kernel_writes_back_on_close(release: str | None = None) -> bool:
 
 class CkptfsOperations(pyfuse3.Operations):
     # The kernel's writeback cache: a job's writes land in the page cache and reach the
-    # daemon later in large requests (at close, fsync, or under memory pressure): twice the
-    # write rate of `dd` into the inbox. The kernel then owns a file's size and mtime while
+    # daemon later in large requests (at close, fsync, or under memory pressure): 1.3 to 2
+    # times the rate of `dd` into the inbox (docs/benchmarks.md). The kernel then owns a
+    # file's size and mtime while
     # it caches it; what that means for sealing is in docs/mount.md ("The write path").
     # daemon.serve turns it off for CKPTFS_WRITEBACK_CACHE=0.
     enable_writeback_cache = True
