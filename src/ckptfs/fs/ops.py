@@ -203,8 +203,8 @@ class CkptfsOperations(pyfuse3.Operations):
     # The kernel's writeback cache: a job's writes land in the page cache and reach the
     # daemon later in large requests (at close, fsync, or under memory pressure): 1.3 to 2
     # times the rate of `dd` into the inbox (docs/benchmarks.md). The kernel then owns a
-    # file's size and mtime while
-    # it caches it; what that means for sealing is in docs/mount.md ("The write path").
+    # file's size and mtime while it caches it; what that means for sealing is in
+    # docs/mount.md ("The write path").
     # daemon.serve turns it off for CKPTFS_WRITEBACK_CACHE=0.
     enable_writeback_cache = True
 
