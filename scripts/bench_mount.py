@@ -4,7 +4,8 @@ file system, in one run.
 
     scripts/bench_mount.py [--corpus DIR] [--work DIR] [--repeat N] [--seal-after S]
                            [--phases archive,read,tree,memory] [--tree-versions N]
-                           [--big-mb MB] [--noopfs PATH] [--skip-borg] [--skip-restic]
+                           [--big-mb MB] [--noopfs PATH] [--no-writeback-baseline]
+                           [--skip-borg] [--skip-restic]
 
 Run it as root (it drops the page cache between phases and raises read_ahead_kb), with
 the `ckptfs` command to measure beside this Python or first on PATH; to measure one
@@ -44,12 +45,15 @@ order each repetition), every baseline in the same run:
            mount, page cache dropped) and warm (the same command again). Target: ckptfs
            within 3 x the plain directory.
   memory   one --big-mb (default 2048) MiB file of random bytes copied with
-           `dd bs=1M` into MNT/inbox/big/run/v1 and sealed; the daemon's VmRSS
-           (/proc/PID/status, PID from STORE/spool/daemon.running) sampled every 0.2 s
-           from before the copy until the version is sealed; peak reported, with VmHWM.
+           `dd bs=1M` into MNT/inbox/big/run/v1/data.bin and sealed (as big/run/data);
+           the daemon's VmRSS (/proc/PID/status, PID from STORE/spool/daemon.running)
+           sampled every 0.2 s from before the copy until the version is sealed; peak
+           reported, with VmHWM.
            Target: peak under 300 MB. Write rate baselines in the same phase: the same
-           dd into noopfs's `sink` (discarded, and appended to a spool file) and to the
-           local disk.
+           dd into noopfs's `sink` (discarded, and appended to a spool file; spooled
+           again with the kernel's writeback cache on, as ckptfs runs) and to the local
+           disk; with --no-writeback-baseline also into a ckptfs mount without the cache
+           (CKPTFS_WRITEBACK_CACHE=0). Target: ckptfs >= 0.8 x noopfs spooled.
 
 MB are 10^6 bytes, MiB 2^20. Every mount is unmounted at the end, also on errors
 (`ckptfs umount` / `fusermount3 -u`, `borg umount`, SIGINT to `restic mount`, lazy
@@ -97,6 +101,11 @@ TARGET_COLD_VS_BORG = 1.5
 TARGET_WARM_MBPS = 5000.0
 TARGET_TREE_VS_PLAIN = 3.0
 TARGET_PEAK_RSS_MB = 300.0
+TARGET_WRITE_VS_NOOPFS = 0.8   # dd into the inbox vs noopfs's spooled sink, same run
+# noopfs.py run with the kernel's writeback cache on, as the ckptfs daemon runs (the
+# no-op file system has no option of its own for it).
+NOOPFS_WRITEBACK = ("import runpy, sys, pyfuse3; pyfuse3.Operations.enable_writeback_cache = True; "
+                    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 # Scratch subdirectories of WORK that a run owns (removed when it starts). The tree
 # store (tree-store, tree-plain, tree-info.json) and the random file (big.bin) are kept
@@ -121,11 +130,11 @@ class Mounts:
             time.sleep(0.05)
         raise BenchError(f"{mnt} was not mounted within {timeout} s")
 
-    def ckptfs(self, ckptfs, store, mnt, seal_after, cache_dir=None):
+    def ckptfs(self, ckptfs, store, mnt, seal_after, cache_dir=None, env=None):
         os.makedirs(mnt, exist_ok=True)
         cache = ["--cache-dir", cache_dir] if cache_dir else []   # a store on S3
         _, out = self.R.run([ckptfs, *cache, "mount", store, mnt, "--seal-after", str(seal_after)],
-                            f"ckptfs mount {os.path.basename(store)}")
+                            f"ckptfs mount {os.path.basename(store)}", env=env)
         m = re.search(r"daemon pid (\d+)", out)
         pid = int(m.group(1)) if m else None
         self.active[mnt] = {"kind": "ckptfs", "pid": pid}
@@ -147,13 +156,14 @@ class Mounts:
         self._wait_mounted(mnt, proc, ready=lambda: os.path.isdir(os.path.join(mnt, "ids"))
                            and os.listdir(os.path.join(mnt, "ids")))
 
-    def noopfs(self, python, script, mnt, size_mb, log_path, spool=None):
+    def noopfs(self, python, script, mnt, size_mb, log_path, spool=None, writeback=False):
         os.makedirs(mnt, exist_ok=True)
         env = dict(os.environ, SIZES="1")
         if spool:
             env["SPOOL"] = spool
+        wrapper = ["-c", NOOPFS_WRITEBACK] if writeback else []
         with open(log_path, "ab") as f:
-            proc = subprocess.Popen([python, script, mnt, str(size_mb)], env=env, stdout=f,
+            proc = subprocess.Popen([python, *wrapper, script, mnt, str(size_mb)], env=env, stdout=f,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.active[mnt] = {"kind": "noopfs", "proc": proc}
         self._wait_mounted(mnt, proc,
@@ -780,12 +790,13 @@ def phase_memory(R, ctx, rep):
     nbytes = os.path.getsize(big)
     out = []
 
-    def ck():
+    def ck(writeback=True):
         store = os.path.join(ctx.work, "mem", "store")
         mnt = os.path.join(ctx.work, "mnt", "mem")
         rm(store)
         R.run([ctx.ckptfs, "init", store], "memory init")
-        pid = ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after)
+        env = None if writeback else dict(os.environ, CKPTFS_WRITEBACK_CACHE="0")
+        pid = ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after, env=env)
         with open(os.path.join(store, "spool", "daemon.running")) as f:
             marker_pid = int(f.read().strip())
         if pid != marker_pid:
@@ -801,7 +812,8 @@ def phase_memory(R, ctx, rep):
             t_copy_start = time.perf_counter() - sampler.t0
             copy_s = dd(big, os.path.join(dest_dir, "data.bin"))
             t_copy_end = time.perf_counter() - sampler.t0
-            t_sealed = wait_for(os.path.join(mnt, "projects", "big", "run", "v1"), timeout=1800) - t0
+            # A lone weights file is a checkpoint file: its version is named after it.
+            t_sealed = wait_for(os.path.join(mnt, "projects", "big", "run", "data"), timeout=1800) - t0
             time.sleep(1.0)   # the spool removal after the seal
             sampler.stop()
             final = sampler.status()
@@ -811,20 +823,21 @@ def phase_memory(R, ctx, rep):
         rss = [kb for _, kb in sampler.samples]
         seal_rss = [kb for t, kb in sampler.samples if t >= t_copy_end]
         copy_rss = [kb for t, kb in sampler.samples if t_copy_start <= t < t_copy_end]
-        res = {"tool": "ckptfs inbox", "bytes": nbytes, "copy_s": copy_s,
+        res = {"tool": "ckptfs inbox" + ("" if writeback else ", no writeback cache"),
+               "bytes": nbytes, "copy_s": copy_s,
                "copy_mbps": nbytes / copy_s / 1e6, "until_sealed_s": t_sealed,
                "ingest_s": stats.get("ingest_seconds"), "idle_rss_kb": idle["VmRSS"],
                "peak_rss_kb": max(rss), "peak_rss_copy_kb": max(copy_rss, default=None),
                "peak_rss_seal_kb": max(seal_rss, default=None), "vmhwm_kb": final["VmHWM"],
                "samples": sampler.samples, "copy_window_s": [t_copy_start, t_copy_end]}
         rm(store)
-        log(f"  ckptfs inbox: dd {copy_s:.1f} s ({res['copy_mbps']:.0f} MB/s), sealed after "
+        log(f"  {res['tool']}: dd {copy_s:.1f} s ({res['copy_mbps']:.0f} MB/s), sealed after "
             f"{t_sealed:.1f} s; RSS idle {idle['VmRSS'] / 1e3:.0f} MB, peak sampled "
             f"{res['peak_rss_kb'] / 1e3:.0f} MB (copy {fmt_kb(res['peak_rss_copy_kb'])}, "
             f"seal {fmt_kb(res['peak_rss_seal_kb'])}), VmHWM {final['VmHWM'] / 1e3:.0f} MB")
         return res
 
-    def noop(spool):
+    def noop(spool, writeback=False):
         mnt = os.path.join(ctx.work, "mnt", "mem-noopfs")
         spool_dir = os.path.join(ctx.work, "noop-spool")
         rm(spool_dir)
@@ -833,14 +846,15 @@ def phase_memory(R, ctx, rep):
         log_path = os.path.join(ctx.work, "logs", "noopfs-write.log")
         since = os.path.getsize(log_path) if os.path.exists(log_path) else 0
         ctx.mounts.noopfs(ctx.ckptfs_python, ctx.noopfs, mnt, 1, log_path,
-                          spool=spool_dir if spool else None)
+                          spool=spool_dir if spool else None, writeback=writeback)
         try:
             drop_caches()
             copy_s = dd(big, os.path.join(mnt, "sink"))
         finally:
             ctx.mounts.umount(mnt)
         rm(spool_dir)
-        res = {"tool": "noopfs sink" + (", spooled" if spool else ", discarded"), "bytes": nbytes,
+        res = {"tool": "noopfs sink" + (", spooled" if spool else ", discarded")
+               + (", writeback cache" if writeback else ""), "bytes": nbytes,
                "copy_s": copy_s, "copy_mbps": nbytes / copy_s / 1e6,
                "request_sizes": noop_request_sizes(log_path, since)}
         log(f"  {res['tool']}: dd {copy_s:.1f} s ({res['copy_mbps']:.0f} MB/s)")
@@ -859,7 +873,11 @@ def phase_memory(R, ctx, rep):
 
     log(f"memory: dd of {nbytes / 1e6:.0f} MB of random bytes into the inbox; daemon RSS every "
         f"{RSS_SAMPLE_S} s")
-    for bench in bs.rotate([ck, lambda: noop(False), lambda: noop(True), disk], rep):
+    benches = [ck, lambda: noop(False), lambda: noop(True), lambda: noop(True, writeback=True),
+               disk]
+    if ctx.no_writeback_baseline:
+        benches.append(lambda: ck(writeback=False))
+    for bench in bs.rotate(benches, rep):
         out.append(bench())
     return out
 
@@ -985,6 +1003,15 @@ def evaluate_targets(result):
         count = sum(max(t["peak_rss_kb"], t["vmhwm_kb"]) * 1e3 / 1e6 < TARGET_PEAK_RSS_MB for t in rows)
         add("peak_rss", max(peak, hwm) < TARGET_PEAK_RSS_MB, count,
             f"daemon peak RSS {peak:.0f} MB sampled, VmHWM {hwm:.0f} MB < {TARGET_PEAK_RSS_MB:.0f} MB")
+        spooled = "noopfs sink, spooled"
+        ck = s["memory"]["ckptfs inbox"]["copy_mbps"]["median"]
+        noop = s["memory"][spooled]["copy_mbps"]["median"]
+        pairs = [{t["tool"]: t for t in r["memory"]} for r in reps]
+        count = sum(p["ckptfs inbox"]["copy_mbps"] >= TARGET_WRITE_VS_NOOPFS * p[spooled]["copy_mbps"]
+                    for p in pairs)
+        add("write_vs_noopfs", ck >= TARGET_WRITE_VS_NOOPFS * noop, count,
+            f"dd into the inbox {ck:.0f} MB/s >= {TARGET_WRITE_VS_NOOPFS} x noopfs spooled "
+            f"{noop:.0f} MB/s = {TARGET_WRITE_VS_NOOPFS * noop:.0f} MB/s (ratio {ck / noop:.2f})")
     return targets
 
 
@@ -1095,6 +1122,9 @@ def main():
     ap.add_argument("--big-mb", type=int, default=2048, metavar="MB",
                     help="size of the random file of the memory phase, MiB (default 2048)")
     ap.add_argument("--noopfs", default=DEFAULT_NOOPFS, help="path of noopfs.py")
+    ap.add_argument("--no-writeback-baseline", action="store_true",
+                    help="memory phase: also dd into a ckptfs mount without the kernel's "
+                         "writeback cache (CKPTFS_WRITEBACK_CACHE=0)")
     ap.add_argument("--no-verify", action="store_true",
                     help="skip the SHA-256 check of every archived file through the mount")
     ap.add_argument("--skip-borg", action="store_true")
@@ -1155,7 +1185,7 @@ def main():
                   restic_snapshots={}, verify=not a.no_verify, source=source,
                   fusermount_dir=None if a.skip_restic else fusermount_shim(work),
                   ckptfs_store=os.path.join(work, "archive", "ckptfs"),
-                  tree_versions=a.tree_versions)
+                  tree_versions=a.tree_versions, no_writeback_baseline=a.no_writeback_baseline)
     logical = sum(bs.tree_bytes(c[0]) for c in checkpoints)
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

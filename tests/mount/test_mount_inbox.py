@@ -517,6 +517,7 @@ def test_hard_links_in_a_version_are_refused(tmp_path, mount):
 # -- 6. a daemon that dies, and one that stops cleanly -------------------------------------
 
 WRITER = r"""
+import os
 import sys
 path, chunk = sys.argv[1], 1 << 20
 written = 0
@@ -524,6 +525,7 @@ with open(path, "wb") as f:
     for i in range(4096):
         f.write(i.to_bytes(4, "little") * (chunk // 4))
         f.flush()
+        os.fsync(f.fileno())  # with the writeback cache, bytes not synced live in the kernel
         written += chunk
         print(written, flush=True)
 """

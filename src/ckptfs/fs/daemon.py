@@ -85,6 +85,7 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         options |= {"fsname=ckptfs:" + store_label(store_path), "subtype=ckptfs"}
         if allow_other:
             options.add("allow_other")
+        parts.ops.enable_writeback_cache = writeback_cache_wanted()
         if parts.store.enforcing():
             # Roles decide (docs/access.md), not the modes the mount shows: the kernel
             # must not refuse a writer's mkdir in a root-owned inbox directory first.
@@ -94,7 +95,8 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
     except BaseException:
         parts.close()
         raise
-    log.info("mounted %s at %s", store_path, mountpoint)
+    log.info("mounted %s at %s (writeback cache %s)", store_path, mountpoint,
+             "on" if parts.ops.enable_writeback_cache else "off")
     if ready_fd is not None:
         os.write(ready_fd, b"ok\n")
         os.close(ready_fd)
@@ -104,6 +106,12 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         pyfuse3.close(unmount=True)
         parts.close()
         log.info("unmounted %s", mountpoint)
+
+
+def writeback_cache_wanted() -> bool:
+    """The kernel's writeback cache (ops.CkptfsOperations), unless CKPTFS_WRITEBACK_CACHE=0
+    turns it off: a baseline for benchmarks, or a way round a kernel that misbehaves."""
+    return os.environ.get("CKPTFS_WRITEBACK_CACHE", "1") != "0"
 
 
 READ_AHEAD_KB = 1024

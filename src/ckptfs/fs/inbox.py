@@ -70,6 +70,17 @@ def kind_of(mode: int) -> str:
     return SPECIAL_KINDS.get(stat.S_IFMT(mode), "file")
 
 
+def spool_flags(flags: int) -> int:
+    """How the daemon opens a spool file for a job's open(): O_APPEND dropped (the kernel
+    gives every write its offset), and write-only opened read-write, because with the
+    writeback cache the kernel reads through the handle the pages a partial write touches
+    (the daemon runs as root: the file's mode does not stop it)."""
+    flags &= ~os.O_APPEND
+    if flags & os.O_ACCMODE == os.O_WRONLY:
+        flags = flags & ~os.O_ACCMODE | os.O_RDWR
+    return flags
+
+
 def printable(name: str) -> str:
     """A name as it can stand in one log line: quoted only if it holds control characters."""
     return name if name.isprintable() else repr(name)
@@ -366,7 +377,7 @@ class Inbox(InboxState):
         await self._note_writer(run, rel, ctx)
         self._materialize_dirs(run, rel.rpartition("/")[0])
         self._replace_staged(self.spool_path(key), keep_content=False)
-        fd = os.open(self.spool_path(key), (flags & ~os.O_APPEND) | os.O_CREAT, stat.S_IMODE(mode))
+        fd = os.open(self.spool_path(key), spool_flags(flags) | os.O_CREAT, stat.S_IMODE(mode))
         give_to_caller(self.spool_path(key), ctx)  # first: a chown clears set-user-ID
         os.fchmod(fd, stat.S_IMODE(mode))  # the writer's umask is applied; not ours again
         self.activity.created_by(run, rel, ctx)
@@ -400,7 +411,10 @@ class Inbox(InboxState):
             if flags & os.O_TRUNC:
                 self._seal_before_overwrite(run, rel, ctx)
             self._replace_staged(path, keep_content=not flags & os.O_TRUNC)
-        fd = os.open(path, flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL))
+        try:
+            fd = os.open(path, spool_flags(flags) & ~(os.O_CREAT | os.O_EXCL))
+        except PermissionError:  # a daemon not run as root, and a file it may not read
+            fd = os.open(path, flags & ~(os.O_APPEND | os.O_CREAT | os.O_EXCL))
         handle = self._opened(fd, key, writable)
         if flags & os.O_TRUNC:
             self._changed(run, rel)
@@ -528,6 +542,8 @@ class Inbox(InboxState):
         run, rel = self.split(key)
         if run is None:
             raise pyfuse3.FUSEError(errno.EPERM)
+        if self._cached_times_only(key, attr, fields):
+            return
         if not os.path.lexists(path):
             node = self.node(key)
             if node is None:
@@ -559,6 +575,19 @@ class Inbox(InboxState):
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
         self._changed(run, rel)
+
+    def _cached_times_only(self, key: tuple, attr, fields) -> bool:
+        """A SETATTR that changes nothing: the writeback cache's kernel sends the times it
+        keeps back to the file system (after the pages of a write, or after a setxattr or
+        a link count change touched its ctime), and the mtime is the one we have. It must
+        not copy a sealed file up, nor count as a change of its unit."""
+        if fields.update_size or fields.update_mode or fields.update_uid or \
+                fields.update_gid or fields.update_atime:
+            return False
+        if not fields.update_mtime:
+            return True  # ctime alone: the spool file's own follows our changes
+        node = self.node(key)
+        return node is not None and node.mtime_ns == attr.st_mtime_ns
 
     def setattr_open(self, fd: int, attr, fields, ctx):
         """ftruncate, fchmod, fchown, futimens of a file open after its name went: only

@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import pyfuse3
@@ -190,7 +191,23 @@ class InodeTable:
         return key
 
 
+def kernel_writes_back_on_close(release: str | None = None) -> bool:
+    """Does this kernel write a file's dirty pages back at every close(), FLUSH answered
+    or not? Linux 5.16 and later do; older ones skip it once FLUSH was refused (ENOSYS),
+    leaving the pages to the release that follows the last close."""
+    numbers = re.match(r"(\d+)\.(\d+)", release or os.uname().release)
+    return numbers is not None and (int(numbers[1]), int(numbers[2])) >= (5, 16)
+
+
 class CkptfsOperations(pyfuse3.Operations):
+    # The kernel's writeback cache: a job's writes land in the page cache and reach the
+    # daemon later in large requests (at close, fsync, or under memory pressure): 1.3 to 2
+    # times the rate of `dd` into the inbox (docs/benchmarks.md). The kernel then owns a
+    # file's size and mtime while it caches it; what that means for sealing is in
+    # docs/mount.md ("The write path").
+    # daemon.serve turns it off for CKPTFS_WRITEBACK_CACHE=0.
+    enable_writeback_cache = True
+
     def __init__(self, store, inbox=None):
         super().__init__()
         self.store = store
@@ -702,9 +719,14 @@ class CkptfsOperations(pyfuse3.Operations):
 
     @guarded
     async def flush(self, fh):
-        # Nothing to do on close (release is what the inbox counts), and ENOSYS tells
-        # the kernel to stop sending FLUSH at all: one round trip less per close().
-        raise pyfuse3.FUSEError(errno.ENOSYS)
+        """close(): nothing for the daemon to do (the sealer waits for the release, which
+        the kernel sends after writing the file's last dirty pages back). ENOSYS tells the
+        kernel to stop sending FLUSH, one round trip less per close, where that does not
+        also stop it writing a closed file's pages back before close() returns: the job
+        must find its bytes in the daemon once it has closed the file (a `.seal` marker
+        right after), and a failed write-back (a full disk) reported by its close()."""
+        if kernel_writes_back_on_close() or not self.enable_writeback_cache:
+            raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @guarded
     async def fsync(self, fh, datasync):
