@@ -27,6 +27,7 @@ class SpoolActivity:
         self.unprepared: set[int] = set()         # changed since last queued to prepare
         self.incomplete: set[int] = set()         # a write to it failed (a full disk)
         self.retried: dict[int, int] = {}         # inode -> generation prepared twice
+        self.on_bump = None   # told each inode bumped (streaming.py: a change not a write's)
 
     # -- changes --------------------------------------------------------------------------
     def touched(self, run: tuple, rel: str):
@@ -43,6 +44,8 @@ class SpoolActivity:
         self.generation += 1
         self.generations[ino] = self.generation
         self.unprepared.add(ino)
+        if self.on_bump is not None:
+            self.on_bump(ino)
 
     # -- handles ----------------------------------------------------------------------------
     def opened(self, ino: int, where: tuple | None, writable: bool):

@@ -107,10 +107,15 @@ class Chunker:
 
     def __init__(self, min_size: int, avg_size: int, max_size: int):
         self._cdc = FastCDC(avg_size=avg_size, min_size=min_size, max_size=max_size)
+        self.max_size = max_size
         # One read buffer, reused for every window: fresh memory costs page faults, and
         # those dominate the cost of chunking on some machines.
         self._window = max(4 * max_size, 8 << 20)
         self._buf = bytearray(self._window + max_size)
+
+    def cut_buf(self, view):
+        """FastCDC's chunks of `view` (the last may be cut short by the view's end)."""
+        return self._cdc.cut_buf(view)
 
     def cut(self, segment: Segment, read, readinto):
         """Yield (absolute offset, bytes) for each chunk of `segment`.
