@@ -199,8 +199,11 @@ class Sealer:
         """Run a task beside the sealer's (the streams' ends)."""
         self._nursery.start_soon(fn, *args)
 
-    def state_for(self, run: tuple, unit: Unit) -> UnitState:
-        return self.units.setdefault((*run, unit.path, None), UnitState(unit))
+    def state_for(self, run: tuple, unit: Unit, keep: bool = True) -> UnitState:
+        """The unit's state (a new one is kept only with `keep`)."""
+        key = (*run, unit.path, None)
+        state = self.units.get(key) or UnitState(unit)
+        return self.units.setdefault(key, state) if keep else state
 
     # -- preparing ahead of the seal ----------------------------------------------------------
     async def run_preparer(self):

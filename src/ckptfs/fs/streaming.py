@@ -111,7 +111,7 @@ class WriteStreams:
         unit = unit_of(sealer.inbox.units_of(*run), rel)
         if unit is None or os.path.basename(rel) == SEAL_MARKER:
             return None
-        state = sealer.state_for(run, unit)
+        state = sealer.state_for(run, unit, keep=False)  # the sealer's round adds it
         if state.sealing or sealer._earlier_pending(run, unit, state):
             return None  # its chunks would miss the earlier version's: prepared at close
         ingest = sealer._ingest_for(run, unit, state)
