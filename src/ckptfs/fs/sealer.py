@@ -216,7 +216,8 @@ class Sealer:
             except Exception:  # whatever happens, the daemon keeps serving; the seal reads it
                 log.exception("preparing a file of inbox/%s/%s failed unexpectedly", *job.run)
 
-    def _earlier_pending(self, run: tuple, unit: Unit, state: UnitState | None) -> bool:
+    def _earlier_pending(self, run: tuple, unit: Unit, state: UnitState | None,
+                         unless=lambda other: False) -> bool:
         """Is a checkpoint that arrived earlier still unsealed? Wait for its seal: until
         then its chunks are not in the index (this one would store them again, whatever
         its run) and, in the same run, it is what this one's tensors are delta-coded
@@ -225,7 +226,7 @@ class Sealer:
             return False
         return any(other is not state and other.first_seen < state.first_seen
                    and other.unit.kind == CHECKPOINT and not other.held and not other.error
-                   for other in self.units.values())
+                   and not unless(other.unit) for other in self.units.values())
 
     async def _prepare(self, job: PrepareJob):
         if job.ino in self.activity.open_writers:
@@ -275,6 +276,14 @@ class Sealer:
             ingest.preferred_parent = parent
             self.staged[key] = ingest
         return ingest
+
+    def _discard_ingests_of_no_unit(self, units: set):
+        """An ingest begun for a unit that is gone (its files removed or moved away;
+        a stream begins one before the sealer's round sees the unit) is dropped, unless
+        another unit now holds that path: its seal takes the ingest over."""
+        for key in [k for k in self.staged if len(k) == 3 and (*k, None) not in units]:
+            if not self._within_other_unit(key[:2], key[2]):
+                self.discard_staged(key)
 
     def _within_other_unit(self, run: tuple, path: str) -> bool:
         """Is `path` (a unit that is gone) now part of another unit of the run (a file
@@ -426,9 +435,8 @@ class Sealer:
         for key in gone:
             if key[3] is None:
                 self.spool.clear_error(self.error_rel(key[:2], self.units[key].unit))
-                if not self._within_other_unit(key[:2], key[2]):
-                    self.discard_staged(key[:3])
             del self.units[key]
+        self._discard_ingests_of_no_unit(seen)
         if gone:  # a unit that no longer exists (its files moved on) holds nobody up
             self.requeue_deferred()
 

@@ -22,12 +22,21 @@ import os
 
 import trio
 
-from ckptfs.meta.layout import SEAL_MARKER, unit_of
+from ckptfs.meta.layout import FILE, SEAL_MARKER, parent_of, unit_of
 from ckptfs.spool.directory import inner_path
 
 log = logging.getLogger("ckptfs.inbox")
 
 MAX_GAPS = 256  # written pieces past a gap kept per file (mmap writes back in any order)
+
+
+def _beside(unit):
+    """Checkpoint files in the directory of `unit` (a checkpoint file): most likely the
+    other shards of one checkpoint, which a `.seal` or `config.json` will join into
+    one unit; they do not hold up its stream as an earlier checkpoint would."""
+    folder = parent_of(unit.path)
+    return lambda other: unit.shape == FILE and other.shape == FILE and \
+        parent_of(other.path) == folder
 
 
 class WriteTracker:
@@ -112,7 +121,7 @@ class WriteStreams:
         if unit is None or os.path.basename(rel) == SEAL_MARKER:
             return None
         state = sealer.state_for(run, unit, keep=False)  # the sealer's round adds it
-        if state.sealing or sealer._earlier_pending(run, unit, state):
+        if state.sealing or sealer._earlier_pending(run, unit, state, _beside(unit)):
             return None  # its chunks would miss the earlier version's: prepared at close
         ingest = sealer._ingest_for(run, unit, state)
         if ingest is None:

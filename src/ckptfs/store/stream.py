@@ -175,8 +175,10 @@ class FileStream:
         buf = bytearray(self._window)
         filled, buf_pos = 0, start
         while True:
-            got = self._read_available(buf_pos + filled, len(buf) - filled,
-                                       into=memoryview(buf)[filled:])
+            # As much as is written, once a largest chunk more is (a cut needs no more).
+            room = len(buf) - filled
+            got = self._read_available(buf_pos + filled, room, into=memoryview(buf)[filled:],
+                                       at_least=min(room, chunker.max_size))
             filled += got
             at_end = self._final_size is not None and buf_pos + filled >= self._final_size
             if not filled and at_end:
@@ -222,10 +224,11 @@ class FileStream:
             return self._final_size
         return self._available - self._available % PAGE
 
-    def _read_available(self, offset: int, length: int, into=None):
-        """Up to `length` bytes at `offset`, waiting until they are written (fewer at the
-        file's end); into a buffer if given (then the count read)."""
-        end = min(self._wait(offset + length), offset + length)
+    def _read_available(self, offset: int, length: int, into=None, at_least: int | None = None):
+        """Up to `length` bytes at `offset` once `at_least` of them (default: all) are
+        written, fewer at the file's end; into a buffer if given (then the count read)."""
+        wanted = length if at_least is None else at_least
+        end = min(self._wait(offset + wanted), offset + length)
         n = max(0, end - offset)
         self.claimed = max(self.claimed, offset + n)
         if into is None:
