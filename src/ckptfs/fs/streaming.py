@@ -17,6 +17,7 @@ At the last writer's close the stream is told the size and the prepared-result t
 (the inode and its write generation, as for the prepare-ahead): a task waits for its end
 and counts it (`files_prepared`, `files_streamed`) or queues the usual prepare.
 """
+import errno
 import logging
 import os
 
@@ -24,6 +25,7 @@ import trio
 
 from ckptfs.meta.layout import FILE, SEAL_MARKER, parent_of, unit_of
 from ckptfs.spool.directory import inner_path
+from ckptfs.store.ingest import open_without_atime
 
 log = logging.getLogger("ckptfs.inbox")
 
@@ -126,7 +128,7 @@ class WriteStreams:
         ingest = sealer._ingest_for(run, unit, state)
         if ingest is None:
             return None
-        fd = os.open(f"/proc/self/fd/{handle.fd}", os.O_RDONLY)
+        fd = open_without_atime(f"/proc/self/fd/{handle.fd}")  # the job's atime stays
         stream = ingest.stream_file(inner_path(unit, rel), fd)
         return WriteTracker(stream, run, unit.path)
 
@@ -138,6 +140,10 @@ class WriteStreams:
         if tracker is None:
             return False
         stream = tracker.stream
+        if ino in self.activity.incomplete:  # a write failed: the disk is full
+            stream.cancel()
+            self._give_space_back(tracker)
+            return False
         size = self._size_if_whole(run, ino, tracker)
         if size is None or stream.done:
             stream.cancel()
@@ -163,6 +169,11 @@ class WriteStreams:
             return None
         return st.st_size
 
+    def _give_space_back(self, tracker: WriteTracker) -> None:
+        """The disk is full: what the unit's ingest packed ahead goes (its files stay in
+        the spool, and its seal reads them), so that removing files frees their space."""
+        self.sealer.discard_staged((*tracker.run, tracker.unit_path))
+
     async def _count_when_done(self, tracker: WriteTracker, ino: int, token: tuple):
         stream = tracker.stream
         fields = await trio.to_thread.run_sync(stream.result, abandon_on_cancel=True)
@@ -174,6 +185,8 @@ class WriteStreams:
         if stream.error is not None:
             log.warning("ingesting inbox/%s/%s/%s as it was written failed: %s", *tracker.run,
                         tracker.unit_path or ".", stream.error)
+            if getattr(stream.error, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                self._give_space_back(tracker)
         where = self.activity.paths.get(ino)
         if where is not None and self.activity.generations.get(ino) == token[1]:
             self.activity.unprepared.add(ino)  # unchanged since: prepared as before

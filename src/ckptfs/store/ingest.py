@@ -66,6 +66,19 @@ def ingest_workers() -> int:
     return wanted if wanted > 0 else (os.cpu_count() or 2)
 
 
+BACKGROUND_NICE = 10  # ingest threads run at this niceness: a writer they follow comes first
+
+
+def yield_to_others() -> None:
+    """Lower the calling thread's CPU priority (Linux: niceness is per thread). The
+    mount ingests behind a writer: on a machine with few cores, the writer and the
+    daemon's file-system calls go first, and the ingest uses what they leave."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+    except (OSError, AttributeError):
+        pass
+
+
 class EncoderPool:
     """The process's encoder threads and its budget of chunks in flight, shared by every
     file being ingested at once (an import's files, the mount's streams): memory stays
@@ -75,7 +88,8 @@ class EncoderPool:
 
     def __init__(self, workers: int):
         self.workers = workers
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-encode")
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-encode",
+                                           initializer=yield_to_others)
         self.budget = threading.Semaphore(INFLIGHT_PER_WORKER * workers + 2)
 
     @classmethod

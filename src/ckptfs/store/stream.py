@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .chunking import (Segment, parse_safetensors_header, plan_segments,
                        safetensors_header_size)
 from .errors import SourceError
-from .ingest import EncoderPool
+from .ingest import EncoderPool, yield_to_others
 
 PAGE = 4096   # claimed only up to whole pages until the close: a writeback cache
               # writes back a partly filled last page again once it is filled
@@ -104,8 +104,10 @@ class FileStream:
 
     # -- the stream's thread ------------------------------------------------------------------
     def _run(self):
+        yield_to_others()
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
+            with ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256",
+                                    initializer=yield_to_others) as hasher:
                 fields = self._ingest(hasher)
             self.ingest.add_prepared(self._token, fields)
             self.fields = fields
