@@ -4,7 +4,8 @@ Per spool file (by inode): the handles open on it, a write generation (a counter
 by every write, truncate and create through the mount: a prepared result is only reused
 while it is the same), where it is now (renames follow it), whether a write to it failed.
 Per run: when each path last changed and who created it (for the quiet period and for
-lineage). The inbox updates it on every file-system call; the sealer reads it.
+lineage). The inbox updates it on every file-system call; the sealer reads it, and the
+streams (streaming.py) hear of every change through `on_bump`.
 """
 import os
 import time

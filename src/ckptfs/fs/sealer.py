@@ -4,10 +4,11 @@ and sealing them (docs/mount.md, "When a unit is sealed").
 The inbox (inbox.py) answers the file-system calls and tells the sealer what changed
 (through SpoolActivity and a few calls); the sealer decides, on its own trio task, when
 a unit is due, stages it (spool.py) and seals it through `archive_directory`, the same
-path as `ckptfs import`, on a worker thread. Ingest starts before the seal: a file is
-prepared (chunked, deduplicated, compressed, packed) into its unit's ingest once its last
-writer closes it; the seal then only reads what changed since. Prepare and seal take
-turns on one lane.
+path as `ckptfs import`, on a worker thread. Ingest starts before the seal: a file
+written from its start is streamed into its unit's ingest as it is written
+(streaming.py), any other is prepared (chunked, deduplicated, compressed, packed) once
+its last writer closes it; the seal then only reads what changed since. Prepare and seal
+take turns on one lane; streams run beside them, on threads of their own.
 """
 import contextlib
 import dataclasses

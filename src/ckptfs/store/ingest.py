@@ -11,18 +11,23 @@ chunk lookup, the delta bases of the version's parent, a sink for its packs that
 the cipher) and never calls back into the store; what it hands over is a
 `PreparedVersion`.
 
-Work overlaps on both cores: the calling thread reads and cuts, a worker pool encodes,
-and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
-release the GIL on large buffers). Nothing is visible until the commit; on any error
-this ingest's packs are deleted and no version appears.
+Work overlaps on every core: the calling thread reads, cuts, names and dedups chunks,
+the process's encoder threads (`EncoderPool`: one per core, CKPTFS_INGEST_WORKERS)
+encode, and one more thread per file feeds its SHA-256 in order (hashlib, BLAKE3 and
+zstd all release the GIL on large buffers); `FilePipeline` is that for one file, and
+records are appended in file order. Several files may go through one ingest at once
+(the mount streams them as they are written: stream.py), so its packs and figures
+change under its lock. Nothing is visible until the commit; on any error this ingest's
+packs are deleted and no version appears.
 
 While an ingest is under way (from its start to its commit or abort) it holds a shared
 flock on `STORE/ingest.lock`: its packs are not referenced by the index yet, and garbage
 collection removes unreferenced packs only when it can take that lock exclusively.
 
-The mount starts an ingest before the seal: as each file of an inbox version is closed
-it calls `prepare_file`, which stores the file's chunks under a token the caller
-chooses (the daemon uses the spool inode and a write generation). At the seal,
+The mount starts an ingest before the seal: as each file of an inbox version is written
+it streams it (`stream_file`), or once closed it calls `prepare_file`; either stores the
+file's chunks under a token the caller chooses (the daemon uses the spool inode and a
+write generation). At the seal,
 `execute` reuses a prepared file whose token still matches and reads the rest, so a
 version is mostly ingested by the time its quiet period ends. Chunks of a prepared file
 that was changed or removed afterwards stay in the packs unreferenced (space, not harm).
