@@ -117,6 +117,16 @@ class Chunker:
         """FastCDC's chunks of `view` (the last may be cut short by the view's end)."""
         return self._cdc.cut_buf(view)
 
+    def final_cuts(self, view, at_end: bool):
+        """(start, stop) of the chunks of a window of a file whose cuts are final: a chunk
+        that runs into the window's end may only be cut there by the window, and is cut
+        again once more data follows it (unless the file ends there)."""
+        for chunk in self._cdc.cut_buf(view):
+            stop = chunk.offset + chunk.length
+            if stop == len(view) and not at_end:
+                return
+            yield chunk.offset, stop
+
     def cut(self, segment: Segment, read, readinto):
         """Yield (absolute offset, bytes) for each chunk of `segment`.
 
@@ -147,11 +157,8 @@ class Chunker:
             at_end = read_pos >= end
             consumed = 0
             with memoryview(buf)[:filled] as view:
-                for chunk in self._cdc.cut_buf(view):
-                    stop = chunk.offset + chunk.length
-                    if stop == filled and not at_end:
-                        break  # may only be the window's end: cut again with more data
-                    yield buf_pos + chunk.offset, bytes(view[chunk.offset:stop])
+                for start, stop in self.final_cuts(view, at_end):
+                    yield buf_pos + start, bytes(view[start:stop])
                     consumed = stop
             if at_end:
                 return

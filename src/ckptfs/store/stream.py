@@ -188,11 +188,8 @@ class FileStream:
             consumed = 0
             segment = Segment(buf_pos, filled)
             with memoryview(buf)[:filled] as view:
-                for chunk in chunker.cut_buf(view):
-                    stop = chunk.offset + chunk.length
-                    if stop == filled and not at_end:
-                        break  # may be cut short by the window's end: again with more
-                    pipeline.add(segment, buf_pos + chunk.offset, bytes(view[chunk.offset:stop]))
+                for start, stop in chunker.final_cuts(view, at_end):
+                    pipeline.add(segment, buf_pos + start, bytes(view[start:stop]))
                     consumed = stop
             if at_end:
                 return
