@@ -143,22 +143,28 @@ class Chunker:
                 yield pos, read(pos, n)
                 pos += n
             return
-        buf = self._buf
-        filled = 0                  # valid bytes at the start of buf
-        buf_pos = segment.offset    # file offset of buf[0]
-        read_pos = segment.offset   # next file offset to read
-        while True:
-            n = min(len(buf) - filled, end - read_pos)
+
+        def fill(offset: int, free) -> tuple[int, bool]:
+            n = min(len(free), end - offset)
             if n:
-                with memoryview(buf) as free:
-                    readinto(read_pos, free[filled:filled + n])
-                filled += n
-                read_pos += n
-            at_end = read_pos >= end
+                readinto(offset, free[:n])
+            return n, offset + n >= end
+        yield from self.cut_windows(segment.offset, self._buf, fill)
+
+    def cut_windows(self, start: int, buf: bytearray, fill):
+        """Yield (absolute offset, bytes) for each content-defined chunk from file offset
+        `start` on, reading a window at a time into `buf` (at least two largest chunks)
+        with `fill(offset, free view) -> (bytes read, whether the data ends there)`."""
+        filled = 0          # valid bytes at the start of buf
+        buf_pos = start     # file offset of buf[0]
+        while True:
+            with memoryview(buf) as free:
+                n, at_end = fill(buf_pos + filled, free[filled:])
+            filled += n
             consumed = 0
             with memoryview(buf)[:filled] as view:
-                for start, stop in self.final_cuts(view, at_end):
-                    yield buf_pos + start, bytes(view[start:stop])
+                for begin, stop in self.final_cuts(view, at_end):
+                    yield buf_pos + begin, bytes(view[begin:stop])
                     consumed = stop
             if at_end:
                 return

@@ -131,7 +131,7 @@ class FileStream:
                 tail = max(tail, layout.data_start)
                 for segment in plan_segments(layout, tail, self.ingest.tensor_block):
                     self._cut_known(segment, pipeline)
-            self._cut_open_ended(tail, pipeline)
+            self._cut_content_defined(tail, None, pipeline)
             return pipeline.finish(self._final_size)
 
     def _tensor_layout(self):
@@ -165,37 +165,28 @@ class FileStream:
                 pipeline.add(segment, pos, data)
                 pos += n
             return
-        data = self._read_exact(segment.offset, segment.length)
-        for chunk in self.ingest.chunker.cut_buf(data):
-            pipeline.add(segment, segment.offset + chunk.offset,
-                         data[chunk.offset:chunk.offset + chunk.length])
+        self._cut_content_defined(segment.offset, end, pipeline, segment)
 
-    def _cut_open_ended(self, start: int, pipeline) -> None:
-        """Content-defined chunks from `start` to the end of the file, whose size is only
-        known at the close: a chunk is passed on once the bytes after it are there."""
+    def _cut_content_defined(self, start: int, end: int | None, pipeline,
+                             segment: Segment | None = None) -> None:
+        """Content-defined chunks from `start` to `end` (None: to the end of the file,
+        whose size is only known at the close), read a window at a time as they are
+        written: a chunk is passed on once the bytes after it are there."""
         chunker = self.ingest.chunker
-        buf = bytearray(self._window)
-        filled, buf_pos = 0, start
-        while True:
+
+        def fill(offset: int, free) -> tuple[int, bool]:
+            room = len(free) if end is None else min(len(free), end - offset)
             # As much as is written, once a largest chunk more is (a cut needs no more).
-            room = len(buf) - filled
-            got = self._read_available(buf_pos + filled, room, into=memoryview(buf)[filled:],
-                                       at_least=min(room, chunker.max_size))
-            filled += got
-            at_end = self._final_size is not None and buf_pos + filled >= self._final_size
-            if not filled and at_end:
-                return
-            consumed = 0
-            segment = Segment(buf_pos, filled)
-            with memoryview(buf)[:filled] as view:
-                for start, stop in chunker.final_cuts(view, at_end):
-                    pipeline.add(segment, buf_pos + start, bytes(view[start:stop]))
-                    consumed = stop
-            if at_end:
-                return
-            buf[:filled - consumed] = buf[consumed:filled]
-            filled -= consumed
-            buf_pos += consumed
+            n = self._read_available(offset, room, into=free,
+                                     at_least=min(room, chunker.max_size))
+            file_ends = self._final_size is not None and offset + n >= self._final_size
+            if end is None:
+                return n, file_ends
+            if n < room and file_ends:
+                raise SourceError(f"{self.rel_path}: ends before its last tensor")
+            return n, offset + n >= end
+        for offset, data in chunker.cut_windows(start, bytearray(self._window), fill):
+            pipeline.add(segment or Segment(offset, len(data)), offset, data)
 
     # -- reading what the writer has written ---------------------------------------------------
     def _wait(self, end: int) -> int:
