@@ -164,3 +164,30 @@ def test_the_encoder_budget_is_all_given_back(store, tmp_path):
     for _ in filter(None, taken):
         pool.budget.release()
     assert all(taken)
+
+
+def test_full_packs_are_closed_behind_the_writer_and_all_are_complete(store_path, tmp_path):
+    """With 1 MiB packs a file fills many: each is closed (fsync) on a thread of its own
+    while the next fills; the commit waits for them, and every pack is complete."""
+    from ckptfs.store import Store
+    from ckptfs.store.backend import LocalBackend
+    from ckptfs.store.pack import list_pack_ids, scan_pack
+    Store.init(store_path).close()
+    config = os.path.join(store_path, "ckptfs.toml")
+    with open(config) as f:
+        text = f.read()
+    with open(config, "w") as f:
+        f.write(text.replace("target_size = 134217728", "target_size = 1048576"))
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(13_000_000)
+    with Store.open(store_path) as store:
+        ingest = store.begin_ingest("p", "r", "v1")
+        assert stream_written(ingest, str(src / "f.bin"), data, "token") is not None
+        store.import_directory(str(src), "p", "r", "v1", ingest=ingest,
+                               token_of=lambda entry: "token")
+        assert store.verify().ok
+    backend = LocalBackend(store_path)
+    packs = list_pack_ids(backend)
+    assert len(packs) > 5
+    assert all(scan_pack(backend, pack_id, verify=True).complete for pack_id in packs)

@@ -381,8 +381,7 @@ class Ingest:
         with self.lock, other.lock:
             if other.delta_base_of and other.delta_parent != self.delta_parent:
                 return False
-            for writer in other.sink.writers:
-                writer.close()  # complete packs: the commit names them with this version's
+            other.sink.close()  # complete packs: the commit names them with this version's
             self.sink.writers[:0] = other.sink.writers
             other.sink.writers = []
             for chunk_id, loc in other.session_chunks.items():
