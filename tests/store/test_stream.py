@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from ckptfs.store.ingest import EncoderPool
+from ckptfs.store.encoders import EncoderPool
 
 PIECE = 100_003  # an odd write size: cuts and pages never line up with it
 

@@ -42,9 +42,10 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Hashable
+from typing import Callable, Hashable
 
 from .chunking import Chunker, FileReader
+from .encoders import EncoderPool
 from .codec import XOR_DELTA, ZSTD, Encoder, delta_base_id
 from .errors import SourceError, StoreFullError
 from .index import Location
@@ -52,60 +53,10 @@ from .pack import KIND_CHUNK, KIND_MANIFEST
 from .packsink import PackSink
 from .parentage import FILES_KIND
 from .private import private_open
-
-if TYPE_CHECKING:
-    from .stream import FileStream
+from .stream import FileStream
 
 INGEST_LOCK = "ingest.lock"
-WORKERS_VARIABLE = "CKPTFS_INGEST_WORKERS"  # encoder threads (default: one per core)
-INFLIGHT_PER_WORKER = 2  # chunks read and not yet written, per encoder, for the whole process
 MAX_HASH_BACKLOG = 16    # chunks queued for a file's SHA-256
-
-
-def ingest_workers() -> int:
-    """Encoder threads of this process: CKPTFS_INGEST_WORKERS, else one per core."""
-    try:
-        wanted = int(os.environ.get(WORKERS_VARIABLE, "0"))
-    except ValueError:
-        wanted = 0
-    return wanted if wanted > 0 else (os.cpu_count() or 2)
-
-
-BACKGROUND_NICE = 10  # ingest threads run at this niceness: a writer they follow comes first
-
-
-def yield_to_others() -> None:
-    """Lower the calling thread's CPU priority (Linux: niceness is per thread). The
-    mount ingests behind a writer: on a machine with few cores, the writer and the
-    daemon's file-system calls go first, and the ingest uses what they leave."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
-    except (OSError, AttributeError):
-        pass
-
-
-class EncoderPool:
-    """The process's encoder threads and its budget of chunks in flight, shared by every
-    file being ingested at once (an import's files, the mount's streams): memory stays
-    bounded by the budget however many files are ingested together."""
-    _shared: "EncoderPool | None" = None
-    _shared_lock = threading.Lock()
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ckptfs-encode",
-                                           initializer=yield_to_others)
-        self.budget = threading.Semaphore(INFLIGHT_PER_WORKER * workers + 2)
-
-    @classmethod
-    def shared(cls) -> "EncoderPool":
-        with cls._shared_lock:
-            if cls._shared is None or cls._shared.workers != ingest_workers():
-                cls._shared = cls(ingest_workers())
-            return cls._shared
-
-    def submit(self, fn, *args):
-        return self.executor.submit(fn, *args)
 
 
 @dataclass
@@ -351,11 +302,10 @@ class Ingest:
         with self.lock:
             self.prepared[token] = (fields["size"], fields)
 
-    def stream_file(self, rel_path: str, fd: int) -> "FileStream":
+    def stream_file(self, rel_path: str, fd: int) -> FileStream:
         """Begin ingesting a file while it is being written (stream.py): `fd` is read
         behind the writer, as the caller reports what is written; the result is
         prepared under the token given when the writer closes it."""
-        from .stream import FileStream
         self._choose_delta_parent()
         stream = FileStream(self, rel_path, fd)
         with self.lock:

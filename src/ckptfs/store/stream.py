@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .chunking import (Segment, parse_safetensors_header, plan_segments,
                        safetensors_header_size)
 from .errors import SourceError
-from .ingest import EncoderPool, yield_to_others
+from .encoders import EncoderPool, yield_to_others
 
 PAGE = 4096   # claimed only up to whole pages until the close: a writeback cache
               # writes back a partly filled last page again once it is filled
