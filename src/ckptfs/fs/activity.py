@@ -4,7 +4,8 @@ Per spool file (by inode): the handles open on it, a write generation (a counter
 by every write, truncate and create through the mount: a prepared result is only reused
 while it is the same), where it is now (renames follow it), whether a write to it failed.
 Per run: when each path last changed and who created it (for the quiet period and for
-lineage). The inbox updates it on every file-system call; the sealer reads it.
+lineage). The inbox updates it on every file-system call; the sealer reads it, and the
+streams (streaming.py) hear of every change through `on_bump`.
 """
 import os
 import time
@@ -27,6 +28,7 @@ class SpoolActivity:
         self.unprepared: set[int] = set()         # changed since last queued to prepare
         self.incomplete: set[int] = set()         # a write to it failed (a full disk)
         self.retried: dict[int, int] = {}         # inode -> generation prepared twice
+        self.on_bump = None   # told each inode bumped (streaming.py: a change not a write's)
 
     # -- changes --------------------------------------------------------------------------
     def touched(self, run: tuple, rel: str):
@@ -43,6 +45,8 @@ class SpoolActivity:
         self.generation += 1
         self.generations[ino] = self.generation
         self.unprepared.add(ino)
+        if self.on_bump is not None:
+            self.on_bump(ino)
 
     # -- handles ----------------------------------------------------------------------------
     def opened(self, ino: int, where: tuple | None, writable: bool):

@@ -523,6 +523,7 @@ class Inbox(InboxState):
         where = self.activity.paths.get(handle.ino)
         if where is not None:
             self.activity.touched(where[:2], where[2])
+        self.sealer.streams.wrote(handle, off, written)  # ingest behind the writer
         self.activity.bump(handle.ino)
         return written
 

@@ -283,6 +283,7 @@ class CkptfsOperations(pyfuse3.Operations):
             "bytes_sealed": counters.get("bytes_sealed", 0),
             "ingest_mb_per_s": round(counters.get("bytes_sealed", 0) / seconds / 1e6, 1) if seconds else None,
             "files_prepared": counters.get("files_prepared", 0),
+            "files_streamed": counters.get("files_streamed", 0),
             "files_reused_at_seal": counters.get("files_reused_at_seal", 0),
             "sealer_rounds": counters.get("sealer_rounds", 0),
             "seal_retries": counters.get("seal_retries", 0),

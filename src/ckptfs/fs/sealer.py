@@ -4,10 +4,11 @@ and sealing them (docs/mount.md, "When a unit is sealed").
 The inbox (inbox.py) answers the file-system calls and tells the sealer what changed
 (through SpoolActivity and a few calls); the sealer decides, on its own trio task, when
 a unit is due, stages it (spool.py) and seals it through `archive_directory`, the same
-path as `ckptfs import`, on a worker thread. Ingest starts before the seal: a file is
-prepared (chunked, deduplicated, compressed, packed) into its unit's ingest once its last
-writer closes it; the seal then only reads what changed since. Prepare and seal take
-turns on one lane.
+path as `ckptfs import`, on a worker thread. Ingest starts before the seal: a file
+written from its start is streamed into its unit's ingest as it is written
+(streaming.py), any other is prepared (chunked, deduplicated, compressed, packed) once
+its last writer closes it; the seal then only reads what changed since. Prepare and seal
+take turns on one lane; streams run beside them, on threads of their own.
 """
 import contextlib
 import dataclasses
@@ -33,6 +34,8 @@ from ckptfs.spool.records import provenance_key, provenance_of_record
 from ckptfs.spool.seal_requests import take_requests
 from ckptfs.store import StoreError
 from ckptfs.store.backend import BackendUnavailableError
+
+from .streaming import WriteStreams
 
 log = logging.getLogger("ckptfs.inbox")
 
@@ -83,7 +86,8 @@ class Sealer:
         self.units: dict[tuple, UnitState] = {}       # (p, r, unit path, batch) -> state
         self.counters = {"versions_sealed": 0, "seal_failures": 0, "bytes_in": 0,
                          "bytes_stored": 0, "bytes_sealed": 0, "ingest_seconds": 0.0,
-                         "files_prepared": 0, "files_reused_at_seal": 0, "sealer_rounds": 0,
+                         "files_prepared": 0, "files_streamed": 0, "files_reused_at_seal": 0,
+                         "sealer_rounds": 0,
                          "seal_retries": 0}
         self.on_sealed = None  # callback(p, r, version, unit path) for cache invalidation
         self.last_sealed: str | None = None
@@ -98,6 +102,7 @@ class Sealer:
         self._jobs_in, self._jobs_out = trio.open_memory_channel(float("inf"))
         self._wake = trio.Event()
         self._nursery = None
+        self.streams = WriteStreams(self)            # files ingested as they are written
 
     def recover(self, crashed: bool):
         """Units left in the spool: after a clean stop they seal as usual; after a crash
@@ -181,9 +186,25 @@ class Sealer:
         self.spool.clear_error(self.error_rel(key[:2], state.unit))
 
     def queue_prepare(self, run: tuple | None, ino: int):
-        if run is not None and ino in self.activity.unprepared and ino not in self.activity.open_writers:
+        """The file's writers have closed it (or it was truncated): its stream finishes
+        it, else it is prepared from its bytes."""
+        if ino in self.activity.open_writers:
+            return
+        if self.streams.closed(run, ino):
+            self.activity.unprepared.discard(ino)
+        elif run is not None and ino in self.activity.unprepared:
             self.activity.unprepared.discard(ino)
             self._jobs_in.send_nowait(PrepareJob(run, ino))
+
+    def start_soon(self, fn, *args):
+        """Run a task beside the sealer's (the streams' ends)."""
+        self._nursery.start_soon(fn, *args)
+
+    def state_for(self, run: tuple, unit: Unit, keep: bool = True) -> UnitState:
+        """The unit's state (a new one is kept only with `keep`)."""
+        key = (*run, unit.path, None)
+        state = self.units.get(key) or UnitState(unit)
+        return self.units.setdefault(key, state) if keep else state
 
     # -- preparing ahead of the seal ----------------------------------------------------------
     async def run_preparer(self):
@@ -196,7 +217,8 @@ class Sealer:
             except Exception:  # whatever happens, the daemon keeps serving; the seal reads it
                 log.exception("preparing a file of inbox/%s/%s failed unexpectedly", *job.run)
 
-    def _earlier_pending(self, run: tuple, unit: Unit, state: UnitState | None) -> bool:
+    def _earlier_pending(self, run: tuple, unit: Unit, state: UnitState | None,
+                         unless=lambda other: False) -> bool:
         """Is a checkpoint that arrived earlier still unsealed? Wait for its seal: until
         then its chunks are not in the index (this one would store them again, whatever
         its run) and, in the same run, it is what this one's tensors are delta-coded
@@ -205,7 +227,7 @@ class Sealer:
             return False
         return any(other is not state and other.first_seen < state.first_seen
                    and other.unit.kind == CHECKPOINT and not other.held and not other.error
-                   for other in self.units.values())
+                   and not unless(other.unit) for other in self.units.values())
 
     async def _prepare(self, job: PrepareJob):
         if job.ino in self.activity.open_writers:
@@ -220,7 +242,7 @@ class Sealer:
             unit = unit_of(self.inbox.units_of(*run), rel)
             if unit is None or os.path.basename(rel) == SEAL_MARKER:
                 return
-            state = self.units.setdefault((*run, unit.path, None), UnitState(unit))
+            state = self.state_for(run, unit)
             if state.sealing:
                 return
             if self._earlier_pending(run, unit, state):
@@ -255,6 +277,26 @@ class Sealer:
             ingest.preferred_parent = parent
             self.staged[key] = ingest
         return ingest
+
+    def _discard_ingests_of_no_unit(self, units: set):
+        """An ingest begun for a unit that is gone (its files removed or moved away;
+        a stream begins one before the sealer's round sees the unit) is dropped, unless
+        another unit now holds that path: its seal takes the ingest over."""
+        for key in [k for k in self.staged if len(k) == 3 and (*k, None) not in units]:
+            if not self._within_other_unit(key[:2], key[2]):
+                self.discard_staged(key)
+
+    def _within_other_unit(self, run: tuple, path: str) -> bool:
+        """Is `path` (a unit that is gone) now part of another unit of the run (a file
+        whose directory became a checkpoint directory: `.seal`, `config.json` written)?
+        Its ingest is then kept for that unit's seal."""
+        return any(u.path != path and u.covers(path) for u in self.inbox.units_of(*run))
+
+    def _ingests_within(self, run: tuple, unit: Unit) -> list:
+        """The ingests begun for parts of `unit` when they were units of their own."""
+        keys = [key for key in self.staged if len(key) == 3 and key[:2] == run
+                and key[2] != unit.path and unit.covers(key[2])]
+        return [self.staged.pop(key) for key in keys]
 
     def _worth_retrying(self, ino: int, where: tuple, generation: int) -> bool:
         """A prepare that gave up: try again if the file was renamed meanwhile, or once
@@ -394,8 +436,8 @@ class Sealer:
         for key in gone:
             if key[3] is None:
                 self.spool.clear_error(self.error_rel(key[:2], self.units[key].unit))
-                self.discard_staged(key[:3])
             del self.units[key]
+        self._discard_ingests_of_no_unit(seen)
         if gone:  # a unit that no longer exists (its files moved on) holds nobody up
             self.requeue_deferred()
 
@@ -505,6 +547,9 @@ class Sealer:
         try:
             async with self.lane:
                 ingest = self.staged.pop(ingest_key, None)
+                others = self._ingests_within(run, unit) if batch is None else []
+                if others:
+                    ingest = await trio.to_thread.run_sync(_merged, ingest, others)
                 if ingest is not None:
                     ingest.version = version
                     ingest.reconsider(unit.kind, parent)
@@ -779,6 +824,18 @@ class Sealer:
         if state is not None and state.error:
             self.clear_error((*run, unit.path, None), state)
         self.discard_staged((*run, unit.path))
+
+
+def _merged(ingest, others: list):
+    """One ingest for a unit from those begun for its parts (on a worker thread: the
+    streams of their files are waited for)."""
+    for other in others:
+        if ingest is None:
+            other.settle_streams()
+            ingest = other
+        elif not ingest.adopt(other):
+            other.abort()  # delta-coded against another parent: its files are read again
+    return ingest
 
 
 def _claimed_elsewhere(units: list[Unit], group: Unit, rel: str) -> bool:

@@ -205,10 +205,25 @@ class Chunker:
 
     def __init__(self, min_size: int, avg_size: int, max_size: int):
         self._cdc = FastCDC(avg_size=avg_size, min_size=min_size, max_size=max_size)
+        self.max_size = max_size
         # One read buffer, reused for every window: fresh memory costs page faults, and
         # those dominate the cost of chunking on some machines.
         self._window = max(4 * max_size, 8 << 20)
         self._buf = bytearray(self._window + max_size)
+
+    def cut_buf(self, view):
+        """FastCDC's chunks of `view` (the last may be cut short by the view's end)."""
+        return self._cdc.cut_buf(view)
+
+    def final_cuts(self, view, at_end: bool):
+        """(start, stop) of the chunks of a window of a file whose cuts are final: a chunk
+        that runs into the window's end may only be cut there by the window, and is cut
+        again once more data follows it (unless the file ends there)."""
+        for chunk in self._cdc.cut_buf(view):
+            stop = chunk.offset + chunk.length
+            if stop == len(view) and not at_end:
+                return
+            yield chunk.offset, stop
 
     def cut(self, segment: Segment, read, readinto):
         """Yield (absolute offset, bytes) for each chunk of `segment`.
@@ -226,25 +241,28 @@ class Chunker:
                 yield pos, read(pos, n)
                 pos += n
             return
-        buf = self._buf
-        filled = 0                  # valid bytes at the start of buf
-        buf_pos = segment.offset    # file offset of buf[0]
-        read_pos = segment.offset   # next file offset to read
-        while True:
-            n = min(len(buf) - filled, end - read_pos)
+
+        def fill(offset: int, free) -> tuple[int, bool]:
+            n = min(len(free), end - offset)
             if n:
-                with memoryview(buf) as free:
-                    readinto(read_pos, free[filled:filled + n])
-                filled += n
-                read_pos += n
-            at_end = read_pos >= end
+                readinto(offset, free[:n])
+            return n, offset + n >= end
+        yield from self.cut_windows(segment.offset, self._buf, fill)
+
+    def cut_windows(self, start: int, buf: bytearray, fill):
+        """Yield (absolute offset, bytes) for each content-defined chunk from file offset
+        `start` on, reading a window at a time into `buf` (at least two largest chunks)
+        with `fill(offset, free view) -> (bytes read, whether the data ends there)`."""
+        filled = 0          # valid bytes at the start of buf
+        buf_pos = start     # file offset of buf[0]
+        while True:
+            with memoryview(buf) as free:
+                n, at_end = fill(buf_pos + filled, free[filled:])
+            filled += n
             consumed = 0
             with memoryview(buf)[:filled] as view:
-                for chunk in self._cdc.cut_buf(view):
-                    stop = chunk.offset + chunk.length
-                    if stop == filled and not at_end:
-                        break  # may only be the window's end: cut again with more data
-                    yield buf_pos + chunk.offset, bytes(view[chunk.offset:stop])
+                for begin, stop in self.final_cuts(view, at_end):
+                    yield buf_pos + begin, bytes(view[begin:stop])
                     consumed = stop
             if at_end:
                 return

@@ -11,18 +11,23 @@ chunk lookup, the delta bases of the version's parent, a sink for its packs that
 the cipher) and never calls back into the store; what it hands over is a
 `PreparedVersion`.
 
-Work overlaps on both cores: the calling thread reads and cuts, a worker pool encodes,
-and one more worker feeds each file's SHA-256 in order (hashlib, BLAKE3 and zstd all
-release the GIL on large buffers). Nothing is visible until the commit; on any error
-this ingest's packs are deleted and no version appears.
+Work overlaps on every core: the calling thread reads, cuts, names and dedups chunks,
+the process's encoder threads (`EncoderPool`: one per core, CKPTFS_INGEST_WORKERS)
+encode, and one more thread per file feeds its SHA-256 in order (hashlib, BLAKE3 and
+zstd all release the GIL on large buffers); `FilePipeline` is that for one file, and
+records are appended in file order. Several files may go through one ingest at once
+(the mount streams them as they are written: stream.py), so its packs and figures
+change under its lock. Nothing is visible until the commit; on any error this ingest's
+packs are deleted and no version appears.
 
 While an ingest is under way (from its start to its commit or abort) it holds a shared
 flock on `STORE/ingest.lock`: its packs are not referenced by the index yet, and garbage
 collection removes unreferenced packs only when it can take that lock exclusively.
 
-The mount starts an ingest before the seal: as each file of an inbox version is closed
-it calls `prepare_file`, which stores the file's chunks under a token the caller
-chooses (the daemon uses the spool inode and a write generation). At the seal,
+The mount starts an ingest before the seal: as each file of an inbox version is written
+it streams it (`stream_file`), or once closed it calls `prepare_file`; either stores the
+file's chunks under a token the caller chooses (the daemon uses the spool inode and a
+write generation). At the seal,
 `execute` reuses a prepared file whose token still matches and reads the rest, so a
 version is mostly ingested by the time its quiet period ends. Chunks of a prepared file
 that was changed or removed afterwards stay in the packs unreferenced (space, not harm).
@@ -32,6 +37,7 @@ import fcntl
 import hashlib
 import os
 import stat
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,6 +45,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from .chunking import Chunker, FileReader
+from .encoders import EncoderPool
 from .codec import ZSTD, Encoder, delta_base_id, is_delta
 from .errors import SourceError, StoreFullError
 from .index import Location
@@ -46,11 +53,10 @@ from .pack import KIND_CHUNK, KIND_MANIFEST
 from .packsink import PackSink
 from .parentage import FILES_KIND
 from .private import private_open
+from .stream import FileStream
 
 INGEST_LOCK = "ingest.lock"
-ENCODE_WORKERS = 2
-MAX_INFLIGHT = 8      # chunks being encoded at once (bounds memory: 8 x max chunk size)
-MAX_HASH_BACKLOG = 16 # chunks queued for the per-file SHA-256
+MAX_HASH_BACKLOG = 16    # chunks queued for a file's SHA-256
 
 
 @dataclass
@@ -207,7 +213,9 @@ class Ingest:
         self.stats = IngestStats()
         self.session_chunks: dict[bytes, Location] = {}  # chunks this ingest wrote
         self.delta_base_of: dict[bytes, bytes] = {}       # its XOR-delta chunks -> their base
-        self.pending_ids: set[bytes] = set()               # being encoded right now
+        # Held while the packs, the chunks written and the figures change: the streams
+        # of several files of one version (the mount) append to its packs at once.
+        self.lock = threading.RLock()
         self.delta_parent = None
         self._delta_parent_known = False
         # Set by the mount before preparing: the version's kind, and the version its
@@ -215,6 +223,7 @@ class Ingest:
         self.kind: str | None = None
         self.preferred_parent: dict | None = None
         self.prepared: dict[Hashable, tuple[int, dict]] = {}  # token -> (size, file fields)
+        self.streams: list = []  # FileStreams feeding this ingest while files are written
         # The metadata the version is sealed with: its kind and lineage parent choose the
         # delta parent (the catalog's commit decides the version's parent).
         self.metadata: dict = {}
@@ -240,9 +249,9 @@ class Ingest:
 
     @contextmanager
     def _workers(self):
-        with ThreadPoolExecutor(ENCODE_WORKERS, thread_name_prefix="ckptfs-encode") as pool, \
-             ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
-            yield pool, hasher
+        """(the shared encoders, a thread for the files' SHA-256 in order)."""
+        with ThreadPoolExecutor(1, thread_name_prefix="ckptfs-sha256") as hasher:
+            yield EncoderPool.shared(), hasher
 
     def reconsider(self, kind: str | None, preferred_parent: dict | None):
         """The unit this ingest is for turned out to be a checkpoint after all (a
@@ -254,15 +263,16 @@ class Ingest:
 
     def _choose_delta_parent(self):
         # Once per ingest: prepared files and the rest of the version share one parent.
-        if self._delta_parent_known:
-            return
-        self._delta_parent_known = True
-        kind = self.kind or self.metadata.get("kind")
-        if kind == FILES_KIND:
-            return  # logs and metrics: no tensors to delta-code
-        preferred = self.preferred_parent or (self.metadata.get("lineage") or {}).get("parent")
-        self.delta_parent = self.deltas.parent_for(
-            self.project, self.run, preferred if isinstance(preferred, dict) else None)
+        with self.lock:
+            if self._delta_parent_known:
+                return
+            self._delta_parent_known = True
+            kind = self.kind or self.metadata.get("kind")
+            if kind == FILES_KIND:
+                return  # logs and metrics: no tensors to delta-code
+            preferred = self.preferred_parent or (self.metadata.get("lineage") or {}).get("parent")
+            self.delta_parent = self.deltas.parent_for(
+                self.project, self.run, preferred if isinstance(preferred, dict) else None)
 
     # -- ahead of the seal (the mount) ------------------------------------------------
     def prepare_file(self, rel_path: str, abs_path: str, token: Hashable,
@@ -285,11 +295,62 @@ class Ingest:
                 fields = self._ingest_file(SourceEntry(rel_path, abs_path, st, "file"), pool, hasher)
         except SourceError:
             return False
-        self.prepared[token] = (fields["size"], fields)
+        self.add_prepared(token, fields)
+        return True
+
+    def add_prepared(self, token: Hashable, fields: dict) -> None:
+        with self.lock:
+            self.prepared[token] = (fields["size"], fields)
+
+    def stream_file(self, rel_path: str, fd: int) -> FileStream:
+        """Begin ingesting a file while it is being written (stream.py): `fd` is read
+        behind the writer, as the caller reports what is written; the result is
+        prepared under the token given when the writer closes it."""
+        self._choose_delta_parent()
+        stream = FileStream(self, rel_path, fd)
+        with self.lock:
+            self.streams.append(stream)
+        stream.start()
+        return stream
+
+    def settle_streams(self) -> None:
+        """Before the version is prepared: wait for the streams of closed files to finish
+        (their results are prepared), stop those whose file is still being written."""
+        with self.lock:
+            streams, self.streams = self.streams, []
+        for stream in streams:
+            stream.settle()
+
+    def adopt(self, other: "Ingest") -> bool:
+        """Take over what `other` (an ingest of the same run begun for a part of this
+        version: the mount's units change as a directory fills) has prepared: its packs,
+        chunks and prepared files. False, and nothing taken, if its tensors were delta-coded
+        against another parent: the caller aborts it."""
+        other.settle_streams()
+        self._choose_delta_parent()
+        with self.lock, other.lock:
+            if other.delta_base_of and other.delta_parent != self.delta_parent:
+                return False
+            other.sink.close()  # complete packs: the commit names them with this version's
+            self.sink.writers[:0] = other.sink.writers
+            other.sink.writers = []
+            for chunk_id, loc in other.session_chunks.items():
+                self.session_chunks.setdefault(chunk_id, loc)
+            self.delta_base_of.update(other.delta_base_of)
+            self.prepared.update(other.prepared)
+            for name in ("new_raw_bytes", "new_stored_bytes", "new_chunks", "delta_chunks"):
+                setattr(self.stats, name, getattr(self.stats, name) + getattr(other.stats, name))
+        other.release()
         return True
 
     def abort(self):
         """Delete this ingest's packs: nothing refers to them."""
+        with self.lock:
+            streams, self.streams = self.streams, []
+        for stream in streams:
+            stream.cancel()
+        for stream in streams:
+            stream.join()
         self.sink.abort()
         self.session_chunks.clear()
         self.delta_base_of.clear()
@@ -301,6 +362,7 @@ class Ingest:
                         | None = None) -> PreparedVersion:
         """Store every file of `src` not stored yet (call inside `aborted_on_error`).
         `token_of(entry)` names a file's prepared result (None: read the file now)."""
+        self.settle_streams()
         root_st, found = walk_source(src)
         self._choose_delta_parent()
         with self._workers() as (pool, hasher):
@@ -364,53 +426,29 @@ class Ingest:
         st = os.fstat(fd)
         reader = FileReader(fd, src.abs_path, st.st_size, SourceError, "imported")
         layout = reader.tensor_layout()
-        delta_bases = self.deltas.bases(self.delta_parent, src.path, layout) \
-            if layout is not None and self.delta_parent else {}
-
-        sha = hashlib.sha256()
-        hash_backlog = deque()
-        inflight = deque()
-        chunks = []
-        stored_before = self.stats.new_stored_bytes
-        try:
+        chunks = self.pipeline(self.delta_bases(src.path, layout), pool, hasher)
+        with chunks.cancelled_on_error():
             for segment, offset, data in reader.chunks(self.chunker, layout, self.tensor_block):
-                hash_backlog.append(hasher.submit(sha.update, data))
-                while len(hash_backlog) > MAX_HASH_BACKLOG:
-                    hash_backlog.popleft().result()
-                chunk_id = self.chunk_id(data)
-                chunks.append([chunk_id.hex(), len(data)])
-                self.stats.total_chunks += 1      # live figures for progress; the
-                self.stats.logical_bytes += len(data)  # totals are redone at the end
-                if not self._is_stored(chunk_id):
-                    base = delta_bases.get(offset)
-                    future = pool.submit(self._encode, data, segment.width, base, segment.dtype)
-                    inflight.append((chunk_id, len(data), future))
-                    self.pending_ids.add(chunk_id)
-                    while len(inflight) > MAX_INFLIGHT:
-                        self._write_encoded(*inflight.popleft())
-                if self.progress:
-                    self.progress(len(data), self.stats)
-            while inflight:
-                self._write_encoded(*inflight.popleft())
-        finally:
-            # A file given up half-way (it changed under us): chunks still being encoded
-            # were never written, so they must not count as stored for the next file.
-            for chunk_id, _, future in inflight:
-                future.cancel()
-                self.pending_ids.discard(chunk_id)
-        for f in hash_backlog:
-            f.result()
+                chunks.add(segment, offset, data)
+            fields = chunks.finish(st.st_size)
         after = os.fstat(fd)
         seen = {(s.st_ino, s.st_size, s.st_mtime_ns) for s in (src.st, st, after)}
         if len(seen) > 1:
             raise SourceError(f"{src.abs_path} changed while being imported: is a writer still "
                               "running? Import it again once the checkpoint is complete")
-        return {"size": st.st_size, "sha256": sha.hexdigest(),
-                "stored": self.stats.new_stored_bytes - stored_before, "chunks": chunks}
+        return fields
+
+    def delta_bases(self, path: str, layout) -> dict[int, bytes]:
+        """{offset: base chunk id} of a file's tensor blocks against the delta parent."""
+        if layout is None or not self.delta_parent:
+            return {}
+        return self.deltas.bases(self.delta_parent, path, layout)
+
+    def pipeline(self, delta_bases: dict[int, bytes], pool, hasher) -> "FilePipeline":
+        return FilePipeline(self, delta_bases, pool, hasher)
 
     def _is_stored(self, chunk_id: bytes) -> bool:
-        return (chunk_id in self.session_chunks or chunk_id in self.pending_ids
-                or self.is_stored(chunk_id))
+        return chunk_id in self.session_chunks or self.is_stored(chunk_id)
 
     def _encode(self, data, width: int, base_chunk_id, dtype: str | None = None):
         """Runs on a worker: the smallest of a delta against the base and a plain encode.
@@ -428,14 +466,110 @@ class Ingest:
                 return plain
         return self.encoder.encode(data, width, dtype)
 
-    def _write_encoded(self, chunk_id, raw_len, future):
-        codec_id, payload = future.result()
-        loc = self.sink.append(KIND_CHUNK, codec_id, chunk_id, raw_len, payload)
-        self.pending_ids.discard(chunk_id)
-        self.session_chunks[chunk_id] = loc
-        self.stats.new_chunks += 1
-        self.stats.new_raw_bytes += raw_len
-        self.stats.new_stored_bytes += loc.length
-        if is_delta(codec_id):
-            self.stats.delta_chunks += 1
-            self.delta_base_of[chunk_id] = delta_base_id(codec_id, payload)
+    def write_encoded(self, chunk_id: bytes, raw_len: int, codec_id: int, payload) -> int:
+        """Append an encoded chunk unless another file of this ingest stored it meanwhile;
+        the bytes it added to the packs. Any thread (streams of several files share the
+        ingest's packs)."""
+        with self.lock:
+            if chunk_id in self.session_chunks:
+                return 0
+            loc = self.sink.append(KIND_CHUNK, codec_id, chunk_id, raw_len, payload)
+            self.session_chunks[chunk_id] = loc
+            self.stats.new_chunks += 1
+            self.stats.new_raw_bytes += raw_len
+            self.stats.new_stored_bytes += loc.length
+            if is_delta(codec_id):
+                self.stats.delta_chunks += 1
+                self.delta_base_of[chunk_id] = delta_base_id(codec_id, payload)
+            return loc.length
+
+
+class FilePipeline:
+    """One file's chunks through an ingest, in file order: the whole file's SHA-256 on
+    the hasher thread, chunk ids and dedup on the caller's thread, encoding on the shared
+    encoders, records appended in file order by the caller. At most the pool's budget
+    of chunks is held at once (shared with every other file being ingested)."""
+
+    def __init__(self, ingest: Ingest, delta_bases: dict[int, bytes], pool: EncoderPool,
+                 hasher: ThreadPoolExecutor):
+        self.ingest, self.delta_bases = ingest, delta_bases
+        self.pool, self.hasher = pool, hasher
+        self.sha = hashlib.sha256()
+        self.hash_backlog = deque()
+        self.inflight = deque()      # (chunk id, raw length, future), in file order
+        self.pending: set[bytes] = set()  # ids of this file being encoded
+        self.chunks: list[list] = []
+        self.stored = 0
+        self.size = 0
+
+    def add(self, segment, offset: int, data: bytes) -> None:
+        ingest = self.ingest
+        self.hash_backlog.append(self.hasher.submit(self.sha.update, data))
+        while len(self.hash_backlog) > MAX_HASH_BACKLOG:
+            self.hash_backlog.popleft().result()
+        chunk_id = ingest.chunk_id(data)
+        self.chunks.append([chunk_id.hex(), len(data)])
+        self.size += len(data)
+        ingest.stats.total_chunks += 1      # live figures for progress; the
+        ingest.stats.logical_bytes += len(data)  # totals are redone at the end
+        if chunk_id not in self.pending and not ingest._is_stored(chunk_id):
+            self._reserve()
+            base = self.delta_bases.get(offset)
+            future = self.pool.submit(ingest._encode, data, segment.width, base, segment.dtype)
+            self.inflight.append((chunk_id, len(data), future))
+            self.pending.add(chunk_id)
+        if ingest.progress:
+            ingest.progress(len(data), ingest.stats)
+
+    def _reserve(self) -> None:
+        """A place in the pool's budget: this file's oldest chunks are written first
+        while there is none (so a file never waits for places it holds itself)."""
+        while not self.pool.budget.acquire(blocking=False):
+            if not self.inflight:
+                self.pool.budget.acquire()
+                return
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        chunk_id, raw_len, future = self.inflight[0]
+        try:
+            codec_id, payload = future.result()
+        finally:
+            self.inflight.popleft()
+            self.pool.budget.release()
+        self.stored += self.ingest.write_encoded(chunk_id, raw_len, codec_id, payload)
+        self.pending.discard(chunk_id)
+
+    def drain(self) -> None:
+        """Write every chunk encoded or being encoded (before waiting for more bytes)."""
+        while self.inflight:
+            self._write_oldest()
+
+    def finish(self, size: int) -> dict:
+        """The file's fields once all its chunks are written."""
+        self.drain()
+        for f in self.hash_backlog:
+            f.result()
+        self.hash_backlog.clear()
+        if self.size != size:
+            raise SourceError(f"{size} bytes expected, {self.size} cut")
+        return {"size": size, "sha256": self.sha.hexdigest(), "stored": self.stored,
+                "chunks": self.chunks}
+
+    def cancel(self) -> None:
+        """Give the file up: chunks still being encoded are never written."""
+        while self.inflight:
+            _, _, future = self.inflight.popleft()
+            future.cancel()
+            self.pool.budget.release()
+        self.pending.clear()
+        for f in self.hash_backlog:
+            f.cancel()
+
+    @contextmanager
+    def cancelled_on_error(self):
+        try:
+            yield self
+        except BaseException:
+            self.cancel()
+            raise
