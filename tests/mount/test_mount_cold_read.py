@@ -12,6 +12,8 @@ import pytest
 from safetensors.numpy import save_file
 from tests.helpers.inbox import stats
 
+from ckptfs.fs.readahead import (READ_AHEAD_KB, read_ahead_hint, read_ahead_kb,
+                                 read_ahead_path)
 from ckptfs.store import Store
 
 MiB = 1 << 20
@@ -142,3 +144,18 @@ def test_a_sequential_read_decodes_each_chunk_once_within_the_cache_cap(mounted)
     assert final["keyframes"]["bytes"] > 0
     for cache in ("decoded", "keyframes"):
         assert final[cache]["peak_bytes"] <= final[cache]["capacity"], cache
+
+
+def test_the_mount_serves_with_its_read_ahead_raised_and_says_how_when_it_is_not(mounted):
+    mnt = mounted[0]
+    # Raised before `ckptfs mount` returns: the first cold read has it.
+    assert read_ahead_kb(mnt) == READ_AHEAD_KB
+    assert read_ahead_hint(mnt) is None
+    path = read_ahead_path(mnt)
+    with open(path, "w") as f:
+        f.write("128")  # what the kernel gives a mount the daemon could not raise
+    hint = read_ahead_hint(mnt)
+    assert hint.startswith(f"read-ahead of {mnt} is 128 KiB")
+    command = hint.split("(as root: ", 1)[1].rstrip(")")
+    subprocess.run(["sh", "-c", command], check=True)  # the hint's command does it
+    assert read_ahead_kb(mnt) == READ_AHEAD_KB and read_ahead_hint(mnt) is None

@@ -319,7 +319,7 @@ class ChunkReader:
         one decoded it (versions of a run share their bases), kept there if not."""
         data = self._keyframes.get(base_id)
         if data is None:
-            data = self._decoded_already(base_id)
+            data = self._base_decoded_elsewhere(base_id)
         if data is None:
             # Decoded from the record read here (not by read_chunk: it would read and
             # decrypt the record a second time).
@@ -329,6 +329,22 @@ class ChunkReader:
             data = self._decode_record(base_id, record, cache=False)
         self._keyframes.put(base_id, data)
         return data
+
+    def _base_decoded_elsewhere(self, base_id: bytes):
+        """A base in the decoded-chunk cache, or being decoded on another thread (waited
+        for), else None. A prefetch of it still queued is not waited for: this may be a
+        prefetch thread, and if every one of them waited on a task behind them in the
+        queue (a reader of the base version beside one of the delta), none would run."""
+        data = self._cache.get(base_id)
+        if data is not None:
+            return data
+        pending = self._inflight.get(base_id)
+        if pending is not None and pending.running():
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decoded again by the caller, its error raised in its context
+        return None
 
     # -- files ----------------------------------------------------------------------------
     def read_range(self, entry: dict, offset: int, size: int) -> bytes:
