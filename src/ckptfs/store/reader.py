@@ -356,11 +356,14 @@ class ChunkReader:
         chunk when the range lies in one, else a new buffer copied without the GIL."""
         return self._assemble(entry, offset, size, self.read_chunk)
 
-    def read_view_cached(self, entry: dict, offset: int, size: int) -> memoryview | None:
+    def read_view_cached(self, entry: dict, offset: int, size: int,
+                         scratch=None) -> memoryview | None:
         """Like `read_view` if every chunk it needs is decoded in the cache already (no
-        I/O, no decoding: cheap enough for the mount's event loop), else None."""
+        I/O, no decoding: cheap enough for the mount's event loop), else None. A range
+        across chunks is joined into `scratch` (a uint8 numpy array at least `size` long)
+        if given: the caller's buffer, reused (a fresh one page-faults at every read)."""
         try:
-            return self._assemble(entry, offset, size, self._cached_or_raise)
+            return self._assemble(entry, offset, size, self._cached_or_raise, scratch)
         except KeyError:
             return None
 
@@ -370,7 +373,7 @@ class ChunkReader:
             raise KeyError(chunk_id)
         return data
 
-    def _assemble(self, entry: dict, offset: int, size: int, load) -> bytes:
+    def _assemble(self, entry: dict, offset: int, size: int, load, scratch=None) -> bytes:
         out = []
         end = min(entry["size"], offset + size)
         offsets = self._chunk_offsets(entry)
@@ -385,7 +388,8 @@ class ChunkReader:
         import numpy as np  # here, not at start-up: most CLI commands never read data
         # numpy copies large buffers with the GIL released; bytes.join of memoryviews
         # would hold it, and the decoders on the other threads need it.
-        joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)
+        total = sum(len(part) for part in out)
+        joined = np.empty(total, dtype=np.uint8) if scratch is None else scratch[:total]
         pos = 0
         for part in out:
             joined[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
