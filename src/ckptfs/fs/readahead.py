@@ -3,7 +3,7 @@
 A FUSE mount is a "backing device" of its own, /sys/class/bdi/MAJOR:MINOR, whose
 read_ahead_kb the kernel sets to 128 KiB. With 1024 KiB, the kernel asks the daemon for
 1 MiB reads (FUSE's largest) and several ahead, so the daemon's decoders are never idle
-waiting for the next request: cold reads of a model run about twice as fast
+waiting for the next request: cold reads of a model run 1.1-1.5 times as fast
 (docs/benchmarks.md). Writing read_ahead_kb needs root; `ckptfs mount` says how when it
 cannot. Neither pyfuse3 nor trio is needed here.
 
@@ -80,5 +80,5 @@ def read_ahead_hint(mountpoint: str, kb: int = READ_AHEAD_KB) -> str | None:
     path = read_ahead_path(mountpoint)
     if current is None or path is None or current >= kb:
         return None
-    return (f"read-ahead of {mountpoint} is {current} KiB: cold reads are about twice as fast "
+    return (f"read-ahead of {mountpoint} is {current} KiB: cold reads are faster "
             f"with {kb} (as root: echo {kb} > {path})")
