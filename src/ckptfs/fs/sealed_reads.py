@@ -4,8 +4,7 @@
       reader.prefetch          decode the chunks ahead of a sequential reader on the
                                reader's threads (one a core), into its decoded-chunk cache
       reader.read_view_cached  every chunk of the range decoded already: a slice of the
-                               cached chunk, no copy, no thread (most reads); across
-                               two chunks, a copy into a buffer reused for every read
+                               cached chunk, no copy, no thread (most reads)
       reader.decoding          chunks of the range being decoded ahead: wait for them
                                here, woken by their Future (no worker thread), then slice
       trio.to_thread           anything else (a seek, an evicted chunk, a damaged record:
@@ -13,7 +12,6 @@
 
 Errors are the caller's to map (ops.read: EIO and a counted read error).
 """
-import numpy as np
 import trio
 
 
@@ -38,26 +36,17 @@ class SealedReads:
 
     def __init__(self, reader):
         self.reader = reader
-        # Where a read across two chunks is joined, on the event loop. Reused: pyfuse3
-        # sends a read's reply before its task yields (fuse_reply_buf right after
-        # `read` returns), so no other read of this loop can write it meanwhile.
-        self._scratch = np.empty(0, dtype=np.uint8)
-
-    def _cached(self, entry: dict, off: int, size: int):
-        if len(self._scratch) < size:
-            self._scratch = np.empty(size, dtype=np.uint8)
-        return self.reader.read_view_cached(entry, off, size, self._scratch)
 
     async def read(self, entry: dict, off: int, size: int):
         reader = self.reader
         # Decoding ahead starts first, so it overlaps this read.
         reader.prefetch(entry, off)
-        data = self._cached(entry, off, size)
+        data = reader.read_view_cached(entry, off, size)
         if data is not None:
             return data
         for future in reader.decoding(entry, off, size):
             await finished(future)
-        data = self._cached(entry, off, size)  # no await from here to the reply
+        data = reader.read_view_cached(entry, off, size)
         if data is not None:
             return data
         return await trio.to_thread.run_sync(reader.read_view, entry, off, size)

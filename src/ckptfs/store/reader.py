@@ -356,14 +356,11 @@ class ChunkReader:
         chunk when the range lies in one, else a new buffer copied without the GIL."""
         return self._assemble(entry, offset, size, self.read_chunk)
 
-    def read_view_cached(self, entry: dict, offset: int, size: int,
-                         scratch=None) -> memoryview | None:
+    def read_view_cached(self, entry: dict, offset: int, size: int) -> memoryview | None:
         """Like `read_view` if every chunk it needs is decoded in the cache already (no
-        I/O, no decoding: cheap enough for the mount's event loop), else None. A range
-        across chunks is joined into `scratch` (a uint8 numpy array at least `size` long)
-        if given: the caller's buffer, reused (a fresh one page-faults at every read)."""
+        I/O, no decoding: cheap enough for the mount's event loop), else None."""
         try:
-            return self._assemble(entry, offset, size, self._cached_or_raise, scratch)
+            return self._assemble(entry, offset, size, self._cached_or_raise)
         except KeyError:
             return None
 
@@ -373,7 +370,7 @@ class ChunkReader:
             raise KeyError(chunk_id)
         return data
 
-    def _assemble(self, entry: dict, offset: int, size: int, load, scratch=None) -> bytes:
+    def _assemble(self, entry: dict, offset: int, size: int, load) -> bytes:
         out = []
         end = min(entry["size"], offset + size)
         offsets = self._chunk_offsets(entry)
@@ -388,8 +385,7 @@ class ChunkReader:
         import numpy as np  # here, not at start-up: most CLI commands never read data
         # numpy copies large buffers with the GIL released; bytes.join of memoryviews
         # would hold it, and the decoders on the other threads need it.
-        total = sum(len(part) for part in out)
-        joined = np.empty(total, dtype=np.uint8) if scratch is None else scratch[:total]
+        joined = np.empty(sum(len(part) for part in out), dtype=np.uint8)
         pos = 0
         for part in out:
             joined[pos:pos + len(part)] = np.frombuffer(part, dtype=np.uint8)
