@@ -100,6 +100,9 @@ def start_background_mount(store, mountpoint, allow_other, seal_after, log_level
     if answer == b"ok\n":
         child.stderr.close()
         click.echo(f"mounted {store} at {mountpoint} (daemon pid {child.pid}, log {log_path})")
+        from ckptfs.fs.readahead import read_ahead_hint
+        if hint := read_ahead_hint(mountpoint):  # the daemon could not raise it: not root
+            click.echo(hint)
         return
     errors = child.stderr.read().decode(errors="replace").strip().splitlines()
     child.wait()

@@ -25,6 +25,7 @@ from .follow import DEFAULT_POLL_INTERVAL, JournalFollower
 from .inbox import Inbox
 from .mounts import check_mountpoint
 from .ops import CkptfsOperations
+from .readahead import READ_AHEAD_KB, raise_read_ahead, read_ahead_kb
 
 log = logging.getLogger("ckptfs.fs")
 
@@ -97,11 +98,8 @@ def serve(store_path: str, mountpoint: str, *, allow_other=False, seal_after=5.0
         raise
     log.info("mounted %s at %s (writeback cache %s)", store_path, mountpoint,
              "on" if parts.ops.enable_writeback_cache else "off")
-    if ready_fd is not None:
-        os.write(ready_fd, b"ok\n")
-        os.close(ready_fd)
     try:
-        trio.run(_main_loop, parts.inbox, parts.ops, mountpoint)
+        trio.run(_main_loop, parts.inbox, parts.ops, mountpoint, ready_fd)
     finally:
         pyfuse3.close(unmount=True)
         parts.close()
@@ -114,17 +112,14 @@ def writeback_cache_wanted() -> bool:
     return os.environ.get("CKPTFS_WRITEBACK_CACHE", "1") != "0"
 
 
-READ_AHEAD_KB = 1024
-
-
-async def _main_loop(inbox, ops, mountpoint):
+async def _main_loop(inbox, ops, mountpoint, ready_fd):
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_serving, mountpoint, ready_fd)
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(inbox.run)
         nursery.start_soon(ops.watch_deletions)
         if ops.follower is not None:
             nursery.start_soon(ops.follower.run)
-        nursery.start_soon(_raise_read_ahead, mountpoint)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -137,15 +132,19 @@ async def _stop_on_signals(scope):
             return
 
 
-async def _raise_read_ahead(mountpoint: str):
-    """Ask the kernel for 1 MiB read-ahead on this mount (its default, 128 KiB, halves
-    sequential reads through FUSE). Needs root; otherwise the default stays."""
+async def _serving(mountpoint: str, ready_fd: int | None):
+    """Once the kernel's INIT is answered (a stat through the mount waits for it), raise
+    the mount's read-ahead (fs/readahead.py: the INIT reply would set it back), then
+    tell a background `ckptfs mount` we serve: its first read finds the read-ahead set."""
     try:
-        # stat goes through our own file system: on a worker thread, once we serve.
-        st = await trio.to_thread.run_sync(os.stat, mountpoint)
-        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-        with open(path, "w") as f:
-            f.write(str(READ_AHEAD_KB))
-        log.info("read-ahead set to %d KiB (%s)", READ_AHEAD_KB, path)
+        await trio.to_thread.run_sync(os.stat, mountpoint)
+        problem = raise_read_ahead(mountpoint, READ_AHEAD_KB)
+        if problem:  # `ckptfs mount` says how to raise it
+            log.warning("read-ahead left at %s KiB: %s", read_ahead_kb(mountpoint), problem)
+        else:
+            log.info("read-ahead %s KiB", read_ahead_kb(mountpoint))
     except OSError as e:
-        log.info("read-ahead left at the kernel default: %s", e)
+        log.warning("read-ahead not checked: %s", e)
+    if ready_fd is not None:
+        os.write(ready_fd, b"ok\n")
+        os.close(ready_fd)

@@ -19,6 +19,7 @@ from ckptfs.store.backend import BackendUnavailableError
 from ckptfs.store.access import ALL, request_actor
 from ckptfs.store.catalog import DERIVED_ALIASES
 
+from .sealed_reads import SealedReads
 from .tree import ROOT, JournalView, Node, ProjectTree, file_type_bits
 
 log = logging.getLogger("ckptfs.fs")
@@ -223,6 +224,7 @@ class CkptfsOperations(pyfuse3.Operations):
         self._open_inbox: dict[int, set[int]] = {}  # inode -> handles of inbox files open
         self._next_fh = 1
         self.read_errors = 0
+        self.sealed_reads = SealedReads(store.reader)
         self.follower = None  # a JournalFollower, on a store other machines write
 
     def forget_sealed(self, project: str, run: str, version: str, unit_path: str):
@@ -288,6 +290,7 @@ class CkptfsOperations(pyfuse3.Operations):
             "sealer_rounds": counters.get("sealer_rounds", 0),
             "seal_retries": counters.get("seal_retries", 0),
             "read_errors": self.read_errors,
+            "read_cache": self.store.reader.stats(),
             "store": self.follower.status() if self.follower else
             {"location": self.store.location, "reachable": True},
             "pending_inbox_versions": pending,
@@ -507,13 +510,7 @@ class CkptfsOperations(pyfuse3.Operations):
         if handle.content is not None:
             return handle.content[off:off + size]
         try:
-            # Decoding ahead starts first, so it overlaps this read; a read the
-            # read-ahead has already decoded is answered here, without a thread hop.
-            self.store.prefetch(handle.entry, off + size)
-            data = self.store.read_view_cached(handle.entry, off, size)
-            if data is None:
-                data = await trio.to_thread.run_sync(self.store.read_view, handle.entry, off, size)
-            return data
+            return await self.sealed_reads.read(handle.entry, off, size)
         except (IntegrityError, BackendUnavailableError) as e:
             # Damage, or bytes that are neither cached nor reachable (the object store
             # is down): the read fails, the daemon goes on.

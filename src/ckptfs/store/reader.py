@@ -4,17 +4,21 @@ export, verify, gc's liveness, repair).
     locate (index) -> read the record (pack) -> check it (xxh3) -> decrypt (an encrypted
     store) -> decode (zstd / byte groups / XOR-delta against its base) -> cache
 
-Decoded chunks are kept in a small LRU, so reads that walk a chunk in pieces decode it
-once; `prefetch` decodes ahead on two threads for a sequential reader (the mount). A
-read that finds a record damaged records it in the index (damage.py): no ingest then
-deduplicates against it.
+Decoded chunks are kept in a bounded LRU (chunkcache.py), so reads that walk a chunk in
+pieces decode it once; delta bases (keyframes) in a cache of their own. `prefetch`
+decodes whole chunks ahead of a sequential reader (the mount) on one thread per core,
+each chunk once: a read that needs a chunk being decoded waits for it (`decoding`), and
+is then served as a slice of the cached chunk. A read that finds a record damaged
+records it in the index (damage.py): no ingest then deduplicates against it.
 """
 import bisect
 import hashlib
+import os
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
+from .chunkcache import KEYFRAME_SHARE, ChunkCache, KeyframeCache, read_cache_size
 from .codec import decode, delta_base_id, is_delta
 from .damage import note_damaged_chunk
 from .errors import IntegrityError, PackMissingError
@@ -23,8 +27,9 @@ from .manifest import decode_manifest
 from .pack import FLAG_ENCRYPTED, PackReader
 
 READ_AHEAD_CHUNKS = 8
-CACHE_BYTES = 64 << 20
 READ_AHEAD_GAP = 1 << 20  # records this close are read ahead together, the gap with them
+MAX_READ_AHEAD = 16 << 20  # how far a sequential reader's chunks are decoded ahead
+MAX_DECODERS = 8
 
 
 def merged_ranges(locations, gap: int = READ_AHEAD_GAP) -> list[tuple[int, int, int]]:
@@ -41,33 +46,6 @@ def merged_ranges(locations, gap: int = READ_AHEAD_GAP) -> list[tuple[int, int, 
     return [tuple(m) for m in merged]
 
 
-class ChunkCache:
-    """A small LRU of decoded chunks, so reads that walk a chunk in pieces decode it once."""
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._items: OrderedDict[bytes, bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key):
-        with self._lock:
-            data = self._items.get(key)
-            if data is not None:
-                self._items.move_to_end(key)
-            return data
-
-    def put(self, key, data):
-        with self._lock:
-            if key in self._items or len(data) > self.max_bytes // 4:
-                return
-            self._items[key] = data
-            self.size += len(data)
-            while self.size > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.size -= len(old)
-
-
 class ChunkReader:
     """Reads chunks, manifests and files of the store at `store_path` (named in errors)."""
 
@@ -77,10 +55,16 @@ class ChunkReader:
         self.chunk_id = chunk_id   # the store's keyed BLAKE3 of a chunk's bytes
         self.cipher = cipher       # RecordCipher of an encrypted store, else None
         self.store_path = store_path
-        self._cache = ChunkCache(CACHE_BYTES)
+        self._budget = read_cache_size()
+        self._new_caches()
+        # Ahead of a reader, but well inside the cache: what is decoded ahead must still
+        # be there when the reader comes to it.
+        self.read_ahead_bytes = min(MAX_READ_AHEAD, self._cache.max_bytes // 3)
         self._inflight: dict[bytes, object] = {}   # chunk id -> Future of a prefetch
         self._inflight_lock = threading.Lock()
         self._prefetcher = None
+        self.decoders = min(MAX_DECODERS, max(2, os.cpu_count() or 2))
+        self.decoded_chunks = self.decoded_bytes = 0   # every decode, counted (stats)
         self._gc_generation = 0  # of the index when we last dropped deleted packs' fds
         # Set on a shared backend: brings the index up to the journal before a chunk
         # whose pack is gone is looked up again (Store; Committer.catch_up_for_reader).
@@ -92,7 +76,20 @@ class ChunkReader:
 
     def clear_cache(self) -> None:
         """Forget every decoded chunk (verify reads what is on disk, not what is cached)."""
-        self._cache = ChunkCache(CACHE_BYTES)
+        self._new_caches()
+
+    def _new_caches(self) -> None:
+        keyframes = self._budget // KEYFRAME_SHARE
+        self._cache = ChunkCache(self._budget - keyframes)
+        self._keyframes = KeyframeCache(keyframes)
+
+    def stats(self) -> dict:
+        """What the reader holds and has done: the caches' bytes (with their peaks and
+        caps) and how many chunks it decoded (the mount's stats.json, `read_cache`)."""
+        return {"decoded": self._cache.stats(), "keyframes": self._keyframes.stats(),
+                "decoded_chunks": self.decoded_chunks, "decoded_bytes": self.decoded_bytes,
+                "decoding": len(self._inflight), "read_ahead_bytes": self.read_ahead_bytes,
+                "decoders": self.decoders}
 
     # -- records --------------------------------------------------------------------------
     def read_record(self, chunk_id: bytes):
@@ -218,29 +215,51 @@ class ChunkReader:
                 pass  # decode it again, so the error is raised in this reader's context
         return None
 
-    def prefetch(self, entry: dict, offset: int, window: int = 4 << 20):
+    def prefetch(self, entry: dict, offset: int, window: int | None = None):
         """Start decoding the chunks of `entry` in [offset, offset + window) on background
-        threads, so a sequential reader finds them decoded (the mount's read-ahead)."""
+        threads, so a sequential reader finds them decoded (the mount's read-ahead).
+
+        Called at every read: the chunks already sent ahead (`_ahead` on the entry) are
+        not looked at again, so a read costs a bisect unless it moves the window on."""
+        window = self.read_ahead_bytes if window is None else window
         offsets = self._chunk_offsets(entry)
         first = max(0, bisect.bisect_right(offsets, offset) - 1)
-        wanted = []
-        for index in range(first, len(entry["chunks"])):
-            if offsets[index] >= offset + window:
-                break
-            chunk_id = bytes.fromhex(entry["chunks"][index][0])
-            if chunk_id not in self._inflight and self._cache.get(chunk_id) is None:
-                wanted.append(chunk_id)
-        if not wanted:
+        last = bisect.bisect_left(offsets, offset + window) - 1
+        ahead = entry.get("_ahead", -1)
+        start = ahead + 1 if first <= ahead <= last else first
+        if start > last:
             return
+        entry["_ahead"] = last
+        wanted = []
+        for index in range(start, last + 1):
+            chunk_id = bytes.fromhex(entry["chunks"][index][0])
+            if chunk_id not in self._inflight and chunk_id not in self._cache:
+                wanted.append(chunk_id)
+        if wanted:
+            self._decode_ahead(wanted)
+
+    def _decode_ahead(self, wanted: list[bytes]) -> None:
         with self._inflight_lock:
             if self._prefetcher is None:
-                self._prefetcher = ThreadPoolExecutor(2, thread_name_prefix="ckptfs-prefetch")
+                self._prefetcher = ThreadPoolExecutor(self.decoders,
+                                                      thread_name_prefix="ckptfs-prefetch")
             # First in the queue: start the disk reads of the whole window at once,
             # however many decoders there are (and off the caller's thread).
             self._prefetcher.submit(self._will_need, wanted)
             for chunk_id in wanted:
                 if chunk_id not in self._inflight:
                     self._inflight[chunk_id] = self._prefetcher.submit(self._prefetch_one, chunk_id)
+
+    def decoding(self, entry: dict, offset: int, size: int) -> list:
+        """The Futures of the chunks of [offset, offset + size) being decoded ahead now:
+        a reader that waits for them (the mount: without a thread) then finds the range
+        in the cache, decoded once."""
+        offsets = self._chunk_offsets(entry)
+        first = max(0, bisect.bisect_right(offsets, offset) - 1)
+        last = bisect.bisect_left(offsets, min(entry["size"], offset + size)) - 1
+        pending = (self._inflight.get(bytes.fromhex(entry["chunks"][index][0]))
+                   for index in range(first, last + 1))
+        return [future for future in pending if future is not None]
 
     def _will_need(self, chunk_ids: list[bytes]):
         with self.index.read() as txn:
@@ -288,20 +307,44 @@ class ChunkReader:
             loc = self.index_location(chunk_id)
             raise IntegrityError(f"pack {loc.pack_id:08x}: chunk {chunk_id.hex()[:16]}: {e}",
                                  pack_id=loc.pack_id, chunk_id=chunk_id) from None
+        with self._inflight_lock:
+            self.decoded_chunks += 1
+            self.decoded_bytes += len(data)
         if cache:
             self._cache.put(chunk_id, data)
         return data
 
     def _read_delta_base(self, base_id: bytes) -> bytes:
-        data = self._decoded_already(base_id)
+        """A delta's base, decoded: from the keyframe cache if a delta read before this
+        one decoded it (versions of a run share their bases), kept there if not."""
+        data = self._keyframes.get(base_id)
+        if data is None:
+            data = self._base_decoded_elsewhere(base_id)
+        if data is None:
+            # Decoded from the record read here (not by read_chunk: it would read and
+            # decrypt the record a second time).
+            record = self.read_record(base_id)
+            if is_delta(record.codec):
+                raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
+            data = self._decode_record(base_id, record, cache=False)
+        self._keyframes.put(base_id, data)
+        return data
+
+    def _base_decoded_elsewhere(self, base_id: bytes):
+        """A base in the decoded-chunk cache, or being decoded on another thread (waited
+        for), else None. A prefetch of it still queued is not waited for: this may be a
+        prefetch thread, and if every one of them waited on a task behind them in the
+        queue (a reader of the base version beside one of the delta), none would run."""
+        data = self._cache.get(base_id)
         if data is not None:
             return data
-        # Decoded from the record read here (not by read_chunk: it would read and decrypt
-        # the record a second time).
-        record = self.read_record(base_id)
-        if is_delta(record.codec):
-            raise IntegrityError(f"delta base {base_id.hex()[:16]} is itself a delta")
-        return self._decode_record(base_id, record, cache=True)
+        pending = self._inflight.get(base_id)
+        if pending is not None and pending.running():
+            try:
+                return pending.result()
+            except IntegrityError:
+                pass  # decoded again by the caller, its error raised in its context
+        return None
 
     # -- files ----------------------------------------------------------------------------
     def read_range(self, entry: dict, offset: int, size: int) -> bytes:
