@@ -771,12 +771,7 @@ def main():
     values = ValueSource(a.weights_source, a.optimizer_source, a.seed, a.lr)
     log(f"  {time.perf_counter() - t:.1f} s; bf16 matrices: {values.profile['matrices']}")
     log(f"  generated pool: {values.profile['generated_matrices']}")
-    disk_dev = os.stat(work).st_dev
-    try:
-        with open(f"/sys/dev/block/{os.major(disk_dev)}:{os.minor(disk_dev)}/queue/read_ahead_kb") as f:
-            disk_ra = int(f.read())
-    except OSError:
-        disk_ra = -1
+    disk_ra = bm.disk_read_ahead_kb(work)
     source = bs.ckptfs_source(ckptfs)
     if source["commit"]:        # HEAD of a branch may differ from main only outside src/
         source["code_commit"] = subprocess.run(
