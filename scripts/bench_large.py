@@ -13,8 +13,9 @@ The checkpoint, built without a hub (numpy and torch only), in the Hugging Face 
 layout: `model-0000i-of-0000N.safetensors` (bf16, Llama-like tensors, shards of at most
 --shard-gb), `model.safetensors.index.json`, `config.json`, and fp32 Adam states as
 DeepSpeed-style flat partitions (`bf16_zero_pp_rank_<i>_mp_rank_00_optim_states.pt`,
-torch.save of exp_avg / exp_avg_sq), then `.seal`-free plain directories `step-1` and
-`step-2`. Where the values come from (measured once at start-up from the corpus):
+torch.save of exp_avg / exp_avg_sq), in plain directories `step-1` and `step-2` (the
+`.seal` marker is written in the inbox only). Where the values come from (measured once
+at start-up from the corpus):
 
   weights    every bf16 bit pattern's frequency in a trained model's matrices (and,
              apart, its vectors: norms, biases) — sign, exponent and the mantissa per
@@ -29,7 +30,7 @@ torch.save of exp_avg / exp_avg_sq), then `.seal`-free plain directories `step-1
              weight is given a hidden fp32 master (its 16 low bits random), Adam-sized
              noise (lr x N(0,1)) is added and the result truncated back to bf16: most
              elements keep their value, some move by one ulp. exp_avg and exp_avg_sq
-             all change (beta 0.9 / 0.999 with a gradient of the size sqrt(v) says).
+             all change (beta 0.9 / 0.999, a gradient of the size sqrt(v) implies).
 
 Every piece is a function of (--seed, step, tensor, piece), so a step is regenerated
 rather than kept: the disk holds one step at a time. Each tool archives step 1 and then
@@ -429,10 +430,9 @@ def read_local(ctx, step) -> dict:
     return dict(res, step=step)
 
 
-def group_cp_ckptfs(R, ctx, rep) -> list[dict]:
+def group_cp_ckptfs(R, ctx, rep, out: list):
     """cp -r and the ckptfs mount, step 1 then step 2; local reads; then reads through the
-    mount."""
-    out = []
+    mount. Rows are appended to `out` as they are measured (kept if a later one fails)."""
     store = os.path.join(ctx.work, "ckptfs-store")
     mnt = os.path.join(ctx.work, "mnt", "ckptfs")
     rm(store)
@@ -456,7 +456,6 @@ def group_cp_ckptfs(R, ctx, rep) -> list[dict]:
         out.append(read_ckptfs(ctx, store, step))
     if not ctx.keep:
         rm(store)
-    return out
 
 
 def stored_bytes(store) -> int:
@@ -519,13 +518,13 @@ def read_ckptfs(ctx, store, step) -> dict:
     return dict(res, step=step, peak_rss_kb=max((kb for _, kb in sampler.samples), default=None))
 
 
-def group_borg(R, ctx, rep) -> list[dict]:
+def group_borg(R, ctx, rep, out: list):
     repo = os.path.join(ctx.work, "archive", "borg-repo")
     rm(repo)
     rm(os.path.join(ctx.work, "archive", "borg-home"))
     env = bm.borg_env(ctx)
     R.run(["borg", "init", "-e", "none", repo], "borg init", env=env)
-    out, before = [], 0
+    before = 0
     for step in (1, 2):
         info = ctx.generate(step)
         require_free(ctx.work, info["bytes"], f"borg create of step {step}")
@@ -548,7 +547,6 @@ def group_borg(R, ctx, rep) -> list[dict]:
         out.append(dict(res, step=step))
     if not ctx.keep:
         rm(repo)
-    return out
 
 
 def repo_result(tool, step, info, seconds, sync_s, repo, before) -> dict:
@@ -561,13 +559,13 @@ def repo_result(tool, step, info, seconds, sync_s, repo, before) -> dict:
     return res
 
 
-def group_restic(R, ctx, rep) -> list[dict]:
+def group_restic(R, ctx, rep, out: list):
     env = bm.restic_env(ctx)
     repo = env["RESTIC_REPOSITORY"]
     rm(repo)
     rm(env["RESTIC_CACHE_DIR"])
     R.run(["restic", "init", "--repository-version", "2"], "restic init", env=env)
-    out, before, snapshots = [], 0, {}
+    before, snapshots = 0, {}
     for step in (1, 2):
         info = ctx.generate(step)
         require_free(ctx.work, info["bytes"], f"restic backup of step {step}")
@@ -596,7 +594,6 @@ def group_restic(R, ctx, rep) -> list[dict]:
     if not ctx.keep:
         rm(repo)
         rm(env["RESTIC_CACHE_DIR"])
-    return out
 
 
 # -- summary and report ---------------------------------------------------------------------
@@ -702,6 +699,12 @@ def tool_rank(key):
     order = ["disk", "cp", "ckptfs", "borg", "restic"]
     first = key.split("|")[0].split()[0]
     return order.index(first) if first in order else len(order)
+
+
+def remove_scratch(work):
+    """The step's source, the store and the repositories: tens of GB on a shared disk."""
+    for sub in ("src", "cp-copy", "ckptfs-store", "archive"):
+        rm(os.path.join(work, sub))
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -824,13 +827,13 @@ def main():
             result["repetitions"].append(rows)
             for name, group in bs.rotate(groups, rep):
                 log(f"{name}:")
-                rows += group(R, ctx, rep)
-                with open(result["json_path"], "w") as f:   # partial results survive
-                    json.dump(result, f, indent=2)
+                group(R, ctx, rep, rows)
     finally:
         mounts.umount_all()
+        with open(result["json_path"], "w") as f:   # what was measured survives an error
+            json.dump(result, f, indent=2)
         if not a.keep:
-            rm(os.path.join(work, "src"))
+            remove_scratch(work)
     result["drop_caches"] = bool(bs._drop_caches_ok)
     result["summary"] = summarize(result["repetitions"])
     result["goals"] = evaluate_goals(result["summary"])
