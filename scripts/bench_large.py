@@ -84,7 +84,11 @@ from bench_store import BenchError, drop_caches, log, median, rm, timed_sync  # 
 
 REPO = bs.REPO
 DEFAULT_WORK = os.path.join(REPO, "bench-out", "large")
-CORPUS = "/work/bench-corpus/minilm"
+# The corpus of scripts/bench_store.py (../shared/bench/make_corpus.py): beside the
+# checkout (../bench-corpus), else where bench_store.py builds it.
+CORPUS = next((c for c in (os.path.normpath(os.path.join(REPO, "..", "bench-corpus", "minilm")),
+                           os.path.join(bs.DEFAULT_CORPUS, "minilm")) if os.path.isdir(c)),
+              os.path.join(bs.DEFAULT_CORPUS, "minilm"))
 DEFAULT_WEIGHTS_SOURCE = os.path.join(CORPUS, "export", "bf16", "model.safetensors")
 DEFAULT_OPTIMIZER_SOURCE = os.path.join(CORPUS, "full-ft", "checkpoint-4", "optimizer.pt")
 GB = 10 ** 9
@@ -152,7 +156,8 @@ class ValueSource:
         for path, what in ((weights_path, "bf16 model"), (optimizer_path, "optimizer")):
             if not os.path.isfile(path):
                 raise BenchError(f"the {what} the values are measured from is missing: {path} "
-                                 "(the benchmark corpus: ../shared/bench/make_corpus.py)")
+                                 "(the benchmark corpus, ../shared/bench/make_corpus.py builds it; or pass "
+                                 "--weights-source / --optimizer-source)")
         rng = np.random.default_rng([seed, 0])
         matrices, vectors = [], []
         for dtype, shape, raw in safetensors_tensors(weights_path).values():
@@ -388,8 +393,9 @@ class Context(bm.Context):
     def generate(self, step) -> dict:
         """Step `step` on disk (the other step's source deleted first)."""
         rm(self.step_dir(3 - step))
-        if os.path.isdir(self.step_dir(step)) and step in self.generated:
-            return self.generated[step]
+        if self.on_disk == step and os.path.isdir(self.step_dir(step)):
+            return self.step_info[step]
+        self.on_disk = None
         rm(self.step_dir(step))
         require_free(self.work, self.step_bytes, f"generating step {step}")
         info = self.writer.write(step, self.step_dir(step))
@@ -397,13 +403,13 @@ class Context(bm.Context):
             f"({info['bytes'] / MB / info['seconds']:.0f} MB/s)"
             + ("" if step == 1 else f"; {info['weights_changed_share'] * 100:.1f} % of the bf16 "
                "weights moved"))
-        self.generated = {step: info}
+        self.on_disk = step
         self.step_info[step] = info
         self.generations.append({k: v for k, v in info.items() if k != "dir"})
         return info
 
     def read_path(self, step):
-        return os.path.join(self.step_dir(step), self.generated[step]["read_file"])
+        return os.path.join(self.step_dir(step), self.step_info[step]["read_file"])
 
 
 def cp_step(R, ctx, step) -> dict:
@@ -424,7 +430,7 @@ def cp_step(R, ctx, step) -> dict:
 
 
 def read_local(ctx, step) -> dict:
-    info = ctx.generated[step]
+    info = ctx.step_info[step]
     res = bm.read_one(ctx, "disk", ctx.read_path(step), info["read_sha256"], info["read_bytes"],
                       None, False)
     return dict(res, step=step)
@@ -437,8 +443,7 @@ def group_cp_ckptfs(R, ctx, rep, out: list):
     mnt = os.path.join(ctx.work, "mnt", "ckptfs")
     rm(store)
     R.run([ctx.ckptfs, "init", store], "ckptfs init")
-    pid = ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after)
-    sampler = bm.RssSampler(pid)
+    sampler = bm.RssSampler(mount_ckptfs(ctx, store, mnt))
     sampler.start()
     before = {"stored_bytes": 0}
     try:
@@ -458,6 +463,15 @@ def group_cp_ckptfs(R, ctx, rep, out: list):
         rm(store)
 
 
+def mount_ckptfs(ctx, store, mnt) -> int:
+    """Mount the store; the daemon's pid (from spool/daemon.running if `mount` said none)."""
+    pid = ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after)
+    if pid is None:
+        with open(os.path.join(store, "spool", "daemon.running")) as f:
+            pid = int(f.read().strip())
+    return pid
+
+
 def stored_bytes(store) -> int:
     """du -sb of a store without its spool (local state of the machine that mounts it)."""
     spool = os.path.join(store, "spool")
@@ -470,7 +484,7 @@ def spool_files(store) -> int:
 
 def mount_step(R, ctx, store, mnt, step, sampler, before) -> dict:
     """cp -r the step into the inbox, touch .seal, wait for the version."""
-    info = ctx.generated[step]
+    info = ctx.step_info[step]
     require_free(ctx.work, 1.5 * info["bytes"], f"archiving step {step} through the mount")
     ref = f"{PROJECT_RUN}/step-{step}"
     dest = os.path.join(mnt, "inbox", ref)
@@ -506,8 +520,7 @@ def mount_step(R, ctx, store, mnt, step, sampler, before) -> dict:
 def read_ckptfs(ctx, store, step) -> dict:
     info = ctx.step_info[step]
     mnt = os.path.join(ctx.work, "mnt", "ckptfs-read")
-    pid = ctx.mounts.ckptfs(ctx.ckptfs, store, mnt, ctx.seal_after)
-    sampler = bm.RssSampler(pid)
+    sampler = bm.RssSampler(mount_ckptfs(ctx, store, mnt))
     sampler.start()
     try:
         path = os.path.join(mnt, "projects", PROJECT_RUN, f"step-{step}", info["read_file"])
@@ -622,7 +635,18 @@ def summarize(reps: list[list[dict]]) -> dict:
     return out
 
 
-def evaluate_goals(summary) -> list[dict]:
+def archive_ratios(reps, step) -> list[float]:
+    """Through the mount over cp -r + sync, one per repetition that measured both."""
+    out = []
+    for rows in reps:
+        by_tool = {r["tool"]: r for r in rows if r.get("step") == step and "archive_s" in r}
+        ck, cp = by_tool.get("ckptfs mount"), by_tool.get("cp -r")
+        if ck and cp:
+            out.append(ck["archive_s"] / (cp["archive_s"] + cp["sync_s"]))
+    return out
+
+
+def evaluate_goals(summary, reps) -> list[dict]:
     arch = summary.get("archive", {})
     goals = []
     for step in (1, 2):
@@ -630,11 +654,15 @@ def evaluate_goals(summary) -> list[dict]:
         if ck and cp:
             base = cp["archive_s"] + cp["sync_s"]
             ratio = ck["archive_s"] / base
+            each = archive_ratios(reps, step)
             goals.append({"name": f"archive_step{step}", "met": ratio <= GOAL_ARCHIVE_VS_CP,
+                          "ratios": each,
                           "text": f"step {step}: through the mount {ck['archive_s']:.1f} s (first "
                                   f"byte to sealed) <= {GOAL_ARCHIVE_VS_CP} x cp -r + sync "
                                   f"{base:.1f} s: ratio {ratio:.2f} (vs cp -r alone "
-                                  f"{ck['archive_s'] / cp['archive_s']:.2f})"})
+                                  f"{ck['archive_s'] / cp['archive_s']:.2f})"
+                                  + ("" if len(each) < 2 else "; per repetition "
+                                     + ", ".join(f"{x:.2f}" for x in each))})
     ck2 = arch.get("ckptfs mount|2")
     if ck2:
         share = ck2["added_bytes"] / ck2["bytes"]
@@ -783,7 +811,7 @@ def main():
     mounts = bm.Mounts(R)
     ctx = Context(work=work, ckptfs=ckptfs, mounts=mounts, seal_after=a.seal_after,
                   keep=a.keep, disk_ra_kb=disk_ra, step_bytes=step_bytes,
-                  writer=StepWriter(values, a.seed, layout, optimizer), generated={},
+                  writer=StepWriter(values, a.seed, layout, optimizer), on_disk=None,
                   generations=[], step_info={},
                   fusermount_dir=None if a.skip_restic else bm.fusermount_shim(work))
     result = {
@@ -836,7 +864,7 @@ def main():
             remove_scratch(work)
     result["drop_caches"] = bool(bs._drop_caches_ok)
     result["summary"] = summarize(result["repetitions"])
-    result["goals"] = evaluate_goals(result["summary"])
+    result["goals"] = evaluate_goals(result["summary"], result["repetitions"])
     with open(result["json_path"], "w") as f:
         json.dump(result, f, indent=2)
     print_report(result)
