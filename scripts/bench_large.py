@@ -3,7 +3,8 @@
 through the ckptfs mount, with plain `cp -r`, borg and restic, in one run (issue 16).
 
     scripts/bench_large.py [--weights-gb 8] [--optimizer-gb 2] [--shard-gb 2]
-                           [--work DIR] [--repeat N] [--skip-borg] [--skip-restic] [--keep]
+                           [--work DIR] [--repeat N] [--skip-noopfs] [--skip-borg]
+                           [--skip-restic] [--keep]
 
 Run it as root (it drops the page cache before every timed copy and cold read). The
 ckptfs code measured is the `ckptfs` command beside this Python with PYTHONPATH first
@@ -42,6 +43,9 @@ repository is deleted before the next tool:
   ckptfs   `ckptfs mount STORE MNT`, `cp -r STEP MNT/inbox/llm/run/step-N`, then
            `touch .seal`; from the first byte to MNT/projects/llm/run/step-N: the cp and
            the seal after its end timed apart; the daemon's VmRSS every 0.2 s and VmHWM
+  noopfs   the step's files `cat` into the sink of ../shared/bench/noopfs.py, which
+           appends them to a spool file on the same disk: the ceiling of a Python FUSE
+           write path that spools (--skip-noopfs leaves it out)
   borg     `borg create --compression zstd,3`
   restic   `restic backup` (repository format 2: compressed)
 
@@ -429,6 +433,33 @@ def cp_step(R, ctx, step) -> dict:
             "sync_s": sync_s}
 
 
+def noopfs_step(R, ctx, step) -> dict:
+    """The step's files written one after the other (`cat`) into noopfs's `sink`, which
+    appends them to a spool file on the same disk: the ceiling of a Python FUSE write path
+    that spools, measured like the copy into the inbox."""
+    info = ctx.step_info[step]
+    require_free(ctx.work, info["bytes"], f"the noopfs copy of step {step}")
+    mnt = os.path.join(ctx.work, "mnt", "noopfs")
+    spool = os.path.join(ctx.work, "noop-spool")
+    rm(spool)
+    os.makedirs(spool)
+    ctx.mounts.noopfs(ctx.ckptfs_python, ctx.noopfs, mnt, 1,
+                      os.path.join(ctx.work, "logs", "noopfs.log"), spool=spool)
+    try:
+        drop_caches()
+        files = sorted(os.path.join(info["dir"], f) for f in os.listdir(info["dir"]))
+        seconds, _ = R.run(["sh", "-c", 'cat "$@" > "$0"', os.path.join(mnt, "sink"), *files],
+                           f"noopfs cat step-{step}")
+        sync_s = timed_sync()
+    finally:
+        ctx.mounts.umount(mnt)
+        rm(spool)
+    log(f"  noopfs sink (spooled) step {step}: {seconds:.1f} s + sync {sync_s:.1f} s "
+        f"({info['bytes'] / MB / (seconds + sync_s):.0f} MB/s with the sync)")
+    return {"tool": "noopfs sink, spooled", "step": step, "bytes": info["bytes"],
+            "archive_s": seconds, "sync_s": sync_s}
+
+
 def read_local(ctx, step) -> dict:
     info = ctx.step_info[step]
     res = bm.read_one(ctx, "disk", ctx.read_path(step), info["read_sha256"], info["read_bytes"],
@@ -452,6 +483,8 @@ def group_cp_ckptfs(R, ctx, rep, out: list):
             out.append(read_local(ctx, step))
             archive = [lambda: cp_step(R, ctx, step),
                        lambda: mount_step(R, ctx, store, mnt, step, sampler, before)]
+            if ctx.noopfs:
+                archive.append(lambda: noopfs_step(R, ctx, step))
             for bench in bs.rotate(archive, rep):
                 out.append(bench())
     finally:
@@ -724,14 +757,14 @@ def print_report(result):
 
 
 def tool_rank(key):
-    order = ["disk", "cp", "ckptfs", "borg", "restic"]
+    order = ["disk", "cp", "noopfs", "ckptfs", "borg", "restic"]
     first = key.split("|")[0].split()[0]
     return order.index(first) if first in order else len(order)
 
 
 def remove_scratch(work):
     """The step's source, the store and the repositories: tens of GB on a shared disk."""
-    for sub in ("src", "cp-copy", "ckptfs-store", "archive"):
+    for sub in ("src", "cp-copy", "ckptfs-store", "archive", "noop-spool"):
         rm(os.path.join(work, sub))
 
 
@@ -757,6 +790,9 @@ def parse_args():
                     help="torch Adam state dict whose states the optimizer shards follow")
     ap.add_argument("--seal-after", type=float, default=600.0, metavar="S",
                     help="the mount's quiet period; the .seal marker seals (default 600)")
+    ap.add_argument("--noopfs", default=bm.DEFAULT_NOOPFS,
+                    help="path of noopfs.py, the no-op FUSE file system (default: %(default)s)")
+    ap.add_argument("--skip-noopfs", action="store_true")
     ap.add_argument("--skip-borg", action="store_true")
     ap.add_argument("--skip-restic", action="store_true")
     ap.add_argument("--keep", action="store_true",
@@ -779,7 +815,7 @@ def main():
                              f"{'borgbackup' if tool == 'borg' else 'restic'}), or pass --skip-{tool}")
     work = os.path.abspath(a.work)
     os.makedirs(work, exist_ok=True)
-    for sub in ("mnt", "logs", "src", "cp-copy", "ckptfs-store", "archive"):
+    for sub in ("mnt", "logs", "src", "cp-copy", "ckptfs-store", "archive", "noop-spool"):
         p = os.path.join(work, sub)
         if os.path.ismount(p) or any(os.path.ismount(os.path.join(p, x)) for x in
                                      (os.listdir(p) if os.path.isdir(p) else [])):
@@ -789,6 +825,12 @@ def main():
         os.makedirs(os.path.join(work, sub))
     R = bs.Runner(os.path.join(work, "logs"))
     ckptfs = bs.find_ckptfs()
+    ckptfs_python = os.path.join(os.path.dirname(ckptfs), "python")   # has pyfuse3, for noopfs
+    if not os.access(ckptfs_python, os.X_OK):
+        ckptfs_python = sys.executable
+    noopfs = None if a.skip_noopfs else os.path.abspath(a.noopfs)
+    if noopfs and not os.path.isfile(noopfs):
+        raise BenchError(f"no noopfs.py at {noopfs}: pass --noopfs PATH or --skip-noopfs")
 
     layout = plan_weights(a.weights_gb * GB, a.shard_gb * GB)
     optimizer = plan_optimizer(a.optimizer_gb * GB, a.shard_gb * GB)
@@ -812,7 +854,7 @@ def main():
     ctx = Context(work=work, ckptfs=ckptfs, mounts=mounts, seal_after=a.seal_after,
                   keep=a.keep, disk_ra_kb=disk_ra, step_bytes=step_bytes,
                   writer=StepWriter(values, a.seed, layout, optimizer), on_disk=None,
-                  generations=[], step_info={},
+                  generations=[], step_info={}, ckptfs_python=ckptfs_python, noopfs=noopfs,
                   fusermount_dir=None if a.skip_restic else bm.fusermount_shim(work))
     result = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
