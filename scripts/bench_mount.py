@@ -237,6 +237,16 @@ def set_read_ahead_kb(mnt, kb) -> int:
     return read_ahead_kb(mnt)
 
 
+def disk_read_ahead_kb(path) -> int:
+    """read_ahead_kb of the block device holding `path` (-1 where there is none)."""
+    dev = os.stat(path).st_dev
+    try:
+        with open(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/queue/read_ahead_kb") as f:
+            return int(f.read())
+    except OSError:
+        return -1
+
+
 def read_file(path, block=MiB, hasher=None) -> tuple[int, float]:
     """Read a file sequentially in `block` pieces: (bytes, seconds, open to close)."""
     buf = bytearray(block)
@@ -1170,12 +1180,7 @@ def main():
     if not os.path.isfile(read_file_path):
         read_file_path = max((os.path.join(r, f) for r, _, fs in os.walk(read_ckpt[0]) for f in fs),
                              key=os.path.getsize)
-    disk_dev = os.stat(read_file_path).st_dev
-    try:
-        with open(f"/sys/dev/block/{os.major(disk_dev)}:{os.minor(disk_dev)}/queue/read_ahead_kb") as f:
-            disk_ra = int(f.read())
-    except OSError:
-        disk_ra = -1
+    disk_ra = disk_read_ahead_kb(read_file_path)
     mounts = Mounts(R)
     source = bs.ckptfs_source(ckptfs)
     ctx = Context(work=work, ckptfs=ckptfs, ckptfs_python=ckptfs_python, checkpoints=checkpoints,
