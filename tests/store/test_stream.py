@@ -6,10 +6,12 @@ then fixed tensor blocks); a stream that cannot finish prepares nothing."""
 import json
 import os
 import struct
+import time
 
 import numpy as np
 import pytest
 
+from ckptfs.store import Store
 from ckptfs.store.encoders import EncoderPool
 
 PIECE = 100_003  # an odd write size: cuts and pages never line up with it
@@ -191,3 +193,37 @@ def test_full_packs_are_closed_behind_the_writer_and_all_are_complete(store_path
     packs = list_pack_ids(backend)
     assert len(packs) > 5
     assert all(scan_pack(backend, pack_id, verify=True).complete for pack_id in packs)
+
+
+def test_a_forked_child_imports_with_encoders_of_its_own(store_path, tmp_path):
+    """A process forked after its parent encoded (tests run the CLI as another user
+    that way; a training launcher may fork workers) has none of the parent's encoder
+    threads: its imports get a pool of their own instead of waiting forever."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.bin").write_bytes(os.urandom(3_000_000))
+    Store.init(store_path).close()
+    with Store.open(store_path) as parent_store:  # the parent's pool now has threads
+        parent_store.import_directory(str(src), "p", "r", "v1")
+    (src / "a.bin").write_bytes(os.urandom(3_000_000))
+    pid = os.fork()
+    if pid == 0:  # the child: import, then leave without running the parent's cleanup
+        code = 1
+        try:
+            with Store.open(store_path) as child_store:
+                child_store.import_directory(str(src), "p", "r", "v2")
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's import never finished: it waited for encoder "
+                    "threads that exist only in its parent")
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -56,5 +56,15 @@ class EncoderPool:
                 cls._shared = cls(ingest_workers())
             return cls._shared
 
+    @classmethod
+    def _forget_in_child(cls) -> None:
+        """After fork(): the parent's encoder threads do not exist in the child, so a task
+        given to them would never run. The child makes its own pool when it needs one."""
+        cls._shared = None
+        cls._shared_lock = threading.Lock()
+
     def submit(self, fn, *args):
         return self.executor.submit(fn, *args)
+
+
+os.register_at_fork(after_in_child=EncoderPool._forget_in_child)
