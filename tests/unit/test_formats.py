@@ -106,7 +106,7 @@ def test_unfinished_pack_scans_up_to_its_last_whole_record(tmp_path):
     w = PackWriter(backend, 2)
     w.append(KIND_CHUNK, 0, b"a" * 32, 10, b"x" * 10)
     w.append(KIND_CHUNK, 0, b"b" * 32, 10, b"y" * 10)
-    w._out._file.flush()  # the unfinished pack as a crash would leave it
+    w._out.commit()  # its bytes on disk, without the end a closed pack has: as a crash leaves it
     path = backend.path_of(pack_name(2))
     os.truncate(path, os.path.getsize(path) - 3)
     scan = scan_pack(backend, 2)
