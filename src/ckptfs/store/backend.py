@@ -409,7 +409,6 @@ class _LocalWriter(ObjectWriter):
         self._block = mmap.mmap(-1, DIRECT_BLOCK)  # page-aligned, as O_DIRECT needs
         self._filled = 0
         self.size = 0
-        self._done = False
 
     def write(self, data) -> None:
         view = memoryview(data).cast("B")
@@ -443,10 +442,10 @@ class _LocalWriter(ObjectWriter):
         self._write_block()
         os.fsync(self._fd)
         self._close()
-        self._done = True
         fsync_dir(os.path.dirname(self.path))
 
     def _close(self) -> None:
+        """Close the file and drop the buffer; a second call does nothing."""
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
@@ -454,9 +453,7 @@ class _LocalWriter(ObjectWriter):
 
     def abort(self) -> None:
         try:
-            if not self._done:
-                self._close()
-            self._done = True
+            self._close()
         finally:
             try:
                 os.unlink(self.path)
