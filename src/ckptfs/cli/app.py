@@ -17,6 +17,7 @@ import click
 import ckptfs.cli.access
 import ckptfs.cli.audit
 import ckptfs.cli.copy
+import ckptfs.cli.diff
 import ckptfs.cli.export
 import ckptfs.cli.keys
 import ckptfs.cli.meta
@@ -30,7 +31,7 @@ from ckptfs.cli.default_store import accept_default_store
 
 TOPICS = (ckptfs.cli.stores, ckptfs.cli.versions, ckptfs.cli.export, ckptfs.cli.meta,
           ckptfs.cli.access, ckptfs.cli.audit, ckptfs.cli.keys, ckptfs.cli.retention,
-          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy)
+          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy, ckptfs.cli.diff)
 
 
 class CkptfsGroup(click.Group):

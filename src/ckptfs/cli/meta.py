@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, print_table, run_project,
+from ckptfs.cli._common import (EVERY_PROJECT, cell, echo_json, human_bytes, print_table, run_project,
                                 settings_project, version_project, with_store)
 from ckptfs.meta import render
 from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
@@ -139,18 +139,6 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
         rows = [[version_path(d)] + [cell(field_value(d, f)) for f in columns[1:]] for d in docs]
         print_table(columns, rows)
         click.echo(f"{len(docs)} version{'s' if len(docs) != 1 else ''}", err=True)
-
-
-def cell(value) -> str:
-    from ckptfs.meta.query import MISSING
-    if value is MISSING or value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    text = str(value)
-    return text[:19] + "Z" if len(text) > 20 and text[4:5] == "-" and text.endswith("Z") else text
 
 
 # -- log -----------------------------------------------------------------------------------
