@@ -24,6 +24,7 @@ import ckptfs.cli.meta
 import ckptfs.cli.mount
 import ckptfs.cli.recovery
 import ckptfs.cli.retention
+import ckptfs.cli.serve
 import ckptfs.cli.stores
 import ckptfs.cli.versions
 from ckptfs.cli._common import EXIT_DAMAGE, fail
@@ -31,7 +32,8 @@ from ckptfs.cli.default_store import accept_default_store
 
 TOPICS = (ckptfs.cli.stores, ckptfs.cli.versions, ckptfs.cli.export, ckptfs.cli.meta,
           ckptfs.cli.access, ckptfs.cli.audit, ckptfs.cli.keys, ckptfs.cli.retention,
-          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy, ckptfs.cli.diff)
+          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy, ckptfs.cli.diff,
+          ckptfs.cli.serve)
 
 
 class CkptfsGroup(click.Group):
