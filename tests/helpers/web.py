@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from types import SimpleNamespace
 
 from ckptfs.meta.seal import archive_directory
@@ -106,11 +107,14 @@ def serving(store: str, *args, uid: int | None = None):
     env = {**os.environ, "PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               env=env, cwd="/", text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
+    reader.start()
     try:
-        line = wait_for(server.stdout.readline, "the server's address")
-        if " on http://" not in line:
-            raise AssertionError(f"ckptfs serve did not start: {line}{server.stderr.read()}")
-        yield line.split(" on ", 1)[1].split()[0].rstrip("/")
+        wait_for(lambda: lines or server.poll() is not None, "the server's address")
+        if not lines or " on http://" not in lines[0]:
+            raise AssertionError(f"ckptfs serve did not start: {lines} {server.stderr.read()}")
+        yield lines[0].split(" on ", 1)[1].split()[0].rstrip("/")
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -118,6 +122,7 @@ def serving(store: str, *args, uid: int | None = None):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        reader.join(timeout=60)
         server.stdout.close()
         server.stderr.close()
 

@@ -8,7 +8,7 @@ browser tests read). A checkpoint without a step is placed by its position in it
 """
 import math
 
-WIDTH, HEIGHT = 640, 260
+WIDTH, HEIGHT = 560, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 12, 36
 PLOT_WIDTH = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
 PLOT_HEIGHT = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
@@ -30,7 +30,8 @@ def points_of(metric: str, docs: list[dict]) -> list[dict]:
         step = doc.get("step")
         points.append({"x": step if numeric(step) else position, "value": value,
                        "version": doc["version"], "run": doc["run"],
-                       "project": doc["project"], "step": step})
+                       "project": doc["project"], "step": step,
+                       "best": "best" in (doc.get("aliases") or ())})
     return points
 
 

@@ -136,12 +136,22 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
     overlaid = {r: filtered([d for d in visible.documents(project, r) if is_checkpoint(d)], expr)
                 for r in compare if r in siblings}
     rows = [version_row(d) for d in shown]
+    aliases = {alias: d["version"] for d in docs for alias in d.get("aliases") or ()}
     return {"project": project, "run": run, "expr": expr, "total": len(docs),
+            "aliases": dict(sorted(aliases.items())),
+            "best_metric": primary_metric(visible.store, project),
             "matching": len(shown), "rows": rows[:TABLE_ROW_LIMIT],
             "truncated": len(rows) > TABLE_ROW_LIMIT,
             "metrics": metric_names(shown + [d for ds in overlaid.values() for d in ds]),
             "series": {run: [d for d in shown if is_checkpoint(d)], **overlaid},
             "siblings": siblings, "compare": [r for r in compare if r in overlaid]}
+
+
+def primary_metric(store, project: str) -> str | None:
+    """The metric `best` goes by in this project (`ckptfs config`), if one is set."""
+    settings = store.project_settings(project)
+    metric = settings.get("primary_metric")
+    return f"{metric} ({settings.get('mode', 'min')})" if metric else None
 
 
 # -- a version -----------------------------------------------------------------------------
