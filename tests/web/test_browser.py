@@ -139,7 +139,7 @@ def test_the_version_page_renders_the_sidecar(server, browser):
     assert "nlp/base/step-300 (previous)" in browser.find_element(By.ID, "lineage").text
     assert "learning_rate" in browser.find_element(By.ID, "hyperparameters").text
     files = browser.find_element(By.ID, "files").text
-    assert "model.bin" in files and f"ckptfs get" in files
+    assert "model.bin" in files and "ckptfs get" in files
     assert browser.find_element(By.ID, "signature").text == "not signed"
 
 
