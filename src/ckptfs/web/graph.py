@@ -5,15 +5,15 @@ ones from their tombstones) and edges (each version's parent: explicit, read or 
 run's previous; and its read-before-write `inputs`) from the catalog, as
 ckptfs.meta.lineage reads them; with `focus` (P/R/V) only that version's ancestors and
 descendants (meta.lineage.lineage_of). `layout` places them: longest-path layering (a
-version one column right of its rightmost parent), then a few sweeps of barycentre
-ordering within each column so a run's chain stays on one row and crossings are few.
-Columns left to right keep a long run readable: 500 versions scroll sideways, each
-node a link to its version page.
+version one column right of its rightmost parent), then rows as tracks, as a git
+history graph draws them: a version stays on its parent's row, its own run's first, so
+a run's chain is one straight line and a fork opens a row of its own (reused once a
+chain ends). Columns left to right keep a long run readable: 500 versions scroll
+sideways, each node a link to its version page.
 """
 from ckptfs.meta.lineage import lineage_of, parent_of, ref_of
 
 COLUMN_WIDTH, ROW_HEIGHT, MARGIN = 56, 34, 28
-SWEEPS = 4
 RUN_COLOURS = 8  # the CSS classes run-0 … run-7
 
 
@@ -75,44 +75,53 @@ def place_iteratively(start: str, parents: dict, layer: dict) -> None:
                           default=-1) + 1
 
 
-def order_columns(columns: list[list[str]], edges) -> list[list[str]]:
-    """Barycentre ordering: sweep right then left, sorting each column by the mean row
-    of its neighbours in the column before (after), ties kept in sealing order."""
-    neighbours_left: dict[str, list[str]] = {}
-    neighbours_right: dict[str, list[str]] = {}
-    for parent, child, _ in edges:
-        neighbours_left.setdefault(child, []).append(parent)
-        neighbours_right.setdefault(parent, []).append(child)
-    row = {node: i for column in columns for i, node in enumerate(column)}
-    for sweep in range(SWEEPS):
-        forward = sweep % 2 == 0
-        sequence = columns if forward else list(reversed(columns))
-        neighbours = neighbours_left if forward else neighbours_right
-        for column in sequence:
-            def barycentre(node, neighbours=neighbours):
-                near = [row[n] for n in neighbours.get(node, ()) if n in row]
-                return sum(near) / len(near) if near else row[node]
-            column.sort(key=lambda n: (barycentre(n), row[n]))
-            for i, node in enumerate(column):
-                row[node] = i
-    return columns
+def assign_rows(columns: list[list[str]], edges) -> dict[str, int]:
+    """A row per node, column by column (left to right): a node takes its first
+    parent's row, the parent's own run first (so a run's chain stays on one line);
+    a node with no parent there, or whose parent's row is taken in this column, takes
+    a row left free by a chain that ended (its last node has no children), else a new
+    one. Rows are tracks, as in a git history graph: few, and each one straight."""
+    parents: dict[str, list[str]] = {}
+    has_children = set()
+    for parent, child, _ in edges:  # edges_of gives a child's parent before its inputs
+        parents.setdefault(child, []).append(parent)
+        has_children.add(parent)
+    row: dict[str, int] = {}
+    ended: dict[int, int] = {}  # row -> the column its chain ended in
+    rows_used = 0
+
+    def same_run(node: str, parent: str | None) -> bool:
+        return parent is not None and parent.rsplit("/", 1)[0] == node.rsplit("/", 1)[0]
+
+    for number, column in enumerate(columns):
+        first_parent = {n: next((p for p in parents.get(n, ()) if p in row), None) for n in column}
+        taken = set()
+        for node in sorted(column, key=lambda n: not same_run(n, first_parent[n])):
+            wanted = row.get(first_parent[node]) if first_parent[node] else None
+            if wanted is None or wanted in taken:
+                free = [r for r, at in ended.items() if at < number and r not in taken]
+                if free:
+                    wanted = min(free)
+                    del ended[wanted]
+                else:
+                    wanted, rows_used = rows_used, rows_used + 1
+            row[node] = wanted
+            taken.add(wanted)
+            ended.pop(wanted, None)
+            if node not in has_children:
+                ended[wanted] = number
+    return row
 
 
 def layout(nodes: list[str], edges) -> dict[str, tuple[float, float]]:
-    """(x, y) of every node: its column by longest path, its row by barycentre."""
+    """(x, y) of every node: its column by longest path, its row by assign_rows."""
     layer = layers_of(nodes, edges)
     columns: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
-    for node in nodes:
+    for node in nodes:  # in sealing order: an older chain claims its row first
         columns[layer[node]].append(node)
-    # Rows start from each run's own row, so a run's chain begins on one line.
-    runs = {}
-    for node in nodes:
-        runs.setdefault(node.rsplit("/", 1)[0], len(runs))
-    for column in columns:
-        column.sort(key=lambda n: runs[n.rsplit("/", 1)[0]])
-    order_columns(columns, edges)
-    return {node: (MARGIN + x * COLUMN_WIDTH, MARGIN + y * ROW_HEIGHT)
-            for x, column in enumerate(columns) for y, node in enumerate(column)}
+    row = assign_rows(columns, edges)
+    return {node: (MARGIN + layer[node] * COLUMN_WIDTH, MARGIN + row[node] * ROW_HEIGHT)
+            for node in nodes}
 
 
 def focused_documents(visible, focus: str, docs: dict[str, dict]) -> dict[str, dict]:
