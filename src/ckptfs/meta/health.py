@@ -162,6 +162,7 @@ def verify_report(store, now: datetime) -> dict:
     return {
         "last": None if last is None else {
             "started_at": iso(last["started_at"]), "finished_at": iso(last["finished_at"]),
+            "finished_at_unix": last["finished_at"],
             "age_seconds": round(now.timestamp() - last["finished_at"], 1),
             **{k: v for k, v in last.items() if k not in ("started_at", "finished_at")}},
         "packs": None if packs is None else len(packs),
