@@ -2,7 +2,6 @@
 on real stores built through the API: what they say is checked against the index, the
 journal, the packs and the garbage collector's own dry run. What a running daemon adds
 (pending units, its counters) is in tests/fs/test_health.py."""
-import json
 import os
 from datetime import timedelta
 
@@ -12,37 +11,13 @@ from ckptfs.meta.health import parse_time
 from ckptfs.meta.seal import archive_directory
 from ckptfs.spool.directory import Spool
 from ckptfs.spool.health import health, storage
-from ckptfs.store import AccessDeniedError, Store
+from ckptfs.store import AccessDeniedError
+from tests.helpers import health as helpers
 from tests.helpers.faults import pack_files
+from tests.helpers.health import ACCURACY_SCHEMA, NOBODY
 from tests.helpers.samples import make_checkpoint
-from tests.helpers.stores import copy_store
 
-NOBODY = {"uid": 65534, "gids": [65534], "pid": 1}
-RUNS = {("nlp", "run-1"): (100, 200, 300), ("nlp", "run-2"): (100,), ("cv", "r"): (50,)}
-
-
-@pytest.fixture(scope="module")
-def template(tmp_path_factory):
-    """Two projects, three runs, five versions; one of them gives an `accuracy` metric
-    in its ckptfs.json (for the schema test)."""
-    root = tmp_path_factory.mktemp("health")
-    path = str(root / "store")
-    with Store.init(path) as s:
-        for (project, run), steps in RUNS.items():
-            for step in steps:
-                src = make_checkpoint(root / "src" / project / run / f"step-{step}", step=step,
-                                      seed=len(run))
-                if (project, run, step) == ("nlp", "run-1", 300):
-                    with open(os.path.join(src, "ckptfs.json"), "w") as f:
-                        json.dump({"metrics": {"accuracy": 0.9}}, f)
-                archive_directory(s, src, project, run, f"step-{step}")
-    return path
-
-
-@pytest.fixture
-def s(template, tmp_path):
-    with Store.open(copy_store(template, tmp_path / "store")) as opened:
-        yield opened
+template, s = helpers.template, helpers.s  # fixtures (tests/helpers/health.py)
 
 
 def sealed_time(s):
@@ -144,8 +119,7 @@ def test_access_changes_and_refusals_are_counted_from_the_journal(s):
 
 def test_versions_that_do_not_satisfy_the_current_schema_are_listed(s):
     assert health(s)["missing_required_metadata"] == []
-    s.set_project_schema("nlp", {"type": "object", "required": ["metrics"], "properties": {
-        "metrics": {"type": "object", "required": ["accuracy"]}}})
+    s.set_project_schema("nlp", ACCURACY_SCHEMA)
     missing = health(s)["missing_required_metadata"]
     assert [m["version"] for m in missing] == ["nlp/run-1/step-100", "nlp/run-1/step-200",
                                                "nlp/run-2/step-100"]

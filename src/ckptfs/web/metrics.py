@@ -43,9 +43,9 @@ class StoreCollector:
         space = storage(self.store, self.actor, reclaimable=False)
         yield from project_metrics(space, report)
         yield from store_metrics(space, report)
-        yield from inbox_metrics(report)
+        yield from inbox_metrics(report, list(space["projects"]))
         yield from verify_metrics(report)
-        yield from access_metrics(report)
+        yield from access_metrics(report, list(space["projects"]))
         yield from gc_metrics(gc_estimate(self.store, self.actor))
 
 
@@ -67,6 +67,10 @@ def _count_by_project(items: list[dict], project_of) -> dict[str, int]:
         project = project_of(item) or "*"
         counts[project] = counts.get(project, 0) + 1
     return counts
+
+
+def _with_zeros(counts: dict[str, int], projects) -> dict[str, int]:
+    return {p: counts.get(p, 0) for p in {*projects, *counts}}
 
 
 def project_metrics(space: dict, report: dict):
@@ -94,12 +98,12 @@ def project_metrics(space: dict, report: dict):
     yield _per_project(_gauge("ckptfs_versions_missing_required_metadata", "Versions that do "
                               "not satisfy their project's current schema.",
                               labels=["project"]),
-                       {p: missing.get(p, 0) for p in {*projects, *missing}})
+                       _with_zeros(missing, projects))
     damaged = _count_by_project(report["read_errors"]["damaged_versions"],
                                 lambda item: item["version"].split("/", 1)[0])
     yield _per_project(_gauge("ckptfs_damaged_versions", "Versions with recorded damage (a "
                               "read that failed, verify, rebuild-index).", labels=["project"]),
-                       {p: damaged.get(p, 0) for p in {*projects, *damaged}})
+                       _with_zeros(damaged, projects))
 
 
 def store_metrics(space: dict, report: dict):
@@ -120,27 +124,30 @@ def store_metrics(space: dict, report: dict):
                      verify["pack_bytes"])
 
 
-def inbox_metrics(report: dict):
+def inbox_metrics(report: dict, projects: list[str]):
+    """`projects`: shown with 0 when nothing of theirs waits or failed."""
     failures = _count_by_project(report["seal_failures"], lambda f: f["project"])
     yield _per_project(_gauge("ckptfs_seal_failures", "Units of the inbox that failed to "
                               "seal or were refused and still wait (their .error files).",
-                              labels=["project"]), failures)
+                              labels=["project"]), _with_zeros(failures, projects))
     pending = _count_by_project(report["pending_inbox"],
                                 lambda item: item["version"].split("/", 1)[0])
     yield _per_project(_gauge("ckptfs_inbox_pending_versions", "Units waiting in the inbox "
-                              "to be sealed.", labels=["project"]), pending)
+                              "to be sealed.", labels=["project"]),
+                       _with_zeros(pending, projects))
     yield _gauge("ckptfs_inbox_oldest_pending_age_seconds", "Age of the oldest unit waiting "
                  "in the inbox (0: none).", report["oldest_pending_age_seconds"] or 0)
     daemon = report["daemon"]
     yield _gauge("ckptfs_daemon_up", "1 if a mount daemon serves the store.",
                  1 if daemon["running"] else 0)
-    if daemon["counters_at"] is not None:
-        for name, doc in (("versions_sealed", "Versions the daemon sealed"),
-                          ("seal_failures", "Seals that failed in the daemon"),
-                          ("read_errors", "Reads of sealed files that failed (EIO)"),
-                          ("bytes_sealed", "Logical bytes the daemon sealed")):
-            yield CounterMetricFamily(f"ckptfs_daemon_{name}", f"{doc}, since it started.",
-                                      value=daemon[name] or 0)
+    # Since the daemon started (0 when none runs): rate() and increase() take a restart
+    # for the counter reset it is.
+    for name, doc in (("versions_sealed", "Versions the mount daemon sealed"),
+                      ("seal_failures", "Seals that failed in the mount daemon"),
+                      ("read_errors", "Reads of sealed files that failed (EIO) in the mount"),
+                      ("bytes_sealed", "Logical bytes the mount daemon sealed")):
+        yield CounterMetricFamily(f"ckptfs_daemon_{name}", f"{doc}, since it started.",
+                                  value=daemon[name] or 0)
 
 
 def verify_metrics(report: dict):
@@ -159,8 +166,10 @@ def verify_metrics(report: dict):
                      verify["oldest_unverified_pack_age_seconds"] or 0)
 
 
-def access_metrics(report: dict):
-    access = report["access"]
+def access_metrics(report: dict, projects: list[str]):
+    """Every project shown (0 if nothing happened yet), so increase() sees the first."""
+    zero = {"changes": 0, "refusals": 0}
+    access = {p: report["access"].get(p, zero) for p in {*projects, "*", *report["access"]}}
     yield _per_project(CounterMetricFamily("ckptfs_access_changes", "Access changes "
                                            "journaled: grants, revokes, enforcement on/off "
                                            "(project \"*\": store-wide).", labels=["project"]),
