@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from ckptfs.meta.health import parse_time
+from ckptfs.meta.health import audit_log, parse_time
 from ckptfs.meta.seal import archive_directory
 from ckptfs.spool.directory import Spool
 from ckptfs.spool.health import health, storage
@@ -157,3 +157,21 @@ def test_a_user_sees_only_the_projects_it_may_read(s):
     assert set(space["timeline"][-1]["projects"]) == {"cv"}
     everything = health(s)   # this process created the store: admin on every project
     assert list(everything["versions_sealed"]) == ["cv", "nlp"]
+
+
+def test_the_audit_log_is_filtered_by_project_user_and_event_newest_first(s):
+    s.grant("nlp", "user:nobody", "reader")
+    s.grant("cv", "user:nobody", "writer")
+    s.revoke("cv", "user:nobody")
+    me = s.journal_entries().__next__()["user"]
+    cv = audit_log(s, project="cv")
+    assert [e["type"] for e in cv] == ["access.revoked", "access.granted", "version.sealed"]
+    assert [e["type"] for e in audit_log(s, event="access.")][:3] == [
+        "access.revoked", "access.granted", "access.granted"]
+    assert [e["project"] for e in audit_log(s, event="access.granted", limit=2)] == ["cv", "nlp"]
+    assert len(audit_log(s, user=me)) == len(list(s.journal_entries()))
+    assert audit_log(s, user="somebody-else") == []
+    s.set_enforcement(True)
+    s.grant("nlp", "user:nobody", "reader")   # nobody reads nlp only
+    seen = audit_log(s, actor=NOBODY, limit=1000)
+    assert seen and {e.get("project") for e in seen} == {"nlp"}

@@ -26,6 +26,7 @@ to the projects it may read, as `ckptfs ls STORE` and `audit` do; store-wide fig
 import json
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta, timezone
 
 from ckptfs.store import StoreError
@@ -230,6 +231,26 @@ def access_events(store, visible: Visibility) -> dict:
         counts = out.setdefault(scope, {"changes": 0, "refusals": 0})
         counts["refusals" if kind == ACCESS_REFUSED else "changes"] += n
     return dict(sorted(out.items()))
+
+
+def audit_log(store, actor: dict | None = None, project: str | None = None,
+              user: str | None = None, event: str | None = None, limit: int = 200) -> list[dict]:
+    """The newest `limit` journal entries the actor may see (as `ckptfs audit` shows
+    them), newest first; only those of `project`, of `user` (a name, or a uid as
+    digits) and of type `event` (e.g. "access.granted", or a prefix ending in ".":
+    "access.") when given."""
+    newest = deque(maxlen=max(0, limit))
+    for entry in store.journal.entries(verify_chain=False):
+        if project is not None and entry.get("project") != project:
+            continue
+        if user is not None and user not in (entry.get("user"), str(entry.get("uid"))):
+            continue
+        if event is not None and not (entry["type"] == event or
+                                      (event.endswith(".") and entry["type"].startswith(event))):
+            continue
+        if store.entry_visible(actor, entry):
+            newest.append(entry)
+    return list(reversed(newest))
 
 
 # -- required metadata ------------------------------------------------------------------------------
