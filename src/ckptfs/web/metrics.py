@@ -41,150 +41,144 @@ class StoreCollector:
     def collect(self):
         report = health(self.store, actor=self.actor)
         space = storage(self.store, self.actor, reclaimable=False)
-        yield from project_metrics(space, report)
-        yield from store_metrics(space, report)
-        yield from inbox_metrics(report, list(space["projects"]))
-        yield from verify_metrics(report)
-        yield from access_metrics(report, list(space["projects"]))
-        yield from gc_metrics(gc_estimate(self.store, self.actor))
+        projects = list(space["projects"])
+        yield from per_project(PROJECT_GAUGES, GaugeMetricFamily, space["projects"])
+        yield from per_project(SEALED_COUNTERS, CounterMetricFamily, report["versions_sealed"])
+        yield from per_project(COUNTED_GAUGES, GaugeMetricFamily,
+                               counted_by_project(report, projects))
+        yield from per_project(ACCESS_COUNTERS, CounterMetricFamily,
+                               access_by_project(report, projects))
+        yield from unlabelled(GaugeMetricFamily, store_gauges(space, report))
+        yield from unlabelled(CounterMetricFamily, daemon_counters(report))
+        yield from unlabelled(GaugeMetricFamily, gc_gauges(gc_estimate(self.store, self.actor)))
 
 
-def _gauge(name: str, doc: str, value=None, labels=()) -> GaugeMetricFamily:
-    if labels:
-        return GaugeMetricFamily(name, doc, labels=labels)
-    return GaugeMetricFamily(name, doc, value=value)
+# (metric name, help, the key of a project's figures); counters' names get `_total`.
+PROJECT_GAUGES = (
+    ("ckptfs_versions", "Versions in the store (not deleted), per project.", "versions"),
+    ("ckptfs_logical_bytes", "Bytes of the files of the versions in the store, as written.",
+     "logical_bytes"),
+    ("ckptfs_stored_bytes", "Bytes the seals of the project's versions added to storage "
+     "(after dedup and compression).", "stored_bytes"),
+)
+SEALED_COUNTERS = (
+    ("ckptfs_versions_sealed", "Versions ever sealed (deleted ones too).", "versions"),
+    ("ckptfs_sealed_logical_bytes", "Logical bytes of every version ever sealed: rate() is "
+     "the ingest throughput.", "logical_bytes"),
+    ("ckptfs_sealed_stored_bytes", "Bytes the seals added to storage, ever.", "stored_bytes"),
+)
+COUNTED_GAUGES = (
+    ("ckptfs_versions_missing_required_metadata", "Versions that do not satisfy their "
+     "project's current schema.", "missing_required_metadata"),
+    ("ckptfs_damaged_versions", "Versions with recorded damage (a read that failed, verify, "
+     "rebuild-index).", "damaged_versions"),
+    ("ckptfs_seal_failures", "Units of the inbox that failed to seal or were refused and "
+     "still wait (their .error files; project \"*\": outside any project).", "seal_failures"),
+    ("ckptfs_inbox_pending_versions", "Units waiting in the inbox to be sealed.",
+     "pending_inbox"),
+)
+ACCESS_COUNTERS = (
+    ("ckptfs_access_changes", "Access changes journaled: grants, revokes, enforcement on/off "
+     "(project \"*\": store-wide).", "changes"),
+    ("ckptfs_access_refusals", "Refused requests journaled.", "refusals"),
+)
 
 
-def _per_project(family, by_project: dict, key=None):
-    for project, figures in sorted(by_project.items()):
-        family.add_metric([project], figures if key is None else figures[key])
-    return family
+def per_project(table, family_type, by_project: dict):
+    """One family per row of `table`, a sample per project of `by_project`."""
+    for name, doc, key in table:
+        family = family_type(name, doc, labels=["project"])
+        for project, figures in sorted(by_project.items()):
+            family.add_metric([project], figures[key])
+        yield family
 
 
-def _count_by_project(items: list[dict], project_of) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        project = project_of(item) or "*"
-        counts[project] = counts.get(project, 0) + 1
+def unlabelled(family_type, figures):
+    """A family per (name, help, value); a value of None is left out (not known)."""
+    for name, doc, value in figures:
+        if value is not None:
+            yield family_type(name, doc, value=value)
+
+
+def project_of_item(item: dict) -> str:
+    """The project of a health item: its own `project`, else its version's first part;
+    "*" for something of no project."""
+    if "project" in item:
+        return item["project"] or "*"
+    return item["version"].split("/", 1)[0]
+
+
+def counted_by_project(report: dict, projects: list[str]) -> dict[str, dict]:
+    """{project: {list name: how many of its items}} for COUNTED_GAUGES, 0 for every
+    project that has versions (so an alert sees the first)."""
+    lists = {"missing_required_metadata": report["missing_required_metadata"],
+             "damaged_versions": report["read_errors"]["damaged_versions"],
+             "seal_failures": report["seal_failures"], "pending_inbox": report["pending_inbox"]}
+    counts = {p: dict.fromkeys(lists, 0) for p in projects}
+    for list_name, items in lists.items():
+        for item in items:
+            counts.setdefault(project_of_item(item), dict.fromkeys(lists, 0))[list_name] += 1
     return counts
 
 
-def _with_zeros(counts: dict[str, int], projects) -> dict[str, int]:
-    return {p: counts.get(p, 0) for p in {*projects, *counts}}
-
-
-def project_metrics(space: dict, report: dict):
-    projects, sealed = space["projects"], report["versions_sealed"]
-    yield _per_project(_gauge("ckptfs_versions", "Versions in the store (not deleted), per "
-                              "project.", labels=["project"]), projects, "versions")
-    yield _per_project(_gauge("ckptfs_logical_bytes", "Bytes of the files of the versions in "
-                              "the store, as written, per project.", labels=["project"]),
-                       projects, "logical_bytes")
-    yield _per_project(_gauge("ckptfs_stored_bytes", "Bytes the seals of the project's "
-                              "versions added to storage (after dedup and compression).",
-                              labels=["project"]), projects, "stored_bytes")
-    yield _per_project(CounterMetricFamily("ckptfs_versions_sealed", "Versions ever sealed "
-                                           "(deleted ones too), per project.",
-                                           labels=["project"]), sealed, "versions")
-    yield _per_project(CounterMetricFamily("ckptfs_sealed_logical_bytes", "Logical bytes of "
-                                           "every version ever sealed: rate() is the ingest "
-                                           "throughput.", labels=["project"]),
-                       sealed, "logical_bytes")
-    yield _per_project(CounterMetricFamily("ckptfs_sealed_stored_bytes", "Bytes the seals "
-                                           "added to storage, ever.", labels=["project"]),
-                       sealed, "stored_bytes")
-    missing = _count_by_project(report["missing_required_metadata"],
-                                lambda item: item["version"].split("/", 1)[0])
-    yield _per_project(_gauge("ckptfs_versions_missing_required_metadata", "Versions that do "
-                              "not satisfy their project's current schema.",
-                              labels=["project"]),
-                       _with_zeros(missing, projects))
-    damaged = _count_by_project(report["read_errors"]["damaged_versions"],
-                                lambda item: item["version"].split("/", 1)[0])
-    yield _per_project(_gauge("ckptfs_damaged_versions", "Versions with recorded damage (a "
-                              "read that failed, verify, rebuild-index).", labels=["project"]),
-                       _with_zeros(damaged, projects))
-
-
-def store_metrics(space: dict, report: dict):
-    totals, verify = space["store"], report["verify"]
-    yield _gauge("ckptfs_store_logical_bytes", "Logical bytes of every version in the store.",
-                 totals["logical_bytes"])
-    yield _gauge("ckptfs_store_unique_bytes", "Bytes of the distinct chunks stored, before "
-                 "compression.", totals["unique_bytes"])
-    yield _gauge("ckptfs_store_stored_bytes", "Bytes of the distinct chunks stored, after "
-                 "compression.", totals["stored_bytes"])
-    yield _gauge("ckptfs_store_dedup_ratio", "Logical bytes per unique byte.",
-                 totals["dedup_ratio"])
-    yield _gauge("ckptfs_store_compression_ratio", "Unique bytes per stored byte.",
-                 totals["compression_ratio"])
-    if verify["packs"] is not None:  # None: an object store that did not answer
-        yield _gauge("ckptfs_packs", "Pack files in the store.", verify["packs"])
-        yield _gauge("ckptfs_pack_bytes", "Bytes of the pack files on storage.",
-                     verify["pack_bytes"])
-
-
-def inbox_metrics(report: dict, projects: list[str]):
-    """`projects`: shown with 0 when nothing of theirs waits or failed."""
-    failures = _count_by_project(report["seal_failures"], lambda f: f["project"])
-    yield _per_project(_gauge("ckptfs_seal_failures", "Units of the inbox that failed to "
-                              "seal or were refused and still wait (their .error files).",
-                              labels=["project"]), _with_zeros(failures, projects))
-    pending = _count_by_project(report["pending_inbox"],
-                                lambda item: item["version"].split("/", 1)[0])
-    yield _per_project(_gauge("ckptfs_inbox_pending_versions", "Units waiting in the inbox "
-                              "to be sealed.", labels=["project"]),
-                       _with_zeros(pending, projects))
-    yield _gauge("ckptfs_inbox_oldest_pending_age_seconds", "Age of the oldest unit waiting "
-                 "in the inbox (0: none).", report["oldest_pending_age_seconds"] or 0)
-    daemon = report["daemon"]
-    yield _gauge("ckptfs_daemon_up", "1 if a mount daemon serves the store.",
-                 1 if daemon["running"] else 0)
-    # Since the daemon started (0 when none runs): rate() and increase() take a restart
-    # for the counter reset it is.
-    for name, doc in (("versions_sealed", "Versions the mount daemon sealed"),
-                      ("seal_failures", "Seals that failed in the mount daemon"),
-                      ("read_errors", "Reads of sealed files that failed (EIO) in the mount"),
-                      ("bytes_sealed", "Logical bytes the mount daemon sealed")):
-        yield CounterMetricFamily(f"ckptfs_daemon_{name}", f"{doc}, since it started.",
-                                  value=daemon[name] or 0)
-
-
-def verify_metrics(report: dict):
-    verify = report["verify"]
-    last = verify["last"]
-    if last is not None:
-        yield _gauge("ckptfs_last_verify_timestamp_seconds", "When the last complete "
-                     "verify ended (Unix time).", last["finished_at_unix"])
-        yield _gauge("ckptfs_last_verify_success", "1 if the last verify found no damage.",
-                     1 if last["ok"] else 0)
-    if verify["unverified_packs"] is not None:
-        yield _gauge("ckptfs_unverified_packs", "Packs written since the last verify began "
-                     "(all of them if none ran).", verify["unverified_packs"])
-        yield _gauge("ckptfs_oldest_unverified_pack_age_seconds", "Age of the oldest pack no "
-                     "verify has checked (0: none).",
-                     verify["oldest_unverified_pack_age_seconds"] or 0)
-
-
-def access_metrics(report: dict, projects: list[str]):
+def access_by_project(report: dict, projects: list[str]) -> dict[str, dict]:
     """Every project shown (0 if nothing happened yet), so increase() sees the first."""
     zero = {"changes": 0, "refusals": 0}
-    access = {p: report["access"].get(p, zero) for p in {*projects, "*", *report["access"]}}
-    yield _per_project(CounterMetricFamily("ckptfs_access_changes", "Access changes "
-                                           "journaled: grants, revokes, enforcement on/off "
-                                           "(project \"*\": store-wide).", labels=["project"]),
-                       access, "changes")
-    yield _per_project(CounterMetricFamily("ckptfs_access_refusals", "Refused requests "
-                                           "journaled.", labels=["project"]),
-                       access, "refusals")
+    return {p: report["access"].get(p, zero) for p in {*projects, "*", *report["access"]}}
 
 
-def gc_metrics(estimate: dict | None):
-    if estimate is not None and estimate.get("available"):
-        yield _gauge("ckptfs_gc_reclaimable_bytes", "Bytes of storage `ckptfs gc` would "
-                     "reclaim now (its dry run).", estimate["reclaimed_bytes"])
-        yield _gauge("ckptfs_gc_versions_to_delete", "Versions the retention policies would "
-                     "delete.", len(estimate["versions_deleted"]))
+def store_gauges(space: dict, report: dict) -> list[tuple]:
+    totals, verify, last = space["store"], report["verify"], report["verify"]["last"]
+    return [
+        ("ckptfs_store_logical_bytes", "Logical bytes of every version in the store.",
+         totals["logical_bytes"]),
+        ("ckptfs_store_unique_bytes", "Bytes of the distinct chunks stored, before "
+         "compression.", totals["unique_bytes"]),
+        ("ckptfs_store_stored_bytes", "Bytes of the distinct chunks stored, after "
+         "compression.", totals["stored_bytes"]),
+        ("ckptfs_store_dedup_ratio", "Logical bytes per unique byte.", totals["dedup_ratio"]),
+        ("ckptfs_store_compression_ratio", "Unique bytes per stored byte.",
+         totals["compression_ratio"]),
+        # None while an object store does not answer: left out
+        ("ckptfs_packs", "Pack files in the store.", verify["packs"]),
+        ("ckptfs_pack_bytes", "Bytes of the pack files on storage.", verify["pack_bytes"]),
+        ("ckptfs_inbox_oldest_pending_age_seconds", "Age of the oldest unit waiting in the "
+         "inbox (0: none).", report["oldest_pending_age_seconds"] or 0),
+        ("ckptfs_daemon_up", "1 if a mount daemon serves the store.",
+         1 if report["daemon"]["running"] else 0),
+        # left out until a verify ran
+        ("ckptfs_last_verify_timestamp_seconds", "When the last complete verify ended (Unix "
+         "time).", None if last is None else last["finished_at_unix"]),
+        ("ckptfs_last_verify_success", "1 if the last verify found no damage.",
+         None if last is None else int(bool(last["ok"]))),
+        ("ckptfs_unverified_packs", "Packs written since the last verify began (all of them "
+         "if none ran).", verify["unverified_packs"]),
+        ("ckptfs_oldest_unverified_pack_age_seconds", "Age of the oldest pack no verify has "
+         "checked (0: none).", None if verify["unverified_packs"] is None
+         else verify["oldest_unverified_pack_age_seconds"] or 0),
+    ]
+
+
+def daemon_counters(report: dict) -> list[tuple]:
+    """Since the daemon started (0 when none runs): rate() and increase() take a restart
+    for the counter reset it is."""
+    daemon = report["daemon"]
+    return [(f"ckptfs_daemon_{key}", f"{doc}, since it started.", daemon[key] or 0)
+            for key, doc in (("versions_sealed", "Versions the mount daemon sealed"),
+                             ("seal_failures", "Seals that failed in the mount daemon"),
+                             ("read_errors", "Reads of sealed files that failed (EIO) in "
+                              "the mount"),
+                             ("bytes_sealed", "Logical bytes the mount daemon sealed"))]
+
+
+def gc_gauges(estimate: dict) -> list[tuple]:
+    """Left out for a user who may not plan the deletions, or a store that did not
+    answer."""
+    available = estimate.get("available")
+    return [("ckptfs_gc_reclaimable_bytes", "Bytes of storage `ckptfs gc` would reclaim now "
+             "(its dry run).", estimate["reclaimed_bytes"] if available else None),
+            ("ckptfs_gc_versions_to_delete", "Versions the retention policies would delete.",
+             len(estimate["versions_deleted"]) if available else None)]
 
 
 # -- the garbage collector's estimate, cached -------------------------------------------------------
