@@ -23,8 +23,10 @@ to the projects it may read, as `ckptfs ls STORE` and `audit` do; store-wide fig
 (packs, the last verify, totals) show no project's content and are always given, as
 `ckptfs stats` and `verify` give them (docs/access.md).
 """
+import json
 import threading
 import time
+from collections import deque
 from datetime import datetime, timedelta, timezone
 
 from ckptfs.store import StoreError
@@ -81,10 +83,24 @@ class Visibility:
         return self.project(name.split("/", 1)[0])
 
 
+_VERSIONS: dict[str, tuple[int, list[dict]]] = {}  # store path -> (journal seq, records)
+
+
+def live_versions(store) -> list[dict]:
+    """The index records of the versions in the store, read again only when the journal
+    moved on (a page and a scrape both ask; 10,000 records take a while to decode).
+    Callers must not change them."""
+    seq = store.applied_seq()
+    cached = _VERSIONS.get(store.path)
+    if cached is None or cached[0] != seq:
+        cached = _VERSIONS[store.path] = (seq, store.all_versions())
+    return cached[1]
+
+
 def sealed_records(store, visible: Visibility) -> list[dict]:
     """The index records of every version ever sealed that the actor may see: the live
     ones and the deleted ones' (each with `deleted`)."""
-    live = [r for r in store.all_versions() if visible.project(r["project"])]
+    live = [r for r in live_versions(store) if visible.project(r["project"])]
     gone = [dict(t["record"], deleted=True) for t in store.tombstones()
             if visible.project(t["record"]["project"])]
     return live + gone
@@ -162,6 +178,7 @@ def verify_report(store, now: datetime) -> dict:
     return {
         "last": None if last is None else {
             "started_at": iso(last["started_at"]), "finished_at": iso(last["finished_at"]),
+            "finished_at_unix": last["finished_at"],
             "age_seconds": round(now.timestamp() - last["finished_at"], 1),
             **{k: v for k, v in last.items() if k not in ("started_at", "finished_at")}},
         "packs": None if packs is None else len(packs),
@@ -184,6 +201,8 @@ class JournalTally:
 
     def update(self, store) -> dict:
         with self.lock:
+            if store.journal.last_seq() < self.seq:  # another store made at the same path
+                self.seq, self.counts = 0, {}
             for entry in store.journal.entries(after_seq=self.seq, verify_chain=False):
                 key = (entry["type"], entry.get("project"))
                 self.counts[key] = self.counts.get(key, 0) + 1
@@ -214,37 +233,70 @@ def access_events(store, visible: Visibility) -> dict:
     return dict(sorted(out.items()))
 
 
+def audit_log(store, actor: dict | None = None, project: str | None = None,
+              user: str | None = None, event: str | None = None, limit: int = 200) -> list[dict]:
+    """The newest `limit` journal entries the actor may see (as `ckptfs audit` shows
+    them), newest first; only those of `project`, of `user` (a name, or a uid as
+    digits) and of type `event` (e.g. "access.granted", or a prefix ending in ".":
+    "access.") when given."""
+    newest = deque(maxlen=max(0, limit))
+    for entry in store.journal.entries(verify_chain=False):
+        if project is not None and entry.get("project") != project:
+            continue
+        if user is not None and user not in (entry.get("user"), str(entry.get("uid"))):
+            continue
+        if event is not None and not (entry["type"] == event or
+                                      (event.endswith(".") and entry["type"].startswith(event))):
+            continue
+        if store.entry_visible(actor, entry):
+            newest.append(entry)
+    return list(reversed(newest))
+
+
 # -- required metadata ------------------------------------------------------------------------------
-_SCHEMA_CHECKS: dict[str, tuple[int, dict]] = {}  # store path -> (journal seq, findings)
-_SCHEMA_LOCK = threading.Lock()
+class SchemaChecks:
+    """Which versions fail their project's current schema, for one store. A version's
+    result is kept under (its seq, its tags, the schema): after a seal only the new
+    version is checked; after a schema change, that project's versions again."""
+
+    def __init__(self):
+        self.seq = None
+        self.results: dict[tuple, list[str]] = {}
+        self.lock = threading.Lock()
+
+    def findings(self, store) -> dict[str, list[str]]:
+        with self.lock:
+            seq = store.applied_seq()
+            if seq != self.seq:
+                self.results = self._check(store)
+                self.seq = seq
+            return {key[0]: found for key, found in self.results.items() if found}
+
+    def _check(self, store) -> dict[tuple, list[str]]:
+        results = {}
+        for project in store.projects():
+            schema = store.project_schema(project)
+            if schema is None:
+                continue
+            schema_key = json.dumps(schema, sort_keys=True)
+            for doc in store.catalog_documents(project):
+                p, r, v = doc["project"], doc["run"], doc["version"]
+                key = (f"{p}/{r}/{v}", doc["seq"], tuple(doc.get("tags") or ()), schema_key)
+                if key not in self.results:
+                    self.results[key] = failures(schema, version_sidecar(doc, store.walk(p, r, v)))
+                results[key] = self.results[key]
+        return results
+
+
+_SCHEMA_CHECKS: dict[str, SchemaChecks] = {}
 
 
 def missing_required_metadata(store, visible: Visibility) -> list[dict]:
     """Versions whose sidecar does not satisfy their project's current schema
-    ({"version", "failures"}), of the projects the actor may read. Checked again only
-    when the journal moved on (a seal, a schema set, a deletion)."""
-    seq = store.applied_seq()
-    with _SCHEMA_LOCK:
-        cached = _SCHEMA_CHECKS.get(store.path)
-        if cached is None or cached[0] != seq:
-            cached = (seq, _check_schemas(store))
-            _SCHEMA_CHECKS[store.path] = cached
+    ({"version", "failures"}), of the projects the actor may read."""
+    checks = _SCHEMA_CHECKS.setdefault(store.path, SchemaChecks())
     return [{"version": name, "failures": found}
-            for name, found in sorted(cached[1].items()) if visible.version(name)]
-
-
-def _check_schemas(store) -> dict[str, list[str]]:
-    findings = {}
-    for project in store.projects():
-        schema = store.project_schema(project)
-        if schema is None:
-            continue
-        for doc in store.catalog_documents(project):
-            p, r, v = doc["project"], doc["run"], doc["version"]
-            found = failures(schema, version_sidecar(doc, store.walk(p, r, v)))
-            if found:
-                findings[f"{p}/{r}/{v}"] = found
-    return findings
+            for name, found in sorted(checks.findings(store).items()) if visible.version(name)]
 
 
 # -- storage -------------------------------------------------------------------------------------
@@ -257,7 +309,7 @@ def storage(store, actor: dict | None = None, reclaimable: bool = True) -> dict:
     a chunk shared by later versions counts once, for the version that stored it first.
     `store` is the whole store as `ckptfs stats` gives it (not restricted)."""
     visible = Visibility(store, actor)
-    versions = [r for r in store.all_versions() if visible.project(r["project"])]
+    versions = [r for r in live_versions(store) if visible.project(r["project"])]
     return {
         "store": store_totals(store),
         "projects": _by(versions, lambda r: r["project"]),

@@ -101,9 +101,12 @@ def pending_inbox(store, visible: Visibility, daemon: dict, now: datetime) -> li
     spool holds it."""
     if daemon["stats"] is not None:
         late = max(0.0, now.timestamp() - daemon["stats"].get("written_at", now.timestamp()))
+        # Its refusals (paths refused at the inbox or project level) are not versions:
+        # they are among the seal failures (their error files).
         items = [dict(item, age_seconds=None if item.get("age_seconds") is None
                       else round(item["age_seconds"] + late, 1))
-                 for item in daemon["stats"].get("pending_inbox_versions") or []]
+                 for item in daemon["stats"].get("pending_inbox_versions") or []
+                 if item.get("state") != "refused"]
     else:
         held = not daemon["running"] and spool_daemon.last_daemon_died(store.path)
         items = spooled_units(store, now, held)
