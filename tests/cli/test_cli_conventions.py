@@ -1,10 +1,12 @@
 """What every `ckptfs` command shares (docs/cli.md): `--json` on the commands that list
 or report, examples in every command's help (each one parses), the exit codes in
-`ckptfs --help`."""
+`ckptfs --help`, and shell completion through click's protocol in a real bash."""
 import json
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import click
 import pytest
@@ -172,3 +174,56 @@ def test_status_json_of_a_store(store_path):
         "store": store_path, "mounted": False, "mountpoint": None, "last_daemon_died": False}
     assert [(u["version"], u["state"]) for u in status["pending_inbox_versions"]] == [
         ("p/r/v1", "spooled")]
+
+
+# -- shell completion ------------------------------------------------------------------------------
+@pytest.fixture
+def ckptfs_on_path(tmp_path) -> dict:
+    """An environment whose PATH has a `ckptfs` executable, as installed (a console
+    script of this Python): the completion scripts call the command by that name."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "ckptfs"
+    script.write_text(f"#!{sys.executable}\nfrom ckptfs.cli.app import main\nmain()\n")
+    script.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def bash_completes(env: dict, *words: str) -> list[str]:
+    """What bash offers for the last of `words` once `ckptfs completion bash` is loaded
+    (the completion function called as bash calls it, with COMP_WORDS and COMP_CWORD)."""
+    typed = " ".join(shlex.quote(w) for w in words)
+    script = ('eval "$(ckptfs completion bash)"\n'
+              f"COMP_WORDS=({typed}); COMP_CWORD={len(words) - 1}\n"
+              '_ckptfs_completion ckptfs\nprintf "%s\\n" "${COMPREPLY[@]}"\n')
+    proc = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=env,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return [line for line in proc.stdout.splitlines() if line]
+
+
+def test_bash_completes_commands_subcommands_and_choices(ckptfs_on_path):
+    assert bash_completes(ckptfs_on_path, "ckptfs", "ver") == ["verify"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "access", "s") == ["show"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "access", "grant", "/data/ckpts", "bert",
+                          "") == ["reader", "writer", "maintainer", "admin"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "diff", "/s", "a", "b", "--j") == ["--json"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "completion", "") == ["bash", "zsh", "fish"]
+
+
+def test_the_protocol_answers_a_directory_for_store_and_each_shell_has_a_script(ckptfs_on_path):
+    def ask(shell: str, words: str, cword: str) -> list[str]:
+        env = {**ckptfs_on_path, "_CKPTFS_COMPLETE": f"{shell}_complete",
+               "COMP_WORDS": words, "COMP_CWORD": cword}
+        proc = subprocess.run(["ckptfs"], env=env, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.splitlines()
+    assert ask("bash", "ckptfs ls /tm", "2") == ["dir,/tm"]
+    assert ask("bash", "ckptfs status /mn", "2") == ["dir,/mn"]
+    assert ask("zsh", "ckptfs ver", "1")[:2] == ["plain", "verify"]
+    assert ask("fish", "ckptfs ver", "ver")[0].startswith("plain,verify")
+    zsh, fish = run_cli_many(("completion", "zsh"), ("completion", "fish"))
+    assert "#compdef ckptfs" in zsh.stdout.decode()
+    assert "complete --no-files --command ckptfs" in fish.stdout.decode()
+    assert b"'powershell' is not one of" in run_cli_checked("completion", "powershell",
+                                                            rc=2).stderr

@@ -18,6 +18,7 @@ import click
 # modules, never on the package (whose `main` comes from here).
 import ckptfs.cli.access
 import ckptfs.cli.audit
+import ckptfs.cli.completion
 import ckptfs.cli.copy
 import ckptfs.cli.diff
 import ckptfs.cli.export
@@ -33,7 +34,8 @@ from ckptfs.cli.default_store import accept_default_store
 
 TOPICS = (ckptfs.cli.stores, ckptfs.cli.versions, ckptfs.cli.export, ckptfs.cli.meta,
           ckptfs.cli.access, ckptfs.cli.audit, ckptfs.cli.keys, ckptfs.cli.retention,
-          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy, ckptfs.cli.diff)
+          ckptfs.cli.recovery, ckptfs.cli.mount, ckptfs.cli.copy, ckptfs.cli.diff,
+          ckptfs.cli.completion)
 
 
 class CkptfsGroup(click.Group):
@@ -106,7 +108,8 @@ def main(cache_dir):
     STORE is a directory or s3://BUCKET/PREFIX (endpoint and credentials from
     AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION or
     AWS_PROFILE). With CKPTFS_STORE set, commands may leave STORE out. A command's
-    --json prints what it shows as JSON (docs/cli.md)."""
+    --json prints what it shows as JSON; `ckptfs completion bash|zsh|fish` completes
+    commands in a shell (docs/cli.md)."""
     if cache_dir:
         # In the environment: the mount daemon, started as a child, uses it too.
         os.environ["CKPTFS_CACHE_DIR"] = os.path.abspath(cache_dir)
