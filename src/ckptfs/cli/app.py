@@ -86,8 +86,9 @@ Exit codes:
   0    success
   1    an error: one line on stderr, "ckptfs: error: ..."
   2    a usage error (a missing or malformed argument or option)
-  3    damage found: by verify, audit verify, rebuild-index, repair --dry-run,
-       or when data read back fails its check (cat, get, export, copy)
+  3    damaged or tampered data: found by verify, audit verify, rebuild-index,
+       repair --dry-run, or when data fails its check (cat, get, export, copy,
+       import of an export)
   130  interrupted (Ctrl-C)"""
 
 EXAMPLES = examples("ckptfs init /data/ckpts",
