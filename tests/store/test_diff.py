@@ -99,7 +99,8 @@ def test_aliases_name_the_versions_they_point_at(diffed):
     for a, b in (("nlp/run-a/production", "nlp/run-a/latest"),
                  ("nlp/run-a/production", "nlp/run-a/best"), ("nlp/run-a/s1/", "nlp/run-a/latest")):
         assert diff(diffed.store, a, b) == by_name, (a, b)
-    assert diff(diffed.store, "vision/ft/latest", "nlp/run-a/production")["a"]["key"] == "vision/ft/f1"
+    across = diff(diffed.store, "vision/ft/latest", "nlp/run-a/production")
+    assert (across["a"]["key"], across["b"]["key"]) == ("vision/ft/f1", "nlp/run-a/s1")
 
 
 @pytest.mark.parametrize("ref, error, message", [

@@ -188,6 +188,12 @@ def parse_date(text: str):
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def examples(*command_lines: str) -> str:
+    """A command's epilog: its examples, one invocation a line, kept as written (`\\b`
+    stops click rewrapping them)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in command_lines)
+
+
 # -- output ---------------------------------------------------------------------------------
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):

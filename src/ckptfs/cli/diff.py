@@ -7,6 +7,7 @@ import click
 from ckptfs.cli._common import (
     cell,
     echo_json,
+    examples,
     human_bytes,
     json_option,
     table_lines,
@@ -16,11 +17,10 @@ from ckptfs.cli._common import (
 SHORT_SHA = 12  # enough to tell two files apart at a glance; --json has the whole hash
 
 
-@click.command(epilog="""\b
-Examples:
-  ckptfs diff STORE nlp/run-42/step-1000 nlp/run-42/step-2000
-  ckptfs diff STORE nlp/run-42/production nlp/run-42/latest
-  ckptfs diff STORE nlp/base/v1 vision/ft-x/latest --json | jq '.metrics'""")
+@click.command(epilog=examples(
+    "ckptfs diff /data/ckpts bert/run-42/step-500 bert/run-42/step-1000",
+    "ckptfs diff /data/ckpts bert/run-42/production bert/run-42/latest",
+    "ckptfs diff /data/ckpts bert/run-42/best bert-ft/sst2/latest --json | jq .metrics"))
 @click.argument("store")
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")

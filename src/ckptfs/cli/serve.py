@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from ckptfs.cli._common import fail, with_store
+from ckptfs.cli._common import examples, fail, with_store
 
 WEB_EXTRA = "pip install 'ckptfs[web]'"
 
@@ -47,14 +47,10 @@ def check_bind(bind: str, token: str | None) -> None:
              "CKPTFS_WEB_TOKEN); behind a reverse proxy that authenticates, bind 127.0.0.1")
 
 
-# The epilog in the form of _common.examples (i17-cli), written out until that is merged.
-EXAMPLES = "\b\nExamples:\n" + "\n".join("  " + line for line in (
+@click.command(epilog=examples(
     "ckptfs serve /data/ckpts                      # http://127.0.0.1:8080/",
     "ckptfs serve /data/ckpts --port 9000",
     "CKPTFS_WEB_TOKEN=$(openssl rand -hex 16) ckptfs serve /data/ckpts --bind 0.0.0.0"))
-
-
-@click.command(epilog=EXAMPLES)
 @click.argument("store")
 @click.option("--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="The address to listen on; beyond loopback only with --token.")

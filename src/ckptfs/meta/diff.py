@@ -3,7 +3,7 @@ dashboard's diff page shows.
 
 `diff_versions(store, a, b)` is given two references `PROJECT/RUN/VERSION`, where the
 version may also be an alias of the run (`latest`, `best`, or one set with `ckptfs
-tag`), and returns a JSON-serialisable dict (docs/query.md, "Comparing two versions"):
+tag`), and returns a JSON-serialisable dict (docs/cli.md, "ckptfs diff"):
 
     {"a": {"key", "sealed_at", ...}, "b": {...},
      "files": {"added": [{"path", "size", "sha256"}], "removed": [...],
