@@ -78,6 +78,11 @@ def test_with_a_token_every_request_carries_it(plain_store):
         again = request(address, "/p/nlp/base", {"Cookie": cookie.split(";")[0]})
         assert again.status == 200 and "step-300" in again.body
         assert request(address, "/", {"Cookie": "ckptfs_session=forged"}).status == 401
+        # Prometheus scrapes with the bearer token (docs/monitoring.md).
+        scraped = request(address, "/metrics", {"Authorization": "Bearer s3cret-token"})
+        assert scraped.status == 200
+        assert scraped.getheader("Content-Type").startswith("text/plain; version=0.0.4")
+        assert 'ckptfs_versions{project="nlp"} 8.0' in scraped.body.splitlines()
 
 
 @pytest.fixture(scope="module")

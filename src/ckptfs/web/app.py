@@ -23,7 +23,7 @@ import math
 import os
 from datetime import datetime, timezone
 
-from flask import Flask, Response, abort, redirect, render_template, request, url_for
+from flask import Flask, Response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from ckptfs.meta.query import QueryError
@@ -152,11 +152,8 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
 
     @app.get("/metrics")
     def metrics():
-        try:
-            from ckptfs.web.metrics import render
-        except ImportError:
-            abort(404)
-        return Response(render(store), content_type="text/plain; version=0.0.4; charset=utf-8")
+        from ckptfs.web.metrics import CONTENT_TYPE, render
+        return Response(render(store), content_type=CONTENT_TYPE)
 
 
 def audit_entries(store, wanted: dict) -> list[dict]:
