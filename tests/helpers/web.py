@@ -97,10 +97,10 @@ def expected_edges(projects=("nlp", "vision", "secret")) -> set[tuple[str, str]]
     return edges
 
 
-@contextlib.contextmanager
-def serving(store: str, *args, uid: int | None = None):
+def start_server(store: str, *args, uid: int | None = None):
     """`ckptfs serve STORE --port 0 ARGS` as a process of its own (as user `uid`, via
-    setpriv), yielding its address once it prints it; stopped with SIGTERM."""
+    setpriv): (the process, its address once it has printed it, the thread reading its
+    output). stop_server ends it."""
     command = [sys.executable, "-m", "ckptfs", "serve", store, "--port", "0", *args]
     if uid is not None:
         command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
@@ -110,21 +110,34 @@ def serving(store: str, *args, uid: int | None = None):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
     reader.start()
+    wait_for(lambda: lines or server.poll() is not None, "the server's address")
+    if not lines or " on http://" not in lines[0]:
+        error = server.stderr.read() if server.poll() is not None else ""
+        stop_server(server, reader)
+        raise AssertionError(f"ckptfs serve did not start: {lines} {error}")
+    return server, lines[0].split(" on ", 1)[1].split()[0].rstrip("/"), reader
+
+
+def stop_server(server, reader) -> None:
+    server.send_signal(signal.SIGTERM)
     try:
-        wait_for(lambda: lines or server.poll() is not None, "the server's address")
-        if not lines or " on http://" not in lines[0]:
-            raise AssertionError(f"ckptfs serve did not start: {lines} {server.stderr.read()}")
-        yield lines[0].split(" on ", 1)[1].split()[0].rstrip("/")
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+    reader.join(timeout=60)
+    server.stdout.close()
+    server.stderr.close()
+
+
+@contextlib.contextmanager
+def serving(store: str, *args, uid: int | None = None):
+    """start_server as a context: yields the address, stops the server (SIGTERM)."""
+    server, address, reader = start_server(store, *args, uid=uid)
+    try:
+        yield address
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        reader.join(timeout=60)
-        server.stdout.close()
-        server.stderr.close()
+        stop_server(server, reader)
 
 
 def chromium():

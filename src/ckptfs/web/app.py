@@ -129,7 +129,8 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
             for ref in (a, b):
                 data.resolve(visible, ref)  # 404 for a project the user may not read
             result = diff_versions(store, a, b)
-        versions = [f"{d['project']}/{d['run']}/{d['version']}" for d in visible.documents()]
+        versions = [f"{d['project']}/{d['run']}/{d['version']}"
+                    for d in visible.documents(fields=[("kind",)])]
         return render_template("diff.html", a=a, b=b, diff=result, versions=versions,
                                page="diff")
 

@@ -7,6 +7,9 @@ axes' ticks, and per run a polyline and one marker per checkpoint that has the m
 browser tests read). A checkpoint without a step is placed by its position in its run.
 """
 import math
+from html import escape
+
+from markupsafe import Markup
 
 WIDTH, HEIGHT = 560, 240
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 64, 16, 12, 36
@@ -62,6 +65,20 @@ def tick_label(value: float) -> str:
     return f"{value:.3g}"
 
 
+def markers(points: list[dict]) -> Markup:
+    """The SVG circles of a line's checkpoints, written here rather than in the
+    template: a run of 10,000 versions has that many per chart, and a template loop
+    costs ten times as much."""
+    out = []
+    for p in points:
+        step = "" if p["step"] is None else escape(str(p["step"]))
+        best = (" best", 6) if p["best"] else ("", 4)
+        out.append(f'<circle class="point{best[0]}" r="{best[1]}" cx="{p["cx"]}" cy="{p["cy"]}" '
+                   f'data-run="{escape(p["run"])}" data-version="{escape(p["version"])}" '
+                   f'data-step="{step}" data-value="{p["value"]}"></circle>')
+    return Markup("\n".join(out))
+
+
 def metric_chart(metric: str, series: dict[str, list[dict]]) -> dict | None:
     """The chart of one metric over the runs in `series` (run -> documents); None if no
     checkpoint has it."""
@@ -82,9 +99,9 @@ def metric_chart(metric: str, series: dict[str, list[dict]]) -> dict | None:
             p["cx"], p["cy"] = to_x(p["x"]), to_y(p["value"])
         ordered = sorted(points, key=lambda p: p["x"])
         lines.append({"run": run, "colour": f"series-{number % SERIES_COLOURS}",
-                      "points": points,
+                      "points": points, "markers": markers(points),
                       "path": " ".join(f"{p['cx']},{p['cy']}" for p in ordered)})
-    return {"metric": metric, "width": WIDTH, "height": HEIGHT, "lines": lines,
+    return {"metric": metric, "project": every[0]["project"], "width": WIDTH, "height": HEIGHT, "lines": lines,
             "plot": {"left": MARGIN_LEFT, "top": MARGIN_TOP, "right": MARGIN_LEFT + PLOT_WIDTH,
                      "bottom": MARGIN_TOP + PLOT_HEIGHT},
             "x_ticks": [{"at": to_x(t), "label": tick_label(t)}

@@ -8,11 +8,17 @@ which projects are there.
 """
 from ckptfs.meta.diff import resolve_version, split_ref
 from ckptfs.meta.lineage import parent_of, ref_of
-from ckptfs.meta.query import compile_query, field_value
-from ckptfs.meta.sidecar import sidecar_of
+from ckptfs.meta.query import compile_query, field_value, split_field
+from ckptfs.meta.sidecar import sidecar_of, version_sidecar
 from ckptfs.store import NotFoundError
 
-TABLE_ROW_LIMIT = 2000  # a run page lists at most this many versions (the chart has all)
+TABLE_ROW_LIMIT = 1000  # a run page lists at most this many versions (the chart has all)
+
+# What each page reads of the catalog documents (see Visibility.documents).
+SUMMARY_FIELDS = [("kind",), ("sealed_at",), ("aliases",), ("storage",)]
+ROW_FIELDS = [("kind",), ("sealed_at",), ("step",), ("epoch",), ("metrics",), ("tags",),
+              ("aliases",), ("storage",), ("scan", "status"), ("signature",)]
+LINK_FIELDS = [("lineage", "parent"), ("lineage", "inputs"), ("kind",)]
 
 
 class Visibility:
@@ -34,9 +40,12 @@ class Visibility:
     def projects(self) -> list[str]:
         return [p for p in self.store.projects() if self.can_read(p)]
 
-    def documents(self, project: str | None = None, run: str | None = None) -> list[dict]:
-        """Catalog documents of readable projects, in sealing order."""
-        docs = self.store.catalog_documents(project, run)
+    def documents(self, project: str | None = None, run: str | None = None,
+                  fields=None) -> list[dict]:
+        """Catalog documents of readable projects, in sealing order; with `fields`
+        (catalog paths, as tuples) only those (and identity): over a run of 10,000
+        versions, reading whole documents is most of a page's time and memory."""
+        docs = self.store.catalog_documents(project, run, fields=fields)
         return sorted((d for d in docs if self.can_read(d["project"])), key=lambda d: d["seq"])
 
     def require_project(self, project: str) -> None:
@@ -78,7 +87,7 @@ def projects_overview(visible: Visibility) -> list[dict]:
     overview = []
     for project in visible.projects():
         by_run: dict[str, list[dict]] = {}
-        for doc in visible.documents(project):
+        for doc in visible.documents(project, fields=SUMMARY_FIELDS):
             by_run.setdefault(doc["run"], []).append(doc)
         runs = [run_summary(project, run, docs) for run, docs in sorted(by_run.items())]
         logical = sum(r["logical_bytes"] for r in runs)
@@ -102,12 +111,25 @@ def is_plotted(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def filtered(docs: list[dict], expr: str) -> list[dict]:
-    """The documents matching a `ckptfs find` expression (QueryError if it is bad)."""
-    if not expr.strip():
-        return docs
-    query = compile_query(expr)
-    return [d for d in docs if query.matches(d)]
+def query_of(expr: str):
+    """The compiled `ckptfs find` expression (None if empty; QueryError if bad)."""
+    return compile_query(expr) if expr.strip() else None
+
+
+def fields_for(query) -> list[tuple]:
+    """The catalog paths a page of rows needs, and those the query reads (a bare name
+    may be a metric: docs/query.md)."""
+    paths = list(ROW_FIELDS)
+    for name in query.fields if query else ():
+        path = split_field(name)
+        paths.append(path)
+        if len(path) == 1:
+            paths.append(("metrics", path[0]))
+    return paths
+
+
+def filtered(docs: list[dict], query) -> list[dict]:
+    return docs if query is None else [d for d in docs if query.matches(d)]
 
 
 def version_row(doc: dict) -> dict:
@@ -130,10 +152,13 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
     """The run's versions (filtered by `expr`), the metrics they have, and the
     documents of the sibling runs to overlay (`compare`: runs of the same project)."""
     visible.require_run(project, run)
-    docs = visible.documents(project, run)
-    shown = filtered(docs, expr)
+    query = query_of(expr)
+    fields = fields_for(query)
+    docs = visible.documents(project, run, fields)
+    shown = filtered(docs, query)
     siblings = [r for r in visible.store.runs(project) if r != run]
-    overlaid = {r: filtered([d for d in visible.documents(project, r) if is_checkpoint(d)], expr)
+    overlaid = {r: filtered([d for d in visible.documents(project, r, fields) if is_checkpoint(d)],
+                            query)
                 for r in compare if r in siblings}
     rows = [version_row(d) for d in shown]
     aliases = {alias: d["version"] for d in docs for alias in d.get("aliases") or ()}
@@ -165,7 +190,7 @@ def version_page(visible: Visibility, project: str, run: str, version: str) -> d
     """The sidecar of a version (a deleted one's tombstone too), and where its files
     are: the mounts of the store (if any) and the `ckptfs get` commands."""
     visible.require_project(project)
-    sidecar = sidecar_of(visible.store, project, run, version, deleted=True)
+    sidecar = version_sidecar_of(visible.store, project, run, version)
     lineage = sidecar.get("lineage") or {}
     parent = parent_of(sidecar)
     inputs = [ref_of(i) for i in lineage.get("inputs") or () if isinstance(i, dict)]
@@ -179,8 +204,20 @@ def version_page(visible: Visibility, project: str, run: str, version: str) -> d
             "mounts": mounts_of(visible.store)}
 
 
+def version_sidecar_of(store, project: str, run: str, version: str) -> dict:
+    """The sidecar as meta.sidecar.sidecar_of gives it, read from this version's own
+    catalog document and its run's aliases (not every document of its run: a run may
+    hold 10,000); a deleted version's tombstone through sidecar_of."""
+    doc = store.catalog_document(project, run, version)
+    if doc is None:
+        return sidecar_of(store, project, run, version, deleted=True)
+    aliases = sorted(a for a, target in store.aliases(project, run).items() if target == version)
+    doc.update(aliases=aliases, tags=sorted(set(doc.get("tags") or ()) | set(aliases)))
+    return version_sidecar(doc, store.walk(project, run, version))
+
+
 def children_of(visible: Visibility, ref: str) -> list[str]:
-    return [ref_of(d) for d in visible.documents()
+    return [ref_of(d) for d in visible.documents(fields=LINK_FIELDS)
             if (link := parent_of(d)) is not None and link[0] == ref]
 
 
@@ -198,7 +235,7 @@ def mounts_of(store) -> list[str]:
 def previous_checkpoint(visible: Visibility, project: str, run: str, version: str) -> str | None:
     """The checkpoint sealed before `version` in its run (the diff page's default)."""
     earlier = None
-    for doc in visible.documents(project, run):
+    for doc in visible.documents(project, run, fields=[("kind",)]):
         if doc["version"] == version:
             return earlier
         if is_checkpoint(doc):

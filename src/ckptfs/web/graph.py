@@ -15,11 +15,12 @@ from ckptfs.meta.lineage import lineage_of, parent_of, ref_of
 
 COLUMN_WIDTH, ROW_HEIGHT, MARGIN = 56, 34, 28
 RUN_COLOURS = 8  # the CSS classes run-0 … run-7
+GRAPH_FIELDS = [("lineage", "parent"), ("lineage", "inputs"), ("tags",), ("aliases",)]
 
 
 def all_documents(visible) -> dict[str, dict]:
     """Every readable version, tombstones included: ref -> document."""
-    docs = {ref_of(d): d for d in visible.documents()}
+    docs = {ref_of(d): d for d in visible.documents(fields=GRAPH_FIELDS)}
     for tomb in visible.store.tombstones():
         doc = visible.store.tombstone_document(tomb)
         if visible.can_read(doc["project"]):

@@ -36,9 +36,24 @@ function filterRows(input) {
   }
 }
 
+// A chart point carries its run, version, step and value; the chart its metric.
+function pointTip(point) {
+  const chart = point.closest("svg.metric-chart");
+  const where = point.dataset.step ? `${chart.dataset.xLabel} ${point.dataset.step} · ` : "";
+  return `${point.dataset.run}/${point.dataset.version} · ${where}${chart.dataset.metric} ${point.dataset.value}`;
+}
+
+function openPoint(point) {
+  const chart = point.closest("svg.metric-chart");
+  if (!chart.dataset.base) return;  // a chart of something other than versions
+  const parts = [point.dataset.run, point.dataset.version];
+  window.location.href = chart.dataset.base + "/" + parts.map(encodeURIComponent).join("/");
+}
+
 function showTip(event) {
   const tip = document.getElementById("tooltip");
-  const text = event.target.dataset ? event.target.dataset.tip : undefined;
+  const mark = event.target;
+  const text = mark.classList.contains("point") ? pointTip(mark) : mark.dataset.tip;
   if (!tip || !text) return;
   tip.textContent = text;
   tip.hidden = false;
@@ -60,8 +75,15 @@ document.addEventListener("DOMContentLoaded", () => {
   for (const input of document.querySelectorAll("input.table-filter")) {
     input.addEventListener("input", () => filterRows(input));
   }
-  for (const mark of document.querySelectorAll("[data-tip]")) {
-    mark.addEventListener("mousemove", showTip);
-    mark.addEventListener("mouseleave", hideTip);
+  // One listener per chart or graph, not per mark: a run may have 10,000 points.
+  for (const area of document.querySelectorAll("svg")) {
+    area.addEventListener("mousemove", (event) => {
+      if (event.target.classList.contains("point") || event.target.dataset.tip) showTip(event);
+      else hideTip();
+    });
+    area.addEventListener("mouseleave", hideTip);
+    area.addEventListener("click", (event) => {
+      if (event.target.classList.contains("point")) openPoint(event.target);
+    });
   }
 });
