@@ -35,6 +35,7 @@ from . import auth, charts, data, graph
 
 log = logging.getLogger("ckptfs.web")
 AUDIT_LIMIT = 500  # newest journal entries shown on the health page
+DIFF_SUGGESTIONS = 2000  # versions offered in the diff page's boxes
 
 
 def create_app(store_path: str, *, token: str | None = None) -> Flask:
@@ -129,8 +130,9 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
             for ref in (a, b):
                 data.resolve(visible, ref)  # 404 for a project the user may not read
             result = diff_versions(store, a, b)
+        # The newest versions as suggestions for the two boxes (any version may be typed).
         versions = [f"{d['project']}/{d['run']}/{d['version']}"
-                    for d in visible.documents(fields=[("kind",)])]
+                    for d in visible.documents(fields=[("kind",)])[-DIFF_SUGGESTIONS:]]
         return render_template("diff.html", a=a, b=b, diff=result, versions=versions,
                                page="diff")
 
