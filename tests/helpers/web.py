@@ -40,6 +40,8 @@ VERSIONS = [
     ("secret", "hidden-run", "s1", 10, {"loss": 0.5}, None),
 ]
 TAGGED = ("nlp", "base", "production", "step-400")
+# Versions read before writing (what the mount records as lineage.inputs), by reader.
+INPUTS = {"vision/ft/v2": ["nlp/sweep-lr/step-600"]}
 NOBODY = 65534
 
 
@@ -71,7 +73,10 @@ def build_store(path: str, enforce: bool = True) -> SimpleNamespace:
         with Store.init(path) as store:
             for number, (p, r, v, step, metrics, parent) in enumerate(VERSIONS):
                 src = write_version(sources, p, r, v, step, metrics, parent, number)
-                archive_directory(store, src, p, r, v)
+                inputs = [dict(zip(("project", "run", "version"), ref.split("/")))
+                          for ref in INPUTS.get(f"{p}/{r}/{v}", ())]
+                archive_directory(store, src, p, r, v,
+                                  read_lineage={"inputs": inputs} if inputs else None)
             store.set_alias(*TAGGED)
             store.update_project_settings("nlp", {"primary_metric": "eval_loss", "mode": "min"})
             store.update_project_settings("vision", {"primary_metric": "loss", "mode": "min"})
@@ -86,13 +91,14 @@ def build_store(path: str, enforce: bool = True) -> SimpleNamespace:
 
 
 def expected_edges(projects=("nlp", "vision", "secret")) -> set[tuple[str, str]]:
-    """(parent, child) of every lineage link between versions of `projects`."""
+    """(parent, child) of every lineage link between versions of `projects`: parents
+    and inputs read."""
     edges, previous = set(), {}
     for p, r, v, _, _, parent in VERSIONS:
         ref = f"{p}/{r}/{v}"
-        link = parent or previous.get((p, r))
-        if link and link.split("/")[0] in projects and p in projects:
-            edges.add((link, ref))
+        for link in [parent or previous.get((p, r)), *INPUTS.get(ref, ())]:
+            if link and link.split("/")[0] in projects and p in projects:
+                edges.add((link, ref))
         previous[(p, r)] = ref
     return edges
 

@@ -94,9 +94,12 @@ def test_the_lineage_graph_has_every_node_and_edge(server, browser):
     edges = browser.find_elements(By.CSS_SELECTOR, "#lineage-graph path.edge")
     found = {(e.get_attribute("data-from"), e.get_attribute("data-to")) for e in edges}
     assert found == expected_edges() and len(edges) == len(found)
-    kinds = {(e.get_attribute("data-to"), e.get_attribute("data-kind")) for e in edges}
-    assert ("nlp/sweep-lr/step-400", "explicit") in kinds
-    assert ("vision/ft/v1", "explicit") in kinds
+    kinds = {(e.get_attribute("data-from"), e.get_attribute("data-to")): e.get_attribute("data-kind")
+             for e in edges}
+    assert kinds[("nlp/base/step-300", "nlp/sweep-lr/step-400")] == "explicit"
+    assert kinds[("nlp/base/step-500", "vision/ft/v1")] == "explicit"
+    assert kinds[("nlp/sweep-lr/step-600", "vision/ft/v2")] == "input"  # read before writing
+    assert kinds[("vision/ft/v1", "vision/ft/v2")] == "previous"
     # A run's chain stays on one row, left to right.
     ys = {float(n.get_attribute("transform").split(",")[1].rstrip(")")) for n in nodes
           if n.get_attribute("data-ref").startswith("nlp/base/")}
@@ -141,6 +144,8 @@ def test_the_version_page_renders_the_sidecar(server, browser):
     files = browser.find_element(By.ID, "files").text
     assert "model.bin" in files and "ckptfs get" in files
     assert browser.find_element(By.ID, "signature").text == "not signed"
+    open_page(browser, server, "/p/vision/ft/v2")
+    assert "inputs read\nnlp/sweep-lr/step-600\n" in browser.find_element(By.ID, "lineage").text
 
 
 def page_source(address, path) -> tuple[int, str]:
