@@ -182,3 +182,15 @@ def test_a_user_without_a_role_sees_nothing_of_that_project(demo_store, server, 
         assert "hidden-run" not in text and "s1" not in text.split("<main>")[1], path
     # Looking is not a refusal: nothing was journaled (the server changes nothing).
     assert [e for e in journal(demo_store.path) if e["type"] == "access.refused"] == refused_before
+
+
+def test_the_health_page_filters_the_audit_log(server, browser):
+    open_page(browser, server, "/health?project=nlp&event=version.sealed")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")
+    assert [r.get_attribute("data-type") for r in rows] == ["version.sealed"] * 8
+    assert rows[0].find_elements(By.TAG_NAME, "td")[4].text == "nlp/sweep-lr/step-600"  # newest first
+    open_page(browser, server, "/health?event=access.&user=root")
+    types = {r.get_attribute("data-type") for r in browser.find_elements(By.CSS_SELECTOR, "#audit tbody tr")}
+    assert types == {"access.granted", "access.enforcement"}
+    bars = browser.find_elements(By.CSS_SELECTOR, "#sealed-per-hour rect.bar")
+    assert len(bars) == 48 and sum(int(b.get_attribute("data-versions")) for b in bars) == len(VERSIONS)

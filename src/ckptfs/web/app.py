@@ -145,11 +145,13 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
 
     @app.get("/health")
     def health():
+        from ckptfs.meta.health import audit_log
         from ckptfs.spool.health import health as health_report
         visible = visibility(store)
         report = health_report(store)
         wanted = {k: request.args.get(k, "").strip() for k in ("project", "user", "event")}
-        return render_template("health.html", h=report, audit=audit_entries(store, wanted),
+        audit = audit_log(store, None, limit=AUDIT_LIMIT, **{k: v or None for k, v in wanted.items()})
+        return render_template("health.html", h=report, audit=audit,
                                wanted=wanted, page="health",
                                projects=visible.projects(), bars=hour_bars(report))
 
@@ -157,23 +159,6 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
     def metrics():
         from ckptfs.web.metrics import CONTENT_TYPE, render
         return Response(render(store), content_type=CONTENT_TYPE)
-
-
-def audit_entries(store, wanted: dict) -> list[dict]:
-    """The newest journal entries the user may see (as `ckptfs audit`), filtered by
-    project, user and event type (a prefix: `access.` is every access event)."""
-    shown = []
-    for entry in store.journal_entries():
-        if not store.entry_visible(None, entry):
-            continue
-        if wanted["project"] and entry.get("project") != wanted["project"]:
-            continue
-        if wanted["user"] and wanted["user"] not in (entry.get("user"), str(entry.get("uid"))):
-            continue
-        if wanted["event"] and not str(entry.get("type", "")).startswith(wanted["event"]):
-            continue
-        shown.append(entry)
-    return list(reversed(shown[-AUDIT_LIMIT:]))
 
 
 def storage_chart(figures: dict) -> dict | None:
