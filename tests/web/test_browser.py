@@ -176,10 +176,15 @@ def test_a_user_without_a_role_sees_nothing_of_that_project(demo_store, server, 
     assert missing[0] == 404 and "no project 'no-such-project' in the store" in missing[1]
     for path in ["/p/secret", "/p/secret/hidden-run", "/p/secret/hidden-run/s1",
                  "/p/secret/hidden-run/latest", "/lineage?focus=secret/hidden-run/s1",
-                 "/lineage?project=secret", "/diff?a=secret/hidden-run/s1&b=nlp/base/step-100"]:
+                 "/lineage?project=secret"]:
         status, text = page_source(nobody_server, path)
         assert status == 404 and "no project 'secret' in the store" in text, path
         assert "hidden-run" not in text and "s1" not in text.split("<main>")[1], path
+    # The diff page says it on its form, which keeps what was typed (and nothing more).
+    status, text = page_source(nobody_server, "/diff?a=secret/hidden-run/s1&b=nlp/base/step-100")
+    assert status == 404 and "no project 'secret' in the store" in text
+    assert "hidden-run" not in text.replace('value="secret/hidden-run/s1"', "")
+    assert 'id="diff-metrics"' not in text
     # Looking is not a refusal: nothing was journaled (the server changes nothing).
     assert [e for e in journal(demo_store.path) if e["type"] == "access.refused"] == refused_before
 

@@ -110,6 +110,9 @@ def test_routes_answer_with_the_fitting_status(client):
                           ("/p/nlp/base/..%2F..", "")]:
         response = client.get(path)
         assert response.status_code == 404 and message in response.text, path
+    typo = client.get("/diff?a=nlp/base&b=nlp/base/latest")
+    assert typo.status_code == 400 and "expected PROJECT/RUN/VERSION, got &#39;nlp/base&#39;" in typo.text
+    assert 'value="nlp/base"' in typo.text  # the form keeps what was typed, to fix it
     bad = client.get("/p/nlp/base?q=step+%3D%3E+3")
     assert bad.status_code == 400 and "unknown operator &#39;=&gt;&#39; (did you mean &#39;&gt;=&#39;?)" in bad.text
     assert "Traceback" not in bad.text

@@ -124,17 +124,20 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
     def diff():
         visible = visibility(store)
         a, b = request.args.get("a", "").strip(), request.args.get("b", "").strip()
-        result = None
+        result, error, status = None, None, 200
         if a and b:
             from ckptfs.meta.diff import diff_versions
-            for ref in (a, b):
-                data.resolve(visible, ref)  # 404 for a project the user may not read
-            result = diff_versions(store, a, b)
+            try:
+                for ref in (a, b):
+                    data.resolve(visible, ref)  # 404 for a project the user may not read
+                result = diff_versions(store, a, b)
+            except (NotFoundError, InvalidNameError) as e:  # said on the form, to fix there
+                error, status = str(e), 400 if isinstance(e, InvalidNameError) else 404
         # The newest versions as suggestions for the two boxes (any version may be typed).
         versions = [f"{d['project']}/{d['run']}/{d['version']}"
                     for d in visible.documents(fields=[("kind",)])[-DIFF_SUGGESTIONS:]]
-        return render_template("diff.html", a=a, b=b, diff=result, versions=versions,
-                               page="diff")
+        return render_template("diff.html", a=a, b=b, diff=result, error=error,
+                               versions=versions, page="diff"), status
 
     @app.get("/storage")
     def storage():
