@@ -108,8 +108,8 @@ def test_ls_json_at_every_level(diffed):
     assert as_json(runs) == {"project": "nlp", "runs": ["run-a"]}
     listed = as_json(versions)
     assert (listed["project"], listed["run"]) == ("nlp", "run-a")
-    assert [(v["version"], v["files"], v["damaged"]) for v in listed["versions"]] == [
-        ("s1", 4, None), ("s2", 4, None)]
+    assert [(v["version"], v["files"], v["damaged"], v["damaged_files"])
+            for v in listed["versions"]] == [("s1", 4, None, []), ("s2", 4, None, [])]
     assert listed["versions"][0]["sealed_at"] < listed["versions"][1]["sealed_at"]
     entries = as_json(files)
     assert entries["path"] == "nlp/run-a/s2"
@@ -161,6 +161,9 @@ def test_verify_json_reports_the_damage_and_keeps_the_exit_code(tmp_path):
         ("p/r/v1", "optimizer.pt")]
     assert [p["pack"] for p in damaged["damaged_packs"]] and damaged["damaged_chunks"]
     assert proc.stderr.decode().startswith("ckptfs: error: verify found damage")
+    listed = as_json(run_cli_checked("ls", store, "p/r", "--json"))["versions"]
+    assert [(v["version"], v["damaged"], v["damaged_files"]) for v in listed] == [
+        ("v1", "files", ["optimizer.pt"]), ("v2", None, [])]
 
 
 def test_status_json_of_a_store(store_path):

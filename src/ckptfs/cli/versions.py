@@ -188,15 +188,19 @@ def ls(s, store, ref, long, as_json):
 
 def listed_versions(versions: list[dict], damage: list[dict]) -> list[dict]:
     """`ls --json` of a run: each version in key order, with its size and whether it is
-    damaged (`damaged`: the file list was lost, or some files; see `ckptfs verify`)."""
+    damaged (`damaged`: the file list was lost, or some files, named in `damaged_files`;
+    see `ckptfs verify`)."""
     from ckptfs.store.index import fs_bytes
     damaged = {d["version"]: ("file list lost" if d.get("manifest") else "files")
                for d in damage}
+    damaged_files = {d["version"]: sorted(d.get("files") or ()) for d in damage}
     listed = [{"version": v["version"], "sealed_at": v["sealed_at"], "files": v["files"],
-               "logical_bytes": v["logical_bytes"], "damaged": damaged.get(v["version"])}
+               "logical_bytes": v["logical_bytes"], "damaged": damaged.get(v["version"]),
+               "damaged_files": damaged_files.get(v["version"], [])}
               for v in versions]
     listed += [{"version": name, "sealed_at": None, "files": None, "logical_bytes": None,
-                "damaged": why} for name, why in damaged.items() if why == "file list lost"]
+                "damaged": why, "damaged_files": []}
+               for name, why in damaged.items() if why == "file list lost"]
     return sorted(listed, key=lambda v: fs_bytes(v["version"]))
 
 

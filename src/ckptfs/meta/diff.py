@@ -26,24 +26,28 @@ from ckptfs.store.names import shown, validate_name
 def diff_versions(store, a: str, b: str, *, actor: dict | None = None) -> dict:
     """Compare version `a` with version `b` (each PROJECT/RUN/VERSION or
     PROJECT/RUN/ALIAS) as seen by `actor` (None: this process)."""
-    docs = {}
-    for side, ref in (("a", a), ("b", b)):
-        # The role first: a project the caller may not read does not say what it holds.
-        store.authorize(actor, split_ref(ref)[0], "reader", "read", ref)
-        project, run, version = resolve_version(store, ref)
-        docs[side] = store.catalog_document(project, run, version)
-        docs[side]["files"] = store.walk(project, run, version)
+    a_doc, a_entries = load_version(store, a, actor)
+    b_doc, b_entries = load_version(store, b, actor)
     return {
-        "a": identity(docs["a"]),
-        "b": identity(docs["b"]),
-        "files": file_changes(docs["a"]["files"], docs["b"]["files"]),
-        "metrics": metric_changes(docs["a"].get("metrics"), docs["b"].get("metrics")),
-        "hyperparameters": setting_changes(lineage_field(docs["a"], "hyperparameters"),
-                                           lineage_field(docs["b"], "hyperparameters")),
-        "environment": setting_changes(lineage_field(docs["a"], "environment"),
-                                       lineage_field(docs["b"], "environment")),
-        "lineage": lineage_relation(store, docs["a"], docs["b"]),
+        "a": identity(a_doc),
+        "b": identity(b_doc),
+        "files": file_changes(a_entries, b_entries),
+        "metrics": metric_changes(a_doc.get("metrics"), b_doc.get("metrics")),
+        "hyperparameters": setting_changes(lineage_field(a_doc, "hyperparameters"),
+                                           lineage_field(b_doc, "hyperparameters")),
+        "environment": setting_changes(lineage_field(a_doc, "environment"),
+                                       lineage_field(b_doc, "environment")),
+        "lineage": lineage_relation(store, a_doc, b_doc),
     }
+
+
+def load_version(store, ref: str, actor: dict | None) -> tuple[dict, list[dict]]:
+    """(catalog document, file entries) of the version `ref` names, once the actor's
+    role is checked: first, so that a project the caller may not read does not even
+    say what it holds."""
+    store.authorize(actor, split_ref(ref)[0], "reader", "read", ref)
+    project, run, version = resolve_version(store, ref)
+    return store.catalog_document(project, run, version), store.walk(project, run, version)
 
 
 def resolve_version(store, ref: str) -> tuple[str, str, str]:
