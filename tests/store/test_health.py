@@ -175,3 +175,14 @@ def test_the_audit_log_is_filtered_by_project_user_and_event_newest_first(s):
     s.grant("nlp", "user:nobody", "reader")   # nobody reads nlp only
     seen = audit_log(s, actor=NOBODY, limit=1000)
     assert seen and {e.get("project") for e in seen} == {"nlp"}
+
+
+def test_what_gc_would_reclaim_is_for_maintainers_and_asking_journals_nothing(s):
+    s.set_retention_policy("nlp", "run-1", {"keep_last": 1})
+    s.grant("nlp", "user:nobody", "reader")
+    s.set_enforcement(True)
+    assert storage(s)["gc"]["versions_deleted"] == ["nlp/run-1/step-100", "nlp/run-1/step-200"]
+    entries = len(list(s.journal_entries()))
+    refused = storage(s, actor=NOBODY)["gc"]
+    assert refused["available"] is False and "maintainer" in refused["reason"]
+    assert len(list(s.journal_entries())) == entries   # a page view is not a refusal

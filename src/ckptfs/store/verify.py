@@ -239,4 +239,6 @@ def load_last_verify(store_path: str) -> dict | None:
             doc = json.loads(f.read())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) else None
+    times_known = isinstance(doc, dict) and all(
+        isinstance(doc.get(k), (int, float)) for k in ("started_at", "finished_at"))
+    return doc if times_known else None  # an edited or foreign file: as if none
