@@ -274,4 +274,3 @@ def audit_details(entry: dict) -> str:
 def register_filters(app: Flask) -> None:
     app.jinja_env.filters.update(size=human_size, num=number, age=age, moment=moment,
                                  audit_details=audit_details)
-    app.jinja_env.globals.update(field=data.field)

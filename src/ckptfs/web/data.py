@@ -8,7 +8,7 @@ which projects are there.
 """
 from ckptfs.meta.diff import resolve_version, split_ref
 from ckptfs.meta.lineage import parent_of, ref_of
-from ckptfs.meta.query import compile_query, field_value, split_field
+from ckptfs.meta.query import compile_query, split_field
 from ckptfs.meta.sidecar import sidecar_of, version_sidecar
 from ckptfs.store import NotFoundError
 
@@ -241,9 +241,3 @@ def previous_checkpoint(visible: Visibility, project: str, run: str, version: st
         if is_checkpoint(doc):
             earlier = ref_of(doc)
     return None
-
-
-def field(doc: dict, name: str):
-    """A sidecar field by its `ckptfs find` name (None when missing)."""
-    value = field_value(doc, name)
-    return value if isinstance(value, (str, int, float, bool, list, dict)) else None
