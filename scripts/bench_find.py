@@ -32,7 +32,7 @@ from ckptfs.cli.meta import query_paths
 from ckptfs.meta.query import compile_query, sort_documents
 from ckptfs.meta.seal import archive_directory
 from ckptfs.store import Store
-from ckptfs.store.catalog import search_document
+from ckptfs.store.events import search_document
 from ckptfs.store.index import version_key
 
 QUERIES = [
@@ -86,7 +86,8 @@ def synthetic_documents(template: dict, versions: int):
                 yield doc
 
 
-def fill_index(store: Store, template: dict, versions: int) -> int:
+def fill_index(store: Store, template: dict, versions: int, documents=None) -> int:
+    """Write `documents` (default: synthetic_documents) into the index as a seal would."""
     count, batch = 0, []
 
     def flush():
@@ -111,7 +112,7 @@ def fill_index(store: Store, template: dict, versions: int) -> int:
         store.index.commit(apply)
         batch.clear()
 
-    for doc in synthetic_documents(template, versions):
+    for doc in documents or synthetic_documents(template, versions):
         batch.append(doc)
         count += 1
         if len(batch) == 10_000:

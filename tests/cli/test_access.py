@@ -14,6 +14,7 @@ import tqdm  # noqa: F401,E402
 # Imported lazily by the CLI (export, find's queries, progress bars): the forked child of
 # `cli_as_user`, as nobody, cannot read Python's own files under /root, so they are
 # imported here first.
+import ckptfs.meta.diff  # noqa: F401,E402
 import ckptfs.meta.export  # noqa: F401,E402
 import ckptfs.meta.query  # noqa: F401
 from ckptfs.store import Store
@@ -80,6 +81,9 @@ def test_cli_commands_as_another_user_check_their_role(open_store):
     refused = [json.loads(line) for line in everything if '"access.refused"' in line]
     assert [(e["project"], e["operation"]) for e in refused] == [
         ("vision", "set or move aliases"), ("nlp", "read"), ("vision", "change project settings")]
+    code, out = cli_as_user("diff", open_store, "vision/r/v1", "nlp/r/latest")
+    assert code == 1 and "may not read in project nlp: needs role reader, has no role" in out
+    assert cli_as_user("diff", open_store, "vision/r/v1", "vision/r/latest")[0] == 0
 
 
 def test_governance_commands_check_their_role(open_store, tmp_path):

@@ -22,6 +22,7 @@ from tests.helpers.access import NOBODY, cli_as_user, readable_checkpoint, refus
 # Commands with no `with_store`, and why. A new command that opens a store must declare
 # its role instead of joining this list.
 STORE_LESS = {
+    "completion": "prints a shell's completion script; opens no store",
     "init": "makes the store (its creator becomes admin of `*`)",
     "mount": "only checks that STORE is a store; the daemon checks every request's role",
     "umount": "takes a mount point, not a store",

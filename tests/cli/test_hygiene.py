@@ -78,6 +78,8 @@ def test_a_bad_name_is_refused_by_every_command_with_the_rule(label, small_store
              ("import", store, src, "--", f"p/r/{bad}"),
              ("tag", store, "--", "p/r/v1", bad),
              ("ls", store, "--", f"p/{bad}"),
+             ("diff", store, "--", f"{bad}/r/v1", "p/r/v1"),
+             ("diff", store, "--", "p/r/v1", f"p/r/{bad}"),
              ("retention", "set", store, "--", f"p/{bad}", "keep_last=3")]
     if bad != "*":  # for access and project settings `*` is every project, on purpose
         calls += [("access", "grant", store, "--", bad, "reader", "user:root"),

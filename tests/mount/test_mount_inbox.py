@@ -167,6 +167,13 @@ def test_a_seal_marker_seals_at_once_and_is_not_archived(source, tmp_path, mount
     assert "p/r/v1: quiet" in status, status
     pending = stats(mnt)["pending_inbox_versions"]
     assert [(p["version"], p["state"]) for p in pending] == [("p/r/v1", "quiet")]
+    of_mount, of_store = (json.loads(run_cli_checked("status", where, "--json").stdout)
+                          for where in (mnt, store))
+    assert (of_mount["mounted"], of_mount["mountpoint"]) == (True, mnt)
+    assert [p["version"] for p in of_mount["pending_inbox_versions"]] == ["p/r/v1"]
+    assert of_mount["stats"]["seal_failures"] == 0
+    assert (of_store["mounted"], of_store["mountpoint"]) == (True, mnt)
+    assert of_store["daemon_pid"] > 0 and of_store["dead_mounts"] == []
     open(f"{mnt}/inbox/p/r/v1/.seal", "w").close()
     sealed = wait_sealed(mnt, timeout=45)  # not the 60 s quiet period
     assert ".seal" not in os.listdir(sealed)

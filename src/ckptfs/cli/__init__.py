@@ -2,9 +2,9 @@
 
 `app` holds the command group and turns errors into one line and an exit code; each
 topic module (stores, versions, export, meta, access, audit, keys, retention, recovery,
-mount) defines its commands over `_common` (opening the store, checking the caller's
-role, output) and the layers below, and `app` registers them. Imports go one way:
-app -> topic modules -> _common.
+mount, copy, diff, completion) defines its commands over `_common` (opening the store,
+checking the caller's role, output) and the layers below, and `app` registers them.
+Imports go one way: app -> topic modules -> _common.
 """
 
 

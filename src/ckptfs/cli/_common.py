@@ -188,6 +188,12 @@ def parse_date(text: str):
     return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
+def examples(*command_lines: str) -> str:
+    """A command's epilog: its examples, one invocation a line, kept as written (`\\b`
+    stops click rewrapping them)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in command_lines)
+
+
 # -- output ---------------------------------------------------------------------------------
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
@@ -198,14 +204,40 @@ def human_bytes(n: float) -> str:
 
 
 def print_table(header: list[str], rows: list[list[str]]):
+    for line in table_lines(header, rows):
+        click.echo(line)
+
+
+def table_lines(header: list[str], rows: list[list[str]]) -> list[str]:
+    """The lines of a table: columns as wide as their widest cell, two spaces apart."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    for row in [header] + rows:
-        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    return ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip()
+            for row in [header] + rows]
+
+
+def cell(value) -> str:
+    """A value in a table: numbers short, nothing as `-`, lists and dicts as JSON, a
+    timestamp to the second."""
+    from ckptfs.meta.query import MISSING
+    if value is MISSING or value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    text = str(value)
+    return text[:19] + "Z" if len(text) > 20 and text[4:5] == "-" and text.endswith("Z") else text
 
 
 def echo_json(value):
     """A document for people and `jq`: indented, keys sorted."""
     click.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def json_option(what: str):
+    """The `--json` flag of a command (parameter `as_json`): print `what` as one JSON
+    document (echo_json) instead of text. docs/cli.md lists each command's fields."""
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
 
 
 def progress_bar(**options):

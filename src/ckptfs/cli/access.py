@@ -2,7 +2,8 @@
 needs admin: the store's `grant`, `revoke` and `set_enforcement` check it."""
 import click
 
-from ckptfs.cli._common import EVERY_PROJECT, ROLES, print_table, settings_project, with_store
+from ckptfs.cli._common import (EVERY_PROJECT, ROLES, echo_json, examples, json_option,
+                                print_table, settings_project, with_store)
 
 
 def shown_project(project: str | None, **_) -> str | None:
@@ -10,14 +11,18 @@ def shown_project(project: str | None, **_) -> str | None:
     return None if project is None else settings_project(project)
 
 
-@click.group()
+@click.group(epilog=examples(
+    "ckptfs access grant /data/ckpts bert writer group:ml-team",
+    "ckptfs access show /data/ckpts"))
 def access():
     """Roles per project (reader < writer < maintainer < admin) for Unix users and
     groups; PROJECT `*` means every project. Enforced by the mount daemon and the CLI
     once `ckptfs access enforce STORE on` (or `ckptfs init --shared`)."""
 
 
-@access.command("grant")
+@access.command("grant", epilog=examples(
+    "ckptfs access grant /data/ckpts bert reader user:alice",
+    "ckptfs access grant /data/ckpts '*' maintainer user:bob"))
 @click.argument("store")
 @click.argument("project")
 @click.argument("role", type=click.Choice(ROLES))
@@ -35,7 +40,7 @@ def grant(s, store, project, role, principal):
         click.echo(f"granted {event['principal']} {role} on {project}{was}")
 
 
-@access.command("revoke")
+@access.command("revoke", epilog=examples("ckptfs access revoke /data/ckpts bert user:alice"))
 @click.argument("store")
 @click.argument("project")
 @click.argument("principal", metavar="user:NAME|group:NAME")
@@ -46,15 +51,21 @@ def revoke(s, store, project, principal):
     click.echo(f"revoked {event['principal']} on {project} (was {event['previous']})")
 
 
-@access.command("show")
+@access.command("show", epilog=examples(
+    "ckptfs access show /data/ckpts",
+    "ckptfs access show /data/ckpts bert",
+    "ckptfs access show /data/ckpts bert --json | jq -r .you.role"))
 @click.argument("store")
 @click.argument("project", required=False)
+@json_option('the grants: {"enforced", "grants": [{"project", "principal", "role"}], '
+             '"you": {"uid", "user", "project", "role"}}')
 @with_store("reader", "see the grants", project=shown_project)
-def show(s, store, project):
+def show(s, store, project, as_json):
     """The grants (of PROJECT: its own and those on `*`), whether they are enforced,
     and your own role. When enforced, only the grants of projects you can read (and
     those on `*`, so you know whom to ask)."""
     from ckptfs.store.access import describe_actor, process_actor, role_rank
+    from ckptfs.store.users import user_name
     actor = process_actor()
     grants = s.access_grants()
     enforced = s.enforcing()
@@ -65,6 +76,12 @@ def show(s, store, project):
     rows = [[p, principal, role] for p in visible
             for principal, role in sorted(grants[p].items(),
                                           key=lambda item: (-role_rank(item[1]), item[0]))]
+    if as_json:
+        return echo_json({
+            "enforced": enforced,
+            "grants": [{"project": p, "principal": who, "role": role} for p, who, role in rows],
+            "you": {"uid": actor["uid"], "user": user_name(actor["uid"]),
+                    "project": project or EVERY_PROJECT, "role": yours}})
     click.echo(f"enforcement: {'on' if enforced else 'off'}")
     if rows:
         print_table(["project", "principal", "role"], rows)
@@ -74,7 +91,7 @@ def show(s, store, project):
                + ("" if enforced else " (not enforced: everyone may do everything)"))
 
 
-@access.command("enforce")
+@access.command("enforce", epilog=examples("ckptfs access enforce /data/ckpts on"))
 @click.argument("store")
 @click.argument("state", type=click.Choice(["on", "off"]))
 @with_store("admin", checked_by_store=True)

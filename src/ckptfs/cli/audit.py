@@ -4,7 +4,7 @@ from datetime import datetime
 
 import click
 
-from ckptfs.cli._common import EXIT_DAMAGE, fail, parse_date, with_store
+from ckptfs.cli._common import EXIT_DAMAGE, examples, fail, json_option, parse_date, with_store
 
 DETAIL_KEYS = ("alias", "version", "previous", "digest", "settings")
 
@@ -73,11 +73,14 @@ def audited_store(words, **_) -> str:
     return words[0]
 
 
-@click.command(context_settings={"ignore_unknown_options": False})
+@click.command(context_settings={"ignore_unknown_options": False}, epilog=examples(
+    "ckptfs audit /data/ckpts --since 2026-11-01 --project bert",
+    "ckptfs audit verify /data/ckpts",
+    "ckptfs audit /data/ckpts --json | jq -r .type"))
 @click.argument("words", nargs=-1, required=True, metavar="[verify] STORE")
 @click.option("--since", metavar="DATE", help="Only events at or after DATE (UTC).")
 @click.option("--project", metavar="P", help="Only events of project P.")
-@click.option("--json", "as_json", is_flag=True, help="The entries as JSON lines.")
+@json_option("the entries, one JSON object a line (JSON lines)")
 # Each user sees the entries of the projects they can read (docs/access.md); the hash
 # chain shows no project's content.
 @with_store("reader", store=audited_store)

@@ -3,10 +3,14 @@ metadata, lineage, aliases and signatures, deduplicated against DST (docs/copy.m
 work is ckptfs.meta.copy's)."""
 import click
 
-from ckptfs.cli._common import EXIT_DAMAGE, fail, human_bytes, progress_bar, with_two_stores
+from ckptfs.cli._common import (EXIT_DAMAGE, examples, fail, human_bytes, progress_bar,
+                                with_two_stores)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs copy /data/ckpts s3://checkpoints/team",
+    "ckptfs copy /data/ckpts /other/store 'bert/*'",
+    "ckptfs copy --dry-run /data/ckpts /other/store 'bert/run-42/step-*'"))
 @click.argument("src")
 @click.argument("dst")
 @click.argument("pattern", required=False, default="*", metavar="[PATTERN]")

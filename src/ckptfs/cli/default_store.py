@@ -57,13 +57,29 @@ def with_default_store(command: click.Command, parse, args: list[str]) -> list[s
 
 
 def accept_default_store(command: click.Command) -> None:
-    """Let `command` (and a group's subcommands) take STORE from CKPTFS_STORE."""
+    """Let `command` (and a group's subcommands) take STORE from CKPTFS_STORE, and
+    complete it in a shell as a directory."""
     if isinstance(command, click.Group):
         for sub in command.commands.values():
             accept_default_store(sub)
         return
+    complete_store_as_directory(command)
     parse = command.parse_args
 
     def parse_args(ctx, args):
         return parse(ctx, with_default_store(command, parse, args))
     command.parse_args = parse_args
+
+
+def complete_store_as_directory(command: click.Command) -> None:
+    """`ckptfs completion`: the shell offers directories for a STORE (or MOUNTPOINT|STORE)
+    argument. Set here, where every command's STORE is known, rather than on each
+    command's decorator."""
+    arguments = [p for p in command.params if isinstance(p, click.Argument)]
+    if arguments and arguments[0].name in ("store", "target"):
+        arguments[0].shell_complete = complete_directory
+
+
+def complete_directory(ctx, incomplete: str):
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(incomplete, type="dir")]

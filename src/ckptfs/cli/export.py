@@ -3,10 +3,12 @@ or a tar (docs/export.md). Its counterpart is `ckptfs import` of what it wrote, 
 recognises it (ckptfs.cli.versions)."""
 import click
 
-from ckptfs.cli._common import human_bytes, progress_bar, version_project, with_store
+from ckptfs.cli._common import examples, human_bytes, progress_bar, version_project, with_store
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs export /data/ckpts bert/run-42/step-500 out.tar",
+    "ckptfs export /data/ckpts bert/run-42/step-500 ./out --files '*.json'"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.argument("dest")

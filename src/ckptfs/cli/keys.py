@@ -2,15 +2,17 @@
 it needs admin on `*`: the store's signing methods check it."""
 import click
 
-from ckptfs.cli._common import fail, with_store
+from ckptfs.cli._common import examples, fail, with_store
 
 
-@click.group()
+@click.group(epilog=examples("ckptfs key generate /data/ckpts", "ckptfs key show /data/ckpts"))
 def key():
     """The Ed25519 key that signs every sealed version (generate, set, show, unset)."""
 
 
-@key.command("generate")
+@key.command("generate", epilog=examples(
+    "ckptfs key generate /data/ckpts",
+    "ckptfs key generate /data/ckpts --key-file /etc/ckptfs/sign.pem"))
 @click.argument("store")
 @click.option("--key-file", metavar="PATH",
               help="Where to write the private key (default STORE/keys/signing.pem; a disk "
@@ -26,7 +28,7 @@ def key_generate(s, store, key_file):
                "file off the store, for `ckptfs verify --signatures --public-key`")
 
 
-@key.command("set")
+@key.command("set", epilog=examples("ckptfs key set /data/ckpts /etc/ckptfs/sign.pem"))
 @click.argument("store")
 @click.argument("path")
 @with_store("admin", checked_by_store=True)
@@ -40,7 +42,9 @@ def key_set(s, store, path):
                    f"{result['key_file']}")
 
 
-@key.command("show")
+@key.command("show", epilog=examples(
+    "ckptfs key show /data/ckpts",
+    "ckptfs key show /data/ckpts --pem > sign.pem.pub"))
 @click.argument("store")
 @click.option("--pem", is_flag=True, help="Print the current public key as PEM.")
 @with_store("reader")  # store-wide, public keys only: not restricted
@@ -70,7 +74,7 @@ def key_show(s, store, pem):
                    f"{info['public_key']}{mark}")
 
 
-@key.command("unset")
+@key.command("unset", epilog=examples("ckptfs key unset /data/ckpts"))
 @click.argument("store")
 @with_store("admin", checked_by_store=True)
 def key_unset(s, store):

@@ -6,8 +6,9 @@ import sys
 
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, print_table, run_project,
-                                settings_project, version_project, with_store)
+from ckptfs.cli._common import (EVERY_PROJECT, cell, echo_json, examples, human_bytes,
+                                json_option, print_table, run_project, settings_project,
+                                version_project, with_store)
 from ckptfs.meta import render
 from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
 from ckptfs.meta.sidecar import file_list, sidecar_of
@@ -45,7 +46,9 @@ def version_path(doc: dict) -> str:
     return f"projects/{doc['project']}/{doc['run']}/{doc['version']}"
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs show /data/ckpts bert/run-42/step-500",
+    "ckptfs show /data/ckpts bert/run-42/step-500 | jq .metrics"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @with_store("reader", "read", project=version_project, path="ref")
@@ -57,7 +60,10 @@ def show(s, store, ref):
 
 
 # -- find --------------------------------------------------------------------------------
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs find /data/ckpts 'metrics.eval_loss < 0.3 and lineage.data.version ~ \"v3*\"'",
+    "ckptfs find /data/ckpts 'tags == production' --format paths | xargs ls",
+    "ckptfs find /data/ckpts 'project == bert' --sort eval_loss --limit 5"))
 @click.argument("store")
 @click.argument("expr", required=False, default="")
 @click.option("--sort", "sort_field", metavar="FIELD", help="Order by this field (missing values last).")
@@ -67,12 +73,7 @@ def show(s, store, ref):
               show_default=True)
 @with_store("reader")  # over every project: leaves out those the caller cannot read
 def find(s, store, expr, sort_field, desc, limit, fmt):
-    """Versions whose sidecar matches EXPR (all versions without one); docs/query.md.
-
-    \b
-    ckptfs find STORE 'metrics.eval_loss < 0.3 and lineage.data.version ~ "v3*"'
-    ckptfs find STORE 'tags == production' --format paths | xargs ls
-    """
+    """Versions whose sidecar matches EXPR (all versions without one); docs/query.md."""
     from ckptfs.meta.query import QueryError, compile_query, sort_documents, split_field
     try:
         query = compile_query(expr) if expr.strip() else None
@@ -132,8 +133,7 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
         for doc in docs:
             click.echo(version_path(doc))
     elif fmt == "json":
-        out = [{"path": version_path(d), **{k: v for k, v in d.items() if k != "seq"}} for d in docs]
-        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(documents_json(docs), indent=2, ensure_ascii=False))
     else:
         columns = ["path"] + fields
         rows = [[version_path(d)] + [cell(field_value(d, f)) for f in columns[1:]] for d in docs]
@@ -141,28 +141,28 @@ def print_found(docs: list[dict], fmt: str, fields: list[str]):
         click.echo(f"{len(docs)} version{'s' if len(docs) != 1 else ''}", err=True)
 
 
-def cell(value) -> str:
-    from ckptfs.meta.query import MISSING
-    if value is MISSING or value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    text = str(value)
-    return text[:19] + "Z" if len(text) > 20 and text[4:5] == "-" and text.endswith("Z") else text
+def documents_json(docs: list[dict]) -> list[dict]:
+    """Catalog documents as `find --format json` and `log --json` print them: each with
+    its mount path first, without the index's sequence number."""
+    return [{"path": version_path(d), **{k: v for k, v in d.items() if k != "seq"}} for d in docs]
 
 
 # -- log -----------------------------------------------------------------------------------
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs log /data/ckpts bert/run-42",
+    "ckptfs log /data/ckpts --oneline -n 10",
+    "ckptfs log /data/ckpts bert --json | jq -r '.[].path'"))
 @click.argument("store")
 @click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]")
 @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--oneline", is_flag=True, help="One line per version.")
 @click.option("--deleted", is_flag=True, help="Deleted versions too, marked as such.")
+@json_option("the versions' catalog documents, a list as `find --format json` prints it")
 @with_store("reader", "read", project=logged_project, path="ref")
-def log(s, store, ref, limit, oneline, deleted):
+def log(s, store, ref, limit, oneline, deleted, as_json):
     """Sealed versions, newest first (like `git log`)."""
+    if oneline and as_json:
+        raise click.UsageError("--oneline and --json exclude each other")
     project, run = split_project_run(ref)
     require_known(s, project, run)
     docs = s.catalog_documents(project, run)
@@ -170,7 +170,10 @@ def log(s, store, ref, limit, oneline, deleted):
         docs += [s.tombstone_document(t) for t in s.tombstones(project, run)]
     docs = readable(s, docs)
     docs.sort(key=lambda d: d["seq"], reverse=True)
-    for doc in docs[:limit] if limit else docs:
+    docs = docs[:limit] if limit else docs
+    if as_json:
+        return echo_json(documents_json(docs))
+    for doc in docs:
         click.echo(log_oneline(doc) if oneline else log_entry(doc))
 
 
@@ -215,7 +218,9 @@ def log_entry(doc: dict) -> str:
 
 
 # -- lineage -------------------------------------------------------------------------------
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs lineage /data/ckpts bert/run-42/step-500",
+    "ckptfs lineage /data/ckpts bert/run-42/step-500 --format dot | dot -Tsvg > lineage.svg"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
@@ -227,7 +232,7 @@ def lineage(s, store, ref, fmt):
 
 
 # -- tags and aliases ------------------------------------------------------------------------
-@click.command()
+@click.command(epilog=examples("ckptfs tag /data/ckpts bert/run-42/step-500 production"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.argument("name")
@@ -244,7 +249,7 @@ def tag(s, store, ref, name):
         click.echo(f"{project}/{run}/{name} -> {version}")
 
 
-@click.command()
+@click.command(epilog=examples("ckptfs untag /data/ckpts bert/run-42 production"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN")
 @click.argument("name")
@@ -256,21 +261,28 @@ def untag(s, store, ref, name):
     click.echo(f"removed {project}/{run}/{name} (was {event['version']})")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs tags /data/ckpts bert/run-42",
+    "ckptfs tags /data/ckpts bert/run-42 --json | jq -r .aliases.best"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN")
+@json_option('the aliases: {"project", "run", "aliases": {name: version}}')
 @with_store("reader", "read", project=run_project, path="ref")
-def tags(s, store, ref):
+def tags(s, store, ref, as_json):
     """The aliases of a run (latest and best included)."""
     project, run = parse_version_ref(ref, parts=2)
     require_known(s, project, run)
     found = s.aliases(project, run)
+    if as_json:
+        return echo_json({"project": project, "run": run, "aliases": found})
     for name, version in sorted(found.items()):
         click.echo(f"{name} -> {version}")
 
 
 # -- project settings ----------------------------------------------------------------------
-@click.group()
+@click.group(epilog=examples(
+    "ckptfs config set /data/ckpts bert primary_metric=eval_loss mode=min",
+    "ckptfs config show /data/ckpts bert"))
 def config():
     """Project settings: primary_metric, mode (min|max), env_allow (a,b,…),
     unsafe_pickles (warn|refuse), pickle_allow (module.name,module.*,…; a rule admitting
@@ -286,7 +298,9 @@ def parse_setting(assignment: str) -> tuple[str, object]:
     return name, value
 
 
-@config.command("set")
+@config.command("set", epilog=examples(
+    "ckptfs config set /data/ckpts bert primary_metric=eval_loss mode=min",
+    "ckptfs config set /data/ckpts '*' unsafe_pickles=refuse"))
 @click.argument("store")
 @click.argument("project")
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
@@ -309,7 +323,7 @@ def changes_of(assignments, force: bool) -> dict:
     return changes
 
 
-@config.command("unset")
+@config.command("unset", epilog=examples("ckptfs config unset /data/ckpts bert env_allow"))
 @click.argument("store")
 @click.argument("project")
 @click.argument("names", nargs=-1, required=True)
@@ -319,7 +333,7 @@ def config_unset(s, store, project, names):
     echo_json(s.update_project_settings(project, {}, unset=names))
 
 
-@config.command("show")
+@config.command("show", epilog=examples("ckptfs config show /data/ckpts bert"))
 @click.argument("store")
 @click.argument("project")
 @with_store("reader", "read settings", project=settings_project)
@@ -329,12 +343,14 @@ def config_show(s, store, project):
 
 
 # -- project schema ------------------------------------------------------------------------
-@click.group()
+@click.group(epilog=examples(
+    "ckptfs schema set /data/ckpts bert schema.json",
+    "ckptfs schema show /data/ckpts bert"))
 def schema():
     """The JSON Schema every new version of a project must satisfy."""
 
 
-@schema.command("set")
+@schema.command("set", epilog=examples("ckptfs schema set /data/ckpts bert schema.json"))
 @click.argument("store")
 @click.argument("project")
 @click.argument("schema_file", type=click.File("rb"), metavar="SCHEMA.json")
@@ -360,7 +376,7 @@ def read_schema(schema_file) -> dict:
     return doc
 
 
-@schema.command("show")
+@schema.command("show", epilog=examples("ckptfs schema show /data/ckpts bert"))
 @click.argument("store")
 @click.argument("project")
 @with_store("reader", "read settings", project=settings_project)
@@ -374,7 +390,7 @@ def schema_show(s, store, project):
     click.echo(json.dumps(found, indent=2))
 
 
-@schema.command("clear")
+@schema.command("clear", epilog=examples("ckptfs schema clear /data/ckpts bert"))
 @click.argument("store")
 @click.argument("project")
 @with_store("maintainer", checked_by_store=True, project=settings_project)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckptfs.cli._common import SECONDS, fail, open_store
+from ckptfs.cli._common import SECONDS, echo_json, examples, fail, json_option, open_store
 from ckptfs.store.names import parse_version_ref
 from ckptfs.store.private import make_private_dirs, private_opener
 
@@ -19,7 +19,9 @@ if TYPE_CHECKING:
     from ckptfs.store import Store
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs mount /data/ckpts /mnt/ckpts",
+    "ckptfs mount /data/ckpts /mnt/ckpts --allow-other --seal-after 60"))
 @click.argument("store")
 @click.argument("mountpoint")
 @click.option("-f", "--foreground", is_flag=True, help="Serve in the foreground (logs also to stderr).")
@@ -110,7 +112,7 @@ def start_background_mount(store, mountpoint, allow_other, seal_after, log_level
          f"the mount daemon exited with status {child.returncode}; see {log_path}")
 
 
-@click.command()
+@click.command(epilog=examples("ckptfs umount /mnt/ckpts"))
 @click.argument("mountpoint")
 def umount(mountpoint):
     """Unmount a ckptfs mount (the daemon finishes in-flight work and exits); a mount
@@ -140,7 +142,9 @@ def serving_daemon(store: str) -> dict | None:
     return spool_daemon.serving(store)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs seal /data/ckpts bert/run-42",
+    "ckptfs seal /data/ckpts bert/run-42/checkpoint-500"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN[/PATH]")
 @click.option("--timeout", type=SECONDS, default=3600, show_default=True, metavar="SECONDS",
@@ -220,9 +224,13 @@ def store_reachability_line(store: dict) -> str:
             "is still served, seals wait and retry, the inbox keeps everything")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs status /mnt/ckpts",
+    "ckptfs status /data/ckpts",
+    "ckptfs status /mnt/ckpts --json | jq .pending_inbox_versions"))
 @click.argument("target", metavar="MOUNTPOINT|STORE")
-def status(target):
+@json_option('the status: {"mounted", "pending_inbox_versions", …} (docs/cli.md)')
+def status(target, as_json):
     """Pending inbox units, ingest progress and counters."""
     from ckptfs.fs import mounts
     if mounts.is_dead(target):
@@ -233,6 +241,9 @@ def status(target):
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
             st = json.load(f)
+        if as_json:
+            return echo_json({"mountpoint": target, "mounted": True,
+                              "pending_inbox_versions": st["pending_inbox_versions"], "stats": st})
         click.echo(f"mounted: {st['versions']} versions, {st['versions_sealed']} sealed since "
                    f"mount, {st['seal_failures']} seal failures, {st['read_errors']} read errors")
         if "poll_interval" in (st.get("store") or {}):  # a store other machines write
@@ -242,6 +253,8 @@ def status(target):
         from ckptfs.spool.seal_requests import spooled_units
         with open_store(target) as s:
             pending = spooled_units(s)
+        if as_json:
+            return echo_json(store_status(target, pending))
         click.echo(store_status_line(target))
         for dead in mounts.dead_mounts_of(target):
             click.echo(f"a dead mount of it is left at {dead}: run `ckptfs umount {dead}`")
@@ -252,6 +265,17 @@ def status(target):
         kind = f" [{item['kind']}]" if item.get("kind") and item["kind"] != "checkpoint" else ""
         line = f"  {item['version']}{kind}: {item['state']}{age}"
         click.echo(line + (f" ({item['error']})" if item.get("error") else ""))
+
+
+def store_status(store: str, pending: list[dict]) -> dict:
+    """`status STORE --json`: what store_status_line and the dead mounts say, as fields."""
+    from ckptfs.fs import mounts
+    from ckptfs.spool import daemon as spool_daemon
+    serving = serving_daemon(store) or {}
+    return {"store": store, "mounted": bool(serving), "mountpoint": serving.get("mountpoint"),
+            "daemon_pid": serving.get("pid"),
+            "last_daemon_died": not serving and spool_daemon.last_daemon_died(store),
+            "dead_mounts": mounts.dead_mounts_of(store), "pending_inbox_versions": pending}
 
 
 COMMANDS = (mount, umount, seal, status)

@@ -2,22 +2,27 @@
 about it (docs/recovery.md); the reports of damage and of signatures they print."""
 import click
 
-from ckptfs.cli._common import (EXIT_DAMAGE, fail, human_bytes, load_public_keys, progress_bar,
-                                with_store)
+from ckptfs.cli._common import (EXIT_DAMAGE, echo_json, examples, fail, human_bytes, json_option,
+                                load_public_keys, progress_bar, with_store)
 
 UNSIGNED_SHOWN = 10
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs verify /data/ckpts",
+    "ckptfs verify /data/ckpts --signatures --public-key sign.pem.pub",
+    "ckptfs verify /data/ckpts --json | jq .damaged_files"))
 @click.argument("store")
 @click.option("--signatures", is_flag=True,
               help="Also check every version's signature against the digest of its files.")
 @click.option("--public-key", "public_keys", multiple=True, metavar="PEM",
               help="With --signatures: accept only signatures of this Ed25519 public key "
                    "(kept outside the store); repeatable.")
+@json_option("the report (docs/cli.md, \"JSON output\"); the exit code is the same")
 @with_store("reader")  # no project's content: not restricted (docs/access.md)
-def verify(s, store, signatures, public_keys):
-    """Re-read every chunk and re-check chunk ids and every file's SHA-256."""
+def verify(s, store, signatures, public_keys, as_json):
+    """Re-read every chunk and re-check chunk ids and every file's SHA-256 (exit 3 if
+    anything is damaged or a signature is wrong)."""
     trusted = None
     if public_keys:
         if not signatures:
@@ -35,6 +40,20 @@ def verify(s, store, signatures, public_keys):
         report = s.verify(progress, signatures=signatures, trusted_keys=trusted)
     finally:
         bar.close()
+    if as_json:
+        echo_json(verify_json(report))
+    else:
+        print_verify_report(report, trusted)
+    if not report.ok:
+        fail(f"verify found damage: {len(report.damaged_packs)} pack(s), "
+             f"{len(report.damaged_chunks)} chunk(s), {len(report.damaged_files)} file(s) in "
+             f"{len(report.damaged_versions)} version(s)", EXIT_DAMAGE)
+    if report.signatures is not None and not report.signatures.ok:
+        fail(f"verify found {len(report.signatures.invalid)} invalid signature(s) and "
+             f"{len(report.signatures.unknown_key)} by an unknown key", EXIT_DAMAGE)
+
+
+def print_verify_report(report, trusted_keys):
     if report.leftover_packs:
         click.echo(f"note: {len(report.leftover_packs)} unfinished pack(s) left by interrupted "
                    "imports hold no version's data (a later garbage collection removes them)")
@@ -57,17 +76,36 @@ def verify(s, store, signatures, public_keys):
     for version, path, problem in report.damaged_files:
         click.echo(f"damaged file {version}/{path}: {problem}")
     if report.signatures is not None:
-        print_signature_report(report.signatures, trusted)
-    if not report.ok:
-        fail(f"verify found damage: {len(report.damaged_packs)} pack(s), "
-             f"{len(report.damaged_chunks)} chunk(s), {len(report.damaged_files)} file(s) in "
-             f"{len(report.damaged_versions)} version(s)", EXIT_DAMAGE)
-    if report.signatures is not None and not report.signatures.ok:
-        fail(f"verify found {len(report.signatures.invalid)} invalid signature(s) and "
-             f"{len(report.signatures.unknown_key)} by an unknown key", EXIT_DAMAGE)
+        print_signature_report(report.signatures, trusted_keys)
 
 
-@click.command("rebuild-index")
+def verify_json(report) -> dict:
+    """`verify --json`: the figures, then every problem as fields (pack ids in hex, as
+    the text and the pack files' names show them)."""
+    signatures = report.signatures
+    return {
+        "ok": report.ok and (signatures is None or signatures.ok),
+        "packs": report.packs, "chunks": report.chunks, "versions": report.versions,
+        "deleted_versions": report.deleted_versions, "files": report.files,
+        "bytes": report.bytes,
+        "damaged_packs": [{"pack": f"{pack_id:08x}", "problems": problems}
+                          for pack_id, problems in sorted(report.damaged_packs.items())],
+        "damaged_chunks": [{"chunk": chunk, "problem": problem}
+                           for chunk, problem in sorted(report.damaged_chunks.items())],
+        "damaged_versions": sorted(report.damaged_versions),
+        "damaged_files": [{"version": version, "path": path, "problem": problem}
+                          for version, path, problem in report.damaged_files],
+        "unfinished_packs": len(report.leftover_packs),
+        "gc_interrupted": report.gc_interrupted,
+        "signatures": None if signatures is None else {
+            "ok": signatures.ok, "valid": signatures.valid, "unsigned": signatures.unsigned,
+            "invalid": [{"version": name, "problem": why} for name, why in signatures.invalid],
+            "unknown_key": [{"version": name, "key_id": key_id}
+                            for name, key_id in signatures.unknown_key]},
+    }
+
+
+@click.command("rebuild-index", epilog=examples("ckptfs rebuild-index /data/ckpts"))
 @click.argument("store")
 @with_store("reader", for_rebuild=True)  # a derived cache: not restricted (docs/access.md)
 def rebuild_index(s, store):
@@ -106,7 +144,9 @@ def print_version_damage(damage: list[dict]):
             click.echo(f"damaged file {name}/{path}: {problem}")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs repair /data/ckpts --dry-run",
+    "ckptfs repair /data/ckpts --from ./out/checkpoint-500"))
 @click.argument("store")
 @click.option("--from", "sources", multiple=True, metavar="DIR",
               help="A directory holding original files (or an export) with the damaged "

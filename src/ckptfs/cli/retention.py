@@ -7,8 +7,8 @@ The policies' own functions (ckptfs.store.retention, over the catalog) are impor
 the commands that use them, not at start-up."""
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, echo_json, human_bytes, parse_date, progress_bar,
-                                version_project, with_store)
+from ckptfs.cli._common import (EVERY_PROJECT, echo_json, examples, human_bytes, json_option,
+                                parse_date, progress_bar, version_project, with_store)
 from ckptfs.store import parse_version_ref
 from ckptfs.store.names import validate_name
 
@@ -37,7 +37,9 @@ def shown_project(scope: str, **_) -> str | None:
 
 
 # -- retention ------------------------------------------------------------------------------
-@click.group()
+@click.group(epilog=examples(
+    "ckptfs retention set /data/ckpts bert keep_last=5",
+    "ckptfs retention show /data/ckpts"))
 def retention():
     """Retention policies: which versions `ckptfs gc` deletes. Set on a run (P/R), a
     project (P), or `*` (the default of every project); the most specific one applies,
@@ -45,7 +47,9 @@ def retention():
     kept."""
 
 
-@retention.command("set")
+@retention.command("set", epilog=examples(
+    "ckptfs retention set /data/ckpts bert keep_last=5 keep_best=3 metric=eval_loss mode=min",
+    "ckptfs retention set /data/ckpts '*' keep_last=20"))
 @click.argument("store")
 @click.argument("scope", metavar="PROJECT[/RUN]|*")
 @click.argument("rules", nargs=-1, required=True, metavar="RULE=VALUE...")
@@ -72,7 +76,7 @@ def retention_set(s, store, scope, rules):
                "shows what it would delete")
 
 
-@retention.command("clear")
+@retention.command("clear", epilog=examples("ckptfs retention clear /data/ckpts bert/sweep-7"))
 @click.argument("store")
 @click.argument("scope", metavar="PROJECT[/RUN]|*")
 @with_store("maintainer", checked_by_store=True, project=scope_project)
@@ -85,10 +89,12 @@ def retention_clear(s, store, scope):
                f"(was {describe_policy(old)})")
 
 
-@retention.command("show")
+@retention.command("show", epilog=examples(
+    "ckptfs retention show /data/ckpts",
+    "ckptfs retention show /data/ckpts bert --json"))
 @click.argument("store")
 @click.argument("scope", required=False, default="", metavar="[PROJECT[/RUN]]")
-@click.option("--json", "as_json", is_flag=True, help="As JSON.")
+@json_option("the policies and what they keep")
 @with_store("reader", "read retention policies", project=shown_project, path="scope")
 def retention_show(s, store, scope, as_json):
     """The policies set, and the policy in force for each run with where it comes from."""
@@ -131,12 +137,15 @@ def deletion_line(decision, dry_run: bool) -> str:
     return f"{verb} {decision.ref}: {decision.reason}{source}"
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs gc /data/ckpts --dry-run",
+    "ckptfs gc /data/ckpts",
+    "ckptfs gc /data/ckpts --dry-run --as-of 2026-12-01 --json"))
 @click.argument("store")
 @click.option("--dry-run", is_flag=True, help="Change nothing: say what would be deleted and reclaimed.")
 @click.option("--as-of", "as_of", metavar="DATE",
               help="With --dry-run: plan as if it were DATE (max_age_days counts from it).")
-@click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
+@json_option("the report")
 @with_store("maintainer", checked_by_store=True)  # on each project it deletes in
 def gc(s, store, dry_run, as_of, as_json):
     """Delete the versions retention policies do not keep, and reclaim the space of
@@ -206,7 +215,8 @@ def print_gc_report(r):
 
 
 # -- delete --------------------------------------------------------------------------------
-@click.command()
+@click.command(epilog=examples(
+    'ckptfs delete /data/ckpts bert/run-42/step-100 --reason "trained on the leaked split"'))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.option("--reason", required=True, metavar="TEXT", help="Why (kept in the journal and the tombstone).")

@@ -1,13 +1,15 @@
 """`ckptfs init` and `ckptfs stats`: making a store, and its figures as a whole."""
-import json
 import os
 
 import click
 
-from ckptfs.cli._common import human_bytes, with_store
+from ckptfs.cli._common import echo_json, examples, human_bytes, json_option, with_store
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs init /data/ckpts",
+    "ckptfs init --shared /data/ckpts",
+    "ckptfs init --encrypt --key-file /etc/ckptfs/key s3://checkpoints/team"))
 @click.argument("store")
 @click.option("--shared", is_flag=True,
               help="For several users: enforce roles (docs/access.md) and keep the directory "
@@ -43,16 +45,17 @@ def init(store, shared, encrypt, key_file):
                        "data cannot be read")
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs stats /data/ckpts",
+    "ckptfs stats /data/ckpts --json | jq .dedup_ratio"))
 @click.argument("store")
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@json_option("the figures")
 @with_store("reader")  # store-wide figures, no project's content (docs/access.md)
 def stats(s, store, as_json):
     """Versions, files, logical and stored bytes, dedup and compression ratios."""
     st = s.stats()
     if as_json:
-        click.echo(json.dumps(st, indent=2))
-        return
+        return echo_json(st)
     rows = [
         ("projects", st["projects"]), ("runs", st["runs"]), ("versions", st["versions"]),
         ("deleted versions", st["deleted_versions"]), ("files", st["files"]),

@@ -9,8 +9,11 @@ import click
 
 from ckptfs.cli._common import (
     EXIT_DAMAGE,
+    echo_json,
+    examples,
     fail,
     human_bytes,
+    json_option,
     load_public_keys,
     progress_bar,
     version_project,
@@ -51,7 +54,9 @@ def source_size(src: str) -> int:
     return total
 
 
-@click.command("import")
+@click.command("import", epilog=examples(
+    "ckptfs import /data/ckpts ./out/checkpoint-500 bert/run-42/step-500",
+    "ckptfs import /other/store out.tar bert/run-42/step-500"))
 @click.argument("store")
 @click.argument("src_dir", metavar="SRC")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
@@ -137,21 +142,30 @@ def long_entry_line(entry: dict) -> str:
     return f"{stat.filemode(kind | entry['mode'])} {size:>12} {format_time_ns(entry['mtime_ns'])} {name}"
 
 
-@click.command("ls")
+@click.command("ls", epilog=examples(
+    "ckptfs ls /data/ckpts bert/run-42",
+    "ckptfs ls -l /data/ckpts bert/run-42/step-500",
+    "ckptfs ls /data/ckpts bert/run-42 --json | jq -r '.versions[].version'"))
 @click.argument("store")
 @click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN[/VERSION[/PATH]]]]")
 @click.option("-l", "long", is_flag=True, help="Long listing: sizes, times, modes.")
+@json_option("the listing (docs/cli.md, \"JSON output\")")
 @with_store("reader", "read", project=listed_project, path="ref")
-def ls(s, store, ref, long):
+def ls(s, store, ref, long, as_json):
     """List projects, runs, versions, or the files of a version."""
     parts = split_ref(ref)
     if len(parts) == 0:  # the projects the caller may read
-        for name in s.readable_projects(None, s.projects()):
+        projects = s.readable_projects(None, s.projects())
+        if as_json:
+            return echo_json({"projects": projects})
+        for name in projects:
             click.echo(name)
     elif len(parts) == 1:
         runs = s.runs(parts[0])
         if not runs:
             fail(f"no project {parts[0]!r} in the store")
+        if as_json:
+            return echo_json({"project": parts[0], "runs": runs})
         for name in runs:
             click.echo(name)
     elif len(parts) == 2:
@@ -159,11 +173,47 @@ def ls(s, store, ref, long):
         damage = s.version_damage(*parts)
         if not versions and not damage:
             fail(f"no run {'/'.join(parts)!r} in the store")
+        if as_json:
+            return echo_json({"project": parts[0], "run": parts[1],
+                              "versions": listed_versions(versions, damage)})
         list_versions(versions, damage, long)
     else:
         entries = s.list_dir(parts[0], parts[1], parts[2], "/".join(parts[3:]))
+        if as_json:
+            return echo_json({"path": "/".join(parts),
+                              "entries": [listed_entry(e) for e in entries]})
         for entry in entries:
             click.echo(long_entry_line(entry) if long else entry["path"].rsplit("/", 1)[-1])
+
+
+def listed_versions(versions: list[dict], damage: list[dict]) -> list[dict]:
+    """`ls --json` of a run: each version in key order, with its size and whether it is
+    damaged (`damaged`: the file list was lost, or some files, named in `damaged_files`;
+    see `ckptfs verify`)."""
+    from ckptfs.store.index import fs_bytes
+    damaged = {d["version"]: ("file list lost" if d.get("manifest") else "files")
+               for d in damage}
+    damaged_files = {d["version"]: sorted(d.get("files") or ()) for d in damage}
+    listed = [{"version": v["version"], "sealed_at": v["sealed_at"], "files": v["files"],
+               "logical_bytes": v["logical_bytes"], "damaged": damaged.get(v["version"]),
+               "damaged_files": damaged_files.get(v["version"], [])}
+              for v in versions]
+    listed += [{"version": name, "sealed_at": None, "files": None, "logical_bytes": None,
+                "damaged": why, "damaged_files": []}
+               for name, why in damaged.items() if why == "file list lost"]
+    return sorted(listed, key=lambda v: fs_bytes(v["version"]))
+
+
+def listed_entry(entry: dict) -> dict:
+    """`ls --json` of a directory of a version: what `ls -l` shows, as fields."""
+    fields = {"name": entry["path"].rsplit("/", 1)[-1], "path": entry["path"],
+              "type": entry["type"], "size": entry.get("size", 0), "mode": entry["mode"],
+              "mtime_ns": entry["mtime_ns"]}
+    if entry["type"] == "file":
+        fields["sha256"] = entry.get("sha256")
+    if entry["type"] == "symlink":
+        fields["target"] = entry["target"]
+    return fields
 
 
 def list_versions(versions: list[dict], damage: list[dict], long: bool):
@@ -187,7 +237,9 @@ def list_versions(versions: list[dict], damage: list[dict], long: bool):
                    f"({what}); see `ckptfs verify` and docs/recovery.md", err=True)
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs cat /data/ckpts bert/run-42/step-500/config.json",
+    "ckptfs cat /data/ckpts bert/run-42/step-500/trainer_state.json | jq .best_metric"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION/PATH")
 @with_store("reader", "read", project=file_project, path="ref")
@@ -204,7 +256,9 @@ def cat(s, store, ref):
     out.flush()
 
 
-@click.command()
+@click.command(epilog=examples(
+    "ckptfs get /data/ckpts bert/run-42/step-500 ./restored",
+    "ckptfs get /data/ckpts bert/run-42/step-500 ./r --files '*.json'"))
 @click.argument("store")
 @click.argument("ref", metavar="PROJECT/RUN/VERSION")
 @click.argument("dest")

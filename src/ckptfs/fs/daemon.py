@@ -141,6 +141,7 @@ async def _main_loop(inbox, ops, mountpoint, ready_fd):
         nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
         nursery.start_soon(inbox.run)
         nursery.start_soon(ops.watch_deletions)
+        nursery.start_soon(ops.keep_counters_file)
         if ops.follower is not None:
             nursery.start_soon(ops.follower.run)
         await pyfuse3.main()

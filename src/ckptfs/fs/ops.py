@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pyfuse3
 import trio
 
+from ckptfs.spool import daemon as spool_daemon
 from ckptfs.store import AccessDeniedError, IntegrityError, StoreError
 from ckptfs.store.backend import BackendUnavailableError
 from ckptfs.store.access import ALL, request_actor
@@ -31,6 +32,7 @@ XATTR_SHA256 = b"user.ckptfs.sha256"
 XATTR_STATE = b"user.ckptfs.state"
 BLOCK_SIZE = 1024 * 1024
 NAME_MAX = 255
+STATS_FILE_INTERVAL = 5.0  # seconds between rewrites of spool/daemon-stats.json
 OPEN_UNLINKED = "open-unlinked"  # key kind of an inbox file open after its name went
 
 
@@ -295,6 +297,32 @@ class CkptfsOperations(pyfuse3.Operations):
             {"location": self.store.location, "reachable": True},
             "pending_inbox_versions": pending,
         }
+
+    def daemon_counters(self) -> dict:
+        """The counters `ckptfs serve` reads from the spool (spool/daemon.py, write_stats):
+        since this daemon started, with what waits in the inbox now."""
+        counters = self.inbox.counters if self.inbox else {}
+        return {"versions_sealed": counters.get("versions_sealed", 0),
+                "seal_failures": counters.get("seal_failures", 0),
+                "seal_retries": counters.get("seal_retries", 0),
+                "bytes_sealed": counters.get("bytes_sealed", 0),
+                "bytes_stored": counters.get("bytes_stored", 0),
+                "read_errors": self.read_errors,
+                "pending_inbox_versions": self.inbox.status() if self.inbox else []}
+
+    async def keep_counters_file(self, interval: float = STATS_FILE_INTERVAL):
+        """Until cancelled: rewrite the spool's daemon-stats.json every `interval` s (the
+        counters live in this process; the web application is another)."""
+        failing = False
+        while True:
+            try:
+                spool_daemon.write_stats(self.store.path, self.daemon_counters())
+                failing = False
+            except OSError as e:  # a full disk: the mount goes on, the figures wait
+                if not failing:   # once, not every few seconds
+                    log.warning("could not write the daemon's counters to the spool: %s", e)
+                failing = True
+            await trio.sleep(interval)
 
     # -- helpers ------------------------------------------------------------------------
     def _new_handle(self, value) -> int:

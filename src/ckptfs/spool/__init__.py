@@ -26,6 +26,9 @@ spool without loading the daemon (tests/test_spool_protocol.py checks it).
       daemon.lock                  held (flock) by the one process working on the spool
       daemon.running               a daemon started and has not stopped cleanly (after a
                                    crash: the units it left are held)
+      daemon-stats.json            the running daemon's counters (seals, failures, read
+                                   errors) and pending units, rewritten every few seconds
+                                   (read by `ckptfs serve`'s health page and /metrics)
 
 (`unpack-<pid>-…/`, a tar being imported, is the import's: meta/import_export.py.)
 

@@ -21,7 +21,8 @@ import time
 from ckptfs.store import StoreError
 from ckptfs.store.private import make_private_dirs, private_open, private_opener
 
-from .layout import LOCK_NAME, RUNNING_MARKER, spool_path, unlink_if_present
+from .layout import (DAEMON_STATS, LOCK_NAME, RUNNING_MARKER, read_json, spool_path,
+                     unlink_if_present, write_json_atomically)
 
 DAEMON, SEAL = "daemon", "seal"
 
@@ -164,3 +165,23 @@ def mark_running(store_path: str) -> None:
 def mark_stopped(store_path: str) -> None:
     """The daemon stops cleanly: what it leaves in the spool is in order."""
     unlink_if_present(spool_path(store_path, RUNNING_MARKER))
+
+
+# -- the running daemon's counters -------------------------------------------------------------
+def write_stats(store_path: str, stats: dict) -> None:
+    """The daemon's side: its counters and pending units, replaced whole (a reader never
+    sees half a file). `stats` gets the daemon's pid and the time it was written."""
+    write_json_atomically(spool_path(store_path, DAEMON_STATS),
+                          {**stats, "pid": os.getpid(), "written_at": time.time()})
+
+
+def running_stats(store_path: str) -> dict | None:
+    """What the mount daemon serving the store wrote last, or None when no daemon
+    serves it (a file left by a daemon that stopped is not its successor's)."""
+    serving_daemon = serving(store_path)
+    if serving_daemon is None:
+        return None
+    stats = read_json(spool_path(store_path, DAEMON_STATS))
+    if not isinstance(stats, dict) or stats.get("pid") != serving_daemon.get("pid"):
+        return None
+    return stats

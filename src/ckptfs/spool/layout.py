@@ -15,6 +15,7 @@ ERROR_SUFFIX = ".error"
 STAGED_PACKS = "staged-packs"    # ids of packs opened ahead of a seal, one per line (hex)
 LOCK_NAME = "daemon.lock"
 RUNNING_MARKER = "daemon.running"
+DAEMON_STATS = "daemon-stats.json"  # the running daemon's counters, for `ckptfs serve`
 
 
 def spool_path(store_path: str, *parts: str) -> str:

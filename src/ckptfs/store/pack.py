@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import xxhash
 
-from .backend import Backend, ObjectExistsError, ObjectMissingError
+from .backend import Backend, ObjectExistsError, ObjectInfo, ObjectMissingError
 from .errors import IntegrityError, PackMissingError
 
 PACK_MAGIC = b"CKPTPACK"
@@ -406,14 +406,20 @@ def delete_pack(backend: Backend, pack_id: int) -> bool:
     return removed
 
 
-def pack_sizes(backend: Backend) -> dict[int, int]:
-    """{pack id: size} of every pack the backend holds."""
-    sizes = {}
+def pack_objects(backend: Backend) -> dict[int, ObjectInfo]:
+    """{pack id: its object's name, size and time written} of every pack the backend
+    holds."""
+    found = {}
     for info in backend.list(PACKS_PREFIX):
         pack_id = pack_id_from_name(info.name)
         if pack_id is not None and pack_name(pack_id) == info.name:  # not a stray file
-            sizes[pack_id] = info.size
-    return sizes
+            found[pack_id] = info
+    return found
+
+
+def pack_sizes(backend: Backend) -> dict[int, int]:
+    """{pack id: size} of every pack the backend holds."""
+    return {pack_id: info.size for pack_id, info in pack_objects(backend).items()}
 
 
 def list_pack_ids(backend: Backend) -> list[int]:

@@ -4,8 +4,18 @@
 `Verifier` is given the store's path (an interrupted gc's intent), the index, the pack
 files (`backend`), the reader (every chunk is read through it, uncached), the catalog
 (versions, tombstones, recorded damage) and signing (the journaled public keys).
+
+A complete verify that records its findings also leaves `STORE/logs/last-verify.json`
+(when it started and ended, what it checked, what it found): the health page and
+/metrics of `ckptfs serve` say from it when the store was last verified, and which
+packs were written since (unverified). A local file, not a journal entry: a verify
+changes nothing of the store's history, and a reader may run it.
 """
 import hashlib
+import json
+import logging
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -17,7 +27,11 @@ from .gc import load_intent
 from .index import Location
 from .manifest import version_digest
 from .pack import list_pack_ids, scan_pack
+from .private import make_private_dirs, private_opener
 from .signing import SignatureReport
+
+LAST_VERIFY = os.path.join("logs", "last-verify.json")
+log = logging.getLogger("ckptfs.store")
 
 
 @dataclass
@@ -62,6 +76,7 @@ class Verifier:
         With `record`, what it finds damaged (and what it finds healed) is written to the
         index: no ingest deduplicates against a damaged chunk, ls and get say so."""
         report = VerifyReport()
+        started = time.time()
         if signatures:
             report.signatures = SignatureReport()
             known_keys = self.signing.signing_state()["keys"]
@@ -100,6 +115,7 @@ class Verifier:
         report.gc_interrupted = load_intent(self.backend) is not None
         if record:
             record_verify_findings(self.index, report, chunk_ids)
+            save_last_verify(self.path, report, started, time.time())
         return report
 
     @staticmethod
@@ -186,3 +202,43 @@ class Verifier:
             if progress:
                 progress("files", report.files, None)
         return digest
+
+
+def save_last_verify(store_path: str, report: VerifyReport, started: float,
+                     finished: float) -> None:
+    """Record a complete verify (module docstring). Best effort: the verify's own
+    report is what matters, so a failure to write is logged, not raised."""
+    doc = {"started_at": started, "finished_at": finished, "ok": report.ok,
+           "packs": report.packs, "chunks": report.chunks, "versions": report.versions,
+           "files": report.files, "bytes": report.bytes,
+           "damaged_packs": len(report.damaged_packs),
+           "damaged_chunks": len(report.damaged_chunks),
+           "damaged_files": len(report.damaged_files),
+           "damaged_versions": len(report.damaged_versions),
+           "signatures_checked": report.signatures is not None,
+           "signatures_ok": report.signatures.ok if report.signatures is not None else None}
+    path = os.path.join(store_path, LAST_VERIFY)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        make_private_dirs(os.path.dirname(path))
+        with open(tmp, "w", opener=private_opener) as f:
+            json.dump(doc, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("could not record the verify in %s: %s", path, e)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def load_last_verify(store_path: str) -> dict | None:
+    """The record of the last complete verify, or None (never verified, or unreadable)."""
+    try:
+        with open(os.path.join(store_path, LAST_VERIFY), "rb") as f:
+            doc = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    times_known = isinstance(doc, dict) and all(
+        isinstance(doc.get(k), (int, float)) for k in ("started_at", "finished_at"))
+    return doc if times_known else None  # an edited or foreign file: as if none
