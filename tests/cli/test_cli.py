@@ -220,7 +220,7 @@ def test_cat_refuses_a_directory_and_a_missing_file(ck, populated):
 def test_get_restores_an_equal_tree(ck, populated, tmp_path):
     dest = tmp_path / "restored"
     proc = ck("get", populated.store, "proj/run-1/step-100", dest)
-    assert re.match(r"restored 6 files, 564\.0 KB to .* SHA-256 verified", out(proc))
+    assert re.match(r"restored 6 files of proj/run-1/step-100, 564\.0 KB to .* SHA-256 verified", out(proc))
     want = tree_snapshot(populated.src1)
     got = tree_snapshot(dest)
     assert got == want

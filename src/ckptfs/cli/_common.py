@@ -148,9 +148,29 @@ SECONDS = Seconds()
 
 
 def version_project(ref: str, **_) -> str:
-    """The project of a PROJECT/RUN/VERSION argument `ref` (checked whole)."""
-    from ckptfs.store.names import parse_version_ref
-    return parse_version_ref(ref)[0]
+    """The project of a PROJECT/RUN/VERSION argument `ref` (checked whole; VERSION may be
+    an alias, see named_version)."""
+    from ckptfs.meta.diff import split_ref
+    return split_ref(ref)[0]
+
+
+def named_version(s, project: str, run: str, name: str) -> str:
+    """The version that NAME names in a run: the version of that name, else the one the
+    alias NAME (latest, best, production, …) points at, else NAME itself (a deleted
+    version, or none: the command's own lookup says which)."""
+    if s.version_record(project, run, name) is None:
+        target = s.aliases(project, run).get(name)
+        if target is not None:
+            return target
+    return name
+
+
+def version_ref(s, ref: str) -> tuple[str, str, str]:
+    """(project, run, version) of a PROJECT/RUN/VERSION argument whose VERSION may be an
+    alias: `ckptfs get STORE bert/run-42/best DEST` restores what `best` points at."""
+    from ckptfs.meta.diff import split_ref
+    project, run, name = split_ref(ref)
+    return project, run, named_version(s, project, run, name)
 
 
 def run_project(ref: str, **_) -> str:

@@ -3,7 +3,8 @@ or a tar (docs/export.md). Its counterpart is `ckptfs import` of what it wrote, 
 recognises it (ckptfs.cli.versions)."""
 import click
 
-from ckptfs.cli._common import examples, human_bytes, progress_bar, version_project, with_store
+from ckptfs.cli._common import (examples, human_bytes, progress_bar, version_project, version_ref,
+                                with_store)
 
 
 @click.command(epilog=examples(
@@ -20,8 +21,7 @@ def export(s, store, ref, dest, patterns):
     a new DEST.tar (.tar.gz, .tgz: gzip). Every file's SHA-256 is checked on the way;
     `cd DEST && sha256sum -c SHA256SUMS` checks the copy anywhere."""
     from ckptfs.meta.export import export_version
-    from ckptfs.store.names import parse_version_ref
-    project, run, version = parse_version_ref(ref)
+    project, run, version = version_ref(s, ref)
     entries = s.select_entries(project, run, version, patterns)
     bar = progress_bar(total=sum(e.get("size", 0) for e in entries), unit="B",
                        unit_scale=True, unit_divisor=1000, desc=ref, disable=None, leave=False)
@@ -31,7 +31,7 @@ def export(s, store, ref, dest, patterns):
         bar.close()
     what = "partial export" if report.partial else "export"
     rate = report.bytes / report.seconds / 1e6 if report.seconds else 0
-    click.echo(f"exported {ref} to {dest}: {report.files} files, {human_bytes(report.bytes)}"
+    click.echo(f"exported {project}/{run}/{version} to {dest}: {report.files} files, {human_bytes(report.bytes)}"
                f" ({what}, SHA-256 verified), {report.seconds:.1f} s, {rate:.0f} MB/s")
 
 

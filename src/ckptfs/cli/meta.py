@@ -8,7 +8,7 @@ import click
 
 from ckptfs.cli._common import (EVERY_PROJECT, cell, echo_json, examples, human_bytes,
                                 json_option, print_table, run_project, settings_project,
-                                version_project, with_store)
+                                version_project, version_ref, with_store)
 from ckptfs.meta import render
 from ckptfs.meta.lineage import RENDERERS, lineage_of, parent_of
 from ckptfs.meta.sidecar import file_list, sidecar_of
@@ -54,8 +54,9 @@ def version_path(doc: dict) -> str:
 @with_store("reader", "read", project=version_project, path="ref")
 def show(s, store, ref):
     """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows); of a deleted
-    one, its tombstone (what MOUNT/.ckptfs/deleted/P/R/V.json shows)."""
-    project, run, version = parse_version_ref(ref)
+    one, its tombstone (what MOUNT/.ckptfs/deleted/P/R/V.json shows). VERSION may be an
+    alias (latest, best, production, …)."""
+    project, run, version = version_ref(s, ref)
     sys.stdout.buffer.write(render(sidecar_of(s, project, run, version, deleted=True)))
 
 
@@ -227,7 +228,7 @@ def log_entry(doc: dict) -> str:
 @with_store("reader", "read", project=version_project, path="ref")
 def lineage(s, store, ref, fmt):
     """Ancestors and descendants of a version, across runs and projects."""
-    graph = lineage_of(s, ref.strip("/"), can_read=lambda p: s.allowed(None, p, "reader"))
+    graph = lineage_of(s, "/".join(version_ref(s, ref)), can_read=lambda p: s.allowed(None, p, "reader"))
     click.echo(RENDERERS[fmt](graph))
 
 
@@ -238,8 +239,9 @@ def lineage(s, store, ref, fmt):
 @click.argument("name")
 @with_store("maintainer", checked_by_store=True, project=version_project)
 def tag(s, store, ref, name):
-    """Point alias NAME (production, staging, …) of the run at VERSION."""
-    project, run, version = parse_version_ref(ref)
+    """Point alias NAME (production, staging, …) of the run at VERSION (or at what the
+    alias VERSION points at: `tag STORE bert/run-42/best production`)."""
+    project, run, version = version_ref(s, ref)
     event = s.set_alias(project, run, name, version)
     if event is None:
         click.echo(f"{project}/{run}/{name} already names {version}")

@@ -16,7 +16,9 @@ from ckptfs.cli._common import (
     json_option,
     load_public_keys,
     progress_bar,
+    named_version,
     version_project,
+    version_ref,
     with_store,
 )
 
@@ -115,6 +117,15 @@ def split_ref(ref: str) -> list[str]:
     return parts
 
 
+def resolved_parts(s, ref: str) -> list[str]:
+    """split_ref of PROJECT/RUN/VERSION[/PATH] with an alias in VERSION's place read as
+    the version it names."""
+    parts = split_ref(ref)
+    if len(parts) >= 3:
+        parts[2] = named_version(s, *parts[:3])
+    return parts
+
+
 def listed_project(ref: str, **_) -> str | None:
     """The project `ls` lists in (None: it lists the projects)."""
     parts = split_ref(ref)
@@ -178,6 +189,7 @@ def ls(s, store, ref, long, as_json):
                               "versions": listed_versions(versions, damage)})
         list_versions(versions, damage, long)
     else:
+        parts = resolved_parts(s, ref)
         entries = s.list_dir(parts[0], parts[1], parts[2], "/".join(parts[3:]))
         if as_json:
             return echo_json({"path": "/".join(parts),
@@ -244,8 +256,8 @@ def list_versions(versions: list[dict], damage: list[dict], long: bool):
 @click.argument("ref", metavar="PROJECT/RUN/VERSION/PATH")
 @with_store("reader", "read", project=file_project, path="ref")
 def cat(s, store, ref):
-    """Write a file of a version to standard output."""
-    parts = split_ref(ref)
+    """Write a file of a version (VERSION may be an alias) to standard output."""
+    parts = resolved_parts(s, ref)
     s.require_version(*parts[:3])
     entry = s.entry(*parts[:3], "/".join(parts[3:]))
     if entry["type"] != "file":
@@ -270,9 +282,9 @@ def cat(s, store, ref):
 @with_store("reader", "read", project=version_project, path="ref")
 def get(s, store, ref, dest, patterns, force):
     """Restore a version (or some of its files) into directory DEST, new or empty,
-    checking SHA-256. Each file appears under its name only once complete."""
-    from ckptfs.store.names import parse_version_ref
-    project, run, version = parse_version_ref(ref)
+    checking SHA-256. Each file appears under its name only once complete. VERSION may
+    be an alias (latest, best, production, …)."""
+    project, run, version = version_ref(s, ref)
     entries = s.select_entries(project, run, version, patterns)
     total = sum(e.get("size", 0) for e in entries)
     bar = progress_bar(total=total, unit="B", unit_scale=True, unit_divisor=1000, desc=ref,
@@ -286,7 +298,8 @@ def get(s, store, ref, dest, patterns, force):
     seconds = time.monotonic() - started
     for path, message in report.damaged:
         click.echo(f"ckptfs: damaged: {path}: {message}", err=True)
-    click.echo(f"restored {report.files} files, {human_bytes(report.bytes)} to {dest} "
+    click.echo(f"restored {report.files} files of {project}/{run}/{version}, "
+               f"{human_bytes(report.bytes)} to {dest} "
                f"in {seconds:.1f} s, SHA-256 verified")
     if report.damaged:
         fail(f"{len(report.damaged)} file(s) could not be restored intact (see above); "
