@@ -186,3 +186,12 @@ def test_what_gc_would_reclaim_is_for_maintainers_and_asking_journals_nothing(s)
     refused = storage(s, actor=NOBODY)["gc"]
     assert refused["available"] is False and "maintainer" in refused["reason"]
     assert len(list(s.journal_entries())) == entries   # a page view is not a refusal
+
+
+def test_the_gc_refusal_names_no_project_the_viewer_may_not_read(s):
+    s.set_retention_policy("nlp", "run-1", {"keep_last": 1})
+    s.grant("cv", "user:nobody", "reader")   # nobody reads cv, not nlp
+    s.set_enforcement(True)
+    refused = storage(s, actor=NOBODY)["gc"]
+    assert refused["available"] is False
+    assert "nlp" not in refused["reason"] and "may not read" in refused["reason"]

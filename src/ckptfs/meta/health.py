@@ -367,6 +367,15 @@ def store_totals(store) -> dict:
         "compression_ratio": round(st["compression_ratio"], 3)}
 
 
+def refusal_reason(store, refused, actor: dict | None) -> str:
+    """Why the estimate is not shown, naming the project only to an actor who may read
+    it (the refusal's own words name the project)."""
+    if store.allowed(actor, refused.project, "reader"):
+        return str(refused)
+    return ("retention would delete versions in a project you may not read; only its "
+            "maintainers see what gc would reclaim")
+
+
 def gc_dry_run(store, actor: dict | None = None) -> dict:
     """What `ckptfs gc --dry-run` says it would do, or why it cannot be said: a plan
     that deletes versions is for maintainers of their projects (asked first, so a
@@ -375,7 +384,7 @@ def gc_dry_run(store, actor: dict | None = None) -> dict:
     try:
         refused = store.retention.refusal(store.plan_retention().deletions, actor)
         if refused is not None:
-            return {"available": False, "reason": str(refused)}
+            return {"available": False, "reason": refusal_reason(store, refused, actor)}
         report = store.collect_garbage(dry_run=True, actor=actor)
     except UNREACHABLE as e:
         return {"available": False, "reason": str(e)}
