@@ -38,15 +38,16 @@ def points_of(metric: str, docs: list[dict]) -> list[dict]:
     return points
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round numbers covering [low, high]."""
+def nice_ticks(low: float, high: float, count: int = 5) -> list[tuple[float, str]]:
+    """About `count` round numbers covering [low, high], each with its label."""
     if high <= low:
-        return [low]
+        return [(low, tick_label(low, 0))]
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
     first = math.ceil(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+    values = [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+    return [(value, tick_label(value, step)) for value in values]
 
 
 def scale(low: float, high: float, start: float, length: float, flip: bool = False):
@@ -59,10 +60,18 @@ def scale(low: float, high: float, start: float, length: float, flip: bool = Fal
     return to_pixels
 
 
-def tick_label(value: float) -> str:
+def tick_label(value: float, step: float) -> str:
+    """`value` with as many digits as the ticks' `step` needs to tell neighbours apart
+    (an eval_loss between 0.6881 and 0.6884 gets four decimals, not "0.688" five times)."""
+    if step and 1e-6 <= step and abs(value) < 1e6:
+        decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+        text = f"{value:.{decimals}f}"
+        return text.lstrip("-") if float(text) == 0 else text  # "0.00", not "-0.00"
     if value == int(value) and abs(value) < 1e6:
         return str(int(value))
-    return f"{value:.3g}"
+    digits = 3 if not step or value == 0 else \
+        max(1, math.floor(math.log10(abs(value))) - math.floor(math.log10(step)) + 1)
+    return f"{value:.{digits}g}"
 
 
 def markers(points: list[dict]) -> Markup:
@@ -104,8 +113,8 @@ def metric_chart(metric: str, series: dict[str, list[dict]]) -> dict | None:
     return {"metric": metric, "project": every[0]["project"], "width": WIDTH, "height": HEIGHT, "lines": lines,
             "plot": {"left": MARGIN_LEFT, "top": MARGIN_TOP, "right": MARGIN_LEFT + PLOT_WIDTH,
                      "bottom": MARGIN_TOP + PLOT_HEIGHT},
-            "x_ticks": [{"at": to_x(t), "label": tick_label(t)}
-                        for t in nice_ticks(x_low, x_high) if x_low <= t <= x_high],
-            "y_ticks": [{"at": to_y(t), "label": tick_label(t)}
-                        for t in nice_ticks(y_low, y_high) if y_low <= t <= y_high],
+            "x_ticks": [{"at": to_x(t), "label": label}
+                        for t, label in nice_ticks(x_low, x_high) if x_low <= t <= x_high],
+            "y_ticks": [{"at": to_y(t), "label": label}
+                        for t, label in nice_ticks(y_low, y_high) if y_low <= t <= y_high],
             "x_label": "step" if any(numeric(p["step"]) for p in every) else "checkpoint"}
