@@ -2,6 +2,7 @@
 may listen, the token, the one-line errors; and routes through Flask's test client
 against a real store (a deleted version, aliases, bad input)."""
 import http.client
+import json
 import os
 import socket
 from urllib.parse import urlsplit
@@ -126,3 +127,37 @@ def test_a_deleted_version_keeps_its_page_and_its_place_in_the_lineage(client):
     assert 'data-from="nlp/base/step-100" data-to="nlp/base/step-200"' in graph
     run = client.get("/p/nlp/base").text
     assert 'data-version="step-100"' not in run  # the run lists what is there
+
+
+def test_a_run_without_a_primary_metric_shows_the_trainers_choice_of_best(tmp_path):
+    """No `best` alias without a project primary metric; the run page says so and names
+    the checkpoint the Trainer's metric_for_best_model makes best, with the command."""
+    from ckptfs.meta.seal import archive_directory
+    from ckptfs.web.app import create_app
+    path = str(tmp_path / "store")
+    with Store.init(path) as store:
+        for step, eval_loss, accuracy in ((10, 0.9, 0.5), (20, 0.4, 0.7), (30, 0.6, 0.8)):
+            src = tmp_path / f"src-{step}"
+            src.mkdir()
+            (src / "model.bin").write_bytes(bytes([step]) * 1000)
+            (src / "ckptfs.json").write_text(json.dumps({
+                "step": step, "metrics": {"eval_loss": eval_loss, "eval_accuracy": accuracy},
+                "lineage": {"hyperparameters": {"metric_for_best_model": "loss",
+                                                "greater_is_better": False}}}))
+            archive_directory(store, str(src), "bert", "run", f"checkpoint-{step}")
+    app = create_app(path)
+    try:
+        page = app.test_client().get("/p/bert/run").text
+        assert 'id="no-best"' in page and 'id="job-best"' in page
+        assert ">checkpoint-20</a>" in page.split('id="job-best"', 1)[1][:200]
+        assert f"ckptfs config set {path} bert primary_metric=eval_loss mode=min" in page
+    finally:
+        app.close_store()
+    with Store.open(path) as store:
+        store.update_project_settings("bert", {"primary_metric": "eval_accuracy", "mode": "max"})
+    app = create_app(path)
+    try:
+        page = app.test_client().get("/p/bert/run").text
+        assert 'id="no-best"' not in page and "(by eval_accuracy (max))" in page
+    finally:
+        app.close_store()

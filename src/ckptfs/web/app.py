@@ -21,6 +21,7 @@ line in the server's log, never a traceback in a page.
 import logging
 import math
 import os
+import shlex
 from datetime import datetime, timezone
 
 from flask import Flask, Response, redirect, render_template, request, url_for
@@ -93,7 +94,8 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
             page, error = data.run_page(visible, project, run, "", compare), str(e)
         plots = [c for m in page["metrics"] if (c := charts.metric_chart(m, page["series"]))]
         return render_template("run.html", run=page, charts=plots, query_error=error,
-                               page="runs"), 400 if error else 200
+                               page="runs", store_path=app.config["CKPTFS_STORE_PATH"]), \
+            400 if error else 200
 
     @app.get("/p/<project>/<run>/<version>")
     def version(project, run, version):
@@ -273,4 +275,4 @@ def audit_details(entry: dict) -> str:
 
 def register_filters(app: Flask) -> None:
     app.jinja_env.filters.update(size=human_size, num=number, age=age, moment=moment,
-                                 audit_details=audit_details)
+                                 audit_details=audit_details, sh=shlex.quote)

@@ -162,9 +162,12 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
                 for r in compare if r in siblings}
     rows = [version_row(d) for d in shown]
     aliases = {alias: d["version"] for d in docs for alias in d.get("aliases") or ()}
+    best_metric = primary_metric(visible.store, project)
     return {"project": project, "run": run, "expr": expr, "total": len(docs),
             "aliases": dict(sorted(aliases.items())),
-            "best_metric": primary_metric(visible.store, project),
+            "best_metric": best_metric,
+            "job_best": None if best_metric else
+            job_choice_of_best(visible.store, project, run, [d for d in docs if is_checkpoint(d)]),
             "matching": len(shown), "rows": rows[:TABLE_ROW_LIMIT],
             "truncated": len(rows) > TABLE_ROW_LIMIT,
             "metrics": metric_names(shown + [d for ds in overlaid.values() for d in ds]),
@@ -177,6 +180,30 @@ def primary_metric(store, project: str) -> str | None:
     settings = store.project_settings(project)
     metric = settings.get("primary_metric")
     return f"{metric} ({settings.get('mode', 'min')})" if metric else None
+
+
+def job_choice_of_best(store, project: str, run: str, checkpoints: list[dict]) -> dict | None:
+    """With no primary metric in the project (so no `best` alias), the metric the
+    training job chose its best checkpoint by, and the checkpoint that makes best: the
+    Trainer's `metric_for_best_model` and `greater_is_better` (TrainingArguments, in the
+    newest checkpoint's hyperparameters). None when the job named none."""
+    from ckptfs.store.catalog import best_of
+    if not checkpoints:
+        return None
+    newest = max(checkpoints, key=lambda d: d["seq"])
+    doc = store.catalog_document(project, run, newest["version"]) or {}
+    hyperparameters = (doc.get("lineage") or {}).get("hyperparameters") or {}
+    metric = hyperparameters.get("metric_for_best_model")
+    if not isinstance(metric, str) or not metric:
+        return None
+    if not metric.startswith("eval_"):
+        metric = f"eval_{metric}"  # the Trainer compares the evaluation's own metric
+    greater = hyperparameters.get("greater_is_better")
+    if not isinstance(greater, bool):  # the Trainer's default
+        greater = not metric.endswith("loss")
+    mode = "max" if greater else "min"
+    best = best_of(checkpoints, metric, mode)
+    return None if best is None else {"metric": metric, "mode": mode, "version": best}
 
 
 # -- a version -----------------------------------------------------------------------------
