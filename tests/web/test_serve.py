@@ -143,7 +143,8 @@ def test_a_run_without_a_primary_metric_shows_the_trainers_choice_of_best(tmp_pa
             (src / "ckptfs.json").write_text(json.dumps({
                 "step": step, "metrics": {"eval_loss": eval_loss, "eval_accuracy": accuracy},
                 "lineage": {"hyperparameters": {"metric_for_best_model": "loss",
-                                                "greater_is_better": False}}}))
+                                                "greater_is_better": False,
+                                                **{f"arg_{i}": i for i in range(30)}}}}))
             archive_directory(store, str(src), "bert", "run", f"checkpoint-{step}")
     app = create_app(path)
     try:
@@ -151,6 +152,9 @@ def test_a_run_without_a_primary_metric_shows_the_trainers_choice_of_best(tmp_pa
         assert 'id="no-best"' in page and 'id="job-best"' in page
         assert ">checkpoint-20</a>" in page.split('id="job-best"', 1)[1][:200]
         assert f"ckptfs config set {path} bert primary_metric=eval_loss mode=min" in page
+        # A Trainer's long table of arguments starts folded on the version page.
+        version = app.test_client().get("/p/bert/run/checkpoint-20").text
+        assert '<details class="section"><summary><h3>hyperparameters <span class="count">(32)' in version
     finally:
         app.close_store()
     with Store.open(path) as store:
