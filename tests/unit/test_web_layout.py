@@ -53,3 +53,16 @@ def test_500_versions_of_many_runs_each_get_their_own_place_and_every_edge_runs_
     assert all(places[a][0] < places[b][0] for a, b, _ in edges)
     # Rows stay few: a run's versions share one, so there are no more rows than runs.
     assert len({y for _, y in places.values()}) <= 20
+
+
+def test_columns_widen_so_long_version_names_do_not_overlap():
+    from ckptfs.web.graph import CHARACTER_WIDTH, column_width_for, label_of
+    labels = [label_of(f"checkpoint-{step}") for step in (5, 10, 12000)]
+    width = column_width_for(labels)
+    assert width >= len("checkpoint-12000") * CHARACTER_WIDTH + 8
+    nodes, edges = chain("r", 3)
+    xs = [x for x, _ in layout(nodes, edges, width).values()]
+    assert xs[1] - xs[0] == width
+    assert column_width_for(["v1", "v2"]) == COLUMN_WIDTH  # short names keep the narrow grid
+    cut = label_of("x" * 100)
+    assert len(cut) == 24 and cut.endswith("…")

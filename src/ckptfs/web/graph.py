@@ -14,6 +14,10 @@ sideways, each node a link to its version page.
 from ckptfs.meta.lineage import lineage_of, parent_of, ref_of
 
 COLUMN_WIDTH, ROW_HEIGHT, MARGIN = 56, 34, 28
+# A node's label is its version name in a 9 px font, about 5.4 px a character: columns
+# widen to the longest label (checkpoint-12000 needs 100 px), and a name longer than
+# LABEL_CHARACTERS is cut with "…" (the node's tooltip names it whole).
+CHARACTER_WIDTH, LABEL_CHARACTERS = 5.4, 24
 RUN_COLOURS = 8  # the CSS classes run-0 … run-7
 GRAPH_FIELDS = [("lineage", "parent"), ("lineage", "inputs"), ("tags",), ("aliases",)]
 
@@ -114,14 +118,25 @@ def assign_rows(columns: list[list[str]], edges) -> dict[str, int]:
     return row
 
 
-def layout(nodes: list[str], edges) -> dict[str, tuple[float, float]]:
+def label_of(version: str) -> str:
+    return version if len(version) <= LABEL_CHARACTERS else version[:LABEL_CHARACTERS - 1] + "…"
+
+
+def column_width_for(labels) -> int:
+    """Wide enough that neighbouring labels do not run into each other."""
+    longest = max((len(label) for label in labels), default=0)
+    return max(COLUMN_WIDTH, round(longest * CHARACTER_WIDTH + 12))
+
+
+def layout(nodes: list[str], edges, column_width: int = COLUMN_WIDTH) -> dict[str, tuple[float, float]]:
     """(x, y) of every node: its column by longest path, its row by assign_rows."""
     layer = layers_of(nodes, edges)
     columns: list[list[str]] = [[] for _ in range(max(layer.values(), default=-1) + 1)]
     for node in nodes:  # in sealing order: an older chain claims its row first
         columns[layer[node]].append(node)
     row = assign_rows(columns, edges)
-    return {node: (MARGIN + layer[node] * COLUMN_WIDTH, MARGIN + row[node] * ROW_HEIGHT)
+    left = max(MARGIN, column_width // 2)  # room for the first column's labels
+    return {node: (left + layer[node] * column_width, MARGIN + row[node] * ROW_HEIGHT)
             for node in nodes}
 
 
@@ -142,15 +157,17 @@ def lineage_graph(visible, focus: str | None = None, project: str | None = None)
         docs = with_neighbours(docs, project)
     ordered = sorted(docs, key=lambda r: docs[r].get("seq", 0))
     edges = edges_of(docs)
-    places = layout(ordered, edges)
+    labels = {ref: label_of(docs[ref]["version"]) for ref in ordered}
+    column_width = column_width_for(labels.values())
+    places = layout(ordered, edges, column_width)
     runs = {}
     for ref in ordered:
         runs.setdefault(ref.rsplit("/", 1)[0], f"run-{len(runs) % RUN_COLOURS}")
     nodes = [{"ref": ref, "x": places[ref][0], "y": places[ref][1],
-              "version": docs[ref]["version"], "run": ref.rsplit("/", 1)[0],
+              "version": docs[ref]["version"], "label": labels[ref], "run": ref.rsplit("/", 1)[0],
               "colour": runs[ref.rsplit("/", 1)[0]], "deleted": "deleted_at" in docs[ref],
               "tags": docs[ref].get("tags") or [], "focus": ref == focus} for ref in ordered]
-    width = max((n["x"] for n in nodes), default=0) + MARGIN * 2 + 60
+    width = max((n["x"] for n in nodes), default=0) + max(MARGIN, column_width // 2) + MARGIN
     height = max((n["y"] for n in nodes), default=0) + MARGIN * 2
     return {"nodes": nodes, "runs": runs, "focus": focus, "project": project,
             "edges": [{"from": a, "to": b, "kind": kind, "x1": places[a][0], "y1": places[a][1],
