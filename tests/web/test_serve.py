@@ -165,3 +165,13 @@ def test_a_run_without_a_primary_metric_shows_the_trainers_choice_of_best(tmp_pa
         assert 'id="no-best"' not in page and "(by eval_accuracy (max))" in page
     finally:
         app.close_store()
+
+
+def test_the_storage_chart_reads_in_bytes_and_dates(client):
+    import re
+    page = client.get("/storage").text
+    chart = page.split('data-metric="bytes"', 1)[1].split("</svg>", 1)[0]
+    ticks = re.findall(r'<text class="tick"[^>]*>([^<]*)</text>', chart)
+    assert any(t.endswith(" KB") for t in ticks), ticks
+    assert any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", t) for t in ticks), ticks  # the day of seal
+    assert not any(t.isdigit() and int(t) > 1000 for t in ticks)  # no raw byte counts

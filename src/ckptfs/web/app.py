@@ -176,6 +176,9 @@ def storage_chart(figures: dict) -> dict | None:
     chart = charts.metric_chart("bytes", series)
     if chart:
         chart["x_label"] = "day of seal"
+        chart["y_ticks"] = [{**t, "label": human_size(t["value"])} for t in chart["y_ticks"]]
+        chart["x_ticks"] = [{**t, "label": days[int(t["value"])]["date"]}
+                            for t in chart["x_ticks"] if float(t["value"]).is_integer()]
     return chart
 
 

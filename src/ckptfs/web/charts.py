@@ -113,8 +113,8 @@ def metric_chart(metric: str, series: dict[str, list[dict]]) -> dict | None:
     return {"metric": metric, "project": every[0]["project"], "width": WIDTH, "height": HEIGHT, "lines": lines,
             "plot": {"left": MARGIN_LEFT, "top": MARGIN_TOP, "right": MARGIN_LEFT + PLOT_WIDTH,
                      "bottom": MARGIN_TOP + PLOT_HEIGHT},
-            "x_ticks": [{"at": to_x(t), "label": label}
+            "x_ticks": [{"at": to_x(t), "value": t, "label": label}
                         for t, label in nice_ticks(x_low, x_high) if x_low <= t <= x_high],
-            "y_ticks": [{"at": to_y(t), "label": label}
+            "y_ticks": [{"at": to_y(t), "value": t, "label": label}
                         for t, label in nice_ticks(y_low, y_high) if y_low <= t <= y_high],
             "x_label": "step" if any(numeric(p["step"]) for p in every) else "checkpoint"}
