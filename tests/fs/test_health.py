@@ -55,6 +55,15 @@ async def test_pending_units_and_seal_failures_come_from_the_running_daemon(
     assert "does not satisfy the schema of project p" in report["seal_failures"][0]["error"]
     assert pending(report, "p/r/v2")["state"] == "failed"
 
+    # The health page shows the same, in words: the failure with why, the unit waiting.
+    from ckptfs.web.app import build_app
+    page = build_app(daemon.store, daemon.store.path).test_client().get("/health").text
+    failures = page.split('id="seal-failure-list"', 1)[1].split("</table>", 1)[0]
+    assert "<td>p/r/v2</td>" in failures and "does not satisfy the schema of project p" in failures
+    waiting = page.split('id="pending-list"', 1)[1].split("</table>", 1)[0]
+    assert "<td>p/r/v2</td>" in waiting and "<td>failed</td>" in waiting
+    assert "None" not in failures + waiting
+
 
 async def test_failed_reads_are_counted_by_the_daemon(fs, daemon, nursery):
     nursery.start_soon(daemon.ops.keep_counters_file, COUNTERS_EVERY)

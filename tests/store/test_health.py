@@ -195,3 +195,17 @@ def test_the_gc_refusal_names_no_project_the_viewer_may_not_read(s):
     refused = storage(s, actor=NOBODY)["gc"]
     assert refused["available"] is False
     assert "nlp" not in refused["reason"] and "may not read" in refused["reason"]
+
+
+def test_the_health_page_says_the_last_verify_and_the_versions_missing_metadata(s):
+    from ckptfs.web.app import build_app
+    client = build_app(s, s.path).test_client()
+    assert "never: run <code>ckptfs verify " in client.get("/health").text
+    s.verify()
+    s.set_project_schema("nlp", ACCURACY_SCHEMA)
+    page = client.get("/health").text
+    verify = page.split('id="last-verify"', 1)[1].split("</dd>", 1)[0]
+    assert "no damage" in verify and "5 versions" in verify and "{" not in verify
+    missing = page.split('id="missing-metadata"', 1)[1].split("</table>", 1)[0]
+    assert ">nlp/run-1/step-100</a>" in missing and "nlp/run-1/step-300" not in missing
+    assert "accuracy" in missing

@@ -158,6 +158,7 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
         audit = audit_log(store, None, limit=AUDIT_LIMIT, **{k: v or None for k, v in wanted.items()})
         return render_template("health.html", h=report, audit=audit,
                                wanted=wanted, page="health",
+                               store_path=app.config["CKPTFS_STORE_PATH"],
                                projects=visible.projects(), bars=hour_bars(report))
 
     @app.get("/metrics")
