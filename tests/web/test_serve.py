@@ -175,3 +175,10 @@ def test_the_storage_chart_reads_in_bytes_and_dates(client):
     assert any(t.endswith(" KB") for t in ticks), ticks
     assert any(re.fullmatch(r"\d{4}-\d{2}-\d{2}", t) for t in ticks), ticks  # the day of seal
     assert not any(t.isdigit() and int(t) > 1000 for t in ticks)  # no raw byte counts
+
+
+def test_the_storage_page_charts_each_projects_stored_bytes(client):
+    page = client.get("/storage").text
+    chart = page.split('data-metric="stored bytes"', 1)[1].split("</figure>", 1)[0]
+    for project in ("nlp", "vision", "secret"):  # roles are not enforced in this store
+        assert f'<g class="series series-' in chart and f'data-run="{project}"' in chart, project

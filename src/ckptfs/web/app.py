@@ -145,7 +145,7 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
     def storage():
         from ckptfs.meta.health import storage as storage_figures
         figures = storage_figures(store)
-        return render_template("storage.html", s=figures, chart=storage_chart(figures),
+        return render_template("storage.html", s=figures, charts=storage_charts(figures),
                                page="storage")
 
     @app.get("/health")
@@ -167,14 +167,26 @@ def register_pages(app: Flask, store) -> None:  # noqa: C901 (one short function
         return Response(render(store), content_type=CONTENT_TYPE)
 
 
-def storage_chart(figures: dict) -> dict | None:
-    """Logical and stored bytes over time (by seal date) as the metric chart draws
-    them: one series each, a point per day."""
+def storage_charts(figures: dict) -> list[dict]:
+    """Bytes over time (by seal date) as the metric chart draws them, a point per day:
+    logical and stored of every readable project together, then the stored bytes of
+    each project (a line per project)."""
     days = figures.get("timeline") or []
-    series = {kind: [{"project": "", "run": kind, "version": day["date"], "step": i,
-                      "metrics": {"bytes": day[f"{kind}_bytes"]}} for i, day in enumerate(days)]
-              for kind in ("logical", "stored")}
-    chart = charts.metric_chart("bytes", series)
+    together = {kind: [{"metrics": {"bytes": day[f"{kind}_bytes"]}} for day in days]
+                for kind in ("logical", "stored")}
+    projects = sorted({p for day in days for p in day.get("projects", {})})
+    per_project = {p: [{"metrics": {"stored bytes": (day["projects"].get(p) or {}).get("stored_bytes")}}
+                       for day in days] for p in projects}
+    found = [bytes_chart("bytes", together, days), bytes_chart("stored bytes", per_project, days)]
+    return [c for c in found if c]
+
+
+def bytes_chart(metric: str, series: dict[str, list[dict]], days: list[dict]) -> dict | None:
+    """A metric chart of byte counts per day: y in B/KB/MB…, x the days' dates."""
+    for name, points in series.items():
+        for i, (point, day) in enumerate(zip(points, days)):
+            point.update(project="", run=name, version=day["date"], step=i)
+    chart = charts.metric_chart(metric, series)
     if chart:
         chart["x_label"] = "day of seal"
         chart["y_ticks"] = [{**t, "label": human_size(t["value"])} for t in chart["y_ticks"]]
