@@ -143,9 +143,9 @@ def assert_refused_makes_and_writes(sealed_dir: str):
 def trainer(tmp_path_factory):
     """hf/a: preempted after checkpoint-6, then resumed (resume_from_checkpoint=True);
     hf/b: resumed from projects/hf/a/checkpoint-6; ft/r: fine-tuned from
-    projects/hf/a/final; a reference run on local disk beside the first."""
-    with Scenario(tmp_path_factory, "trainer",
-                  config={"hf": ["primary_metric=eval_loss", "mode=min"]}) as s:
+    projects/hf/a/final; a reference run on local disk beside the first. No project
+    names a primary metric: `best` follows the Trainer's metric_for_best_model."""
+    with Scenario(tmp_path_factory, "trainer") as s:
         a, b = s.inbox("hf", "a"), s.inbox("hf", "b")
         s.run(Job("ref", "hf_trainer.py", s.local("hf")),
               Job("a1", "hf_trainer.py", a, ["--stop-after-step", 6]))
@@ -235,6 +235,9 @@ def test_trainer_version_names_and_kinds(trainer):
         assert_files_versions_stay_aside(trainer, "hf", run, ["runs"])
         assert_logs_archived(trainer, "hf", run, "runs")
         assert os.readlink(trainer.projects("hf", run, "best")) in ("checkpoint-8", "final")
+        assert trainer.sidecar(f"hf/{run}/checkpoint-8")["best_by"] == {
+            "metric": "eval_loss", "mode": "min",
+            "source": "TrainingArguments.metric_for_best_model"}
 
 
 def test_trainer_working_view_after_rotation(trainer):

@@ -237,6 +237,30 @@ def test_best_follows_a_default_primary_metric_of_every_project(catalog):
     assert catalog.aliases("p1", "r1")["best"] == "v2"  # p1's own mode=min wins over *'s
 
 
+def test_without_a_primary_metric_best_follows_what_the_training_job_chose(catalog, tmp_path):
+    """A Trainer's metric_for_best_model (recorded at the seal as best_by) makes `best`
+    in a project that names no primary metric; the newest checkpoint's choice counts, and
+    a project's own primary metric wins over it."""
+    def seal_trainer(version, eval_loss, chosen):
+        user = {"lineage": {"hyperparameters": chosen}}
+        src = make_hf_checkpoint(tmp_path / "src" / "job" / version, 10, eval_loss=eval_loss,
+                                 user=user)
+        return archive_directory(catalog, src, "job", "r", version)
+    seal_trainer("c1", 0.5, {})
+    assert "best" not in catalog.aliases("job", "r")
+    seal_trainer("c2", 0.3, {"metric_for_best_model": "loss"})  # loss: lower is better
+    seal_trainer("c3", 0.4, {"metric_for_best_model": "eval_loss"})
+    assert catalog.catalog_document("job", "r", "c3")["best_by"] == {
+        "metric": "eval_loss", "mode": "min", "source": "TrainingArguments.metric_for_best_model"}
+    assert catalog.aliases("job", "r")["best"] == "c2"
+    whole = {d["version"]: d["aliases"] for d in catalog.catalog_documents("job", "r")}
+    assert whole["c2"] == ["best"]  # whole documents and limited ones agree
+    seal_trainer("c4", 0.45, {"metric_for_best_model": "eval_loss", "greater_is_better": True})
+    assert catalog.aliases("job", "r")["best"] == "c1"  # the newest choice: highest eval_loss
+    catalog.update_project_settings("job", {"primary_metric": "eval_loss", "mode": "min"})
+    assert catalog.aliases("job", "r")["best"] == "c2"
+
+
 @pytest.mark.parametrize("name, error, text", [
     ("latest", ReservedAliasError, "maintained by ckptfs"),
     ("best", ReservedAliasError, "primary_metric"),

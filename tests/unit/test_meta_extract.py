@@ -480,7 +480,7 @@ def test_lightning_checkpoint_facts(tmp_path, frameworks):
         "seeds": {"seed": 3}, "environment": {"packages": {"lightning": "2.6.6"}}}
     assert facts["extracted"]["lightning"] == {
         "path": "last.ckpt", "version": "2.6.6", "epoch": 2, "global_step": 12,
-        "monitor": "val_loss", "best_model_score": 0.125,
+        "monitor": "val_loss", "mode": "min", "best_model_score": 0.125,
         "best_model_path": "epoch=1-step=8.ckpt", "last_model_path": "last.ckpt"}
 
 

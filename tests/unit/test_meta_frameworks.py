@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from ckptfs.meta.best import best_by
 from ckptfs.meta.extract import extract_facts
 from ckptfs.meta.scan import scan_directory
 from tests.helpers import meta_frameworks as helpers
@@ -187,11 +188,14 @@ def test_lightning_checkpoint_metadata(lightning_run, tmp_path):
     summary = facts["extracted"]["lightning"]
     assert summary == {
         "path": "last.ckpt", "version": saved["pytorch-lightning_version"], "epoch": 2,
-        "global_step": 12, "monitor": "val_loss",
+        "global_step": 12, "monitor": "val_loss", "mode": "min",
         "best_model_score": state["best_model_score"].item(),
         "best_model_path": os.path.basename(checkpoint.best_model_path),
         "last_model_path": "last.ckpt"}
     assert math.isfinite(summary["best_model_score"])
+    # what `best` goes by in a run of such checkpoints when its project names nothing
+    assert best_by(facts["lineage"], facts["extracted"]) == {
+        "metric": "val_loss", "mode": "min", "source": "ModelCheckpoint.monitor"}
 
 
 def test_lightning_checkpoints_scan_clean_and_several_are_ambiguous(lightning_run):

@@ -129,40 +129,45 @@ def test_a_deleted_version_keeps_its_page_and_its_place_in_the_lineage(client):
     assert 'data-version="step-100"' not in run  # the run lists what is there
 
 
-def test_a_run_without_a_primary_metric_shows_the_trainers_choice_of_best(tmp_path):
-    """No `best` alias without a project primary metric; the run page says so and names
-    the checkpoint the Trainer's metric_for_best_model makes best, with the command."""
+def test_best_follows_the_trainers_choice_until_the_project_names_a_metric(tmp_path):
+    """Without a project primary metric, `best` goes by what the Trainer chose
+    (metric_for_best_model, recorded as the sidecar's best_by), and the run page says
+    so; a run whose job named nothing says how to name a metric."""
     from ckptfs.meta.seal import archive_directory
     from ckptfs.web.app import create_app
     path = str(tmp_path / "store")
     with Store.init(path) as store:
-        for step, eval_loss, accuracy in ((10, 0.9, 0.5), (20, 0.4, 0.7), (30, 0.6, 0.8)):
-            src = tmp_path / f"src-{step}"
-            src.mkdir()
-            (src / "model.bin").write_bytes(bytes([step]) * 1000)
-            (src / "ckptfs.json").write_text(json.dumps({
-                "step": step, "metrics": {"eval_loss": eval_loss, "eval_accuracy": accuracy},
-                "lineage": {"hyperparameters": {"metric_for_best_model": "loss",
-                                                "greater_is_better": False,
-                                                **{f"arg_{i}": i for i in range(30)}}}}))
-            archive_directory(store, str(src), "bert", "run", f"checkpoint-{step}")
+        for run, chosen in (("run", {"metric_for_best_model": "loss", "greater_is_better": False}),
+                            ("plain", {})):
+            for step, eval_loss, accuracy in ((10, 0.9, 0.5), (20, 0.4, 0.7), (30, 0.6, 0.8)):
+                src = tmp_path / f"src-{run}-{step}"
+                src.mkdir()
+                (src / "model.bin").write_bytes(bytes([step]) * 1000)
+                (src / "ckptfs.json").write_text(json.dumps({
+                    "step": step, "metrics": {"eval_loss": eval_loss, "eval_accuracy": accuracy},
+                    "lineage": {"hyperparameters": {**chosen, **{f"arg_{i}": i for i in range(30)}}}}))
+                archive_directory(store, str(src), "bert", run, f"checkpoint-{step}")
     app = create_app(path)
     try:
         page = app.test_client().get("/p/bert/run").text
-        assert 'id="no-best"' in page and 'id="job-best"' in page
-        assert ">checkpoint-20</a>" in page.split('id="job-best"', 1)[1][:200]
-        assert f"ckptfs config set {path} bert primary_metric=eval_loss mode=min" in page
+        aliases = page.split('id="run-aliases"', 1)[1].split("</p>", 1)[0]
+        assert ">checkpoint-20</a> (by eval_loss (min), the job&#39;s " \
+               "TrainingArguments.metric_for_best_model)" in aliases
+        assert 'id="no-best"' not in page
+        plain = app.test_client().get("/p/bert/plain").text
+        assert 'id="no-best"' in plain
+        assert f"ckptfs config set {path} bert primary_metric=METRIC mode=min" in plain
         # A Trainer's long table of arguments starts folded on the version page.
         version = app.test_client().get("/p/bert/run/checkpoint-20").text
         assert '<details class="section"><summary><h3>hyperparameters <span class="count">(32)' in version
     finally:
         app.close_store()
-    with Store.open(path) as store:
+    with Store.open(path) as store:  # the project's own metric wins
         store.update_project_settings("bert", {"primary_metric": "eval_accuracy", "mode": "max"})
     app = create_app(path)
     try:
         page = app.test_client().get("/p/bert/run").text
-        assert 'id="no-best"' not in page and "(by eval_accuracy (max))" in page
+        assert ">checkpoint-30</a> (by eval_accuracy (max))" in page and 'id="no-best"' not in page
     finally:
         app.close_store()
 

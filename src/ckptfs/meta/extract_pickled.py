@@ -13,6 +13,7 @@ Each function is called through extract.guarded: a file that cannot be read rais
 SkipField with the reason, which becomes a warning.
 """
 import math
+import re
 
 from .fields import (FieldReader, SkipField, is_int, is_number, is_placeholder, json_safe,
                      merge_lineage, open_regular_file, put_if_set, set_package,
@@ -92,14 +93,23 @@ def add_model_checkpoint_scores(callbacks: dict, name: str, facts: dict,
             warnings.append(f"{name}: ModelCheckpoint current_score of {json_safe(monitor)} "
                             f"is not finite ({score}): skipped")
         if not summary:
-            summary = model_checkpoint_summary(state, monitor)
+            summary = model_checkpoint_summary(state, monitor, mode_in_key(key))
     if metrics:
         facts.setdefault("metrics", {}).update(metrics)
     return summary
 
 
-def model_checkpoint_summary(state: dict, monitor: str) -> dict:
+def mode_in_key(key: str) -> str | None:
+    """The callback's mode, which Lightning writes into its state key
+    (`ModelCheckpoint{'monitor': 'val_loss', 'mode': 'min', …}`) and not its state."""
+    found = re.search(r"'mode': '(min|max)'", key)
+    return found.group(1) if found else None
+
+
+def model_checkpoint_summary(state: dict, monitor: str, mode: str | None) -> dict:
     summary = {"monitor": json_safe(monitor)}
+    if mode:
+        summary["mode"] = mode
     best = tensor_number(state.get("best_model_score"))
     if best is not None and math.isfinite(best):
         summary["best_model_score"] = best

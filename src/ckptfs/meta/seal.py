@@ -21,6 +21,7 @@ from ckptfs.store.ingest import walk_source
 from ckptfs.store.parentage import with_default_parent
 from ckptfs.store.users import user_name
 
+from .best import best_by
 from .extract import extract_facts
 from .fields import json_safe
 from .provenance import DEFAULT_ENV_ALLOW, describe_this_process, lineage_from_provenance
@@ -97,6 +98,7 @@ def build_metadata(store, src: str, project: str, run: str, provenance: dict | N
         "step": merged.get("step"),
         "epoch": merged.get("epoch"),
         "metrics": dict(sorted((merged.get("metrics") or {}).items())),
+        "best_by": best_by(lineage, extracted),
         "lineage": lineage,
         "provenance": provenance,
         "extracted": extracted,

@@ -16,7 +16,7 @@ RUN_SCHEMA = "ckptfs.run/1"
 # Top-level keys in the order a reader wants them; keys not listed follow, sorted.
 KEY_ORDER = ("schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
              "signature", "deleted_at", "deletion", "kind", "inbox", "tags", "aliases", "notes", "step",
-             "epoch", "metrics", "lineage", "storage", "provenance", "imported_from",
+             "epoch", "metrics", "best_by", "lineage", "storage", "provenance", "imported_from",
              "extracted", "scan", "warnings", "files", "symlinks")
 CATALOG_ONLY = ("seq", "file_count")  # kept for the catalog, not shown in the sidecar
 

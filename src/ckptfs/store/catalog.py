@@ -100,6 +100,34 @@ def gc_paused():
             gc.enable()
 
 
+class MetricsColumn:
+    """The `metrics` of every version, read from the index at the first need only: a
+    listing that did not ask for metrics needs them for `best` of a run whose rule came
+    from its checkpoints (best_rule)."""
+
+    def __init__(self, index: Index, txn):
+        self.index, self.txn, self.values = index, txn, None
+
+    def of(self, doc: dict) -> dict:
+        if self.values is None:
+            self.values = self.index.column_values(self.txn, "metrics")
+        return self.values.get(version_name(doc["project"], doc["run"], doc["version"])) or {}
+
+
+def best_rule(settings: dict, project: str, newest: dict) -> tuple[str, str] | None:
+    """(metric, mode) that `best` goes by in a run: its project's primary metric (or
+    that of `*`); without one, what the training job chose, as its newest checkpoint
+    records it (`best_by`, meta/best.py); None: the run has no `best`."""
+    merged = {**settings.get(ALL_PROJECTS, {}), **settings.get(project, {})}
+    if merged.get("primary_metric"):
+        return merged["primary_metric"], merged.get("mode", "min")
+    chosen = newest.get("best_by")
+    if isinstance(chosen, dict) and isinstance(chosen.get("metric"), str) and \
+            chosen.get("mode") in ("min", "max"):
+        return chosen["metric"], chosen["mode"]
+    return None
+
+
 def aliases_of(docs: list[dict]) -> dict[str, str]:
     """{alias: version} from catalog documents with their `aliases` attached."""
     return {alias: doc["version"] for doc in docs for alias in doc["aliases"]}
@@ -152,7 +180,7 @@ class Catalog:
             if fields is None or any(path[0] in ("tags", "aliases") for path in fields):
                 aliases = list(self.index.iter_aliases(
                     txn, run_prefix(project, run) if run is not None else prefix))
-                self._attach_tags(docs, aliases, settings)
+                self._attach_tags(txn, docs, aliases, settings)
         return docs
 
     def add_catalog_fields(self, docs: list[dict], fields) -> None:
@@ -177,7 +205,7 @@ class Catalog:
     @staticmethod
     def _paths_needed(paths: list[tuple], settings: dict) -> list[tuple]:
         if any(path[0] in ("tags", "aliases") for path in paths):
-            paths = paths + [("tags",), ("kind",)]
+            paths = paths + [("tags",), ("kind",), ("best_by",)]
             if any(s.get("primary_metric") for s in settings.values()):
                 paths.append(("metrics",))  # for `best`
         return paths
@@ -222,12 +250,13 @@ class Catalog:
                         doc[column] = value
         return list(by_name.values())  # in sealing order, not key order: callers sort what they keep
 
-    def _attach_tags(self, docs: list[dict], explicit: list[tuple], settings: dict):
+    def _attach_tags(self, txn, docs: list[dict], explicit: list[tuple], settings: dict):
         names: dict[tuple, list[str]] = {}
         for p, r, alias, version in explicit:
             names.setdefault((p, r, version), []).append(alias)
+        metrics = MetricsColumn(self.index, txn)
         for (p, r), run_docs in self._group_by_run(docs).items():
-            for alias, version in self._derived_aliases(p, run_docs, settings).items():
+            for alias, version in self._derived_aliases(p, run_docs, settings, metrics).items():
                 names.setdefault((p, r, version), []).append(alias)
         for doc in docs:
             aliases = sorted(names.get((doc["project"], doc["run"], doc["version"]), ()))
@@ -242,14 +271,19 @@ class Catalog:
         return runs
 
     @staticmethod
-    def _derived_aliases(project: str, run_docs: list[dict], settings: dict) -> dict[str, str]:
+    def _derived_aliases(project: str, run_docs: list[dict], settings: dict,
+                         metrics: "MetricsColumn") -> dict[str, str]:
         checkpoints = [d for d in run_docs if is_checkpoint_kind(d)]
         if not checkpoints:
             return {}
-        found = {"latest": max(checkpoints, key=lambda d: d["seq"])["version"]}
-        merged = {**settings.get(ALL_PROJECTS, {}), **settings.get(project, {})}
-        if merged.get("primary_metric"):
-            best = best_of(checkpoints, merged["primary_metric"], merged.get("mode", "min"))
+        newest = max(checkpoints, key=lambda d: d["seq"])
+        found = {"latest": newest["version"]}
+        rule = best_rule(settings, project, newest)
+        if rule is not None:
+            for doc in checkpoints:
+                if "metrics" not in doc:  # this listing did not read them
+                    doc["metrics"] = metrics.of(doc)
+            best = best_of(checkpoints, *rule)
             if best is not None:
                 found["best"] = best
         return found

@@ -17,7 +17,7 @@ TABLE_ROW_LIMIT = 1000  # a run page lists at most this many versions (the chart
 # What each page reads of the catalog documents (see Visibility.documents).
 SUMMARY_FIELDS = [("kind",), ("sealed_at",), ("aliases",), ("storage",)]
 ROW_FIELDS = [("kind",), ("sealed_at",), ("step",), ("epoch",), ("metrics",), ("tags",),
-              ("aliases",), ("storage",), ("scan", "status"), ("signature",)]
+              ("aliases",), ("storage",), ("scan", "status"), ("signature",), ("best_by",)]
 LINK_FIELDS = [("lineage", "parent"), ("lineage", "inputs"), ("kind",)]
 
 
@@ -162,12 +162,10 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
                 for r in compare if r in siblings}
     rows = [version_row(d) for d in shown]
     aliases = {alias: d["version"] for d in docs for alias in d.get("aliases") or ()}
-    best_metric = primary_metric(visible.store, project)
+    checkpoints = [d for d in docs if is_checkpoint(d)]
     return {"project": project, "run": run, "expr": expr, "total": len(docs),
             "aliases": dict(sorted(aliases.items())),
-            "best_metric": best_metric,
-            "job_best": None if best_metric else
-            job_choice_of_best(visible.store, project, run, [d for d in docs if is_checkpoint(d)]),
+            "best_metric": best_rule_text(visible.store, project, checkpoints),
             "matching": len(shown), "rows": rows[:TABLE_ROW_LIMIT],
             "truncated": len(rows) > TABLE_ROW_LIMIT,
             "metrics": metric_names(shown + [d for ds in overlaid.values() for d in ds]),
@@ -175,35 +173,18 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
             "siblings": siblings, "compare": [r for r in compare if r in overlaid]}
 
 
-def primary_metric(store, project: str) -> str | None:
-    """The metric `best` goes by in this project (`ckptfs config`), if one is set."""
+def best_rule_text(store, project: str, checkpoints: list[dict]) -> str | None:
+    """What `best` goes by in this run, in words: the project's primary metric
+    (`ckptfs config`), else what the training job chose (`best_by` of the newest
+    checkpoint, meta/best.py)."""
     settings = store.project_settings(project)
-    metric = settings.get("primary_metric")
-    return f"{metric} ({settings.get('mode', 'min')})" if metric else None
-
-
-def job_choice_of_best(store, project: str, run: str, checkpoints: list[dict]) -> dict | None:
-    """With no primary metric in the project (so no `best` alias), the metric the
-    training job chose its best checkpoint by, and the checkpoint that makes best: the
-    Trainer's `metric_for_best_model` and `greater_is_better` (TrainingArguments, in the
-    newest checkpoint's hyperparameters). None when the job named none."""
-    from ckptfs.store.catalog import best_of
-    if not checkpoints:
-        return None
-    newest = max(checkpoints, key=lambda d: d["seq"])
-    doc = store.catalog_document(project, run, newest["version"]) or {}
-    hyperparameters = (doc.get("lineage") or {}).get("hyperparameters") or {}
-    metric = hyperparameters.get("metric_for_best_model")
-    if not isinstance(metric, str) or not metric:
-        return None
-    if not metric.startswith("eval_"):
-        metric = f"eval_{metric}"  # the Trainer compares the evaluation's own metric
-    greater = hyperparameters.get("greater_is_better")
-    if not isinstance(greater, bool):  # the Trainer's default
-        greater = not metric.endswith("loss")
-    mode = "max" if greater else "min"
-    best = best_of(checkpoints, metric, mode)
-    return None if best is None else {"metric": metric, "mode": mode, "version": best}
+    if settings.get("primary_metric"):
+        return f"{settings['primary_metric']} ({settings.get('mode', 'min')})"
+    newest = max(checkpoints, key=lambda d: d["seq"], default={})
+    chosen = newest.get("best_by")
+    if isinstance(chosen, dict) and chosen.get("metric"):
+        return f"{chosen['metric']} ({chosen.get('mode')}), the job's {chosen.get('source')}"
+    return None
 
 
 # -- a version -----------------------------------------------------------------------------
