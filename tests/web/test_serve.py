@@ -186,4 +186,4 @@ def test_the_storage_page_charts_each_projects_stored_bytes(client):
     page = client.get("/storage").text
     chart = page.split('data-metric="stored bytes"', 1)[1].split("</figure>", 1)[0]
     for project in ("nlp", "vision", "secret"):  # roles are not enforced in this store
-        assert f'<g class="series series-' in chart and f'data-run="{project}"' in chart, project
+        assert '<g class="series series-' in chart and f'data-run="{project}"' in chart, project
