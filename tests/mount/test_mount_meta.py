@@ -198,7 +198,7 @@ def test_sidecar_is_pretty_json_with_identity_first(hf):
     doc = json.loads(text)
     assert list(doc) == ["schema", "project", "run", "version", "sealed_at", "sealed_by", "digest",
                          "signature", "kind", "inbox", "tags", "aliases", "notes", "step", "epoch",
-                         "metrics",
+                         "metrics", "best_by",
                          "lineage", "storage", "provenance", "extracted", "scan", "warnings",
                          "files", "symlinks"]
     assert '\n      "version": "v2"\n' in text  # lineage.data.version, greppable as written
