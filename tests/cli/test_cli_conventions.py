@@ -230,3 +230,27 @@ def test_the_protocol_answers_a_directory_for_store_and_each_shell_has_a_script(
     assert "complete --no-files --command ckptfs" in fish.stdout.decode()
     assert b"'powershell' is not one of" in run_cli_checked("completion", "powershell",
                                                             rc=2).stderr
+
+
+def test_bash_completes_names_from_the_store(ckptfs_on_path, diffed):
+    """Projects, runs, versions and aliases, and a version's files, as bash offers file
+    names: whole names, so it extends their common prefix and adds a space after a
+    complete one; nothing at all for a store that is not there."""
+    store = diffed.store
+    with Store.open(store) as s:
+        names = sorted(["s1", "s2", *s.aliases("nlp", "run-a")])
+    assert "production" in names and "latest" in names
+    assert bash_completes(ckptfs_on_path, "ckptfs", "show", store, "nlp/run-a/") == [
+        f"nlp/run-a/{name}" for name in names]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "diff", store, "nlp/run-a/s1", "vi") == [
+        "vision/ft/f1", "vision/ft/latest"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "cat", store, "nlp/run-a/s") == [
+        "nlp/run-a/s1/", "nlp/run-a/s2/"]
+    files = bash_completes(ckptfs_on_path, "ckptfs", "cat", store, "nlp/run-a/s2/")
+    assert "nlp/run-a/s2/weights.bin" in files and "nlp/run-a/s2/eval.txt" in files
+    assert bash_completes(ckptfs_on_path, "ckptfs", "log", store, "") == [
+        "nlp", "nlp/run-a", "vision", "vision/ft"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "config", "show", store, "v") == ["vision"]
+    env = {**ckptfs_on_path, "CKPTFS_STORE": store}
+    assert bash_completes(env, "ckptfs", "tags", "nlp/") == ["nlp/run-a"]
+    assert bash_completes(ckptfs_on_path, "ckptfs", "show", str(diffed.store) + "-not", "n") == []

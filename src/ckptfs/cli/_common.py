@@ -129,6 +129,63 @@ def same_store(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
+# -- completing names from the store ----------------------------------------------------------
+def complete_names(depth: int, paths: bool = False, every_depth: bool = False):
+    """A click `shell_complete` callback for an argument naming what is in the store:
+    PROJECT (depth 1), PROJECT/RUN (2), PROJECT/RUN/VERSION (3, aliases included), and
+    with `paths` the files of the version after it. It offers whole names, as a shell
+    offers file names, so the shell extends the common prefix (`bert/run-42/step-`) and
+    adds a space only after a complete one; `every_depth` offers the shorter names too
+    (`[PROJECT[/RUN]]`). It reads only a local store the caller may read, and offers
+    nothing rather than fail (a completion must never print an error)."""
+    def complete(ctx, param, incomplete: str) -> list[str]:
+        store = ctx.params.get("store") or os.environ.get("CKPTFS_STORE")
+        if not store or "://" in store or not os.path.isfile(os.path.join(store, "ckptfs.toml")):
+            return []
+        try:
+            with open_store(store) as s:
+                names = names_under(s, incomplete, depth, paths, every_depth)
+        except Exception:  # noqa: BLE001 - a completion offers nothing rather than fail
+            return []
+        return sorted(n for n in names if n.startswith(incomplete))
+    return complete
+
+
+def names_under(s, typed: str, depth: int, paths: bool, every_depth: bool) -> list[str]:
+    """The names `complete_names` offers, read only as deep as `typed` has gone."""
+    pieces = typed.split("/")
+    projects = s.readable_projects(None, s.projects())
+    if len(pieces) > 1:
+        projects = [p for p in projects if p == pieces[0]]
+    names = list(projects) if depth == 1 or every_depth else []
+    for project in projects if depth >= 2 else ():
+        runs = s.runs(project)
+        if len(pieces) > 2:
+            runs = [r for r in runs if r == pieces[1]]
+        names += [f"{project}/{r}" for r in runs] if depth == 2 or every_depth else []
+        for run in runs if depth >= 3 else ():
+            names += version_names(s, project, run, typed, paths)
+    return names
+
+
+def version_names(s, project: str, run: str, typed: str, paths: bool) -> list[str]:
+    """PROJECT/RUN/VERSION (or ALIAS) that fit `typed`; with `paths`, the files of the
+    one version left (PROJECT/RUN/VERSION/PATH), else each version followed by `/`."""
+    aliases = s.aliases(project, run)
+    names = sorted({v["version"] for v in s.versions(project, run)} | set(aliases))
+    prefix = f"{project}/{run}/"
+    fitting = [v for v in names
+               if (prefix + v).startswith(typed) or typed.startswith(prefix + v + "/")]
+    if not paths:
+        return [prefix + v for v in fitting]
+    if len(fitting) != 1:
+        return [prefix + v + "/" for v in fitting]
+    name = fitting[0]
+    version = name if s.version_record(project, run, name) else aliases[name]
+    return [f"{prefix}{name}/{e['path']}" for e in s.walk(project, run, version)
+            if e["type"] == "file"]
+
+
 # -- arguments ------------------------------------------------------------------------------
 class Seconds(click.ParamType):
     """A duration in seconds: a finite number, 0 or more (float() takes 'nan', '-5')."""

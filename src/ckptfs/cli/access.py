@@ -2,7 +2,7 @@
 needs admin: the store's `grant`, `revoke` and `set_enforcement` check it."""
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, ROLES, echo_json, examples, json_option,
+from ckptfs.cli._common import (EVERY_PROJECT, ROLES, complete_names, echo_json, examples, json_option,
                                 print_table, settings_project, with_store)
 
 
@@ -24,7 +24,7 @@ def access():
     "ckptfs access grant /data/ckpts bert reader user:alice",
     "ckptfs access grant /data/ckpts '*' maintainer user:bob"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @click.argument("role", type=click.Choice(ROLES))
 @click.argument("principal", metavar="user:NAME|group:NAME")
 @with_store("admin", checked_by_store=True)
@@ -42,7 +42,7 @@ def grant(s, store, project, role, principal):
 
 @access.command("revoke", epilog=examples("ckptfs access revoke /data/ckpts bert user:alice"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @click.argument("principal", metavar="user:NAME|group:NAME")
 @with_store("admin", checked_by_store=True)
 def revoke(s, store, project, principal):
@@ -56,7 +56,7 @@ def revoke(s, store, project, principal):
     "ckptfs access show /data/ckpts bert",
     "ckptfs access show /data/ckpts bert --json | jq -r .you.role"))
 @click.argument("store")
-@click.argument("project", required=False)
+@click.argument("project", required=False, shell_complete=complete_names(1))
 @json_option('the grants: {"enforced", "grants": [{"project", "principal", "role"}], '
              '"you": {"uid", "user", "project", "role"}}')
 @with_store("reader", "see the grants", project=shown_project)

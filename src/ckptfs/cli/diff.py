@@ -6,6 +6,7 @@ import click
 
 from ckptfs.cli._common import (
     cell,
+    complete_names,
     echo_json,
     examples,
     human_bytes,
@@ -22,8 +23,8 @@ SHORT_SHA = 12  # enough to tell two files apart at a glance; --json has the who
     "ckptfs diff /data/ckpts bert/run-42/production bert/run-42/latest",
     "ckptfs diff /data/ckpts bert/run-42/best bert-ft/sst2/latest --json | jq .metrics"))
 @click.argument("store")
-@click.argument("a", metavar="A")
-@click.argument("b", metavar="B")
+@click.argument("a", metavar="A", shell_complete=complete_names(3))
+@click.argument("b", metavar="B", shell_complete=complete_names(3))
 @json_option("the comparison (its fields: docs/cli.md, \"ckptfs diff\")")
 @with_store("reader", checked_by_store=True)  # diff_versions checks both projects
 def diff(s, store, a, b, as_json):

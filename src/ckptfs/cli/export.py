@@ -3,15 +3,15 @@ or a tar (docs/export.md). Its counterpart is `ckptfs import` of what it wrote, 
 recognises it (ckptfs.cli.versions)."""
 import click
 
-from ckptfs.cli._common import (examples, human_bytes, progress_bar, version_project, version_ref,
-                                with_store)
+from ckptfs.cli._common import (complete_names, examples, human_bytes, progress_bar,
+                                version_project, version_ref, with_store)
 
 
 @click.command(epilog=examples(
     "ckptfs export /data/ckpts bert/run-42/step-500 out.tar",
     "ckptfs export /data/ckpts bert/run-42/step-500 ./out --files '*.json'"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @click.argument("dest")
 @click.option("--files", "patterns", multiple=True, metavar="GLOB",
               help="Export only files whose path (or name) matches GLOB; repeatable.")

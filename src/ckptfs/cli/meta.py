@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, cell, echo_json, examples, human_bytes,
+from ckptfs.cli._common import (EVERY_PROJECT, cell, complete_names, echo_json, examples, human_bytes,
                                 json_option, print_table, run_project, settings_project,
                                 version_project, version_ref, with_store)
 from ckptfs.meta import render
@@ -50,7 +50,7 @@ def version_path(doc: dict) -> str:
     "ckptfs show /data/ckpts bert/run-42/step-500",
     "ckptfs show /data/ckpts bert/run-42/step-500 | jq .metrics"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @with_store("reader", "read", project=version_project, path="ref")
 def show(s, store, ref):
     """Print the sidecar of a version (what MOUNT/projects/P/R/V.json shows); of a deleted
@@ -154,7 +154,8 @@ def documents_json(docs: list[dict]) -> list[dict]:
     "ckptfs log /data/ckpts --oneline -n 10",
     "ckptfs log /data/ckpts bert --json | jq -r '.[].path'"))
 @click.argument("store")
-@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]")
+@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN]]",
+                shell_complete=complete_names(2, every_depth=True))
 @click.option("--limit", "-n", type=click.IntRange(min=1), metavar="N", help="At most N versions.")
 @click.option("--oneline", is_flag=True, help="One line per version.")
 @click.option("--deleted", is_flag=True, help="Deleted versions too, marked as such.")
@@ -223,7 +224,7 @@ def log_entry(doc: dict) -> str:
     "ckptfs lineage /data/ckpts bert/run-42/step-500",
     "ckptfs lineage /data/ckpts bert/run-42/step-500 --format dot | dot -Tsvg > lineage.svg"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @click.option("--format", "fmt", type=click.Choice(sorted(RENDERERS)), default="text", show_default=True)
 @with_store("reader", "read", project=version_project, path="ref")
 def lineage(s, store, ref, fmt):
@@ -235,7 +236,7 @@ def lineage(s, store, ref, fmt):
 # -- tags and aliases ------------------------------------------------------------------------
 @click.command(epilog=examples("ckptfs tag /data/ckpts bert/run-42/step-500 production"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @click.argument("name")
 @with_store("maintainer", checked_by_store=True, project=version_project)
 def tag(s, store, ref, name):
@@ -253,7 +254,7 @@ def tag(s, store, ref, name):
 
 @click.command(epilog=examples("ckptfs untag /data/ckpts bert/run-42 production"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN")
+@click.argument("ref", metavar="PROJECT/RUN", shell_complete=complete_names(2))
 @click.argument("name")
 @with_store("maintainer", checked_by_store=True, project=run_project)
 def untag(s, store, ref, name):
@@ -267,7 +268,7 @@ def untag(s, store, ref, name):
     "ckptfs tags /data/ckpts bert/run-42",
     "ckptfs tags /data/ckpts bert/run-42 --json | jq -r .aliases.best"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN")
+@click.argument("ref", metavar="PROJECT/RUN", shell_complete=complete_names(2))
 @json_option('the aliases: {"project", "run", "aliases": {name: version}}')
 @with_store("reader", "read", project=run_project, path="ref")
 def tags(s, store, ref, as_json):
@@ -304,7 +305,7 @@ def parse_setting(assignment: str) -> tuple[str, object]:
     "ckptfs config set /data/ckpts bert primary_metric=eval_loss mode=min",
     "ckptfs config set /data/ckpts '*' unsafe_pickles=refuse"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @click.argument("assignments", nargs=-1, required=True, metavar="NAME=VALUE...")
 @click.option("--force", is_flag=True,
               help="Accept a pickle_allow rule that admits globals able to run code.")
@@ -327,7 +328,7 @@ def changes_of(assignments, force: bool) -> dict:
 
 @config.command("unset", epilog=examples("ckptfs config unset /data/ckpts bert env_allow"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @click.argument("names", nargs=-1, required=True)
 @with_store("maintainer", checked_by_store=True, project=settings_project)
 def config_unset(s, store, project, names):
@@ -337,7 +338,7 @@ def config_unset(s, store, project, names):
 
 @config.command("show", epilog=examples("ckptfs config show /data/ckpts bert"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @with_store("reader", "read settings", project=settings_project)
 def config_show(s, store, project):
     """Settings in force for PROJECT (its own over those of `*`)."""
@@ -354,7 +355,7 @@ def schema():
 
 @schema.command("set", epilog=examples("ckptfs schema set /data/ckpts bert schema.json"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @click.argument("schema_file", type=click.File("rb"), metavar="SCHEMA.json")
 @with_store("maintainer", checked_by_store=True, project=settings_project)
 def schema_set(s, store, project, schema_file):
@@ -380,7 +381,7 @@ def read_schema(schema_file) -> dict:
 
 @schema.command("show", epilog=examples("ckptfs schema show /data/ckpts bert"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @with_store("reader", "read settings", project=settings_project)
 def schema_show(s, store, project):
     """Print the schema in force for PROJECT."""
@@ -394,7 +395,7 @@ def schema_show(s, store, project):
 
 @schema.command("clear", epilog=examples("ckptfs schema clear /data/ckpts bert"))
 @click.argument("store")
-@click.argument("project")
+@click.argument("project", shell_complete=complete_names(1))
 @with_store("maintainer", checked_by_store=True, project=settings_project)
 def schema_clear(s, store, project):
     """Remove PROJECT's own schema."""

@@ -7,7 +7,7 @@ The policies' own functions (ckptfs.store.retention, over the catalog) are impor
 the commands that use them, not at start-up."""
 import click
 
-from ckptfs.cli._common import (EVERY_PROJECT, echo_json, examples, human_bytes, json_option,
+from ckptfs.cli._common import (EVERY_PROJECT, complete_names, echo_json, examples, human_bytes, json_option,
                                 parse_date, progress_bar, version_project, with_store)
 from ckptfs.store import parse_version_ref
 from ckptfs.store.names import validate_name
@@ -51,7 +51,7 @@ def retention():
     "ckptfs retention set /data/ckpts bert keep_last=5 keep_best=3 metric=eval_loss mode=min",
     "ckptfs retention set /data/ckpts '*' keep_last=20"))
 @click.argument("store")
-@click.argument("scope", metavar="PROJECT[/RUN]|*")
+@click.argument("scope", metavar="PROJECT[/RUN]|*", shell_complete=complete_names(2, every_depth=True))
 @click.argument("rules", nargs=-1, required=True, metavar="RULE=VALUE...")
 @with_store("maintainer", checked_by_store=True, project=scope_project)
 def retention_set(s, store, scope, rules):
@@ -78,7 +78,7 @@ def retention_set(s, store, scope, rules):
 
 @retention.command("clear", epilog=examples("ckptfs retention clear /data/ckpts bert/sweep-7"))
 @click.argument("store")
-@click.argument("scope", metavar="PROJECT[/RUN]|*")
+@click.argument("scope", metavar="PROJECT[/RUN]|*", shell_complete=complete_names(2, every_depth=True))
 @with_store("maintainer", checked_by_store=True, project=scope_project)
 def retention_clear(s, store, scope):
     """Remove the policy set on exactly this project or run."""
@@ -93,7 +93,8 @@ def retention_clear(s, store, scope):
     "ckptfs retention show /data/ckpts",
     "ckptfs retention show /data/ckpts bert --json"))
 @click.argument("store")
-@click.argument("scope", required=False, default="", metavar="[PROJECT[/RUN]]")
+@click.argument("scope", required=False, default="", metavar="[PROJECT[/RUN]]",
+                shell_complete=complete_names(2, every_depth=True))
 @json_option("the policies and what they keep")
 @with_store("reader", "read retention policies", project=shown_project, path="scope")
 def retention_show(s, store, scope, as_json):
@@ -218,7 +219,7 @@ def print_gc_report(r):
 @click.command(epilog=examples(
     'ckptfs delete /data/ckpts bert/run-42/step-100 --reason "trained on the leaked split"'))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @click.option("--reason", required=True, metavar="TEXT", help="Why (kept in the journal and the tombstone).")
 @with_store("maintainer", checked_by_store=True, project=version_project)
 def delete(s, store, ref, reason):

@@ -9,6 +9,7 @@ import click
 
 from ckptfs.cli._common import (
     EXIT_DAMAGE,
+    complete_names,
     echo_json,
     examples,
     fail,
@@ -158,7 +159,8 @@ def long_entry_line(entry: dict) -> str:
     "ckptfs ls -l /data/ckpts bert/run-42/step-500",
     "ckptfs ls /data/ckpts bert/run-42 --json | jq -r '.versions[].version'"))
 @click.argument("store")
-@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN[/VERSION[/PATH]]]]")
+@click.argument("ref", required=False, default="", metavar="[PROJECT[/RUN[/VERSION[/PATH]]]]",
+                shell_complete=complete_names(3, paths=True, every_depth=True))
 @click.option("-l", "long", is_flag=True, help="Long listing: sizes, times, modes.")
 @json_option("the listing (docs/cli.md, \"JSON output\")")
 @with_store("reader", "read", project=listed_project, path="ref")
@@ -253,7 +255,7 @@ def list_versions(versions: list[dict], damage: list[dict], long: bool):
     "ckptfs cat /data/ckpts bert/run-42/step-500/config.json",
     "ckptfs cat /data/ckpts bert/run-42/step-500/trainer_state.json | jq .best_metric"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION/PATH")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION/PATH", shell_complete=complete_names(3, paths=True))
 @with_store("reader", "read", project=file_project, path="ref")
 def cat(s, store, ref):
     """Write a file of a version (VERSION may be an alias) to standard output."""
@@ -272,7 +274,7 @@ def cat(s, store, ref):
     "ckptfs get /data/ckpts bert/run-42/step-500 ./restored",
     "ckptfs get /data/ckpts bert/run-42/step-500 ./r --files '*.json'"))
 @click.argument("store")
-@click.argument("ref", metavar="PROJECT/RUN/VERSION")
+@click.argument("ref", metavar="PROJECT/RUN/VERSION", shell_complete=complete_names(3))
 @click.argument("dest")
 @click.option("--files", "patterns", multiple=True, metavar="GLOB",
               help="Restore only files whose path (or name) matches GLOB; repeatable.")
