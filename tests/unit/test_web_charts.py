@@ -30,3 +30,4 @@ def test_labels_have_no_more_digits_than_the_step_needs():
     assert labels(0.5, 2.2)[:3] == ["0.5", "1.0", "1.5"]
     assert labels(0.68828, 0.68838)[:2] == ["0.68828", "0.68830"]
     assert "-0.0" not in labels(-1, 1) and "0.0" in labels(-1, 1)
+

@@ -79,12 +79,14 @@ def short(sha256: str | None) -> str:
 def metrics_section(metrics: list[dict]) -> str:
     if not metrics:
         return click.style("Metrics", bold=True) + ": none on either side"
-    rows = [[m["name"], cell(m["a"]), cell(m["b"]), signed(m["delta"])] for m in metrics]
+    rows = [[m["name"], cell(m["a"]), cell(m["b"]), signed(m)] for m in metrics]
     return click.style("Metrics", bold=True) + ":\n" + table(["name", "A", "B", "change"], rows)
 
 
-def signed(delta) -> str:
-    return "-" if delta is None else f"{delta:+.6g}"
+def signed(metric: dict) -> str:
+    from ckptfs.meta.diff import change_text
+    delta = metric["delta"]
+    return "-" if delta is None else change_text(delta, metric["a"], metric["b"])
 
 
 def settings_section(title: str, changes: list[dict]) -> str:

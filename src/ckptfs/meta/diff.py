@@ -18,6 +18,7 @@ environment (`lineage.hyperparameters`, `lineage.environment` of the sidecar, ne
 keys joined with dots) list only the keys whose values differ. The caller needs the
 reader role on both versions' projects.
 """
+import math
 from ckptfs.meta.lineage import parent_of, ref_of
 from ckptfs.store import InvalidNameError, NotFoundError
 from ckptfs.store.names import shown, validate_name
@@ -117,6 +118,22 @@ def metric_changes(a_metrics: dict | None, b_metrics: dict | None) -> list[dict]
         delta = new - old if is_number(old) and is_number(new) else None
         changes.append({"name": name, "a": old, "b": new, "delta": delta})
     return changes
+
+
+def change_text(delta: float, a: float, b: float) -> str:
+    """`delta` (b - a) signed, in fixed point to the sixth significant digit of the
+    larger value, as the values themselves are shown: "+0.000032" for 0.688285 ->
+    0.688317, not "+3.21269e-05"; "+0" for no change."""
+    largest = max(abs(a), abs(b))
+    if not math.isfinite(delta) or not math.isfinite(largest):
+        return f"{delta:+g}"
+    decimals = 0 if largest == 0 else max(0, 5 - math.floor(math.log10(largest)))
+    if decimals > 8:  # values of 1e-4 and less read better in exponent form
+        return f"{delta:+.3g}"
+    text = f"{delta:+.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "+0" if float(text) == 0 else text
 
 
 def is_number(value) -> bool:

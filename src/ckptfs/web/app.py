@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from flask import Flask, Response, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from ckptfs.meta.diff import change_text
 from ckptfs.meta.query import QueryError
 from ckptfs.store import InvalidNameError, NotFoundError, Store, StoreError
 from ckptfs.store.backend import BackendUnavailableError
@@ -291,4 +292,5 @@ def audit_details(entry: dict) -> str:
 
 def register_filters(app: Flask) -> None:
     app.jinja_env.filters.update(size=human_size, num=number, age=age, moment=moment,
-                                 audit_details=audit_details, sh=shlex.quote)
+                                 audit_details=audit_details, sh=shlex.quote,
+                                 change=lambda m: change_text(m["delta"], m["a"], m["b"]))
