@@ -187,3 +187,19 @@ def test_the_storage_page_charts_each_projects_stored_bytes(client):
     chart = page.split('data-metric="stored bytes"', 1)[1].split("</figure>", 1)[0]
     for project in ("nlp", "vision", "secret"):  # roles are not enforced in this store
         assert '<g class="series series-' in chart and f'data-run="{project}"' in chart, project
+
+
+def test_on_object_storage_it_shows_what_other_machines_seal(s3_store_url, tmp_path):
+    """`ckptfs serve s3://…` (moto_server): its pages show the store, and a version
+    another machine (a cache directory of its own) imports appears on the run page."""
+    from tests.helpers.samples import make_checkpoint
+    from tests.helpers.waiting import wait_for
+    run_cli_checked("init", s3_store_url)
+    run_cli_checked("import", s3_store_url, make_checkpoint(tmp_path / "a", step=1), "p/r/v1")
+    with serving(s3_store_url) as address:
+        for path in ("/", "/p/p/r", "/p/p/r/v1", "/storage", "/health", "/metrics", "/lineage"):
+            assert request(address, path).status == 200, path
+        run_cli_checked("--cache-dir", str(tmp_path / "machine-2"), "import", s3_store_url,
+                        make_checkpoint(tmp_path / "b", step=2), "p/r/v2")
+        wait_for(lambda: 'data-version="v2"' in request(address, "/p/p/r").body,
+                 "the other machine's version on the run page")
