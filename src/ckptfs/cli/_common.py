@@ -181,7 +181,7 @@ def version_names(s, project: str, run: str, typed: str, paths: bool) -> list[st
     if len(fitting) != 1:
         return [prefix + v + "/" for v in fitting]
     name = fitting[0]
-    version = name if s.version_record(project, run, name) else aliases[name]
+    version = s.named_version(project, run, name)
     return [f"{prefix}{name}/{e['path']}" for e in s.walk(project, run, version)
             if e["type"] == "file"]
 
@@ -206,20 +206,9 @@ SECONDS = Seconds()
 
 def version_project(ref: str, **_) -> str:
     """The project of a PROJECT/RUN/VERSION argument `ref` (checked whole; VERSION may be
-    an alias, see named_version)."""
+    an alias: Store.named_version)."""
     from ckptfs.meta.diff import split_ref
     return split_ref(ref)[0]
-
-
-def named_version(s, project: str, run: str, name: str) -> str:
-    """The version that NAME names in a run: the version of that name, else the one the
-    alias NAME (latest, best, production, …) points at, else NAME itself (a deleted
-    version, or none: the command's own lookup says which)."""
-    if s.version_record(project, run, name) is None:
-        target = s.aliases(project, run).get(name)
-        if target is not None:
-            return target
-    return name
 
 
 def version_ref(s, ref: str) -> tuple[str, str, str]:
@@ -227,7 +216,9 @@ def version_ref(s, ref: str) -> tuple[str, str, str]:
     alias: `ckptfs get STORE bert/run-42/best DEST` restores what `best` points at."""
     from ckptfs.meta.diff import split_ref
     project, run, name = split_ref(ref)
-    return project, run, named_version(s, project, run, name)
+    # Neither a version nor an alias: NAME itself, for the command's own lookup to say
+    # why (deleted, or not there).
+    return project, run, s.named_version(project, run, name) or name
 
 
 def run_project(ref: str, **_) -> str:

@@ -17,7 +17,6 @@ from ckptfs.cli._common import (
     json_option,
     load_public_keys,
     progress_bar,
-    named_version,
     version_project,
     version_ref,
     with_store,
@@ -123,7 +122,7 @@ def resolved_parts(s, ref: str) -> list[str]:
     the version it names."""
     parts = split_ref(ref)
     if len(parts) >= 3:
-        parts[2] = named_version(s, *parts[:3])
+        parts[2] = s.named_version(*parts[:3]) or parts[2]
     return parts
 
 

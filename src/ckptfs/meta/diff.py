@@ -56,11 +56,9 @@ def resolve_version(store, ref: str) -> tuple[str, str, str]:
     version of that name wins over an alias. NotFoundError (a deleted version: its own
     message) when neither names a sealed version."""
     project, run, name = split_ref(ref)
-    if store.version_record(project, run, name) is not None:
-        return project, run, name
-    target = store.aliases(project, run).get(name)
-    if target is not None:
-        return project, run, target
+    version = store.named_version(project, run, name)
+    if version is not None:
+        return project, run, version
     if not store.runs(project) and not store.tombstones(project):
         raise NotFoundError(f"no project {project!r} in the store")
     store.require_version(project, run, name)  # the store's own words (deleted, lost, none)

@@ -114,17 +114,19 @@ class MetricsColumn:
         return self.values.get(version_name(doc["project"], doc["run"], doc["version"])) or {}
 
 
-def best_rule(settings: dict, project: str, newest: dict) -> tuple[str, str] | None:
-    """(metric, mode) that `best` goes by in a run: its project's primary metric (or
-    that of `*`); without one, what the training job chose, as its newest checkpoint
-    records it (`best_by`, meta/best.py); None: the run has no `best`."""
+def best_rule(settings: dict, project: str, newest: dict) -> dict | None:
+    """{"metric", "mode", "source"} that `best` goes by in a run: its project's primary
+    metric, or that of `*` (source None); without one, what the training job chose, as
+    its newest checkpoint records it (`best_by`, meta/best.py, with its source); None:
+    the run has no `best`. `settings`: project -> its own settings."""
     merged = {**settings.get(ALL_PROJECTS, {}), **settings.get(project, {})}
     if merged.get("primary_metric"):
-        return merged["primary_metric"], merged.get("mode", "min")
+        return {"metric": merged["primary_metric"], "mode": merged.get("mode", "min"),
+                "source": None}
     chosen = newest.get("best_by")
     if isinstance(chosen, dict) and isinstance(chosen.get("metric"), str) and \
             chosen.get("mode") in ("min", "max"):
-        return chosen["metric"], chosen["mode"]
+        return {"metric": chosen["metric"], "mode": chosen["mode"], "source": chosen.get("source")}
     return None
 
 
@@ -283,7 +285,7 @@ class Catalog:
             for doc in checkpoints:
                 if "metrics" not in doc:  # this listing did not read them
                     doc["metrics"] = metrics.of(doc)
-            best = best_of(checkpoints, *rule)
+            best = best_of(checkpoints, rule["metric"], rule["mode"])
             if best is not None:
                 found["best"] = best
         return found
@@ -368,13 +370,17 @@ class Catalog:
                     "PROJECT primary_metric=NAME mode=min|max)")
         return ": it always names the newest version"
 
+    def named_version(self, project: str, run: str, name: str) -> str | None:
+        """The version NAME names in a run: the version of that name, else the one the
+        alias NAME (latest, best, production, …) points at; None if neither."""
+        if self.version_record(project, run, name) is not None:
+            return name
+        return self.aliases(project, run).get(name)
+
     def _resolve_target(self, project: str, run: str, target: str) -> str:
-        target = target.rstrip("/")
-        if self.version_record(project, run, target) is not None:
-            return target
-        via_alias = self.aliases(project, run).get(target)
-        if via_alias is not None:
-            return via_alias
+        version = self.named_version(project, run, target.rstrip("/"))
+        if version is not None:
+            return version
         raise AliasError(f"{project}/{run} has no version {target!r}: an alias names a "
                          "sealed version of its own run")
 

@@ -452,6 +452,7 @@ class Store:
     catalog_documents = delegate("catalog")
     add_catalog_fields = delegate("catalog")
     aliases = delegate("catalog")
+    named_version = delegate("catalog")
     set_alias = delegate("catalog")
     remove_alias = delegate("catalog")
     rename_alias = delegate("catalog")

@@ -174,17 +174,15 @@ def run_page(visible: Visibility, project: str, run: str, expr: str,
 
 
 def best_rule_text(store, project: str, checkpoints: list[dict]) -> str | None:
-    """What `best` goes by in this run, in words: the project's primary metric
-    (`ckptfs config`), else what the training job chose (`best_by` of the newest
-    checkpoint, meta/best.py)."""
-    settings = store.project_settings(project)
-    if settings.get("primary_metric"):
-        return f"{settings['primary_metric']} ({settings.get('mode', 'min')})"
+    """What `best` goes by in this run, in words (the catalog's best_rule: the project's
+    primary metric, else what the training job chose)."""
+    from ckptfs.store.catalog import best_rule
     newest = max(checkpoints, key=lambda d: d["seq"], default={})
-    chosen = newest.get("best_by")
-    if isinstance(chosen, dict) and chosen.get("metric"):
-        return f"{chosen['metric']} ({chosen.get('mode')}), the job's {chosen.get('source')}"
-    return None
+    rule = best_rule({project: store.project_settings(project)}, project, newest)
+    if rule is None:
+        return None
+    text = f"{rule['metric']} ({rule['mode']})"
+    return text if rule["source"] is None else f"{text}, the job's {rule['source']}"
 
 
 # -- a version -----------------------------------------------------------------------------
